@@ -1,0 +1,155 @@
+//! The failure policy of a resource: health-check periods, timeouts and the
+//! restart rules. Defaults are those of the Windows failover-cluster model.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// What the monitor does when a resource fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartAction {
+    /// Leave the resource failed.
+    None,
+    /// Restart it, up to `restart_threshold` times within `restart_period`.
+    Restart,
+    /// Restart it; past the threshold, fail its group over.
+    RestartThenFailover,
+}
+
+impl RestartAction {
+    pub fn parse(s: &str) -> Result<Self, PolicyError> {
+        match s {
+            "none" => Ok(RestartAction::None),
+            "restart" => Ok(RestartAction::Restart),
+            "restart_then_failover" => Ok(RestartAction::RestartThenFailover),
+            other => Err(PolicyError(format!(
+                "unknown restart_action {other:?}: use \"none\", \"restart\" or \"restart_then_failover\""
+            ))),
+        }
+    }
+}
+
+/// The properties of DESIGN section 3 for one resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub looks_alive_interval: Duration,
+    pub is_alive_interval: Duration,
+    pub pending_timeout: Duration,
+    pub terminate_timeout: Duration,
+    pub deadlock_timeout: Duration,
+    pub restart_action: RestartAction,
+    pub restart_threshold: u32,
+    pub restart_period: Duration,
+    pub restart_delay: Duration,
+    pub retry_period_on_failure: Duration,
+    pub separate_monitor: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            looks_alive_interval: Duration::from_secs(5),
+            is_alive_interval: Duration::from_secs(60),
+            pending_timeout: Duration::from_secs(180),
+            terminate_timeout: Duration::from_millis(300),
+            deadlock_timeout: Duration::from_secs(300),
+            restart_action: RestartAction::RestartThenFailover,
+            restart_threshold: 3,
+            restart_period: Duration::from_secs(15 * 60),
+            restart_delay: Duration::from_millis(500),
+            retry_period_on_failure: Duration::from_secs(3600),
+            separate_monitor: false,
+        }
+    }
+}
+
+/// A property value that could not be understood.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
+
+/// Parses a duration written as a string such as `"300ms"`, `"5s"`, `"15m"`,
+/// `"1h"` or `"1m 30s"`. A bare number is refused: the unit must be explicit.
+pub fn parse_duration(text: &str) -> Result<Duration, PolicyError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(PolicyError(
+            "empty duration: write a number with a unit, e.g. \"300ms\", \"5s\", \"15m\"".into(),
+        ));
+    }
+    if t.chars().all(|c| c.is_ascii_digit()) && t != "0" {
+        return Err(PolicyError(format!(
+            "duration {text:?} has no unit: write e.g. \"{t}s\" or \"{t}ms\""
+        )));
+    }
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        PolicyError(format!(
+            "bad duration {text:?} ({e}): write a number with a unit, e.g. \"300ms\", \"5s\", \"15m\""
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let p = Policy::default();
+        assert_eq!(p.looks_alive_interval, Duration::from_secs(5));
+        assert_eq!(p.is_alive_interval, Duration::from_secs(60));
+        assert_eq!(p.pending_timeout, Duration::from_secs(180));
+        assert_eq!(p.terminate_timeout, Duration::from_millis(300));
+        assert_eq!(p.deadlock_timeout, Duration::from_secs(300));
+        assert_eq!(p.restart_action, RestartAction::RestartThenFailover);
+        assert_eq!(p.restart_threshold, 3);
+        assert_eq!(p.restart_period, Duration::from_secs(900));
+        assert_eq!(p.restart_delay, Duration::from_millis(500));
+        assert_eq!(p.retry_period_on_failure, Duration::from_secs(3600));
+        assert!(!p.separate_monitor);
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        let cases = [
+            ("300ms", Duration::from_millis(300)),
+            ("5s", Duration::from_secs(5)),
+            ("15m", Duration::from_secs(900)),
+            ("1h", Duration::from_secs(3600)),
+            ("0s", Duration::ZERO),
+            ("0", Duration::ZERO),
+            ("1m 30s", Duration::from_secs(90)),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_duration(text).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_refused_with_a_hint() {
+        for text in ["", "5", "five seconds", "-1s", "3 parsecs"] {
+            let err = parse_duration(text).unwrap_err();
+            assert!(
+                err.0.contains("e.g.") || err.0.contains("unit"),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn restart_actions_parse() {
+        assert_eq!(RestartAction::parse("none").unwrap(), RestartAction::None);
+        assert_eq!(
+            RestartAction::parse("restart").unwrap(),
+            RestartAction::Restart
+        );
+        assert_eq!(
+            RestartAction::parse("restart_then_failover").unwrap(),
+            RestartAction::RestartThenFailover
+        );
+        assert!(RestartAction::parse("reboot").is_err());
+    }
+}

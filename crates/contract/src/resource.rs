@@ -1,0 +1,196 @@
+//! The traits a resource type implements, and what the monitor hands it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// How an `online` or `offline` call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The call is finished: the resource is online (or offline).
+    Done,
+    /// The work goes on in the background; it ends with
+    /// [`CallContext::complete`], and reports progress meanwhile.
+    Pending,
+}
+
+/// A failure reported by a resource type, with a message for operators.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ResourceError(pub String);
+
+impl ResourceError {
+    pub fn new(msg: impl Into<String>) -> Self {
+        ResourceError(msg.into())
+    }
+}
+
+/// Why a control code gave no output.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// The type does not handle this code; the monitor's default handling applies.
+    #[error("control code not supported")]
+    NotSupported,
+    /// The input was not what the code expects.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The code was understood but failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where a pending call reports to. Implemented by the monitor.
+pub trait StatusSink: Send + Sync {
+    /// Progress of a pending `online`/`offline`: a checkpoint that grows.
+    fn checkpoint(&self, checkpoint: u32);
+    /// The end of a call that returned [`Completion::Pending`].
+    fn complete(&self, result: Result<(), ResourceError>);
+}
+
+/// What an `online` or `offline` call gets: a way to report progress and
+/// completion, and the "should terminate" flag that `terminate` raises.
+#[derive(Clone)]
+pub struct CallContext {
+    cancel: Arc<AtomicBool>,
+    sink: Arc<dyn StatusSink>,
+}
+
+impl fmt::Debug for CallContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallContext")
+            .field("should_terminate", &self.should_terminate())
+            .finish()
+    }
+}
+
+impl CallContext {
+    pub fn new(cancel: Arc<AtomicBool>, sink: Arc<dyn StatusSink>) -> Self {
+        CallContext { cancel, sink }
+    }
+
+    /// Reports progress. Returns true once the resource is being terminated:
+    /// the caller should then stop its work and return.
+    pub fn checkpoint(&self, checkpoint: u32) -> bool {
+        self.sink.checkpoint(checkpoint);
+        self.should_terminate()
+    }
+
+    /// True once `terminate` has been called for this resource.
+    pub fn should_terminate(&self) -> bool {
+        self.cancel.load(Ordering::Acquire)
+    }
+
+    /// Finishes a call that returned [`Completion::Pending`].
+    pub fn complete(&self, result: Result<(), ResourceError>) {
+        self.sink.complete(result);
+    }
+}
+
+/// Where the monitor wants a resource's processes to live, so that it can
+/// find and kill every one of them (rung 3 of the termination ladder).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The cgroup v2 directory every process of the resource must start in,
+    /// when cgroups are usable.
+    pub cgroup: Option<PathBuf>,
+    /// An environment variable (`NAME`, `VALUE`) to set on every process the
+    /// resource starts: where cgroups are not usable, the monitor finds the
+    /// resource's escaped descendants by it.
+    pub marker: (String, String),
+}
+
+/// A way for a resource to tell the monitor, between polls, that it failed
+/// (for example: its main process exited). The monitor answers as it does to
+/// a `looks_alive` that returned false: it calls `is_alive` at once.
+#[derive(Clone)]
+pub struct Notifier(Arc<dyn Fn(String) + Send + Sync>);
+
+impl fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Notifier")
+    }
+}
+
+impl Notifier {
+    pub fn new(f: impl Fn(String) + Send + Sync + 'static) -> Self {
+        Notifier(Arc::new(f))
+    }
+
+    /// A notifier that drops every notice (for tools and tests).
+    pub fn none() -> Self {
+        Notifier::new(|_| {})
+    }
+
+    pub fn failed(&self, reason: impl Into<String>) {
+        (self.0)(reason.into())
+    }
+}
+
+/// Everything `open` gets.
+#[derive(Clone, Debug)]
+pub struct OpenContext {
+    /// The resource's name, unique in the monitor.
+    pub name: String,
+    /// The type-specific part of the resource's configuration.
+    pub params: serde_json::Value,
+    pub scope: Scope,
+    pub notifier: Notifier,
+}
+
+/// A kind of resource: the code that knows how to drive it.
+pub trait ResourceType: Send + Sync {
+    /// The name used in `type = "..."`.
+    fn name(&self) -> &str;
+
+    /// Checks a resource's type-specific parameters without starting
+    /// anything. Each problem is returned as one message naming its field.
+    fn validate(&self, params: &serde_json::Value) -> Vec<String>;
+
+    /// Creates the resource (entry point `open`). Nothing is started yet.
+    fn open(&self, ctx: OpenContext) -> Result<Box<dyn Resource>, ResourceError>;
+
+    /// Type-wide control codes.
+    fn resource_type_control(&self, _code: u32, _input: &[u8]) -> Result<Vec<u8>, ControlError> {
+        Err(ControlError::NotSupported)
+    }
+
+    /// True when `looks_alive` answers from memory without blocking, so the
+    /// monitor may call it inline instead of on a worker thread.
+    fn looks_alive_is_cheap(&self) -> bool {
+        false
+    }
+}
+
+/// One resource of a type: the entry points of DESIGN section 2.
+pub trait Resource: Send + Sync {
+    /// Brings the resource online. See the crate docs for pending calls.
+    fn online(&self, ctx: &CallContext) -> Result<Completion, ResourceError>;
+
+    /// Takes the resource offline gracefully.
+    fn offline(&self, ctx: &CallContext) -> Result<Completion, ResourceError>;
+
+    /// Ends the resource at once, without cleanup and without waiting.
+    /// `exit_code` is what the resource's tasks report as their exit code.
+    /// May run concurrently with every entry point but `open` and `close`.
+    fn terminate(&self, exit_code: i32);
+
+    /// The cheap health check.
+    fn looks_alive(&self) -> bool;
+
+    /// The thorough health check.
+    fn is_alive(&self) -> bool;
+
+    /// A control code. Unknown codes answer [`ControlError::NotSupported`].
+    fn resource_control(&self, _code: u32, _input: &[u8]) -> Result<Vec<u8>, ControlError> {
+        Err(ControlError::NotSupported)
+    }
+
+    /// Releases the resource. The monitor terminates it first if it is not offline.
+    fn close(&self) {}
+
+    /// The main processes of the resource, for status displays.
+    fn pids(&self) -> Vec<u32> {
+        Vec::new()
+    }
+}

@@ -1,0 +1,902 @@
+//! The monitor state machine over all resources and groups.
+
+use resmon_contract::{EntryPoint, Policy, RestartAction, State};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use tokio::time::Instant;
+
+/// A resource's index in the monitor, stable for its lifetime.
+pub type ResId = usize;
+
+/// What the core needs to know of one resource.
+#[derive(Clone, Debug)]
+pub struct ResourceSpec {
+    pub name: String,
+    pub group: String,
+    /// Names of the providers this resource depends on (same group).
+    pub depends_on: Vec<String>,
+    pub policy: Policy,
+}
+
+/// A set of specs that cannot form a monitor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError(pub Vec<String>);
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+/// An operator's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Bring the resource online, with its providers first.
+    Online,
+    /// Take the resource offline, with its dependents first.
+    Offline,
+    /// End the resource now; its tasks report `exit_code`.
+    Terminate { exit_code: i32 },
+}
+
+/// How a serialized entry-point call returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// `online`/`offline` finished.
+    Done,
+    /// `online`/`offline` goes on; progress and completion follow.
+    Pending,
+    /// A health check answered.
+    Alive(bool),
+    /// The call failed.
+    Error(String),
+}
+
+/// Something that happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Command(ResId, Command),
+    /// A serialized call returned; `seq` is the one of its [`Action::Call`].
+    Returned {
+        id: ResId,
+        seq: u64,
+        outcome: CallOutcome,
+    },
+    /// A pending `online`/`offline` reported progress.
+    Progress {
+        id: ResId,
+        seq: u64,
+        checkpoint: u32,
+    },
+    /// A pending `online`/`offline` finished.
+    Completed {
+        id: ResId,
+        seq: u64,
+        result: Result<(), String>,
+    },
+    /// The resource said, between polls, that it failed.
+    FailureNotice {
+        id: ResId,
+        reason: String,
+    },
+    /// `terminate` returned and nothing of the resource is left running.
+    Terminated {
+        id: ResId,
+    },
+    /// Time passed; deadlines up to now are due.
+    Tick,
+    /// Take everything offline (the daemon is stopping).
+    Shutdown,
+}
+
+/// Why a resource is being terminated; decides the state it ends in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TermReason {
+    /// A failure: ends `failed`, then the restart policy applies.
+    Failure,
+    /// It was being taken offline: ends `offline`.
+    Offline,
+    /// An operator asked: ends `offline`.
+    Operator,
+}
+
+/// What the daemon must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Call a serialized entry point. Its return is fed back as
+    /// [`Event::Returned`] with the same `seq`.
+    Call {
+        id: ResId,
+        entry: EntryPoint,
+        seq: u64,
+    },
+    /// Cancel any in-flight call (raise "should terminate") and call the
+    /// `terminate` entry point, concurrently with whatever runs. Once it has
+    /// returned and nothing of the resource runs, feed [`Event::Terminated`].
+    Terminate { id: ResId, exit_code: i32 },
+    /// Rung 3: kill every process of the resource. Feed [`Event::Terminated`]
+    /// once nothing is left.
+    ForceKill { id: ResId, exit_code: i32 },
+    /// The group is past what restarts can fix here: move it elsewhere.
+    Failover { group: String },
+    /// Publish a state change.
+    Notify(Notice),
+}
+
+/// A state change, for the event feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub id: ResId,
+    pub state: State,
+    pub reason: String,
+}
+
+/// A read-only view of one resource.
+#[derive(Clone, Debug)]
+pub struct ResourceView<'a> {
+    pub spec: &'a ResourceSpec,
+    pub state: State,
+    pub since: Instant,
+    pub restarts: u32,
+    pub wants_online: bool,
+    pub terminating: bool,
+    pub reason: &'a str,
+    pub in_flight: Option<(EntryPoint, Instant)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    Online,
+    Offline,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    entry: EntryPoint,
+    seq: u64,
+    started: Instant,
+    last_progress: Instant,
+    checkpoint: u32,
+}
+
+#[derive(Clone, Debug)]
+struct Terminating {
+    reason: TermReason,
+    exit_code: i32,
+    deadline: Instant,
+    forced: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Res {
+    spec: ResourceSpec,
+    providers: Vec<ResId>,
+    dependents: Vec<ResId>,
+    state: State,
+    since: Instant,
+    reason: String,
+    want: Want,
+    in_flight: Option<InFlight>,
+    terminating: Option<Terminating>,
+    /// `is_alive` is owed at the next chance (after `looks_alive` said no).
+    check_now: bool,
+    /// Why the last cheap check or notice suspected a failure.
+    suspicion: String,
+    looks_alive_at: Option<Instant>,
+    is_alive_at: Option<Instant>,
+    restart_at: Option<Instant>,
+    retry_at: Option<Instant>,
+    /// A restart (or retry) was granted and is waiting for its providers.
+    restart_granted: bool,
+    restart_times: VecDeque<Instant>,
+    restarts: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Group {
+    /// Past its threshold with `restart_then_failover` and nowhere to go:
+    /// held down until this time.
+    failed_until: Option<Instant>,
+}
+
+/// The monitor of all resources.
+#[derive(Clone, Debug)]
+pub struct Monitor {
+    res: Vec<Res>,
+    groups: BTreeMap<String, Group>,
+    seq: u64,
+    shutting_down: bool,
+}
+
+impl Monitor {
+    /// Builds the monitor. Every resource starts `offline` and wanted online
+    /// only once [`Command::Online`] says so. Dependencies must name
+    /// resources of the same group and form no cycle.
+    pub fn new(specs: Vec<ResourceSpec>, now: Instant) -> Result<Monitor, SpecError> {
+        let index: BTreeMap<&str, ResId> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let mut errors = Vec::new();
+        if index.len() != specs.len() {
+            errors.push("resource names are not unique".to_string());
+        }
+        let mut providers = vec![Vec::new(); specs.len()];
+        for (i, s) in specs.iter().enumerate() {
+            for p in &s.depends_on {
+                match index.get(p.as_str()) {
+                    None => errors.push(format!(
+                        "resource {:?}: depends_on names {p:?}, which is not a resource",
+                        s.name
+                    )),
+                    Some(&j) if j == i => {
+                        errors.push(format!("resource {:?}: depends on itself", s.name))
+                    }
+                    Some(&j) if specs[j].group != s.group => errors.push(format!(
+                        "resource {:?} (group {:?}) depends on {p:?} of group {:?}: dependencies must stay within a group",
+                        s.name, s.group, specs[j].group
+                    )),
+                    Some(&j) => providers[i].push(j),
+                }
+            }
+        }
+        if errors.is_empty() {
+            if let Some(cycle) = find_cycle(&providers) {
+                let names: Vec<&str> = cycle.iter().map(|&i| specs[i].name.as_str()).collect();
+                errors.push(format!("dependency cycle: {}", names.join(" -> ")));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(SpecError(errors));
+        }
+        let mut dependents = vec![Vec::new(); specs.len()];
+        for (i, ps) in providers.iter().enumerate() {
+            for &p in ps {
+                dependents[p].push(i);
+            }
+        }
+        let mut groups = BTreeMap::new();
+        let res = specs
+            .into_iter()
+            .zip(providers)
+            .zip(dependents)
+            .map(|((spec, providers), dependents)| {
+                groups
+                    .entry(spec.group.clone())
+                    .or_insert_with(Group::default);
+                Res {
+                    spec,
+                    providers,
+                    dependents,
+                    state: State::Offline,
+                    since: now,
+                    reason: String::new(),
+                    want: Want::Offline,
+                    in_flight: None,
+                    terminating: None,
+                    check_now: false,
+                    suspicion: String::new(),
+                    looks_alive_at: None,
+                    is_alive_at: None,
+                    restart_at: None,
+                    retry_at: None,
+                    restart_granted: false,
+                    restart_times: VecDeque::new(),
+                    restarts: 0,
+                }
+            })
+            .collect();
+        Ok(Monitor {
+            res,
+            groups,
+            seq: 0,
+            shutting_down: false,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.res.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.res.is_empty()
+    }
+
+    pub fn id(&self, name: &str) -> Option<ResId> {
+        self.res.iter().position(|r| r.spec.name == name)
+    }
+
+    pub fn view(&self, id: ResId) -> ResourceView<'_> {
+        let r = &self.res[id];
+        ResourceView {
+            spec: &r.spec,
+            state: r.state,
+            since: r.since,
+            restarts: r.restarts,
+            wants_online: r.want == Want::Online,
+            terminating: r.terminating.is_some(),
+            reason: &r.reason,
+            in_flight: r.in_flight.as_ref().map(|c| (c.entry, c.started)),
+        }
+    }
+
+    pub fn state(&self, id: ResId) -> State {
+        self.res[id].state
+    }
+
+    /// True once every resource is down and nothing is in flight.
+    pub fn all_down(&self) -> bool {
+        self.res
+            .iter()
+            .all(|r| r.state.is_down() && r.in_flight.is_none() && r.terminating.is_none())
+    }
+
+    /// The earliest time at which [`Event::Tick`] has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for r in &self.res {
+            if let Some(t) = &r.terminating {
+                consider(Some(t.deadline));
+            }
+            if let Some(c) = &r.in_flight {
+                consider(Some(call_deadline(c, &r.spec.policy)));
+            } else if r.state == State::Online && r.terminating.is_none() {
+                consider(r.looks_alive_at);
+                consider(r.is_alive_at);
+            }
+            consider(r.restart_at);
+            consider(r.retry_at);
+        }
+        for g in self.groups.values() {
+            consider(g.failed_until);
+        }
+        next
+    }
+
+    /// Feeds one event; returns what to do, in order.
+    pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Command(id, cmd) => self.command(now, id, cmd, &mut out),
+            Event::Returned { id, seq, outcome } => self.returned(now, id, seq, outcome, &mut out),
+            Event::Progress {
+                id,
+                seq,
+                checkpoint,
+            } => {
+                if let Some(c) = self.res[id].in_flight.as_mut().filter(|c| c.seq == seq) {
+                    // A checkpoint that does not grow is no progress.
+                    if checkpoint > c.checkpoint {
+                        c.checkpoint = checkpoint;
+                        c.last_progress = now;
+                    }
+                }
+            }
+            Event::Completed { id, seq, result } => {
+                let outcome = match result {
+                    Ok(()) => CallOutcome::Done,
+                    Err(e) => CallOutcome::Error(e),
+                };
+                self.finish_pending(now, id, seq, outcome, &mut out);
+            }
+            Event::FailureNotice { id, reason } => self.failure_notice(now, id, reason, &mut out),
+            Event::Terminated { id } => self.terminated(now, id, &mut out),
+            Event::Tick => self.tick(now, &mut out),
+            Event::Shutdown => {
+                self.shutting_down = true;
+                for id in 0..self.res.len() {
+                    let r = &mut self.res[id];
+                    r.want = Want::Offline;
+                    r.restart_at = None;
+                    r.retry_at = None;
+                    r.restart_granted = false;
+                    // Nothing waits for an online that is no longer wanted.
+                    if r.in_flight
+                        .as_ref()
+                        .is_some_and(|c| c.entry == EntryPoint::Online)
+                    {
+                        r.reason = "stopping while coming online".into();
+                        self.start_terminate(now, id, TermReason::Offline, 1, &mut out);
+                    }
+                }
+            }
+        }
+        self.reconcile(now, &mut out);
+        out
+    }
+
+    fn command(&mut self, now: Instant, id: ResId, cmd: Command, out: &mut Vec<Action>) {
+        match cmd {
+            Command::Online => {
+                if self.shutting_down {
+                    return;
+                }
+                // Providers first: wanting a resource online wants its providers too.
+                for i in self.closure(id, |r| &r.providers) {
+                    let r = &mut self.res[i];
+                    r.want = Want::Online;
+                    if r.state == State::Failed && r.restart_at.is_none() {
+                        // An operator's online is a fresh start.
+                        r.restart_times.clear();
+                        r.retry_at = None;
+                        r.restart_granted = true;
+                    }
+                    let g = r.spec.group.clone();
+                    self.groups.get_mut(&g).expect("group").failed_until = None;
+                }
+            }
+            Command::Offline => {
+                for i in self.closure(id, |r| &r.dependents) {
+                    let r = &mut self.res[i];
+                    r.want = Want::Offline;
+                    r.restart_at = None;
+                    r.retry_at = None;
+                    r.restart_granted = false;
+                    if r.state == State::Failed && r.terminating.is_none() {
+                        self.set_state(now, i, State::Offline, "taken offline by operator", out);
+                    }
+                }
+            }
+            Command::Terminate { exit_code } => {
+                let r = &mut self.res[id];
+                r.want = Want::Offline;
+                r.restart_at = None;
+                r.retry_at = None;
+                r.restart_granted = false;
+                if r.terminating.is_some() {
+                    return; // the first terminate wins
+                }
+                if r.state.is_down() && r.in_flight.is_none() {
+                    if r.state == State::Failed {
+                        self.set_state(now, id, State::Offline, "terminated by operator", out);
+                    }
+                    return;
+                }
+                self.start_terminate(now, id, TermReason::Operator, exit_code, out);
+            }
+        }
+    }
+
+    fn returned(
+        &mut self,
+        now: Instant,
+        id: ResId,
+        seq: u64,
+        outcome: CallOutcome,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(call) = self.res[id].in_flight.as_ref().filter(|c| c.seq == seq) else {
+            return; // stale: cancelled by terminate
+        };
+        match call.entry {
+            EntryPoint::Online | EntryPoint::Offline => {
+                if outcome == CallOutcome::Pending {
+                    let c = self.res[id].in_flight.as_mut().expect("in flight");
+                    c.last_progress = now;
+                } else {
+                    self.finish_pending(now, id, seq, outcome, out);
+                }
+            }
+            EntryPoint::LooksAlive => {
+                self.res[id].in_flight = None;
+                match outcome {
+                    CallOutcome::Alive(true) => {
+                        let r = &mut self.res[id];
+                        r.looks_alive_at = Some(now + r.spec.policy.looks_alive_interval);
+                    }
+                    CallOutcome::Alive(false) => {
+                        let r = &mut self.res[id];
+                        r.looks_alive_at = Some(now + r.spec.policy.looks_alive_interval);
+                        r.check_now = true;
+                        r.suspicion = "looks_alive returned false".into();
+                    }
+                    other => self.fail(now, id, format!("looks_alive: {}", describe(&other)), out),
+                }
+            }
+            EntryPoint::IsAlive => {
+                self.res[id].in_flight = None;
+                match outcome {
+                    CallOutcome::Alive(true) => {
+                        let r = &mut self.res[id];
+                        r.check_now = false;
+                        r.suspicion.clear();
+                        r.is_alive_at = Some(now + r.spec.policy.is_alive_interval);
+                    }
+                    CallOutcome::Alive(false) => {
+                        let why = match std::mem::take(&mut self.res[id].suspicion).as_str() {
+                            "" => "is_alive returned false".to_string(),
+                            r => format!("is_alive returned false ({r})"),
+                        };
+                        self.fail(now, id, why, out)
+                    }
+                    other => self.fail(now, id, format!("is_alive: {}", describe(&other)), out),
+                }
+            }
+            _ => self.res[id].in_flight = None,
+        }
+    }
+
+    fn finish_pending(
+        &mut self,
+        now: Instant,
+        id: ResId,
+        seq: u64,
+        outcome: CallOutcome,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(call) = self.res[id].in_flight.as_ref().filter(|c| c.seq == seq) else {
+            return;
+        };
+        let entry = call.entry;
+        self.res[id].in_flight = None;
+        match (entry, outcome) {
+            (EntryPoint::Online, CallOutcome::Done) => {
+                let r = &mut self.res[id];
+                r.looks_alive_at = Some(now + r.spec.policy.looks_alive_interval);
+                r.is_alive_at = Some(now + r.spec.policy.is_alive_interval);
+                r.check_now = false;
+                r.restart_granted = false;
+                self.set_state(now, id, State::Online, "online", out);
+            }
+            (EntryPoint::Online, other) => {
+                self.fail(now, id, format!("online failed: {}", describe(&other)), out)
+            }
+            (EntryPoint::Offline, CallOutcome::Done) => {
+                self.set_state(now, id, State::Offline, "offline", out)
+            }
+            (EntryPoint::Offline, other) => {
+                let why = format!("offline failed: {}", describe(&other));
+                self.res[id].reason = why;
+                self.start_terminate(now, id, TermReason::Offline, 1, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn failure_notice(&mut self, now: Instant, id: ResId, reason: String, out: &mut Vec<Action>) {
+        let r = &mut self.res[id];
+        if r.terminating.is_some() {
+            return;
+        }
+        match r.state {
+            State::Online => {
+                // Same answer as a looks_alive that said no: is_alive at once.
+                r.check_now = true;
+                r.suspicion = reason;
+            }
+            State::OnlinePending => {
+                self.fail(now, id, format!("while coming online: {reason}"), out)
+            }
+            _ => {}
+        }
+    }
+
+    fn terminated(&mut self, now: Instant, id: ResId, out: &mut Vec<Action>) {
+        let Some(t) = self.res[id].terminating.take() else {
+            return;
+        };
+        match t.reason {
+            TermReason::Failure => {
+                // Already `failed`; now the restart policy applies.
+                let before = self.res[id].reason.clone();
+                self.after_failure(now, id, out);
+                let r = &self.res[id];
+                if r.reason != before {
+                    out.push(Action::Notify(Notice {
+                        id,
+                        state: r.state,
+                        reason: r.reason.clone(),
+                    }));
+                }
+            }
+            TermReason::Offline => self.set_state(
+                now,
+                id,
+                State::Offline,
+                "terminated while going offline",
+                out,
+            ),
+            TermReason::Operator => self.set_state(now, id, State::Offline, "terminated", out),
+        }
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        let groups: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| due(g.failed_until))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for g in groups {
+            self.groups.get_mut(&g).expect("group").failed_until = None;
+        }
+        for id in 0..self.res.len() {
+            let r = &mut self.res[id];
+            if let Some(t) = r.terminating.as_mut() {
+                if t.deadline <= now {
+                    let timeout = r.spec.policy.terminate_timeout;
+                    t.deadline = now + timeout;
+                    let first = !t.forced;
+                    t.forced = true;
+                    let exit_code = t.exit_code;
+                    if first {
+                        r.reason = format!(
+                            "{}; terminate did not finish within {timeout:?}, killing its process tree",
+                            r.reason
+                        );
+                    }
+                    out.push(Action::ForceKill { id, exit_code });
+                }
+                continue;
+            }
+            if let Some(c) = &self.res[id].in_flight {
+                let policy = &self.res[id].spec.policy;
+                if call_deadline(c, policy) <= now {
+                    let entry = c.entry;
+                    let why = match entry {
+                        EntryPoint::Online | EntryPoint::Offline => format!(
+                            "{entry} made no progress for {:?} (pending_timeout)",
+                            policy.pending_timeout
+                        ),
+                        _ => format!(
+                            "{entry} did not return within {:?} (deadlock_timeout)",
+                            policy.deadlock_timeout
+                        ),
+                    };
+                    if entry == EntryPoint::Offline {
+                        self.res[id].reason = why;
+                        self.start_terminate(now, id, TermReason::Offline, 1, out);
+                    } else {
+                        self.fail(now, id, why, out);
+                    }
+                }
+                continue;
+            }
+            let r = &mut self.res[id];
+            if due(r.restart_at) {
+                r.restart_at = None;
+                r.restart_granted = true;
+            }
+            if due(r.retry_at) {
+                r.retry_at = None;
+                r.restart_times.clear();
+                r.restart_granted = true;
+            }
+            if r.state == State::Online {
+                if due(r.is_alive_at) {
+                    r.check_now = true;
+                }
+                if due(r.looks_alive_at) && !r.check_now {
+                    self.call(now, id, EntryPoint::LooksAlive, out);
+                }
+            }
+        }
+    }
+
+    /// Brings every resource one step closer to what is wanted of it.
+    fn reconcile(&mut self, now: Instant, out: &mut Vec<Action>) {
+        // Repeat while a step unblocks another (a dependent waiting on its
+        // provider's state); a pass that changes nothing ends it.
+        loop {
+            let before = out.len();
+            for id in 0..self.res.len() {
+                self.step(now, id, out);
+            }
+            if out.len() == before {
+                break;
+            }
+        }
+    }
+
+    fn step(&mut self, now: Instant, id: ResId, out: &mut Vec<Action>) {
+        let r = &self.res[id];
+        if r.in_flight.is_some() || r.terminating.is_some() {
+            return;
+        }
+        let held = self.wanted_online(id);
+        match r.state {
+            State::Online if r.check_now => self.call(now, id, EntryPoint::IsAlive, out),
+            State::Online if !held => {
+                let dependents_down = r.dependents.iter().all(|&d| self.res[d].state.is_down());
+                if dependents_down {
+                    self.call(now, id, EntryPoint::Offline, out);
+                    self.set_state(now, id, State::OfflinePending, "going offline", out);
+                }
+            }
+            State::Offline if held => {
+                self.call(now, id, EntryPoint::Online, out);
+                self.set_state(now, id, State::OnlinePending, "coming online", out);
+            }
+            State::Failed if held && r.restart_granted => {
+                self.res[id].restarts += 1;
+                self.call(now, id, EntryPoint::Online, out);
+                self.set_state(now, id, State::OnlinePending, "restarting", out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the resource should be online now: wanted, its group not held
+    /// down, and every provider online.
+    fn wanted_online(&self, id: ResId) -> bool {
+        let r = &self.res[id];
+        r.want == Want::Online
+            && self.groups[&r.spec.group].failed_until.is_none()
+            && r.providers
+                .iter()
+                .all(|&p| self.res[p].state == State::Online)
+    }
+
+    fn call(&mut self, now: Instant, id: ResId, entry: EntryPoint, out: &mut Vec<Action>) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.res[id].in_flight = Some(InFlight {
+            entry,
+            seq,
+            started: now,
+            last_progress: now,
+            checkpoint: 0,
+        });
+        out.push(Action::Call { id, entry, seq });
+    }
+
+    /// Marks the resource failed and terminates it.
+    fn fail(&mut self, now: Instant, id: ResId, why: String, out: &mut Vec<Action>) {
+        self.set_state(now, id, State::Failed, &why, out);
+        self.start_terminate(now, id, TermReason::Failure, 1, out);
+    }
+
+    fn start_terminate(
+        &mut self,
+        now: Instant,
+        id: ResId,
+        reason: TermReason,
+        exit_code: i32,
+        out: &mut Vec<Action>,
+    ) {
+        let r = &mut self.res[id];
+        r.in_flight = None; // cancelled: its late return is ignored
+        r.check_now = false;
+        r.terminating = Some(Terminating {
+            reason,
+            exit_code,
+            deadline: now + r.spec.policy.terminate_timeout,
+            forced: false,
+        });
+        out.push(Action::Terminate { id, exit_code });
+    }
+
+    /// The restart policy, once a failed resource is down.
+    fn after_failure(&mut self, now: Instant, id: ResId, out: &mut Vec<Action>) {
+        if self.shutting_down || self.res[id].want == Want::Offline {
+            return;
+        }
+        let r = &mut self.res[id];
+        let p = r.spec.policy.clone();
+        if p.restart_action == RestartAction::None {
+            r.reason = format!("{} (restart_action = none)", r.reason);
+            return;
+        }
+        while r
+            .restart_times
+            .front()
+            .is_some_and(|&t| now.duration_since(t) >= p.restart_period)
+        {
+            r.restart_times.pop_front();
+        }
+        if (r.restart_times.len() as u32) < p.restart_threshold {
+            r.restart_times.push_back(now);
+            r.restart_at = Some(now + p.restart_delay);
+            return;
+        }
+        r.reason = format!(
+            "{}; {} restarts within {:?} reached restart_threshold, retrying after {:?}",
+            r.reason, p.restart_threshold, p.restart_period, p.retry_period_on_failure
+        );
+        r.retry_at = Some(now + p.retry_period_on_failure);
+        if p.restart_action == RestartAction::RestartThenFailover {
+            let group = r.spec.group.clone();
+            self.groups.get_mut(&group).expect("group").failed_until =
+                Some(now + p.retry_period_on_failure);
+            out.push(Action::Failover { group });
+        }
+    }
+
+    fn set_state(
+        &mut self,
+        now: Instant,
+        id: ResId,
+        state: State,
+        why: &str,
+        out: &mut Vec<Action>,
+    ) {
+        let r = &mut self.res[id];
+        if r.state == state && r.reason == why {
+            return;
+        }
+        r.state = state;
+        r.since = now;
+        r.reason = why.to_string();
+        out.push(Action::Notify(Notice {
+            id,
+            state,
+            reason: why.to_string(),
+        }));
+    }
+
+    /// `id` and everything reachable from it through `next`.
+    fn closure(&self, id: ResId, next: impl Fn(&Res) -> &Vec<ResId>) -> Vec<ResId> {
+        let mut seen = vec![false; self.res.len()];
+        let mut stack = vec![id];
+        let mut out = Vec::new();
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            out.push(i);
+            stack.extend(next(&self.res[i]).iter().copied());
+        }
+        out
+    }
+}
+
+fn call_deadline(c: &InFlight, p: &Policy) -> Instant {
+    match c.entry {
+        EntryPoint::Online | EntryPoint::Offline => c.last_progress + p.pending_timeout,
+        _ => c.started + p.deadlock_timeout,
+    }
+}
+
+fn describe(outcome: &CallOutcome) -> String {
+    match outcome {
+        CallOutcome::Error(e) => e.clone(),
+        CallOutcome::Alive(a) => format!("answered {a}"),
+        CallOutcome::Done => "done".into(),
+        CallOutcome::Pending => "pending".into(),
+    }
+}
+
+fn find_cycle(providers: &[Vec<ResId>]) -> Option<Vec<ResId>> {
+    // 0 = new, 1 = on the path, 2 = done
+    fn visit(
+        i: ResId,
+        g: &[Vec<ResId>],
+        mark: &mut [u8],
+        path: &mut Vec<ResId>,
+    ) -> Option<Vec<ResId>> {
+        mark[i] = 1;
+        path.push(i);
+        for &j in &g[i] {
+            if mark[j] == 1 {
+                let start = path.iter().position(|&p| p == j).expect("on path");
+                let mut cycle = path[start..].to_vec();
+                cycle.push(j);
+                return Some(cycle);
+            }
+            if mark[j] == 0 {
+                if let Some(c) = visit(j, g, mark, path) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        mark[i] = 2;
+        None
+    }
+    let mut mark = vec![0u8; providers.len()];
+    for i in 0..providers.len() {
+        if mark[i] == 0 {
+            if let Some(c) = visit(i, providers, &mut mark, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}

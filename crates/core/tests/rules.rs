@@ -1,0 +1,811 @@
+//! Every rule of DESIGN sections 2 and 3 as a table row, driven with tokio's
+//! paused clock: the harness sleeps until the monitor's next deadline (the
+//! paused clock jumps there at once) and answers its calls as a scripted
+//! resource would.
+
+use resmon_contract::{EntryPoint, Policy, RestartAction, State};
+use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId, ResourceSpec};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+const MS: Duration = Duration::from_millis(1);
+const S: Duration = Duration::from_secs(1);
+
+/// How a scripted resource answers.
+#[derive(Clone, Debug)]
+struct Behaviour {
+    online: Answer,
+    offline: Answer,
+    looks_alive: bool,
+    is_alive: bool,
+    /// `terminate` returns and the tree is gone at once; if false, only the
+    /// forced kill ends it.
+    terminate_works: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Answer {
+    Done,
+    Error,
+    /// Returns pending and never reports again.
+    PendingForever,
+    /// Never returns.
+    Hang,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            online: Answer::Done,
+            offline: Answer::Done,
+            looks_alive: true,
+            is_alive: true,
+            terminate_works: true,
+        }
+    }
+}
+
+/// One line of what happened, as `(ms since start, text)`.
+type Line = (u128, String);
+
+struct Sim {
+    m: Monitor,
+    start: Instant,
+    behaviour: Vec<Behaviour>,
+    /// Pending calls the test may finish by hand: id -> seq.
+    pending: HashMap<ResId, u64>,
+    trace: Vec<Line>,
+}
+
+fn spec(name: &str, deps: &[&str], policy: Policy) -> ResourceSpec {
+    ResourceSpec {
+        name: name.into(),
+        group: "g".into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        policy,
+    }
+}
+
+fn policy() -> Policy {
+    Policy::default()
+}
+
+impl Sim {
+    fn new(specs: Vec<ResourceSpec>) -> Sim {
+        let n = specs.len();
+        Sim {
+            m: Monitor::new(specs, Instant::now()).expect("valid specs"),
+            start: Instant::now(),
+            behaviour: vec![Behaviour::default(); n],
+            pending: HashMap::new(),
+            trace: Vec::new(),
+        }
+    }
+
+    fn one(policy: Policy, b: Behaviour) -> Sim {
+        let mut sim = Sim::new(vec![spec("r", &[], policy)]);
+        sim.behaviour[0] = b;
+        sim
+    }
+
+    fn ms(&self) -> u128 {
+        (Instant::now() - self.start).as_millis()
+    }
+
+    fn name(&self, id: ResId) -> String {
+        self.m.view(id).spec.name.clone()
+    }
+
+    fn log(&mut self, text: String) {
+        let t = self.ms();
+        self.trace.push((t, text));
+    }
+
+    /// Feeds an event and answers every resulting action, recursively.
+    fn feed(&mut self, event: Event) {
+        let actions = self.m.handle(Instant::now(), event);
+        for a in actions {
+            self.act(a);
+        }
+    }
+
+    fn act(&mut self, a: Action) {
+        match a {
+            Action::Call { id, entry, seq } => {
+                let n = self.name(id);
+                self.log(format!("call {n} {entry}"));
+                let b = self.behaviour[id].clone();
+                let answer = match entry {
+                    EntryPoint::Online => b.online,
+                    EntryPoint::Offline => b.offline,
+                    EntryPoint::LooksAlive => {
+                        return self.feed(Event::Returned {
+                            id,
+                            seq,
+                            outcome: CallOutcome::Alive(b.looks_alive),
+                        })
+                    }
+                    EntryPoint::IsAlive => {
+                        return self.feed(Event::Returned {
+                            id,
+                            seq,
+                            outcome: CallOutcome::Alive(b.is_alive),
+                        })
+                    }
+                    other => panic!("unexpected call {other}"),
+                };
+                let outcome = match answer {
+                    Answer::Done => CallOutcome::Done,
+                    Answer::Error => CallOutcome::Error("boom".into()),
+                    Answer::PendingForever => {
+                        self.pending.insert(id, seq);
+                        CallOutcome::Pending
+                    }
+                    Answer::Hang => {
+                        self.pending.insert(id, seq);
+                        return;
+                    }
+                };
+                self.feed(Event::Returned { id, seq, outcome });
+            }
+            Action::Terminate { id, exit_code } => {
+                let n = self.name(id);
+                self.log(format!("terminate {n} {exit_code}"));
+                if self.behaviour[id].terminate_works {
+                    self.feed(Event::Terminated { id });
+                }
+            }
+            Action::ForceKill { id, .. } => {
+                let n = self.name(id);
+                self.log(format!("force-kill {n}"));
+                self.feed(Event::Terminated { id });
+            }
+            Action::Failover { group } => self.log(format!("failover {group}")),
+            Action::Notify(n) => {
+                let name = self.name(n.id);
+                self.log(format!("{name} {}", n.state));
+            }
+        }
+    }
+
+    fn cmd(&mut self, name: &str, c: Command) {
+        let id = self.m.id(name).expect("resource");
+        self.feed(Event::Command(id, c));
+    }
+
+    fn online(&mut self, name: &str) {
+        self.cmd(name, Command::Online)
+    }
+
+    /// Lets virtual time run for `d`, waking at every deadline.
+    async fn run_for(&mut self, d: Duration) {
+        let end = Instant::now() + d;
+        while let Some(next) = self.m.next_deadline().filter(|&n| n <= end) {
+            tokio::time::sleep_until(next).await;
+            self.feed(Event::Tick);
+        }
+        tokio::time::sleep_until(end).await;
+    }
+
+    fn state(&self, name: &str) -> State {
+        self.m.state(self.m.id(name).unwrap())
+    }
+
+    fn texts(&self) -> Vec<String> {
+        self.trace.iter().map(|(_, t)| t.clone()).collect()
+    }
+
+    /// Times (ms) at which a line containing `needle` was logged.
+    fn times(&self, needle: &str) -> Vec<u128> {
+        self.trace
+            .iter()
+            .filter(|(_, t)| t.contains(needle))
+            .map(|(ms, _)| *ms)
+            .collect()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.times(needle).len()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn online_then_health_checks_on_their_intervals() {
+    let mut sim = Sim::one(policy(), Behaviour::default());
+    sim.online("r");
+    assert_eq!(sim.state("r"), State::Online);
+    sim.run_for(60 * S).await;
+    // looks_alive every 5 s, is_alive every 60 s (at 60 s it replaces looks_alive).
+    let la = sim.times("call r looks_alive");
+    assert_eq!(la[..3], [5000, 10000, 15000]);
+    assert_eq!(sim.times("call r is_alive"), vec![60000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn looks_alive_false_calls_is_alive_at_once() {
+    let mut p = policy();
+    p.looks_alive_interval = S;
+    let b = Behaviour {
+        looks_alive: false,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(p, b);
+    sim.online("r");
+    sim.run_for(S).await;
+    assert_eq!(sim.times("call r looks_alive"), vec![1000]);
+    assert_eq!(sim.times("call r is_alive"), vec![1000]);
+    assert_eq!(sim.state("r"), State::Online, "is_alive said alive");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_notice_calls_is_alive_at_once() {
+    let mut sim = Sim::one(policy(), Behaviour::default());
+    sim.online("r");
+    sim.run_for(1234 * MS).await;
+    sim.behaviour[0].is_alive = false;
+    let id = sim.m.id("r").unwrap();
+    sim.feed(Event::FailureNotice {
+        id,
+        reason: "main process exited with code 1".into(),
+    });
+    assert_eq!(sim.times("call r is_alive"), vec![1234]);
+    assert_eq!(sim.times("terminate r"), vec![1234]);
+    assert!(sim.m.view(id).reason.contains("main process exited"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn is_alive_false_fails_and_terminates() {
+    let mut p = policy();
+    p.restart_action = RestartAction::None;
+    let b = Behaviour {
+        is_alive: false,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(p, b);
+    sim.online("r");
+    sim.run_for(61 * S).await;
+    let t = sim.texts();
+    let i = t.iter().position(|l| l == "call r is_alive").unwrap();
+    assert_eq!(t[i + 1], "r failed");
+    assert_eq!(t[i + 2], "terminate r 1");
+    assert_eq!(sim.state("r"), State::Failed);
+    assert_eq!(
+        sim.count("call r online"),
+        1,
+        "restart_action none: no restart"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_timeout_is_the_gap_between_progress_reports() {
+    let mut p = policy();
+    p.pending_timeout = 10 * S;
+    p.restart_action = RestartAction::None;
+    let b = Behaviour {
+        online: Answer::PendingForever,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(p, b);
+    sim.online("r");
+    let id = sim.m.id("r").unwrap();
+    let seq = sim.pending[&id];
+    // Progress every 8 s keeps it alive well past 10 s in total.
+    for cp in 1..=3 {
+        sim.run_for(8 * S).await;
+        sim.feed(Event::Progress {
+            id,
+            seq,
+            checkpoint: cp,
+        });
+    }
+    assert_eq!(sim.state("r"), State::OnlinePending);
+    // A checkpoint that does not grow is not progress.
+    sim.run_for(8 * S).await;
+    sim.feed(Event::Progress {
+        id,
+        seq,
+        checkpoint: 3,
+    });
+    sim.run_for(3 * S).await;
+    assert_eq!(sim.times("terminate r"), vec![34000]);
+    assert_eq!(sim.state("r"), State::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pending_completion_brings_it_online() {
+    let b = Behaviour {
+        online: Answer::PendingForever,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(policy(), b);
+    sim.online("r");
+    let id = sim.m.id("r").unwrap();
+    let seq = sim.pending[&id];
+    sim.run_for(2 * S).await;
+    sim.feed(Event::Completed {
+        id,
+        seq,
+        result: Ok(()),
+    });
+    assert_eq!(sim.state("r"), State::Online);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_online_is_terminated_after_pending_timeout() {
+    let mut p = policy();
+    p.restart_action = RestartAction::None;
+    let b = Behaviour {
+        online: Answer::Hang,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(p, b);
+    sim.online("r");
+    sim.run_for(200 * S).await;
+    assert_eq!(sim.times("terminate r"), vec![180_000]);
+    // Its late return is ignored: it was cancelled.
+    let id = sim.m.id("r").unwrap();
+    let seq = sim.pending[&id];
+    sim.feed(Event::Returned {
+        id,
+        seq,
+        outcome: CallOutcome::Done,
+    });
+    assert_eq!(sim.state("r"), State::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hung_offline_is_terminated_and_ends_offline() {
+    let mut p = policy();
+    p.pending_timeout = 5 * S;
+    let b = Behaviour {
+        offline: Answer::Hang,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(p, b);
+    sim.online("r");
+    sim.cmd("r", Command::Offline);
+    assert_eq!(sim.state("r"), State::OfflinePending);
+    sim.run_for(6 * S).await;
+    assert_eq!(sim.times("terminate r"), vec![5000]);
+    assert_eq!(sim.state("r"), State::Offline);
+}
+
+#[tokio::test(start_paused = true)]
+async fn offline_error_terminates_and_ends_offline() {
+    let b = Behaviour {
+        offline: Answer::Error,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(policy(), b);
+    sim.online("r");
+    sim.cmd("r", Command::Offline);
+    assert_eq!(sim.count("terminate r"), 1);
+    assert_eq!(sim.state("r"), State::Offline);
+}
+
+#[tokio::test(start_paused = true)]
+async fn terminate_past_its_timeout_escalates_to_a_forced_kill() {
+    let mut p = policy();
+    p.restart_action = RestartAction::None;
+    let b = Behaviour {
+        is_alive: false,
+        terminate_works: false,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(p, b);
+    sim.online("r");
+    sim.run_for(61 * S).await;
+    assert_eq!(sim.times("terminate r"), vec![60_000]);
+    assert_eq!(sim.times("force-kill r"), vec![60_300]);
+    assert_eq!(sim.state("r"), State::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_terminate_cancels_online_and_first_code_wins() {
+    let b = Behaviour {
+        online: Answer::Hang,
+        terminate_works: false,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(policy(), b);
+    sim.online("r");
+    sim.cmd("r", Command::Terminate { exit_code: 7 });
+    sim.cmd("r", Command::Terminate { exit_code: 9 });
+    assert_eq!(
+        sim.texts()
+            .iter()
+            .filter(|l| l.starts_with("terminate"))
+            .count(),
+        1
+    );
+    assert!(sim.texts().contains(&"terminate r 7".to_string()));
+    sim.run_for(S).await;
+    assert_eq!(sim.state("r"), State::Offline);
+    // Terminated by an operator: not restarted.
+    sim.run_for(3600 * S).await;
+    assert_eq!(sim.count("call r online"), 1);
+}
+
+/// restart_action, threshold, period, delay, retry and failover as rows:
+/// (action, failures to inject, expected restarts, expect failover, final state)
+#[tokio::test(start_paused = true)]
+async fn restart_policy_table() {
+    struct Row {
+        action: RestartAction,
+        threshold: u32,
+        failures: u32,
+        restarts: usize,
+        failover: bool,
+        end: State,
+    }
+    let rows = [
+        Row {
+            action: RestartAction::None,
+            threshold: 3,
+            failures: 1,
+            restarts: 0,
+            failover: false,
+            end: State::Failed,
+        },
+        Row {
+            action: RestartAction::Restart,
+            threshold: 3,
+            failures: 2,
+            restarts: 2,
+            failover: false,
+            end: State::Online,
+        },
+        Row {
+            action: RestartAction::Restart,
+            threshold: 3,
+            failures: 4,
+            restarts: 3,
+            failover: false,
+            end: State::Failed,
+        },
+        Row {
+            action: RestartAction::RestartThenFailover,
+            threshold: 3,
+            failures: 4,
+            restarts: 3,
+            failover: true,
+            end: State::Failed,
+        },
+        Row {
+            action: RestartAction::RestartThenFailover,
+            threshold: 0,
+            failures: 1,
+            restarts: 0,
+            failover: true,
+            end: State::Failed,
+        },
+    ];
+    for (n, row) in rows.iter().enumerate() {
+        let mut p = policy();
+        p.restart_action = row.action;
+        p.restart_threshold = row.threshold;
+        p.restart_delay = 500 * MS;
+        let mut sim = Sim::one(p, Behaviour::default());
+        sim.online("r");
+        let id = sim.m.id("r").unwrap();
+        for _ in 0..row.failures {
+            sim.behaviour[0].is_alive = false;
+            sim.feed(Event::FailureNotice {
+                id,
+                reason: "died".into(),
+            });
+            sim.behaviour[0].is_alive = true;
+            sim.run_for(S).await;
+        }
+        assert_eq!(
+            sim.count("call r online") - 1,
+            row.restarts,
+            "row {n}: restarts"
+        );
+        assert_eq!(
+            sim.count("failover g") == 1,
+            row.failover,
+            "row {n}: failover"
+        );
+        assert_eq!(sim.state("r"), row.end, "row {n}: state");
+        assert_eq!(
+            sim.m.view(id).restarts as usize,
+            row.restarts,
+            "row {n}: counter"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_waits_restart_delay() {
+    let mut p = policy();
+    p.restart_delay = 750 * MS;
+    p.restart_action = RestartAction::Restart;
+    let mut sim = Sim::one(p, Behaviour::default());
+    sim.online("r");
+    sim.run_for(S).await;
+    let id = sim.m.id("r").unwrap();
+    sim.behaviour[0].is_alive = false;
+    sim.feed(Event::FailureNotice {
+        id,
+        reason: "died".into(),
+    });
+    sim.behaviour[0].is_alive = true;
+    sim.run_for(S).await;
+    assert_eq!(sim.times("call r online"), vec![0, 1750]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarts_outside_the_period_do_not_count() {
+    let mut p = policy();
+    p.restart_action = RestartAction::Restart;
+    p.restart_threshold = 2;
+    p.restart_period = 10 * S;
+    p.restart_delay = Duration::ZERO;
+    let mut sim = Sim::one(p, Behaviour::default());
+    sim.online("r");
+    let id = sim.m.id("r").unwrap();
+    // Six failures, 6 s apart: never more than 2 within any 10 s window.
+    for _ in 0..6 {
+        sim.behaviour[0].is_alive = false;
+        sim.feed(Event::FailureNotice {
+            id,
+            reason: "died".into(),
+        });
+        sim.behaviour[0].is_alive = true;
+        sim.run_for(6 * S).await;
+    }
+    assert_eq!(sim.count("call r online"), 7);
+    assert_eq!(sim.state("r"), State::Online);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_period_on_failure_tries_once_more() {
+    let mut p = policy();
+    p.restart_action = RestartAction::Restart;
+    p.restart_threshold = 1;
+    p.restart_delay = Duration::ZERO;
+    p.retry_period_on_failure = 100 * S;
+    let mut sim = Sim::one(p, Behaviour::default());
+    sim.online("r");
+    let id = sim.m.id("r").unwrap();
+    for _ in 0..2 {
+        sim.behaviour[0].is_alive = false;
+        sim.feed(Event::FailureNotice {
+            id,
+            reason: "died".into(),
+        });
+        sim.behaviour[0].is_alive = true;
+        sim.run_for(S).await;
+    }
+    assert_eq!(sim.state("r"), State::Failed);
+    sim.run_for(98 * S).await;
+    assert_eq!(sim.count("call r online"), 2);
+    sim.run_for(2 * S).await;
+    assert_eq!(sim.times("call r online")[2], 101_000);
+    assert_eq!(sim.state("r"), State::Online);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failover_holds_the_whole_group_down_until_retry() {
+    let mut p = policy();
+    p.restart_threshold = 0;
+    p.retry_period_on_failure = 50 * S;
+    let mut sim = Sim::new(vec![spec("a", &[], p.clone()), spec("b", &[], p)]);
+    sim.online("a");
+    sim.online("b");
+    let a = sim.m.id("a").unwrap();
+    sim.behaviour[a].is_alive = false;
+    sim.feed(Event::FailureNotice {
+        id: a,
+        reason: "died".into(),
+    });
+    sim.behaviour[a].is_alive = true;
+    assert_eq!(sim.count("failover g"), 1);
+    assert_eq!(sim.state("a"), State::Failed);
+    assert_eq!(sim.state("b"), State::Offline, "the group is held down");
+    sim.run_for(51 * S).await;
+    assert_eq!(sim.state("a"), State::Online);
+    assert_eq!(sim.state("b"), State::Online);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dependencies_order_online_and_offline() {
+    // db <- app <- web
+    let mut sim = Sim::new(vec![
+        spec("web", &["app"], policy()),
+        spec("app", &["db"], policy()),
+        spec("db", &[], policy()),
+    ]);
+    sim.online("web");
+    let calls: Vec<String> = sim
+        .texts()
+        .into_iter()
+        .filter(|l| l.starts_with("call"))
+        .collect();
+    assert_eq!(
+        calls,
+        ["call db online", "call app online", "call web online"]
+    );
+    sim.trace.clear();
+    sim.cmd("db", Command::Offline);
+    let calls: Vec<String> = sim
+        .texts()
+        .into_iter()
+        .filter(|l| l.starts_with("call"))
+        .collect();
+    assert_eq!(
+        calls,
+        ["call web offline", "call app offline", "call db offline"]
+    );
+    for n in ["web", "app", "db"] {
+        assert_eq!(sim.state(n), State::Offline);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_waits_for_pending_dependents() {
+    let mut sim = Sim::new(vec![
+        spec("app", &["db"], policy()),
+        spec("db", &[], policy()),
+    ]);
+    sim.behaviour[0].offline = Answer::PendingForever;
+    sim.online("app");
+    sim.cmd("db", Command::Offline);
+    assert_eq!(sim.state("app"), State::OfflinePending);
+    assert_eq!(sim.state("db"), State::Online, "db waits for app");
+    let id = sim.m.id("app").unwrap();
+    let seq = sim.pending[&id];
+    sim.feed(Event::Completed {
+        id,
+        seq,
+        result: Ok(()),
+    });
+    assert_eq!(sim.state("db"), State::Offline);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_provider_takes_dependents_down_and_they_return() {
+    let mut p = policy();
+    p.restart_delay = 2 * S;
+    let mut sim = Sim::new(vec![spec("app", &["db"], policy()), spec("db", &[], p)]);
+    sim.online("app");
+    let db = sim.m.id("db").unwrap();
+    sim.behaviour[db].is_alive = false;
+    sim.feed(Event::FailureNotice {
+        id: db,
+        reason: "died".into(),
+    });
+    sim.behaviour[db].is_alive = true;
+    assert_eq!(sim.state("db"), State::Failed);
+    assert_eq!(sim.state("app"), State::Offline, "dependent taken offline");
+    assert_eq!(sim.count("call app offline"), 1);
+    sim.run_for(3 * S).await;
+    assert_eq!(sim.state("db"), State::Online);
+    assert_eq!(
+        sim.state("app"),
+        State::Online,
+        "dependent back with its provider"
+    );
+    let t = sim.times("call app online");
+    assert_eq!(t, vec![0, 2000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_health_check_stuck_past_deadlock_timeout_is_a_failure() {
+    let mut p = policy();
+    p.looks_alive_interval = S;
+    p.deadlock_timeout = 10 * S;
+    p.restart_action = RestartAction::None;
+    let mut sim = Sim::one(p, Behaviour::default());
+    sim.online("r");
+    // Swallow the next looks_alive: it never returns.
+    sim.run_for(500 * MS).await;
+    let id = sim.m.id("r").unwrap();
+    let next = sim.m.next_deadline().unwrap();
+    tokio::time::sleep_until(next).await;
+    let actions = sim.m.handle(Instant::now(), Event::Tick);
+    assert!(matches!(
+        actions[..],
+        [Action::Call {
+            entry: EntryPoint::LooksAlive,
+            ..
+        }]
+    ));
+    sim.run_for(11 * S).await;
+    assert_eq!(sim.state("r"), State::Failed);
+    assert!(
+        sim.m.view(id).reason.contains("deadlock_timeout"),
+        "{}",
+        sim.m.view(id).reason
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_takes_everything_offline_in_order() {
+    let mut sim = Sim::new(vec![
+        spec("app", &["db"], policy()),
+        spec("db", &[], policy()),
+    ]);
+    sim.online("app");
+    sim.trace.clear();
+    sim.feed(Event::Shutdown);
+    let calls: Vec<String> = sim
+        .texts()
+        .into_iter()
+        .filter(|l| l.starts_with("call"))
+        .collect();
+    assert_eq!(calls, ["call app offline", "call db offline"]);
+    assert!(sim.m.all_down());
+    // Commands after shutdown bring nothing up.
+    sim.online("app");
+    assert!(sim.m.all_down());
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_terminates_an_online_in_progress() {
+    let b = Behaviour {
+        online: Answer::Hang,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(policy(), b);
+    sim.online("r");
+    sim.feed(Event::Shutdown);
+    assert_eq!(sim.count("terminate r"), 1);
+    assert!(sim.m.all_down());
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_online_restarts_a_failed_resource() {
+    let mut p = policy();
+    p.restart_action = RestartAction::None;
+    let mut sim = Sim::one(p, Behaviour::default());
+    sim.online("r");
+    let id = sim.m.id("r").unwrap();
+    sim.behaviour[0].is_alive = false;
+    sim.feed(Event::FailureNotice {
+        id,
+        reason: "died".into(),
+    });
+    sim.behaviour[0].is_alive = true;
+    assert_eq!(sim.state("r"), State::Failed);
+    sim.online("r");
+    assert_eq!(sim.state("r"), State::Online);
+}
+
+#[test]
+fn bad_specs_are_refused_with_every_problem_named() {
+    let now = Instant::now();
+    let err = Monitor::new(
+        vec![
+            spec("a", &["nope"], policy()),
+            spec("b", &["b"], policy()),
+            ResourceSpec {
+                group: "other".into(),
+                ..spec("c", &["a"], policy())
+            },
+        ],
+        now,
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("\"a\": depends_on names \"nope\""), "{text}");
+    assert!(text.contains("\"b\": depends on itself"), "{text}");
+    assert!(text.contains("within a group"), "{text}");
+
+    let err = Monitor::new(
+        vec![
+            spec("a", &["b"], policy()),
+            spec("b", &["c"], policy()),
+            spec("c", &["a"], policy()),
+        ],
+        now,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("dependency cycle: a -> b -> c -> a"),
+        "{err}"
+    );
+}
