@@ -1,0 +1,446 @@
+//! Containers: where a resource's processes live, so that all of them can be
+//! found and killed (rung 3 of the termination ladder, DESIGN section 4).
+//!
+//! Two backends, chosen once by [`Containers::detect`]:
+//!
+//! * **cgroup v2** (preferred): one directory per resource under a root
+//!   cgroup `resmon.<pid>` created below the monitor's own cgroup. A child
+//!   joins it before `exec`, and nothing it forks can leave it without
+//!   privileges. `cgroup.kill` kills the whole subtree atomically, even
+//!   processes forking at that moment, and `cgroup.events` tells when the
+//!   last one is gone (the kernel notifies it with `POLLPRI`).
+//! * **process groups** (fallback): every process of the resource carries a
+//!   marker variable in its environment; a scan of `/proc` finds those plus
+//!   all their descendants. Killing repeats {scan; `SIGKILL` each process and
+//!   its process group} until a scan finds nothing, so children forked
+//!   during a round die in the next one. Descendants that `setsid` or
+//!   double-fork keep the marker (and, as the monitor is a child subreaper,
+//!   stay our descendants); one that also clears its environment and leaves
+//!   its process group escapes: that is the price of not having cgroups.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use resmon_contract::Scope;
+use rustix::process::{getpgrp, getpid, getsid, kill_process_group, Pid, Signal};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::cgroup;
+use crate::handle::{lock, TaskCore, TaskHandle, TreeRecord};
+use crate::procfs;
+
+/// The environment variable that marks a resource's processes.
+pub const MARKER_VAR: &str = "RESMON_RESOURCE";
+
+/// How many scan-and-kill rounds `kill_all` makes without cgroups.
+const KILL_ROUNDS: usize = 50;
+
+#[derive(Debug)]
+enum Backend {
+    Cgroup { root: PathBuf },
+    ProcessGroups { reason: String },
+}
+
+/// Decides where resources' processes live: a cgroup v2 directory per
+/// resource when cgroups are usable, else process groups.
+#[derive(Debug)]
+pub struct Containers {
+    backend: Backend,
+}
+
+impl Containers {
+    /// Finds the cgroup2 mount in `/proc/self/mountinfo` and this process's
+    /// cgroup in `/proc/self/cgroup`, creates `<mount><own path>/resmon.<pid>`
+    /// (or `<...>/<root_name>`) and checks that it is usable: `mkdir` works
+    /// and `cgroup.kill` exists. On any failure it falls back to process
+    /// groups and records why ([`backend_description`](Self::backend_description)).
+    pub fn detect(root_name: Option<&str>) -> Containers {
+        let read = |path: &str| {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
+        };
+        let name = match root_name {
+            Some(name) => cgroup::sanitize_name(name),
+            None => format!("resmon.{}", getpid().as_raw_nonzero()),
+        };
+        let found = read("/proc/self/mountinfo").and_then(|mountinfo| {
+            let own = cgroup::locate(&mountinfo, &read("/proc/self/cgroup")?)?;
+            cgroup::prepare_root(&own, &name)
+        });
+        let backend = match found {
+            Ok(root) => Backend::Cgroup { root },
+            Err(reason) => {
+                tracing::warn!("cgroups not usable, falling back to process groups: {reason}");
+                Backend::ProcessGroups { reason }
+            }
+        };
+        Containers { backend }
+    }
+
+    /// Process groups only (where cgroups are turned off by configuration).
+    pub fn process_groups() -> Containers {
+        Containers {
+            backend: Backend::ProcessGroups {
+                reason: "cgroups turned off".into(),
+            },
+        }
+    }
+
+    /// Which backend is in use and why, e.g. `cgroup v2 at /sys/fs/cgroup/resmon.123`
+    /// or `process groups (cgroup v2 not mounted)`.
+    pub fn backend_description(&self) -> String {
+        match &self.backend {
+            Backend::Cgroup { root } => format!("cgroup v2 at {}", root.display()),
+            Backend::ProcessGroups { reason } => format!("process groups ({reason})"),
+        }
+    }
+
+    pub fn uses_cgroups(&self) -> bool {
+        matches!(self.backend, Backend::Cgroup { .. })
+    }
+
+    /// The root cgroup directory, in cgroup mode.
+    pub fn root(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Cgroup { root } => Some(root),
+            Backend::ProcessGroups { .. } => None,
+        }
+    }
+
+    /// The container of resource `resource_name`. In cgroup mode this makes
+    /// `<root>/<sanitized name>`; a directory left by an earlier run is
+    /// reused if it holds no process, and refused otherwise.
+    pub fn create(&self, resource_name: &str) -> io::Result<Container> {
+        let cgroup = match &self.backend {
+            Backend::ProcessGroups { .. } => None,
+            Backend::Cgroup { root } => {
+                let dir = root.join(cgroup::sanitize_name(resource_name));
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {
+                        if cgroup::populated(&dir)? {
+                            return Err(io::Error::new(
+                                io::ErrorKind::AlreadyExists,
+                                format!(
+                                    "cgroup {} of resource {resource_name:?} still holds processes \
+                                     (left from an earlier run?): kill them or remove the cgroup",
+                                    dir.display()
+                                ),
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("creating cgroup {}: {e}", dir.display()),
+                        ))
+                    }
+                }
+                Some(dir)
+            }
+        };
+        Ok(Container {
+            inner: Arc::new(Inner {
+                name: resource_name.to_owned(),
+                marker: (
+                    MARKER_VAR.to_owned(),
+                    format!("{}/{resource_name}", getpid().as_raw_nonzero()),
+                ),
+                cgroup,
+                tree: Mutex::new(Weak::new()),
+            }),
+        })
+    }
+
+    /// Removes the root cgroup; do it after removing the containers. Errors
+    /// are logged, not returned.
+    pub fn cleanup(&self) {
+        if let Backend::Cgroup { root } = &self.backend {
+            if let Err(e) = std::fs::remove_dir(root) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!("removing cgroup {}: {e}", root.display());
+                }
+            }
+        }
+    }
+}
+
+struct Inner {
+    name: String,
+    marker: (String, String),
+    cgroup: Option<PathBuf>,
+    /// The tree task, shared by all its handles while any is alive.
+    tree: Mutex<Weak<TreeRecord>>,
+}
+
+/// Where one resource's processes live. Cheap to clone (an `Arc` inside).
+#[derive(Clone)]
+pub struct Container {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Container")
+            .field("name", &self.inner.name)
+            .field("cgroup", &self.inner.cgroup)
+            .finish()
+    }
+}
+
+impl Container {
+    /// The container a [`Scope`] describes (as [`Container::scope`] gave it):
+    /// how a resource type reaches its own processes without holding the
+    /// monitor's [`Container`].
+    pub fn from_scope(scope: &Scope) -> Container {
+        let name = scope
+            .marker
+            .1
+            .split_once('/')
+            .map_or(scope.marker.1.as_str(), |(_, n)| n)
+            .to_owned();
+        Container {
+            inner: Arc::new(Inner {
+                name,
+                marker: scope.marker.clone(),
+                cgroup: scope.cgroup.clone(),
+                tree: Mutex::new(Weak::new()),
+            }),
+        }
+    }
+
+    /// The resource name this container was created for.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Where the resource's processes must be started: the cgroup directory
+    /// in cgroup mode, and always the marker variable
+    /// (`RESMON_RESOURCE=<monitor pid>/<name>`). See [`SpawnSpec::set_scope`](crate::SpawnSpec::set_scope).
+    pub fn scope(&self) -> Scope {
+        Scope {
+            cgroup: self.inner.cgroup.clone(),
+            marker: self.inner.marker.clone(),
+        }
+    }
+
+    fn marker_entry(&self) -> Vec<u8> {
+        let (k, v) = &self.inner.marker;
+        format!("{k}={v}").into_bytes()
+    }
+
+    /// The live processes and their start times (for pid-reuse checks).
+    fn processes(&self) -> Vec<(u32, Option<u64>)> {
+        let proc_root = Path::new("/proc");
+        match &self.inner.cgroup {
+            Some(dir) => {
+                let mut pids = Vec::new();
+                cgroup::procs_recursive(dir, &mut pids);
+                pids.into_iter()
+                    .map(|pid| {
+                        let start = procfs::read_stat(proc_root, pid).map(|s| s.start_time);
+                        (pid, start)
+                    })
+                    .collect()
+            }
+            None => procfs::marked_tree(proc_root, &self.marker_entry(), own_pid())
+                .into_iter()
+                .map(|s| (s.pid, Some(s.start_time)))
+                .collect(),
+        }
+    }
+
+    /// Every live process of the resource: the `cgroup.procs` of its cgroup
+    /// (and cgroups below it); without cgroups, every process whose
+    /// environment holds the marker plus all their descendants.
+    pub fn pids(&self) -> Vec<u32> {
+        self.processes().into_iter().map(|(pid, _)| pid).collect()
+    }
+
+    /// Sends `sig` to every process of [`pids`](Self::pids), through pidfds.
+    /// A process that is gone meanwhile is success.
+    pub fn signal_all(&self, sig: Signal) -> io::Result<()> {
+        let mut first_error = None;
+        for (pid, start) in self.processes() {
+            if let Err(e) = procfs::signal_checked(pid, start, sig) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Kills every process of the resource and returns without waiting for
+    /// them to be gone (see [`wait_empty`](Self::wait_empty)).
+    ///
+    /// In cgroup mode it writes `1` to `cgroup.kill`. Without cgroups it
+    /// repeats {find the processes; `SIGKILL` each and its process group}
+    /// until a scan finds none, at most 50 rounds (a process in
+    /// uninterruptible sleep can outlive them; it dies when it wakes).
+    pub fn kill_all(&self) -> io::Result<()> {
+        match &self.inner.cgroup {
+            Some(dir) => match cgroup::write_file(&dir.join("cgroup.kill"), "1") {
+                // A removed cgroup was empty.
+                Err(e) if cgroup::is_gone(&e) => Ok(()),
+                other => other,
+            },
+            None => self.kill_all_by_scan(),
+        }
+    }
+
+    fn kill_all_by_scan(&self) -> io::Result<()> {
+        let marker = self.marker_entry();
+        let own_pgrp = pid_u32(Some(getpgrp()));
+        let own_sid = pid_u32(getsid(None).ok());
+        for _ in 0..KILL_ROUNDS {
+            let procs = procfs::marked_tree(Path::new("/proc"), &marker, own_pid());
+            if procs.is_empty() {
+                return Ok(());
+            }
+            for p in &procs {
+                if let Err(e) = procfs::signal_checked(p.pid, Some(p.start_time), Signal::KILL) {
+                    tracing::warn!("killing resource {:?}: {e}", self.inner.name);
+                }
+            }
+            // Also kill the process groups, which catch members that lost the
+            // marker. Only groups that are the resource's own: led by one of
+            // its processes, or in a session one of them created.
+            let mut groups: Vec<u32> = procs
+                .iter()
+                .filter(|p| {
+                    p.pgrp > 1
+                        && Some(p.pgrp) != own_pgrp
+                        && (Some(p.session) != own_sid || procs.iter().any(|q| q.pid == p.pgrp))
+                })
+                .map(|p| p.pgrp)
+                .collect();
+            groups.sort_unstable();
+            groups.dedup();
+            for pgrp in groups.into_iter().filter_map(|g| Pid::from_raw(g as i32)) {
+                // Errors are ignored: ESRCH means the group is gone, and its
+                // members found by the scan were signalled one by one above.
+                let _ = kill_process_group(pgrp, Signal::KILL);
+            }
+            // Give the kernel a moment to carry the kills out before re-scanning.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tracing::warn!(
+            "resource {:?}: processes still found after {KILL_ROUNDS} kill rounds",
+            self.inner.name
+        );
+        Ok(())
+    }
+
+    /// Whether no process of the resource is left.
+    pub fn is_empty(&self) -> bool {
+        match &self.inner.cgroup {
+            Some(dir) => match cgroup::populated(dir) {
+                Ok(populated) => !populated,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    false
+                }
+            },
+            None => self.pids().is_empty(),
+        }
+    }
+
+    /// Resolves once no process of the resource is left. In cgroup mode it
+    /// sleeps on `cgroup.events` (the kernel raises `POLLPRI` when it
+    /// changes) and re-reads it, with a slow re-read as a safety net; without
+    /// cgroups it re-scans with a short backoff. Needs a tokio runtime with
+    /// I/O and time enabled.
+    pub async fn wait_empty(&self) {
+        if let Some(dir) = &self.inner.cgroup {
+            match watch_events(dir).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!("watching {}: {e}; polling instead", dir.display()),
+            }
+        }
+        let mut delay = Duration::from_millis(2);
+        while !self.is_empty() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// A tree task for the whole container: `terminate(code)` kills it all,
+    /// it is signaled once the container is seen empty (exit code 0 if it
+    /// emptied by itself). All handles from this call share one task while
+    /// any of them is alive; take it after the first process started, since
+    /// an empty container finishes the task at once.
+    pub fn task(&self) -> TaskHandle {
+        let mut slot = lock(&self.inner.tree);
+        if let Some(record) = slot.upgrade() {
+            return TaskHandle::tree(record);
+        }
+        let record = Arc::new(TreeRecord {
+            container: self.clone(),
+            core: TaskCore::new(),
+        });
+        *slot = Arc::downgrade(&record);
+        TaskHandle::tree(record)
+    }
+
+    /// Removes the cgroup directory (and any cgroups the resource made below
+    /// it); it must hold no process. Nothing to do without cgroups.
+    pub fn remove(&self) -> io::Result<()> {
+        match &self.inner.cgroup {
+            Some(dir) => cgroup::remove_tree(dir),
+            None => Ok(()),
+        }
+    }
+}
+
+fn own_pid() -> u32 {
+    pid_u32(Some(getpid())).unwrap_or(0)
+}
+
+fn pid_u32(pid: Option<Pid>) -> Option<u32> {
+    pid.and_then(|p| u32::try_from(p.as_raw_nonzero().get()).ok())
+}
+
+/// Waits for `populated 0` in `dir/cgroup.events`.
+async fn watch_events(dir: &Path) -> io::Result<()> {
+    let path = dir.join("cgroup.events");
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if cgroup::is_gone(&e) => return Ok(()),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("opening {}: {e}", path.display()),
+            ))
+        }
+    };
+    // SAFETY: the AsyncFd owns the File, so the descriptor stays open and
+    // names the same file description for the AsyncFd's whole life.
+    let events = unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY) }
+        .map_err(|e| e.into_parts().1)?;
+    let mut buf = [0_u8; 256];
+    loop {
+        // Read first, then sleep: a change after the read raises a new edge.
+        match events.get_ref().read_at(&mut buf, 0) {
+            Ok(n) => {
+                if cgroup::parse_populated(&String::from_utf8_lossy(&buf[..n])) == Some(false) {
+                    return Ok(());
+                }
+            }
+            Err(e) if cgroup::is_gone(&e) => return Ok(()),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("reading {}: {e}", path.display()),
+                ))
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(1), events.ready(Interest::PRIORITY)).await {
+            Ok(Ok(mut guard)) => guard.clear_ready(),
+            Ok(Err(e)) => return Err(e),
+            Err(_elapsed) => {}
+        }
+    }
+}

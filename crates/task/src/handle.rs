@@ -1,0 +1,309 @@
+//! Task handles: rights, exit codes, `terminate` and `wait` (DESIGN section 5).
+//!
+//! A [`TaskHandle`] is an `Arc` on a task record plus the rights of this
+//! handle. The record holds the exit code state behind a mutex and a watch
+//! channel that flips to "finished" exactly once, which releases every waiter
+//! at once. Two kinds of task share that core:
+//!
+//! * a *process* task: one child process, known by its pidfd. The reaper
+//!   finishes the record when it reaps the process; `terminate` and `signal`
+//!   go through the pidfd, so once the process is reaped they reach nothing
+//!   (`ESRCH`, treated as success) instead of a process that reused the pid;
+//! * a *tree* task: everything in a [`Container`]. It is finished the first
+//!   time the container is seen empty; `terminate` kills the container.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use rustix::process::{pidfd_send_signal, Signal};
+use tokio::sync::watch;
+
+use crate::container::Container;
+use crate::{Rights, TaskError, STILL_ACTIVE};
+
+/// Locks a mutex, ignoring poisoning: every critical section in this crate
+/// leaves its data consistent even if a panic interrupts it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The exit-code state shared by both kinds of task.
+pub(crate) struct TaskCore {
+    codes: Mutex<Codes>,
+    finished: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct Codes {
+    /// The code given to the first `terminate` that found the task running.
+    terminate_code: Option<i32>,
+    /// What the task ended with on its own (exit status, 128 + signal).
+    exit: Option<i32>,
+}
+
+impl TaskCore {
+    pub(crate) fn new() -> Self {
+        TaskCore {
+            codes: Mutex::default(),
+            finished: watch::Sender::new(false),
+        }
+    }
+
+    /// Marks the task finished with `exit` and releases every waiter.
+    /// Only the first call counts.
+    pub(crate) fn finish(&self, exit: i32) {
+        {
+            let mut codes = lock(&self.codes);
+            if codes.exit.is_some() {
+                return;
+            }
+            codes.exit = Some(exit);
+        }
+        self.finished.send_replace(true);
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        *self.finished.borrow()
+    }
+
+    fn exit_code(&self) -> i32 {
+        let codes = lock(&self.codes);
+        match codes.exit {
+            Some(exit) => codes.terminate_code.unwrap_or(exit),
+            None => STILL_ACTIVE,
+        }
+    }
+
+    /// Records `code` as the exit code unless the task already finished or
+    /// an earlier terminate chose one. Returns whether the task still runs,
+    /// i.e. whether the caller must (still) kill it.
+    fn begin_terminate(&self, code: i32) -> bool {
+        let mut codes = lock(&self.codes);
+        if codes.exit.is_some() {
+            return false;
+        }
+        codes.terminate_code.get_or_insert(code);
+        true
+    }
+
+    async fn finished(&self) {
+        let mut rx = self.finished.subscribe();
+        // The sender lives in `self`, so this only ends by seeing `true`.
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+/// A task that is one child process.
+pub(crate) struct ProcessRecord {
+    pub(crate) pid: u32,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) core: TaskCore,
+}
+
+impl ProcessRecord {
+    pub(crate) fn new(pid: u32, pidfd: OwnedFd) -> Self {
+        ProcessRecord {
+            pid,
+            pidfd,
+            core: TaskCore::new(),
+        }
+    }
+
+    fn send(&self, sig: Signal) -> io::Result<()> {
+        send_via_pidfd(self.pidfd.as_fd(), sig).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "sending {sig:?} to process {} through its pidfd: {e}",
+                    self.pid
+                ),
+            )
+        })
+    }
+}
+
+/// Sends `sig` through a pidfd; a process that is already gone is success.
+pub(crate) fn send_via_pidfd(pidfd: impl AsFd, sig: Signal) -> io::Result<()> {
+    match pidfd_send_signal(pidfd, sig) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A task that is every process of a container.
+pub(crate) struct TreeRecord {
+    pub(crate) container: Container,
+    pub(crate) core: TaskCore,
+}
+
+impl TreeRecord {
+    /// Finishes the task if the container is empty now; returns whether it is finished.
+    fn refresh(&self) -> bool {
+        if self.core.is_finished() {
+            return true;
+        }
+        if self.container.is_empty() {
+            // A tree has no exit status of its own: emptying by itself is success.
+            self.core.finish(0);
+            return true;
+        }
+        false
+    }
+
+    async fn finished(&self) {
+        tokio::select! {
+            () = self.core.finished() => {}
+            () = self.container.wait_empty() => self.core.finish(0),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Task {
+    Process(Arc<ProcessRecord>),
+    Tree(Arc<TreeRecord>),
+}
+
+/// A handle on something the monitor can wait on and terminate: a process or
+/// a container's whole process tree. Cloning keeps the rights; use
+/// [`TaskHandle::duplicate`] to hand out fewer. The task's record lives until
+/// its last handle is dropped.
+#[derive(Clone)]
+pub struct TaskHandle {
+    task: Task,
+    rights: Rights,
+}
+
+impl fmt::Debug for TaskHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("TaskHandle");
+        match &self.task {
+            Task::Process(p) => d.field("pid", &p.pid),
+            Task::Tree(t) => d.field("container", &t.container.name()),
+        };
+        d.field("rights", &self.rights)
+            .field("signaled", &self.core().is_finished())
+            .finish()
+    }
+}
+
+impl TaskHandle {
+    pub(crate) fn process(record: Arc<ProcessRecord>) -> Self {
+        TaskHandle {
+            task: Task::Process(record),
+            rights: Rights::all(),
+        }
+    }
+
+    pub(crate) fn tree(record: Arc<TreeRecord>) -> Self {
+        TaskHandle {
+            task: Task::Tree(record),
+            rights: Rights::all(),
+        }
+    }
+
+    fn core(&self) -> &TaskCore {
+        match &self.task {
+            Task::Process(p) => &p.core,
+            Task::Tree(t) => &t.core,
+        }
+    }
+
+    fn check(&self, needed: Rights) -> Result<(), TaskError> {
+        if self.rights.contains(needed) {
+            Ok(())
+        } else {
+            Err(TaskError::AccessDenied)
+        }
+    }
+
+    /// The rights this handle carries.
+    pub fn rights(&self) -> Rights {
+        self.rights
+    }
+
+    /// A new handle on the same task with `rights`, which must be a subset of
+    /// this handle's rights.
+    pub fn duplicate(&self, rights: Rights) -> Result<TaskHandle, TaskError> {
+        self.check(rights)?;
+        Ok(TaskHandle {
+            task: self.task.clone(),
+            rights,
+        })
+    }
+
+    /// The process id of a process task; `None` for a tree task.
+    pub fn pid(&self) -> Option<u32> {
+        match &self.task {
+            Task::Process(p) => Some(p.pid),
+            Task::Tree(_) => None,
+        }
+    }
+
+    /// [`STILL_ACTIVE`] while the task runs. Once it finished: the code given
+    /// to the first [`terminate`](Self::terminate) if it was terminated before
+    /// it ended by itself, else its exit status (128 + signal number when a
+    /// signal killed it; 0 for a tree that emptied by itself). Needs `QUERY`.
+    pub fn exit_code(&self) -> Result<i32, TaskError> {
+        self.check(Rights::QUERY)?;
+        self.is_signaled();
+        Ok(self.core().exit_code())
+    }
+
+    /// Starts killing the task and returns at once: `SIGKILL` through the
+    /// pidfd for a process, the container's `kill_all` for a tree. The first
+    /// terminate chooses the exit code; later ones, and terminating a task
+    /// that already finished, succeed and change nothing. Needs `TERMINATE`.
+    pub fn terminate(&self, code: i32) -> Result<(), TaskError> {
+        self.check(Rights::TERMINATE)?;
+        match &self.task {
+            Task::Process(p) => {
+                if p.core.begin_terminate(code) {
+                    p.send(Signal::KILL)?;
+                }
+            }
+            Task::Tree(t) => {
+                if !t.refresh() && t.core.begin_terminate(code) {
+                    t.container.kill_all()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `sig` to the task: through the pidfd for a process, to every
+    /// process of the container for a tree. A task that is gone is success.
+    /// Needs `TERMINATE`.
+    pub fn signal(&self, sig: Signal) -> Result<(), TaskError> {
+        self.check(Rights::TERMINATE)?;
+        match &self.task {
+            Task::Process(p) => p.send(sig)?,
+            Task::Tree(t) => t.container.signal_all(sig)?,
+        }
+        Ok(())
+    }
+
+    /// Waits until the task is gone (a process exited and was reaped; a
+    /// container is empty) and returns its exit code. Every waiter is
+    /// released at once. Needs `SYNCHRONIZE`. For a tree task the caller's
+    /// runtime needs I/O and time enabled (see [`Container::wait_empty`]).
+    pub async fn wait(&self) -> Result<i32, TaskError> {
+        self.check(Rights::SYNCHRONIZE)?;
+        match &self.task {
+            Task::Process(p) => p.core.finished().await,
+            Task::Tree(t) => t.finished().await,
+        }
+        Ok(self.core().exit_code())
+    }
+
+    /// Whether the task finished: a process exited and was reaped, or a
+    /// container was seen empty. Once true it stays true.
+    pub fn is_signaled(&self) -> bool {
+        match &self.task {
+            Task::Process(p) => p.core.is_finished(),
+            Task::Tree(t) => t.refresh(),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! The reaper: the one place in the process that collects child exit statuses.
+//!
+//! `waitpid` is process-wide, so there must be exactly one reaper: whoever
+//! else waits can steal a status. [`Reaper::get`] starts it on first use: the
+//! process becomes a child subreaper, and a thread named `resmon-reaper` runs
+//! a current-thread tokio runtime of its own, so the reaper works whichever
+//! runtime (or none) its users run on and outlives short-lived ones such as
+//! test runtimes.
+//!
+//! Two events make the thread reap:
+//!
+//! * `SIGCHLD`: it peeks zombies one by one with
+//!   `waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`. A zombie that is a
+//!   registered task is reaped through its pidfd and its status delivered to
+//!   the task record; any other zombie is an orphan (a re-parented
+//!   descendant) and is reaped by pid. Signals coalesce, so it loops until no
+//!   zombie is left.
+//! * a task's pidfd turning readable (watched with `AsyncFd`): that task
+//!   exited; it is reaped at once, without waiting for the signal.
+//!
+//! Both run under the `tasks` lock, which [`Reaper::spawn`] also holds from
+//! `fork` until the child's pidfd is open and registered. So a child is never
+//! reaped as an orphan before it is registered, its pid cannot be reused
+//! while the pidfd is opened, and std's own clean-up `waitpid` of a child
+//! whose `exec` failed is never raced.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use nix::errno::Errno;
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
+use rustix::process::{kill_process, pidfd_open, Pid, PidfdFlags, Signal};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::runtime::Handle;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::handle::{lock, ProcessRecord, TaskHandle};
+use crate::spawn::{self, SpawnSpec};
+
+/// Reaps every child of this process; see the module documentation.
+///
+/// The process is made a child subreaper (`PR_SET_CHILD_SUBREAPER`) so that
+/// orphaned descendants (double fork, `setsid`) are re-parented to it and
+/// reaped here. One per process: [`Reaper::get`] creates it on first use and
+/// returns the same `Arc` after. Nothing else in the process may wait for
+/// children; spawn them with [`Reaper::spawn`].
+pub struct Reaper {
+    tasks: Arc<Tasks>,
+    /// The reaper thread's runtime, where pidfd watchers run.
+    runtime: Handle,
+}
+
+/// Process tasks not reaped yet, by pid. Holding this lock is the right to reap.
+type Tasks = Mutex<HashMap<u32, Arc<ProcessRecord>>>;
+
+static REAPER: Mutex<Option<Arc<Reaper>>> = Mutex::new(None);
+
+impl Reaper {
+    /// The process's reaper, started on the first call.
+    pub fn get() -> io::Result<Arc<Reaper>> {
+        let mut slot = lock(&REAPER);
+        if let Some(reaper) = &*slot {
+            return Ok(Arc::clone(reaper));
+        }
+        let reaper = Reaper::start()?;
+        *slot = Some(Arc::clone(&reaper));
+        Ok(reaper)
+    }
+
+    fn start() -> io::Result<Arc<Reaper>> {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("making the monitor a child subreaper (PR_SET_CHILD_SUBREAPER): {e}"),
+            )
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| io::Error::new(e.kind(), format!("building the reaper runtime: {e}")))?;
+        // Listen before returning, so no SIGCHLD after `get` is missed.
+        let sigchld = {
+            let _guard = runtime.enter();
+            signal(SignalKind::child())
+                .map_err(|e| io::Error::new(e.kind(), format!("listening for SIGCHLD: {e}")))?
+        };
+        let reaper = Arc::new(Reaper {
+            tasks: Arc::new(Mutex::new(HashMap::new())),
+            runtime: runtime.handle().clone(),
+        });
+        let tasks = Arc::clone(&reaper.tasks);
+        std::thread::Builder::new()
+            .name("resmon-reaper".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut sigchld = sigchld;
+                    loop {
+                        // Reap first: children may have exited before we listened.
+                        reap_zombies(&tasks);
+                        if sigchld.recv().await.is_none() {
+                            break;
+                        }
+                    }
+                });
+            })
+            .map_err(|e| io::Error::new(e.kind(), format!("starting the reaper thread: {e}")))?;
+        Ok(reaper)
+    }
+
+    /// Spawns a process as described by `spec` and returns a handle with all
+    /// rights. Blocks until `exec` succeeded or failed; an `exec` failure
+    /// (e.g. the program does not exist) is an error naming the program.
+    pub fn spawn(&self, spec: &SpawnSpec) -> io::Result<TaskHandle> {
+        let mut command = spawn::command(spec)?;
+        let record = {
+            let mut tasks = lock(&self.tasks);
+            let child = command
+                .spawn()
+                .map_err(|e| spawn::describe_error(spec, e))?;
+            let pid = child.id();
+            // Never waited on: the reaper owns its status.
+            drop(child);
+            let pidfd = Pid::from_raw(pid as i32)
+                .ok_or_else(|| io::Error::other("spawn returned pid 0"))
+                .and_then(|p| pidfd_open(p, PidfdFlags::empty()).map_err(io::Error::from));
+            let pidfd = match pidfd {
+                Ok(fd) => fd,
+                Err(e) => {
+                    // We hold the reaping lock, so the pid still names our child.
+                    if let Some(p) = Pid::from_raw(pid as i32) {
+                        let _ = kill_process(p, Signal::KILL);
+                    }
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("opening a pidfd for {:?} (pid {pid}): {e}", spec.program),
+                    ));
+                }
+            };
+            let record = Arc::new(ProcessRecord::new(pid, pidfd));
+            tasks.insert(pid, Arc::clone(&record));
+            record
+        };
+        drop(command);
+        self.watch_exit(Arc::clone(&record));
+        Ok(TaskHandle::process(record))
+    }
+
+    /// Reaps `record`'s process as soon as its pidfd reports the exit.
+    fn watch_exit(&self, record: Arc<ProcessRecord>) {
+        let tasks = Arc::clone(&self.tasks);
+        self.runtime.spawn(async move {
+            let pid = record.pid;
+            // SAFETY: `PidfdWatch` owns an `Arc` of the record, whose `OwnedFd`
+            // is closed only when the record is dropped, so the descriptor stays
+            // open and the same for the AsyncFd's whole life.
+            let registered =
+                unsafe { AsyncFd::register_with_interest(PidfdWatch(record), Interest::READABLE) };
+            let fd = match registered {
+                Ok(fd) => fd,
+                Err(e) => {
+                    let e = e.into_parts().1;
+                    // SIGCHLD still reaps it, just not as promptly.
+                    tracing::warn!(pid, "cannot watch the pidfd of process {pid}: {e}");
+                    return;
+                }
+            };
+            if fd.readable().await.is_ok() {
+                reap_task(&tasks, pid);
+            }
+        });
+    }
+}
+
+/// Reaps the registered task `pid` if it has exited.
+fn reap_task(tasks: &Tasks, pid: u32) {
+    let mut tasks = lock(tasks);
+    if let Some(record) = tasks.remove(&pid) {
+        if !reap_record(&record) {
+            // Not exited after all; SIGCHLD will bring it back.
+            tasks.insert(pid, record);
+        }
+    }
+}
+
+/// Reaps every zombie child; see the module documentation.
+fn reap_zombies(tasks: &Tasks) {
+    let mut tasks = lock(tasks);
+    let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    loop {
+        let pid = match waitid(Id::All, peek) {
+            Ok(status) => match status.pid() {
+                Some(pid) => pid,
+                None => break,
+            },
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => break,
+            Err(e) => {
+                tracing::warn!("waitid(P_ALL) failed: {e}");
+                break;
+            }
+        };
+        let raw = pid.as_raw() as u32;
+        if let Some(record) = tasks.remove(&raw) {
+            if reap_record(&record) {
+                continue;
+            }
+            // The pidfd did not give the status: take it by pid (it is
+            // still our zombie, so the pid cannot have been reused).
+            let status = waitpid(pid, Some(WaitPidFlag::WNOHANG));
+            record
+                .core
+                .finish(status.ok().and_then(exit_code).unwrap_or(128));
+            continue;
+        }
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(status) => tracing::debug!(pid = raw, ?status, "reaped an orphan"),
+            // Gone already (someone else waited, which they should not).
+            Err(Errno::ECHILD) => continue,
+            Err(e) => {
+                tracing::warn!(pid = raw, "reaping orphan {raw}: {e}");
+                break;
+            }
+        }
+    }
+}
+
+/// Reaps a registered task through its pidfd and delivers its exit code.
+/// Returns false if it has not exited.
+fn reap_record(record: &ProcessRecord) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG;
+    loop {
+        match waitid(Id::PIDFd(record.pidfd.as_fd()), flags) {
+            Ok(status) => {
+                return match exit_code(status) {
+                    Some(code) => {
+                        record.core.finish(code);
+                        true
+                    }
+                    None => false,
+                };
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::warn!(pid = record.pid, "waitid(P_PIDFD) for {}: {e}", record.pid);
+                return false;
+            }
+        }
+    }
+}
+
+/// The exit code of a wait status: the exit status, or 128 + the signal
+/// number for a process killed by a signal.
+fn exit_code(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}
+
+/// Lends a task's pidfd to `AsyncFd`; the record keeps the descriptor open
+/// for as long as the watcher is registered.
+struct PidfdWatch(Arc<ProcessRecord>);
+
+impl AsRawFd for PidfdWatch {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.pidfd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::Signal as NixSignal;
+    use nix::unistd::Pid as NixPid;
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        let pid = NixPid::from_raw(42);
+        assert_eq!(exit_code(WaitStatus::Exited(pid, 3)), Some(3));
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(pid, NixSignal::SIGKILL, false)),
+            Some(137)
+        );
+        assert_eq!(exit_code(WaitStatus::StillAlive), None);
+    }
+}
