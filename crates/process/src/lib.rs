@@ -1,0 +1,267 @@
+//! The `process` resource type: the Generic Application of the Windows model.
+//!
+//! * `online` spawns the command in the resource's scope (its own session and
+//!   process group, and its cgroup when the monitor has one for it) and, when
+//!   a `readiness` probe is given, waits until that probe passes.
+//! * `looks_alive` is "the main process lives". It is answered from memory:
+//!   the main process's pidfd is watched, and its death is reported to the
+//!   monitor at once through the [`Notifier`], not at the next poll.
+//! * `is_alive` runs the optional `probe` (`exec`, `tcp` or `http`).
+//! * `offline` sends `stop_signal` to every process of the resource and waits
+//!   until none is left; the monitor terminates it after `pending_timeout`.
+//! * `terminate` kills the whole tree at once: the cgroup (`cgroup.kill`), or
+//!   where there is none every process carrying the resource's marker and all
+//!   their descendants, so children that double-forked or called `setsid` go
+//!   too.
+
+mod params;
+mod probe;
+
+pub use params::{find_program, parse_signal, Params, Probe, ProbeKind, Stream};
+
+use resmon_contract::{
+    CallContext, Completion, Notifier, OpenContext, Resource, ResourceError, ResourceType,
+};
+use resmon_task::{Container, Output, Reaper, SpawnSpec, TaskHandle};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The `process` resource type.
+pub struct ProcessType {
+    reaper: Arc<Reaper>,
+    rt: tokio::runtime::Handle,
+}
+
+impl ProcessType {
+    /// `rt` runs the watchers of main processes; entry points themselves run
+    /// on the caller's thread.
+    pub fn new(reaper: Arc<Reaper>, rt: tokio::runtime::Handle) -> Self {
+        ProcessType { reaper, rt }
+    }
+}
+
+impl ResourceType for ProcessType {
+    fn name(&self) -> &str {
+        "process"
+    }
+
+    fn validate(&self, params: &serde_json::Value) -> Vec<String> {
+        Params::parse(params).err().unwrap_or_default()
+    }
+
+    fn open(&self, ctx: OpenContext) -> Result<Box<dyn Resource>, ResourceError> {
+        let params = Params::parse(&ctx.params).map_err(|e| ResourceError::new(e.join("; ")))?;
+        let container = Container::from_scope(&ctx.scope);
+        Ok(Box::new(ProcessResource {
+            shared: Arc::new(Shared {
+                name: ctx.name,
+                notifier: ctx.notifier,
+                stopping: AtomicBool::new(false),
+                generation: AtomicU64::new(0),
+            }),
+            params,
+            scope: ctx.scope.clone(),
+            container,
+            reaper: self.reaper.clone(),
+            rt: self.rt.clone(),
+            main: Mutex::new(None),
+        }))
+    }
+
+    fn looks_alive_is_cheap(&self) -> bool {
+        true
+    }
+}
+
+struct Shared {
+    name: String,
+    notifier: Notifier,
+    /// Set by offline/terminate: the main process's exit is then expected.
+    stopping: AtomicBool,
+    /// Counts starts, so a watcher of an old main process stays quiet.
+    generation: AtomicU64,
+}
+
+struct ProcessResource {
+    shared: Arc<Shared>,
+    params: Params,
+    scope: resmon_contract::Scope,
+    container: Container,
+    reaper: Arc<Reaper>,
+    rt: tokio::runtime::Handle,
+    /// Shared with `terminate`, which may run concurrently with the rest.
+    main: Mutex<Option<TaskHandle>>,
+}
+
+fn output(s: &Stream) -> Output {
+    match s {
+        Stream::Inherit => Output::Inherit,
+        Stream::Null => Output::Null,
+        Stream::File(p) => Output::File(p.clone()),
+    }
+}
+
+impl ProcessResource {
+    fn main(&self) -> Option<TaskHandle> {
+        self.main.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn spawn_main(&self) -> Result<TaskHandle, ResourceError> {
+        let p = &self.params;
+        let mut spec = SpawnSpec {
+            program: p.argv[0].clone(),
+            args: p.argv[1..].to_vec(),
+            env: p.environment.clone(),
+            cwd: p.working_directory.clone(),
+            user: p.user,
+            new_session: true,
+            stdout: output(&p.stdout),
+            stderr: output(&p.stderr),
+            ..Default::default()
+        };
+        spec.set_scope(&self.scope);
+        self.reaper
+            .spawn(&spec)
+            .map_err(|e| ResourceError::new(format!("starting {:?}: {e}", p.argv[0])))
+    }
+
+    /// Reports the main process's exit to the monitor as soon as its pidfd says so.
+    fn watch(&self, task: &TaskHandle) {
+        let shared = self.shared.clone();
+        let generation = shared.generation.load(Ordering::Acquire);
+        let task = task.clone();
+        self.rt.spawn(async move {
+            let code = task.wait().await;
+            if shared.stopping.load(Ordering::Acquire)
+                || shared.generation.load(Ordering::Acquire) != generation
+            {
+                return;
+            }
+            let pid = task.pid().unwrap_or(0);
+            let how = match code {
+                Ok(c) => format!("exited with code {c}"),
+                Err(e) => format!("could not be waited for: {e}"),
+            };
+            shared.notifier.failed(format!("main process {pid} {how}"));
+        });
+    }
+
+    fn wait_ready(
+        &self,
+        probe: &Probe,
+        main: &TaskHandle,
+        ctx: &CallContext,
+    ) -> Result<(), ResourceError> {
+        // No checkpoint per attempt: a service that never gets ready must
+        // run into pending_timeout.
+        loop {
+            if ctx.should_terminate() {
+                return Err(ResourceError::new("cancelled by terminate"));
+            }
+            if main.is_signaled() {
+                let code = main.exit_code().unwrap_or(-1);
+                return Err(ResourceError::new(format!(
+                    "main process exited with code {code} before it was ready"
+                )));
+            }
+            match probe::run(probe, &self.reaper, &self.rt) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::debug!(resource = %self.shared.name, "not ready yet: {e}"),
+            }
+            std::thread::sleep(probe.interval);
+        }
+    }
+}
+
+impl Resource for ProcessResource {
+    fn online(&self, ctx: &CallContext) -> Result<Completion, ResourceError> {
+        self.shared.stopping.store(false, Ordering::Release);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        if !self.container.is_empty() {
+            // Leftovers of an earlier run would share the cgroup with the new one.
+            self.container
+                .kill_all()
+                .map_err(|e| ResourceError::new(e.to_string()))?;
+        }
+        let main = self.spawn_main()?;
+        *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(main.clone());
+        self.watch(&main);
+        if let Some(probe) = &self.params.readiness {
+            self.wait_ready(probe, &main, ctx)?;
+        }
+        Ok(Completion::Done)
+    }
+
+    fn offline(&self, ctx: &CallContext) -> Result<Completion, ResourceError> {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.container
+            .signal_all(self.params.stop_signal)
+            .map_err(|e| ResourceError::new(format!("sending the stop signal: {e}")))?;
+        // No checkpoints: a service that ignores its stop signal runs into
+        // pending_timeout and is terminated.
+        let container = &self.container;
+        let emptied = self.rt.block_on(async {
+            loop {
+                if tokio::time::timeout(Duration::from_millis(100), container.wait_empty())
+                    .await
+                    .is_ok()
+                {
+                    return true;
+                }
+                if ctx.should_terminate() {
+                    return false;
+                }
+            }
+        });
+        if emptied {
+            Ok(Completion::Done)
+        } else {
+            Err(ResourceError::new("cancelled by terminate"))
+        }
+    }
+
+    fn terminate(&self, exit_code: i32) {
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some(main) = self.main() {
+            let _ = main.terminate(exit_code);
+        }
+        if let Err(e) = self.container.kill_all() {
+            tracing::warn!(resource = %self.shared.name, "terminate: {e}");
+        }
+    }
+
+    fn looks_alive(&self) -> bool {
+        self.main().is_some_and(|m| !m.is_signaled())
+    }
+
+    fn is_alive(&self) -> bool {
+        if !self.looks_alive() {
+            return false;
+        }
+        match &self.params.probe {
+            None => true,
+            Some(p) => match probe::run(p, &self.reaper, &self.rt) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(resource = %self.shared.name, "is_alive: {e}");
+                    false
+                }
+            },
+        }
+    }
+
+    fn close(&self) {
+        if self.looks_alive() {
+            self.terminate(1);
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.main()
+            .filter(|m| !m.is_signaled())
+            .and_then(|m| m.pid())
+            .into_iter()
+            .collect()
+    }
+}

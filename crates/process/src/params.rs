@@ -1,0 +1,421 @@
+//! The parameters of a `process` resource, parsed and checked before anything starts.
+
+use resmon_contract::parse_duration;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `command` is a string split like a shell would (no shell runs), or a list.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+enum CommandLine {
+    Text(String),
+    Argv(Vec<String>),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParams {
+    command: CommandLine,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    working_directory: Option<PathBuf>,
+    user: Option<String>,
+    stop_signal: Option<String>,
+    probe: Option<RawProbe>,
+    readiness: Option<RawProbe>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    #[serde(rename = "type")]
+    kind: String,
+    url: Option<String>,
+    address: Option<String>,
+    command: Option<CommandLine>,
+    timeout: Option<String>,
+    interval: Option<String>,
+    expect_status: Option<u16>,
+}
+
+/// A health probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// Runs a command; exit code 0 means healthy.
+    Exec(Vec<String>),
+    /// Connects to `host:port`.
+    Tcp(String),
+    /// GETs a URL; a 2xx/3xx answer (or `expect_status`) means healthy.
+    Http { url: String, expect: Option<u16> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    pub timeout: Duration,
+    /// For readiness: the pause between attempts.
+    pub interval: Duration,
+}
+
+/// Where a stream of the process goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Inherit,
+    Null,
+    File(PathBuf),
+}
+
+/// The checked parameters of a `process` resource.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub argv: Vec<String>,
+    pub environment: Vec<(String, String)>,
+    pub working_directory: Option<PathBuf>,
+    /// (uid, gid) to run as.
+    pub user: Option<(u32, u32)>,
+    pub stop_signal: rustix::process::Signal,
+    pub probe: Option<Probe>,
+    pub readiness: Option<Probe>,
+    pub stdout: Stream,
+    pub stderr: Stream,
+}
+
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_millis(100);
+
+impl Params {
+    /// Parses and checks everything; every problem is one message naming its field.
+    pub fn parse(value: &serde_json::Value) -> Result<Params, Vec<String>> {
+        let raw: RawParams =
+            serde_json::from_value(value.clone()).map_err(|e| vec![e.to_string()])?;
+        let mut errors = Vec::new();
+        let argv = match command_argv(&raw.command, "command") {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(e);
+                Vec::new()
+            }
+        };
+        if let Some(prog) = argv.first() {
+            if find_program(prog).is_none() {
+                errors.push(format!(
+                    "command: program {prog:?} not found{}",
+                    if prog.contains('/') { "" } else { " in PATH" }
+                ));
+            }
+        }
+        let mut environment = Vec::new();
+        for (k, v) in raw.environment {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                errors.push(format!("environment: {k:?} is not a valid variable name"));
+            } else {
+                environment.push((k, v));
+            }
+        }
+        if let Some(dir) = &raw.working_directory {
+            if !dir.is_dir() {
+                errors.push(format!(
+                    "working_directory: {} is not a directory",
+                    dir.display()
+                ));
+            }
+        }
+        let user = match &raw.user {
+            None => None,
+            Some(name) => match resolve_user(name) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    errors.push(format!("user: {e}"));
+                    None
+                }
+            },
+        };
+        let stop_signal = match raw.stop_signal.as_deref().map(parse_signal).transpose() {
+            Ok(s) => s.unwrap_or(rustix::process::Signal::TERM),
+            Err(e) => {
+                errors.push(format!("stop_signal: {e}"));
+                rustix::process::Signal::TERM
+            }
+        };
+        let probe = raw
+            .probe
+            .as_ref()
+            .and_then(|p| parse_probe(p, "probe", &mut errors));
+        let readiness = raw
+            .readiness
+            .as_ref()
+            .and_then(|p| parse_probe(p, "readiness", &mut errors));
+        let stdout = parse_stream(raw.stdout.as_deref(), "stdout", &mut errors);
+        let stderr = parse_stream(raw.stderr.as_deref(), "stderr", &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Params {
+            argv,
+            environment,
+            working_directory: raw.working_directory,
+            user,
+            stop_signal,
+            probe,
+            readiness,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+fn command_argv(c: &CommandLine, field: &str) -> Result<Vec<String>, String> {
+    let argv = match c {
+        CommandLine::Argv(v) => v.clone(),
+        CommandLine::Text(t) => {
+            shlex::split(t).ok_or_else(|| format!("{field}: unbalanced quotes in {t:?}"))?
+        }
+    };
+    if argv.is_empty() || argv[0].is_empty() {
+        return Err(format!("{field}: is empty"));
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err(format!("{field}: contains a NUL byte"));
+    }
+    Ok(argv)
+}
+
+/// Resolves a program as `execvp` would: a path as it is, a bare name through `PATH`.
+pub fn find_program(prog: &str) -> Option<PathBuf> {
+    let is_exec =
+        |p: &Path| p.is_file() && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok();
+    if prog.contains('/') {
+        let p = PathBuf::from(prog);
+        return is_exec(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| is_exec(p))
+}
+
+fn resolve_user(name: &str) -> Result<(u32, u32), String> {
+    let user = if let Ok(uid) = name.parse::<u32>() {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+    } else {
+        nix::unistd::User::from_name(name)
+    }
+    .map_err(|e| format!("looking up {name:?}: {e}"))?
+    .ok_or_else(|| format!("no such user {name:?}"))?;
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    let me = rustix::process::geteuid().as_raw();
+    if me != 0 && me != uid {
+        return Err(format!(
+            "running as {name:?} needs the monitor to run as root (it runs as uid {me})"
+        ));
+    }
+    Ok((uid, gid))
+}
+
+/// Parses `"SIGTERM"`, `"TERM"` or a number.
+pub fn parse_signal(text: &str) -> Result<rustix::process::Signal, String> {
+    use rustix::process::Signal;
+    let name = text.trim().to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let sig = match name {
+        "TERM" => Signal::TERM,
+        "INT" => Signal::INT,
+        "HUP" => Signal::HUP,
+        "QUIT" => Signal::QUIT,
+        "KILL" => Signal::KILL,
+        "USR1" => Signal::USR1,
+        "USR2" => Signal::USR2,
+        "ALRM" => Signal::ALARM,
+        "WINCH" => Signal::WINCH,
+        "STOP" => Signal::STOP,
+        other => return Err(format!(
+            "unknown signal {other:?}: use e.g. \"SIGTERM\", \"SIGINT\", \"SIGQUIT\", \"SIGHUP\""
+        )),
+    };
+    Ok(sig)
+}
+
+fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Probe> {
+    let mut dur = |v: &Option<String>, name: &str, default: Duration| match v {
+        None => Some(default),
+        Some(t) => match parse_duration(t) {
+            Ok(d) if d.is_zero() && name == "timeout" => {
+                errors.push(format!("{field}.{name}: must be more than zero"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                errors.push(format!("{field}.{name}: {e}"));
+                None
+            }
+        },
+    };
+    let timeout = dur(&p.timeout, "timeout", DEFAULT_PROBE_TIMEOUT)?;
+    let interval = dur(&p.interval, "interval", DEFAULT_READINESS_INTERVAL)?;
+    let kind = match p.kind.as_str() {
+        "http" => match &p.url {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                ProbeKind::Http {
+                    url: url.clone(),
+                    expect: p.expect_status,
+                }
+            }
+            Some(url) => {
+                errors.push(format!("{field}.url: {url:?} must start with http://"));
+                return None;
+            }
+            None => {
+                errors.push(format!(
+                    "{field}: type \"http\" needs url = \"http://HOST:PORT/PATH\""
+                ));
+                return None;
+            }
+        },
+        "tcp" => match &p.address {
+            Some(a)
+                if a.rsplit_once(':')
+                    .is_some_and(|(_, port)| port.parse::<u16>().is_ok()) =>
+            {
+                ProbeKind::Tcp(a.clone())
+            }
+            Some(a) => {
+                errors.push(format!("{field}.address: {a:?} is not HOST:PORT"));
+                return None;
+            }
+            None => {
+                errors.push(format!(
+                    "{field}: type \"tcp\" needs address = \"HOST:PORT\""
+                ));
+                return None;
+            }
+        },
+        "exec" => match &p.command {
+            Some(c) => match command_argv(c, &format!("{field}.command")) {
+                Ok(argv) => {
+                    if find_program(&argv[0]).is_none() {
+                        errors.push(format!("{field}.command: program {:?} not found", argv[0]));
+                        return None;
+                    }
+                    ProbeKind::Exec(argv)
+                }
+                Err(e) => {
+                    errors.push(e);
+                    return None;
+                }
+            },
+            None => {
+                errors.push(format!("{field}: type \"exec\" needs command = [...]"));
+                return None;
+            }
+        },
+        other => {
+            errors.push(format!(
+                "{field}.type: unknown probe type {other:?}: use \"exec\", \"tcp\" or \"http\""
+            ));
+            return None;
+        }
+    };
+    Some(Probe {
+        kind,
+        timeout,
+        interval,
+    })
+}
+
+fn parse_stream(v: Option<&str>, field: &str, errors: &mut Vec<String>) -> Stream {
+    match v {
+        None | Some("inherit") => Stream::Inherit,
+        Some("null") => Stream::Null,
+        Some(path) if path.starts_with('/') => Stream::File(PathBuf::from(path)),
+        Some(other) => {
+            errors.push(format!(
+                "{field}: {other:?}: use \"inherit\", \"null\" or an absolute file path"
+            ));
+            Stream::Inherit
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_string_command_is_split_without_a_shell() {
+        let p = Params::parse(&json!({"command": "sleep '10'"})).unwrap();
+        assert_eq!(p.argv, ["sleep", "10"]);
+        assert_eq!(p.stop_signal, rustix::process::Signal::TERM);
+        assert_eq!(p.stdout, Stream::Inherit);
+    }
+
+    #[test]
+    fn probes_parse_with_defaults() {
+        let p = Params::parse(&json!({
+            "command": ["sleep", "1"],
+            "probe": {"type": "http", "url": "http://127.0.0.1:1/", "timeout": "1s"},
+            "readiness": {"type": "tcp", "address": "127.0.0.1:1"},
+            "stop_signal": "SIGINT",
+        }))
+        .unwrap();
+        assert_eq!(p.probe.unwrap().timeout, Duration::from_secs(1));
+        let r = p.readiness.unwrap();
+        assert_eq!(r.kind, ProbeKind::Tcp("127.0.0.1:1".into()));
+        assert_eq!(r.timeout, DEFAULT_PROBE_TIMEOUT);
+        assert_eq!(p.stop_signal, rustix::process::Signal::INT);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let errs = Params::parse(&json!({
+            "command": "no-such-program-xyz --flag",
+            "working_directory": "/no/such/dir",
+            "stop_signal": "SIGFOO",
+            "probe": {"type": "smoke"},
+            "readiness": {"type": "http", "url": "ftp://x"},
+            "stdout": "relative.log",
+            "user": "no-such-user-xyz",
+        }))
+        .unwrap_err();
+        let all = errs.join("\n");
+        for needle in [
+            "command: program \"no-such-program-xyz\" not found in PATH",
+            "working_directory: /no/such/dir",
+            "stop_signal: unknown signal",
+            "probe.type: unknown probe type \"smoke\"",
+            "readiness.url",
+            "stdout: \"relative.log\"",
+            "user: no such user",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(errs.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn unknown_fields_and_missing_command_are_refused() {
+        let e = Params::parse(&json!({"comand": "sleep 1"})).unwrap_err();
+        assert!(e[0].contains("unknown field `comand`"), "{e:?}");
+        let e = Params::parse(&json!({"command": ""})).unwrap_err();
+        assert!(e[0].contains("command: is empty"), "{e:?}");
+        let e = Params::parse(&json!({"command": "sleep 'x"})).unwrap_err();
+        assert!(e[0].contains("unbalanced quotes"), "{e:?}");
+    }
+
+    #[test]
+    fn probe_bad_durations_are_named() {
+        let e = Params::parse(&json!({
+            "command": "sleep 1",
+            "probe": {"type": "tcp", "address": "127.0.0.1:80", "timeout": "5"},
+        }))
+        .unwrap_err();
+        assert!(
+            e[0].starts_with("probe.timeout: duration \"5\" has no unit"),
+            "{e:?}"
+        );
+    }
+}
