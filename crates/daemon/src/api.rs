@@ -1,0 +1,260 @@
+//! The local API: HTTP/1.1 with JSON bodies over the monitor's Unix socket.
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `GET /v1/resources` | status of every resource |
+//! | `GET /v1/resources/{name}` | status of one |
+//! | `POST /v1/resources/{name}/online?wait=true` | bring online (providers first) |
+//! | `POST /v1/resources/{name}/offline?wait=true` | take offline (dependents first) |
+//! | `POST /v1/resources/{name}/terminate?wait=true` | terminate; body `{"exit_code": N}` |
+//! | `GET /v1/events?follow=true` | the event feed as JSON lines |
+//!
+//! Errors are `{"error": "..."}` with 400 (bad request), 404 (no such
+//! resource), 409 (the operation failed: the resource failed while we
+//! waited) or 503 (the monitor is stopping).
+
+use crate::driver::{no_such, Msg, ResourceStatus};
+use crate::events::{EventBus, EventRecord};
+use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use resmon_contract::State;
+use resmon_core::Command;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// The largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub tx: mpsc::UnboundedSender<Msg>,
+    pub bus: EventBus,
+}
+
+/// `{"resources": [...]}`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct StatusReply {
+    pub resources: Vec<ResourceStatus>,
+}
+
+/// The answer to an operation.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct OpReply {
+    pub resource: ResourceStatus,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ErrorReply {
+    pub error: String,
+}
+
+#[derive(Deserialize, Default)]
+pub struct WaitQuery {
+    #[serde(default)]
+    pub wait: bool,
+}
+
+#[derive(Deserialize, Default)]
+pub struct FollowQuery {
+    #[serde(default)]
+    pub follow: bool,
+}
+
+#[derive(Deserialize, Serialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct TerminateBody {
+    #[serde(default = "default_exit_code")]
+    pub exit_code: i32,
+}
+
+fn default_exit_code() -> i32 {
+    1
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/resources", get(status_all))
+        .route("/v1/resources/{name}", get(status_one))
+        .route("/v1/resources/{name}/online", post(online))
+        .route("/v1/resources/{name}/offline", post(offline))
+        .route("/v1/resources/{name}/terminate", post(terminate))
+        .route("/v1/events", get(events))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(ErrorReply { error: msg.into() })).into_response()
+}
+
+fn stopping() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "the monitor is stopping")
+}
+
+async fn ask_status(st: &ApiState, name: Option<String>) -> Response {
+    let (reply, rx) = oneshot::channel();
+    if st.tx.send(Msg::Status { name, reply }).is_err() {
+        return stopping();
+    }
+    match rx.await {
+        Ok(Ok(resources)) => Json(StatusReply { resources }).into_response(),
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
+        Err(_) => stopping(),
+    }
+}
+
+async fn status_all(AxState(st): AxState<ApiState>) -> Response {
+    ask_status(&st, None).await
+}
+
+async fn status_one(AxState(st): AxState<ApiState>, Path(name): Path<String>) -> Response {
+    ask_status(&st, Some(name)).await
+}
+
+async fn online(
+    AxState(st): AxState<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Response {
+    operate(&st, name, Command::Online, q.wait).await
+}
+
+async fn offline(
+    AxState(st): AxState<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Response {
+    operate(&st, name, Command::Offline, q.wait).await
+}
+
+async fn terminate(
+    AxState(st): AxState<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    let body: TerminateBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TerminateBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("terminate body: {e}; expected {{\"exit_code\": N}}"),
+                )
+            }
+        }
+    };
+    operate(
+        &st,
+        name,
+        Command::Terminate {
+            exit_code: body.exit_code,
+        },
+        q.wait,
+    )
+    .await
+}
+
+/// Whether `s` is where `command` ends, and whether that is a success.
+fn settled(command: Command, s: &ResourceStatus) -> Option<Result<(), String>> {
+    if s.call.is_some() || s.terminating {
+        return None;
+    }
+    match (command, s.state) {
+        (Command::Online, State::Online) => Some(Ok(())),
+        (Command::Online, State::Failed) => Some(Err(format!("{} failed: {}", s.name, s.reason))),
+        (Command::Online, State::Offline) if !s.wanted_online => {
+            Some(Err(format!("{} did not come online: {}", s.name, s.reason)))
+        }
+        (Command::Offline, State::Offline) => Some(Ok(())),
+        (Command::Offline, State::Failed) => Some(Err(format!("{} failed: {}", s.name, s.reason))),
+        (Command::Terminate { .. }, st) if st.is_down() => Some(Ok(())),
+        _ => None,
+    }
+}
+
+async fn operate(st: &ApiState, name: String, command: Command, wait: bool) -> Response {
+    // Subscribe first so no state change between the command and the wait is missed.
+    let (_, mut rx) = st.bus.subscribe();
+    let (reply, answer) = oneshot::channel();
+    if st
+        .tx
+        .send(Msg::Command {
+            name: name.clone(),
+            command,
+            reply,
+        })
+        .is_err()
+    {
+        return stopping();
+    }
+    let mut status = match answer.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return error(StatusCode::NOT_FOUND, e),
+        Err(_) => return stopping(),
+    };
+    if !wait {
+        return Json(OpReply { resource: status }).into_response();
+    }
+    loop {
+        if let Some(done) = settled(command, &status) {
+            return match done {
+                Ok(()) => Json(OpReply { resource: status }).into_response(),
+                Err(e) => error(StatusCode::CONFLICT, e),
+            };
+        }
+        // Wait for the next event of this resource, then look again.
+        loop {
+            match rx.recv().await {
+                Ok(ev) if ev.resource.as_deref() == Some(name.as_str()) => break,
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) => break,
+                Err(broadcast::error::RecvError::Closed) => return stopping(),
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        if st
+            .tx
+            .send(Msg::Status {
+                name: Some(name.clone()),
+                reply,
+            })
+            .is_err()
+        {
+            return stopping();
+        }
+        status = match answer.await {
+            Ok(Ok(mut s)) if !s.is_empty() => s.remove(0),
+            Ok(_) => return error(StatusCode::NOT_FOUND, no_such(&name)),
+            Err(_) => return stopping(),
+        };
+    }
+}
+
+async fn events(AxState(st): AxState<ApiState>, Query(q): Query<FollowQuery>) -> Response {
+    let (history, rx) = st.bus.subscribe();
+    let line = |e: &EventRecord| {
+        let mut s = serde_json::to_string(e).unwrap_or_default();
+        s.push('\n');
+        axum::body::Bytes::from(s)
+    };
+    let past: Vec<Result<axum::body::Bytes, std::convert::Infallible>> =
+        history.iter().map(|e| Ok(line(e))).collect();
+    let past = futures_util::stream::iter(past);
+    if !q.follow {
+        return axum::body::Body::from_stream(past).into_response();
+    }
+    use futures_util::StreamExt;
+    let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| {
+        let out = r.ok().map(|e| Ok(line(&e)));
+        async move { out }
+    });
+    let body = axum::body::Body::from_stream(past.chain(live));
+    ([("content-type", "application/x-ndjson")], body).into_response()
+}

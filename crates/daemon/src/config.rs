@@ -1,0 +1,455 @@
+//! The configuration file: parse, then validate everything, then build.
+//!
+//! Parsing turns TOML into raw tables; validation checks every section and
+//! every resource and collects *all* problems, each naming the file, the
+//! resource and the field, before the monitor starts anything.
+
+use resmon_contract::{parse_duration, Policy, ResourceType, RestartAction};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {n} problem{} in the configuration; nothing was started:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Whether resources get a cgroup of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Use cgroup v2 when it is mounted and writable, else process groups.
+    Auto,
+    /// Process groups only.
+    Off,
+}
+
+/// `[monitor]`.
+#[derive(Clone, Debug)]
+pub struct MonitorConfig {
+    pub socket: PathBuf,
+    pub cgroups: CgroupMode,
+}
+
+/// One checked `[[resource]]`.
+#[derive(Clone, Debug)]
+pub struct ResourceConfig {
+    pub name: String,
+    pub type_name: String,
+    pub group: String,
+    pub depends_on: Vec<String>,
+    /// Brought online when the monitor starts.
+    pub autostart: bool,
+    pub policy: Policy,
+    /// The type-specific rest of the table.
+    pub params: serde_json::Value,
+}
+
+/// A checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub monitor: MonitorConfig,
+    pub resources: Vec<ResourceConfig>,
+}
+
+/// The socket used when neither the config nor `--socket` names one.
+pub fn default_socket() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/run/resmon/resmon.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => Path::new(&dir).join("resmon.sock"),
+        _ => PathBuf::from(format!(
+            "/tmp/resmon-{}.sock",
+            rustix::process::geteuid().as_raw()
+        )),
+    }
+}
+
+const RESOURCE_KEYS: &[&str] = &["name", "type", "group", "depends_on", "autostart"];
+const POLICY_KEYS: &[&str] = &[
+    "looks_alive_interval",
+    "is_alive_interval",
+    "pending_timeout",
+    "terminate_timeout",
+    "deadlock_timeout",
+    "restart_action",
+    "restart_threshold",
+    "restart_period",
+    "restart_delay",
+    "retry_period_on_failure",
+    "separate_monitor",
+];
+
+/// A name usable in the CLI, URLs and cgroup paths.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("name {name:?} must be 1 to 64 characters"));
+    }
+    if name.starts_with(['.', '-'])
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "name {name:?} may only hold letters, digits, '-', '_' and '.', and must not start with '.' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path, types: &[&dyn ResourceType]) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![format!("cannot read the file: {e}")],
+        })?;
+        Config::parse(path, &text, types)
+    }
+
+    /// Parses and checks config text; `path` only names it in errors.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        types: &[&dyn ResourceType],
+    ) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        };
+        let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            fail(vec![format!("not valid TOML: {}", e.to_string().trim())])
+        })?;
+        let mut problems = Vec::new();
+
+        for key in doc.keys() {
+            if !["monitor", "defaults", "resource"].contains(&key.as_str()) {
+                problems.push(format!(
+                    "unknown section [{key}]: the sections are [monitor], [defaults] and [[resource]]"
+                ));
+            }
+        }
+
+        let monitor = parse_monitor(doc.get("monitor"), &mut problems);
+
+        let mut defaults = Policy::default();
+        match doc.get("defaults") {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for key in t.keys() {
+                    if !POLICY_KEYS.contains(&key.as_str()) {
+                        problems.push(format!(
+                            "[defaults]: unknown property {key:?}; the properties are {}",
+                            POLICY_KEYS.join(", ")
+                        ));
+                    }
+                }
+                apply_policy(&mut defaults, t, "[defaults]", &mut problems);
+            }
+            Some(_) => problems.push("[defaults] must be a table".into()),
+        }
+
+        let tables = match doc.get("resource") {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => items.clone(),
+            Some(_) => {
+                problems.push("resource must be written as [[resource]] tables".into());
+                Vec::new()
+            }
+        };
+        let mut resources = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, item) in tables.iter().enumerate() {
+            let place = |name: Option<&str>| match name {
+                Some(n) => format!("resource {n:?} ([[resource]] #{})", i + 1),
+                None => format!("[[resource]] #{}", i + 1),
+            };
+            let Some(t) = item.as_table() else {
+                problems.push(format!("{}: must be a table", place(None)));
+                continue;
+            };
+            let name = match t.get("name") {
+                Some(toml::Value::String(n)) => match check_name(n) {
+                    Ok(()) => Some(n.clone()),
+                    Err(e) => {
+                        problems.push(format!("{}: {e}", place(None)));
+                        None
+                    }
+                },
+                Some(_) => {
+                    problems.push(format!("{}: name must be a string", place(None)));
+                    None
+                }
+                None => {
+                    problems.push(format!("{}: name is missing", place(None)));
+                    None
+                }
+            };
+            let here = place(name.as_deref());
+            if let Some(n) = &name {
+                if !seen.insert(n.clone()) {
+                    problems.push(format!("{here}: the name is used by an earlier resource"));
+                }
+            }
+            let before = problems.len();
+            let type_name = match t.get("type") {
+                Some(toml::Value::String(s)) => Some(s.clone()),
+                Some(_) => {
+                    problems.push(format!("{here}: type must be a string"));
+                    None
+                }
+                None => {
+                    problems.push(format!("{here}: type is missing (e.g. type = \"process\")"));
+                    None
+                }
+            };
+            let group = match t.get("group") {
+                None => name.clone().unwrap_or_default(),
+                Some(toml::Value::String(g)) => {
+                    if let Err(e) = check_name(g) {
+                        problems.push(format!("{here}: group: {e}"));
+                    }
+                    g.clone()
+                }
+                Some(_) => {
+                    problems.push(format!("{here}: group must be a string"));
+                    String::new()
+                }
+            };
+            let depends_on = match t.get("depends_on") {
+                None => Vec::new(),
+                Some(toml::Value::Array(a)) if a.iter().all(|v| v.is_str()) => a
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
+                Some(_) => {
+                    problems.push(format!(
+                        "{here}: depends_on must be a list of resource names"
+                    ));
+                    Vec::new()
+                }
+            };
+            let autostart = match t.get("autostart") {
+                None => true,
+                Some(toml::Value::Boolean(b)) => *b,
+                Some(_) => {
+                    problems.push(format!("{here}: autostart must be true or false"));
+                    true
+                }
+            };
+            let mut policy = defaults.clone();
+            apply_policy(&mut policy, t, &here, &mut problems);
+            let mut params = toml::Table::new();
+            for (k, v) in t {
+                if !RESOURCE_KEYS.contains(&k.as_str()) && !POLICY_KEYS.contains(&k.as_str()) {
+                    params.insert(k.clone(), v.clone());
+                }
+            }
+            let params = match serde_json::to_value(&params) {
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(format!("{here}: {e}"));
+                    serde_json::Value::Null
+                }
+            };
+            if let Some(tn) = &type_name {
+                match types.iter().find(|ty| ty.name() == tn) {
+                    None => {
+                        let known: Vec<&str> = types.iter().map(|t| t.name()).collect();
+                        problems.push(format!(
+                            "{here}: unknown type {tn:?}; the known types are {}",
+                            known.join(", ")
+                        ));
+                    }
+                    Some(ty) => {
+                        for p in ty.validate(&params) {
+                            problems.push(format!("{here}: {p}"));
+                        }
+                    }
+                }
+            }
+            if problems.len() == before {
+                if let (Some(name), Some(type_name)) = (name, type_name) {
+                    resources.push(ResourceConfig {
+                        name,
+                        type_name,
+                        group,
+                        depends_on,
+                        autostart,
+                        policy,
+                        params,
+                    });
+                }
+            }
+        }
+        if problems.is_empty() {
+            problems.extend(check_dependencies(&resources));
+        }
+        if !problems.is_empty() {
+            return Err(fail(problems));
+        }
+        Ok(Config {
+            file: path.to_path_buf(),
+            monitor,
+            resources,
+        })
+    }
+}
+
+fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> MonitorConfig {
+    let mut m = MonitorConfig {
+        socket: default_socket(),
+        cgroups: CgroupMode::Auto,
+    };
+    let Some(v) = v else { return m };
+    let Some(t) = v.as_table() else {
+        problems.push("[monitor] must be a table".into());
+        return m;
+    };
+    for (k, v) in t {
+        match (k.as_str(), v) {
+            ("socket", toml::Value::String(s)) if s.starts_with('/') => m.socket = PathBuf::from(s),
+            ("socket", _) => problems.push("[monitor] socket: must be an absolute path".into()),
+            ("cgroups", toml::Value::String(s)) if s == "auto" => m.cgroups = CgroupMode::Auto,
+            ("cgroups", toml::Value::String(s)) if s == "off" => m.cgroups = CgroupMode::Off,
+            ("cgroups", _) => problems.push("[monitor] cgroups: use \"auto\" or \"off\"".into()),
+            (other, _) => problems.push(format!(
+                "[monitor]: unknown key {other:?}; the keys are socket, cgroups"
+            )),
+        }
+    }
+    m
+}
+
+fn apply_policy(p: &mut Policy, t: &toml::Table, place: &str, problems: &mut Vec<String>) {
+    for (key, value) in t {
+        let key = key.as_str();
+        let dur = |problems: &mut Vec<String>| match value {
+            toml::Value::String(s) => match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    problems.push(format!("{place}: {key}: {e}"));
+                    None
+                }
+            },
+            _ => {
+                problems.push(format!(
+                    "{place}: {key}: write durations as strings, e.g. {key} = \"5s\""
+                ));
+                None
+            }
+        };
+        let positive = |d: Option<std::time::Duration>, problems: &mut Vec<String>| {
+            if d.is_some_and(|d| d.is_zero()) {
+                problems.push(format!("{place}: {key}: must be more than zero"));
+                None
+            } else {
+                d
+            }
+        };
+        match key {
+            "looks_alive_interval" => {
+                if let Some(d) = positive(dur(problems), problems) {
+                    p.looks_alive_interval = d
+                }
+            }
+            "is_alive_interval" => {
+                if let Some(d) = positive(dur(problems), problems) {
+                    p.is_alive_interval = d
+                }
+            }
+            "pending_timeout" => {
+                if let Some(d) = positive(dur(problems), problems) {
+                    p.pending_timeout = d
+                }
+            }
+            "terminate_timeout" => {
+                if let Some(d) = positive(dur(problems), problems) {
+                    p.terminate_timeout = d
+                }
+            }
+            "deadlock_timeout" => {
+                if let Some(d) = positive(dur(problems), problems) {
+                    p.deadlock_timeout = d
+                }
+            }
+            "restart_period" => {
+                if let Some(d) = positive(dur(problems), problems) {
+                    p.restart_period = d
+                }
+            }
+            "restart_delay" => {
+                if let Some(d) = dur(problems) {
+                    p.restart_delay = d
+                }
+            }
+            "retry_period_on_failure" => {
+                if let Some(d) = positive(dur(problems), problems) {
+                    p.retry_period_on_failure = d
+                }
+            }
+            "restart_action" => match value.as_str().map(RestartAction::parse) {
+                Some(Ok(a)) => p.restart_action = a,
+                Some(Err(e)) => problems.push(format!("{place}: restart_action: {e}")),
+                None => problems.push(format!("{place}: restart_action must be a string")),
+            },
+            "restart_threshold" => match value.as_integer() {
+                Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => p.restart_threshold = n as u32,
+                _ => problems.push(format!(
+                    "{place}: restart_threshold must be a whole number, 0 or more"
+                )),
+            },
+            "separate_monitor" => match value.as_bool() {
+                Some(b) => p.separate_monitor = b,
+                None => problems.push(format!("{place}: separate_monitor must be true or false")),
+            },
+            _ => {}
+        }
+    }
+}
+
+fn check_dependencies(resources: &[ResourceConfig]) -> Vec<String> {
+    let specs = resources
+        .iter()
+        .map(|r| resmon_core::ResourceSpec {
+            name: r.name.clone(),
+            group: r.group.clone(),
+            depends_on: r.depends_on.clone(),
+            policy: r.policy.clone(),
+        })
+        .collect();
+    match resmon_core::Monitor::new(specs, tokio::time::Instant::now()) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0,
+    }
+}
+
+/// Groups and the resources in each, in config order.
+pub fn groups(resources: &[ResourceConfig]) -> BTreeMap<String, Vec<String>> {
+    let mut g: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in resources {
+        g.entry(r.group.clone()).or_default().push(r.name.clone());
+    }
+    g
+}

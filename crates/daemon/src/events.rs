@@ -1,0 +1,115 @@
+//! The event feed: every state change and monitor decision, numbered, kept
+//! in a bounded history and broadcast to followers.
+
+use resmon_contract::State;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::sync::broadcast;
+
+/// How many past events `events` (without `--follow`) can show.
+pub const HISTORY: usize = 1000;
+
+/// One entry of the event feed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EventRecord {
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// `state`, `terminate`, `force_kill`, `failover` or `monitor`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resource: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub state: Option<State>,
+    pub reason: String,
+}
+
+/// Publishes events to the history and to live followers.
+#[derive(Clone)]
+pub struct EventBus {
+    inner: Arc<Mutex<Inner>>,
+    tx: broadcast::Sender<EventRecord>,
+}
+
+struct Inner {
+    next: u64,
+    history: VecDeque<EventRecord>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(4096);
+        EventBus {
+            inner: Arc::new(Mutex::new(Inner {
+                next: 1,
+                history: VecDeque::with_capacity(HISTORY),
+            })),
+            tx,
+        }
+    }
+
+    pub fn publish(
+        &self,
+        kind: &str,
+        resource: Option<&str>,
+        group: Option<&str>,
+        state: Option<State>,
+        reason: impl Into<String>,
+    ) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let rec = EventRecord {
+            seq: inner.next,
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            kind: kind.to_string(),
+            resource: resource.map(str::to_string),
+            group: group.map(str::to_string),
+            state,
+            reason: reason.into(),
+        };
+        inner.next += 1;
+        if inner.history.len() == HISTORY {
+            inner.history.pop_front();
+        }
+        inner.history.push_back(rec.clone());
+        // Sent under the lock, so followers see events in `seq` order.
+        let _ = self.tx.send(rec);
+    }
+
+    /// The history so far and a receiver for everything after it, with no
+    /// gap and no duplicate between the two.
+    pub fn subscribe(&self) -> (Vec<EventRecord>, broadcast::Receiver<EventRecord>) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = self.tx.subscribe();
+        (inner.history.iter().cloned().collect(), rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn history_is_bounded_and_followers_continue_after_it() {
+        let bus = EventBus::new();
+        for i in 0..HISTORY + 5 {
+            bus.publish("monitor", None, None, None, format!("e{i}"));
+        }
+        let (history, mut rx) = bus.subscribe();
+        assert_eq!(history.len(), HISTORY);
+        assert_eq!(history[0].seq, 6);
+        bus.publish("state", Some("r"), Some("g"), Some(State::Online), "online");
+        let next = rx.recv().await.unwrap();
+        assert_eq!(next.seq, history.last().unwrap().seq + 1);
+        assert_eq!(next.state, Some(State::Online));
+    }
+}

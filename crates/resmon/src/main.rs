@@ -1,0 +1,362 @@
+//! `resmon`: the monitor (`resmon serve`) and its command-line client.
+//!
+//! Every client command is a request to the monitor's local API over its
+//! Unix socket. Exit codes are decided here, in one place:
+//! 0 done, 1 the operation failed, 2 usage (including an invalid config),
+//! 3 cannot reach the monitor, 4 access denied.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use resmon_client::{Client, ClientError, Method, StatusCode};
+use resmon_daemon::api::{ErrorReply, OpReply, StatusReply};
+use resmon_daemon::events::EventRecord;
+use resmon_daemon::ResourceStatus;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "resmon",
+    version,
+    about = "A resource monitor for high-availability services"
+)]
+struct Cli {
+    /// The monitor's API socket [default: the config's [monitor] socket, else
+    /// /run/resmon/resmon.sock for root, $XDG_RUNTIME_DIR/resmon.sock otherwise]
+    #[arg(long, global = true, env = "RESMON_SOCKET")]
+    socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the monitor in the foreground; SIGTERM/SIGINT take everything offline.
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file and exit, starting nothing.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show resources and their state.
+    Status {
+        name: Option<String>,
+        /// Print JSON: {"resources":[...]}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a resource online (its providers first).
+    Online {
+        name: String,
+        /// Return once it is online (exit 1 if it fails instead).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Take a resource offline (its dependents first).
+    Offline {
+        name: String,
+        /// Return once it is offline.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// End a resource now: its whole process tree is killed.
+    Terminate {
+        name: String,
+        /// The exit code its tasks report.
+        #[arg(long, default_value_t = 1)]
+        exit_code: i32,
+        /// Return as soon as termination has started.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Print the event feed.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
+        /// Print events as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match e {
+            ClientError::Unreachable { .. } => 3,
+            ClientError::Protocol { .. } => 1,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn fail(code: u8, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RESMON_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("resmon: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("resmon: {}", f.message.trim_end());
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn socket_for(cli_socket: Option<PathBuf>) -> PathBuf {
+    cli_socket.unwrap_or_else(resmon_daemon::config::default_socket)
+}
+
+/// Maps an API error answer to an exit code.
+fn api_error(status: StatusCode, body: &[u8]) -> Failure {
+    let msg = serde_json::from_slice::<ErrorReply>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    let code = match status {
+        StatusCode::FORBIDDEN => return fail(4, format!("access denied: {msg}")),
+        StatusCode::BAD_REQUEST => 2,
+        _ => 1,
+    };
+    fail(code, msg)
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Cmd::Serve { config } => serve(config, cli.socket).await,
+        Cmd::Check { config } => {
+            let c = resmon_daemon::check_config(&config).map_err(|e| fail(2, e.to_string()))?;
+            println!(
+                "{}: ok, {} resources; socket {}",
+                config.display(),
+                c.resources.len(),
+                c.monitor.socket.display()
+            );
+            Ok(())
+        }
+        Cmd::Status { name, json } => {
+            let client = Client::new(&socket_for(cli.socket));
+            let path = match &name {
+                Some(n) => format!("/v1/resources/{}", encode(n)),
+                None => "/v1/resources".to_string(),
+            };
+            let (status, body) = client.call(Method::GET, &path, None).await?;
+            if !status.is_success() {
+                return Err(api_error(status, &body));
+            }
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+                return Ok(());
+            }
+            let reply: StatusReply = serde_json::from_slice(&body)
+                .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
+            print_table(&reply.resources);
+            Ok(())
+        }
+        Cmd::Online { name, wait } => operate(cli.socket, &name, "online", wait, None).await,
+        Cmd::Offline { name, wait } => operate(cli.socket, &name, "offline", wait, None).await,
+        Cmd::Terminate {
+            name,
+            exit_code,
+            no_wait,
+        } => {
+            let body = serde_json::json!({ "exit_code": exit_code }).to_string();
+            operate(cli.socket, &name, "terminate", !no_wait, Some(body)).await
+        }
+        Cmd::Events { follow, json } => events(cli.socket, follow, json).await,
+    }
+}
+
+async fn serve(config: PathBuf, socket: Option<PathBuf>) -> Result<(), Failure> {
+    let mut c = resmon_daemon::check_config(&config).map_err(|e| fail(2, e.to_string()))?;
+    if let Some(s) = socket {
+        c.monitor.socket = s;
+    }
+    tracing::info!(
+        "serving {} resources from {} on {}",
+        c.resources.len(),
+        config.display(),
+        c.monitor.socket.display()
+    );
+    resmon_daemon::serve(c)
+        .await
+        .context("the monitor stopped on an error")
+        .map_err(|e| fail(1, format!("{e:#}")))
+}
+
+/// Percent-encodes a resource name for a URL path (names are checked by the
+/// monitor; this only keeps odd input from breaking the request line).
+fn encode(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn operate(
+    socket: Option<PathBuf>,
+    name: &str,
+    verb: &str,
+    wait: bool,
+    body: Option<String>,
+) -> Result<(), Failure> {
+    let client = Client::new(&socket_for(socket));
+    let path = format!("/v1/resources/{}/{verb}?wait={wait}", encode(name));
+    let (status, reply) = client.call(Method::POST, &path, body).await?;
+    if !status.is_success() {
+        return Err(api_error(status, &reply));
+    }
+    let reply: OpReply = serde_json::from_slice(&reply)
+        .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
+    let r = reply.resource;
+    println!("{}: {}", r.name, r.state);
+    Ok(())
+}
+
+async fn events(socket: Option<PathBuf>, follow: bool, json: bool) -> Result<(), Failure> {
+    use http_body_util::BodyExt;
+    let client = Client::new(&socket_for(socket));
+    let path = format!("/v1/events?follow={follow}");
+    let (status, mut body) = client.send(Method::GET, &path, None).await?;
+    if !status.is_success() {
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(api_error(status, &bytes));
+    }
+    let mut pending = Vec::new();
+    let stdout = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| fail(1, format!("reading events: {e}")))?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        pending.extend_from_slice(data);
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=nl).collect();
+            let mut out = stdout.lock();
+            let text = if json {
+                String::from_utf8_lossy(&line).trim_end().to_string()
+            } else {
+                match serde_json::from_slice::<EventRecord>(&line) {
+                    Ok(e) => format_event(&e),
+                    Err(_) => String::from_utf8_lossy(&line).trim_end().to_string(),
+                }
+            };
+            // A closed stdout (e.g. `| head`) ends the command quietly.
+            if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn format_event(e: &EventRecord) -> String {
+    let what = match (&e.resource, &e.group) {
+        (Some(r), _) => r.clone(),
+        (None, Some(g)) => format!("group {g}"),
+        (None, None) => "monitor".into(),
+    };
+    let state = e.state.map(|s| format!(" {s}")).unwrap_or_default();
+    let kind = if e.kind == "state" {
+        String::new()
+    } else {
+        format!(" [{}]", e.kind)
+    };
+    format!("{} {what}{state}{kind}: {}", e.time, e.reason)
+}
+
+fn print_table(rs: &[ResourceStatus]) {
+    let rows: Vec<[String; 7]> = rs
+        .iter()
+        .map(|r| {
+            let pids = if r.pids.is_empty() {
+                "-".to_string()
+            } else {
+                r.pids
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            [
+                r.name.clone(),
+                r.type_name.clone(),
+                r.group.clone(),
+                r.state.to_string(),
+                pids,
+                r.restarts.to_string(),
+                r.since.clone(),
+            ]
+        })
+        .collect();
+    let head = [
+        "NAME", "TYPE", "GROUP", "STATE", "PIDS", "RESTARTS", "SINCE",
+    ];
+    let mut width = head.map(str::len);
+    for row in &rows {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>, reason: &str| {
+        let mut s = String::new();
+        for (c, w) in cells.iter().zip(width) {
+            s.push_str(&format!("{c:<w$}  "));
+        }
+        s.push_str(reason);
+        s.trim_end().to_string()
+    };
+    println!("{}", line(head.to_vec(), "REASON"));
+    for (row, r) in rows.iter().zip(rs) {
+        println!(
+            "{}",
+            line(row.iter().map(String::as_str).collect(), &r.reason)
+        );
+    }
+}

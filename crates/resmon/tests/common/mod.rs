@@ -1,0 +1,274 @@
+//! Boots a real `resmon serve` per test and drives it through the real CLI.
+//! Every wait polls for a condition with a deadline; nothing sleeps and hopes.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_resmon");
+
+/// Polls `cond` every few milliseconds until it holds or `limit` passes.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts a monitor on `config` (a `[monitor] socket` line is added) and
+    /// waits until its socket answers.
+    pub fn start(config: &str) -> Daemon {
+        Self::start_with(config, "")
+    }
+
+    pub fn start_with(config: &str, monitor_extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("resmon.sock");
+        let text = format!(
+            "[monitor]\nsocket = \"{}\"\n{monitor_extra}\n{config}",
+            socket.display()
+        );
+        let file = dir.path().join("resmon.toml");
+        std::fs::write(&file, text).unwrap();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&file)
+            .env("RESMON_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start resmon serve");
+        let mut d = Daemon {
+            dir,
+            socket,
+            child: Some(child),
+        };
+        let s = d.socket.clone();
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&s).is_ok() {
+                break;
+            }
+            if let Some(status) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("resmon serve exited with {status}:\n{}", d.log());
+            }
+            assert!(Instant::now() < end, "socket never answered:\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this monitor.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env("RESMON_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run resmon")
+    }
+
+    /// Runs the CLI and insists on exit 0.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "resmon {args:?} failed ({}): {}{}\n--- daemon log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn status(&self) -> Vec<Value> {
+        let text = self.ok(&["status", "--json"]);
+        let v: Value = serde_json::from_str(&text).expect("status --json is JSON");
+        v["resources"].as_array().expect("resources").clone()
+    }
+
+    pub fn resource(&self, name: &str) -> Value {
+        self.status()
+            .into_iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no resource {name}"))
+    }
+
+    pub fn state(&self, name: &str) -> String {
+        self.resource(name)["state"].as_str().unwrap().to_string()
+    }
+
+    pub fn wait_state(&self, name: &str, state: &str, limit: Duration) {
+        let end = Instant::now() + limit;
+        loop {
+            let r = self.resource(name);
+            if r["state"] == state {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{name} never became {state}; now {r}\n--- daemon log ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn pids(&self, name: &str) -> Vec<u32> {
+        self.resource(name)["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap() as u32)
+            .collect()
+    }
+
+    /// Every live process that carries this resource's marker, found through
+    /// /proc independently of the monitor.
+    pub fn marked(&self, name: &str) -> Vec<u32> {
+        marked_processes(&format!("RESMON_RESOURCE={}/{name}", self.pid()))
+    }
+
+    /// The event feed as JSON values.
+    pub fn events(&self) -> Vec<Value> {
+        self.ok(&["events", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("event line is JSON"))
+            .collect()
+    }
+
+    /// Sends SIGTERM and waits for the monitor to exit; returns its status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), libc_sig::TERM);
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("monitor did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id();
+            signal(pid, libc_sig::TERM);
+            let end = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub mod libc_sig {
+    pub const TERM: i32 = 15;
+    pub const KILL: i32 = 9;
+    pub const STOP: i32 = 19;
+}
+
+/// Sends a signal by pid ("no such process" is fine: it is gone already).
+pub fn signal(pid: u32, sig: i32) {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let sig = match sig {
+        libc_sig::KILL => rustix::process::Signal::KILL,
+        libc_sig::STOP => rustix::process::Signal::STOP,
+        _ => rustix::process::Signal::TERM,
+    };
+    let _ = rustix::process::kill_process(pid, sig);
+}
+
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            // The state follows the command name in parentheses.
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some(Some('Z')) | Some(Some('X')))
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn marked_processes(entry: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn uid_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

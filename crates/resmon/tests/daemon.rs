@@ -1,0 +1,505 @@
+//! End-to-end: a real monitor, real processes, the real CLI over the real socket.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// A service that ignores SIGTERM, with a `setsid` grandchild that ignores it too.
+const STUBBORN: &str =
+    r#"sh -c 'trap "" TERM; setsid sh -c "sleep 1000 & sleep 1000" & sleep 1000 & wait'"#;
+
+fn stubborn(name: &str, pending: &str) -> String {
+    format!(
+        r#"
+[[resource]]
+name = "{name}"
+type = "process"
+command = {command:?}
+stdout = "null"
+pending_timeout = "{pending}"
+"#,
+        command = STUBBORN
+    )
+}
+
+#[test]
+fn a_service_ignoring_sigterm_is_terminated_after_pending_timeout() {
+    let d = Daemon::start(&stubborn("svc", "1s"));
+    d.wait_state("svc", "online", LONG);
+    wait_for("the whole tree to start", LONG, || {
+        d.marked("svc").len() >= 5
+    });
+    let before = d.marked("svc");
+    let start = Instant::now();
+    d.ok(&["offline", "svc", "--wait"]);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(1), "offline took only {took:?}");
+    assert_eq!(d.state("svc"), "offline");
+    assert!(
+        d.marked("svc").is_empty(),
+        "survivors: {:?}",
+        d.marked("svc")
+    );
+    for pid in before {
+        assert!(!alive(pid), "{pid} survived");
+    }
+    let events = d.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "terminate" && e["resource"] == "svc"),
+        "no terminate event: {events:?}"
+    );
+}
+
+fn no_survivors_after(cgroups: &str, how: &[&str]) {
+    let d = Daemon::start_with(&stubborn("svc", "1s"), &format!("cgroups = \"{cgroups}\""));
+    d.wait_state("svc", "online", LONG);
+    wait_for("the whole tree to start", LONG, || {
+        d.marked("svc").len() >= 5
+    });
+    let mut args = how.to_vec();
+    args.push("svc");
+    d.ok(&args);
+    assert!(
+        d.marked("svc").is_empty(),
+        "{cgroups} {how:?}: survivors {:?}",
+        d.marked("svc")
+    );
+}
+
+#[test]
+fn setsid_grandchildren_do_not_survive_offline_with_cgroups() {
+    no_survivors_after("auto", &["offline", "--wait"]);
+}
+
+#[test]
+fn setsid_grandchildren_do_not_survive_terminate_with_cgroups() {
+    no_survivors_after("auto", &["terminate"]);
+}
+
+#[test]
+fn setsid_grandchildren_do_not_survive_offline_with_process_groups() {
+    no_survivors_after("off", &["offline", "--wait"]);
+}
+
+#[test]
+fn setsid_grandchildren_do_not_survive_terminate_with_process_groups() {
+    no_survivors_after("off", &["terminate"]);
+}
+
+#[test]
+fn terminate_reports_its_exit_code_and_does_not_restart() {
+    let d = Daemon::start(
+        r#"
+[[resource]]
+name = "svc"
+type = "process"
+command = "sleep 1000"
+restart_delay = "0s"
+"#,
+    );
+    d.wait_state("svc", "online", LONG);
+    let pid = d.pids("svc")[0];
+    d.ok(&["terminate", "svc", "--exit-code", "7"]);
+    assert!(!alive(pid));
+    let r = d.resource("svc");
+    assert_eq!(r["state"], "offline");
+    assert!(r["reason"].as_str().unwrap().contains("exit code 7"), "{r}");
+    assert_eq!(r["restarts"], 0);
+}
+
+#[test]
+fn a_crash_loop_stops_at_the_restart_threshold() {
+    let d = Daemon::start(
+        r#"
+[[resource]]
+name = "crashy"
+type = "process"
+command = "sh -c 'exit 3'"
+restart_action = "restart"
+restart_threshold = 2
+restart_delay = "0s"
+"#,
+    );
+    d.wait_state("crashy", "failed", LONG);
+    // It stays failed: no further restart is scheduled.
+    wait_for("the restart counter to settle", LONG, || {
+        let r = d.resource("crashy");
+        r["state"] == "failed" && r["restarts"] == 2 && r["call"].is_null()
+    });
+    let r = d.resource("crashy");
+    assert!(
+        r["reason"].as_str().unwrap().contains("restart_threshold"),
+        "{r}"
+    );
+    let events = d.events();
+    let onlines = events
+        .iter()
+        .filter(|e| e["resource"] == "crashy" && e["state"] == "online_pending")
+        .count();
+    assert_eq!(onlines, 3, "first start and two restarts: {events:#?}");
+}
+
+#[test]
+fn a_killed_service_is_restarted_at_once_from_its_pidfd() {
+    // looks_alive polls once an hour: only the pidfd can notice the death.
+    let d = Daemon::start(
+        r#"
+[[resource]]
+name = "svc"
+type = "process"
+command = "sleep 1000"
+looks_alive_interval = "1h"
+is_alive_interval = "1h"
+restart_delay = "0s"
+"#,
+    );
+    d.wait_state("svc", "online", LONG);
+    let old = d.pids("svc")[0];
+    signal(old, libc_sig::KILL);
+    wait_for("a new pid", Duration::from_secs(5), || {
+        let r = d.resource("svc");
+        r["state"] == "online" && r["pids"].as_array().unwrap().iter().any(|p| p != old)
+    });
+    assert_eq!(d.resource("svc")["restarts"], 1);
+    let reasons: Vec<String> = d
+        .events()
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&format!("main process {old}"))),
+        "{reasons:?}"
+    );
+}
+
+#[test]
+fn dependencies_order_online_and_offline() {
+    let d = Daemon::start(
+        r#"
+[[resource]]
+name = "web"
+type = "process"
+group = "app"
+depends_on = ["api"]
+command = "sleep 1000"
+
+[[resource]]
+name = "api"
+type = "process"
+group = "app"
+depends_on = ["db"]
+command = "sleep 1000"
+
+[[resource]]
+name = "db"
+type = "process"
+group = "app"
+command = "sleep 1000"
+"#,
+    );
+    d.wait_state("web", "online", LONG);
+    let order = |state: &str| -> Vec<String> {
+        d.events()
+            .iter()
+            .filter(|e| e["kind"] == "state" && e["state"] == state)
+            .map(|e| e["resource"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(order("online"), ["db", "api", "web"]);
+    d.ok(&["offline", "db", "--wait"]);
+    assert_eq!(order("offline"), ["web", "api", "db"]);
+    for n in ["web", "api", "db"] {
+        assert_eq!(d.state(n), "offline");
+    }
+    // Online of the top brings its providers first.
+    d.ok(&["online", "web", "--wait"]);
+    assert_eq!(order("online"), ["db", "api", "web", "db", "api", "web"]);
+}
+
+#[test]
+fn a_failing_probe_fails_and_restarts_the_service() {
+    let port = free_port();
+    let d = Daemon::start(&format!(
+        r#"
+[[resource]]
+name = "svc"
+type = "process"
+command = "sleep 1000"
+probe = {{ type = "tcp", address = "127.0.0.1:{port}", timeout = "200ms" }}
+is_alive_interval = "200ms"
+restart_action = "restart"
+restart_threshold = 1
+restart_delay = "0s"
+"#
+    ));
+    wait_for("the probe to fail it twice", LONG, || {
+        let r = d.resource("svc");
+        r["state"] == "failed" && r["restarts"] == 1 && r["call"].is_null()
+    });
+    assert!(d.marked("svc").is_empty());
+}
+
+#[test]
+fn http_probe_and_readiness_keep_a_real_server_online() {
+    let port = free_port();
+    let logs = tempfile::tempdir().unwrap();
+    let access = logs.path().join("access.log");
+    let d = Daemon::start(&format!(
+        r#"
+[[resource]]
+name = "web"
+type = "process"
+command = ["python3", "-u", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+stderr = "{access}"
+readiness = {{ type = "tcp", address = "127.0.0.1:{port}" }}
+probe = {{ type = "http", url = "http://127.0.0.1:{port}/", timeout = "2s" }}
+is_alive_interval = "300ms"
+"#,
+        access = access.display()
+    ));
+    d.ok(&["online", "web", "--wait"]);
+    // Ready means it answers now.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("ready server accepts");
+    // The server logs each probe's GET; three of them pass and it stays online.
+    wait_for("three http probes", LONG, || {
+        std::fs::read_to_string(&access)
+            .map(|l| l.matches("\"GET / HTTP/1.1\" 200").count() >= 3)
+            .unwrap_or(false)
+    });
+    assert_eq!(d.state("web"), "online");
+    assert_eq!(d.resource("web")["restarts"], 0);
+    let pid = d.pids("web")[0];
+    d.ok(&["offline", "web", "--wait"]);
+    assert!(!alive(pid));
+}
+
+#[test]
+fn user_drops_privileges() {
+    if uid_of(std::process::id()) != Some(0) {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = Daemon::start(
+        r#"
+[[resource]]
+name = "svc"
+type = "process"
+command = "sleep 1000"
+user = "nobody"
+"#,
+    );
+    d.wait_state("svc", "online", LONG);
+    let pid = d.pids("svc")[0];
+    assert_eq!(uid_of(pid), Some(65534));
+}
+
+#[test]
+fn sigterm_takes_everything_offline_and_exits_zero() {
+    let mut d = Daemon::start(&format!(
+        "{}\n{}",
+        stubborn("a", "500ms"),
+        r#"
+[[resource]]
+name = "b"
+type = "process"
+command = "sleep 1000"
+"#
+    ));
+    d.wait_state("a", "online", LONG);
+    d.wait_state("b", "online", LONG);
+    wait_for("the whole tree to start", LONG, || d.marked("a").len() >= 5);
+    let pid = d.pid();
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log());
+    let left = marked_processes(&format!("RESMON_RESOURCE={pid}/"));
+    assert!(left.is_empty());
+    for name in ["a", "b"] {
+        assert!(marked_processes(&format!("RESMON_RESOURCE={pid}/{name}")).is_empty());
+    }
+    assert!(!d.socket.exists(), "socket removed on exit");
+}
+
+#[test]
+fn cli_errors_have_their_exit_codes() {
+    let d = Daemon::start(
+        r#"
+[[resource]]
+name = "svc"
+type = "process"
+command = "sleep 1000"
+autostart = false
+"#,
+    );
+    let out = d.cli(&["status", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no resource named \"nope\""));
+    let out = d.cli(&["online", "bad/name"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = d.cli(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = d.cli(&["terminate", "svc", "--exit-code", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    // autostart = false: it stays offline until asked.
+    assert_eq!(d.state("svc"), "offline");
+    let out = std::process::Command::new(BIN)
+        .args(["--socket", "/nonexistent/resmon.sock", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the monitor"));
+}
+
+#[test]
+fn an_invalid_config_is_refused_whole_with_every_problem_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "bad.toml",
+        r#"
+[monitor]
+socket = "relative.sock"
+
+[defaults]
+looks_alive_interval = "5"
+restart_action = "reboot"
+
+[[resource]]
+name = "ok"
+type = "process"
+command = "sleep 1000"
+
+[[resource]]
+name = "missing"
+type = "process"
+command = "/no/such/binary --flag"
+pending_timeout = "soon"
+
+[[resource]]
+name = "weird name!"
+type = "process"
+command = "sleep 1"
+
+[[resource]]
+name = "dep"
+type = "nosuchtype"
+"#,
+    );
+    let marker_before = marked_processes("RESMON_RESOURCE=");
+    for verb in ["check", "serve"] {
+        let out = std::process::Command::new(BIN)
+            .args([verb, "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{verb}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for needle in [
+            "bad.toml",
+            "nothing was started",
+            "[monitor] socket: must be an absolute path",
+            "[defaults]: looks_alive_interval: duration \"5\" has no unit",
+            "[defaults]: restart_action: unknown restart_action \"reboot\"",
+            "resource \"missing\" ([[resource]] #2): command: program \"/no/such/binary\" not found",
+            "resource \"missing\" ([[resource]] #2): pending_timeout: bad duration \"soon\"",
+            "[[resource]] #3: name \"weird name!\" may only hold",
+            "resource \"dep\" ([[resource]] #4): unknown type \"nosuchtype\"",
+        ] {
+            assert!(err.contains(needle), "{verb}: missing {needle:?} in:\n{err}");
+        }
+    }
+    assert_eq!(
+        marked_processes("RESMON_RESOURCE=").len(),
+        marker_before.len()
+    );
+    // A syntax error names its line.
+    let file = write(dir.path(), "syntax.toml", "[[resource]\nname = 1\n");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+    // A missing file.
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config", "/no/such/config.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}
+
+#[test]
+fn the_quickstart_example_runs_as_written() {
+    let root =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart.toml");
+    let text = std::fs::read_to_string(&root).unwrap();
+    // Same file, own socket: strip nothing, the harness prepends [monitor].
+    assert!(
+        !text.contains("[monitor]"),
+        "the quickstart relies on the default socket"
+    );
+    let d = Daemon::start(&text);
+    d.ok(&["online", "web", "--wait"]);
+    d.wait_state("heartbeat", "online", LONG);
+    let out = d.ok(&["status"]);
+    assert!(out.contains("web") && out.contains("online"), "{out}");
+}
+
+#[test]
+fn events_follow_streams_new_events() {
+    let d = Daemon::start(
+        r#"
+[[resource]]
+name = "svc"
+type = "process"
+command = "sleep 1000"
+autostart = false
+"#,
+    );
+    let mut follower = std::process::Command::new(BIN)
+        .args(["--socket"])
+        .arg(&d.socket)
+        .args(["events", "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    d.ok(&["online", "svc", "--wait"]);
+    let end = Instant::now() + LONG;
+    let mut seen = Vec::new();
+    while Instant::now() < end {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            let done = line.contains("\"state\":\"online\"");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("\"state\":\"online\"")),
+        "{seen:#?}"
+    );
+}
