@@ -1,7 +1,7 @@
 //! The monitor state machine over all resources and groups.
 
 use resmon_contract::{EntryPoint, Policy, RestartAction, State};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use tokio::time::Instant;
 
@@ -79,9 +79,11 @@ pub enum Event {
         id: ResId,
         reason: String,
     },
-    /// `terminate` returned and nothing of the resource is left running.
+    /// `terminate` returned and nothing of the resource is left running;
+    /// `seq` is the one of the [`Action::Terminate`] or [`Action::ForceKill`].
     Terminated {
         id: ResId,
+        seq: u64,
     },
     /// Time passed; deadlines up to now are due.
     Tick,
@@ -113,10 +115,10 @@ pub enum Action {
     /// Cancel any in-flight call (raise "should terminate") and call the
     /// `terminate` entry point, concurrently with whatever runs. Once it has
     /// returned and nothing of the resource runs, feed [`Event::Terminated`].
-    Terminate { id: ResId, exit_code: i32 },
+    Terminate { id: ResId, exit_code: i32, seq: u64 },
     /// Rung 3: kill every process of the resource. Feed [`Event::Terminated`]
     /// once nothing is left.
-    ForceKill { id: ResId, exit_code: i32 },
+    ForceKill { id: ResId, exit_code: i32, seq: u64 },
     /// The group is past what restarts can fix here: move it elsewhere.
     Failover { group: String },
     /// Publish a state change.
@@ -161,6 +163,7 @@ struct InFlight {
 
 #[derive(Clone, Debug)]
 struct Terminating {
+    seq: u64,
     reason: TermReason,
     exit_code: i32,
     deadline: Instant,
@@ -170,6 +173,8 @@ struct Terminating {
 #[derive(Clone, Debug)]
 struct Res {
     spec: ResourceSpec,
+    /// Index of its group in `Monitor::groups`.
+    group: usize,
     providers: Vec<ResId>,
     dependents: Vec<ResId>,
     state: State,
@@ -197,15 +202,31 @@ struct Group {
     /// Past its threshold with `restart_then_failover` and nowhere to go:
     /// held down until this time.
     failed_until: Option<Instant>,
+    members: Vec<ResId>,
 }
 
 /// The monitor of all resources.
+///
+/// Work is incremental so that 1,000 resources cost little: an event visits
+/// only the resources it touches (and, when a state changes, their
+/// neighbours in the dependency graph), and deadlines live in an ordered
+/// index, so a tick looks only at what is due.
 #[derive(Clone, Debug)]
 pub struct Monitor {
     res: Vec<Res>,
-    groups: BTreeMap<String, Group>,
+    index: HashMap<String, ResId>,
+    /// Groups by index; `Res::group` points here.
+    groups: Vec<Group>,
     seq: u64,
     shutting_down: bool,
+    /// Resources to (re)consider in `reconcile`.
+    dirty: Vec<ResId>,
+    /// Resources whose deadline may have moved.
+    touched: Vec<ResId>,
+    is_touched: Vec<bool>,
+    /// Every resource's next deadline, ordered.
+    timers: BTreeSet<(Instant, ResId)>,
+    timer_of: Vec<Option<Instant>>,
 }
 
 impl Monitor {
@@ -256,42 +277,61 @@ impl Monitor {
                 dependents[p].push(i);
             }
         }
-        let mut groups = BTreeMap::new();
+        let mut group_ids: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut group_of = Vec::with_capacity(specs.len());
+        for (i, s) in specs.iter().enumerate() {
+            let g = *group_ids.entry(s.group.as_str()).or_insert_with(|| {
+                groups.push(Group::default());
+                groups.len() - 1
+            });
+            groups[g].members.push(i);
+            group_of.push(g);
+        }
+        let index = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let n = specs.len();
         let res = specs
             .into_iter()
             .zip(providers)
             .zip(dependents)
-            .map(|((spec, providers), dependents)| {
-                groups
-                    .entry(spec.group.clone())
-                    .or_insert_with(Group::default);
-                Res {
-                    spec,
-                    providers,
-                    dependents,
-                    state: State::Offline,
-                    since: now,
-                    reason: String::new(),
-                    want: Want::Offline,
-                    in_flight: None,
-                    terminating: None,
-                    check_now: false,
-                    suspicion: String::new(),
-                    looks_alive_at: None,
-                    is_alive_at: None,
-                    restart_at: None,
-                    retry_at: None,
-                    restart_granted: false,
-                    restart_times: VecDeque::new(),
-                    restarts: 0,
-                }
+            .zip(group_of)
+            .map(|(((spec, providers), dependents), group)| Res {
+                spec,
+                group,
+                providers,
+                dependents,
+                state: State::Offline,
+                since: now,
+                reason: String::new(),
+                want: Want::Offline,
+                in_flight: None,
+                terminating: None,
+                check_now: false,
+                suspicion: String::new(),
+                looks_alive_at: None,
+                is_alive_at: None,
+                restart_at: None,
+                retry_at: None,
+                restart_granted: false,
+                restart_times: VecDeque::new(),
+                restarts: 0,
             })
             .collect();
         Ok(Monitor {
             res,
+            index,
             groups,
             seq: 0,
             shutting_down: false,
+            dirty: Vec::new(),
+            touched: Vec::new(),
+            is_touched: vec![false; n],
+            timers: BTreeSet::new(),
+            timer_of: vec![None; n],
         })
     }
 
@@ -304,7 +344,7 @@ impl Monitor {
     }
 
     pub fn id(&self, name: &str) -> Option<ResId> {
-        self.res.iter().position(|r| r.spec.name == name)
+        self.index.get(name).copied()
     }
 
     pub fn view(&self, id: ResId) -> ResourceView<'_> {
@@ -334,34 +374,107 @@ impl Monitor {
 
     /// The earliest time at which [`Event::Tick`] has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|&(t, _)| t)
+    }
+
+    /// The earliest deadline of one resource (its group's included).
+    fn deadline_of(&self, id: ResId) -> Option<Instant> {
+        let r = &self.res[id];
         let mut next: Option<Instant> = None;
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        for r in &self.res {
-            if let Some(t) = &r.terminating {
-                consider(Some(t.deadline));
-            }
-            if let Some(c) = &r.in_flight {
-                consider(Some(call_deadline(c, &r.spec.policy)));
-            } else if r.state == State::Online && r.terminating.is_none() {
-                consider(r.looks_alive_at);
-                consider(r.is_alive_at);
-            }
-            consider(r.restart_at);
-            consider(r.retry_at);
+        if let Some(t) = &r.terminating {
+            consider(Some(t.deadline));
         }
-        for g in self.groups.values() {
-            consider(g.failed_until);
+        if let Some(c) = &r.in_flight {
+            consider(Some(call_deadline(c, &r.spec.policy)));
+        } else if r.state == State::Online && r.terminating.is_none() {
+            consider(r.looks_alive_at);
+            consider(r.is_alive_at);
         }
+        consider(r.restart_at);
+        consider(r.retry_at);
+        consider(self.groups[r.group].failed_until);
         next
+    }
+
+    /// Checks that the incremental bookkeeping agrees with a full scan:
+    /// every deadline is filed where it belongs, and no resource has a step
+    /// left to take. For tests; panics with the resource at fault.
+    pub fn check_settled(&self, now: Instant) {
+        for id in 0..self.res.len() {
+            assert_eq!(
+                self.timer_of[id],
+                self.deadline_of(id),
+                "deadline of {:?} not refiled",
+                self.res[id].spec.name
+            );
+            let mut probe = self.clone();
+            let mut out = Vec::new();
+            probe.step(now, id, &mut out);
+            assert!(
+                out.is_empty(),
+                "{:?} had a step left: {out:?}",
+                self.res[id].spec.name
+            );
+        }
+        let min = (0..self.res.len())
+            .filter_map(|id| self.deadline_of(id))
+            .min();
+        assert_eq!(self.next_deadline(), min);
+    }
+
+    /// Queues a resource for `reconcile` and a deadline refresh.
+    fn mark(&mut self, id: ResId) {
+        self.dirty.push(id);
+        if !std::mem::replace(&mut self.is_touched[id], true) {
+            self.touched.push(id);
+        }
+    }
+
+    fn mark_group(&mut self, group: usize) {
+        for i in 0..self.groups[group].members.len() {
+            self.mark(self.groups[group].members[i]);
+        }
+    }
+
+    /// Re-files the deadlines of every touched resource.
+    fn refresh_timers(&mut self) {
+        for id in std::mem::take(&mut self.touched) {
+            self.is_touched[id] = false;
+            let new = self.deadline_of(id);
+            let old = std::mem::replace(&mut self.timer_of[id], new);
+            if old != new {
+                if let Some(t) = old {
+                    self.timers.remove(&(t, id));
+                }
+                if let Some(t) = new {
+                    self.timers.insert((t, id));
+                }
+            }
+        }
     }
 
     /// Feeds one event; returns what to do, in order.
     pub fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
+        match &event {
+            Event::Command(id, _)
+            | Event::Returned { id, .. }
+            | Event::Progress { id, .. }
+            | Event::Completed { id, .. }
+            | Event::FailureNotice { id, .. }
+            | Event::Terminated { id, .. } => self.mark(*id),
+            Event::Tick => {}
+            Event::Shutdown => {
+                for id in 0..self.res.len() {
+                    self.mark(id);
+                }
+            }
+        }
         match event {
             Event::Command(id, cmd) => self.command(now, id, cmd, &mut out),
             Event::Returned { id, seq, outcome } => self.returned(now, id, seq, outcome, &mut out),
@@ -386,7 +499,7 @@ impl Monitor {
                 self.finish_pending(now, id, seq, outcome, &mut out);
             }
             Event::FailureNotice { id, reason } => self.failure_notice(now, id, reason, &mut out),
-            Event::Terminated { id } => self.terminated(now, id, &mut out),
+            Event::Terminated { id, seq } => self.terminated(now, id, seq, &mut out),
             Event::Tick => self.tick(now, &mut out),
             Event::Shutdown => {
                 self.shutting_down = true;
@@ -408,6 +521,7 @@ impl Monitor {
             }
         }
         self.reconcile(now, &mut out);
+        self.refresh_timers();
         out
     }
 
@@ -419,6 +533,7 @@ impl Monitor {
                 }
                 // Providers first: wanting a resource online wants its providers too.
                 for i in self.closure(id, |r| &r.providers) {
+                    self.mark(i);
                     let r = &mut self.res[i];
                     r.want = Want::Online;
                     if r.state == State::Failed && r.restart_at.is_none() {
@@ -427,12 +542,15 @@ impl Monitor {
                         r.retry_at = None;
                         r.restart_granted = true;
                     }
-                    let g = r.spec.group.clone();
-                    self.groups.get_mut(&g).expect("group").failed_until = None;
+                    let g = r.group;
+                    if self.groups[g].failed_until.take().is_some() {
+                        self.mark_group(g);
+                    }
                 }
             }
             Command::Offline => {
                 for i in self.closure(id, |r| &r.dependents) {
+                    self.mark(i);
                     let r = &mut self.res[i];
                     r.want = Want::Offline;
                     r.restart_at = None;
@@ -577,7 +695,10 @@ impl Monitor {
         }
     }
 
-    fn terminated(&mut self, now: Instant, id: ResId, out: &mut Vec<Action>) {
+    fn terminated(&mut self, now: Instant, id: ResId, seq: u64, out: &mut Vec<Action>) {
+        if self.res[id].terminating.as_ref().map(|t| t.seq) != Some(seq) {
+            return; // an earlier termination's late report
+        }
         let Some(t) = self.res[id].terminating.take() else {
             return;
         };
@@ -602,22 +723,29 @@ impl Monitor {
                 "terminated while going offline",
                 out,
             ),
-            TermReason::Operator => self.set_state(now, id, State::Offline, "terminated", out),
+            TermReason::Operator => {
+                let why = format!("terminated by operator (exit code {})", t.exit_code);
+                self.set_state(now, id, State::Offline, &why, out)
+            }
         }
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
-        let groups: Vec<String> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| due(g.failed_until))
-            .map(|(n, _)| n.clone())
+        let ids: Vec<ResId> = self
+            .timers
+            .range(..=(now, ResId::MAX))
+            .map(|&(_, id)| id)
             .collect();
-        for g in groups {
-            self.groups.get_mut(&g).expect("group").failed_until = None;
+        for &id in &ids {
+            self.mark(id);
+            let g = self.res[id].group;
+            if due(self.groups[g].failed_until) {
+                self.groups[g].failed_until = None;
+                self.mark_group(g);
+            }
         }
-        for id in 0..self.res.len() {
+        for id in ids {
             let r = &mut self.res[id];
             if let Some(t) = r.terminating.as_mut() {
                 if t.deadline <= now {
@@ -626,13 +754,14 @@ impl Monitor {
                     let first = !t.forced;
                     t.forced = true;
                     let exit_code = t.exit_code;
+                    let seq = t.seq;
                     if first {
                         r.reason = format!(
                             "{}; terminate did not finish within {timeout:?}, killing its process tree",
                             r.reason
                         );
                     }
-                    out.push(Action::ForceKill { id, exit_code });
+                    out.push(Action::ForceKill { id, exit_code, seq });
                 }
                 continue;
             }
@@ -682,16 +811,10 @@ impl Monitor {
 
     /// Brings every resource one step closer to what is wanted of it.
     fn reconcile(&mut self, now: Instant, out: &mut Vec<Action>) {
-        // Repeat while a step unblocks another (a dependent waiting on its
-        // provider's state); a pass that changes nothing ends it.
-        loop {
-            let before = out.len();
-            for id in 0..self.res.len() {
-                self.step(now, id, out);
-            }
-            if out.len() == before {
-                break;
-            }
+        // A step that changes a state marks the neighbours whose decision
+        // depends on it, so the worklist runs until nothing moves.
+        while let Some(id) = self.dirty.pop() {
+            self.step(now, id, out);
         }
     }
 
@@ -728,13 +851,14 @@ impl Monitor {
     fn wanted_online(&self, id: ResId) -> bool {
         let r = &self.res[id];
         r.want == Want::Online
-            && self.groups[&r.spec.group].failed_until.is_none()
+            && self.groups[r.group].failed_until.is_none()
             && r.providers
                 .iter()
                 .all(|&p| self.res[p].state == State::Online)
     }
 
     fn call(&mut self, now: Instant, id: ResId, entry: EntryPoint, out: &mut Vec<Action>) {
+        self.mark(id);
         self.seq += 1;
         let seq = self.seq;
         self.res[id].in_flight = Some(InFlight {
@@ -761,16 +885,20 @@ impl Monitor {
         exit_code: i32,
         out: &mut Vec<Action>,
     ) {
+        self.mark(id);
+        self.seq += 1;
+        let seq = self.seq;
         let r = &mut self.res[id];
         r.in_flight = None; // cancelled: its late return is ignored
         r.check_now = false;
         r.terminating = Some(Terminating {
+            seq,
             reason,
             exit_code,
             deadline: now + r.spec.policy.terminate_timeout,
             forced: false,
         });
-        out.push(Action::Terminate { id, exit_code });
+        out.push(Action::Terminate { id, exit_code, seq });
     }
 
     /// The restart policy, once a failed resource is down.
@@ -802,9 +930,9 @@ impl Monitor {
         );
         r.retry_at = Some(now + p.retry_period_on_failure);
         if p.restart_action == RestartAction::RestartThenFailover {
-            let group = r.spec.group.clone();
-            self.groups.get_mut(&group).expect("group").failed_until =
-                Some(now + p.retry_period_on_failure);
+            let (g, group) = (r.group, r.spec.group.clone());
+            self.groups[g].failed_until = Some(now + p.retry_period_on_failure);
+            self.mark_group(g);
             out.push(Action::Failover { group });
         }
     }
@@ -821,6 +949,10 @@ impl Monitor {
         if r.state == state && r.reason == why {
             return;
         }
+        // Neighbours decide on this state: providers wait for their
+        // dependents to be down, dependents for their providers to be online.
+        let neighbours: Vec<ResId> = r.providers.iter().chain(&r.dependents).copied().collect();
+        let r = &mut self.res[id];
         r.state = state;
         r.since = now;
         r.reason = why.to_string();
@@ -829,6 +961,10 @@ impl Monitor {
             state,
             reason: why.to_string(),
         }));
+        self.mark(id);
+        for n in neighbours {
+            self.mark(n);
+        }
     }
 
     /// `id` and everything reachable from it through `next`.

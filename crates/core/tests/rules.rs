@@ -105,6 +105,7 @@ impl Sim {
     /// Feeds an event and answers every resulting action, recursively.
     fn feed(&mut self, event: Event) {
         let actions = self.m.handle(Instant::now(), event);
+        self.m.check_settled(Instant::now());
         for a in actions {
             self.act(a);
         }
@@ -149,17 +150,20 @@ impl Sim {
                 };
                 self.feed(Event::Returned { id, seq, outcome });
             }
-            Action::Terminate { id, exit_code } => {
+            Action::Terminate { id, exit_code, seq } => {
                 let n = self.name(id);
                 self.log(format!("terminate {n} {exit_code}"));
                 if self.behaviour[id].terminate_works {
-                    self.feed(Event::Terminated { id });
+                    self.feed(Event::Terminated { id, seq });
                 }
             }
-            Action::ForceKill { id, .. } => {
+            Action::ForceKill { id, seq, .. } => {
                 let n = self.name(id);
                 self.log(format!("force-kill {n}"));
-                self.feed(Event::Terminated { id });
+                // A late report of an older termination changes nothing.
+                self.feed(Event::Terminated { id, seq: seq - 1 });
+                assert!(self.m.view(id).terminating);
+                self.feed(Event::Terminated { id, seq });
             }
             Action::Failover { group } => self.log(format!("failover {group}")),
             Action::Notify(n) => {

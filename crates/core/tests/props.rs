@@ -1,0 +1,131 @@
+//! Random event sequences on random dependency graphs: whatever happens, the
+//! incremental bookkeeping agrees with a full scan, a resource never has two
+//! serialized calls in flight, and nothing is brought online before its
+//! providers are.
+
+use proptest::prelude::*;
+use resmon_contract::{EntryPoint, Policy, RestartAction, State};
+use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId, ResourceSpec};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::time::Instant;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Cmd(usize, u8),
+    Answer(usize, u8),
+    Notice(usize),
+    Finish(usize),
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..6usize, 0..3u8).prop_map(|(i, c)| Op::Cmd(i, c)),
+        (0..6usize, 0..5u8).prop_map(|(i, a)| Op::Answer(i, a)),
+        (0..6usize).prop_map(Op::Notice),
+        (0..6usize).prop_map(Op::Finish),
+        (0..4000u64).prop_map(Op::Advance),
+    ]
+}
+
+fn graph() -> impl Strategy<Value = Vec<Vec<usize>>> {
+    (1..6usize).prop_flat_map(|n| {
+        (0..n)
+            .map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(2)))
+            .collect::<Vec<_>>()
+    })
+}
+
+fn policy(kind: u8) -> Policy {
+    Policy {
+        looks_alive_interval: Duration::from_millis(500),
+        is_alive_interval: Duration::from_millis(1500),
+        pending_timeout: Duration::from_millis(2000),
+        terminate_timeout: Duration::from_millis(300),
+        deadlock_timeout: Duration::from_millis(3000),
+        restart_action: match kind % 3 {
+            0 => RestartAction::None,
+            1 => RestartAction::Restart,
+            _ => RestartAction::RestartThenFailover,
+        },
+        restart_threshold: u32::from(kind % 4),
+        restart_period: Duration::from_secs(10),
+        restart_delay: Duration::from_millis(u64::from(kind) * 100),
+        retry_period_on_failure: Duration::from_secs(5),
+        separate_monitor: false,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+    #[test]
+    fn bookkeeping_and_ordering_hold(deps in graph(), kind in 0..6u8, ops in proptest::collection::vec(op(), 1..80)) {
+        let n = deps.len();
+        let specs: Vec<ResourceSpec> = deps.iter().enumerate().map(|(i, d)| ResourceSpec {
+            name: format!("r{i}"),
+            group: "g".into(),
+            depends_on: d.iter().map(|p| format!("r{p}")).collect(),
+            policy: policy(kind),
+        }).collect();
+        let mut now = Instant::now();
+        let mut m = Monitor::new(specs, now).unwrap();
+        // Outstanding serialized calls and terminations, as the daemon would hold them.
+        let mut calls: HashMap<ResId, (EntryPoint, u64)> = HashMap::new();
+        let mut terms: HashMap<ResId, u64> = HashMap::new();
+        for op in ops {
+            let event = match op {
+                Op::Cmd(i, c) => Event::Command(i % n, match c {
+                    0 => Command::Online,
+                    1 => Command::Offline,
+                    _ => Command::Terminate { exit_code: 3 },
+                }),
+                Op::Answer(i, a) => {
+                    let id = i % n;
+                    let Some(&(entry, seq)) = calls.get(&id) else { continue };
+                    calls.remove(&id);
+                    let outcome = match (entry, a) {
+                        (EntryPoint::LooksAlive | EntryPoint::IsAlive, a) => CallOutcome::Alive(a % 2 == 0),
+                        (_, 0 | 1) => CallOutcome::Done,
+                        (_, 2) => CallOutcome::Pending,
+                        _ => CallOutcome::Error("boom".into()),
+                    };
+                    if outcome == CallOutcome::Pending {
+                        calls.insert(id, (entry, seq));
+                    }
+                    Event::Returned { id, seq, outcome }
+                }
+                Op::Notice(i) => Event::FailureNotice { id: i % n, reason: "died".into() },
+                Op::Finish(i) => {
+                    let id = i % n;
+                    let Some(seq) = terms.remove(&id) else { continue };
+                    Event::Terminated { id, seq }
+                }
+                Op::Advance(ms) => {
+                    now += Duration::from_millis(ms);
+                    Event::Tick
+                }
+            };
+            let actions = m.handle(now, event);
+            for a in actions {
+                match a {
+                    Action::Call { id, entry, seq } => {
+                        prop_assert!(!calls.contains_key(&id), "second call {entry} on r{id} while {:?} in flight", calls[&id]);
+                        if entry == EntryPoint::Online {
+                            for p in &deps[id] {
+                                prop_assert_eq!(m.state(*p), State::Online, "r{} online before provider r{}", id, p);
+                            }
+                        }
+                        calls.insert(id, (entry, seq));
+                    }
+                    Action::Terminate { id, seq, .. } | Action::ForceKill { id, seq, .. } => {
+                        calls.remove(&id);
+                        terms.insert(id, seq);
+                    }
+                    Action::Failover { .. } | Action::Notify(_) => {}
+                }
+            }
+            m.check_settled(now);
+        }
+    }
+}
