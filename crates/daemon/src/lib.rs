@@ -192,11 +192,23 @@ async fn run(
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut stopping = false;
+    let mut just_ticked = false;
+    let epoch = tokio::time::Instant::now();
     loop {
         if stopping && driver.all_down() {
             break;
         }
         let deadline = driver.next_deadline();
+        // A deadline already due is handled now: the timer wheel would round
+        // a zero sleep up to its next millisecond tick. Only once in a row,
+        // so messages and signals are never starved.
+        let due = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
+        if due && !just_ticked {
+            driver.feed(Event::Tick);
+            just_ticked = true;
+            continue;
+        }
+        just_ticked = false;
         tokio::select! {
             biased;
             _ = sigterm.recv() => stop(&mut driver, &mut stopping, &bus, "SIGTERM"),
@@ -208,7 +220,7 @@ async fn run(
                     driver.handle(msg);
                 }
             }
-            _ = sleep_until(deadline) => driver.feed(Event::Tick),
+            _ = sleep_until(deadline.map(|d| coalesce(epoch, d))) => driver.feed(Event::Tick),
         }
     }
 
@@ -255,9 +267,40 @@ fn stop(driver: &mut Driver, stopping: &mut bool, bus: &EventBus, signal: &str) 
     }
 }
 
+/// Timer wake-ups are batched on a grid of this size: 1,000 health checks a
+/// second spread over the second cost 100 wake-ups instead of 1,000, and no
+/// deadline is late by more than this.
+const TIMER_GRID: Duration = Duration::from_millis(10);
+
+/// `deadline` rounded up to the next point of the grid that starts at `epoch`.
+fn coalesce(epoch: tokio::time::Instant, deadline: tokio::time::Instant) -> tokio::time::Instant {
+    let grid = TIMER_GRID.as_nanos();
+    let since = deadline.saturating_duration_since(epoch).as_nanos();
+    let rounded = since.div_ceil(grid) * grid;
+    epoch + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
+}
+
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_up_to_the_grid() {
+        let epoch = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(coalesce(epoch, epoch), epoch);
+        assert_eq!(coalesce(epoch, epoch + ms(1)), epoch + ms(10));
+        assert_eq!(coalesce(epoch, epoch + ms(10)), epoch + ms(10));
+        assert_eq!(
+            coalesce(epoch, epoch + ms(10) + Duration::from_nanos(1)),
+            epoch + ms(20)
+        );
     }
 }

@@ -232,7 +232,11 @@ impl Resource for ProcessResource {
     }
 
     fn looks_alive(&self) -> bool {
-        self.main().is_some_and(|m| !m.is_signaled())
+        self.main
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|m| !m.is_signaled())
     }
 
     fn is_alive(&self) -> bool {

@@ -232,9 +232,11 @@ pub fn parse_signal(text: &str) -> Result<rustix::process::Signal, String> {
         "ALRM" => Signal::ALARM,
         "WINCH" => Signal::WINCH,
         "STOP" => Signal::STOP,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown signal {other:?}: use e.g. \"SIGTERM\", \"SIGINT\", \"SIGQUIT\", \"SIGHUP\""
-        )),
+        ))
+        }
     };
     Ok(sig)
 }

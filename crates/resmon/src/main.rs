@@ -120,7 +120,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    // One thread runs the monitor's event loop, its timers and the API:
+    // nothing there blocks (entry points run on the blocking pool), and a
+    // single thread saves a cross-thread wake-up on every health-check tick.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
