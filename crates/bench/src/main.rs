@@ -1,0 +1,445 @@
+//! `resmon-bench`: measures the real monitor from the outside.
+//!
+//! Each scenario starts `resmon serve` (the release binary next to this one,
+//! or `--resmon PATH`) on a config of its own in a temporary directory and
+//! talks to it over its API socket, as an operator's tools would:
+//!
+//! * `restart`: SIGKILL the main process of a `process` resource with
+//!   `restart_delay = "0s"`; the time until the monitor reports it online
+//!   again with a new pid (its event arrives on an `events --follow` stream).
+//! * `terminate`: a resource whose command builds a 100-process tree (plain
+//!   children, `setsid` children and double-forked orphans); the time of a
+//!   `terminate` API call that returns once nothing of it runs, then a scan of
+//!   `/proc` for survivors and zombies.
+//! * `idle`: 1,000 `sleep` resources at `looks_alive_interval = "1s"`; the
+//!   monitor's CPU share over a window, its RSS and PSS.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use http_body_util::BodyExt;
+use resmon_client::{Client, Method};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of the resmon monitor against the real daemon")]
+struct Args {
+    /// Which scenarios to run.
+    #[arg(value_enum, default_values_t = [Scenario::All])]
+    scenarios: Vec<Scenario>,
+    /// Measured runs per latency scenario.
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// Unmeasured runs first.
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// Resources in the idle scenario.
+    #[arg(long, default_value_t = 1000)]
+    resources: usize,
+    /// Seconds over which the idle scenario measures CPU.
+    #[arg(long, default_value_t = 30)]
+    window: u64,
+    /// The resmon binary [default: `resmon` next to this program].
+    #[arg(long)]
+    resmon: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    All,
+    Restart,
+    Terminate,
+    Idle,
+}
+
+struct Monitor {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    child: Child,
+}
+
+impl Monitor {
+    fn start(bin: &Path, config: &str) -> Result<Monitor> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("resmon.sock");
+        let file = dir.path().join("bench.toml");
+        std::fs::write(
+            &file,
+            format!("[monitor]\nsocket = \"{}\"\n{config}", socket.display()),
+        )?;
+        let child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&file)
+            .env("RESMON_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut m = Monitor {
+            _dir: dir,
+            socket,
+            child,
+        };
+        let end = Instant::now() + Duration::from_secs(60);
+        while std::os::unix::net::UnixStream::connect(&m.socket).is_err() {
+            if let Some(s) = m.child.try_wait()? {
+                bail!("resmon serve exited with {s}");
+            }
+            if Instant::now() > end {
+                bail!("resmon serve did not open its socket");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(m)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.socket)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        let (status, body) = self.client().call(Method::GET, path, None).await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status}: {}", String::from_utf8_lossy(&body));
+        }
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    async fn post(&self, path: &str, body: Option<String>) -> Result<Value> {
+        let (status, reply) = self.client().call(Method::POST, path, body).await?;
+        if !status.is_success() {
+            bail!("POST {path}: {status}: {}", String::from_utf8_lossy(&reply));
+        }
+        Ok(serde_json::from_slice(&reply)?)
+    }
+
+    async fn resources(&self) -> Result<Vec<Value>> {
+        Ok(self.get("/v1/resources").await?["resources"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>, extra: &str) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{name:<28} runs={:<4} p50={:>8.3} ms  p90={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms  {extra}",
+        samples.len(),
+        ms(percentile(&samples, 50.0)),
+        ms(percentile(&samples, 90.0)),
+        ms(percentile(&samples, 99.0)),
+        ms(*samples.last().unwrap_or(&Duration::ZERO)),
+    );
+}
+
+fn kill(pid: u32, sig: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// `(pid, state char, ppid)` of every process.
+fn processes() -> Vec<(u32, char, u32)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        out.push((pid, state, ppid));
+    }
+    out
+}
+
+/// Live processes carrying the marker of resource `name` of monitor `mon`.
+fn marked(mon: u32, name: &str) -> usize {
+    let entry = format!("RESMON_RESOURCE={mon}/{name}");
+    processes()
+        .into_iter()
+        .filter(|&(pid, state, _)| {
+            state != 'Z'
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .map(|env| env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()))
+                    .unwrap_or(false)
+        })
+        .count()
+}
+
+async fn restart(bin: &Path, args: &Args) -> Result<()> {
+    let m = Monitor::start(
+        bin,
+        r#"
+[[resource]]
+name = "svc"
+type = "process"
+command = "sleep 100000"
+restart_action = "restart"
+restart_threshold = 1000000
+restart_delay = "0s"
+"#,
+    )?;
+    // One long-lived event stream; lines go to a channel.
+    let (status, mut body) = m
+        .client()
+        .send(Method::GET, "/v1/events?follow=true", None)
+        .await?;
+    if !status.is_success() {
+        bail!("events: {status}");
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(d) = frame.data_ref() {
+                buf.extend_from_slice(d);
+                while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=nl).collect();
+                    if let Ok(v) = serde_json::from_slice(&line) {
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let online = |v: &Value| v["resource"] == "svc" && v["state"] == "online";
+    let deadline = Duration::from_secs(10);
+    // Wait for the first start.
+    loop {
+        let v = tokio::time::timeout(deadline, rx.recv())
+            .await?
+            .context("event stream ended")?;
+        if online(&v) {
+            break;
+        }
+    }
+    let mut samples = Vec::new();
+    for i in 0..args.warmup + args.runs {
+        let r = m.get("/v1/resources/svc").await?;
+        let pid = r["resources"][0]["pids"][0]
+            .as_u64()
+            .context("no pid for svc")? as u32;
+        while rx.try_recv().is_ok() {}
+        let t0 = Instant::now();
+        kill(pid, rustix::process::Signal::KILL);
+        loop {
+            let v = tokio::time::timeout(deadline, rx.recv())
+                .await
+                .context("no online event within 10 s")?
+                .context("event stream ended")?;
+            if online(&v) {
+                break;
+            }
+        }
+        let took = t0.elapsed();
+        let r = m.get("/v1/resources/svc").await?;
+        let new = r["resources"][0]["pids"][0].as_u64().unwrap_or(0) as u32;
+        if new == pid || new == 0 {
+            bail!("run {i}: no new pid after restart ({r})");
+        }
+        if i >= args.warmup {
+            samples.push(took);
+        }
+    }
+    report(
+        "restart: kill -9 -> online",
+        samples,
+        "(target p50 <= 2 ms; restart_delay = 0s)",
+    );
+    Ok(())
+}
+
+/// 1 shell + 33 children + 33 setsid children + 33 double-forked orphans.
+const TREE: &str = "for i in $(seq 33); do sleep 100000 & done; \
+for i in $(seq 33); do setsid sleep 100000 & done; \
+for i in $(seq 33); do setsid sh -c 'sleep 100000 &' ; done; wait";
+
+async fn terminate(bin: &Path, args: &Args) -> Result<()> {
+    let m = Monitor::start(
+        bin,
+        &format!(
+            r#"
+[[resource]]
+name = "tree"
+type = "process"
+command = ["sh", "-c", {TREE:?}]
+autostart = false
+"#
+        ),
+    )?;
+    let mut samples = Vec::new();
+    let mut survivors = 0;
+    let mut zombies = 0;
+    for i in 0..args.warmup + args.runs {
+        m.post("/v1/resources/tree/online?wait=true", None).await?;
+        let end = Instant::now() + Duration::from_secs(20);
+        while marked(m.pid(), "tree") < 100 {
+            if Instant::now() > end {
+                bail!(
+                    "run {i}: the tree never reached 100 processes ({})",
+                    marked(m.pid(), "tree")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let t0 = Instant::now();
+        m.post(
+            "/v1/resources/tree/terminate?wait=true",
+            Some("{\"exit_code\": 1}".into()),
+        )
+        .await?;
+        let took = t0.elapsed();
+        let left = marked(m.pid(), "tree");
+        let z = processes()
+            .iter()
+            .filter(|&&(_, s, ppid)| s == 'Z' && ppid == m.pid())
+            .count();
+        if i >= args.warmup {
+            samples.push(took);
+            survivors += left;
+            zombies += z;
+        }
+    }
+    report(
+        "terminate: 100-process tree",
+        samples,
+        &format!("survivors={survivors} zombies={zombies} (target p99 <= 20 ms, 0 survivors)"),
+    );
+    Ok(())
+}
+
+fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn thread_count(pid: u32) -> u64 {
+    proc_field(pid, "status", "Threads:").unwrap_or(0)
+}
+
+async fn idle(bin: &Path, args: &Args) -> Result<()> {
+    let mut config = String::from("[defaults]\nlooks_alive_interval = \"1s\"\n");
+    for i in 0..args.resources {
+        config.push_str(&format!(
+            "\n[[resource]]\nname = \"idle{i}\"\ntype = \"process\"\ncommand = \"sleep 100000\"\nstdout = \"null\"\n"
+        ));
+    }
+    let m = Monitor::start(bin, &config)?;
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rs = m.resources().await?;
+        if rs.iter().filter(|r| r["state"] == "online").count() == args.resources {
+            break;
+        }
+        if Instant::now() > end {
+            bail!("not every resource came online");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let start-up work (and its worker threads) settle before measuring.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let pid = m.pid();
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    let t0 = Instant::now();
+    let c0 = cpu_ticks(pid).context("reading the monitor's CPU time")?;
+    tokio::time::sleep(Duration::from_secs(args.window)).await;
+    let c1 = cpu_ticks(pid).context("reading the monitor's CPU time")?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = (c1 - c0) as f64 / hz / secs * 100.0;
+    let rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
+    let pss = proc_field(pid, "smaps_rollup", "Pss:").unwrap_or(0);
+    let rs = m.resources().await?;
+    let online = rs.iter().filter(|r| r["state"] == "online").count();
+    println!(
+        "idle: {} resources          online={online} cpu={cpu:.3}% of a core over {secs:.0} s  rss={:.1} MB  pss={:.1} MB  threads={}  (target < 1% and < 30 MB)",
+        args.resources,
+        rss as f64 / 1024.0,
+        pss as f64 / 1024.0,
+        thread_count(pid),
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let bin = match &args.resmon {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory for this program")?
+            .join("resmon"),
+    };
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it (cargo build --release) or pass --resmon",
+            bin.display()
+        );
+    }
+    let all = args.scenarios.contains(&Scenario::All);
+    let want = |s| all || args.scenarios.contains(&s);
+    println!(
+        "resmon-bench: {} on {} cores, kernel {}",
+        bin.display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    if want(Scenario::Restart) {
+        restart(&bin, &args).await?;
+    }
+    if want(Scenario::Terminate) {
+        terminate(&bin, &args).await?;
+    }
+    if want(Scenario::Idle) {
+        idle(&bin, &args).await?;
+    }
+    Ok(())
+}
