@@ -33,6 +33,7 @@ use tokio::io::Interest;
 use crate::cgroup;
 use crate::handle::{lock, TaskCore, TaskHandle, TreeRecord};
 use crate::procfs;
+use crate::reaper::Reaper;
 
 /// The environment variable that marks a resource's processes.
 pub const MARKER_VAR: &str = "RESMON_RESOURCE";
@@ -152,6 +153,7 @@ impl Containers {
                 ),
                 cgroup,
                 tree: Mutex::new(Weak::new()),
+                seen: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -175,6 +177,9 @@ struct Inner {
     cgroup: Option<PathBuf>,
     /// The tree task, shared by all its handles while any is alive.
     tree: Mutex<Weak<TreeRecord>>,
+    /// Processes seen in the container (pid, start time) that may not be
+    /// reaped yet: `wait_empty` waits for them too.
+    seen: Mutex<Vec<(u32, Option<u64>)>>,
 }
 
 /// Where one resource's processes live. Cheap to clone (an `Arc` inside).
@@ -209,6 +214,7 @@ impl Container {
                 marker: scope.marker.clone(),
                 cgroup: scope.cgroup.clone(),
                 tree: Mutex::new(Weak::new()),
+                seen: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -265,7 +271,9 @@ impl Container {
     /// A process that is gone meanwhile is success.
     pub fn signal_all(&self, sig: Signal) -> io::Result<()> {
         let mut first_error = None;
-        for (pid, start) in self.processes() {
+        let procs = self.processes();
+        self.remember(&procs);
+        for (pid, start) in procs {
             if let Err(e) = procfs::signal_checked(pid, start, sig) {
                 first_error.get_or_insert(e);
             }
@@ -282,11 +290,15 @@ impl Container {
     /// uninterruptible sleep can outlive them; it dies when it wakes).
     pub fn kill_all(&self) -> io::Result<()> {
         match &self.inner.cgroup {
-            Some(dir) => match cgroup::write_file(&dir.join("cgroup.kill"), "1") {
-                // A removed cgroup was empty.
-                Err(e) if cgroup::is_gone(&e) => Ok(()),
-                other => other,
-            },
+            Some(dir) => {
+                // Remembered so that `wait_empty` can wait for their reaping.
+                self.remember(&self.processes());
+                match cgroup::write_file(&dir.join("cgroup.kill"), "1") {
+                    // A removed cgroup was empty.
+                    Err(e) if cgroup::is_gone(&e) => Ok(()),
+                    other => other,
+                }
+            }
             None => self.kill_all_by_scan(),
         }
     }
@@ -300,6 +312,12 @@ impl Container {
             if procs.is_empty() {
                 return Ok(());
             }
+            self.remember(
+                &procs
+                    .iter()
+                    .map(|p| (p.pid, Some(p.start_time)))
+                    .collect::<Vec<_>>(),
+            );
             for p in &procs {
                 if let Err(e) = procfs::signal_checked(p.pid, Some(p.start_time), Signal::KILL) {
                     tracing::warn!("killing resource {:?}: {e}", self.inner.name);
@@ -353,7 +371,20 @@ impl Container {
     /// changes) and re-reads it, with a slow re-read as a safety net; without
     /// cgroups it re-scans with a short backoff. Needs a tokio runtime with
     /// I/O and time enabled.
+    ///
+    /// "Left" includes zombies: a process leaves its cgroup before its
+    /// parent is told it exited, so once the container looks empty this also
+    /// waits until every process it saw (through `signal_all`, `kill_all` or
+    /// here) is reaped.
     pub async fn wait_empty(&self) {
+        if !self.is_empty() {
+            self.remember(&self.processes());
+        }
+        self.wait_unpopulated().await;
+        self.wait_reaped().await;
+    }
+
+    async fn wait_unpopulated(&self) {
         if let Some(dir) = &self.inner.cgroup {
             match watch_events(dir).await {
                 Ok(()) => return,
@@ -364,6 +395,54 @@ impl Container {
         while !self.is_empty() {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    fn remember(&self, procs: &[(u32, Option<u64>)]) {
+        let mut seen = lock(&self.inner.seen);
+        for p in procs {
+            if !seen.iter().any(|q| q.0 == p.0) {
+                seen.push(*p);
+            }
+        }
+    }
+
+    /// Waits until no process seen in the container is left in `/proc`,
+    /// reaping on this thread as they turn into zombies.
+    async fn wait_reaped(&self) {
+        let reaper = Reaper::running();
+        let proc_root = Path::new("/proc");
+        let mut rounds = 0u32;
+        loop {
+            if let Some(r) = &reaper {
+                r.reap_now();
+            }
+            let left = {
+                let mut seen = lock(&self.inner.seen);
+                seen.retain(|&(pid, start)| match procfs::read_stat(proc_root, pid) {
+                    // The same process (not a reuse of its pid) is still there.
+                    Some(st) => start.is_none_or(|s| s == st.start_time),
+                    None => false,
+                });
+                seen.len()
+            };
+            if left == 0 {
+                return;
+            }
+            rounds += 1;
+            // Between leaving the cgroup and becoming a zombie a process
+            // takes microseconds: yield at first, then back off.
+            if rounds < 200 {
+                tokio::task::yield_now().await;
+            } else if rounds < 1200 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            } else {
+                tracing::warn!(
+                    "resource {:?}: {left} exited processes are still not reaped",
+                    self.inner.name
+                );
+                return;
+            }
         }
     }
 

@@ -59,6 +59,17 @@ type Tasks = Mutex<HashMap<u32, Arc<ProcessRecord>>>;
 static REAPER: Mutex<Option<Arc<Reaper>>> = Mutex::new(None);
 
 impl Reaper {
+    /// The process's reaper if one was started, without starting one.
+    pub fn running() -> Option<Arc<Reaper>> {
+        lock(&REAPER).clone()
+    }
+
+    /// Reaps every zombie child now, on the caller's thread, instead of
+    /// waiting for the reaper thread to hear SIGCHLD.
+    pub fn reap_now(&self) {
+        reap_zombies(&self.tasks);
+    }
+
     /// The process's reaper, started on the first call.
     pub fn get() -> io::Result<Arc<Reaper>> {
         let mut slot = lock(&REAPER);

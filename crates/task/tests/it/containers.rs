@@ -62,6 +62,9 @@ async fn kill_all_reaches_setsid_and_double_forked_descendants(backend: Backend,
 
     c.kill_all().unwrap();
     within("the container to empty", c.wait_empty()).await;
+    // Empty means reaped too: no zombie is left behind.
+    let unreaped: Vec<u32> = pids.iter().copied().filter(|p| !reaped(*p)).collect();
+    assert!(unreaped.is_empty(), "not reaped: {unreaped:?}");
     assert!(c.is_empty());
     assert!(c.pids().is_empty());
     assert_eq!(
@@ -86,6 +89,8 @@ async fn kill_all_kills_a_100_process_tree(backend: Backend, test: &str) {
     assert_eq!(pids.len(), 101, "main shell, 10 subshells, 90 sleeps");
     c.kill_all().unwrap();
     within("the container to empty", c.wait_empty()).await;
+    let unreaped: Vec<u32> = pids.iter().copied().filter(|p| !reaped(*p)).collect();
+    assert!(unreaped.is_empty(), "not reaped: {unreaped:?}");
     assert!(c.pids().is_empty());
     assert_eq!(within("the main process", main.wait()).await.unwrap(), 137);
     eventually("every process reaped", || pids.iter().all(|p| reaped(*p))).await;
