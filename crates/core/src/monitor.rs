@@ -255,7 +255,7 @@ impl Monitor {
                         errors.push(format!("resource {:?}: depends on itself", s.name))
                     }
                     Some(&j) if specs[j].group != s.group => errors.push(format!(
-                        "resource {:?} (group {:?}) depends on {p:?} of group {:?}: dependencies must stay within a group",
+                        "resource {:?} (group {:?}) depends on {p:?} of group {:?}: dependencies must stay within a group (give both the same `group = \"...\"`)",
                         s.name, s.group, specs[j].group
                     )),
                     Some(&j) => providers[i].push(j),

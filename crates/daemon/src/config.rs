@@ -342,6 +342,27 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
     m
 }
 
+/// The duration properties: name, field, and whether zero is allowed.
+type DurationField = fn(&mut Policy) -> &mut std::time::Duration;
+const DURATIONS: &[(&str, DurationField, bool)] = &[
+    (
+        "looks_alive_interval",
+        |p| &mut p.looks_alive_interval,
+        false,
+    ),
+    ("is_alive_interval", |p| &mut p.is_alive_interval, false),
+    ("pending_timeout", |p| &mut p.pending_timeout, false),
+    ("terminate_timeout", |p| &mut p.terminate_timeout, false),
+    ("deadlock_timeout", |p| &mut p.deadlock_timeout, false),
+    ("restart_period", |p| &mut p.restart_period, false),
+    ("restart_delay", |p| &mut p.restart_delay, true),
+    (
+        "retry_period_on_failure",
+        |p| &mut p.retry_period_on_failure,
+        false,
+    ),
+];
+
 fn apply_policy(p: &mut Policy, t: &toml::Table, place: &str, problems: &mut Vec<String>) {
     for (key, value) in t {
         let key = key.as_str();
@@ -360,55 +381,17 @@ fn apply_policy(p: &mut Policy, t: &toml::Table, place: &str, problems: &mut Vec
                 None
             }
         };
-        let positive = |d: Option<std::time::Duration>, problems: &mut Vec<String>| {
-            if d.is_some_and(|d| d.is_zero()) {
-                problems.push(format!("{place}: {key}: must be more than zero"));
-                None
-            } else {
-                d
+        if let Some(&(_, field, zero_ok)) = DURATIONS.iter().find(|(k, _, _)| *k == key) {
+            match dur(problems) {
+                Some(d) if d.is_zero() && !zero_ok => {
+                    problems.push(format!("{place}: {key}: must be more than zero"))
+                }
+                Some(d) => *field(p) = d,
+                None => {}
             }
-        };
+            continue;
+        }
         match key {
-            "looks_alive_interval" => {
-                if let Some(d) = positive(dur(problems), problems) {
-                    p.looks_alive_interval = d
-                }
-            }
-            "is_alive_interval" => {
-                if let Some(d) = positive(dur(problems), problems) {
-                    p.is_alive_interval = d
-                }
-            }
-            "pending_timeout" => {
-                if let Some(d) = positive(dur(problems), problems) {
-                    p.pending_timeout = d
-                }
-            }
-            "terminate_timeout" => {
-                if let Some(d) = positive(dur(problems), problems) {
-                    p.terminate_timeout = d
-                }
-            }
-            "deadlock_timeout" => {
-                if let Some(d) = positive(dur(problems), problems) {
-                    p.deadlock_timeout = d
-                }
-            }
-            "restart_period" => {
-                if let Some(d) = positive(dur(problems), problems) {
-                    p.restart_period = d
-                }
-            }
-            "restart_delay" => {
-                if let Some(d) = dur(problems) {
-                    p.restart_delay = d
-                }
-            }
-            "retry_period_on_failure" => {
-                if let Some(d) = positive(dur(problems), problems) {
-                    p.retry_period_on_failure = d
-                }
-            }
             "restart_action" => match value.as_str().map(RestartAction::parse) {
                 Some(Ok(a)) => p.restart_action = a,
                 Some(Err(e)) => problems.push(format!("{place}: restart_action: {e}")),
@@ -452,4 +435,156 @@ pub fn groups(resources: &[ResourceConfig]) -> BTreeMap<String, Vec<String>> {
         g.entry(r.group.clone()).or_default().push(r.name.clone());
     }
     g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resmon_contract::{OpenContext, Resource, ResourceError};
+    use std::time::Duration;
+
+    /// A type that accepts any params but `bad = true`.
+    struct Lenient;
+    impl ResourceType for Lenient {
+        fn name(&self) -> &str {
+            "lenient"
+        }
+        fn validate(&self, params: &serde_json::Value) -> Vec<String> {
+            if params.get("bad").is_some() {
+                vec!["bad: not today".into()]
+            } else {
+                vec![]
+            }
+        }
+        fn open(&self, _: OpenContext) -> Result<Box<dyn Resource>, ResourceError> {
+            Err(ResourceError::new("not opened in these tests"))
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text, &[&Lenient])
+    }
+
+    fn problems(text: &str) -> String {
+        parse(text).unwrap_err().problems.join("\n")
+    }
+
+    #[test]
+    fn defaults_layer_under_resource_properties() {
+        let c = parse(
+            r#"
+[defaults]
+looks_alive_interval = "1s"
+restart_delay = "0s"
+[[resource]]
+name = "a"
+type = "lenient"
+looks_alive_interval = "2s"
+extra = { x = 1 }
+[[resource]]
+name = "b"
+type = "lenient"
+group = "g"
+"#,
+        )
+        .unwrap();
+        let (a, b) = (&c.resources[0], &c.resources[1]);
+        assert_eq!(a.policy.looks_alive_interval, Duration::from_secs(2));
+        assert_eq!(b.policy.looks_alive_interval, Duration::from_secs(1));
+        assert_eq!(a.policy.restart_delay, Duration::ZERO);
+        assert_eq!(a.policy.is_alive_interval, Duration::from_secs(60));
+        assert_eq!(a.group, "a", "the group defaults to the name");
+        assert_eq!(b.group, "g");
+        assert_eq!(a.params, serde_json::json!({"extra": {"x": 1}}));
+        assert!(a.autostart);
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_place() {
+        let text = problems(
+            r#"
+[monitr]
+[defaults]
+looks_alive_interval = "0s"
+bogus = 1
+[[resource]]
+name = "a"
+type = "lenient"
+bad = true
+restart_threshold = -1
+[[resource]]
+name = "a"
+type = "lenient"
+[[resource]]
+type = "lenient"
+[[resource]]
+name = "c"
+type = "lenient"
+terminate_timeout = 300
+"#,
+        );
+        for needle in [
+            "unknown section [monitr]",
+            "[defaults]: looks_alive_interval: must be more than zero",
+            "[defaults]: unknown property \"bogus\"",
+            "resource \"a\" ([[resource]] #1): bad: not today",
+            "resource \"a\" ([[resource]] #1): restart_threshold must be a whole number",
+            "resource \"a\" ([[resource]] #2): the name is used by an earlier resource",
+            "[[resource]] #3: name is missing",
+            "resource \"c\" ([[resource]] #4): terminate_timeout: write durations as strings",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn dependency_problems_are_reported() {
+        let text = problems(
+            r#"
+[[resource]]
+name = "a"
+type = "lenient"
+depends_on = ["b"]
+[[resource]]
+name = "b"
+type = "lenient"
+"#,
+        );
+        assert!(
+            text.contains("dependencies must stay within a group"),
+            "{text}"
+        );
+        let text = problems(
+            r#"
+[[resource]]
+name = "a"
+type = "lenient"
+group = "g"
+depends_on = ["b"]
+[[resource]]
+name = "b"
+type = "lenient"
+group = "g"
+depends_on = ["a"]
+"#,
+        );
+        assert!(text.contains("dependency cycle"), "{text}");
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["web", "db-1", "a.b_c", "X9"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".hidden", "-x", "a/b", "a b", "ä", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let e = parse("[[resource]\nname = 1\n").unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+        assert!(e.to_string().starts_with("test.toml: 1 problem"), "{e}");
+    }
 }

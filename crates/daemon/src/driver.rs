@@ -83,6 +83,8 @@ pub struct Driver {
     /// The same moment on both clocks, to show `since` as wall time.
     epoch: (Instant, SystemTime),
     queue: VecDeque<Event>,
+    /// The last turn handled a due deadline without waiting.
+    just_ticked: bool,
 }
 
 struct Sink {
@@ -131,7 +133,39 @@ impl Driver {
             bus,
             epoch: (Instant::now(), SystemTime::now()),
             queue: VecDeque::new(),
+            just_ticked: false,
         }
+    }
+
+    /// One turn of the event loop: handle a due deadline, or wait for the
+    /// next message or deadline and handle it. Cancel-safe: it only awaits
+    /// before it starts to handle anything.
+    pub async fn turn(&mut self, rx: &mut mpsc::UnboundedReceiver<Msg>) {
+        let deadline = self.next_deadline();
+        // A deadline already due is handled now: the timer wheel would round
+        // a zero sleep up to its next millisecond tick. Only once in a row,
+        // so messages are never starved.
+        let due = deadline.is_some_and(|d| d <= Instant::now());
+        if due && !self.just_ticked {
+            self.just_ticked = true;
+            self.feed(Event::Tick);
+            return;
+        }
+        self.just_ticked = false;
+        tokio::select! {
+            Some(msg) = rx.recv() => {
+                self.handle(msg);
+                // Drain what is already queued before looking at the clock.
+                while let Ok(msg) = rx.try_recv() {
+                    self.handle(msg);
+                }
+            }
+            _ = sleep_until(deadline.map(|d| coalesce(self.epoch.0, d))) => self.feed(Event::Tick),
+        }
+    }
+
+    pub fn is_down(&self, id: ResId) -> bool {
+        self.core.state(id).is_down()
     }
 
     pub fn slots(&self) -> &[Slot] {
@@ -322,6 +356,312 @@ fn completion(r: Result<Completion, ResourceError>) -> CallOutcome {
     }
 }
 
+/// Timer wake-ups are batched on a grid of this size: 1,000 health checks a
+/// second spread over the second cost 100 wake-ups instead of 1,000, and no
+/// deadline is late by more than this.
+const TIMER_GRID: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// `deadline` rounded up to the next point of the grid that starts at `epoch`.
+fn coalesce(epoch: Instant, deadline: Instant) -> Instant {
+    let grid = TIMER_GRID.as_nanos();
+    let since = deadline.saturating_duration_since(epoch).as_nanos();
+    let rounded = since.div_ceil(grid) * grid;
+    epoch + std::time::Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub fn no_such(name: &str) -> String {
     format!("no resource named {name:?} (see `resmon status` for the names)")
+}
+
+#[cfg(test)]
+mod tests {
+    //! The concurrency rules of the contract, through the real driver and a
+    //! resource type that records how its entry points overlap.
+
+    use super::*;
+    use resmon_contract::Policy;
+    use resmon_core::ResourceSpec;
+    use resmon_task::Containers;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    #[test]
+    fn deadlines_round_up_to_the_grid() {
+        let epoch = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(coalesce(epoch, epoch), epoch);
+        assert_eq!(coalesce(epoch, epoch + ms(1)), epoch + ms(10));
+        assert_eq!(coalesce(epoch, epoch + ms(10)), epoch + ms(10));
+        assert_eq!(
+            coalesce(epoch, epoch + ms(10) + Duration::from_nanos(1)),
+            epoch + ms(20)
+        );
+    }
+
+    /// How `online` behaves, per call number.
+    #[derive(Clone, Copy)]
+    enum Online {
+        /// Ignores "should terminate" until `release` is set.
+        Stubborn,
+        /// Reports three checkpoints, then waits for "should terminate".
+        Cancellable,
+        /// Returns pending; a thread reports progress and completes.
+        Pending,
+        Done,
+    }
+
+    #[derive(Default)]
+    struct Record {
+        active: AtomicUsize,
+        max_active: AtomicUsize,
+        /// Serialized calls seen while `terminate` ran.
+        overlapped_terminate: AtomicBool,
+        in_terminate: AtomicBool,
+        online_calls: AtomicUsize,
+        saw_cancel: AtomicBool,
+        release: AtomicBool,
+        log: Mutex<Vec<String>>,
+    }
+
+    struct Recorder {
+        rec: Arc<Record>,
+        script: Vec<Online>,
+    }
+
+    impl Recorder {
+        fn enter(&self, what: &str) {
+            let n = self.rec.active.fetch_add(1, Ordering::SeqCst) + 1;
+            self.rec.max_active.fetch_max(n, Ordering::SeqCst);
+            self.rec.log.lock().unwrap().push(format!("enter {what}"));
+        }
+        fn exit(&self, what: &str) {
+            self.rec.log.lock().unwrap().push(format!("exit {what}"));
+            self.rec.active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls a condition for up to 10 s (the resource's own wait loop).
+    fn until(cond: impl Fn() -> bool) -> bool {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < end {
+            if cond() {
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        false
+    }
+
+    impl Resource for Recorder {
+        fn online(&self, ctx: &CallContext) -> Result<Completion, ResourceError> {
+            let n = self.rec.online_calls.fetch_add(1, Ordering::SeqCst);
+            self.enter("online");
+            let out = match self.script[n.min(self.script.len() - 1)] {
+                Online::Stubborn => {
+                    until(|| self.rec.release.load(Ordering::SeqCst));
+                    Err(ResourceError::new("released"))
+                }
+                Online::Cancellable => {
+                    for cp in 1..=3 {
+                        ctx.checkpoint(cp);
+                    }
+                    let cancelled = until(|| ctx.should_terminate());
+                    self.rec.saw_cancel.store(cancelled, Ordering::SeqCst);
+                    if self.rec.in_terminate.load(Ordering::SeqCst) {
+                        self.rec.overlapped_terminate.store(true, Ordering::SeqCst);
+                    }
+                    Err(ResourceError::new("cancelled"))
+                }
+                Online::Pending => {
+                    let ctx = ctx.clone();
+                    std::thread::spawn(move || {
+                        ctx.checkpoint(1);
+                        ctx.complete(Ok(()));
+                    });
+                    Ok(Completion::Pending)
+                }
+                Online::Done => Ok(Completion::Done),
+            };
+            self.exit("online");
+            out
+        }
+        fn offline(&self, _ctx: &CallContext) -> Result<Completion, ResourceError> {
+            self.enter("offline");
+            self.exit("offline");
+            Ok(Completion::Done)
+        }
+        fn terminate(&self, _exit_code: i32) {
+            // Runs beside the in-flight call: hold it open until that call
+            // has seen the flag, to prove the overlap.
+            self.rec.in_terminate.store(true, Ordering::SeqCst);
+            if matches!(self.script[0], Online::Cancellable) {
+                until(|| {
+                    self.rec.saw_cancel.load(Ordering::SeqCst)
+                        || self.rec.active.load(Ordering::SeqCst) == 0
+                });
+            }
+            self.rec.in_terminate.store(false, Ordering::SeqCst);
+        }
+        fn looks_alive(&self) -> bool {
+            self.enter("looks_alive");
+            self.exit("looks_alive");
+            true
+        }
+        fn is_alive(&self) -> bool {
+            self.enter("is_alive");
+            self.exit("is_alive");
+            true
+        }
+    }
+
+    struct Harness {
+        driver: Driver,
+        rx: mpsc::UnboundedReceiver<Msg>,
+        rec: Arc<Record>,
+        bus: EventBus,
+    }
+
+    fn harness(policy: Policy, script: Vec<Online>) -> Harness {
+        let rec = Arc::new(Record::default());
+        let spec = ResourceSpec {
+            name: "r".into(),
+            group: "g".into(),
+            depends_on: vec![],
+            policy,
+        };
+        let core = Monitor::new(vec![spec], Instant::now()).unwrap();
+        let container = Containers::process_groups().create("r").unwrap();
+        let slot = Slot {
+            name: "r".into(),
+            type_name: "recorder".into(),
+            resource: Arc::new(Recorder {
+                rec: rec.clone(),
+                script,
+            }),
+            container,
+            lane: Arc::new(Mutex::new(())),
+            cancel: Arc::new(AtomicBool::new(false)),
+            cheap_looks_alive: false,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let bus = EventBus::new();
+        Harness {
+            driver: Driver::new(core, vec![slot], tx, bus.clone()),
+            rx,
+            rec,
+            bus,
+        }
+    }
+
+    impl Harness {
+        async fn run_until(&mut self, what: &str, cond: impl Fn(&Driver) -> bool) {
+            let end = Instant::now() + Duration::from_secs(10);
+            while !cond(&self.driver) {
+                assert!(Instant::now() < end, "timed out waiting for {what}");
+                let _ = tokio::time::timeout_at(end, self.driver.turn(&mut self.rx)).await;
+            }
+        }
+
+        fn state(&self) -> State {
+            self.driver.core.state(0)
+        }
+
+        fn reasons(&self) -> Vec<String> {
+            self.bus
+                .subscribe()
+                .0
+                .into_iter()
+                .map(|e| e.reason)
+                .collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn terminate_runs_beside_an_online_and_cancels_it() {
+        let mut h = harness(Policy::default(), vec![Online::Cancellable]);
+        h.driver.feed(Event::Command(0, Command::Online));
+        let rec = h.rec.clone();
+        h.run_until("online to be in flight", |_| {
+            rec.active.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        h.driver
+            .feed(Event::Command(0, Command::Terminate { exit_code: 4 }));
+        h.run_until("terminated", |d| d.core.all_down()).await;
+        assert!(
+            h.rec.saw_cancel.load(Ordering::SeqCst),
+            "online saw should_terminate"
+        );
+        assert!(
+            h.rec.overlapped_terminate.load(Ordering::SeqCst),
+            "terminate ran while online was in flight"
+        );
+        assert_eq!(h.state(), State::Offline);
+        assert!(h.reasons().iter().any(|r| r.contains("exit code 4")));
+    }
+
+    #[tokio::test]
+    async fn a_restart_waits_for_the_cancelled_call_to_leave_its_lane() {
+        let p = Policy {
+            pending_timeout: Duration::from_millis(50),
+            restart_delay: Duration::ZERO,
+            terminate_timeout: Duration::from_secs(5),
+            ..Policy::default()
+        };
+        let mut h = harness(p, vec![Online::Stubborn, Online::Done]);
+        h.driver.feed(Event::Command(0, Command::Online));
+        // The first online ignores the flag and runs past pending_timeout:
+        // it is terminated and a restart is called while it still runs.
+        let rec = h.rec.clone();
+        h.run_until("the restart to be called", |d| {
+            d.core.view(0).restarts == 1 && rec.active.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert_eq!(
+            h.rec.online_calls.load(Ordering::SeqCst),
+            1,
+            "second online waits for the lane"
+        );
+        h.rec.release.store(true, Ordering::SeqCst);
+        h.run_until("online", |d| d.core.state(0) == State::Online)
+            .await;
+        assert_eq!(
+            h.rec.max_active.load(Ordering::SeqCst),
+            1,
+            "{:?}",
+            h.rec.log.lock().unwrap()
+        );
+        assert_eq!(h.rec.online_calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn pending_online_completes_through_its_context_and_checks_never_overlap() {
+        let p = Policy {
+            looks_alive_interval: Duration::from_millis(5),
+            is_alive_interval: Duration::from_millis(7),
+            ..Policy::default()
+        };
+        let mut h = harness(p, vec![Online::Pending]);
+        h.driver.feed(Event::Command(0, Command::Online));
+        h.run_until("online", |d| d.core.state(0) == State::Online)
+            .await;
+        let rec = h.rec.clone();
+        h.run_until("many health checks", |_| {
+            let l = rec.log.lock().unwrap();
+            l.iter().filter(|e| *e == "enter is_alive").count() >= 5
+                && l.iter().filter(|e| *e == "enter looks_alive").count() >= 5
+        })
+        .await;
+        assert_eq!(h.rec.max_active.load(Ordering::SeqCst), 1);
+        h.driver.feed(Event::Command(0, Command::Offline));
+        h.run_until("offline", |d| d.core.state(0) == State::Offline)
+            .await;
+    }
 }

@@ -192,42 +192,30 @@ async fn run(
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut stopping = false;
-    let mut just_ticked = false;
-    let epoch = tokio::time::Instant::now();
-    loop {
-        if stopping && driver.all_down() {
-            break;
-        }
-        let deadline = driver.next_deadline();
-        // A deadline already due is handled now: the timer wheel would round
-        // a zero sleep up to its next millisecond tick. Only once in a row,
-        // so messages and signals are never starved.
-        let due = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
-        if due && !just_ticked {
-            driver.feed(Event::Tick);
-            just_ticked = true;
-            continue;
-        }
-        just_ticked = false;
-        tokio::select! {
+    while !(stopping && driver.all_down()) {
+        let signal = tokio::select! {
             biased;
-            _ = sigterm.recv() => stop(&mut driver, &mut stopping, &bus, "SIGTERM"),
-            _ = sigint.recv() => stop(&mut driver, &mut stopping, &bus, "SIGINT"),
-            Some(msg) = rx.recv() => {
-                driver.handle(msg);
-                // Drain what is already queued before looking at the clock.
-                while let Ok(msg) = rx.try_recv() {
-                    driver.handle(msg);
-                }
-            }
-            _ = sleep_until(deadline.map(|d| coalesce(epoch, d))) => driver.feed(Event::Tick),
+            _ = sigterm.recv() => Some("SIGTERM"),
+            _ = sigint.recv() => Some("SIGINT"),
+            _ = driver.turn(&mut rx) => None,
+        };
+        if let Some(signal) = signal {
+            stop(&mut driver, &mut stopping, &bus, signal);
         }
     }
 
-    // Everything is down; make sure of it, then release.
-    for slot in driver.slots() {
+    // Everything is down; make sure of it, then release. A resource is
+    // closed only once it is down (`close` terminates one that is not).
+    for (id, slot) in driver.slots().iter().enumerate() {
         let resource = slot.resource.clone();
-        let _ = tokio::task::spawn_blocking(move || resource.close()).await;
+        let down = driver.is_down(id);
+        let _ = tokio::task::spawn_blocking(move || {
+            if !down {
+                resource.terminate(1);
+            }
+            resource.close()
+        })
+        .await;
         if !slot.container.is_empty() {
             let _ = slot.container.kill_all();
             let _ = tokio::time::timeout(Duration::from_secs(5), slot.container.wait_empty()).await;
@@ -264,43 +252,5 @@ fn stop(driver: &mut Driver, stopping: &mut bool, bus: &EventBus, signal: &str) 
         for id in 0..driver.slots().len() {
             driver.feed(Event::Command(id, Command::Terminate { exit_code: 1 }));
         }
-    }
-}
-
-/// Timer wake-ups are batched on a grid of this size: 1,000 health checks a
-/// second spread over the second cost 100 wake-ups instead of 1,000, and no
-/// deadline is late by more than this.
-const TIMER_GRID: Duration = Duration::from_millis(10);
-
-/// `deadline` rounded up to the next point of the grid that starts at `epoch`.
-fn coalesce(epoch: tokio::time::Instant, deadline: tokio::time::Instant) -> tokio::time::Instant {
-    let grid = TIMER_GRID.as_nanos();
-    let since = deadline.saturating_duration_since(epoch).as_nanos();
-    let rounded = since.div_ceil(grid) * grid;
-    epoch + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deadlines_round_up_to_the_grid() {
-        let epoch = tokio::time::Instant::now();
-        let ms = Duration::from_millis;
-        assert_eq!(coalesce(epoch, epoch), epoch);
-        assert_eq!(coalesce(epoch, epoch + ms(1)), epoch + ms(10));
-        assert_eq!(coalesce(epoch, epoch + ms(10)), epoch + ms(10));
-        assert_eq!(
-            coalesce(epoch, epoch + ms(10) + Duration::from_nanos(1)),
-            epoch + ms(20)
-        );
     }
 }

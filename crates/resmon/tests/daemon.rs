@@ -503,3 +503,28 @@ autostart = false
         "{seen:#?}"
     );
 }
+
+#[test]
+fn environment_and_working_directory_reach_the_service() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("seen");
+    let d = Daemon::start(&format!(
+        r#"
+[[resource]]
+name = "svc"
+type = "process"
+command = ["sh", "-c", "echo \"$GREETING $(pwd)\" > {out}; exec sleep 1000"]
+environment = {{ GREETING = "hello world" }}
+working_directory = "{dir}"
+"#,
+        out = out.display(),
+        dir = work.path().display()
+    ));
+    d.wait_state("svc", "online", LONG);
+    wait_for("the service to write what it sees", LONG, || {
+        std::fs::read_to_string(&out).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let seen = std::fs::read_to_string(&out).unwrap();
+    let dir = work.path().canonicalize().unwrap();
+    assert_eq!(seen.trim(), format!("hello world {}", dir.display()));
+}
