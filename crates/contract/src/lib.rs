@@ -29,8 +29,8 @@ mod state;
 
 pub use policy::{parse_duration, Policy, PolicyError, RestartAction};
 pub use resource::{
-    CallContext, Completion, ControlError, Notifier, OpenContext, Resource, ResourceError,
-    ResourceType, Scope, StatusSink,
+    CallContext, Completion, ControlError, LogLevel, Notice, Notifier, OpenContext, Resource,
+    ResourceError, ResourceType, Scope, StatusSink,
 };
 pub use state::{EntryPoint, State};
 

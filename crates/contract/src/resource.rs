@@ -100,11 +100,29 @@ pub struct Scope {
     pub marker: (String, String),
 }
 
-/// A way for a resource to tell the monitor, between polls, that it failed
-/// (for example: its main process exited). The monitor answers as it does to
-/// a `looks_alive` that returned false: it calls `is_alive` at once.
+/// How much a message from a resource matters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// What a resource tells the monitor between entry points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// It failed (e.g. its main process exited). The monitor answers as it
+    /// does to a `looks_alive` that returned false: it calls `is_alive` at once.
+    Failed(String),
+    /// A message for operators (the event feed and the monitor's log), e.g.
+    /// why a probe failed.
+    Log(LogLevel, String),
+}
+
+/// A resource's line to the monitor, given to `open`.
 #[derive(Clone)]
-pub struct Notifier(Arc<dyn Fn(String) + Send + Sync>);
+pub struct Notifier(Arc<dyn Fn(Notice) + Send + Sync>);
 
 impl fmt::Debug for Notifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -113,7 +131,7 @@ impl fmt::Debug for Notifier {
 }
 
 impl Notifier {
-    pub fn new(f: impl Fn(String) + Send + Sync + 'static) -> Self {
+    pub fn new(f: impl Fn(Notice) + Send + Sync + 'static) -> Self {
         Notifier(Arc::new(f))
     }
 
@@ -122,8 +140,14 @@ impl Notifier {
         Notifier::new(|_| {})
     }
 
+    /// Reports a failure noticed between polls.
     pub fn failed(&self, reason: impl Into<String>) {
-        (self.0)(reason.into())
+        (self.0)(Notice::Failed(reason.into()))
+    }
+
+    /// Reports a message for operators.
+    pub fn log(&self, level: LogLevel, message: impl Into<String>) {
+        (self.0)(Notice::Log(level, message.into()))
     }
 }
 

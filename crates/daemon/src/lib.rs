@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use config::{CgroupMode, Config};
 use driver::{Driver, Msg, Slot};
 use events::EventBus;
-use resmon_contract::{Notifier, OpenContext, ResourceType};
+use resmon_contract::{LogLevel, Notice, Notifier, OpenContext, ResourceType};
 use resmon_core::{Command, Event, Monitor, ResourceSpec};
 use resmon_process::ProcessType;
 use resmon_task::{Containers, Reaper};
@@ -87,11 +87,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     result
 }
 
+fn log_notice(resource: &str, level: LogLevel, message: &str) {
+    match level {
+        LogLevel::Error => tracing::error!(resource, "{message}"),
+        LogLevel::Warn => tracing::warn!(resource, "{message}"),
+        LogLevel::Info => tracing::info!(resource, "{message}"),
+        LogLevel::Debug => tracing::debug!(resource, "{message}"),
+    }
+}
+
 async fn run(
     config: Config,
     types: Vec<Box<dyn ResourceType>>,
     listener: UnixListener,
 ) -> anyhow::Result<()> {
+    let bus = EventBus::new();
     let containers = Arc::new(match config.monitor.cgroups {
         CgroupMode::Auto => Containers::detect(None),
         CgroupMode::Off => Containers::process_groups(),
@@ -102,7 +112,6 @@ async fn run(
     );
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-    let bus = EventBus::new();
 
     let specs: Vec<ResourceSpec> = config
         .resources
@@ -128,12 +137,19 @@ async fn run(
             .with_context(|| format!("resource {:?}: creating its container", r.name))
             .and_then(|container| {
                 let notice_tx = tx.clone();
+                let (bus, name, group) = (bus.clone(), r.name.clone(), r.group.clone());
                 let ctx = OpenContext {
                     name: r.name.clone(),
                     params: r.params.clone(),
                     scope: container.scope(),
-                    notifier: Notifier::new(move |reason| {
-                        let _ = notice_tx.send(Msg::Event(Event::FailureNotice { id, reason }));
+                    notifier: Notifier::new(move |notice| match notice {
+                        Notice::Failed(reason) => {
+                            let _ = notice_tx.send(Msg::Event(Event::FailureNotice { id, reason }));
+                        }
+                        Notice::Log(level, message) => {
+                            log_notice(&name, level, &message);
+                            bus.publish("log", Some(&name), Some(&group), None, message);
+                        }
                     }),
                 };
                 let resource = ty

@@ -20,7 +20,7 @@ mod probe;
 pub use params::{find_program, parse_signal, Params, Probe, ProbeKind, Stream};
 
 use resmon_contract::{
-    CallContext, Completion, Notifier, OpenContext, Resource, ResourceError, ResourceType,
+    CallContext, Completion, LogLevel, Notifier, OpenContext, Resource, ResourceError, ResourceType,
 };
 use resmon_task::{Container, Output, Reaper, SpawnSpec, TaskHandle};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -248,7 +248,9 @@ impl Resource for ProcessResource {
             Some(p) => match probe::run(p, &self.reaper, &self.rt) {
                 Ok(()) => true,
                 Err(e) => {
-                    tracing::warn!(resource = %self.shared.name, "is_alive: {e}");
+                    self.shared
+                        .notifier
+                        .log(LogLevel::Warn, format!("is_alive: {e}"));
                     false
                 }
             },

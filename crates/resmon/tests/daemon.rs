@@ -244,6 +244,15 @@ restart_delay = "0s"
         r["state"] == "failed" && r["restarts"] == 1 && r["call"].is_null()
     });
     assert!(d.marked("svc").is_empty());
+    // The event feed says why.
+    let why = format!("is_alive: tcp probe: connecting to 127.0.0.1:{port}");
+    let events = d.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "log" && e["reason"].as_str().unwrap().starts_with(&why)),
+        "{events:#?}"
+    );
 }
 
 #[test]
