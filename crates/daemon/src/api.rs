@@ -13,16 +13,23 @@
 //! resource), 409 (the operation failed: the resource failed while we
 //! waited) or 503 (the monitor is stopping).
 
+use crate::access::{Access, Right};
 use crate::driver::{no_such, Msg, ResourceStatus};
 use crate::events::{EventBus, EventRecord};
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use resmon_contract::State;
 use resmon_core::Command;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The largest request body accepted.
@@ -32,6 +39,56 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct ApiState {
     pub tx: mpsc::UnboundedSender<Msg>,
     pub bus: EventBus,
+    pub access: Arc<Access>,
+}
+
+/// Who is calling, as the kernel says (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+impl Connected<IncomingStream<'_, UnixListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
+        match stream.io().peer_cred() {
+            Ok(c) => Caller {
+                uid: Some(c.uid()),
+                pid: c.pid(),
+            },
+            Err(_) => Caller {
+                uid: None,
+                pid: None,
+            },
+        }
+    }
+}
+
+/// The right a request needs: reading needs `query`, `terminate` needs
+/// `terminate`, everything else that changes something needs `control`.
+pub fn right_for(method: &axum::http::Method, path: &str) -> Right {
+    if method == axum::http::Method::GET || method == axum::http::Method::HEAD {
+        Right::Query
+    } else if path.ends_with("/terminate") {
+        Right::Terminate
+    } else {
+        Right::Control
+    }
+}
+
+/// Checks every request against the caller's rights before it reaches a
+/// handler; without known credentials nothing is allowed.
+async fn authorize(AxState(st): AxState<ApiState>, req: Request, next: Next) -> Response {
+    let right = right_for(req.method(), req.uri().path());
+    let caller = req.extensions().get::<ConnectInfo<Caller>>().map(|c| c.0);
+    let verdict = match caller.and_then(|c| c.uid) {
+        Some(uid) => st.access.check(uid, right),
+        None => Err("the caller's credentials are unknown".to_string()),
+    };
+    match verdict {
+        Ok(()) => next.run(req).await,
+        Err(why) => error(StatusCode::FORBIDDEN, format!("access denied: {why}")),
+    }
 }
 
 /// `{"resources": [...]}`.
@@ -84,6 +141,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events", get(events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .with_state(state)
 }
 

@@ -4,6 +4,7 @@
 //! every resource and collects *all* problems, each naming the file, the
 //! resource and the field, before the monitor starts anything.
 
+use crate::access::{AccessConfig, Grant};
 use resmon_contract::{parse_duration, Policy, ResourceType, RestartAction};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -69,6 +70,7 @@ pub struct ResourceConfig {
 pub struct Config {
     pub file: PathBuf,
     pub monitor: MonitorConfig,
+    pub access: AccessConfig,
     pub resources: Vec<ResourceConfig>,
 }
 
@@ -144,14 +146,15 @@ impl Config {
         let mut problems = Vec::new();
 
         for key in doc.keys() {
-            if !["monitor", "defaults", "resource"].contains(&key.as_str()) {
+            if !["monitor", "access", "defaults", "resource"].contains(&key.as_str()) {
                 problems.push(format!(
-                    "unknown section [{key}]: the sections are [monitor], [defaults] and [[resource]]"
+                    "unknown section [{key}]: the sections are [monitor], [access], [defaults] and [[resource]]"
                 ));
             }
         }
 
         let monitor = parse_monitor(doc.get("monitor"), &mut problems);
+        let access = parse_access(doc.get("access"), &mut problems);
 
         let mut defaults = Policy::default();
         match doc.get("defaults") {
@@ -312,6 +315,7 @@ impl Config {
         Ok(Config {
             file: path.to_path_buf(),
             monitor,
+            access,
             resources,
         })
     }
@@ -362,6 +366,41 @@ const DURATIONS: &[(&str, DurationField, bool)] = &[
         false,
     ),
 ];
+
+fn parse_access(v: Option<&toml::Value>, problems: &mut Vec<String>) -> AccessConfig {
+    let mut a = AccessConfig::default();
+    let Some(v) = v else { return a };
+    let Some(t) = v.as_table() else {
+        problems.push("[access] must be a table".into());
+        return a;
+    };
+    for (k, v) in t {
+        let list: Option<Vec<String>> = v.as_array().and_then(|items| {
+            items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect()
+        });
+        let slot = match k.as_str() {
+            "query" => &mut a.query,
+            "control" => &mut a.control,
+            "terminate" => &mut a.terminate,
+            other => {
+                problems.push(format!(
+                    "[access]: unknown key {other:?}; the rights are query, control, terminate"
+                ));
+                continue;
+            }
+        };
+        match list {
+            Some(list) => *slot = Grant::parse(&list, k, problems),
+            None => problems.push(format!(
+                "[access] {k}: must be a list of user names, \"@group\" names or \"*\""
+            )),
+        }
+    }
+    a
+}
 
 fn apply_policy(p: &mut Policy, t: &toml::Table, place: &str, problems: &mut Vec<String>) {
     for (key, value) in t {

@@ -9,6 +9,7 @@
 //! terminate, forced kill), and the daemon exits only once nothing of any
 //! resource runs. A second stop signal terminates everything at once.
 
+pub mod access;
 pub mod api;
 pub mod config;
 mod driver;
@@ -70,8 +71,8 @@ async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    // Owner only, until per-request access rights exist.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+    // Anyone may connect; every request is checked against its caller's rights.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     Ok(listener)
 }
@@ -180,9 +181,11 @@ async fn run(
     let api = api::router(api::ApiState {
         tx: tx.clone(),
         bus: bus.clone(),
+        access: Arc::new(access::Access::new(config.access.clone())),
     });
     let server = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, api).await {
+        let service = api.into_make_service_with_connect_info::<api::Caller>();
+        if let Err(e) = axum::serve(listener, service).await {
             tracing::error!("API server: {e}");
         }
     });

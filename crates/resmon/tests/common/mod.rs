@@ -37,6 +37,12 @@ impl Daemon {
 
     pub fn start_with(config: &str, monitor_extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
+        // Other users' CLIs must reach the socket (the monitor checks rights).
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let socket = dir.path().join("resmon.sock");
         let text = format!(
             "[monitor]\nsocket = \"{}\"\n{monitor_extra}\n{config}",
@@ -92,6 +98,22 @@ impl Daemon {
             .stdin(Stdio::null())
             .output()
             .expect("run resmon")
+    }
+
+    /// Runs the CLI as another user (`setpriv`, no supplementary groups).
+    pub fn cli_as(&self, uid: u32, args: &[&str]) -> Output {
+        Command::new("setpriv")
+            .arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg(BIN)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env("RESMON_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run resmon through setpriv")
     }
 
     /// Runs the CLI and insists on exit 0.
