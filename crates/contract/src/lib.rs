@@ -23,6 +23,7 @@
 //! * `terminate` ends the resource at once, without cleanup, and does not wait.
 //! * Every entry point should return within 300 ms.
 
+pub mod control;
 mod policy;
 mod resource;
 mod state;

@@ -143,7 +143,10 @@ pub struct ResourceView<'a> {
     pub wants_online: bool,
     pub terminating: bool,
     pub reason: &'a str,
-    pub in_flight: Option<(EntryPoint, Instant)>,
+    /// The serialized call in flight: entry point, start, deadline.
+    pub in_flight: Option<(EntryPoint, Instant, Instant)>,
+    /// While terminating: when it started and when the forced kill is due.
+    pub terminate: Option<(Instant, Instant)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,6 +167,7 @@ struct InFlight {
 #[derive(Clone, Debug)]
 struct Terminating {
     seq: u64,
+    started: Instant,
     reason: TermReason,
     exit_code: i32,
     deadline: Instant,
@@ -357,7 +361,11 @@ impl Monitor {
             wants_online: r.want == Want::Online,
             terminating: r.terminating.is_some(),
             reason: &r.reason,
-            in_flight: r.in_flight.as_ref().map(|c| (c.entry, c.started)),
+            in_flight: r
+                .in_flight
+                .as_ref()
+                .map(|c| (c.entry, c.started, call_deadline(c, &r.spec.policy))),
+            terminate: r.terminating.as_ref().map(|t| (t.started, t.deadline)),
         }
     }
 
@@ -893,6 +901,7 @@ impl Monitor {
         r.check_now = false;
         r.terminating = Some(Terminating {
             seq,
+            started: now,
             reason,
             exit_code,
             deadline: now + r.spec.policy.terminate_timeout,

@@ -7,6 +7,9 @@
 //! | `POST /v1/resources/{name}/online?wait=true` | bring online (providers first) |
 //! | `POST /v1/resources/{name}/offline?wait=true` | take offline (dependents first) |
 //! | `POST /v1/resources/{name}/terminate?wait=true` | terminate; body `{"exit_code": N}` |
+//! | `POST /v1/resources/{name}/control/{code}` | `resource_control` |
+//! | `POST /v1/types/{type}/control/{code}` | `resource_type_control` |
+//! | `GET /v1/calls` | entry-point calls in progress |
 //! | `GET /v1/events?follow=true` | the event feed as JSON lines |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 404 (no such
@@ -14,7 +17,7 @@
 //! waited) or 503 (the monitor is stopping).
 
 use crate::access::{Access, Right};
-use crate::driver::{no_such, Msg, ResourceStatus};
+use crate::driver::{no_such, CallStatus, Msg, OpError, ResourceStatus};
 use crate::events::{EventBus, EventRecord};
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::Request;
@@ -138,6 +141,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources/{name}/online", post(online))
         .route("/v1/resources/{name}/offline", post(offline))
         .route("/v1/resources/{name}/terminate", post(terminate))
+        .route("/v1/resources/{name}/control/{code}", post(control))
+        .route("/v1/types/{name}/control/{code}", post(type_control))
+        .route("/v1/calls", get(calls))
         .route("/v1/events", get(events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -173,7 +179,118 @@ async fn status_all(AxState(st): AxState<ApiState>) -> Response {
 }
 
 async fn status_one(AxState(st): AxState<ApiState>, Path(name): Path<String>) -> Response {
+    if let Err(e) = crate::config::check_name(&name) {
+        return error(StatusCode::BAD_REQUEST, format!("bad resource name: {e}"));
+    }
     ask_status(&st, Some(name)).await
+}
+
+/// The answer to a control code.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ControlReply {
+    pub code: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub name: Option<String>,
+    /// The output: JSON when it is JSON, else a string (lossy UTF-8).
+    pub output: serde_json::Value,
+}
+
+fn op_error(e: OpError) -> Response {
+    match e {
+        OpError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+        OpError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
+        OpError::Failed(m) => error(StatusCode::CONFLICT, m),
+    }
+}
+
+async fn run_control(
+    st: &ApiState,
+    name: String,
+    code: String,
+    body: axum::body::Bytes,
+    for_type: bool,
+) -> Response {
+    let code = match resmon_contract::control::parse_code(&code, for_type) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if !body.is_empty() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the control input must be JSON (e.g. {\"key\": \"value\"}) or empty",
+        );
+    }
+    let (reply, answer) = oneshot::channel();
+    let input = body.to_vec();
+    let msg = if for_type {
+        Msg::TypeControl {
+            type_name: name,
+            code,
+            input,
+            reply,
+        }
+    } else {
+        Msg::Control {
+            name,
+            code,
+            input,
+            reply,
+        }
+    };
+    if st.tx.send(msg).is_err() {
+        return stopping();
+    }
+    match answer.await {
+        Ok(Ok(out)) => {
+            let output = serde_json::from_slice(&out).unwrap_or_else(|_| {
+                serde_json::Value::String(String::from_utf8_lossy(&out).into())
+            });
+            Json(ControlReply {
+                code,
+                name: resmon_contract::control::code_name(code, for_type).map(str::to_string),
+                output,
+            })
+            .into_response()
+        }
+        Ok(Err(e)) => op_error(e),
+        Err(_) => stopping(),
+    }
+}
+
+async fn control(
+    AxState(st): AxState<ApiState>,
+    Path((name, code)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(e) = crate::config::check_name(&name) {
+        return error(StatusCode::BAD_REQUEST, format!("bad resource name: {e}"));
+    }
+    run_control(&st, name, code, body, false).await
+}
+
+async fn type_control(
+    AxState(st): AxState<ApiState>,
+    Path((name, code)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    run_control(&st, name, code, body, true).await
+}
+
+/// `{"calls": [...]}`.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct CallsReply {
+    pub calls: Vec<CallStatus>,
+}
+
+async fn calls(AxState(st): AxState<ApiState>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if st.tx.send(Msg::Calls { reply }).is_err() {
+        return stopping();
+    }
+    match answer.await {
+        Ok(calls) => Json(CallsReply { calls }).into_response(),
+        Err(_) => stopping(),
+    }
 }
 
 async fn online(
@@ -241,6 +358,9 @@ fn settled(command: Command, s: &ResourceStatus) -> Option<Result<(), String>> {
 }
 
 async fn operate(st: &ApiState, name: String, command: Command, wait: bool) -> Response {
+    if let Err(e) = crate::config::check_name(&name) {
+        return error(StatusCode::BAD_REQUEST, format!("bad resource name: {e}"));
+    }
     // Subscribe first so no state change between the command and the wait is missed.
     let (_, mut rx) = st.bus.subscribe();
     let (reply, answer) = oneshot::channel();

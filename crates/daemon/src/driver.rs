@@ -11,11 +11,13 @@
 
 use crate::events::EventBus;
 use resmon_contract::{
-    CallContext, Completion, EntryPoint, Resource, ResourceError, State, StatusSink,
+    control, CallContext, Completion, ControlError, EntryPoint, Resource, ResourceError,
+    ResourceType, State, StatusSink,
 };
 use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId};
 use resmon_task::Container;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,8 +50,48 @@ pub struct ResourceStatus {
     pub wanted_online: bool,
 }
 
+/// An entry-point call in progress, for `resmon calls`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CallStatus {
+    pub resource: String,
+    pub entry: String,
+    /// RFC 3339.
+    pub started: String,
+    pub elapsed_ms: u64,
+    /// When the monitor acts if it has not returned: RFC 3339.
+    pub deadline: String,
+    /// Negative once past the deadline.
+    pub remaining_ms: i64,
+}
+
+/// Why an operation on a resource did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpError {
+    /// No such resource or type.
+    NotFound(String),
+    /// The request itself is wrong (unsupported code, bad input).
+    BadRequest(String),
+    /// The resource tried and failed.
+    Failed(String),
+}
+
 /// A request to the driver.
 pub enum Msg {
+    Control {
+        name: String,
+        code: u32,
+        input: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, OpError>>,
+    },
+    TypeControl {
+        type_name: String,
+        code: u32,
+        input: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, OpError>>,
+    },
+    Calls {
+        reply: oneshot::Sender<Vec<CallStatus>>,
+    },
     Event(Event),
     Status {
         name: Option<String>,
@@ -75,9 +117,15 @@ pub struct Slot {
     pub cheap_looks_alive: bool,
 }
 
+/// A control call in progress: resource, code, start, deadline.
+type ControlCall = (ResId, u32, Instant, Instant);
+
 pub struct Driver {
     core: Monitor,
     slots: Vec<Slot>,
+    types: Vec<Arc<dyn ResourceType>>,
+    controls: Arc<Mutex<HashMap<u64, ControlCall>>>,
+    next_control: u64,
     tx: mpsc::UnboundedSender<Msg>,
     bus: EventBus,
     /// The same moment on both clocks, to show `since` as wall time.
@@ -123,12 +171,16 @@ impl Driver {
     pub fn new(
         core: Monitor,
         slots: Vec<Slot>,
+        types: Vec<Arc<dyn ResourceType>>,
         tx: mpsc::UnboundedSender<Msg>,
         bus: EventBus,
     ) -> Self {
         Driver {
             core,
             slots,
+            types,
+            controls: Arc::new(Mutex::new(HashMap::new())),
+            next_control: 0,
             tx,
             bus,
             epoch: (Instant::now(), SystemTime::now()),
@@ -193,6 +245,26 @@ impl Driver {
 
     pub fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::Control {
+                name,
+                code,
+                input,
+                reply,
+            } => match self.core.id(&name) {
+                None => {
+                    let _ = reply.send(Err(OpError::NotFound(no_such(&name))));
+                }
+                Some(id) => self.control(id, code, input, reply),
+            },
+            Msg::TypeControl {
+                type_name,
+                code,
+                input,
+                reply,
+            } => self.type_control(type_name, code, input, reply),
+            Msg::Calls { reply } => {
+                let _ = reply.send(self.calls());
+            }
             Msg::Event(e) => self.feed(e),
             Msg::Status { name, reply } => {
                 let out = match name {
@@ -235,10 +307,170 @@ impl Driver {
             restarts: v.restarts,
             since: humantime::format_rfc3339_millis(since).to_string(),
             reason: v.reason.to_string(),
-            call: v.in_flight.map(|(e, _)| e.as_str().to_string()),
+            call: v.in_flight.map(|(e, _, _)| e.as_str().to_string()),
             terminating: v.terminating,
             wanted_online: v.wants_online,
         }
+    }
+
+    fn wall(&self, t: Instant) -> String {
+        let at = if t >= self.epoch.0 {
+            self.epoch.1 + (t - self.epoch.0)
+        } else {
+            self.epoch.1 - (self.epoch.0 - t)
+        };
+        humantime::format_rfc3339_millis(at).to_string()
+    }
+
+    /// Every entry-point call in progress, oldest first.
+    pub fn calls(&self) -> Vec<CallStatus> {
+        let now = Instant::now();
+        let mut out: Vec<(Instant, CallStatus)> = Vec::new();
+        let mut add = |id: ResId, entry: &str, started: Instant, deadline: Instant| {
+            let remaining = if deadline >= now {
+                (deadline - now).as_millis() as i64
+            } else {
+                -((now - deadline).as_millis() as i64)
+            };
+            out.push((
+                started,
+                CallStatus {
+                    resource: self.slots[id].name.clone(),
+                    entry: entry.to_string(),
+                    started: self.wall(started),
+                    elapsed_ms: now.saturating_duration_since(started).as_millis() as u64,
+                    deadline: self.wall(deadline),
+                    remaining_ms: remaining,
+                },
+            ));
+        };
+        for id in 0..self.slots.len() {
+            let v = self.core.view(id);
+            if let Some((entry, started, deadline)) = v.in_flight {
+                add(id, entry.as_str(), started, deadline);
+            }
+            if let Some((started, deadline)) = v.terminate {
+                add(id, "terminate", started, deadline);
+            }
+        }
+        let controls = self.controls.lock().unwrap_or_else(|e| e.into_inner());
+        for &(id, _code, started, deadline) in controls.values() {
+            add(id, "resource_control", started, deadline);
+        }
+        drop(controls);
+        out.sort_by_key(|(started, _)| *started);
+        out.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// What the monitor answers for a resource code its type does not handle.
+    fn default_control(&self, id: ResId, code: u32) -> Option<serde_json::Value> {
+        let v = self.core.view(id);
+        let slot = &self.slots[id];
+        let dur = |d: std::time::Duration| humantime::format_duration(d).to_string();
+        let p = &v.spec.policy;
+        match code {
+            control::GET_STATE => Some(serde_json::json!({
+                "state": v.state,
+                "reason": v.reason,
+                "since": self.wall(v.since),
+            })),
+            control::GET_COMMON_PROPERTIES => Some(serde_json::json!({
+                "looks_alive_interval": dur(p.looks_alive_interval),
+                "is_alive_interval": dur(p.is_alive_interval),
+                "pending_timeout": dur(p.pending_timeout),
+                "terminate_timeout": dur(p.terminate_timeout),
+                "deadlock_timeout": dur(p.deadlock_timeout),
+                "restart_action": p.restart_action,
+                "restart_threshold": p.restart_threshold,
+                "restart_period": dur(p.restart_period),
+                "restart_delay": dur(p.restart_delay),
+                "retry_period_on_failure": dur(p.retry_period_on_failure),
+                "separate_monitor": p.separate_monitor,
+            })),
+            control::GET_CHARACTERISTICS => Some(serde_json::json!({
+                "type": slot.type_name,
+                "group": v.spec.group,
+                "depends_on": v.spec.depends_on,
+            })),
+            _ => None,
+        }
+    }
+
+    /// Runs `resource_control` on the resource's lane (serialized with its
+    /// other entry points, never with `terminate`).
+    fn control(
+        &mut self,
+        id: ResId,
+        code: u32,
+        input: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, OpError>>,
+    ) {
+        let default = self
+            .default_control(id, code)
+            .map(|v| serde_json::to_vec(&v).unwrap_or_default());
+        let slot = &self.slots[id];
+        let (resource, lane) = (slot.resource.clone(), slot.lane.clone());
+        let what = format!("resource {:?} (type {})", slot.name, slot.type_name);
+        let key = self.next_control;
+        self.next_control += 1;
+        let started = Instant::now();
+        let deadline = started + self.core.view(id).spec.policy.deadlock_timeout;
+        let controls = self.controls.clone();
+        controls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, (id, code, started, deadline));
+        tokio::task::spawn_blocking(move || {
+            let out = {
+                let _turn = lane.lock().unwrap_or_else(|e| e.into_inner());
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    resource.resource_control(code, &input)
+                }))
+                .unwrap_or_else(|p| {
+                    Err(ControlError::Failed(format!("panicked: {}", panic_text(p))))
+                })
+            };
+            controls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            let _ = reply.send(control_result(out, default, code, &what));
+        });
+    }
+
+    fn type_control(
+        &mut self,
+        type_name: String,
+        code: u32,
+        input: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, OpError>>,
+    ) {
+        let Some(ty) = self.types.iter().find(|t| t.name() == type_name).cloned() else {
+            let known: Vec<&str> = self.types.iter().map(|t| t.name()).collect();
+            let _ = reply.send(Err(OpError::NotFound(format!(
+                "no resource type {type_name:?}; the types are {}",
+                known.join(", ")
+            ))));
+            return;
+        };
+        let default = (code == control::GET_TYPE_INFO).then(|| {
+            let resources: Vec<&str> = self
+                .slots
+                .iter()
+                .filter(|s| s.type_name == type_name)
+                .map(|s| s.name.as_str())
+                .collect();
+            serde_json::to_vec(&serde_json::json!({"name": type_name, "resources": resources}))
+                .unwrap_or_default()
+        });
+        let what = format!("resource type {type_name:?}");
+        tokio::task::spawn_blocking(move || {
+            let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                ty.resource_type_control(code, &input)
+            }))
+            .unwrap_or_else(|p| Err(ControlError::Failed(format!("panicked: {}", panic_text(p)))));
+            let _ = reply.send(control_result(out, default, code, &what));
+        });
     }
 
     fn publish(&self, kind: &str, id: ResId, state: Option<State>, reason: &str) {
@@ -346,6 +578,40 @@ impl Driver {
             let _ = tx.send(Msg::Event(Event::Returned { id, seq, outcome }));
         });
     }
+}
+
+/// A type's answer to a control code, with the monitor's default handling
+/// and the output limit applied.
+fn control_result(
+    out: Result<Vec<u8>, ControlError>,
+    default: Option<Vec<u8>>,
+    code: u32,
+    what: &str,
+) -> Result<Vec<u8>, OpError> {
+    let out = match out {
+        Ok(o) => o,
+        Err(ControlError::NotSupported) => default.ok_or_else(|| {
+            OpError::BadRequest(format!("control code {code} is not supported by {what}"))
+        })?,
+        Err(ControlError::InvalidInput(m)) => {
+            return Err(OpError::BadRequest(format!(
+                "control code {code} of {what}: invalid input: {m}"
+            )))
+        }
+        Err(ControlError::Failed(m)) => {
+            return Err(OpError::Failed(format!(
+                "control code {code} of {what}: {m}"
+            )))
+        }
+    };
+    if out.len() > control::MAX_OUTPUT {
+        return Err(OpError::Failed(format!(
+            "control code {code} of {what} returned {} bytes, more than the {} allowed",
+            out.len(),
+            control::MAX_OUTPUT
+        )));
+    }
+    Ok(out)
 }
 
 fn completion(r: Result<Completion, ResourceError>) -> CallOutcome {
@@ -553,7 +819,7 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let bus = EventBus::new();
         Harness {
-            driver: Driver::new(core, vec![slot], tx, bus.clone()),
+            driver: Driver::new(core, vec![slot], Vec::new(), tx, bus.clone()),
             rx,
             rec,
             bus,

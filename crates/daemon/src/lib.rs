@@ -35,8 +35,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 /// The resource types this monitor knows.
-pub fn resource_types(reaper: Arc<Reaper>) -> Vec<Box<dyn ResourceType>> {
-    vec![Box::new(ProcessType::new(
+pub fn resource_types(reaper: Arc<Reaper>) -> Vec<Arc<dyn ResourceType>> {
+    vec![Arc::new(ProcessType::new(
         reaper,
         tokio::runtime::Handle::current(),
     ))]
@@ -99,7 +99,7 @@ fn log_notice(resource: &str, level: LogLevel, message: &str) {
 
 async fn run(
     config: Config,
-    types: Vec<Box<dyn ResourceType>>,
+    types: Vec<Arc<dyn ResourceType>>,
     listener: UnixListener,
 ) -> anyhow::Result<()> {
     let bus = EventBus::new();
@@ -190,7 +190,7 @@ async fn run(
         }
     });
 
-    let mut driver = Driver::new(core, slots, tx.clone(), bus.clone());
+    let mut driver = Driver::new(core, slots, types.clone(), tx.clone(), bus.clone());
     bus.publish(
         "monitor",
         None,

@@ -20,7 +20,8 @@ mod probe;
 pub use params::{find_program, parse_signal, Params, Probe, ProbeKind, Stream};
 
 use resmon_contract::{
-    CallContext, Completion, LogLevel, Notifier, OpenContext, Resource, ResourceError, ResourceType,
+    control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Resource,
+    ResourceError, ResourceType,
 };
 use resmon_task::{Container, Output, Reaper, SpawnSpec, TaskHandle};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +62,7 @@ impl ResourceType for ProcessType {
                 generation: AtomicU64::new(0),
             }),
             params,
+            raw_params: ctx.params.clone(),
             scope: ctx.scope.clone(),
             container,
             reaper: self.reaper.clone(),
@@ -71,6 +73,24 @@ impl ResourceType for ProcessType {
 
     fn looks_alive_is_cheap(&self) -> bool {
         true
+    }
+
+    fn resource_type_control(&self, code: u32, _input: &[u8]) -> Result<Vec<u8>, ControlError> {
+        match code {
+            control::GET_PRIVATE_PROPERTY_NAMES => Ok(serde_json::to_vec(&serde_json::json!([
+                "command",
+                "environment",
+                "working_directory",
+                "user",
+                "stop_signal",
+                "probe",
+                "readiness",
+                "stdout",
+                "stderr"
+            ]))
+            .expect("static JSON")),
+            _ => Err(ControlError::NotSupported),
+        }
     }
 }
 
@@ -86,6 +106,8 @@ struct Shared {
 struct ProcessResource {
     shared: Arc<Shared>,
     params: Params,
+    /// The params as configured, for `get_private_properties`.
+    raw_params: serde_json::Value,
     scope: resmon_contract::Scope,
     container: Container,
     reaper: Arc<Reaper>,
@@ -254,6 +276,19 @@ impl Resource for ProcessResource {
                     false
                 }
             },
+        }
+    }
+
+    fn resource_control(&self, code: u32, _input: &[u8]) -> Result<Vec<u8>, ControlError> {
+        match code {
+            control::GET_PRIVATE_PROPERTIES => {
+                let out = serde_json::json!({
+                    "params": self.raw_params,
+                    "main_pid": self.pids().first(),
+                });
+                serde_json::to_vec(&out).map_err(|e| ControlError::Failed(e.to_string()))
+            }
+            _ => Err(ControlError::NotSupported),
         }
     }
 

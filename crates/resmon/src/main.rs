@@ -8,7 +8,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use resmon_client::{Client, ClientError, Method, StatusCode};
-use resmon_daemon::api::{ErrorReply, OpReply, StatusReply};
+use resmon_daemon::api::{CallsReply, ControlReply, ErrorReply, OpReply, StatusReply};
 use resmon_daemon::events::EventRecord;
 use resmon_daemon::ResourceStatus;
 use std::io::Write;
@@ -73,6 +73,32 @@ enum Cmd {
         /// Return as soon as termination has started.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Send a control code to a resource (resource_control).
+    Control {
+        name: String,
+        /// A number (`4`, `0x4`) or a name: get_state, get_common_properties,
+        /// get_characteristics, get_private_properties.
+        code: String,
+        /// The input, as JSON.
+        #[arg(long)]
+        input: Option<String>,
+    },
+    /// Send a control code to a resource type (resource_type_control).
+    TypeControl {
+        #[arg(value_name = "TYPE")]
+        type_name: String,
+        /// A number or a name: get_type_info, get_private_property_names.
+        code: String,
+        /// The input, as JSON.
+        #[arg(long)]
+        input: Option<String>,
+    },
+    /// List entry-point calls in progress, with their elapsed time and deadline.
+    Calls {
+        /// Print JSON: {"calls":[...]}
+        #[arg(long)]
+        json: bool,
     },
     /// Print the event feed.
     Events {
@@ -204,7 +230,65 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             operate(cli.socket, &name, "terminate", !no_wait, Some(body)).await
         }
         Cmd::Events { follow, json } => events(cli.socket, follow, json).await,
+        Cmd::Control { name, code, input } => {
+            let path = format!("/v1/resources/{}/control/{}", encode(&name), encode(&code));
+            control(cli.socket, path, input).await
+        }
+        Cmd::TypeControl {
+            type_name,
+            code,
+            input,
+        } => {
+            let path = format!("/v1/types/{}/control/{}", encode(&type_name), encode(&code));
+            control(cli.socket, path, input).await
+        }
+        Cmd::Calls { json } => {
+            let client = Client::new(&socket_for(cli.socket));
+            let (status, body) = client.call(Method::GET, "/v1/calls", None).await?;
+            if !status.is_success() {
+                return Err(api_error(status, &body));
+            }
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+                return Ok(());
+            }
+            let reply: CallsReply = serde_json::from_slice(&body)
+                .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
+            println!(
+                "{:<24} {:<18} {:>10} {:>12}  DEADLINE",
+                "RESOURCE", "ENTRY", "ELAPSED", "REMAINING"
+            );
+            for c in reply.calls {
+                println!(
+                    "{:<24} {:<18} {:>8}ms {:>10}ms  {}",
+                    c.resource, c.entry, c.elapsed_ms, c.remaining_ms, c.deadline
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+async fn control(
+    socket: Option<PathBuf>,
+    path: String,
+    input: Option<String>,
+) -> Result<(), Failure> {
+    if let Some(i) = &input {
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(i) {
+            return Err(fail(2, format!("--input is not JSON: {e}")));
+        }
+    }
+    let client = Client::new(&socket_for(socket));
+    let (status, body) = client.call(Method::POST, &path, input).await?;
+    if !status.is_success() {
+        return Err(api_error(status, &body));
+    }
+    let reply: ControlReply = serde_json::from_slice(&body)
+        .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
+    let text = serde_json::to_string_pretty(&reply.output).unwrap_or_default();
+    println!("{text}");
+    Ok(())
 }
 
 async fn serve(config: PathBuf, socket: Option<PathBuf>) -> Result<(), Failure> {

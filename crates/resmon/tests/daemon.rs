@@ -360,7 +360,8 @@ autostart = false
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no resource named \"nope\""));
     let out = d.cli(&["online", "bad/name"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad resource name"));
     let out = d.cli(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
     let out = d.cli(&["terminate", "svc", "--exit-code", "x"]);
