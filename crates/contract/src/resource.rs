@@ -217,4 +217,19 @@ pub trait Resource: Send + Sync {
     fn pids(&self) -> Vec<u32> {
         Vec::new()
     }
+
+    /// What a restarted monitor needs to find this resource running again
+    /// (e.g. its main pid), kept in the monitor's state directory. `None`
+    /// when nothing runs.
+    fn persist(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Called instead of `online` by a monitor that restarted while the
+    /// resource kept running, with what [`persist`](Self::persist) saved.
+    /// `Ok(true)`: it is running and now watched again (online);
+    /// `Ok(false)`: nothing of it runs any more.
+    fn reattach(&self, _saved: &serde_json::Value) -> Result<bool, ResourceError> {
+        Ok(false)
+    }
 }

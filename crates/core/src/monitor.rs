@@ -89,6 +89,14 @@ pub enum Event {
     Tick,
     /// Take everything offline (the daemon is stopping).
     Shutdown,
+    /// At start: the resource is wanted online and a previous run of the
+    /// monitor left it running (`alive`), now watched again; or it should
+    /// have been running but died while no monitor watched (`!alive`), which
+    /// is a failure under the restart policy.
+    Adopted {
+        id: ResId,
+        alive: bool,
+    },
 }
 
 /// Why a resource is being terminated; decides the state it ends in.
@@ -475,7 +483,8 @@ impl Monitor {
             | Event::Progress { id, .. }
             | Event::Completed { id, .. }
             | Event::FailureNotice { id, .. }
-            | Event::Terminated { id, .. } => self.mark(*id),
+            | Event::Terminated { id, .. }
+            | Event::Adopted { id, .. } => self.mark(*id),
             Event::Tick => {}
             Event::Shutdown => {
                 for id in 0..self.res.len() {
@@ -509,6 +518,30 @@ impl Monitor {
             Event::FailureNotice { id, reason } => self.failure_notice(now, id, reason, &mut out),
             Event::Terminated { id, seq } => self.terminated(now, id, seq, &mut out),
             Event::Tick => self.tick(now, &mut out),
+            Event::Adopted { id, alive } => {
+                let r = &mut self.res[id];
+                if r.state == State::Offline && r.in_flight.is_none() && !self.shutting_down {
+                    r.want = Want::Online;
+                    if alive {
+                        r.looks_alive_at = Some(now + r.spec.policy.looks_alive_interval);
+                        r.is_alive_at = Some(now + r.spec.policy.is_alive_interval);
+                        self.set_state(
+                            now,
+                            id,
+                            State::Online,
+                            "adopted after a monitor restart",
+                            &mut out,
+                        );
+                    } else {
+                        self.fail(
+                            now,
+                            id,
+                            "its processes died while no monitor watched".into(),
+                            &mut out,
+                        );
+                    }
+                }
+            }
             Event::Shutdown => {
                 self.shutting_down = true;
                 for id in 0..self.res.len() {

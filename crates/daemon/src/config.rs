@@ -49,6 +49,8 @@ pub enum CgroupMode {
 pub struct MonitorConfig {
     pub socket: PathBuf,
     pub cgroups: CgroupMode,
+    /// Where the monitor keeps what it needs to survive its own restart.
+    pub state_dir: PathBuf,
 }
 
 /// One checked `[[resource]]`.
@@ -325,6 +327,7 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
     let mut m = MonitorConfig {
         socket: default_socket(),
         cgroups: CgroupMode::Auto,
+        state_dir: crate::state::default_state_dir(),
     };
     let Some(v) = v else { return m };
     let Some(t) = v.as_table() else {
@@ -338,8 +341,14 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
             ("cgroups", toml::Value::String(s)) if s == "auto" => m.cgroups = CgroupMode::Auto,
             ("cgroups", toml::Value::String(s)) if s == "off" => m.cgroups = CgroupMode::Off,
             ("cgroups", _) => problems.push("[monitor] cgroups: use \"auto\" or \"off\"".into()),
+            ("state_dir", toml::Value::String(s)) if s.starts_with('/') => {
+                m.state_dir = PathBuf::from(s)
+            }
+            ("state_dir", _) => {
+                problems.push("[monitor] state_dir: must be an absolute path".into())
+            }
             (other, _) => problems.push(format!(
-                "[monitor]: unknown key {other:?}; the keys are socket, cgroups"
+                "[monitor]: unknown key {other:?}; the keys are socket, cgroups, state_dir"
             )),
         }
     }

@@ -108,6 +108,8 @@ pub enum Msg {
 pub struct Slot {
     pub name: String,
     pub type_name: String,
+    /// Type and params: what makes it the same resource after a restart.
+    pub fingerprint: String,
     pub resource: Arc<dyn Resource>,
     pub container: Container,
     /// Serializes entry points (all but `terminate`).
@@ -133,6 +135,8 @@ pub struct Driver {
     queue: VecDeque<Event>,
     /// The last turn handled a due deadline without waiting.
     just_ticked: bool,
+    /// Something the state file records changed since it was last written.
+    state_dirty: bool,
 }
 
 struct Sink {
@@ -186,7 +190,49 @@ impl Driver {
             epoch: (Instant::now(), SystemTime::now()),
             queue: VecDeque::new(),
             just_ticked: false,
+            state_dirty: false,
         }
+    }
+
+    /// Whether the state file is behind.
+    pub fn state_dirty(&self) -> bool {
+        self.state_dirty
+    }
+
+    /// What the state file should say now; clears the dirty mark.
+    /// `running` false: record that nothing runs (after a clean stop), with
+    /// `wanted` giving what was wanted before the stop.
+    pub fn snapshot(&mut self, wanted: Option<&[bool]>) -> crate::state::SavedState {
+        self.state_dirty = false;
+        let mut out = crate::state::SavedState {
+            version: crate::state::VERSION,
+            ..Default::default()
+        };
+        for (id, slot) in self.slots.iter().enumerate() {
+            let v = self.core.view(id);
+            out.resources.insert(
+                slot.name.clone(),
+                crate::state::SavedResource {
+                    fingerprint: slot.fingerprint.clone(),
+                    wanted_online: wanted.map_or(v.wants_online, |w| w[id]),
+                    state: v.state,
+                    restarts: v.restarts,
+                    saved: if wanted.is_some() {
+                        None
+                    } else {
+                        slot.resource.persist()
+                    },
+                },
+            );
+        }
+        out
+    }
+
+    /// What is wanted online now, per resource.
+    pub fn wanted(&self) -> Vec<bool> {
+        (0..self.slots.len())
+            .map(|id| self.core.view(id).wants_online)
+            .collect()
     }
 
     /// One turn of the event loop: handle a due deadline, or wait for the
@@ -285,6 +331,7 @@ impl Driver {
                 let out = match self.core.id(&name) {
                     None => Err(no_such(&name)),
                     Some(id) => {
+                        self.state_dirty = true;
                         self.feed(Event::Command(id, command));
                         Ok(self.status(id))
                     }
@@ -534,6 +581,7 @@ impl Driver {
                 );
             }
             Action::Notify(n) => {
+                self.state_dirty = true;
                 let v = self.core.view(n.id);
                 tracing::info!(resource = %v.spec.name, state = %n.state, "{}", n.reason);
                 self.publish("state", n.id, Some(n.state), &n.reason);
@@ -635,7 +683,7 @@ fn coalesce(epoch: Instant, deadline: Instant) -> Instant {
     epoch + std::time::Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
@@ -807,6 +855,7 @@ mod tests {
         let slot = Slot {
             name: "r".into(),
             type_name: "recorder".into(),
+            fingerprint: String::new(),
             resource: Arc::new(Recorder {
                 rec: rec.clone(),
                 script,

@@ -298,6 +298,37 @@ impl Resource for ProcessResource {
         }
     }
 
+    fn persist(&self) -> Option<serde_json::Value> {
+        let main = self.main().filter(|m| !m.is_signaled())?;
+        let pid = main.pid()?;
+        let start_time = resmon_task::process_start_time(pid)?;
+        Some(serde_json::json!({ "pid": pid, "start_time": start_time }))
+    }
+
+    fn reattach(&self, saved: &serde_json::Value) -> Result<bool, ResourceError> {
+        let (Some(pid), Some(start_time)) = (
+            saved.get("pid").and_then(|v| v.as_u64()),
+            saved.get("start_time").and_then(|v| v.as_u64()),
+        ) else {
+            return Err(ResourceError::new(format!(
+                "saved state {saved} has no pid and start_time"
+            )));
+        };
+        let Ok(pid) = u32::try_from(pid) else {
+            return Ok(false);
+        };
+        let main = match self.reaper.adopt(pid, start_time) {
+            Ok(task) => task,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(ResourceError::new(format!("adopting process {pid}: {e}"))),
+        };
+        self.shared.stopping.store(false, Ordering::Release);
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(main.clone());
+        self.watch(&main);
+        Ok(true)
+    }
+
     fn pids(&self) -> Vec<u32> {
         self.main()
             .filter(|m| !m.is_signaled())

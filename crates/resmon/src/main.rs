@@ -439,11 +439,13 @@ fn print_table(rs: &[ResourceStatus]) {
         s.push_str(reason);
         s.trim_end().to_string()
     };
-    println!("{}", line(head.to_vec(), "REASON"));
+    // A closed stdout (e.g. `| head`) ends the listing quietly.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", line(head.to_vec(), "REASON"));
     for (row, r) in rows.iter().zip(rs) {
-        println!(
-            "{}",
-            line(row.iter().map(String::as_str).collect(), &r.reason)
-        );
+        let text = line(row.iter().map(String::as_str).collect(), &r.reason);
+        if writeln!(out, "{text}").is_err() {
+            return;
+        }
     }
 }

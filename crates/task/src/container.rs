@@ -52,6 +52,8 @@ enum Backend {
 #[derive(Debug)]
 pub struct Containers {
     backend: Backend,
+    /// Names this monitor in markers: `RESMON_RESOURCE=<instance>/<name>`.
+    instance: String,
 }
 
 impl Containers {
@@ -79,7 +81,72 @@ impl Containers {
                 Backend::ProcessGroups { reason }
             }
         };
-        Containers { backend }
+        Containers {
+            backend,
+            instance: getpid().as_raw_nonzero().to_string(),
+        }
+    }
+
+    /// Names this monitor in the markers with `instance` instead of its
+    /// pid, so that a restarted monitor recognises its resources' processes.
+    pub fn with_instance(mut self, instance: &str) -> Containers {
+        self.instance = instance.to_owned();
+        self
+    }
+
+    /// The containers left by an earlier run of this monitor for resources
+    /// not in `keep`: cgroup directories under the root, or (without
+    /// cgroups) names found in markers. Kill and remove them.
+    pub fn leftovers(&self, keep: &[&str]) -> Vec<Container> {
+        let mut names = std::collections::BTreeSet::new();
+        match &self.backend {
+            Backend::Cgroup { root } => {
+                if let Ok(dir) = std::fs::read_dir(root) {
+                    for e in dir.flatten() {
+                        if e.path().is_dir() {
+                            names.insert(e.file_name().to_string_lossy().into_owned());
+                        }
+                    }
+                }
+                names.retain(|n| !keep.iter().any(|k| cgroup::sanitize_name(k) == *n));
+                return names
+                    .into_iter()
+                    .map(|n| self.container(&n, Some(root.join(&n))))
+                    .collect();
+            }
+            Backend::ProcessGroups { .. } => {
+                let prefix = format!("{MARKER_VAR}={}/", self.instance);
+                for p in procfs::marked_tree(Path::new("/proc"), prefix.as_bytes(), own_pid()) {
+                    if let Ok(env) = std::fs::read(format!("/proc/{}/environ", p.pid)) {
+                        for kv in env.split(|&b| b == 0) {
+                            if let Some(name) = kv.strip_prefix(prefix.as_bytes()) {
+                                names.insert(String::from_utf8_lossy(name).into_owned());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        names
+            .into_iter()
+            .filter(|n| !keep.contains(&n.as_str()))
+            .map(|n| self.container(&n, None))
+            .collect()
+    }
+
+    fn container(&self, resource_name: &str, cgroup: Option<PathBuf>) -> Container {
+        Container {
+            inner: Arc::new(Inner {
+                name: resource_name.to_owned(),
+                marker: (
+                    MARKER_VAR.to_owned(),
+                    format!("{}/{resource_name}", self.instance),
+                ),
+                cgroup,
+                tree: Mutex::new(Weak::new()),
+                seen: Mutex::new(Vec::new()),
+            }),
+        }
     }
 
     /// Process groups only (where cgroups are turned off by configuration).
@@ -88,6 +155,7 @@ impl Containers {
             backend: Backend::ProcessGroups {
                 reason: "cgroups turned off".into(),
             },
+            instance: getpid().as_raw_nonzero().to_string(),
         }
     }
 
@@ -116,6 +184,16 @@ impl Containers {
     /// `<root>/<sanitized name>`; a directory left by an earlier run is
     /// reused if it holds no process, and refused otherwise.
     pub fn create(&self, resource_name: &str) -> io::Result<Container> {
+        self.open(resource_name, false)
+    }
+
+    /// The container of `resource_name` as an earlier run of this monitor
+    /// left it, processes and all: a restarted monitor adopts them.
+    pub fn adopt(&self, resource_name: &str) -> io::Result<Container> {
+        self.open(resource_name, true)
+    }
+
+    fn open(&self, resource_name: &str, adopt: bool) -> io::Result<Container> {
         let cgroup = match &self.backend {
             Backend::ProcessGroups { .. } => None,
             Backend::Cgroup { root } => {
@@ -123,7 +201,7 @@ impl Containers {
                 match std::fs::create_dir(&dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {
-                        if cgroup::populated(&dir)? {
+                        if !adopt && cgroup::populated(&dir)? {
                             return Err(io::Error::new(
                                 io::ErrorKind::AlreadyExists,
                                 format!(
@@ -144,18 +222,7 @@ impl Containers {
                 Some(dir)
             }
         };
-        Ok(Container {
-            inner: Arc::new(Inner {
-                name: resource_name.to_owned(),
-                marker: (
-                    MARKER_VAR.to_owned(),
-                    format!("{}/{resource_name}", getpid().as_raw_nonzero()),
-                ),
-                cgroup,
-                tree: Mutex::new(Weak::new()),
-                seen: Mutex::new(Vec::new()),
-            }),
-        })
+        Ok(self.container(resource_name, cgroup))
     }
 
     /// Removes the root cgroup; do it after removing the containers. Errors
@@ -419,7 +486,11 @@ impl Container {
             }
             let left = {
                 let mut seen = lock(&self.inner.seen);
+                let me = own_pid();
                 seen.retain(|&(pid, start)| match procfs::read_stat(proc_root, pid) {
+                    // A zombie that is not our child is not ours to reap (a
+                    // process an earlier monitor started, now init's child).
+                    Some(st) if st.is_dead() && st.ppid != me => false,
                     // The same process (not a reuse of its pid) is still there.
                     Some(st) => start.is_none_or(|s| s == st.start_time),
                     None => false,

@@ -47,6 +47,12 @@ pub use reaper::Reaper;
 pub use resmon_contract::STILL_ACTIVE;
 pub use spawn::{Output, SpawnSpec};
 
+/// When process `pid` started (field 22 of `/proc/PID/stat`, in clock
+/// ticks since boot): with the pid, it names one process for good.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    procfs::read_stat(std::path::Path::new("/proc"), pid).map(|s| s.start_time)
+}
+
 bitflags::bitflags! {
     /// What a [`TaskHandle`] allows its holder to do.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -159,6 +159,53 @@ impl Reaper {
         Ok(TaskHandle::process(record))
     }
 
+    /// A handle on a running process that is not our child: one a previous
+    /// run of the monitor started. `start_time` (field 22 of
+    /// `/proc/PID/stat`) must match, so a reused pid is never adopted. Its
+    /// exit is seen through its pidfd; its exit status is not ours to read,
+    /// so an adopted task that ends by itself reports exit code -1.
+    pub fn adopt(&self, pid: u32, start_time: u64) -> io::Result<TaskHandle> {
+        let gone = || {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("process {pid} is gone (or its pid was reused)"),
+            )
+        };
+        let p = Pid::from_raw(pid as i32).ok_or_else(gone)?;
+        let pidfd = pidfd_open(p, PidfdFlags::empty()).map_err(|_| gone())?;
+        // Checked after the pidfd pins the process, so the check holds.
+        let stat = crate::procfs::read_stat(std::path::Path::new("/proc"), pid).ok_or_else(gone)?;
+        if stat.start_time != start_time || stat.is_dead() {
+            return Err(gone());
+        }
+        let record = Arc::new(ProcessRecord::new(pid, pidfd));
+        let watched = Arc::clone(&record);
+        self.runtime.spawn(async move {
+            // SAFETY: `PidfdWatch` owns an `Arc` of the record, whose `OwnedFd`
+            // is closed only when the record is dropped, so the descriptor stays
+            // open and the same for the AsyncFd's whole life.
+            let registered = unsafe {
+                AsyncFd::register_with_interest(
+                    PidfdWatch(Arc::clone(&watched)),
+                    Interest::READABLE,
+                )
+            };
+            match registered {
+                Ok(fd) => {
+                    if fd.readable().await.is_ok() {
+                        watched.core.finish(-1);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    pid,
+                    "cannot watch the pidfd of adopted process {pid}: {}",
+                    e.into_parts().1
+                ),
+            }
+        });
+        Ok(TaskHandle::process(record))
+    }
+
     /// Reaps `record`'s process as soon as its pidfd reports the exit.
     fn watch_exit(&self, record: Arc<ProcessRecord>) {
         let tasks = Arc::clone(&self.tasks);

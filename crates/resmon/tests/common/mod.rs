@@ -45,29 +45,42 @@ impl Daemon {
         .unwrap();
         let socket = dir.path().join("resmon.sock");
         let text = format!(
-            "[monitor]\nsocket = \"{}\"\n{monitor_extra}\n{config}",
-            socket.display()
+            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{monitor_extra}\n{config}",
+            socket.display(),
+            dir.path().join("state").display()
         );
-        let file = dir.path().join("resmon.toml");
-        std::fs::write(&file, text).unwrap();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        std::fs::write(dir.path().join("resmon.toml"), text).unwrap();
+        let mut d = Daemon {
+            dir,
+            socket,
+            child: None,
+        };
+        d.launch();
+        d
+    }
+
+    /// Starts `resmon serve` on this daemon's config and waits for its socket.
+    pub fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--config"])
-            .arg(&file)
+            .arg(self.dir.path().join("resmon.toml"))
             .env("RESMON_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start resmon serve");
-        let mut d = Daemon {
-            dir,
-            socket,
-            child: Some(child),
-        };
+        self.child = Some(child);
+        let d = self;
         let s = d.socket.clone();
         let end = Instant::now() + Duration::from_secs(20);
         loop {
+            // A socket left by a killed monitor does not answer.
             if std::os::unix::net::UnixStream::connect(&s).is_ok() {
                 break;
             }
@@ -77,7 +90,53 @@ impl Daemon {
             assert!(Instant::now() < end, "socket never answered:\n{}", d.log());
             std::thread::sleep(Duration::from_millis(10));
         }
-        d
+    }
+
+    /// Kills the monitor with SIGKILL: no cleanup, its resources keep running.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Waits until the state file records every resource as it runs now
+    /// (pids included), so a SIGKILL loses nothing.
+    pub fn wait_saved(&self) {
+        let file = self.dir.path().join("state/state.json");
+        wait_for(
+            "the state file to catch up",
+            Duration::from_secs(20),
+            || {
+                let Ok(text) = std::fs::read_to_string(&file) else {
+                    return false;
+                };
+                let Ok(saved) = serde_json::from_str::<Value>(&text) else {
+                    return false;
+                };
+                self.status().iter().all(|r| {
+                    let s = &saved["resources"][r["name"].as_str().unwrap()];
+                    s["state"] == r["state"]
+                        && r["pids"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .all(|p| s["saved"]["pid"] == *p)
+                })
+            },
+        );
+    }
+
+    /// The config file, to edit between runs.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.path().join("resmon.toml")
+    }
+
+    /// The monitor's instance name, as used in process markers.
+    pub fn instance(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("state/instance"))
+            .expect("the monitor writes its instance")
+            .trim()
+            .to_string()
     }
 
     pub fn pid(&self) -> u32 {
@@ -175,7 +234,7 @@ impl Daemon {
     /// Every live process that carries this resource's marker, found through
     /// /proc independently of the monitor.
     pub fn marked(&self, name: &str) -> Vec<u32> {
-        marked_processes(&format!("RESMON_RESOURCE={}/{name}", self.pid()))
+        marked_processes(&format!("RESMON_RESOURCE={}/{name}", self.instance()))
     }
 
     /// The event feed as JSON values.

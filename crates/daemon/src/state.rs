@@ -1,0 +1,256 @@
+//! The state directory: what a monitor killed without warning needs to pick
+//! up its running resources again.
+//!
+//! * `instance`: this monitor's name in cgroup paths and process markers,
+//!   made once and kept, so a restarted monitor finds the same cgroups and
+//!   marked processes.
+//! * `state.json`: per resource, what its config was (type and params), whether
+//!   it is wanted online, and what its type saved to find it running again
+//!   (`Resource::persist`, e.g. the main pid and its start time). Written
+//!   atomically (temporary file, fsync, rename) off the event loop, one
+//!   write at a time, the next starting as soon as the last one ended while
+//!   something changed; once more on a clean stop.
+//! * `lock`: held (`flock`) while a monitor runs, so two monitors never share
+//!   a state directory.
+
+use resmon_contract::State;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The saved state of every resource.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SavedState {
+    pub version: u32,
+    pub resources: BTreeMap<String, SavedResource>,
+}
+
+/// One resource as the last run left it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SavedResource {
+    /// Its type and params as configured: a resource whose fingerprint
+    /// changed is restarted, not adopted.
+    pub fingerprint: String,
+    pub wanted_online: bool,
+    pub state: State,
+    pub restarts: u32,
+    /// What its type needs to find it running again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved: Option<serde_json::Value>,
+}
+
+pub const VERSION: u32 = 1;
+
+/// What decides whether a resource is the same one as before.
+pub fn fingerprint(type_name: &str, params: &serde_json::Value) -> String {
+    format!("{type_name} {params}")
+}
+
+/// An open, locked state directory.
+pub struct StateDir {
+    dir: PathBuf,
+    instance: String,
+    _lock: File,
+    /// The sequence number of the last snapshot written: writes run off the
+    /// event loop and may finish out of order; an older one is dropped.
+    written: std::sync::Mutex<u64>,
+}
+
+impl StateDir {
+    /// Opens (creating it, mode 0700) and locks `dir`.
+    pub fn open(dir: &Path) -> io::Result<StateDir> {
+        let ctx = |what: &str, e: io::Error| {
+            io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()))
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| ctx("creating the state directory", e))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join("lock"))
+            .map_err(|e| ctx("opening the lock of", e))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "another monitor is using the state directory {}; stop it or set [monitor] state_dir to another directory",
+                    dir.display()
+                ),
+            )
+        })?;
+        let id_file = dir.join("instance");
+        let instance = match std::fs::read_to_string(&id_file) {
+            Ok(s) if valid_instance(s.trim()) => s.trim().to_string(),
+            _ => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let id = format!(
+                    "{:08x}",
+                    (now.as_nanos() as u32) ^ std::process::id().rotate_left(16)
+                );
+                write_atomically(&id_file, id.as_bytes())
+                    .map_err(|e| ctx("writing the instance of", e))?;
+                id
+            }
+        };
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+            instance,
+            _lock: lock,
+            written: std::sync::Mutex::new(0),
+        })
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The saved state, if any. A file that cannot be read or understood
+    /// is reported and ignored: the monitor then starts its resources
+    /// afresh, after killing what the earlier run left.
+    pub fn load(&self) -> Option<SavedState> {
+        let file = self.dir.join("state.json");
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!("cannot read {}: {e}; starting afresh", file.display());
+                return None;
+            }
+        };
+        match serde_json::from_str::<SavedState>(&text) {
+            Ok(s) if s.version == VERSION => Some(s),
+            Ok(s) => {
+                tracing::warn!(
+                    "{} has version {}, not {VERSION}; starting afresh",
+                    file.display(),
+                    s.version
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!("{} is not valid: {e}; starting afresh", file.display());
+                None
+            }
+        }
+    }
+
+    pub fn save(&self, state: &SavedState) -> io::Result<()> {
+        let text = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+        write_atomically(&self.dir.join("state.json"), &text)
+    }
+
+    /// Writes snapshot number `seq` unless a later one was written already.
+    pub fn save_in_order(&self, seq: u64, state: &SavedState) -> io::Result<()> {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if seq <= *written {
+            return Ok(());
+        }
+        self.save(state)?;
+        *written = seq;
+        Ok(())
+    }
+}
+
+fn valid_instance(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 16 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Writes `path` so that a crash leaves either the old or the new content.
+fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Where state lives when the config does not say.
+pub fn default_state_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/resmon");
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&dir).join("resmon");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&home).join(".local/state/resmon");
+    }
+    PathBuf::from(format!(
+        "/tmp/resmon-{}-state",
+        rustix::process::geteuid().as_raw()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_the_instance_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        let instance;
+        {
+            let sd = StateDir::open(&dir).unwrap();
+            instance = sd.instance().to_string();
+            assert!(sd.load().is_none());
+            let mut s = SavedState {
+                version: VERSION,
+                ..Default::default()
+            };
+            s.resources.insert(
+                "web".into(),
+                SavedResource {
+                    fingerprint: fingerprint("process", &serde_json::json!({"command": "x"})),
+                    wanted_online: true,
+                    state: State::Online,
+                    restarts: 2,
+                    saved: Some(serde_json::json!({"pid": 42})),
+                },
+            );
+            sd.save(&s).unwrap();
+            assert_eq!(sd.load(), Some(s));
+            // A second monitor on the same directory is refused.
+            let e = StateDir::open(&dir).err().unwrap();
+            assert!(e
+                .to_string()
+                .contains("another monitor is using the state directory"));
+        }
+        let again = StateDir::open(&dir).unwrap();
+        assert_eq!(again.instance(), instance);
+        assert!(again.load().is_some());
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sd = StateDir::open(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("state.json"), "{ not json").unwrap();
+        assert!(sd.load().is_none());
+    }
+}
