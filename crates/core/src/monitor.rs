@@ -141,6 +141,16 @@ pub struct Notice {
     pub reason: String,
 }
 
+/// What [`Monitor::reconfigure`] did.
+#[derive(Clone, Debug)]
+pub struct Reconfigured {
+    /// New resources, in config order: the next ids.
+    pub added: Vec<ResId>,
+    /// Removed resources, on their way offline.
+    pub retired: Vec<ResId>,
+    pub actions: Vec<Action>,
+}
+
 /// A read-only view of one resource.
 #[derive(Clone, Debug)]
 pub struct ResourceView<'a> {
@@ -185,6 +195,8 @@ struct Terminating {
 #[derive(Clone, Debug)]
 struct Res {
     spec: ResourceSpec,
+    /// Removed from the configuration: taken offline, then gone for good.
+    retired: bool,
     /// Index of its group in `Monitor::groups`.
     group: usize,
     providers: Vec<ResId>,
@@ -313,6 +325,7 @@ impl Monitor {
             .zip(group_of)
             .map(|(((spec, providers), dependents), group)| Res {
                 spec,
+                retired: false,
                 group,
                 providers,
                 dependents,
@@ -386,6 +399,130 @@ impl Monitor {
         self.res
             .iter()
             .all(|r| r.state.is_down() && r.in_flight.is_none() && r.terminating.is_none())
+    }
+
+    /// Whether the resource was removed by [`reconfigure`](Self::reconfigure).
+    pub fn is_retired(&self, id: ResId) -> bool {
+        self.res[id].retired
+    }
+
+    /// Applies a new set of specs to a running monitor (a reload). A spec
+    /// whose name is known updates that resource in place (policy, group,
+    /// dependencies); a new name adds a resource, `offline` and not wanted
+    /// yet; a known name missing from `specs` retires that resource: it is
+    /// taken offline and then ignored. Returns the ids added and retired,
+    /// and the actions to carry out. The specs must be valid as a whole
+    /// (as [`Monitor::new`] checks); on error nothing changes.
+    pub fn reconfigure(
+        &mut self,
+        now: Instant,
+        specs: Vec<ResourceSpec>,
+    ) -> Result<Reconfigured, SpecError> {
+        Monitor::new(specs.clone(), now)?;
+        let mut added = Vec::new();
+        let wanted: std::collections::HashSet<&str> =
+            specs.iter().map(|s| s.name.as_str()).collect();
+        let retired: Vec<ResId> = (0..self.res.len())
+            .filter(|&id| {
+                !self.res[id].retired && !wanted.contains(self.res[id].spec.name.as_str())
+            })
+            .collect();
+        for &id in &retired {
+            let r = &mut self.res[id];
+            r.retired = true;
+            r.want = Want::Offline;
+            r.restart_at = None;
+            r.retry_at = None;
+            r.restart_granted = false;
+            self.index.remove(&r.spec.name);
+        }
+        for spec in specs {
+            match self.index.get(&spec.name) {
+                Some(&id) => self.res[id].spec = spec,
+                None => {
+                    let id = self.res.len();
+                    self.index.insert(spec.name.clone(), id);
+                    self.res.push(Res {
+                        spec,
+                        retired: false,
+                        group: 0,
+                        providers: Vec::new(),
+                        dependents: Vec::new(),
+                        state: State::Offline,
+                        since: now,
+                        reason: String::new(),
+                        want: Want::Offline,
+                        in_flight: None,
+                        terminating: None,
+                        check_now: false,
+                        suspicion: String::new(),
+                        looks_alive_at: None,
+                        is_alive_at: None,
+                        restart_at: None,
+                        retry_at: None,
+                        restart_granted: false,
+                        restart_times: VecDeque::new(),
+                        restarts: 0,
+                    });
+                    self.is_touched.push(false);
+                    self.timer_of.push(None);
+                    added.push(id);
+                }
+            }
+        }
+        // Re-link dependencies and groups by name; a group keeps its hold.
+        let held: HashMap<String, Instant> = self
+            .groups
+            .iter()
+            .filter_map(|g| {
+                let until = g.failed_until?;
+                let first = *g.members.first()?;
+                Some((self.res[first].spec.group.clone(), until))
+            })
+            .collect();
+        let mut group_ids: BTreeMap<String, usize> = BTreeMap::new();
+        let mut groups: Vec<Group> = Vec::new();
+        for id in 0..self.res.len() {
+            self.res[id].providers.clear();
+            self.res[id].dependents.clear();
+            let name = self.res[id].spec.group.clone();
+            let g = *group_ids.entry(name.clone()).or_insert_with(|| {
+                groups.push(Group {
+                    failed_until: held.get(&name).copied(),
+                    members: Vec::new(),
+                });
+                groups.len() - 1
+            });
+            groups[g].members.push(id);
+            self.res[id].group = g;
+        }
+        self.groups = groups;
+        for id in 0..self.res.len() {
+            if self.res[id].retired {
+                continue;
+            }
+            let providers: Vec<ResId> = self.res[id]
+                .spec
+                .depends_on
+                .iter()
+                .filter_map(|p| self.index.get(p).copied())
+                .collect();
+            for &p in &providers {
+                self.res[p].dependents.push(id);
+            }
+            self.res[id].providers = providers;
+        }
+        let mut out = Vec::new();
+        for id in 0..self.res.len() {
+            self.mark(id);
+        }
+        self.reconcile(now, &mut out);
+        self.refresh_timers();
+        Ok(Reconfigured {
+            added,
+            retired,
+            actions: out,
+        })
     }
 
     /// The earliest time at which [`Event::Tick`] has work to do.

@@ -813,3 +813,74 @@ fn bad_specs_are_refused_with_every_problem_named() {
         "{err}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn reconfigure_adds_retires_and_updates_in_place() {
+    let mut sim = Sim::new(vec![spec("a", &[], policy()), spec("b", &[], policy())]);
+    sim.online("a");
+    sim.online("b");
+    let mut fast = policy();
+    fast.looks_alive_interval = S;
+    let resmon_core::Reconfigured {
+        added,
+        retired,
+        actions,
+    } = sim
+        .m
+        .reconfigure(
+            Instant::now(),
+            vec![spec("a", &[], fast), spec("c", &["a"], policy())],
+        )
+        .unwrap();
+    sim.behaviour.resize(sim.m.len(), Behaviour::default());
+    for a in actions {
+        sim.act(a);
+    }
+    sim.m.check_settled(Instant::now());
+    assert_eq!(added, vec![2]);
+    assert_eq!(retired, vec![1]);
+    assert!(sim.m.is_retired(1));
+    assert_eq!(
+        sim.m.state(1),
+        State::Offline,
+        "a retired resource is taken offline"
+    );
+    assert_eq!(sim.m.id("b"), None, "and is no longer found by name");
+    assert_eq!(
+        sim.state("c"),
+        State::Offline,
+        "an added one waits to be wanted"
+    );
+    assert_eq!(
+        sim.state("a"),
+        State::Online,
+        "a policy change keeps it running"
+    );
+    sim.online("c");
+    assert_eq!(sim.state("c"), State::Online);
+    // The new policy is in effect: checks every second from the next one on.
+    sim.trace.clear();
+    sim.run_for(7 * S).await;
+    assert!(sim.count("call a looks_alive") >= 2, "{:?}", sim.texts());
+    // c depends on a now: taking a offline takes c first.
+    sim.trace.clear();
+    sim.cmd("a", Command::Offline);
+    let calls: Vec<String> = sim
+        .texts()
+        .into_iter()
+        .filter(|l| l.starts_with("call"))
+        .collect();
+    assert_eq!(calls, ["call c offline", "call a offline"]);
+}
+
+#[test]
+fn reconfigure_refuses_bad_specs_and_changes_nothing() {
+    let now = Instant::now();
+    let mut m = Monitor::new(vec![spec("a", &[], policy())], now).unwrap();
+    let err = m
+        .reconfigure(now, vec![spec("a", &["zz"], policy())])
+        .unwrap_err();
+    assert!(err.to_string().contains("\"zz\""));
+    assert_eq!(m.id("a"), Some(0));
+    assert!(m.view(0).spec.depends_on.is_empty());
+}

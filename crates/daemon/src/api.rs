@@ -10,6 +10,7 @@
 //! | `POST /v1/resources/{name}/control/{code}` | `resource_control` |
 //! | `POST /v1/types/{type}/control/{code}` | `resource_type_control` |
 //! | `GET /v1/calls` | entry-point calls in progress |
+//! | `POST /v1/reload` | re-read the config file and apply what changed |
 //! | `GET /v1/events?follow=true` | the event feed as JSON lines |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 404 (no such
@@ -38,11 +39,29 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// What a reload did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Type or params changed: stopped and started anew.
+    pub restarted: Vec<String>,
+    /// Policy, group or dependencies changed: applied in place.
+    pub updated: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// A reload request for the main loop; the answer is the report or the
+/// config's problems.
+pub type ReloadRequest = oneshot::Sender<Result<ReloadReport, String>>;
+
 #[derive(Clone)]
 pub struct ApiState {
     pub tx: mpsc::UnboundedSender<Msg>,
     pub bus: EventBus,
-    pub access: Arc<Access>,
+    /// Replaced whole by a reload.
+    pub access: Arc<std::sync::RwLock<Arc<Access>>>,
+    pub reload: mpsc::UnboundedSender<ReloadRequest>,
 }
 
 /// Who is calling, as the kernel says (`SO_PEERCRED`).
@@ -84,8 +103,9 @@ pub fn right_for(method: &axum::http::Method, path: &str) -> Right {
 async fn authorize(AxState(st): AxState<ApiState>, req: Request, next: Next) -> Response {
     let right = right_for(req.method(), req.uri().path());
     let caller = req.extensions().get::<ConnectInfo<Caller>>().map(|c| c.0);
+    let access = st.access.read().unwrap_or_else(|e| e.into_inner()).clone();
     let verdict = match caller.and_then(|c| c.uid) {
-        Some(uid) => st.access.check(uid, right),
+        Some(uid) => access.check(uid, right),
         None => Err("the caller's credentials are unknown".to_string()),
     };
     match verdict {
@@ -144,6 +164,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources/{name}/control/{code}", post(control))
         .route("/v1/types/{name}/control/{code}", post(type_control))
         .route("/v1/calls", get(calls))
+        .route("/v1/reload", post(reload))
         .route("/v1/events", get(events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -274,6 +295,18 @@ async fn type_control(
     body: axum::body::Bytes,
 ) -> Response {
     run_control(&st, name, code, body, true).await
+}
+
+async fn reload(AxState(st): AxState<ApiState>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if st.reload.send(reply).is_err() {
+        return stopping();
+    }
+    match answer.await {
+        Ok(Ok(report)) => Json(report).into_response(),
+        Ok(Err(problems)) => error(StatusCode::BAD_REQUEST, problems),
+        Err(_) => stopping(),
+    }
 }
 
 /// `{"calls": [...]}`.

@@ -209,6 +209,9 @@ impl Driver {
             ..Default::default()
         };
         for (id, slot) in self.slots.iter().enumerate() {
+            if self.core.is_retired(id) {
+                continue;
+            }
             let v = self.core.view(id);
             out.resources.insert(
                 slot.name.clone(),
@@ -281,12 +284,64 @@ impl Driver {
     /// Feeds an event and everything it leads to.
     pub fn feed(&mut self, event: Event) {
         self.queue.push_back(event);
+        self.drain();
+    }
+
+    fn drain(&mut self) {
         while let Some(ev) = self.queue.pop_front() {
             let actions = self.core.handle(Instant::now(), ev);
             for a in actions {
                 self.act(a);
             }
         }
+    }
+
+    /// Applies new specs (a reload): see [`Monitor::reconfigure`]. The
+    /// caller adds a slot for every id returned as added, in order, before
+    /// anything else happens to them.
+    pub fn reconfigure(
+        &mut self,
+        specs: Vec<resmon_core::ResourceSpec>,
+    ) -> Result<(Vec<ResId>, Vec<ResId>), resmon_core::SpecError> {
+        let r = self.core.reconfigure(Instant::now(), specs)?;
+        for a in r.actions {
+            self.act(a);
+        }
+        self.drain();
+        self.state_dirty = true;
+        Ok((r.added, r.retired))
+    }
+
+    /// Adds the slot of a resource added by [`reconfigure`](Self::reconfigure).
+    pub fn push_slot(&mut self, slot: Slot) {
+        self.slots.push(slot);
+    }
+
+    /// Puts a new resource object (new params) in place of a down one.
+    pub fn replace_resource(
+        &mut self,
+        id: ResId,
+        resource: Arc<dyn Resource>,
+        fingerprint: String,
+    ) {
+        let slot = &mut self.slots[id];
+        slot.resource = resource;
+        slot.fingerprint = fingerprint;
+        self.state_dirty = true;
+    }
+
+    pub fn is_retired(&self, id: ResId) -> bool {
+        self.core.is_retired(id)
+    }
+
+    /// Whether nothing of the resource runs or is in flight.
+    pub fn is_settled_down(&self, id: ResId) -> bool {
+        let v = self.core.view(id);
+        v.state.is_down() && v.in_flight.is_none() && !v.terminating
+    }
+
+    pub fn id(&self, name: &str) -> Option<ResId> {
+        self.core.id(name)
     }
 
     pub fn handle(&mut self, msg: Msg) {
@@ -314,7 +369,10 @@ impl Driver {
             Msg::Event(e) => self.feed(e),
             Msg::Status { name, reply } => {
                 let out = match name {
-                    None => Ok((0..self.slots.len()).map(|i| self.status(i)).collect()),
+                    None => Ok((0..self.slots.len())
+                        .filter(|&i| !self.core.is_retired(i))
+                        .map(|i| self.status(i))
+                        .collect()),
                     Some(n) => self
                         .core
                         .id(&n)

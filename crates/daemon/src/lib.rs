@@ -19,11 +19,11 @@ pub mod state;
 pub use driver::ResourceStatus;
 
 use anyhow::{bail, Context};
-use config::{CgroupMode, Config};
+use config::{CgroupMode, Config, ResourceConfig};
 use driver::{Driver, Msg, Slot};
 use events::EventBus;
 use resmon_contract::{LogLevel, Notice, Notifier, OpenContext, ResourceType, State};
-use resmon_core::{Command, Event, Monitor, ResourceSpec};
+use resmon_core::{Command, Event, Monitor, ResId, ResourceSpec};
 use resmon_process::ProcessType;
 use resmon_task::{Containers, Reaper};
 use state::StateDir;
@@ -118,6 +118,55 @@ async fn kill_and_wait(container: &resmon_task::Container) {
     }
 }
 
+/// Opens one configured resource: its container (keeping what runs in it
+/// only when `keep_running`), then the type's `open`.
+async fn open_slot(
+    id: ResId,
+    r: &ResourceConfig,
+    ty: &dyn ResourceType,
+    containers: &Containers,
+    keep_running: bool,
+    tx: &mpsc::UnboundedSender<Msg>,
+    bus: &EventBus,
+) -> anyhow::Result<Slot> {
+    let container = containers
+        .adopt(&r.name)
+        .with_context(|| format!("resource {:?}: opening its container", r.name))?;
+    if !keep_running {
+        // Changed, unwanted or unknown: nothing of before may stay.
+        kill_and_wait(&container).await;
+    }
+    let notice_tx = tx.clone();
+    let (bus, name, group) = (bus.clone(), r.name.clone(), r.group.clone());
+    let ctx = OpenContext {
+        name: r.name.clone(),
+        params: r.params.clone(),
+        scope: container.scope(),
+        notifier: Notifier::new(move |notice| match notice {
+            Notice::Failed(reason) => {
+                let _ = notice_tx.send(Msg::Event(Event::FailureNotice { id, reason }));
+            }
+            Notice::Log(level, message) => {
+                log_notice(&name, level, &message);
+                bus.publish("log", Some(&name), Some(&group), None, message);
+            }
+        }),
+    };
+    let resource = ty
+        .open(ctx)
+        .map_err(|e| anyhow::anyhow!("resource {:?}: open failed: {e}", r.name))?;
+    Ok(Slot {
+        name: r.name.clone(),
+        type_name: r.type_name.clone(),
+        fingerprint: state::fingerprint(&r.type_name, &r.params),
+        resource: Arc::from(resource),
+        container,
+        lane: Arc::new(Mutex::new(())),
+        cancel: Arc::new(AtomicBool::new(false)),
+        cheap_looks_alive: ty.looks_alive_is_cheap(),
+    })
+}
+
 async fn run(
     config: Config,
     types: Vec<Arc<dyn ResourceType>>,
@@ -186,44 +235,15 @@ async fn run(
             None if r.autostart => Start::Online,
             None => Start::Offline,
         };
-        let opened = async {
-            let container = containers
-                .adopt(&r.name)
-                .with_context(|| format!("resource {:?}: opening its container", r.name))?;
-            if !matches!(start, Start::Reattach(_)) {
-                // Changed, unwanted or unknown: nothing of before may stay.
-                kill_and_wait(&container).await;
-            }
-            let notice_tx = tx.clone();
-            let (bus, name, group) = (bus.clone(), r.name.clone(), r.group.clone());
-            let ctx = OpenContext {
-                name: r.name.clone(),
-                params: r.params.clone(),
-                scope: container.scope(),
-                notifier: Notifier::new(move |notice| match notice {
-                    Notice::Failed(reason) => {
-                        let _ = notice_tx.send(Msg::Event(Event::FailureNotice { id, reason }));
-                    }
-                    Notice::Log(level, message) => {
-                        log_notice(&name, level, &message);
-                        bus.publish("log", Some(&name), Some(&group), None, message);
-                    }
-                }),
-            };
-            let resource = ty
-                .open(ctx)
-                .map_err(|e| anyhow::anyhow!("resource {:?}: open failed: {e}", r.name))?;
-            anyhow::Ok(Slot {
-                name: r.name.clone(),
-                type_name: r.type_name.clone(),
-                fingerprint,
-                resource: Arc::from(resource),
-                container,
-                lane: Arc::new(Mutex::new(())),
-                cancel: Arc::new(AtomicBool::new(false)),
-                cheap_looks_alive: ty.looks_alive_is_cheap(),
-            })
-        }
+        let opened = open_slot(
+            id,
+            r,
+            ty.as_ref(),
+            &containers,
+            matches!(start, Start::Reattach(_)),
+            &tx,
+            &bus,
+        )
         .await;
         match opened {
             Ok(slot) => {
@@ -240,10 +260,15 @@ async fn run(
         }
     }
 
+    let access = Arc::new(std::sync::RwLock::new(Arc::new(access::Access::new(
+        config.access.clone(),
+    ))));
+    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel::<api::ReloadRequest>();
     let api = api::router(api::ApiState {
         tx: tx.clone(),
         bus: bus.clone(),
-        access: Arc::new(access::Access::new(config.access.clone())),
+        access: access.clone(),
+        reload: reload_tx,
     });
     let server = tokio::spawn(async move {
         let service = api.into_make_service_with_connect_info::<api::Caller>();
@@ -289,6 +314,11 @@ async fn run(
         driver.feed(event);
     }
 
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut config = config;
+    let mut replacing: Vec<Replacing> = Vec::new();
+    let mut released: std::collections::HashSet<ResId> = std::collections::HashSet::new();
+    let mut retired_pending = false;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut stopping: Option<Vec<bool>> = None;
@@ -314,10 +344,13 @@ async fn run(
         if writing.is_none() && stopping.is_none() && driver.state_dirty() {
             writing = Some(save(&mut driver, None));
         }
+        let mut reload_request = None;
         let signal = tokio::select! {
             biased;
             _ = sigterm.recv() => Some("SIGTERM"),
             _ = sigint.recv() => Some("SIGINT"),
+            _ = sighup.recv() => { reload_request = Some(None); None }
+            Some(reply) = reload_rx.recv() => { reload_request = Some(Some(reply)); None }
             _ = driver.turn(&mut rx) => None,
             _ = async { if let Some(w) = writing.as_mut() { let _ = w.await; } else { std::future::pending::<()>().await } } => None,
         };
@@ -329,6 +362,65 @@ async fn run(
                 stopping = Some(driver.wanted());
             }
             stop(&mut driver, first, &bus, signal);
+        }
+        if let Some(reply) = reload_request {
+            let result = if stopping.is_some() {
+                Err("the monitor is stopping".to_string())
+            } else {
+                let mut ctx = Reload {
+                    config: &mut config,
+                    types: &types,
+                    containers: &containers,
+                    tx: &tx,
+                    bus: &bus,
+                    access: &access,
+                    replacing: &mut replacing,
+                };
+                reload(&mut ctx, &mut driver).await
+            };
+            retired_pending |= result.as_ref().is_ok_and(|r| !r.removed.is_empty());
+            match &result {
+                Ok(r) => bus.publish(
+                    "monitor",
+                    None,
+                    None,
+                    None,
+                    format!(
+                        "reloaded {}: added {:?}, removed {:?}, restarted {:?}, updated {:?}{}",
+                        config.file.display(),
+                        r.added,
+                        r.removed,
+                        r.restarted,
+                        r.updated,
+                        r.notes.iter().map(|n| format!("; {n}")).collect::<String>()
+                    ),
+                ),
+                Err(e) => bus.publish(
+                    "monitor",
+                    None,
+                    None,
+                    None,
+                    format!("reload refused; the running configuration stays: {e}"),
+                ),
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+        if !replacing.is_empty() {
+            finish_replacing(
+                &mut driver,
+                &mut replacing,
+                &config,
+                &types,
+                &containers,
+                &tx,
+                &bus,
+            )
+            .await;
+        }
+        if retired_pending {
+            retired_pending = release_retired(&driver, &mut released).await;
         }
     }
 
@@ -354,6 +446,187 @@ async fn run(
     bus.publish("monitor", None, None, None, "monitor stopped");
     server.abort();
     Ok(())
+}
+
+/// A resource whose type or params changed in a reload: taken offline, then
+/// opened anew with its new config, then brought back with whatever was
+/// wanted online before.
+struct Replacing {
+    id: ResId,
+    wanted_before: Vec<bool>,
+}
+
+struct Reload<'a> {
+    config: &'a mut Config,
+    types: &'a [Arc<dyn ResourceType>],
+    containers: &'a Containers,
+    tx: &'a mpsc::UnboundedSender<Msg>,
+    bus: &'a EventBus,
+    access: &'a std::sync::RwLock<Arc<access::Access>>,
+    replacing: &'a mut Vec<Replacing>,
+}
+
+fn spec_of(r: &ResourceConfig) -> ResourceSpec {
+    ResourceSpec {
+        name: r.name.clone(),
+        group: r.group.clone(),
+        depends_on: r.depends_on.clone(),
+        policy: r.policy.clone(),
+    }
+}
+
+/// Re-reads the config file and applies what changed. An invalid file is
+/// refused whole and nothing changes.
+async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::ReloadReport, String> {
+    let refs: Vec<&dyn ResourceType> = ctx.types.iter().map(|t| t.as_ref()).collect();
+    let new = Config::load(&ctx.config.file, &refs).map_err(|e| e.to_string())?;
+    let mut report = api::ReloadReport::default();
+    let m = (&ctx.config.monitor, &new.monitor);
+    if m.0.socket != m.1.socket || m.0.state_dir != m.1.state_dir || m.0.cgroups != m.1.cgroups {
+        report
+            .notes
+            .push("[monitor] changes take effect at the next start".into());
+    }
+    let old: std::collections::HashMap<&str, &ResourceConfig> = ctx
+        .config
+        .resources
+        .iter()
+        .map(|r| (r.name.as_str(), r))
+        .collect();
+    let mut added = Vec::new();
+    for r in &new.resources {
+        match old.get(r.name.as_str()) {
+            None => added.push(r),
+            Some(o) if o.type_name != r.type_name || o.params != r.params => {
+                report.restarted.push(r.name.clone())
+            }
+            Some(o)
+                if o.policy != r.policy
+                    || o.group != r.group
+                    || o.depends_on != r.depends_on
+                    || o.autostart != r.autostart =>
+            {
+                report.updated.push(r.name.clone())
+            }
+            Some(_) => {}
+        }
+    }
+    let names: std::collections::HashSet<&str> =
+        new.resources.iter().map(|r| r.name.as_str()).collect();
+    report.removed = ctx
+        .config
+        .resources
+        .iter()
+        .filter(|r| !names.contains(r.name.as_str()))
+        .map(|r| r.name.clone())
+        .collect();
+    // Open the added ones first, so a failure leaves everything as it was.
+    // The core gives added resources the next ids, in config order.
+    let mut slots = Vec::new();
+    for (k, r) in added.iter().enumerate() {
+        let ty = ctx
+            .types
+            .iter()
+            .find(|t| t.name() == r.type_name)
+            .expect("types were checked with the config");
+        let id = driver.slots().len() + k;
+        match open_slot(id, r, ty.as_ref(), ctx.containers, false, ctx.tx, ctx.bus).await {
+            Ok(slot) => slots.push(slot),
+            Err(e) => {
+                for s in &slots {
+                    let _ = s.container.remove();
+                }
+                return Err(format!("{e:#}"));
+            }
+        }
+    }
+    let (added_ids, _retired) = driver
+        .reconfigure(new.resources.iter().map(spec_of).collect())
+        .map_err(|e| e.to_string())?;
+    for ((id, slot), r) in added_ids.into_iter().zip(slots).zip(&added) {
+        driver.push_slot(slot);
+        report.added.push(r.name.clone());
+        if r.autostart {
+            driver.feed(Event::Command(id, Command::Online));
+        }
+    }
+    for name in &report.restarted {
+        if let Some(id) = driver.id(name) {
+            let wanted_before = driver.wanted();
+            driver.feed(Event::Command(id, Command::Offline));
+            ctx.replacing.push(Replacing { id, wanted_before });
+        }
+    }
+    *ctx.access.write().unwrap_or_else(|e| e.into_inner()) =
+        Arc::new(access::Access::new(new.access.clone()));
+    *ctx.config = new;
+    Ok(report)
+}
+
+/// Opens anew, with their new config, the replaced resources that are down
+/// now, and brings back what was wanted.
+async fn finish_replacing(
+    driver: &mut Driver,
+    replacing: &mut Vec<Replacing>,
+    config: &Config,
+    types: &[Arc<dyn ResourceType>],
+    containers: &Containers,
+    tx: &mpsc::UnboundedSender<Msg>,
+    bus: &EventBus,
+) {
+    let mut i = 0;
+    while i < replacing.len() {
+        let id = replacing[i].id;
+        if !driver.is_settled_down(id) {
+            i += 1;
+            continue;
+        }
+        let done = replacing.swap_remove(i);
+        let name = driver.slots()[id].name.clone();
+        let Some(r) = config.resources.iter().find(|r| r.name == name) else {
+            continue;
+        };
+        let ty = types
+            .iter()
+            .find(|t| t.name() == r.type_name)
+            .expect("types were checked with the config");
+        let old = driver.slots()[id].resource.clone();
+        let _ = tokio::task::spawn_blocking(move || old.close()).await;
+        match open_slot(id, r, ty.as_ref(), containers, false, tx, bus).await {
+            Ok(slot) => driver.replace_resource(id, slot.resource, slot.fingerprint),
+            Err(e) => {
+                tracing::error!(resource = %name, "cannot open it with its new config: {e:#}");
+                continue;
+            }
+        }
+        for (rid, wanted) in done.wanted_before.iter().enumerate() {
+            if *wanted && !driver.is_retired(rid) {
+                driver.feed(Event::Command(rid, Command::Online));
+            }
+        }
+    }
+}
+
+/// Closes retired resources once they are down and removes their
+/// containers. Returns whether some are still on their way down.
+async fn release_retired(driver: &Driver, released: &mut std::collections::HashSet<ResId>) -> bool {
+    let mut pending = false;
+    for id in 0..driver.slots().len() {
+        if released.contains(&id) || !driver.is_retired(id) {
+            continue;
+        }
+        if !driver.is_settled_down(id) {
+            pending = true;
+            continue;
+        }
+        released.insert(id);
+        let slot = &driver.slots()[id];
+        let resource = slot.resource.clone();
+        let _ = tokio::task::spawn_blocking(move || resource.close()).await;
+        kill_and_wait(&slot.container).await;
+        let _ = slot.container.remove();
+    }
+    pending
 }
 
 /// A stop signal: the first takes everything offline, a later one

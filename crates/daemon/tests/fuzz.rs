@@ -136,10 +136,12 @@ proptest! {
             // No driver behind the channel: requests that get that far are
             // answered 503, which is what a stopping monitor says.
             let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+            let (reload, _) = tokio::sync::mpsc::unbounded_channel();
             let app = router(ApiState {
                 tx,
                 bus: EventBus::new(),
-                access: Arc::new(Access::new(AccessConfig::default())),
+                access: Arc::new(std::sync::RwLock::new(Arc::new(Access::new(AccessConfig::default())))),
+                reload,
             });
             let Ok(mut req) = Request::builder().method(m).uri(p.as_str()).body(Body::from(body)) else {
                 return StatusCode::BAD_REQUEST;

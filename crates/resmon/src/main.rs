@@ -8,7 +8,9 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use resmon_client::{Client, ClientError, Method, StatusCode};
-use resmon_daemon::api::{CallsReply, ControlReply, ErrorReply, OpReply, StatusReply};
+use resmon_daemon::api::{
+    CallsReply, ControlReply, ErrorReply, OpReply, ReloadReport, StatusReply,
+};
 use resmon_daemon::events::EventRecord;
 use resmon_daemon::ResourceStatus;
 use std::io::Write;
@@ -94,6 +96,8 @@ enum Cmd {
         #[arg(long)]
         input: Option<String>,
     },
+    /// Re-read the monitor's config file and apply what changed (as SIGHUP).
+    Reload,
     /// List entry-point calls in progress, with their elapsed time and deadline.
     Calls {
         /// Print JSON: {"calls":[...]}
@@ -241,6 +245,30 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let path = format!("/v1/types/{}/control/{}", encode(&type_name), encode(&code));
             control(cli.socket, path, input).await
+        }
+        Cmd::Reload => {
+            let client = Client::new(&socket_for(cli.socket));
+            let (status, body) = client.call(Method::POST, "/v1/reload", None).await?;
+            if !status.is_success() {
+                return Err(api_error(status, &body));
+            }
+            let r: ReloadReport = serde_json::from_slice(&body)
+                .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            println!("added:     {}", list(&r.added));
+            println!("removed:   {}", list(&r.removed));
+            println!("restarted: {}", list(&r.restarted));
+            println!("updated:   {}", list(&r.updated));
+            for n in &r.notes {
+                println!("note: {n}");
+            }
+            Ok(())
         }
         Cmd::Calls { json } => {
             let client = Client::new(&socket_for(cli.socket));

@@ -294,6 +294,7 @@ pub fn signal(pid: u32, sig: i32) {
         return;
     };
     let sig = match sig {
+        1 => rustix::process::Signal::HUP,
         libc_sig::KILL => rustix::process::Signal::KILL,
         libc_sig::STOP => rustix::process::Signal::STOP,
         _ => rustix::process::Signal::TERM,

@@ -1,0 +1,123 @@
+//! Reload (`resmon reload` and SIGHUP): added resources start, removed ones
+//! stop, changed ones restart only when their type or params changed, and an
+//! invalid file is refused whole while the running config keeps working.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn res(name: &str, command: &str, extra: &str) -> String {
+    format!(
+        "[[resource]]\nname = \"{name}\"\ntype = \"process\"\ncommand = \"{command}\"\n{extra}\n"
+    )
+}
+
+/// Rewrites the resources part of the daemon's config.
+fn rewrite(d: &Daemon, resources: &str) {
+    let file = d.config_file();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let head = &text[..text.find("[[resource]]").unwrap_or(text.len())];
+    std::fs::write(&file, format!("{head}{resources}")).unwrap();
+}
+
+fn pid(d: &Daemon, name: &str) -> u64 {
+    d.resource(name)["pids"][0].as_u64().unwrap()
+}
+
+#[test]
+fn reload_applies_only_what_changed() {
+    let d = Daemon::start(&format!(
+        "{}{}{}{}",
+        res("same", "sleep 1000", ""),
+        res("cmd", "sleep 1000", ""),
+        res("policy", "sleep 1000", ""),
+        res("gone", "sleep 1000", ""),
+    ));
+    for n in ["same", "cmd", "policy", "gone"] {
+        d.wait_state(n, "online", LONG);
+    }
+    let (same, cmd, policy, gone) = (
+        pid(&d, "same"),
+        pid(&d, "cmd"),
+        pid(&d, "policy"),
+        pid(&d, "gone"),
+    );
+    rewrite(
+        &d,
+        &format!(
+            "{}{}{}{}",
+            res("same", "sleep 1000", ""),
+            res("cmd", "sleep 1001", ""),
+            res("policy", "sleep 1000", "looks_alive_interval = \"2s\""),
+            res("new", "sleep 1000", ""),
+        ),
+    );
+    let out = d.ok(&["reload"]);
+    assert!(out.contains("added:     new"), "{out}");
+    assert!(out.contains("removed:   gone"), "{out}");
+    assert!(out.contains("restarted: cmd"), "{out}");
+    assert!(out.contains("updated:   policy"), "{out}");
+    d.wait_state("new", "online", LONG);
+    wait_for("cmd back online with a new pid", LONG, || {
+        let r = d.resource("cmd");
+        r["state"] == "online" && r["pids"][0].as_u64() != Some(cmd)
+    });
+    assert!(!alive(cmd as u32));
+    wait_for("gone to stop", LONG, || !alive(gone as u32));
+    assert!(d.status().iter().all(|r| r["name"] != "gone"));
+    assert_eq!(pid(&d, "same"), same);
+    assert_eq!(
+        pid(&d, "policy"),
+        policy,
+        "a policy change needs no restart"
+    );
+    let common = d.ok(&["control", "policy", "get_common_properties"]);
+    assert!(
+        common.contains("\"looks_alive_interval\": \"2s\""),
+        "{common}"
+    );
+    let private = d.ok(&["control", "cmd", "get_private_properties"]);
+    assert!(private.contains("sleep 1001"), "{private}");
+}
+
+#[test]
+fn an_invalid_config_is_refused_whole_and_sighup_reloads() {
+    let d = Daemon::start(&res("svc", "sleep 1000", ""));
+    d.wait_state("svc", "online", LONG);
+    let before = pid(&d, "svc");
+    rewrite(
+        &d,
+        &format!(
+            "{}{}",
+            res("svc", "sleep 1001", ""),
+            res(
+                "broken",
+                "/no/such/program",
+                "looks_alive_interval = \"soon\""
+            )
+        ),
+    );
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/program"), "{err}");
+    assert!(err.contains("looks_alive_interval"), "{err}");
+    // Nothing changed.
+    assert_eq!(pid(&d, "svc"), before);
+    assert!(d.status().iter().all(|r| r["name"] != "broken"));
+    // A fixed file, through SIGHUP.
+    rewrite(
+        &d,
+        &format!(
+            "{}{}",
+            res("svc", "sleep 1000", ""),
+            res("more", "sleep 1000", "")
+        ),
+    );
+    signal(d.pid(), 1);
+    d.wait_state("more", "online", LONG);
+    assert_eq!(pid(&d, "svc"), before);
+}
