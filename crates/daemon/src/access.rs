@@ -94,12 +94,31 @@ impl Grant {
     }
 }
 
-/// The `[access]` section.
+/// A bearer token of the TCP listener and the rights it carries.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token {
+    /// A name for messages and logs (never the secret).
+    pub name: String,
+    pub secret: String,
+    pub rights: Vec<Right>,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("rights", &self.rights)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `[access]` section, and the tokens of `[[api.token]]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessConfig {
     pub query: Grant,
     pub control: Grant,
     pub terminate: Grant,
+    pub tokens: Vec<Token>,
 }
 
 impl Default for AccessConfig {
@@ -111,6 +130,7 @@ impl Default for AccessConfig {
             },
             control: Grant::default(),
             terminate: Grant::default(),
+            tokens: Vec::new(),
         }
     }
 }
@@ -191,6 +211,28 @@ impl Access {
             .collect()
     }
 
+    /// `Ok` when the bearer token `presented` carries `right`; else the
+    /// message for the 401/403. Tokens are compared in constant time.
+    pub fn check_token(&self, presented: Option<&str>, right: Right) -> Result<(), TokenDenied> {
+        use subtle::ConstantTimeEq;
+        let Some(presented) = presented else {
+            return Err(TokenDenied::Missing);
+        };
+        let token = self
+            .config
+            .tokens
+            .iter()
+            .find(|t| bool::from(t.secret.as_bytes().ct_eq(presented.as_bytes())));
+        match token {
+            None => Err(TokenDenied::Unknown),
+            Some(t) if t.rights.contains(&right) => Ok(()),
+            Some(t) => Err(TokenDenied::Lacks(format!(
+                "token {:?} does not carry the {right} right",
+                t.name
+            ))),
+        }
+    }
+
     /// `Ok` when `uid` holds `right`; else the message for the 403.
     pub fn check(&self, uid: u32, right: Right) -> Result<(), String> {
         if uid == 0 || uid == self.owner {
@@ -213,9 +255,45 @@ impl Access {
     }
 }
 
+/// Why a token was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenDenied {
+    /// No `Authorization: Bearer` header (401).
+    Missing,
+    /// Not a configured token (401).
+    Unknown,
+    /// A valid token without the right (403).
+    Lacks(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_carry_their_rights_only() {
+        let a = Access::new(AccessConfig {
+            tokens: vec![Token {
+                name: "ops".into(),
+                secret: "s3cret-s3cret-s3cret".into(),
+                rights: vec![Right::Query, Right::Control],
+            }],
+            ..AccessConfig::default()
+        });
+        assert!(a
+            .check_token(Some("s3cret-s3cret-s3cret"), Right::Control)
+            .is_ok());
+        assert!(matches!(
+            a.check_token(Some("s3cret-s3cret-s3cret"), Right::Terminate),
+            Err(TokenDenied::Lacks(m)) if m.contains("\"ops\" does not carry the terminate right")
+        ));
+        assert_eq!(
+            a.check_token(Some("nope"), Right::Query),
+            Err(TokenDenied::Unknown)
+        );
+        assert_eq!(a.check_token(None, Right::Query), Err(TokenDenied::Missing));
+        assert!(!format!("{:?}", a.config.tokens[0]).contains("s3cret"));
+    }
 
     #[test]
     fn defaults_let_everyone_query_and_nobody_else_act() {
@@ -249,6 +327,7 @@ mod tests {
             query,
             control,
             terminate,
+            tokens: Vec::new(),
         });
         // nobody's primary group is nogroup on Debian.
         assert_eq!(a.rights_of(65534), vec![Right::Control, Right::Terminate]);

@@ -64,11 +64,23 @@ pub struct ApiState {
     pub reload: mpsc::UnboundedSender<ReloadRequest>,
 }
 
-/// Who is calling, as the kernel says (`SO_PEERCRED`).
+/// Who is calling: on the Unix socket, as the kernel says (`SO_PEERCRED`);
+/// on TCP, whoever holds a token.
 #[derive(Clone, Copy, Debug)]
 pub struct Caller {
     pub uid: Option<u32>,
     pub pid: Option<i32>,
+    pub tcp: bool,
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Caller {
+    fn connect_info(_stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Caller {
+            uid: None,
+            pid: None,
+            tcp: true,
+        }
+    }
 }
 
 impl Connected<IncomingStream<'_, UnixListener>> for Caller {
@@ -77,10 +89,12 @@ impl Connected<IncomingStream<'_, UnixListener>> for Caller {
             Ok(c) => Caller {
                 uid: Some(c.uid()),
                 pid: c.pid(),
+                tcp: false,
             },
             Err(_) => Caller {
                 uid: None,
                 pid: None,
+                tcp: false,
             },
         }
     }
@@ -104,6 +118,27 @@ async fn authorize(AxState(st): AxState<ApiState>, req: Request, next: Next) -> 
     let right = right_for(req.method(), req.uri().path());
     let caller = req.extensions().get::<ConnectInfo<Caller>>().map(|c| c.0);
     let access = st.access.read().unwrap_or_else(|e| e.into_inner()).clone();
+    if caller.is_some_and(|c| c.tcp) {
+        let presented = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        return match access.check_token(presented, right) {
+            Ok(()) => next.run(req).await,
+            Err(crate::access::TokenDenied::Lacks(why)) => {
+                error(StatusCode::FORBIDDEN, format!("access denied: {why}"))
+            }
+            Err(_) => (
+                StatusCode::UNAUTHORIZED,
+                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                Json(ErrorReply {
+                    error: "a valid bearer token is required (Authorization: Bearer TOKEN)".into(),
+                }),
+            )
+                .into_response(),
+        };
+    }
     let verdict = match caller.and_then(|c| c.uid) {
         Some(uid) => access.check(uid, right),
         None => Err("the caller's credentials are unknown".to_string()),

@@ -67,11 +67,22 @@ pub struct ResourceConfig {
     pub params: serde_json::Value,
 }
 
+/// `[api]`: the optional TCP listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Where the TCP listener binds; `None`: no TCP listener.
+    pub tcp: Option<std::net::SocketAddr>,
+}
+
+/// The TCP port used by `[api] tcp = true`.
+pub const DEFAULT_TCP_PORT: u16 = 7474;
+
 /// A checked configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub file: PathBuf,
     pub monitor: MonitorConfig,
+    pub api: ApiConfig,
     pub access: AccessConfig,
     pub resources: Vec<ResourceConfig>,
 }
@@ -148,15 +159,16 @@ impl Config {
         let mut problems = Vec::new();
 
         for key in doc.keys() {
-            if !["monitor", "access", "defaults", "resource"].contains(&key.as_str()) {
+            if !["monitor", "api", "access", "defaults", "resource"].contains(&key.as_str()) {
                 problems.push(format!(
-                    "unknown section [{key}]: the sections are [monitor], [access], [defaults] and [[resource]]"
+                    "unknown section [{key}]: the sections are [monitor], [api], [access], [defaults] and [[resource]]"
                 ));
             }
         }
 
         let monitor = parse_monitor(doc.get("monitor"), &mut problems);
-        let access = parse_access(doc.get("access"), &mut problems);
+        let mut access = parse_access(doc.get("access"), &mut problems);
+        let api = parse_api(doc.get("api"), &mut access, &mut problems);
 
         let mut defaults = Policy::default();
         match doc.get("defaults") {
@@ -317,6 +329,7 @@ impl Config {
         Ok(Config {
             file: path.to_path_buf(),
             monitor,
+            api,
             access,
             resources,
         })
@@ -375,6 +388,130 @@ const DURATIONS: &[(&str, DurationField, bool)] = &[
         false,
     ),
 ];
+
+fn parse_api(
+    v: Option<&toml::Value>,
+    access: &mut AccessConfig,
+    problems: &mut Vec<String>,
+) -> ApiConfig {
+    let mut api = ApiConfig::default();
+    let Some(v) = v else { return api };
+    let Some(t) = v.as_table() else {
+        problems.push("[api] must be a table".into());
+        return api;
+    };
+    for (k, v) in t {
+        match (k.as_str(), v) {
+            ("tcp", toml::Value::Boolean(false)) => api.tcp = None,
+            ("tcp", toml::Value::Boolean(true)) => {
+                api.tcp = Some(std::net::SocketAddr::from((
+                    [127, 0, 0, 1],
+                    DEFAULT_TCP_PORT,
+                )))
+            }
+            ("tcp", toml::Value::String(s)) => {
+                match s.parse::<std::net::SocketAddr>() {
+                    Ok(a) => {
+                        if !a.ip().is_loopback() {
+                            tracing::warn!("[api] tcp listens on {a}, beyond this machine: use TLS in front of it");
+                        }
+                        api.tcp = Some(a)
+                    }
+                    Err(_) => problems.push(format!(
+                    "[api] tcp: {s:?} is not an address such as \"127.0.0.1:{DEFAULT_TCP_PORT}\""
+                )),
+                }
+            }
+            ("tcp", _) => problems.push("[api] tcp: use true, false or \"HOST:PORT\"".into()),
+            ("token", toml::Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let place = format!("[[api.token]] #{}", i + 1);
+                    match item.as_table() {
+                        Some(t) => {
+                            if let Some(tok) = parse_token(t, &place, problems) {
+                                access.tokens.push(tok);
+                            }
+                        }
+                        None => problems.push(format!("{place}: must be a table")),
+                    }
+                }
+            }
+            ("token", _) => {
+                problems.push("[api] token: write tokens as [[api.token]] tables".into())
+            }
+            (other, _) => problems.push(format!(
+                "[api]: unknown key {other:?}; the keys are tcp and [[api.token]]"
+            )),
+        }
+    }
+    if api.tcp.is_some() && access.tokens.is_empty() {
+        problems
+            .push("[api] tcp is on but no [[api.token]] is configured: nobody could use it".into());
+    }
+    api
+}
+
+fn parse_token(
+    t: &toml::Table,
+    place: &str,
+    problems: &mut Vec<String>,
+) -> Option<crate::access::Token> {
+    let before = problems.len();
+    let name = match t.get("name").and_then(|v| v.as_str()) {
+        Some(n) => n.to_string(),
+        None => {
+            problems.push(format!("{place}: name is missing"));
+            String::new()
+        }
+    };
+    let secret = match (t.get("token"), t.get("token_file")) {
+        (Some(toml::Value::String(s)), None) => s.clone(),
+        (None, Some(toml::Value::String(f))) => match std::fs::read_to_string(f) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) => {
+                problems.push(format!("{place}: token_file {f}: {e}"));
+                String::new()
+            }
+        },
+        _ => {
+            problems.push(format!(
+                "{place}: give exactly one of token = \"...\" or token_file = \"PATH\""
+            ));
+            String::new()
+        }
+    };
+    if problems.len() == before && secret.len() < 16 {
+        problems.push(format!("{place}: the token must be at least 16 characters"));
+    }
+    let mut rights = Vec::new();
+    match t.get("rights").and_then(|v| v.as_array()) {
+        Some(list) => {
+            for r in list {
+                match r.as_str().and_then(crate::access::Right::parse) {
+                    Some(r) => rights.push(r),
+                    None => problems.push(format!(
+                        "{place}: rights: {r} is not one of \"query\", \"control\", \"terminate\""
+                    )),
+                }
+            }
+        }
+        None => problems.push(format!(
+            "{place}: rights must be a list, e.g. [\"query\", \"control\"]"
+        )),
+    }
+    for k in t.keys() {
+        if !["name", "token", "token_file", "rights"].contains(&k.as_str()) {
+            problems.push(format!(
+                "{place}: unknown key {k:?}; the keys are name, token, token_file, rights"
+            ));
+        }
+    }
+    (problems.len() == before).then_some(crate::access::Token {
+        name,
+        secret,
+        rights,
+    })
+}
 
 fn parse_access(v: Option<&toml::Value>, problems: &mut Vec<String>) -> AccessConfig {
     let mut a = AccessConfig::default();

@@ -270,6 +270,23 @@ async fn run(
         access: access.clone(),
         reload: reload_tx,
     });
+    let tcp_server = match config.api.tcp {
+        None => None,
+        Some(addr) => {
+            let tcp = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("[api] tcp: binding {addr}"))?;
+            tracing::info!("API also on tcp://{addr} (bearer tokens)");
+            let service = api
+                .clone()
+                .into_make_service_with_connect_info::<api::Caller>();
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(tcp, service).await {
+                    tracing::error!("API server on TCP: {e}");
+                }
+            }))
+        }
+    };
     let server = tokio::spawn(async move {
         let service = api.into_make_service_with_connect_info::<api::Caller>();
         if let Err(e) = axum::serve(listener, service).await {
@@ -445,6 +462,9 @@ async fn run(
     let _ = save(&mut driver, stopping.as_deref()).await;
     bus.publish("monitor", None, None, None, "monitor stopped");
     server.abort();
+    if let Some(t) = tcp_server {
+        t.abort();
+    }
     Ok(())
 }
 
@@ -486,6 +506,11 @@ async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::Reload
         report
             .notes
             .push("[monitor] changes take effect at the next start".into());
+    }
+    if ctx.config.api != new.api {
+        report
+            .notes
+            .push("[api] tcp changes take effect at the next start; tokens apply now".into());
     }
     let old: std::collections::HashMap<&str, &ResourceConfig> = ctx
         .config

@@ -146,7 +146,7 @@ proptest! {
             let Ok(mut req) = Request::builder().method(m).uri(p.as_str()).body(Body::from(body)) else {
                 return StatusCode::BAD_REQUEST;
             };
-            req.extensions_mut().insert(ConnectInfo(Caller { uid: Some(0), pid: None }));
+            req.extensions_mut().insert(ConnectInfo(Caller { uid: Some(0), pid: None, tcp: false }));
             app.oneshot(req).await.unwrap().status()
         });
         prop_assert!(

@@ -1,0 +1,121 @@
+//! The optional TCP listener: loopback only here, every request needs a
+//! bearer token, and a token carries only its rights.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(20);
+const READ: &str = "read-only-token-0123456789";
+const OPS: &str = "operations-token-0123456789";
+
+fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer)
+}
+
+#[test]
+fn tokens_carry_their_rights_over_tcp() {
+    let port = free_port();
+    let d = Daemon::start_with(
+        &format!(
+            r#"
+[api]
+tcp = "127.0.0.1:{port}"
+
+[[api.token]]
+name = "reader"
+token = "{READ}"
+rights = ["query"]
+
+[[api.token]]
+name = "ops"
+token = "{OPS}"
+rights = ["query", "control", "terminate"]
+
+[[resource]]
+name = "svc"
+type = "process"
+command = "sleep 1000"
+"#
+        ),
+        "",
+    );
+    d.wait_state("svc", "online", LONG);
+    let (code, answer) = http(port, "GET", "/v1/resources", None);
+    assert_eq!(code, 401, "{answer}");
+    assert!(answer
+        .to_ascii_lowercase()
+        .contains("www-authenticate: bearer"));
+    assert_eq!(
+        http(port, "GET", "/v1/resources", Some("wrong-token-0123456789")).0,
+        401
+    );
+    let (code, answer) = http(port, "GET", "/v1/resources", Some(READ));
+    assert_eq!(code, 200);
+    assert!(answer.contains("\"svc\""));
+    let (code, answer) = http(port, "POST", "/v1/resources/svc/offline", Some(READ));
+    assert_eq!(code, 403, "{answer}");
+    assert!(
+        answer.contains("token \\\"reader\\\" does not carry the control right"),
+        "{answer}"
+    );
+    assert_eq!(d.state("svc"), "online", "a denied request changes nothing");
+    let (code, _) = http(
+        port,
+        "POST",
+        "/v1/resources/svc/offline?wait=true",
+        Some(OPS),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(d.state("svc"), "offline");
+}
+
+#[test]
+fn tcp_config_mistakes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[api]\ntcp = true\n", "no [[api.token]] is configured"),
+        (
+            "[api]\ntcp = true\n[[api.token]]\nname = \"x\"\ntoken = \"short\"\nrights = [\"query\"]\n",
+            "at least 16 characters",
+        ),
+        (
+            "[api]\ntcp = \"somewhere\"\n[[api.token]]\nname = \"x\"\ntoken = \"0123456789abcdef\"\nrights = [\"all\"]\n",
+            "is not an address",
+        ),
+        (
+            "[api]\ntcp = true\n[[api.token]]\nname = \"x\"\ntoken = \"0123456789abcdef\"\nrights = [\"all\"]\n",
+            "rights: \"all\" is not one of",
+        ),
+    ];
+    for (text, needle) in cases {
+        let file = write(dir.path(), "c.toml", text);
+        let out = std::process::Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+}
