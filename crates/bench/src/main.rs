@@ -13,6 +13,13 @@
 //!   `/proc` for survivors and zombies.
 //! * `idle`: 1,000 `sleep` resources at `looks_alive_interval = "1s"`; the
 //!   monitor's CPU share over a window, its RSS and PSS.
+//! * `api`: with 1,000 resources, the latency of `GET /v1/resources` (what
+//!   `status --json` asks) over a fresh connection each time, and of the
+//!   whole `resmon status --json` command; then an online/offline round trip
+//!   of one resource through the API (`?wait=true`).
+//! * `adopt`: 20 online resources, the monitor killed with SIGKILL and
+//!   started again: the time until all 20 are online again with the same
+//!   pids.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
@@ -52,12 +59,25 @@ enum Scenario {
     Restart,
     Terminate,
     Idle,
+    Api,
+    Adopt,
 }
 
 struct Monitor {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     socket: PathBuf,
     child: Child,
+}
+
+fn spawn_monitor(bin: &Path, file: &Path) -> Result<Child> {
+    Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(file)
+        .env("RESMON_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
 impl Monitor {
@@ -67,21 +87,20 @@ impl Monitor {
         let file = dir.path().join("bench.toml");
         std::fs::write(
             &file,
-            format!("[monitor]\nsocket = \"{}\"\n{config}", socket.display()),
+            format!(
+                "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{config}",
+                socket.display(),
+                dir.path().join("state").display()
+            ),
         )?;
-        let child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&file)
-            .env("RESMON_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut m = Monitor {
-            _dir: dir,
-            socket,
-            child,
-        };
+        let child = spawn_monitor(bin, &file)?;
+        let mut m = Monitor { dir, socket, child };
+        m.wait_socket()?;
+        Ok(m)
+    }
+
+    fn wait_socket(&mut self) -> Result<()> {
+        let m = self;
         let end = Instant::now() + Duration::from_secs(60);
         while std::os::unix::net::UnixStream::connect(&m.socket).is_err() {
             if let Some(s) = m.child.try_wait()? {
@@ -92,7 +111,15 @@ impl Monitor {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(m)
+        Ok(())
+    }
+
+    /// SIGKILL, then the same config again.
+    fn kill9_and_restart(&mut self, bin: &Path) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_monitor(bin, &self.dir.path().join("bench.toml"))?;
+        self.wait_socket()
     }
 
     fn pid(&self) -> u32 {
@@ -406,6 +433,139 @@ async fn idle(bin: &Path, args: &Args) -> Result<()> {
     Ok(())
 }
 
+async fn wait_all_online(m: &Monitor, n: usize, limit: Duration) -> Result<()> {
+    let end = Instant::now() + limit;
+    loop {
+        let rs = m.resources().await?;
+        if rs.len() == n && rs.iter().all(|r| r["state"] == "online") {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("not every resource came online");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn api(bin: &Path, args: &Args) -> Result<()> {
+    let mut config = String::new();
+    for i in 0..args.resources {
+        config.push_str(&format!(
+            "\n[[resource]]\nname = \"idle{i}\"\ntype = \"process\"\ncommand = \"sleep 100000\"\n"
+        ));
+    }
+    config.push_str("\n[[resource]]\nname = \"flip\"\ntype = \"process\"\ncommand = \"sleep 100000\"\nautostart = false\n");
+    let m = Monitor::start(bin, &config)?;
+    wait_all_online_but(&m, args.resources).await?;
+    let mut samples = Vec::new();
+    for i in 0..args.warmup + args.runs.max(500) {
+        // Timed as `status --json` does it: connect, ask, read the answer.
+        let t0 = Instant::now();
+        let (status, body) = m.client().call(Method::GET, "/v1/resources", None).await?;
+        let took = t0.elapsed();
+        let v: Value = serde_json::from_slice(&body)?;
+        if !status.is_success()
+            || v["resources"].as_array().map_or(0, Vec::len) != args.resources + 1
+        {
+            bail!("status did not list every resource");
+        }
+        if i >= args.warmup {
+            samples.push(took);
+        }
+    }
+    report(
+        &format!("api: GET /v1/resources ({})", args.resources),
+        samples,
+        "(status --json's request; target p99 <= 5 ms)",
+    );
+    let mut samples = Vec::new();
+    for i in 0..args.warmup + args.runs {
+        let t0 = Instant::now();
+        let out = Command::new(bin)
+            .arg("--socket")
+            .arg(&m.socket)
+            .args(["status", "--json"])
+            .stdout(Stdio::null())
+            .status()?;
+        let took = t0.elapsed();
+        if !out.success() {
+            bail!("resmon status --json failed");
+        }
+        if i >= args.warmup {
+            samples.push(took);
+        }
+    }
+    report(
+        "api: resmon status --json",
+        samples,
+        "(the whole command: process start, request, output)",
+    );
+    let mut round = Vec::new();
+    for i in 0..args.warmup + args.runs {
+        let t0 = Instant::now();
+        m.post("/v1/resources/flip/online?wait=true", None).await?;
+        m.post("/v1/resources/flip/offline?wait=true", None).await?;
+        if i >= args.warmup {
+            round.push(t0.elapsed());
+        }
+    }
+    report(
+        "api: online+offline round trip",
+        round,
+        "(POST ...?wait=true twice: spawn, SIGTERM, reap)",
+    );
+    Ok(())
+}
+
+/// All resources but the `autostart = false` one are online.
+async fn wait_all_online_but(m: &Monitor, n: usize) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rs = m.resources().await?;
+        if rs.iter().filter(|r| r["state"] == "online").count() == n {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("not every resource came online");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn adopt(bin: &Path, args: &Args) -> Result<()> {
+    let mut config = String::new();
+    for i in 0..20 {
+        config.push_str(&format!(
+            "\n[[resource]]\nname = \"svc{i}\"\ntype = \"process\"\ncommand = \"sleep 100000\"\n"
+        ));
+    }
+    let mut m = Monitor::start(bin, &config)?;
+    wait_all_online(&m, 20, Duration::from_secs(30)).await?;
+    let pids = |rs: &[Value]| -> Vec<Value> { rs.iter().map(|r| r["pids"].clone()).collect() };
+    let runs = (args.runs / 10).max(10);
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let before = pids(&m.resources().await?);
+        // Let the state file catch up with what runs (it is written as soon
+        // as something changes; nothing changed for a while here).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t0 = Instant::now();
+        m.kill9_and_restart(bin)?;
+        wait_all_online(&m, 20, Duration::from_secs(10)).await?;
+        let took = t0.elapsed();
+        if pids(&m.resources().await?) != before {
+            bail!("the restarted monitor did not adopt every resource with its pid");
+        }
+        samples.push(took);
+    }
+    report(
+        "adopt: SIGKILL -> 20 online",
+        samples,
+        "(same pids every run; target <= 1 s)",
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -440,6 +600,12 @@ async fn main() -> Result<()> {
     }
     if want(Scenario::Idle) {
         idle(&bin, &args).await?;
+    }
+    if want(Scenario::Api) {
+        api(&bin, &args).await?;
+    }
+    if want(Scenario::Adopt) {
+        adopt(&bin, &args).await?;
     }
     Ok(())
 }

@@ -105,10 +105,21 @@ fn raw(d: &Daemon, request: &[u8]) -> u16 {
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer);
-    text.split_whitespace()
+    let code = text
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    // Every error answer is JSON, except hyper's own to bytes that are not
+    // HTTP at all.
+    if code >= 400 && (request.starts_with(b"POST") || request.starts_with(b"DELETE")) {
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        assert!(
+            body.contains("{\"error\":"),
+            "error answer is not JSON: {text}"
+        );
+    }
+    code
 }
 
 fn post(path: &str, body: &[u8]) -> Vec<u8> {
