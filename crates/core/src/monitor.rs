@@ -221,6 +221,40 @@ struct Res {
     restarts: u32,
 }
 
+impl Res {
+    /// A resource as it starts: offline, not wanted.
+    fn new(
+        spec: ResourceSpec,
+        group: usize,
+        providers: Vec<ResId>,
+        dependents: Vec<ResId>,
+        now: Instant,
+    ) -> Res {
+        Res {
+            spec,
+            retired: false,
+            group,
+            providers,
+            dependents,
+            state: State::Offline,
+            since: now,
+            reason: String::new(),
+            want: Want::Offline,
+            in_flight: None,
+            terminating: None,
+            check_now: false,
+            suspicion: String::new(),
+            looks_alive_at: None,
+            is_alive_at: None,
+            restart_at: None,
+            retry_at: None,
+            restart_granted: false,
+            restart_times: VecDeque::new(),
+            restarts: 0,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 struct Group {
     /// Past its threshold with `restart_then_failover` and nowhere to go:
@@ -323,27 +357,8 @@ impl Monitor {
             .zip(providers)
             .zip(dependents)
             .zip(group_of)
-            .map(|(((spec, providers), dependents), group)| Res {
-                spec,
-                retired: false,
-                group,
-                providers,
-                dependents,
-                state: State::Offline,
-                since: now,
-                reason: String::new(),
-                want: Want::Offline,
-                in_flight: None,
-                terminating: None,
-                check_now: false,
-                suspicion: String::new(),
-                looks_alive_at: None,
-                is_alive_at: None,
-                restart_at: None,
-                retry_at: None,
-                restart_granted: false,
-                restart_times: VecDeque::new(),
-                restarts: 0,
+            .map(|(((spec, providers), dependents), group)| {
+                Res::new(spec, group, providers, dependents, now)
             })
             .collect();
         Ok(Monitor {
@@ -442,28 +457,9 @@ impl Monitor {
                 None => {
                     let id = self.res.len();
                     self.index.insert(spec.name.clone(), id);
-                    self.res.push(Res {
-                        spec,
-                        retired: false,
-                        group: 0,
-                        providers: Vec::new(),
-                        dependents: Vec::new(),
-                        state: State::Offline,
-                        since: now,
-                        reason: String::new(),
-                        want: Want::Offline,
-                        in_flight: None,
-                        terminating: None,
-                        check_now: false,
-                        suspicion: String::new(),
-                        looks_alive_at: None,
-                        is_alive_at: None,
-                        restart_at: None,
-                        retry_at: None,
-                        restart_granted: false,
-                        restart_times: VecDeque::new(),
-                        restarts: 0,
-                    });
+                    // Group and dependencies are linked below.
+                    self.res
+                        .push(Res::new(spec, 0, Vec::new(), Vec::new(), now));
                     self.is_touched.push(false);
                     self.timer_of.push(None);
                     added.push(id);

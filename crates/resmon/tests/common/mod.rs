@@ -149,30 +149,27 @@ impl Daemon {
 
     /// Runs the CLI against this monitor.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("--socket")
+        self.run_cli(Command::new(BIN), args)
+    }
+
+    /// Runs the CLI as another user (`setpriv`, no supplementary groups).
+    pub fn cli_as(&self, uid: u32, args: &[&str]) -> Output {
+        let mut c = Command::new("setpriv");
+        c.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg(BIN);
+        self.run_cli(c, args)
+    }
+
+    fn run_cli(&self, mut c: Command, args: &[&str]) -> Output {
+        c.arg("--socket")
             .arg(&self.socket)
             .args(args)
             .env("RESMON_LOG", "warn")
             .stdin(Stdio::null())
             .output()
             .expect("run resmon")
-    }
-
-    /// Runs the CLI as another user (`setpriv`, no supplementary groups).
-    pub fn cli_as(&self, uid: u32, args: &[&str]) -> Output {
-        Command::new("setpriv")
-            .arg(format!("--reuid={uid}"))
-            .arg(format!("--regid={uid}"))
-            .arg("--clear-groups")
-            .arg(BIN)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .env("RESMON_LOG", "warn")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run resmon through setpriv")
     }
 
     /// Runs the CLI and insists on exit 0.
