@@ -540,12 +540,17 @@ impl Monitor {
         }
         if let Some(c) = &r.in_flight {
             consider(Some(call_deadline(c, &r.spec.policy)));
-        } else if r.state == State::Online && r.terminating.is_none() {
-            consider(r.looks_alive_at);
-            consider(r.is_alive_at);
+        } else if r.terminating.is_none() {
+            if r.state == State::Online {
+                consider(r.looks_alive_at);
+                consider(r.is_alive_at);
+            }
+            // Only a resource at rest acts on these (a tick skips busy
+            // ones); counting them while busy would wake the loop for
+            // nothing until the call ends.
+            consider(r.restart_at);
+            consider(r.retry_at);
         }
-        consider(r.restart_at);
-        consider(r.retry_at);
         consider(self.groups[r.group].failed_until);
         next
     }
@@ -1012,6 +1017,8 @@ impl Monitor {
                 self.set_state(now, id, State::OnlinePending, "coming online", out);
             }
             State::Failed if held && r.restart_granted => {
+                // The grant is used up: a failure of this start must earn a new one.
+                self.res[id].restart_granted = false;
                 self.res[id].restarts += 1;
                 self.call(now, id, EntryPoint::Online, out);
                 self.set_state(now, id, State::OnlinePending, "restarting", out);

@@ -185,7 +185,15 @@ impl Sim {
     /// Lets virtual time run for `d`, waking at every deadline.
     async fn run_for(&mut self, d: Duration) {
         let end = Instant::now() + d;
+        let mut wakes = 0;
         while let Some(next) = self.m.next_deadline().filter(|&n| n <= end) {
+            // A deadline that a tick does not move is a busy loop in the daemon.
+            wakes += 1;
+            assert!(
+                wakes < 10_000,
+                "deadlines do not advance: {next:?}, last: {:?}",
+                self.texts().iter().rev().take(8).collect::<Vec<_>>()
+            );
             tokio::time::sleep_until(next).await;
             self.feed(Event::Tick);
         }
@@ -883,4 +891,31 @@ fn reconfigure_refuses_bad_specs_and_changes_nothing() {
     assert!(err.to_string().contains("\"zz\""));
     assert_eq!(m.id("a"), Some(0));
     assert!(m.view(0).spec.depends_on.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_while_coming_online_count_toward_the_threshold() {
+    let mut p = policy();
+    p.restart_action = RestartAction::Restart;
+    p.restart_threshold = 2;
+    p.restart_delay = Duration::ZERO;
+    let b = Behaviour {
+        online: Answer::PendingForever,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(p, b);
+    sim.online("r");
+    let id = sim.m.id("r").unwrap();
+    for _ in 0..5 {
+        if sim.state("r") == State::OnlinePending {
+            sim.feed(Event::FailureNotice {
+                id,
+                reason: "exited".into(),
+            });
+        }
+        sim.run_for(S).await;
+    }
+    assert_eq!(sim.count("call r online"), 3, "{:?}", sim.texts());
+    assert_eq!(sim.m.view(id).restarts, 2);
+    assert_eq!(sim.state("r"), State::Failed);
 }
