@@ -214,9 +214,10 @@ fn processes() -> Vec<(u32, char, u32)> {
     out
 }
 
-/// Live processes carrying the marker of resource `name` of monitor `mon`.
-fn marked(mon: u32, name: &str) -> usize {
-    let entry = format!("RESMON_RESOURCE={mon}/{name}");
+/// Live processes carrying the marker of resource `name` of monitor `m`.
+fn marked(m: &Monitor, name: &str) -> usize {
+    let instance = std::fs::read_to_string(m.dir.path().join("state/instance")).unwrap_or_default();
+    let entry = format!("RESMON_RESOURCE={}/{name}", instance.trim());
     processes()
         .into_iter()
         .filter(|&(pid, state, _)| {
@@ -337,11 +338,11 @@ autostart = false
     for i in 0..args.warmup + args.runs {
         m.post("/v1/resources/tree/online?wait=true", None).await?;
         let end = Instant::now() + Duration::from_secs(20);
-        while marked(m.pid(), "tree") < 100 {
+        while marked(&m, "tree") < 100 {
             if Instant::now() > end {
                 bail!(
                     "run {i}: the tree never reached 100 processes ({})",
-                    marked(m.pid(), "tree")
+                    marked(&m, "tree")
                 );
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -353,7 +354,7 @@ autostart = false
         )
         .await?;
         let took = t0.elapsed();
-        let left = marked(m.pid(), "tree");
+        let left = marked(&m, "tree");
         let z = processes()
             .iter()
             .filter(|&&(_, s, ppid)| s == 'Z' && ppid == m.pid())
