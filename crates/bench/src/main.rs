@@ -17,6 +17,11 @@
 //!   `status --json` asks) over a fresh connection each time, and of the
 //!   whole `resmon status --json` command; then an online/offline round trip
 //!   of one resource through the API (`?wait=true`).
+//! * `ocf`: the OCF `Dummy` agent's `monitor`, run directly (fork, exec,
+//!   wait) and through resmon's action runner (environment, its own session,
+//!   the resource's cgroup, output capture, pidfd wait), alternating in one
+//!   run; the runner lives in a worker process of its own, since a process
+//!   with resmon's reaper must not wait for children itself.
 //! * `adopt`: 20 online resources, the monitor killed with SIGKILL and
 //!   started again: the time until all 20 are online again with the same
 //!   pids.
@@ -26,6 +31,7 @@ use clap::{Parser, ValueEnum};
 use http_body_util::BodyExt;
 use resmon_client::{Client, Method};
 use serde_json::Value;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,6 +57,9 @@ struct Args {
     /// The resmon binary [default: `resmon` next to this program].
     #[arg(long)]
     resmon: Option<PathBuf>,
+    /// Internal (ocf-worker): the Dummy state file.
+    #[arg(long, hide = true)]
+    state: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,6 +70,10 @@ enum Scenario {
     Idle,
     Api,
     Adopt,
+    Ocf,
+    /// Internal: the resmon side of `ocf`.
+    #[value(hide = true)]
+    OcfWorker,
 }
 
 struct Monitor {
@@ -567,9 +580,141 @@ async fn adopt(bin: &Path, args: &Args) -> Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+const DUMMY: &str = "/usr/lib/ocf/resource.d/heartbeat/Dummy";
+
+fn dummy_env(state: &Path) -> Vec<(String, String)> {
+    vec![
+        ("OCF_ROOT".into(), "/usr/lib/ocf".into()),
+        ("OCF_RA_VERSION_MAJOR".into(), "1".into()),
+        ("OCF_RA_VERSION_MINOR".into(), "1".into()),
+        ("OCF_RESOURCE_INSTANCE".into(), "bench".into()),
+        ("OCF_RESKEY_state".into(), state.display().to_string()),
+        ("OCF_CHECK_LEVEL".into(), "0".into()),
+    ]
+}
+
+/// The resmon side: runs `monitor` through the action runner, in a real
+/// resource scope, once per line on stdin; answers the elapsed nanoseconds.
+fn ocf_worker(state: &Path) -> Result<()> {
+    use std::io::BufRead;
+    // A runtime driven by a thread of its own, as the daemon's is while
+    // actions run on its blocking pool.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let reaper = {
+        let _guard = rt.enter();
+        resmon_task::Reaper::get()?
+    };
+    let containers =
+        resmon_task::Containers::detect(Some(&format!("resmon-bench-ocf.{}", std::process::id())));
+    let container = containers.create("dummy")?;
+    let scope = container.scope();
+    let env = dummy_env(state);
+    let handle = rt.handle().clone();
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        if line?.is_empty() {
+            break;
+        }
+        let run = resmon_ocf::runner::Run {
+            agent: Path::new(DUMMY),
+            action: "monitor",
+            env: &env,
+            timeout: Duration::from_secs(20),
+            scope: Some(&scope),
+        };
+        let t0 = Instant::now();
+        let o = resmon_ocf::runner::run(&run, &reaper, &handle).map_err(|e| anyhow::anyhow!(e))?;
+        let took = t0.elapsed();
+        if o.code != Some(0) {
+            bail!("monitor through the runner: {o:?}");
+        }
+        writeln!(out, "{}", took.as_nanos())?;
+        out.flush()?;
+    }
+    let _ = container.remove();
+    containers.cleanup();
+    Ok(())
+}
+
+fn ocf(args: &Args) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    if !Path::new(DUMMY).exists() {
+        bail!("{DUMMY} is missing: apt-get install resource-agents");
+    }
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("dummy.state");
+    std::fs::write(&state, "")?;
+    let mut worker = Command::new(std::env::current_exe()?)
+        .args(["ocf-worker", "--state"])
+        .arg(&state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut to = worker.stdin.take().context("worker stdin")?;
+    let mut from = BufReader::new(worker.stdout.take().context("worker stdout")?);
+    let env = dummy_env(&state);
+    let (mut direct, mut through) = (Vec::new(), Vec::new());
+    for i in 0..args.warmup + args.runs {
+        let t0 = Instant::now();
+        let out = Command::new(DUMMY)
+            .arg("monitor")
+            .env_clear()
+            .envs(std::env::vars().filter(|(k, _)| k == "PATH"))
+            .envs(env.iter().cloned())
+            .output()?;
+        let d = t0.elapsed();
+        if !out.status.success() {
+            bail!("direct monitor failed: {out:?}");
+        }
+        writeln!(to, "go")?;
+        let mut line = String::new();
+        from.read_line(&mut line)?;
+        let t: u64 = line.trim().parse().context("worker answer")?;
+        if i >= args.warmup {
+            direct.push(d);
+            through.push(Duration::from_nanos(t));
+        }
+    }
+    writeln!(to)?;
+    let _ = worker.wait();
+    let p50 = |v: &mut Vec<Duration>| {
+        v.sort();
+        percentile(v, 50.0)
+    };
+    let (dm, tm) = (p50(&mut direct.clone()), p50(&mut through.clone()));
+    report("ocf: Dummy monitor, direct", direct, "");
+    report(
+        "ocf: Dummy monitor, resmon",
+        through,
+        &format!(
+            "overhead at p50 {:+.3} ms (target <= 0.5 ms)",
+            (tm.as_secs_f64() - dm.as_secs_f64()) * 1e3
+        ),
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
     let args = Args::parse();
+    if args.scenarios.contains(&Scenario::OcfWorker) {
+        return ocf_worker(args.state.as_deref().context("--state")?);
+    }
+    if args.scenarios.contains(&Scenario::Ocf) || args.scenarios.contains(&Scenario::All) {
+        ocf(&args)?;
+        if args.scenarios == [Scenario::Ocf] {
+            return Ok(());
+        }
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async_main(args))
+}
+
+async fn async_main(args: Args) -> Result<()> {
     let bin = match &args.resmon {
         Some(p) => p.clone(),
         None => std::env::current_exe()?

@@ -156,6 +156,10 @@ impl Notifier {
 pub struct OpenContext {
     /// The resource's name, unique in the monitor.
     pub name: String,
+    /// The `type = "..."` it was configured with (e.g. `ocf:heartbeat:Dummy`).
+    pub type_name: String,
+    /// Its failure policy (some types pass intervals and timeouts on).
+    pub policy: crate::Policy,
     /// The type-specific part of the resource's configuration.
     pub params: serde_json::Value,
     pub scope: Scope,
@@ -164,12 +168,19 @@ pub struct OpenContext {
 
 /// A kind of resource: the code that knows how to drive it.
 pub trait ResourceType: Send + Sync {
-    /// The name used in `type = "..."`.
+    /// The name used in `type = "..."`, or the family of names it handles
+    /// (`ocf` for `ocf:PROVIDER:AGENT`).
     fn name(&self) -> &str;
+
+    /// Whether `type = "type_name"` is this type.
+    fn handles(&self, type_name: &str) -> bool {
+        type_name == self.name()
+    }
 
     /// Checks a resource's type-specific parameters without starting
     /// anything. Each problem is returned as one message naming its field.
-    fn validate(&self, params: &serde_json::Value) -> Vec<String>;
+    /// May block (e.g. to ask an agent for its meta-data).
+    fn validate(&self, type_name: &str, params: &serde_json::Value) -> Vec<String>;
 
     /// Creates the resource (entry point `open`). Nothing is started yet.
     fn open(&self, ctx: OpenContext) -> Result<Box<dyn Resource>, ResourceError>;
@@ -216,6 +227,12 @@ pub trait Resource: Send + Sync {
     /// The main processes of the resource, for status displays.
     fn pids(&self) -> Vec<u32> {
         Vec::new()
+    }
+
+    /// More about its state than the state names say (e.g. `degraded`,
+    /// `promoted`), for status displays.
+    fn detail(&self) -> Option<String> {
+        None
     }
 
     /// What a restarted monitor needs to find this resource running again

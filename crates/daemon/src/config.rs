@@ -291,7 +291,7 @@ impl Config {
                 }
             };
             if let Some(tn) = &type_name {
-                match types.iter().find(|ty| ty.name() == tn) {
+                match types.iter().find(|ty| ty.handles(tn)) {
                     None => {
                         let known: Vec<&str> = types.iter().map(|t| t.name()).collect();
                         problems.push(format!(
@@ -300,7 +300,7 @@ impl Config {
                         ));
                     }
                     Some(ty) => {
-                        for p in ty.validate(&params) {
+                        for p in ty.validate(tn, &params) {
                             problems.push(format!("{here}: {p}"));
                         }
                     }
@@ -634,7 +634,7 @@ mod tests {
         fn name(&self) -> &str {
             "lenient"
         }
-        fn validate(&self, params: &serde_json::Value) -> Vec<String> {
+        fn validate(&self, _type_name: &str, params: &serde_json::Value) -> Vec<String> {
             if params.get("bad").is_some() {
                 vec!["bad: not today".into()]
             } else {

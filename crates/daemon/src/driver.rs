@@ -40,6 +40,9 @@ pub struct ResourceStatus {
     pub since: String,
     /// Why it is in `state`.
     pub reason: String,
+    /// More than the state says, from its type (e.g. `degraded`, `promoted`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub detail: Option<String>,
     /// The entry point in flight, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub call: Option<String>,
@@ -412,6 +415,7 @@ impl Driver {
             restarts: v.restarts,
             since: humantime::format_rfc3339_millis(since).to_string(),
             reason: v.reason.to_string(),
+            detail: slot.resource.detail(),
             call: v.in_flight.map(|(e, _, _)| e.as_str().to_string()),
             terminating: v.terminating,
             wanted_online: v.wants_online,
@@ -550,7 +554,7 @@ impl Driver {
         input: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, OpError>>,
     ) {
-        let Some(ty) = self.types.iter().find(|t| t.name() == type_name).cloned() else {
+        let Some(ty) = self.types.iter().find(|t| t.handles(&type_name)).cloned() else {
             let known: Vec<&str> = self.types.iter().map(|t| t.name()).collect();
             let _ = reply.send(Err(OpError::NotFound(format!(
                 "no resource type {type_name:?}; the types are {}",

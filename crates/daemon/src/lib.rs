@@ -38,21 +38,41 @@ use tokio::sync::mpsc;
 
 /// The resource types this monitor knows.
 pub fn resource_types(reaper: Arc<Reaper>) -> Vec<Arc<dyn ResourceType>> {
-    vec![Arc::new(ProcessType::new(
-        reaper,
-        tokio::runtime::Handle::current(),
-    ))]
+    let rt = tokio::runtime::Handle::current();
+    vec![
+        Arc::new(ProcessType::new(reaper.clone(), rt.clone())),
+        Arc::new(resmon_ocf::OcfType::new(reaper, rt)),
+    ]
 }
 
-/// Checks a config file as `serve` would, starting nothing.
-pub fn check_config(path: &Path) -> Result<Config, config::ConfigError> {
+/// Checks a config file as `serve` would, starting nothing. Types may run
+/// programs to check their parameters (an agent's `meta-data`), so this runs
+/// on a blocking thread.
+pub async fn check_config(path: &Path) -> Result<Config, config::ConfigError> {
     let reaper = Reaper::get().map_err(|e| config::ConfigError {
         file: path.to_path_buf(),
         problems: vec![format!("cannot start the reaper: {e}")],
     })?;
     let types = resource_types(reaper);
-    let refs: Vec<&dyn ResourceType> = types.iter().map(|t| t.as_ref()).collect();
-    Config::load(path, &refs)
+    load_config(path.to_path_buf(), types).await
+}
+
+async fn load_config(
+    path: std::path::PathBuf,
+    types: Vec<Arc<dyn ResourceType>>,
+) -> Result<Config, config::ConfigError> {
+    let file = path.clone();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&dyn ResourceType> = types.iter().map(|t| t.as_ref()).collect();
+        Config::load(&path, &refs)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(config::ConfigError {
+            file,
+            problems: vec![format!("checking the config failed: {e}")],
+        })
+    })
 }
 
 /// Binds the API socket; refuses to take over the socket of a live monitor.
@@ -123,7 +143,7 @@ async fn kill_and_wait(container: &resmon_task::Container) {
 async fn open_slot(
     id: ResId,
     r: &ResourceConfig,
-    ty: &dyn ResourceType,
+    ty: &Arc<dyn ResourceType>,
     containers: &Containers,
     keep_running: bool,
     tx: &mpsc::UnboundedSender<Msg>,
@@ -140,6 +160,8 @@ async fn open_slot(
     let (bus, name, group) = (bus.clone(), r.name.clone(), r.group.clone());
     let ctx = OpenContext {
         name: r.name.clone(),
+        type_name: r.type_name.clone(),
+        policy: r.policy.clone(),
         params: r.params.clone(),
         scope: container.scope(),
         notifier: Notifier::new(move |notice| match notice {
@@ -152,8 +174,11 @@ async fn open_slot(
             }
         }),
     };
-    let resource = ty
-        .open(ctx)
+    // `open` may run programs (an agent's validate-all): not on the event loop.
+    let opener = ty.clone();
+    let resource = tokio::task::spawn_blocking(move || opener.open(ctx))
+        .await
+        .map_err(|e| anyhow::anyhow!("resource {:?}: open failed: {e}", r.name))?
         .map_err(|e| anyhow::anyhow!("resource {:?}: open failed: {e}", r.name))?;
     Ok(Slot {
         name: r.name.clone(),
@@ -217,7 +242,7 @@ async fn run(
     for (id, r) in config.resources.iter().enumerate() {
         let ty = types
             .iter()
-            .find(|t| t.name() == r.type_name)
+            .find(|t| t.handles(&r.type_name))
             .expect("types were checked with the config");
         let fingerprint = state::fingerprint(&r.type_name, &r.params);
         // Only a resource whose type and params did not change is adopted.
@@ -238,7 +263,7 @@ async fn run(
         let opened = open_slot(
             id,
             r,
-            ty.as_ref(),
+            ty,
             &containers,
             matches!(start, Start::Reattach(_)),
             &tx,
@@ -498,8 +523,9 @@ fn spec_of(r: &ResourceConfig) -> ResourceSpec {
 /// Re-reads the config file and applies what changed. An invalid file is
 /// refused whole and nothing changes.
 async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::ReloadReport, String> {
-    let refs: Vec<&dyn ResourceType> = ctx.types.iter().map(|t| t.as_ref()).collect();
-    let new = Config::load(&ctx.config.file, &refs).map_err(|e| e.to_string())?;
+    let new = load_config(ctx.config.file.clone(), ctx.types.to_vec())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut report = api::ReloadReport::default();
     let m = (&ctx.config.monitor, &new.monitor);
     if m.0.socket != m.1.socket || m.0.state_dir != m.1.state_dir || m.0.cgroups != m.1.cgroups {
@@ -552,10 +578,10 @@ async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::Reload
         let ty = ctx
             .types
             .iter()
-            .find(|t| t.name() == r.type_name)
+            .find(|t| t.handles(&r.type_name))
             .expect("types were checked with the config");
         let id = driver.slots().len() + k;
-        match open_slot(id, r, ty.as_ref(), ctx.containers, false, ctx.tx, ctx.bus).await {
+        match open_slot(id, r, ty, ctx.containers, false, ctx.tx, ctx.bus).await {
             Ok(slot) => slots.push(slot),
             Err(e) => {
                 for s in &slots {
@@ -613,11 +639,11 @@ async fn finish_replacing(
         };
         let ty = types
             .iter()
-            .find(|t| t.name() == r.type_name)
+            .find(|t| t.handles(&r.type_name))
             .expect("types were checked with the config");
         let old = driver.slots()[id].resource.clone();
         let _ = tokio::task::spawn_blocking(move || old.close()).await;
-        match open_slot(id, r, ty.as_ref(), containers, false, tx, bus).await {
+        match open_slot(id, r, ty, containers, false, tx, bus).await {
             Ok(slot) => driver.replace_resource(id, slot.resource, slot.fingerprint),
             Err(e) => {
                 tracing::error!(resource = %name, "cannot open it with its new config: {e:#}");

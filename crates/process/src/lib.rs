@@ -47,7 +47,7 @@ impl ResourceType for ProcessType {
         "process"
     }
 
-    fn validate(&self, params: &serde_json::Value) -> Vec<String> {
+    fn validate(&self, _type_name: &str, params: &serde_json::Value) -> Vec<String> {
         Params::parse(params).err().unwrap_or_default()
     }
 

@@ -104,6 +104,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the installed OCF resource agents, or show one's parameters.
+    Agents {
+        #[command(subcommand)]
+        show: Option<AgentsCmd>,
+        /// Where agents live.
+        #[arg(long, default_value = resmon_ocf::DEFAULT_OCF_ROOT, global = true)]
+        ocf_root: PathBuf,
+        /// Print JSON.
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Print the event feed.
     Events {
         /// Keep printing new events as they happen.
@@ -112,6 +123,15 @@ enum Cmd {
         /// Print events as JSON lines.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentsCmd {
+    /// The parameters and advised timeouts of one agent, e.g. ocf:heartbeat:Dummy.
+    Show {
+        #[arg(value_name = "TYPE")]
+        type_name: String,
     },
 }
 
@@ -195,7 +215,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Cmd::Serve { config } => serve(config, cli.socket).await,
         Cmd::Check { config } => {
-            let c = resmon_daemon::check_config(&config).map_err(|e| fail(2, e.to_string()))?;
+            let c = resmon_daemon::check_config(&config)
+                .await
+                .map_err(|e| fail(2, e.to_string()))?;
             println!(
                 "{}: ok, {} resources; socket {}",
                 config.display(),
@@ -234,6 +256,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             operate(cli.socket, &name, "terminate", !no_wait, Some(body)).await
         }
         Cmd::Events { follow, json } => events(cli.socket, follow, json).await,
+        Cmd::Agents {
+            show,
+            ocf_root,
+            json,
+        } => tokio::task::spawn_blocking(move || agents(show, &ocf_root, json))
+            .await
+            .map_err(|e| fail(1, e.to_string()))?,
         Cmd::Control { name, code, input } => {
             let path = format!("/v1/resources/{}/control/{}", encode(&name), encode(&code));
             control(cli.socket, path, input).await
@@ -319,8 +348,113 @@ async fn control(
     Ok(())
 }
 
+/// `resmon agents [show TYPE]`: reads the agents on this machine directly.
+fn agents(show: Option<AgentsCmd>, root: &std::path::Path, json: bool) -> Result<(), Failure> {
+    match show {
+        Some(AgentsCmd::Show { type_name }) => {
+            let (provider, agent) = resmon_ocf::parse_type(&type_name).map_err(|e| fail(2, e))?;
+            let path = resmon_ocf::agent_path(root, &provider, &agent);
+            if !path.is_file() {
+                return Err(fail(
+                    1,
+                    format!(
+                        "no agent {type_name}: {} does not exist (resmon agents lists them)",
+                        path.display()
+                    ),
+                ));
+            }
+            let m = resmon_ocf::read_meta_data(root, &path).map_err(|e| fail(1, e))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+                return Ok(());
+            }
+            println!("{type_name}: {}", m.shortdesc);
+            if !m.longdesc.is_empty() {
+                println!("\n{}", m.longdesc);
+            }
+            println!("\nparameters (params = {{ ... }}):");
+            for p in &m.parameters {
+                let mut tags = vec![p.content_type.clone()];
+                if p.required {
+                    tags.push("required".into());
+                }
+                if let Some(d) = &p.default {
+                    tags.push(format!("default {d:?}"));
+                }
+                println!("  {:<24} {} [{}]", p.name, p.shortdesc, tags.join(", "));
+            }
+            println!("\nactions (advised timeouts):");
+            for a in m.actions.values() {
+                let t = a
+                    .timeout
+                    .map(|t| humantime::format_duration(t).to_string())
+                    .unwrap_or_else(|| "-".into());
+                println!("  {:<14} {t}", a.name);
+            }
+            Ok(())
+        }
+        None => {
+            let list = resmon_ocf::list_agents(root);
+            if list.is_empty() {
+                return Err(fail(
+                    1,
+                    format!(
+                        "no agents under {}/resource.d (Debian: apt-get install resource-agents)",
+                        root.display()
+                    ),
+                ));
+            }
+            // meta-data of every agent, a few at a time.
+            let descs: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = list
+                    .chunks(list.len().div_ceil(8))
+                    .map(|chunk| {
+                        s.spawn(move || {
+                            chunk
+                                .iter()
+                                .map(|(_, p)| {
+                                    resmon_ocf::read_meta_data(root, p)
+                                        .map(|m| m.shortdesc)
+                                        .unwrap_or_else(|e| format!("(meta-data failed: {e})"))
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().unwrap_or_default())
+                    .collect()
+            });
+            let mut out = std::io::stdout().lock();
+            if json {
+                let v: Vec<serde_json::Value> = list
+                    .iter()
+                    .zip(&descs)
+                    .map(|((t, _), d)| serde_json::json!({"type": t, "description": d}))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            let width = list.iter().map(|(t, _)| t.len()).max().unwrap_or(0);
+            for ((t, _), d) in list.iter().zip(&descs) {
+                if writeln!(out, "{t:<width$}  {d}").is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 async fn serve(config: PathBuf, socket: Option<PathBuf>) -> Result<(), Failure> {
-    let mut c = resmon_daemon::check_config(&config).map_err(|e| fail(2, e.to_string()))?;
+    let mut c = resmon_daemon::check_config(&config)
+        .await
+        .map_err(|e| fail(2, e.to_string()))?;
     if let Some(s) = socket {
         c.monitor.socket = s;
     }

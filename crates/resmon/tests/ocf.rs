@@ -1,0 +1,261 @@
+//! Real OCF agents from Debian's resource-agents (`scripts/test` installs
+//! them) run through the real daemon: Dummy, anything (a daemon the agent
+//! starts) and Stateful.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn need_agents() {
+    assert!(
+        Path::new("/usr/lib/ocf/resource.d/heartbeat/Dummy").exists(),
+        "these tests need Debian's resource-agents (apt-get install resource-agents; scripts/test does it)"
+    );
+}
+
+#[test]
+fn dummy_comes_online_is_watched_restarted_and_taken_offline() {
+    need_agents();
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("dummy.state");
+    let d = Daemon::start(&format!(
+        r#"
+[[resource]]
+name = "dummy"
+type = "ocf:heartbeat:Dummy"
+params = {{ state = "{}" }}
+looks_alive_interval = "200ms"
+restart_delay = "0s"
+"#,
+        state.display()
+    ));
+    d.wait_state("dummy", "online", LONG);
+    assert!(state.exists(), "start created the state file");
+    // The monitor notices the state file gone and the resource is restarted.
+    std::fs::remove_file(&state).unwrap();
+    wait_for("a restart", LONG, || {
+        let r = d.resource("dummy");
+        r["restarts"] == 1 && r["state"] == "online"
+    });
+    assert!(state.exists());
+    let reasons: Vec<String> = d
+        .events()
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("monitor exited 7 (not running)")),
+        "{reasons:?}"
+    );
+    d.ok(&["offline", "dummy", "--wait"]);
+    assert!(!state.exists(), "stop removed the state file");
+    let private = d.ok(&["control", "dummy", "get_private_properties"]);
+    assert!(
+        private.contains("\"start\": \"20s\""),
+        "meta-data timeouts used: {private}"
+    );
+}
+
+#[test]
+fn bad_ocf_configs_are_refused_with_the_agents_words() {
+    need_agents();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "c.toml",
+        r#"
+[[resource]]
+name = "a"
+type = "ocf:heartbeat:NoSuchAgent"
+
+[[resource]]
+name = "b"
+type = "ocf:heartbeat:anything"
+params = { cmdline_options = "x", bogus = "1" }
+
+[[resource]]
+name = "c"
+type = "ocf:heartbeat"
+"#,
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "resource \"a\" ([[resource]] #1): agent ocf:heartbeat:NoSuchAgent not found",
+        "resource \"b\" ([[resource]] #2): params.binfile: required by ocf:heartbeat:anything",
+        "params.bogus: ocf:heartbeat:anything takes no such parameter",
+        "\"ocf:heartbeat\" is not of the form",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    // validate-all refuses what the agent cannot run, with its message.
+    let file = write(
+        dir.path(),
+        "v.toml",
+        r#"
+[[resource]]
+name = "any"
+type = "ocf:heartbeat:anything"
+params = { binfile = "/no/such/daemon" }
+"#,
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("RESMON_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("validate-all exited"), "{err}");
+}
+
+fn anything(work: &Path, stubborn: bool, extra: &str) -> String {
+    let script = work.join("daemon.sh");
+    let trap = if stubborn { "trap '' TERM\n" } else { "" };
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\n{trap}while :; do sleep 1; done\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    format!(
+        r#"
+[[resource]]
+name = "any"
+type = "ocf:heartbeat:anything"
+params = {{ binfile = "{}", pidfile = "{}", stop_timeout = "1000" }}
+looks_alive_interval = "200ms"
+restart_delay = "0s"
+{extra}
+"#,
+        script.display(),
+        work.join("any.pid").display()
+    )
+}
+
+fn daemon_pid(work: &Path) -> u32 {
+    std::fs::read_to_string(work.join("any.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn anything_runs_a_daemon_whose_death_is_seen() {
+    need_agents();
+    let work = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&anything(work.path(), false, ""));
+    d.wait_state("any", "online", LONG);
+    let first = daemon_pid(work.path());
+    // The agent starts it through `su -`, which clears the environment: it
+    // is the resource's because it is in the resource's cgroup.
+    let pids: Vec<u32> = d.pids("any");
+    assert!(
+        pids.contains(&first),
+        "the agent's daemon {first} is in the resource's cgroup: {pids:?}"
+    );
+    signal(first, libc_sig::KILL);
+    wait_for("the daemon to be restarted", LONG, || {
+        let r = d.resource("any");
+        r["restarts"] == 1
+            && r["state"] == "online"
+            && std::fs::read_to_string(work.path().join("any.pid"))
+                .is_ok_and(|p| p.trim() != first.to_string())
+    });
+    let last = daemon_pid(work.path());
+    d.ok(&["offline", "any", "--wait"]);
+    assert!(!alive(last));
+    assert!(d.pids("any").is_empty());
+}
+
+#[test]
+fn a_hung_stop_is_terminated_with_nothing_left() {
+    need_agents();
+    let work = tempfile::tempdir().unwrap();
+    // The daemon ignores SIGTERM and the agent waits 1000 s before SIGKILL:
+    // stop hangs until its 1 s action timeout, then the resource is terminated.
+    let d = Daemon::start(&anything(work.path(), true, "timeouts = { stop = \"1s\" }"));
+    d.wait_state("any", "online", LONG);
+    let before = d.pids("any");
+    assert!(before.contains(&daemon_pid(work.path())), "{before:?}");
+    d.ok(&["offline", "any", "--wait"]);
+    assert_eq!(d.state("any"), "offline");
+    assert!(d.pids("any").is_empty(), "survivors: {:?}", d.pids("any"));
+    assert!(
+        before.iter().all(|&p| !alive(p)),
+        "survivors among {before:?}"
+    );
+    let events = d.events();
+    assert!(
+        events.iter().any(|e| e["kind"] == "terminate"),
+        "terminated after the hung stop: {events:#?}"
+    );
+}
+
+#[test]
+fn stateful_runs_and_reports_through_monitor() {
+    need_agents();
+    let work = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&format!(
+        r#"
+[[resource]]
+name = "st"
+type = "ocf:heartbeat:Stateful"
+params = {{ state = "{}" }}
+looks_alive_interval = "200ms"
+"#,
+        work.path().join("st.state").display()
+    ));
+    d.wait_state("st", "online", LONG);
+    // Several monitors pass and it stays online.
+    let since = d.resource("st")["since"].clone();
+    wait_for("a few monitor rounds", LONG, || {
+        d.events().iter().filter(|e| e["resource"] == "st").count() >= 2
+    });
+    assert_eq!(d.resource("st")["since"], since);
+    d.ok(&["offline", "st", "--wait"]);
+}
+
+#[test]
+fn agents_lists_and_shows_the_installed_agents() {
+    need_agents();
+    let run = |args: &[&str]| std::process::Command::new(BIN).args(args).output().unwrap();
+    let out = run(&["agents"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().count() > 100,
+        "the Debian package has about 140 agents"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("ocf:heartbeat:Dummy ")
+            && l.contains("Example stateless resource agent")),
+        "{text}"
+    );
+    let out = run(&["agents", "show", "ocf:heartbeat:anything"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("binfile") && text.contains("required"),
+        "{text}"
+    );
+    assert!(text.contains("start") && text.contains("20s"), "{text}");
+    assert_eq!(
+        run(&["agents", "show", "ocf:heartbeat:Nope"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(run(&["agents", "show", "Dummy"]).status.code(), Some(2));
+}
