@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
-use rustix::process::{kill_process, pidfd_open, Pid, PidfdFlags, Signal};
+use rustix::process::{pidfd_open, Pid, PidfdFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::runtime::Handle;
@@ -125,36 +125,18 @@ impl Reaper {
     /// rights. Blocks until `exec` succeeded or failed; an `exec` failure
     /// (e.g. the program does not exist) is an error naming the program.
     pub fn spawn(&self, spec: &SpawnSpec) -> io::Result<TaskHandle> {
-        let mut command = spawn::command(spec)?;
+        let prepared = spawn::prepare(spec).map_err(|e| spawn::describe_error(spec, e))?;
         let record = {
+            // Held while the child is made and registered, so the SIGCHLD
+            // loop cannot take it for an orphan and reap it first.
             let mut tasks = lock(&self.tasks);
-            let child = command
-                .spawn()
-                .map_err(|e| spawn::describe_error(spec, e))?;
-            let pid = child.id();
-            // Never waited on: the reaper owns its status.
-            drop(child);
-            let pidfd = Pid::from_raw(pid as i32)
-                .ok_or_else(|| io::Error::other("spawn returned pid 0"))
-                .and_then(|p| pidfd_open(p, PidfdFlags::empty()).map_err(io::Error::from));
-            let pidfd = match pidfd {
-                Ok(fd) => fd,
-                Err(e) => {
-                    // We hold the reaping lock, so the pid still names our child.
-                    if let Some(p) = Pid::from_raw(pid as i32) {
-                        let _ = kill_process(p, Signal::KILL);
-                    }
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("opening a pidfd for {:?} (pid {pid}): {e}", spec.program),
-                    ));
-                }
-            };
+            let (pid, pidfd) =
+                spawn::spawn(&prepared).map_err(|e| spawn::describe_error(spec, e))?;
             let record = Arc::new(ProcessRecord::new(pid, pidfd));
             tasks.insert(pid, Arc::clone(&record));
             record
         };
-        drop(command);
+        drop(prepared);
         self.watch_exit(Arc::clone(&record));
         Ok(TaskHandle::process(record))
     }

@@ -1,21 +1,26 @@
-//! What to spawn, and the `Command` that spawns it into its resource.
+//! What to spawn, and how it is spawned into its resource.
 //!
-//! Joining the resource's cgroup happens in the child between `fork` and
-//! `exec` (`pre_exec`): the parent opens `<cgroup>/cgroup.procs` beforehand
-//! and the child writes `"0"` (itself) to it. From its first instruction the
-//! program, and everything it ever forks, belongs to the resource. Code in
-//! `pre_exec` runs in a copy of a multi-threaded process, so it only makes
-//! async-signal-safe system calls and allocates nothing.
+//! The child is made the way `posix_spawn` makes it: `clone` with
+//! `CLONE_VM | CLONE_VFORK` on a stack of its own, so none of the monitor's
+//! memory is copied (a `fork` of the monitor costs more than the whole rest
+//! of a spawn), plus `CLONE_PIDFD`, so the pidfd names the child from its
+//! first instant. Between the clone and `exec` the child joins the
+//! resource's cgroup (it writes `"0"` to `cgroup.procs`, opened by the
+//! parent), calls `setsid`, puts its stdio in place, changes directory and
+//! drops privileges, using only what the parent prepared and system calls.
+//! From its first instruction the program, and everything it ever forks,
+//! belongs to the resource.
 //!
-//! The child is spawned with `std::process::Command` and its `Child` dropped
-//! unwaited: the [`Reaper`](crate::Reaper) owns every exit status.
+//! Nothing here waits for the child: the [`Reaper`](crate::Reaper) owns
+//! every exit status.
 
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use resmon_contract::Scope;
 
@@ -79,10 +84,57 @@ impl SpawnSpec {
     }
 }
 
-fn open_output(output: &Output, which: &str) -> io::Result<Stdio> {
+/// Everything the child needs, made in the parent before the clone: the
+/// child only reads it and makes system calls.
+pub(crate) struct Prepared {
+    path: CString,
+    _argv: Vec<CString>,
+    argv: Vec<*const libc::c_char>,
+    _envp: Vec<CString>,
+    envp: Vec<*const libc::c_char>,
+    cwd: Option<CString>,
+    stdin: OwnedFd,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    procs: Option<OwnedFd>,
+    new_session: bool,
+    user: Option<(u32, u32)>,
+}
+
+fn cstring(s: &str, what: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} {s:?} contains a NUL byte"),
+        )
+    })
+}
+
+/// Finds `program` as `execvp` would.
+fn resolve(program: &str) -> io::Result<PathBuf> {
+    let usable =
+        |p: &Path| p.is_file() && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok();
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return if usable(&p) {
+            Ok(p)
+        } else if p.exists() {
+            Err(io::Error::from(io::ErrorKind::PermissionDenied))
+        } else {
+            Err(io::Error::from(io::ErrorKind::NotFound))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| usable(p))
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+}
+
+fn open_output(output: &Output, which: &str) -> io::Result<Option<OwnedFd>> {
     Ok(match output {
-        Output::Null => Stdio::null(),
-        Output::Inherit => Stdio::inherit(),
+        Output::Null => Some(File::options().write(true).open("/dev/null")?.into()),
+        Output::Inherit => None,
         Output::File(path) => {
             let file = OpenOptions::new()
                 .create(true)
@@ -94,56 +146,217 @@ fn open_output(output: &Output, which: &str) -> io::Result<Stdio> {
                         format!("opening {} for {which}: {e}", path.display()),
                     )
                 })?;
-            Stdio::from(file)
+            Some(file.into())
         }
     })
 }
 
-/// Builds the command for `spec`, opening its output files and its cgroup's
-/// `cgroup.procs` in the parent.
-pub(crate) fn command(spec: &SpawnSpec) -> io::Result<Command> {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(open_output(&spec.stdout, "stdout")?)
-        .stderr(open_output(&spec.stderr, "stderr")?);
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
+/// Resolves the program and opens what the child needs (files are opened
+/// close-on-exec; the child puts them in place with `dup2`).
+pub(crate) fn prepare(spec: &SpawnSpec) -> io::Result<Prepared> {
+    let path = resolve(&spec.program)?;
+    let path = cstring(&path.to_string_lossy(), "program")?;
+    let mut argv = vec![cstring(&spec.program, "program")?];
+    for a in &spec.args {
+        argv.push(cstring(a, "argument")?);
     }
-    if let Some((uid, gid)) = spec.user {
-        cmd.uid(uid).gid(gid);
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !spec.env.iter().any(|(s, _)| std::ffi::OsStr::new(s) == k))
+        .collect();
+    env.extend(spec.env.iter().map(|(k, v)| (k.into(), v.into())));
+    let mut envp = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        let mut kv = k.into_vec();
+        kv.push(b'=');
+        kv.extend(v.into_vec());
+        envp.push(CString::new(kv).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an environment variable contains a NUL byte",
+            )
+        })?);
     }
-    let procs: Option<OwnedFd> = match &spec.cgroup {
+    let cwd = match &spec.cwd {
+        Some(d) => Some(cstring(&d.to_string_lossy(), "working directory")?),
+        None => None,
+    };
+    let procs = match &spec.cgroup {
         Some(dir) => {
             let path = dir.join("cgroup.procs");
             let file = OpenOptions::new().write(true).open(&path).map_err(|e| {
                 io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
             })?;
-            Some(File::into(file))
+            Some(OwnedFd::from(file))
         }
         None => None,
     };
-    let new_session = spec.new_session;
-    if procs.is_some() || new_session {
-        let hook = move || -> io::Result<()> {
-            if let Some(fd) = &procs {
-                rustix::io::write(fd, b"0")?;
+    let ptrs = |v: &Vec<CString>| {
+        let mut p: Vec<*const libc::c_char> = v.iter().map(|c| c.as_ptr()).collect();
+        p.push(std::ptr::null());
+        p
+    };
+    Ok(Prepared {
+        path,
+        argv: ptrs(&argv),
+        _argv: argv,
+        envp: ptrs(&envp),
+        _envp: envp,
+        cwd,
+        stdin: File::open("/dev/null")?.into(),
+        stdout: open_output(&spec.stdout, "stdout")?,
+        stderr: open_output(&spec.stderr, "stderr")?,
+        procs,
+        new_session: spec.new_session,
+        user: spec.user,
+    })
+}
+
+/// What the child reads, and where it reports a failure before `exec`.
+struct ChildArgs<'a> {
+    p: &'a Prepared,
+    /// The errno of the step that failed, or 0.
+    error: AtomicI32,
+}
+
+const STACK: usize = 64 * 1024;
+
+/// Runs in the child: shares the parent's memory (`CLONE_VM`) on a stack of
+/// its own while the parent is suspended (`CLONE_VFORK`), so it only reads
+/// what `prepare` made and makes system calls; it allocates nothing, takes
+/// no lock, and ends in `execve` or `_exit`.
+extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildArgs` the parent passed to `clone`; the
+    // parent is suspended until we exec or exit, so it stays alive and
+    // unchanged.
+    let a = unsafe { &*(arg as *const ChildArgs<'_>) };
+    let p = a.p;
+    let fail = |a: &ChildArgs<'_>| -> libc::c_int {
+        let e = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL);
+        a.error.store(e.max(1), Ordering::SeqCst);
+        // SAFETY: `_exit` ends this child without running anything of the
+        // parent's (no atexit handlers, no flushing of shared buffers).
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY: every call below is a plain system-call wrapper on values
+    // `prepare` made (open descriptors, NUL-terminated strings and arrays).
+    unsafe {
+        // Signals: handlers of the parent must not run here; the program
+        // starts with default dispositions (ignored ones stay ignored, as
+        // exec keeps them) and an empty mask.
+        for sig in 1..libc::SIGRTMAX() {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_IGN
+                && old.sa_sigaction != libc::SIG_DFL
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
-            if new_session {
-                rustix::process::setsid()?;
-            }
-            Ok(())
-        };
-        // SAFETY: the hook runs in the forked child before exec. It only makes
-        // the async-signal-safe system calls write(2), on a descriptor opened
-        // before the fork, and setsid(2); it allocates nothing and takes no
-        // lock (an errno converts to io::Error without allocating).
-        unsafe {
-            cmd.pre_exec(hook);
         }
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
+        if let Some(fd) = &p.procs {
+            if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return fail(a);
+            }
+        }
+        if p.new_session && libc::setsid() < 0 {
+            return fail(a);
+        }
+        if libc::dup2(p.stdin.as_raw_fd(), 0) < 0 {
+            return fail(a);
+        }
+        if let Some(fd) = &p.stdout {
+            if libc::dup2(fd.as_raw_fd(), 1) < 0 {
+                return fail(a);
+            }
+        }
+        if let Some(fd) = &p.stderr {
+            if libc::dup2(fd.as_raw_fd(), 2) < 0 {
+                return fail(a);
+            }
+        }
+        if let Some(dir) = &p.cwd {
+            if libc::chdir(dir.as_ptr()) < 0 {
+                return fail(a);
+            }
+        }
+        if let Some((uid, gid)) = p.user {
+            // Raw system calls: glibc's wrappers would try to change the
+            // ids of every thread of the parent, whose memory we share.
+            if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+                || libc::syscall(libc::SYS_setgid, gid as libc::c_long) < 0
+                || libc::syscall(libc::SYS_setuid, uid as libc::c_long) < 0
+            {
+                return fail(a);
+            }
+        }
+        let empty: libc::sigset_t = {
+            let mut s = std::mem::zeroed();
+            libc::sigemptyset(&mut s);
+            s
+        };
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::execve(p.path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
     }
-    Ok(cmd)
+    fail(a)
+}
+
+/// Starts the prepared program: `clone(CLONE_VM | CLONE_VFORK |
+/// CLONE_PIDFD)` like `posix_spawn`, so nothing of the parent's memory is
+/// copied, and returns its pid and pidfd once it has exec'ed. A failure
+/// before `exec` is returned as the error it was; the child then already
+/// exited and is left for the reaper.
+pub(crate) fn spawn(p: &Prepared) -> io::Result<(u32, OwnedFd)> {
+    let mut stack = vec![0u8; STACK];
+    // The stack grows down from its end, aligned to 16 bytes.
+    let top = (stack.as_mut_ptr() as usize + STACK) & !15;
+    let args = ChildArgs {
+        p,
+        error: AtomicI32::new(0),
+    };
+    let mut pidfd: libc::c_int = -1;
+    // Block every signal around the clone so none is handled in the child
+    // on the parent's handlers before it resets them.
+    // SAFETY: plain mask manipulation of this thread.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    };
+    // SAFETY: `child` runs on `stack`, which outlives it (the parent waits
+    // until it has exec'ed or exited: CLONE_VFORK), and only reads `args`;
+    // `pidfd` receives the pidfd (CLONE_PIDFD stores it at `parent_tid`).
+    let pid = unsafe {
+        libc::clone(
+            child,
+            top as *mut libc::c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            &args as *const ChildArgs<'_> as *mut libc::c_void,
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    let clone_error = io::Error::last_os_error();
+    // SAFETY: restores this thread's mask as it was.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+    drop(stack);
+    if pid < 0 {
+        return Err(clone_error);
+    }
+    // SAFETY: CLONE_PIDFD gave us this descriptor; nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    match args.error.load(Ordering::SeqCst) {
+        0 => Ok((pid as u32, pidfd)),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
 }
 
 /// Names the program (and the cwd and cgroup, which can fail too) in a spawn error.
