@@ -259,3 +259,86 @@ fn agents_lists_and_shows_the_installed_agents() {
     );
     assert_eq!(run(&["agents", "show", "Dummy"]).status.code(), Some(2));
 }
+
+/// A small agent of our own in an OCF root of our own: its monitor answers
+/// 190 (degraded) or 8 (running promoted) as a file says.
+fn custom_root(work: &Path) -> std::path::PathBuf {
+    let root = work.join("ocf");
+    let dir = root.join("resource.d/test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = dir.join("Moody");
+    std::fs::write(
+        &agent,
+        r#"#!/bin/sh
+state="$OCF_RESKEY_state"
+case "$1" in
+meta-data) cat <<'XML'
+<?xml version="1.0"?>
+<resource-agent name="Moody" version="1.0">
+<version>1.0</version>
+<shortdesc lang="en">Answers monitor from a file</shortdesc>
+<longdesc lang="en">Test agent.</longdesc>
+<parameters>
+<parameter name="state" required="1"><shortdesc lang="en">State file</shortdesc><content type="string"/></parameter>
+</parameters>
+<actions>
+<action name="start" timeout="5s"/><action name="stop" timeout="5s"/>
+<action name="monitor" timeout="5s" depth="0"/><action name="meta-data" timeout="5s"/>
+<action name="validate-all" timeout="5s"/>
+</actions>
+</resource-agent>
+XML
+  exit 0;;
+start) echo 0 > "$state"; exit 0;;
+stop) rm -f "$state"; exit 0;;
+monitor) [ -f "$state" ] || exit 7; exit "$(cat "$state")";;
+validate-all) exit 0;;
+*) exit 3;;
+esac
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    root
+}
+
+#[test]
+fn degraded_and_promoted_are_shown_in_status() {
+    let work = tempfile::tempdir().unwrap();
+    let root = custom_root(work.path());
+    let state = work.path().join("moody.state");
+    let d = Daemon::start(&format!(
+        r#"
+[[resource]]
+name = "moody"
+type = "ocf:test:Moody"
+ocf_root = "{}"
+params = {{ state = "{}" }}
+looks_alive_interval = "100ms"
+"#,
+        root.display(),
+        state.display()
+    ));
+    d.wait_state("moody", "online", LONG);
+    for (code, detail) in [
+        ("190", "degraded"),
+        ("8", "promoted"),
+        ("191", "degraded, promoted"),
+    ] {
+        std::fs::write(&state, code).unwrap();
+        wait_for(detail, LONG, || d.resource("moody")["detail"] == detail);
+        assert_eq!(d.state("moody"), "online", "{detail} is still running");
+    }
+    std::fs::write(&state, "0").unwrap();
+    wait_for("no detail", LONG, || {
+        d.resource("moody")["detail"].is_null()
+    });
+    assert_eq!(d.resource("moody")["restarts"], 0);
+    // `agents` reads another root too.
+    let out = std::process::Command::new(BIN)
+        .args(["agents", "--ocf-root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ocf:test:Moody"));
+}
