@@ -176,11 +176,7 @@ restart_delay = "0s"
         r["state"] == "online" && r["pids"].as_array().unwrap().iter().any(|p| p != old)
     });
     assert_eq!(d.resource("svc")["restarts"], 1);
-    let reasons: Vec<String> = d
-        .events()
-        .iter()
-        .filter_map(|e| e["reason"].as_str().map(str::to_string))
-        .collect();
+    let reasons = d.reasons(None);
     assert!(
         reasons
             .iter()

@@ -42,11 +42,7 @@ restart_delay = "0s"
         r["restarts"] == 1 && r["state"] == "online"
     });
     assert!(state.exists());
-    let reasons: Vec<String> = d
-        .events()
-        .iter()
-        .filter_map(|e| e["reason"].as_str().map(str::to_string))
-        .collect();
+    let reasons = d.reasons(None);
     assert!(
         reasons
             .iter()

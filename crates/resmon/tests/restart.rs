@@ -71,12 +71,7 @@ fn twenty_survive(extra: &str) {
         "same pids: adopted, not restarted"
     );
     assert!(d.status().iter().all(|r| r["restarts"] == 0));
-    let reasons: Vec<String> = d
-        .events()
-        .iter()
-        .filter(|e| e["resource"] == "svc0")
-        .filter_map(|e| e["reason"].as_str().map(str::to_string))
-        .collect();
+    let reasons = d.reasons(Some("svc0"));
     assert!(reasons.iter().any(|r| r.contains("adopted")), "{reasons:?}");
     // Their later death is still seen, at once.
     let old = before["svc3"][0];

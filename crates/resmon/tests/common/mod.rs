@@ -242,6 +242,15 @@ impl Daemon {
             .collect()
     }
 
+    /// The reasons of every event so far, of resource `name` when given.
+    pub fn reasons(&self, name: Option<&str>) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter(|e| name.is_none_or(|n| e["resource"] == n))
+            .filter_map(|e| e["reason"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Sends SIGTERM and waits for the monitor to exit; returns its status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
