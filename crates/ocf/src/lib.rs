@@ -163,39 +163,27 @@ impl OcfType {
         result
     }
 
-    /// Runs `meta-data` and returns all it printed.
+    /// Runs `meta-data` (outside any resource's scope) and returns what
+    /// it printed on stdout.
     fn meta_data_text(&self, root: &Path, path: &Path) -> Result<String, String> {
-        let out = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
-        let spec = resmon_task::SpawnSpec {
-            program: path.display().to_string(),
-            args: vec!["meta-data".into()],
-            env: vec![("OCF_ROOT".into(), root.display().to_string())],
-            new_session: true,
-            stdout: resmon_task::Output::File(out.path().to_path_buf()),
-            ..Default::default()
+        let env = [("OCF_ROOT".to_string(), root.display().to_string())];
+        let run = Run {
+            agent: path,
+            action: "meta-data",
+            env: &env,
+            timeout: META_DATA_TIMEOUT,
+            scope: None,
         };
-        let task = self.reaper.spawn(&spec).map_err(|e| e.to_string())?;
-        let waited = self
-            .rt
-            .block_on(async { tokio::time::timeout(META_DATA_TIMEOUT, task.wait()).await });
-        match waited {
-            Ok(Ok(0)) => {}
-            Ok(Ok(code)) => {
-                return Err(format!(
-                    "{} meta-data exited {code} ({})",
-                    path.display(),
-                    runner::code_name(code)
-                ))
-            }
-            _ => {
-                let _ = task.terminate(1);
-                return Err(format!(
-                    "{} meta-data did not answer within {META_DATA_TIMEOUT:?}",
-                    path.display()
-                ));
-            }
+        let out = runner::run(&run, &self.reaper, &self.rt)?;
+        if out.code == Some(runner::OCF_SUCCESS) {
+            Ok(out.stdout)
+        } else {
+            Err(format!(
+                "{}: {}",
+                path.display(),
+                out.describe("meta-data", META_DATA_TIMEOUT)
+            ))
         }
-        std::fs::read_to_string(out.path()).map_err(|e| e.to_string())
     }
 
     fn settings(

@@ -45,8 +45,10 @@ pub fn code_name(code: i32) -> &'static str {
 pub struct Outcome {
     /// Its exit code; `None` when it was killed at its timeout.
     pub code: Option<i32>,
-    /// The last lines it printed.
-    pub output: String,
+    /// All it printed on stdout (`meta-data` prints its document there).
+    pub stdout: String,
+    /// All it printed on stderr.
+    pub stderr: String,
 }
 
 impl Outcome {
@@ -56,10 +58,11 @@ impl Outcome {
             Some(c) => format!("{action} exited {c} ({})", code_name(c)),
             None => format!("{action} did not finish within {timeout:?} and was killed"),
         };
-        if self.output.is_empty() {
+        let said = tail(&format!("{}\n{}", self.stdout, self.stderr), 5);
+        if said.is_empty() {
             how
         } else {
-            format!("{how}: {}", self.output)
+            format!("{how}: {said}")
         }
     }
 }
@@ -77,8 +80,11 @@ pub struct Run<'a> {
 /// Runs an action and waits for it, at most `timeout`. Call it from a
 /// thread that may block (not from the event loop).
 pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<Outcome, String> {
-    let log = tempfile::NamedTempFile::new()
-        .map_err(|e| format!("creating a file for the output of {}: {e}", r.action))?;
+    let file = || {
+        tempfile::NamedTempFile::new()
+            .map_err(|e| format!("creating a file for the output of {}: {e}", r.action))
+    };
+    let (out, err) = (file()?, file()?);
     let mut env = r.env.to_vec();
     env.push((
         "OCF_RESKEY_CRM_meta_timeout".into(),
@@ -89,8 +95,8 @@ pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<
         args: vec![r.action.to_string()],
         env,
         new_session: true,
-        stdout: Output::File(log.path().to_path_buf()),
-        stderr: Output::File(log.path().to_path_buf()),
+        stdout: Output::File(out.path().to_path_buf()),
+        stderr: Output::File(err.path().to_path_buf()),
         ..Default::default()
     };
     if let Some(scope) = r.scope {
@@ -116,10 +122,11 @@ pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<
             None
         }
     };
-    let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+    let read = |f: &tempfile::NamedTempFile| std::fs::read_to_string(f.path()).unwrap_or_default();
     Ok(Outcome {
         code,
-        output: tail(&text, 5),
+        stdout: read(&out),
+        stderr: read(&err),
     })
 }
 
@@ -144,7 +151,8 @@ mod tests {
         assert_eq!(code_name(42), "unknown exit code");
         let o = Outcome {
             code: Some(6),
-            output: "no state file".into(),
+            stdout: String::new(),
+            stderr: "no state file\n".into(),
         };
         assert_eq!(
             o.describe("start", Duration::from_secs(1)),
@@ -152,7 +160,8 @@ mod tests {
         );
         let o = Outcome {
             code: None,
-            output: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
         };
         assert!(o
             .describe("stop", Duration::from_secs(2))
