@@ -849,10 +849,14 @@ mod tests {
                         ctx.checkpoint(cp);
                     }
                     let cancelled = until(|| ctx.should_terminate());
+                    // The flag is raised before terminate is called: wait
+                    // for terminate itself to be running beside this call
+                    // (it holds on until we have seen the flag).
+                    let overlapped = until(|| self.rec.in_terminate.load(Ordering::SeqCst));
+                    self.rec
+                        .overlapped_terminate
+                        .store(overlapped, Ordering::SeqCst);
                     self.rec.saw_cancel.store(cancelled, Ordering::SeqCst);
-                    if self.rec.in_terminate.load(Ordering::SeqCst) {
-                        self.rec.overlapped_terminate.store(true, Ordering::SeqCst);
-                    }
                     Err(ResourceError::new("cancelled"))
                 }
                 Online::Pending => {
