@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use resmon_contract::Scope;
-use rustix::process::{getpgrp, getpid, getsid, kill_process_group, Pid, Signal};
+use rustix::process::{getpid, kill_process_group, Pid, Signal};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -116,7 +116,10 @@ impl Containers {
             }
             Backend::ProcessGroups { .. } => {
                 let prefix = format!("{MARKER_VAR}={}/", self.instance);
-                for p in procfs::marked_tree(Path::new("/proc"), prefix.as_bytes(), own_pid()) {
+                let marked = procfs::tree_where(Path::new("/proc"), own_pid(), |env| {
+                    procfs::environ_has_prefix(env, prefix.as_bytes())
+                });
+                for p in marked {
                     if let Ok(env) = std::fs::read(format!("/proc/{}/environ", p.pid)) {
                         for kv in env.split(|&b| b == 0) {
                             if let Some(name) = kv.strip_prefix(prefix.as_bytes()) {
@@ -372,8 +375,11 @@ impl Container {
 
     fn kill_all_by_scan(&self) -> io::Result<()> {
         let marker = self.marker_entry();
-        let own_pgrp = pid_u32(Some(getpgrp()));
-        let own_sid = pid_u32(getsid(None).ok());
+        // Read from /proc, not getpgrp/getsid: in a container both can be 0
+        // (a session inherited from outside the pid namespace).
+        let me = procfs::read_stat(Path::new("/proc"), own_pid());
+        let own_pgrp = me.as_ref().map(|s| s.pgrp);
+        let own_sid = me.as_ref().map(|s| s.session);
         for _ in 0..KILL_ROUNDS {
             let procs = procfs::marked_tree(Path::new("/proc"), &marker, own_pid());
             if procs.is_empty() {
