@@ -159,10 +159,12 @@ fn anything_runs_a_daemon_whose_death_is_seen() {
     // The agent starts it through `su -`, which clears the environment: it
     // is the resource's because it is in the resource's cgroup.
     let pids: Vec<u32> = d.pids("any");
-    assert!(
-        pids.contains(&first),
-        "the agent's daemon {first} is in the resource's cgroup: {pids:?}"
-    );
+    if d.uses_cgroups() {
+        assert!(
+            pids.contains(&first),
+            "the agent's daemon {first} is in the resource's cgroup: {pids:?}"
+        );
+    }
     signal(first, libc_sig::KILL);
     wait_for("the daemon to be restarted", LONG, || {
         let r = d.resource("any");
@@ -185,6 +187,13 @@ fn a_hung_stop_is_terminated_with_nothing_left() {
     // stop hangs until its 1 s action timeout, then the resource is terminated.
     let d = Daemon::start(&anything(work.path(), true, "timeouts = { stop = \"1s\" }"));
     d.wait_state("any", "online", LONG);
+    if !d.uses_cgroups() {
+        // Documented in docs/ocf.md: without cgroups, a daemon started
+        // through `su -` (cleared environment, own session) is not tracked.
+        eprintln!("skipped: needs cgroup v2 to track a daemon started through `su -`");
+        signal(daemon_pid(work.path()), libc_sig::KILL);
+        return;
+    }
     let before = d.pids("any");
     assert!(before.contains(&daemon_pid(work.path())), "{before:?}");
     d.ok(&["offline", "any", "--wait"]);

@@ -64,6 +64,21 @@ pub(crate) fn environ_has(environ: &[u8], entry: &[u8]) -> bool {
 /// (the monitor itself) is never part of it. Zombies are left out: they are
 /// already dead.
 pub(crate) fn marked_tree(proc_root: &Path, marker: &[u8], exclude: u32) -> Vec<ProcStat> {
+    tree_where(proc_root, exclude, |env| environ_has(env, marker))
+}
+
+/// Whether a `/proc/PID/environ` blob holds an entry starting with `prefix`.
+pub(crate) fn environ_has_prefix(environ: &[u8], prefix: &[u8]) -> bool {
+    environ.split(|b| *b == 0).any(|e| e.starts_with(prefix))
+}
+
+/// Like [`marked_tree`], with the processes that start the tree chosen by
+/// `starts(environ)`.
+pub(crate) fn tree_where(
+    proc_root: &Path,
+    exclude: u32,
+    starts: impl Fn(&[u8]) -> bool,
+) -> Vec<ProcStat> {
     let Ok(entries) = fs::read_dir(proc_root) else {
         return Vec::new();
     };
@@ -82,7 +97,7 @@ pub(crate) fn marked_tree(proc_root: &Path, marker: &[u8], exclude: u32) -> Vec<
     let mut queue: Vec<usize> = (0..all.len())
         .filter(|&i| {
             fs::read(proc_root.join(all[i].pid.to_string()).join("environ"))
-                .is_ok_and(|env| environ_has(&env, marker))
+                .is_ok_and(|env| starts(&env))
         })
         .collect();
     while let Some(i) = queue.pop() {

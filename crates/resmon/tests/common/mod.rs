@@ -139,6 +139,13 @@ impl Daemon {
             .to_string()
     }
 
+    /// Whether this monitor keeps resource processes in cgroup v2 (it logs
+    /// its backend when it starts), rather than in process groups.
+    pub fn uses_cgroups(&self) -> bool {
+        self.log()
+            .contains("resource processes are kept in cgroup v2")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

@@ -35,7 +35,30 @@ both_backends!(
     wait_empty_resolves_when_the_last_process_exits,
     a_tree_task_terminates_the_whole_container,
     a_tree_task_is_signaled_when_the_container_empties,
+    leftovers_are_found_by_name,
 );
+
+async fn leftovers_are_found_by_name(backend: Backend, test: &str) {
+    let Some(fx) = Fixture::new(backend, test) else {
+        return;
+    };
+    let c = &fx.container;
+    let _main = spawn_in(c, "exec sleep 1000");
+    eventually("the sleep", || count_comm(c, "sleep") == 1).await;
+    let names = |keep: &[&str]| -> Vec<String> {
+        fx.containers
+            .leftovers(keep)
+            .iter()
+            .map(|l| l.name().to_owned())
+            .collect()
+    };
+    // Other tests of this process may have containers too: look for ours.
+    assert!(names(&[]).iter().any(|n| n == c.name()), "{:?}", names(&[]));
+    assert!(!names(&[c.name()]).iter().any(|n| n == c.name()));
+    let found = fx.containers.leftovers(&[]);
+    let ours = found.iter().find(|l| l.name() == c.name()).unwrap();
+    assert_eq!(ours.pids(), c.pids());
+}
 
 async fn kill_all_reaches_setsid_and_double_forked_descendants(backend: Backend, test: &str) {
     let Some(fx) = Fixture::new(backend, test) else {
