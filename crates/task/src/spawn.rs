@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use resmon_contract::Scope;
 
-/// Where a child's stdout or stderr goes. Stdin is always `/dev/null`.
+/// Where a child's stdout or stderr goes. Stdin is `/dev/null` unless
+/// [`SpawnSpec::stdin`] gives a descriptor.
 #[derive(Clone, Debug, Default)]
 pub enum Output {
     /// `/dev/null`.
@@ -52,6 +53,9 @@ pub struct SpawnSpec {
     /// Whether the child calls `setsid()`, becoming the leader of a new
     /// session and process group.
     pub new_session: bool,
+    /// A descriptor the child gets as its stdin (e.g. its end of a
+    /// socketpair); `None` is `/dev/null`.
+    pub stdin: Option<std::sync::Arc<OwnedFd>>,
     pub stdout: Output,
     pub stderr: Output,
 }
@@ -202,7 +206,11 @@ pub(crate) fn prepare(spec: &SpawnSpec) -> io::Result<Prepared> {
         envp: ptrs(&envp),
         _envp: envp,
         cwd,
-        stdin: File::open("/dev/null")?.into(),
+        stdin: match &spec.stdin {
+            // A close-on-exec duplicate; `dup2` onto 0 in the child clears the flag.
+            Some(fd) => fd.try_clone()?,
+            None => File::open("/dev/null")?.into(),
+        },
         stdout: open_output(&spec.stdout, "stdout")?,
         stderr: open_output(&spec.stderr, "stderr")?,
         procs,
