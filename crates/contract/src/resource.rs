@@ -185,8 +185,14 @@ pub trait ResourceType: Send + Sync {
     /// Creates the resource (entry point `open`). Nothing is started yet.
     fn open(&self, ctx: OpenContext) -> Result<Box<dyn Resource>, ResourceError>;
 
-    /// Type-wide control codes.
-    fn resource_type_control(&self, _code: u32, _input: &[u8]) -> Result<Vec<u8>, ControlError> {
+    /// Type-wide control codes; `type_name` is the name asked for (one of
+    /// the family this type handles).
+    fn resource_type_control(
+        &self,
+        _type_name: &str,
+        _code: u32,
+        _input: &[u8],
+    ) -> Result<Vec<u8>, ControlError> {
         Err(ControlError::NotSupported)
     }
 

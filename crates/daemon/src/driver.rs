@@ -575,7 +575,7 @@ impl Driver {
         let what = format!("resource type {type_name:?}");
         tokio::task::spawn_blocking(move || {
             let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                ty.resource_type_control(code, &input)
+                ty.resource_type_control(&type_name, code, &input)
             }))
             .unwrap_or_else(|p| Err(ControlError::Failed(format!("panicked: {}", panic_text(p)))));
             let _ = reply.send(control_result(out, default, code, &what));

@@ -41,7 +41,10 @@ pub fn resource_types(reaper: Arc<Reaper>) -> Vec<Arc<dyn ResourceType>> {
     let rt = tokio::runtime::Handle::current();
     vec![
         Arc::new(ProcessType::new(reaper.clone(), rt.clone())),
-        Arc::new(resmon_ocf::OcfType::new(reaper, rt)),
+        Arc::new(resmon_ocf::OcfType::new(reaper.clone(), rt)),
+        // Hosts run this very binary (`resmon host`), even after an upgrade
+        // replaced the file on disk.
+        Arc::new(resmon_plugin::Plugins::new("/proc/self/exe".into(), reaper)),
     ]
 }
 

@@ -386,7 +386,12 @@ impl ResourceType for OcfType {
         Ok(Box::new(r))
     }
 
-    fn resource_type_control(&self, code: u32, _input: &[u8]) -> Result<Vec<u8>, ControlError> {
+    fn resource_type_control(
+        &self,
+        _type_name: &str,
+        code: u32,
+        _input: &[u8],
+    ) -> Result<Vec<u8>, ControlError> {
         match code {
             control::GET_PRIVATE_PROPERTY_NAMES => {
                 Ok(serde_json::to_vec(&serde_json::json!(KEYS)).expect("static JSON"))

@@ -124,6 +124,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A plugin host process: started by the monitor, never by hand.
+    #[command(hide = true)]
+    Host {
+        /// The plugin library to load.
+        #[arg(long)]
+        library: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,6 +170,11 @@ fn fail(code: u8, message: impl Into<String>) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Host { library } = &cli.command {
+        // No runtime, no logger: the host is a plain process of worker
+        // threads, talking to the monitor over its stdin.
+        resmon_plugin::host::run(library);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -213,6 +225,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> Failure {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Cmd::Host { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Serve { config } => serve(config, cli.socket).await,
         Cmd::Check { config } => {
             let c = resmon_daemon::check_config(&config)

@@ -1,0 +1,872 @@
+//! The monitor's side of plugins: the resource types a plugin library
+//! provides, and the host processes that run them.
+//!
+//! Every call into a plugin is a request to a host, answered over the
+//! host's socket and waited for with a deadline: `terminate_timeout` for
+//! `terminate`, `deadlock_timeout` for every other entry point. A call past
+//! its deadline gets the whole host killed (rung 3 of the termination
+//! ladder: the kernel frees every lock its threads held), and the resource
+//! that hung, the *culprit*, gets a host of its own from then on
+//! (`separate_monitor`). A host that dies for any reason fails the calls in
+//! flight in it; each other resource that was online is reported failed to
+//! the monitor, which checks it at once with `is_alive` in a fresh host
+//! (re-attached where it is still healthy) or restarts it per its policy.
+//! Hosts are started when first needed, so a dead one is replaced by the
+//! next call that needs it.
+
+use crate::host::FIRST_OUT_LEN;
+use crate::protocol::{read_frame, FromHost, Op, Reply, Request};
+use resmon_contract::{
+    control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Policy,
+    Resource, ResourceError, ResourceType,
+};
+use resmon_sdk::ffi;
+use resmon_task::{Output, Reaper, SpawnSpec, TaskHandle, STILL_ACTIVE};
+use std::collections::HashMap;
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Resource numbers, unique in the monitor (a resource gets a new one each
+/// time it is opened in a host).
+static NEXT_RID: AtomicU64 = AtomicU64::new(1);
+static NEXT_HOST: AtomicU64 = AtomicU64::new(1);
+
+/// The `plugin:NAME` resource types: every plugin library of a monitor,
+/// each with its host processes.
+pub struct Plugins {
+    exe: PathBuf,
+    reaper: Arc<Reaper>,
+    pools: Mutex<HashMap<PathBuf, Arc<Pool>>>,
+    /// The library each type name was last opened from, for type-wide
+    /// control codes.
+    libraries: Mutex<HashMap<String, PathBuf>>,
+}
+
+/// The prefix of plugin type names: `type = "plugin:lockfile"`.
+pub const PREFIX: &str = "plugin:";
+
+impl Plugins {
+    /// `exe` is the `resmon` binary, started as `resmon host` for each host.
+    pub fn new(exe: PathBuf, reaper: Arc<Reaper>) -> Plugins {
+        Plugins {
+            exe,
+            reaper,
+            pools: Mutex::new(HashMap::new()),
+            libraries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn pool(&self, library: &Path) -> Arc<Pool> {
+        lock(&self.pools)
+            .entry(library.to_path_buf())
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    exe: self.exe.clone(),
+                    reaper: self.reaper.clone(),
+                    library: library.to_path_buf(),
+                    shared: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// Every live shared host: `(library, pid)`.
+    pub fn hosts(&self) -> Vec<(PathBuf, u32)> {
+        let pools = lock(&self.pools);
+        pools
+            .values()
+            .filter_map(|p| {
+                let h = lock(&p.shared).clone().filter(|h| !h.is_gone())?;
+                Some((p.library.clone(), h.pid()?))
+            })
+            .collect()
+    }
+}
+
+/// The keys of a plugin resource's table besides the common ones.
+const KEYS: &[&str] = &["library", "params"];
+
+/// `library` of a resource's table, made absolute.
+fn library_of(params: &serde_json::Value) -> Result<PathBuf, String> {
+    let lib = params
+        .get("library")
+        .and_then(|l| l.as_str())
+        .ok_or("library is missing: the path of the plugin's shared library")?;
+    let path = Path::new(lib);
+    if !path.is_file() {
+        return Err(format!("library {lib:?} is not a file"));
+    }
+    std::fs::canonicalize(path).map_err(|e| format!("library {lib:?}: {e}"))
+}
+
+impl ResourceType for Plugins {
+    fn name(&self) -> &str {
+        "plugin:NAME"
+    }
+
+    fn handles(&self, type_name: &str) -> bool {
+        type_name.strip_prefix(PREFIX).is_some_and(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+    }
+
+    fn validate(&self, _type_name: &str, params: &serde_json::Value) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(o) = params.as_object() {
+            for k in o.keys().filter(|k| !KEYS.contains(&k.as_str())) {
+                problems.push(format!(
+                    "unknown property {k:?}; a plugin resource takes library and params = {{ ... }}"
+                ));
+            }
+        }
+        if let Err(e) = library_of(params) {
+            problems.push(e);
+        }
+        match params.get("params") {
+            None | Some(serde_json::Value::Object(_)) => {}
+            Some(_) => problems.push("params must be a table: params = { ... }".into()),
+        }
+        problems
+    }
+
+    fn open(&self, ctx: OpenContext) -> Result<Box<dyn Resource>, ResourceError> {
+        let library = library_of(&ctx.params).map_err(ResourceError)?;
+        let type_name = ctx.type_name[PREFIX.len()..].to_string();
+        lock(&self.libraries).insert(ctx.type_name.clone(), library.clone());
+        let params = ctx
+            .params
+            .get("params")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}))
+            .to_string();
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            name: ctx.name.clone(),
+            type_name,
+            params,
+            separate: AtomicBool::new(ctx.policy.separate_monitor),
+            policy: ctx.policy,
+            notifier: ctx.notifier,
+            pool: self.pool(&library),
+            remote: Mutex::new(None),
+            pending: Mutex::new(None),
+            up: AtomicBool::new(false),
+        });
+        shared.ensure_open()?;
+        Ok(Box::new(PluginResource(shared)))
+    }
+
+    /// Runs in the shared host of the library the type's resources were
+    /// opened from.
+    fn resource_type_control(
+        &self,
+        type_name: &str,
+        code: u32,
+        input: &[u8],
+    ) -> Result<Vec<u8>, ControlError> {
+        self.type_control(type_name, code, input)
+    }
+}
+
+impl Plugins {
+    /// A type-wide control code of `type_name` (`plugin:NAME`).
+    pub fn type_control(
+        &self,
+        type_name: &str,
+        code: u32,
+        input: &[u8],
+    ) -> Result<Vec<u8>, ControlError> {
+        let library = lock(&self.libraries)
+            .get(type_name)
+            .cloned()
+            .ok_or_else(|| {
+                ControlError::Failed(format!(
+                    "no resource of type {type_name:?} was opened, so its library is not known"
+                ))
+            })?;
+        let host = self
+            .pool(&library)
+            .host(false)
+            .map_err(|e| ControlError::Failed(e.0))?;
+        let timeout = Policy::default().deadlock_timeout;
+        let name = type_name[PREFIX.len()..].to_string();
+        control_call(|out_len| {
+            let op = Op::TypeControl {
+                type_name: name.clone(),
+                code,
+                input: input.to_vec(),
+                out_len,
+            };
+            match host.call(0, op, timeout) {
+                Ok(r) => Ok(r),
+                Err(CallError::Gone(why)) => Err(why),
+                Err(CallError::Timeout) => {
+                    let why = format!(
+                        "resource_type_control of {type_name:?} did not return within {timeout:?} (deadlock_timeout)"
+                    );
+                    host.kill(why.clone(), 0);
+                    Err(why)
+                }
+            }
+        })
+    }
+}
+
+/// The hosts of one library: the shared one, started when first needed.
+/// Resources with `separate_monitor` get hosts of their own.
+struct Pool {
+    exe: PathBuf,
+    reaper: Arc<Reaper>,
+    library: PathBuf,
+    shared: Mutex<Option<Arc<Host>>>,
+}
+
+impl Pool {
+    fn host(&self, separate: bool) -> Result<Arc<Host>, ResourceError> {
+        if separate {
+            return self.spawn(true);
+        }
+        let mut shared = lock(&self.shared);
+        if let Some(h) = shared.as_ref().filter(|h| !h.is_gone()) {
+            return Ok(h.clone());
+        }
+        let h = self.spawn(false)?;
+        *shared = Some(h.clone());
+        Ok(h)
+    }
+
+    fn spawn(&self, separate: bool) -> Result<Arc<Host>, ResourceError> {
+        let failed = |e: std::io::Error| {
+            ResourceError(format!(
+                "cannot start a host for {}: {e}",
+                self.library.display()
+            ))
+        };
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| failed(e.into()))?;
+        let mut spec = SpawnSpec::new(
+            self.exe.to_string_lossy(),
+            [
+                "host".to_string(),
+                "--library".to_string(),
+                self.library.to_string_lossy().into_owned(),
+            ],
+        );
+        spec.stdin = Some(Arc::new(theirs));
+        spec.stderr = Output::Inherit;
+        // A process group of its own: what the plugin starts dies with it.
+        spec.new_session = true;
+        let task = self.reaper.spawn(&spec).map_err(failed)?;
+        drop(spec);
+        let stream = UnixStream::from(ours);
+        let reader = stream.try_clone().map_err(failed)?;
+        let file = self.library.file_name().map_or_else(
+            || self.library.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        );
+        let label = format!(
+            "{}host {} of {file} (pid {})",
+            if separate { "own " } else { "" },
+            NEXT_HOST.fetch_add(1, Ordering::Relaxed),
+            task.pid().unwrap_or(0)
+        );
+        let host = Arc::new(Host {
+            label,
+            task,
+            writer: Mutex::new(stream),
+            calls: Mutex::new(Calls::default()),
+            members: Mutex::new(HashMap::new()),
+            next_call: AtomicU64::new(1),
+        });
+        let h = host.clone();
+        std::thread::Builder::new()
+            .name("plugin-host".into())
+            .spawn(move || read_loop(h, reader))
+            .map_err(failed)?;
+        tracing::info!("started {}", host.label);
+        Ok(host)
+    }
+}
+
+#[derive(Default)]
+struct Calls {
+    /// Requests waiting for their reply: call number -> (resource, reply slot).
+    waiting: HashMap<u64, (u64, mpsc::SyncSender<Result<Reply, String>>)>,
+    /// Why the host is gone, once it is.
+    gone: Option<String>,
+    /// Why the monitor killed it, and for which resource.
+    killed: Option<(String, u64)>,
+}
+
+/// One host process.
+struct Host {
+    label: String,
+    task: TaskHandle,
+    writer: Mutex<UnixStream>,
+    calls: Mutex<Calls>,
+    members: Mutex<HashMap<u64, Weak<Shared>>>,
+    next_call: AtomicU64,
+}
+
+enum CallError {
+    Timeout,
+    Gone(String),
+}
+
+impl Host {
+    fn pid(&self) -> Option<u32> {
+        self.task.pid()
+    }
+
+    fn is_gone(&self) -> bool {
+        let c = lock(&self.calls);
+        c.gone.is_some() || c.killed.is_some()
+    }
+
+    /// Sends a request and waits up to `timeout` for its reply.
+    fn call(&self, rid: u64, op: Op, timeout: Duration) -> Result<Reply, CallError> {
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut c = lock(&self.calls);
+            if let Some(why) = c.gone.clone().or_else(|| c.killed.clone().map(|k| k.0)) {
+                return Err(CallError::Gone(why));
+            }
+            c.waiting.insert(call, (rid, tx));
+        }
+        let frame = crate::protocol::encode(&Request { call, rid, op })
+            .map_err(|e| CallError::Gone(format!("cannot encode the request: {e}")))?;
+        if let Err(e) = lock(&self.writer).write_all(&frame) {
+            lock(&self.calls).waiting.remove(&call);
+            return Err(CallError::Gone(format!("writing to the host: {e}")));
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r.map_err(CallError::Gone),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                lock(&self.calls).waiting.remove(&call);
+                Err(CallError::Timeout)
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(CallError::Gone(
+                lock(&self.calls)
+                    .gone
+                    .clone()
+                    .unwrap_or_else(|| "the host went away".into()),
+            )),
+        }
+    }
+
+    /// Kills the host and every process of its group. `rid` is the resource
+    /// it is killed for (0: none).
+    fn kill(&self, why: String, rid: u64) {
+        {
+            let mut c = lock(&self.calls);
+            if c.gone.is_none() && c.killed.is_none() {
+                c.killed = Some((why, rid));
+            }
+        }
+        let running = self.task.exit_code().is_ok_and(|c| c == STILL_ACTIVE);
+        let _ = self.task.terminate(128 + 9);
+        if let (true, Some(pid)) = (running, self.pid()) {
+            if let Some(pgid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+
+    fn member(&self, rid: u64) -> Option<Arc<Shared>> {
+        lock(&self.members).get(&rid).and_then(Weak::upgrade)
+    }
+
+    /// How it ended, once its exit status is known (briefly waited for).
+    fn exit_text(&self) -> String {
+        let end = Instant::now() + Duration::from_secs(2);
+        let code = loop {
+            match self.task.exit_code() {
+                Ok(c) if c != STILL_ACTIVE => break Some(c),
+                Err(_) => break None,
+                _ if Instant::now() > end => break None,
+                _ => {
+                    if let Some(r) = Reaper::running() {
+                        r.reap_now();
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        match code {
+            Some(0) => "it exited".into(),
+            Some(c) if c > 128 => format!("it was killed by {}", signal_name(c - 128)),
+            Some(c) => format!("it exited with code {c}"),
+            None => "it closed its socket".into(),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_string()
+}
+
+/// Reads what a host sends until it is gone, then tells everyone.
+fn read_loop(host: Arc<Host>, stream: UnixStream) {
+    let mut r = BufReader::new(stream);
+    let mut buf = Vec::new();
+    let broken = loop {
+        match read_frame::<FromHost>(&mut r, &mut buf) {
+            Ok(Some(FromHost::Reply { call, reply })) => {
+                if let Some((_, tx)) = lock(&host.calls).waiting.remove(&call) {
+                    let _ = tx.send(Ok(reply));
+                }
+            }
+            Ok(Some(FromHost::Status {
+                rid,
+                state,
+                checkpoint,
+            })) => {
+                if let Some(m) = host.member(rid) {
+                    m.on_status(&host, state, checkpoint);
+                }
+            }
+            Ok(Some(FromHost::Log {
+                rid,
+                level,
+                message,
+            })) => match host.member(rid) {
+                Some(m) => m.notifier.log(log_level(level), message),
+                None => tracing::info!(host = %host.label, "{message}"),
+            },
+            Ok(None) => break None,
+            Err(e) => break Some(format!("it broke the protocol ({e})")),
+        }
+    };
+    if let Some(why) = broken {
+        host.kill(why, 0);
+    }
+    let exit = host.exit_text();
+    let (waiting, killed) = {
+        let mut c = lock(&host.calls);
+        let why = match &c.killed {
+            Some((k, _)) => format!("{k}; the monitor killed its host"),
+            None => format!("its host died: {exit}"),
+        };
+        c.gone = Some(why);
+        (std::mem::take(&mut c.waiting), c.killed.clone())
+    };
+    let reason = lock(&host.calls).gone.clone().unwrap_or_default();
+    tracing::warn!("{} is gone: {reason}", host.label);
+    // A crash is blamed on the resources that were in a call or a pending
+    // online/offline; a kill on the one it was for.
+    let mut suspects: Vec<u64> = match &killed {
+        Some((_, rid)) => vec![*rid],
+        None => waiting.values().map(|(rid, _)| *rid).collect(),
+    };
+    for (_, tx) in waiting.into_values() {
+        let _ = tx.send(Err(reason.clone()));
+    }
+    let members: Vec<(u64, Arc<Shared>)> = lock(&host.members)
+        .drain()
+        .filter_map(|(rid, m)| Some((rid, m.upgrade()?)))
+        .collect();
+    if killed.is_none() {
+        suspects.extend(
+            members
+                .iter()
+                .filter(|(_, m)| lock(&m.pending).is_some())
+                .map(|(rid, _)| *rid),
+        );
+    }
+    for (rid, m) in members {
+        m.host_lost(&host, &reason, suspects.contains(&rid));
+    }
+}
+
+fn log_level(level: i32) -> LogLevel {
+    match level {
+        ffi::RESMON_LOG_ERROR => LogLevel::Error,
+        ffi::RESMON_LOG_WARN => LogLevel::Warn,
+        ffi::RESMON_LOG_DEBUG => LogLevel::Debug,
+        _ => LogLevel::Info,
+    }
+}
+
+/// Runs a control code, growing the output buffer when the plugin asks.
+fn control_call(
+    mut call: impl FnMut(u32) -> Result<Reply, String>,
+) -> Result<Vec<u8>, ControlError> {
+    let mut out_len = FIRST_OUT_LEN;
+    for _ in 0..4 {
+        match call(out_len).map_err(ControlError::Failed)? {
+            Reply::Output {
+                code: ffi::RESMON_OK,
+                data,
+                ..
+            } => return Ok(data),
+            Reply::Output {
+                code: ffi::RESMON_INVALID_FUNCTION,
+                ..
+            } => return Err(ControlError::NotSupported),
+            Reply::Output {
+                code: ffi::RESMON_MORE_DATA,
+                needed,
+                ..
+            } => {
+                if needed > control::MAX_OUTPUT as u64 {
+                    return Err(ControlError::Failed(format!(
+                        "it needs {needed} bytes of output, more than the {} allowed",
+                        control::MAX_OUTPUT
+                    )));
+                }
+                if needed <= out_len as u64 {
+                    return Err(ControlError::Failed(format!(
+                        "it returned RESMON_MORE_DATA asking for {needed} bytes, no more than the {out_len} it had"
+                    )));
+                }
+                out_len = needed as u32;
+            }
+            Reply::Output { code, .. } => {
+                return Err(ControlError::Failed(format!(
+                    "it returned error code {code}"
+                )))
+            }
+            Reply::Failed(e) => return Err(ControlError::Failed(e)),
+            other => return Err(ControlError::Failed(format!("the host answered {other:?}"))),
+        }
+    }
+    Err(ControlError::Failed(
+        "it kept asking for a larger output buffer".into(),
+    ))
+}
+
+/// What the monitor keeps of one plugin resource.
+struct Shared {
+    me: Weak<Shared>,
+    name: String,
+    type_name: String,
+    params: String,
+    policy: Policy,
+    notifier: Notifier,
+    pool: Arc<Pool>,
+    /// Gets a host of its own: configured, or since it hung or crashed one.
+    separate: AtomicBool,
+    /// The host it is open in, and its number there.
+    remote: Mutex<Option<(Arc<Host>, u64)>>,
+    /// The pending `online`/`offline` its host's `set_status` reports to.
+    pending: Mutex<Option<(u64, CallContext)>>,
+    /// Online as far as the plugin told us.
+    up: AtomicBool,
+}
+
+impl Shared {
+    /// Where it is open now, opening it in a host first if it is not (at
+    /// `open`, and again after its host died).
+    fn ensure_open(&self) -> Result<(Arc<Host>, u64), ResourceError> {
+        if let Some((h, rid)) = lock(&self.remote).clone() {
+            if !h.is_gone() {
+                return Ok((h, rid));
+            }
+        }
+        let host = self.pool.host(self.separate.load(Ordering::Acquire))?;
+        let rid = NEXT_RID.fetch_add(1, Ordering::Relaxed);
+        lock(&host.members).insert(rid, self.me.clone());
+        let op = Op::Open {
+            type_name: self.type_name.clone(),
+            name: self.name.clone(),
+            params: self.params.clone(),
+        };
+        match self.call_on(&host, rid, op, self.policy.deadlock_timeout) {
+            Ok(Reply::Done) => {
+                *lock(&self.remote) = Some((host, rid));
+                Ok((lock(&self.remote).clone()).expect("just set"))
+            }
+            Ok(other) => {
+                lock(&host.members).remove(&rid);
+                Err(ResourceError(format!("open: the host answered {other:?}")))
+            }
+            Err(e) => {
+                lock(&host.members).remove(&rid);
+                Err(e)
+            }
+        }
+    }
+
+    /// The current host, if it is alive (no opening).
+    fn current(&self) -> Option<(Arc<Host>, u64)> {
+        lock(&self.remote).clone().filter(|(h, _)| !h.is_gone())
+    }
+
+    fn call(&self, op: Op, timeout: Duration) -> Result<Reply, ResourceError> {
+        let (host, rid) = self.ensure_open()?;
+        self.call_on(&host, rid, op, timeout)
+    }
+
+    fn call_on(
+        &self,
+        host: &Arc<Host>,
+        rid: u64,
+        op: Op,
+        timeout: Duration,
+    ) -> Result<Reply, ResourceError> {
+        let entry = op.name();
+        let limit = if matches!(op, Op::Terminate) {
+            "terminate_timeout"
+        } else {
+            "deadlock_timeout"
+        };
+        match host.call(rid, op, timeout) {
+            Ok(Reply::Failed(e)) => Err(ResourceError(format!("{entry}: {e}"))),
+            Ok(r) => Ok(r),
+            Err(CallError::Gone(why)) => Err(ResourceError(format!("{entry}: {why}"))),
+            Err(CallError::Timeout) => {
+                let why = format!("{entry} did not return within {timeout:?} ({limit})");
+                self.make_culprit(host, &why);
+                host.kill(
+                    format!(
+                        "{entry} of {:?} did not return within {timeout:?} ({limit})",
+                        self.name
+                    ),
+                    rid,
+                );
+                Err(ResourceError(why))
+            }
+        }
+    }
+
+    fn make_culprit(&self, host: &Host, why: &str) {
+        if !self.separate.swap(true, Ordering::AcqRel) {
+            self.notifier.log(
+                LogLevel::Error,
+                format!(
+                    "{why}: {} is killed, and {:?} gets a host of its own from now on (separate_monitor)",
+                    host.label, self.name
+                ),
+            );
+        } else {
+            self.notifier
+                .log(LogLevel::Error, format!("{why}: {} is killed", host.label));
+        }
+    }
+
+    fn on_status(&self, host: &Arc<Host>, state: i32, checkpoint: u32) {
+        let mut pending = lock(&self.pending);
+        let Some((hid, ctx)) = pending.as_ref() else {
+            return;
+        };
+        if *hid != Arc::as_ptr(host) as u64 {
+            return;
+        }
+        match state {
+            ffi::RESMON_STATE_ONLINE_PENDING | ffi::RESMON_STATE_OFFLINE_PENDING => {
+                ctx.checkpoint(checkpoint);
+            }
+            ffi::RESMON_STATE_ONLINE | ffi::RESMON_STATE_OFFLINE => {
+                self.up
+                    .store(state == ffi::RESMON_STATE_ONLINE, Ordering::Release);
+                ctx.complete(Ok(()));
+                *pending = None;
+            }
+            ffi::RESMON_STATE_FAILED => {
+                ctx.complete(Err(ResourceError(
+                    "the plugin reported failure (its log says why)".into(),
+                )));
+                *pending = None;
+            }
+            other => {
+                ctx.complete(Err(ResourceError(format!(
+                    "set_status with an unknown state {other}"
+                ))));
+                *pending = None;
+            }
+        }
+    }
+
+    /// Its host is gone: whatever ran there is lost.
+    fn host_lost(&self, host: &Arc<Host>, reason: &str, suspect: bool) {
+        {
+            let mut remote = lock(&self.remote);
+            if remote.as_ref().is_some_and(|(h, _)| Arc::ptr_eq(h, host)) {
+                *remote = None;
+            }
+        }
+        if suspect && !self.separate.swap(true, Ordering::AcqRel) {
+            self.notifier.log(
+                LogLevel::Error,
+                format!(
+                    "{} died while running {:?}: it gets a host of its own from now on (separate_monitor)",
+                    host.label, self.name
+                ),
+            );
+        }
+        let pending = lock(&self.pending)
+            .take_if(|(hid, _)| *hid == Arc::as_ptr(host) as u64)
+            .map(|(_, ctx)| ctx);
+        if let Some(ctx) = pending {
+            ctx.complete(Err(ResourceError(reason.to_string())));
+        } else if self.up.load(Ordering::Acquire) {
+            self.notifier
+                .log(LogLevel::Warn, format!("{} is gone: {reason}", host.label));
+            self.notifier.failed(reason.to_string());
+        }
+    }
+
+    /// `online` or `offline`: done at once, or pending with `set_status`.
+    fn transition(&self, op: Op, ctx: &CallContext) -> Result<Completion, ResourceError> {
+        let online = op == Op::Online;
+        let (host, rid) = self.ensure_open()?;
+        let hid = Arc::as_ptr(&host) as u64;
+        *lock(&self.pending) = Some((hid, ctx.clone()));
+        let entry = op.name();
+        let r = self.call_on(&host, rid, op, self.policy.deadlock_timeout);
+        let mut pending = lock(&self.pending);
+        let ours = pending.as_ref().is_some_and(|(h, _)| *h == hid);
+        match r {
+            Ok(Reply::Code(ffi::RESMON_PENDING)) => Ok(Completion::Pending),
+            other => {
+                if ours {
+                    *pending = None;
+                }
+                match other {
+                    Ok(Reply::Code(ffi::RESMON_OK)) => {
+                        self.up.store(online, Ordering::Release);
+                        Ok(Completion::Done)
+                    }
+                    Ok(Reply::Code(code)) => Err(ResourceError(format!(
+                        "{entry} returned {code}, an error (the plugin's log may say more)"
+                    ))),
+                    Ok(other) => Err(ResourceError(format!(
+                        "{entry}: the host answered {other:?}"
+                    ))),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    fn check(&self, op: Op) -> bool {
+        let entry = op.name();
+        match self.call(op, self.policy.deadlock_timeout) {
+            Ok(Reply::Code(c)) => c != 0,
+            Ok(other) => {
+                self.notifier.log(
+                    LogLevel::Error,
+                    format!("{entry}: the host answered {other:?}"),
+                );
+                false
+            }
+            Err(e) => {
+                self.notifier.log(LogLevel::Warn, e.0);
+                false
+            }
+        }
+    }
+}
+
+/// A plugin resource, as the monitor drives it.
+struct PluginResource(Arc<Shared>);
+
+impl Resource for PluginResource {
+    fn online(&self, ctx: &CallContext) -> Result<Completion, ResourceError> {
+        self.0.transition(Op::Online, ctx)
+    }
+
+    fn offline(&self, ctx: &CallContext) -> Result<Completion, ResourceError> {
+        if self.0.current().is_none() {
+            // Its host is gone, and everything it ran with it.
+            self.0.up.store(false, Ordering::Release);
+            return Ok(Completion::Done);
+        }
+        self.0.transition(Op::Offline, ctx)
+    }
+
+    fn terminate(&self, _exit_code: i32) {
+        let s = &self.0;
+        s.up.store(false, Ordering::Release);
+        if let Some((host, rid)) = s.current() {
+            let _ = s.call_on(&host, rid, Op::Terminate, s.policy.terminate_timeout);
+        }
+    }
+
+    fn looks_alive(&self) -> bool {
+        self.0.check(Op::LooksAlive)
+    }
+
+    fn is_alive(&self) -> bool {
+        self.0.check(Op::IsAlive)
+    }
+
+    fn resource_control(&self, code: u32, input: &[u8]) -> Result<Vec<u8>, ControlError> {
+        let s = &self.0;
+        control_call(|out_len| {
+            s.call(
+                Op::Control {
+                    code,
+                    input: input.to_vec(),
+                    out_len,
+                },
+                s.policy.deadlock_timeout,
+            )
+            .map_err(|e| e.0)
+        })
+    }
+
+    fn close(&self) {
+        let s = &self.0;
+        let Some((host, rid)) = lock(&s.remote).take() else {
+            return;
+        };
+        if !host.is_gone() {
+            let _ = s.call_on(&host, rid, Op::Close, s.policy.deadlock_timeout);
+        }
+        let empty = {
+            let mut m = lock(&host.members);
+            m.remove(&rid);
+            m.is_empty()
+        };
+        // An own host has no more use.
+        let shared = lock(&s.pool.shared)
+            .as_ref()
+            .is_some_and(|h| Arc::ptr_eq(h, &host));
+        if empty && !shared {
+            host.kill("its resource was closed".into(), 0);
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.0
+            .current()
+            .and_then(|(h, _)| h.pid())
+            .into_iter()
+            .collect()
+    }
+
+    fn detail(&self) -> Option<String> {
+        self.0.current().map(|(h, _)| format!("in {}", h.label))
+    }
+}
