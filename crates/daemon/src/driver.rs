@@ -599,11 +599,12 @@ impl Driver {
                 let resource = slot.resource.clone();
                 let container = slot.container.clone();
                 let tx = self.tx.clone();
+                let why = self.core.view(id).reason.to_string();
                 self.publish(
                     "terminate",
                     id,
                     None,
-                    &format!("terminate (exit code {exit_code})"),
+                    &format!("terminate (exit code {exit_code}): {why}"),
                 );
                 tokio::spawn(async move {
                     let called = tokio::task::spawn_blocking(move || {

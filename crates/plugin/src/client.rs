@@ -464,7 +464,11 @@ fn read_loop(host: Arc<Host>, stream: UnixStream) {
                 None => tracing::info!(host = %host.label, "{message}"),
             },
             Ok(None) => break None,
-            Err(e) => break Some(format!("it broke the protocol ({e})")),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                break Some(format!("it broke the protocol ({e})"))
+            }
+            // A reset or other read error: it died with data unread.
+            Err(_) => break None,
         }
     };
     if let Some(why) = broken {

@@ -1,0 +1,526 @@
+//! Plugin resources through the real daemon: the example plugins in Rust
+//! and C, and a test plugin that hangs, crashes and lies in every way the
+//! contract forbids. Each misbehaviour must be contained: reported in the
+//! event feed with its cause, its host killed and replaced, the other
+//! resources of that host brought back, and the resources of other hosts
+//! and the monitor itself untouched.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// Compiles a C plugin with `cc` (once per test run).
+fn c_plugin(source: &str, name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("lib{name}.so"));
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-I"])
+        .arg(root.join("include"))
+        .arg("-o")
+        .arg(&out)
+        .arg(root.join(source))
+        .arg("-lpthread")
+        .status()
+        .expect("run cc (scripts/test installs gcc)");
+    assert!(status.success(), "cc {source} failed");
+    out
+}
+
+fn misbehave() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| c_plugin("crates/resmon/tests/plugins/misbehave.c", "misbehave"))
+}
+
+fn listener() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| c_plugin("examples/plugins/listener/listener.c", "tcp_listener"))
+}
+
+/// The Rust example, built by cargo into the target directory of this test.
+fn lockfile() -> &'static Path {
+    static LIB: OnceLock<PathBuf> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let profile_dir = Path::new(BIN).parent().unwrap();
+        let lib = profile_dir.join("libresmon_example_lockfile.so");
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "resmon-example-lockfile"])
+            .arg("--target-dir")
+            .arg(profile_dir.parent().unwrap())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the lockfile example failed");
+        assert!(lib.is_file(), "{} was not built", lib.display());
+        lib
+    })
+}
+
+fn resource(name: &str, library: &Path, type_name: &str, params: &str, extra: &str) -> String {
+    format!(
+        "[[resource]]\nname = \"{name}\"\ntype = \"plugin:{type_name}\"\nlibrary = \"{}\"\nparams = {params}\n{extra}\n",
+        library.display()
+    )
+}
+
+fn shown_pid(d: &Daemon, name: &str) -> Option<u32> {
+    d.pids(name).first().copied()
+}
+
+#[test]
+fn the_rust_lockfile_example_holds_its_lock_while_online() {
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("leader.lock");
+    let d = Daemon::start(&resource(
+        "lock",
+        lockfile(),
+        "lockfile",
+        &format!("{{ path = \"{}\" }}", path.display()),
+        "looks_alive_interval = \"100ms\"\nrestart_delay = \"0s\"",
+    ));
+    d.wait_state("lock", "online", LONG);
+    let held_elsewhere = || {
+        let f = std::fs::File::open(&path).unwrap();
+        matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    };
+    assert!(held_elsewhere(), "the lock is held by the host");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "lock\n");
+    let props = d.ok(&["control", "lock", "get_private_properties"]);
+    assert!(props.contains("\"held\": true"), "{props}");
+
+    // The host dies: the kernel drops the lock, the monitor sees it, checks
+    // the resource in a new host, and takes the lock again.
+    let host = shown_pid(&d, "lock").expect("the host's pid is shown");
+    signal(host, libc_sig::KILL);
+    wait_for("the lock to be taken again by a new host", LONG, || {
+        let r = d.resource("lock");
+        r["restarts"] == 1 && r["state"] == "online" && shown_pid(&d, "lock") != Some(host)
+    });
+    assert!(held_elsewhere());
+    assert!(d
+        .reasons(Some("lock"))
+        .iter()
+        .any(|r| r.contains("killed by SIGKILL")));
+
+    d.ok(&["offline", "lock", "--wait"]);
+    assert!(!held_elsewhere(), "offline released the lock");
+}
+
+#[test]
+fn the_c_listener_example_listens_while_online() {
+    let port = free_port();
+    let d = Daemon::start(&resource(
+        "web",
+        listener(),
+        "tcp-listener",
+        &format!("{{ port = {port} }}"),
+        "looks_alive_interval = \"100ms\"\nis_alive_interval = \"200ms\"",
+    ));
+    d.wait_state("web", "online", LONG);
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("it listens");
+    let props = d.ok(&["control", "web", "get_private_properties"]);
+    assert!(props.contains(&format!("\"port\": {port}")), "{props}");
+    d.ok(&["offline", "web", "--wait"]);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    d.ok(&["online", "web", "--wait"]);
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("it listens again");
+}
+
+#[test]
+fn bad_plugin_configs_are_refused_with_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "bad.toml",
+        "[[resource]]\nname = \"a\"\ntype = \"plugin:misbehave\"\nlibrary = \"/no/such/lib.so\"\nparams = 3\nflavour = 1\n",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "resource \"a\"",
+        "library \"/no/such/lib.so\" is not a file",
+        "params must be a table",
+        "unknown property \"flavour\"",
+    ] {
+        assert!(err.contains(want), "{want:?} missing from:\n{err}");
+    }
+}
+
+#[test]
+fn a_type_the_library_does_not_serve_refuses_the_resource() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "r.toml",
+        &format!(
+            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{}",
+            dir.path().join("s.sock").display(),
+            dir.path().join("state").display(),
+            resource("a", misbehave(), "nosuchtype", "{ mode = \"ok\" }", "")
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("RESMON_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("resmon_startup returned NULL for type \"nosuchtype\""),
+        "{err}"
+    );
+}
+
+/// A monitor with three resources of the test plugin: the `culprit` in the
+/// given mode, a well-behaved `bystander` in the same host, and `other`, well
+/// behaved in a host of its own. A thread keeps asking for `status` and
+/// records the slowest answer.
+struct Scenario {
+    d: Daemon,
+    other_host: u32,
+    bystander_host: u32,
+    slowest_status_us: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+const FAST: &str = "pending_timeout = \"300ms\"\ndeadlock_timeout = \"600ms\"\nterminate_timeout = \"200ms\"\nlooks_alive_interval = \"100ms\"\nis_alive_interval = \"250ms\"\nrestart_delay = \"0s\"";
+
+impl Scenario {
+    fn start(mode: &str, culprit_extra: &str, culprit_online: bool) -> Scenario {
+        let lib = misbehave();
+        let config = format!(
+            "[defaults]\n{FAST}\n{}{}{}",
+            resource(
+                "culprit",
+                lib,
+                "misbehave",
+                &format!("{{ mode = \"{mode}\" }}"),
+                &format!("restart_action = \"none\"\n{culprit_extra}")
+            ),
+            resource("bystander", lib, "misbehave", "{ mode = \"ok\" }", ""),
+            resource(
+                "other",
+                lib,
+                "misbehave",
+                "{ mode = \"needs_lock\" }",
+                "separate_monitor = true"
+            ),
+        );
+        let d = Daemon::start(&config);
+        d.wait_state("other", "online", LONG);
+        d.wait_state("bystander", "online", LONG);
+        if culprit_online {
+            d.wait_state("culprit", "online", LONG);
+        }
+        let other_host = shown_pid(&d, "other").unwrap();
+        let bystander_host = shown_pid(&d, "bystander").unwrap();
+        assert_ne!(other_host, bystander_host, "other has a host of its own");
+        let slowest = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (slowest, stop, socket) = (slowest.clone(), stop.clone(), d.socket.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let ok = Command::new(BIN)
+                        .arg("--socket")
+                        .arg(&socket)
+                        .args(["status", "--json"])
+                        .output()
+                        .is_ok_and(|o| o.status.success());
+                    if ok {
+                        slowest.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        Scenario {
+            d,
+            other_host,
+            bystander_host,
+            slowest_status_us: slowest,
+            stop,
+        }
+    }
+
+    fn reasons(&self) -> String {
+        self.d.reasons(Some("culprit")).join("\n")
+    }
+
+    fn wait_reason(&self, what: &str) {
+        let end = Instant::now() + LONG;
+        while !self.reasons().contains(what) {
+            assert!(
+                Instant::now() < end,
+                "no event says {what:?}; the events of culprit:\n{}",
+                self.reasons()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The culprit's host was killed and replaced: the bystander was
+    /// checked in a new host and is online there.
+    fn wait_bystander_moved(&self) {
+        wait_for("the bystander to be online in a new host", LONG, || {
+            let r = self.d.resource("bystander");
+            r["state"] == "online"
+                && shown_pid(&self.d, "bystander").is_some_and(|p| p != self.bystander_host)
+        });
+    }
+
+    /// What must hold after every misbehaviour.
+    fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let other = self.d.resource("other");
+        assert_eq!(other["state"], "online", "{other}");
+        assert_eq!(other["restarts"], 0, "{other}");
+        assert_eq!(
+            shown_pid(&self.d, "other"),
+            Some(self.other_host),
+            "the resource of another host is untouched"
+        );
+        assert!(alive(self.other_host));
+        let slowest = self.slowest_status_us.load(Ordering::Relaxed);
+        eprintln!("slowest status answer meanwhile: {} us", slowest);
+        assert!(slowest < 1_000_000, "status took {slowest} us");
+    }
+}
+
+#[test]
+fn a_hung_online_gets_its_host_killed() {
+    let s = Scenario::start("hang_online", "", false);
+    s.wait_reason("online did not return within 600ms (deadlock_timeout)");
+    s.wait_reason("gets a host of its own from now on (separate_monitor)");
+    s.d.wait_state("culprit", "failed", LONG);
+    s.wait_bystander_moved();
+    s.finish();
+}
+
+#[test]
+fn a_hung_offline_is_terminated_and_its_host_killed() {
+    let s = Scenario::start("hang_offline", "", true);
+    s.d.ok(&["offline", "culprit"]);
+    s.wait_reason("offline made no progress for 300ms (pending_timeout)");
+    s.wait_reason("offline did not return within 600ms (deadlock_timeout)");
+    s.d.wait_state("culprit", "offline", LONG);
+    s.wait_bystander_moved();
+    s.finish();
+}
+
+#[test]
+fn a_hung_terminate_gets_its_host_killed() {
+    // offline fails, so the monitor calls terminate, which hangs.
+    let s = Scenario::start("hang_terminate", "", true);
+    s.d.ok(&["offline", "culprit"]);
+    s.wait_reason("terminate did not return within 200ms (terminate_timeout)");
+    s.d.wait_state("culprit", "offline", LONG);
+    s.wait_bystander_moved();
+    s.finish();
+}
+
+#[test]
+fn hung_health_checks_get_their_host_killed() {
+    for mode in ["hang_looks_alive", "hang_is_alive"] {
+        let entry = mode.strip_prefix("hang_").unwrap();
+        let s = Scenario::start(mode, "", true);
+        s.wait_reason(&format!(
+            "{entry} did not return within 600ms (deadlock_timeout)"
+        ));
+        s.d.wait_state("culprit", "failed", LONG);
+        s.wait_bystander_moved();
+        s.finish();
+    }
+}
+
+#[test]
+fn a_hung_control_code_gets_its_host_killed() {
+    let s = Scenario::start("hang_control", "", true);
+    let out = s.d.cli(&["control", "culprit", "get_private_properties"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("resource_control did not return within 600ms (deadlock_timeout)"),
+        "{err}"
+    );
+    s.wait_reason("gets a host of its own from now on (separate_monitor)");
+    s.wait_bystander_moved();
+    s.finish();
+}
+
+#[test]
+fn a_mutex_held_by_a_hung_call_dies_with_its_host() {
+    // The culprit hangs in online holding a mutex every resource of the host
+    // needs; the bystander's looks_alive needs it too and blocks. Killing the
+    // host frees the mutex: nothing keeps using a process a thread hung in.
+    let lib = misbehave();
+    let config = format!(
+        "[defaults]\n{FAST}\n{}{}",
+        resource(
+            "culprit",
+            lib,
+            "misbehave",
+            "{ mode = \"lock_hang_online\" }",
+            "restart_action = \"none\"\nautostart = false"
+        ),
+        resource("needy", lib, "misbehave", "{ mode = \"needs_lock\" }", ""),
+    );
+    let d = Daemon::start(&config);
+    d.wait_state("needy", "online", LONG);
+    let host = shown_pid(&d, "needy").unwrap();
+    d.ok(&["online", "culprit"]);
+    wait_for("the culprit to be failed", LONG, || {
+        d.state("culprit") == "failed"
+    });
+    wait_for("needy to be online in a new host", LONG, || {
+        d.state("needy") == "online" && shown_pid(&d, "needy").is_some_and(|p| p != host)
+    });
+    let reasons = d.reasons(Some("culprit")).join("\n");
+    assert!(
+        reasons.contains("online did not return within 600ms"),
+        "{reasons}"
+    );
+    // The new host's looks_alive (every 100 ms) takes the mutex freely: over
+    // three deadlock timeouts, needy stays online in the same host.
+    let moved = shown_pid(&d, "needy").unwrap();
+    let until = Instant::now() + Duration::from_millis(1800);
+    while Instant::now() < until {
+        assert_eq!(d.state("needy"), "online");
+        assert_eq!(shown_pid(&d, "needy"), Some(moved));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.ok(&["offline", "needy", "--wait"]);
+}
+
+#[test]
+fn crashes_are_contained_and_blamed() {
+    for (mode, signal_name) in [
+        ("abort_looks_alive", "SIGABRT"),
+        ("segv_looks_alive", "SIGSEGV"),
+    ] {
+        let s = Scenario::start(mode, "", false);
+        s.wait_reason(&format!("killed by {signal_name}"));
+        s.wait_reason("gets a host of its own from now on (separate_monitor)");
+        s.wait_bystander_moved();
+        s.finish();
+    }
+}
+
+#[test]
+fn writing_past_the_output_buffer_crashes_only_its_host() {
+    let s = Scenario::start("overflow_control", "", true);
+    let out = s.d.cli(&["control", "culprit", "get_private_properties"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("killed by SIGSEGV"), "{err}");
+    s.wait_bystander_moved();
+    s.finish();
+}
+
+#[test]
+fn garbage_answers_are_errors_not_crashes() {
+    let s = Scenario::start("garbage", "", false);
+    s.wait_reason("online returned 12345, an error");
+    s.d.wait_state("culprit", "failed", LONG);
+    // A plain error is the resource's failure, not its host's.
+    assert_eq!(shown_pid(&s.d, "bystander"), Some(s.bystander_host));
+    s.finish();
+
+    for (mode, want) in [
+        ("lying_control", "more than out_len"),
+        ("greedy_control", "more than the 1048576 allowed"),
+        ("error_control", "returned error code 87"),
+    ] {
+        let s = Scenario::start(mode, "", true);
+        let out = s.d.cli(&["control", "culprit", "get_private_properties"]);
+        assert_eq!(out.status.code(), Some(1), "{mode}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{mode}: {err}");
+        assert_eq!(s.d.state("culprit"), "online");
+        assert_eq!(shown_pid(&s.d, "bystander"), Some(s.bystander_host));
+        s.finish();
+    }
+}
+
+#[test]
+fn pending_online_reports_progress_and_a_stalled_one_is_terminated() {
+    let s = Scenario::start("pending", "", true);
+    let events = s.d.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["resource"] == "culprit" && e["state"] == "online"),
+        "{events:#?}"
+    );
+    s.finish();
+
+    let s = Scenario::start("pending_stall", "", false);
+    s.wait_reason("online made no progress for 300ms (pending_timeout)");
+    s.d.wait_state("culprit", "failed", LONG);
+    s.finish();
+}
+
+#[test]
+fn type_control_codes_reach_the_library() {
+    let s = Scenario::start("ok", "", true);
+    let out = s.d.ok(&[
+        "type-control",
+        "plugin:misbehave",
+        "get_private_property_names",
+    ]);
+    assert!(out.contains("\"mode\""), "{out}");
+    let info =
+        s.d.ok(&["type-control", "plugin:misbehave", "get_type_info"]);
+    assert!(
+        info.contains("culprit") && info.contains("bystander"),
+        "{info}"
+    );
+    s.finish();
+}
+
+#[test]
+fn a_hung_open_refuses_the_resource_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "r.toml",
+        &format!(
+            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{}",
+            dir.path().join("s.sock").display(),
+            dir.path().join("state").display(),
+            resource(
+                "a",
+                misbehave(),
+                "misbehave",
+                "{ mode = \"hang_open\" }",
+                "deadlock_timeout = \"300ms\""
+            )
+        ),
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("RESMON_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("open did not return within 300ms (deadlock_timeout)"),
+        "{err}"
+    );
+}
