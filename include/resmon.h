@@ -52,9 +52,21 @@
  *     open(), is the monitor's: pass it to the callbacks, never dereference
  *     it. close() frees what open() allocated; the monitor calls terminate()
  *     first when the resource is not offline. Strings given to the plugin
- *     are valid only during the call.
+ *     are valid only during the call. resource_handle is an opaque
+ *     number: passing a stale or made-up one to a callback does nothing.
+ *     log() also takes NULL as resource_handle, for messages about the
+ *     type rather than one resource.
  *
- *  7. Versions. resmon_startup() returns NULL when it does not serve
+ *  7. Crashes. A plugin that crashes (abort, a bad pointer) takes only its
+ *     host process down. The monitor restarts the host; the resources that
+ *     were in a call or a pending online()/offline() at the time get hosts
+ *     of their own from then on, and every other resource of that host is
+ *     opened again in the new host and checked with is_alive() (online
+ *     again if it still is, else restarted per its policy). Nothing in a
+ *     plugin's memory survives its host: keep what must outlive a restart
+ *     outside the process (a file, a lock the kernel drops with the host).
+ *
+ *  8. Versions. resmon_startup() returns NULL when it does not serve
  *     type_name or speaks no ABI version within [min_version, max_version].
  *     The function table starts with its size and the version it speaks;
  *     fields are only ever added at the end. The table must stay valid

@@ -22,6 +22,13 @@
 //!   the resource's cgroup, output capture, pidfd wait), alternating in one
 //!   run; the runner lives in a worker process of its own, since a process
 //!   with resmon's reaper must not wait for children itself.
+//! * `plugin`: a resource of the Rust example plugin (`lockfile`) in a host
+//!   process: the round trip of a `looks_alive` call into the host (in a
+//!   worker process that uses the monitor's plugin client directly); then a
+//!   host frozen with SIGSTOP so that `looks_alive` hangs: the time from the
+//!   hang being detected (the call's `deadlock_timeout` passing) to the host
+//!   being killed and a new host answering; and through the real daemon,
+//!   the latency of `GET /v1/resources` all through such a recovery.
 //! * `adopt`: 20 online resources, the monitor killed with SIGKILL and
 //!   started again: the time until all 20 are online again with the same
 //!   pids.
@@ -71,6 +78,10 @@ enum Scenario {
     Api,
     Adopt,
     Ocf,
+    Plugin,
+    /// Internal: the in-process side of `plugin`.
+    #[value(hide = true)]
+    PluginWorker,
     /// Internal: the resmon side of `ocf`.
     #[value(hide = true)]
     OcfWorker,
@@ -593,12 +604,9 @@ fn dummy_env(state: &Path) -> Vec<(String, String)> {
     ]
 }
 
-/// The resmon side: runs `monitor` through the action runner, in a real
-/// resource scope, once per line on stdin; answers the elapsed nanoseconds.
-fn ocf_worker(state: &Path) -> Result<()> {
-    use std::io::BufRead;
-    // A runtime driven by a thread of its own, as the daemon's is while
-    // actions run on its blocking pool.
+/// A worker's runtime, driven by a thread of its own as the daemon's is
+/// while entry points run on its blocking pool, and the reaper on it.
+fn worker_reaper() -> Result<(tokio::runtime::Runtime, std::sync::Arc<resmon_task::Reaper>)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -607,6 +615,14 @@ fn ocf_worker(state: &Path) -> Result<()> {
         let _guard = rt.enter();
         resmon_task::Reaper::get()?
     };
+    Ok((rt, reaper))
+}
+
+/// The resmon side: runs `monitor` through the action runner, in a real
+/// resource scope, once per line on stdin; answers the elapsed nanoseconds.
+fn ocf_worker(state: &Path) -> Result<()> {
+    use std::io::BufRead;
+    let (rt, reaper) = worker_reaper()?;
     let containers =
         resmon_task::Containers::detect(Some(&format!("resmon-bench-ocf.{}", std::process::id())));
     let container = containers.create("dummy")?;
@@ -699,6 +715,9 @@ fn ocf(args: &Args) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.scenarios.contains(&Scenario::PluginWorker) {
+        return plugin_worker(&args);
+    }
     if args.scenarios.contains(&Scenario::OcfWorker) {
         return ocf_worker(args.state.as_deref().context("--state")?);
     }
@@ -753,5 +772,185 @@ async fn async_main(args: Args) -> Result<()> {
     if want(Scenario::Adopt) {
         adopt(&bin, &args).await?;
     }
+    if want(Scenario::Plugin) {
+        plugin(&bin, &args).await?;
+    }
+    Ok(())
+}
+
+/// The Rust example plugin, built by `scripts/bench` next to this program.
+fn lockfile_library() -> Result<PathBuf> {
+    let lib = std::env::current_exe()?
+        .parent()
+        .context("no directory for this program")?
+        .join("libresmon_example_lockfile.so");
+    if !lib.is_file() {
+        bail!(
+            "{} not found: build it (cargo build --release -p resmon-example-lockfile)",
+            lib.display()
+        );
+    }
+    Ok(lib)
+}
+
+struct NoSink;
+
+impl resmon_contract::StatusSink for NoSink {
+    fn checkpoint(&self, _: u32) {}
+    fn complete(&self, _: Result<(), resmon_contract::ResourceError>) {}
+}
+
+fn gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err()
+}
+
+/// The in-process side of `plugin`: the monitor's plugin client, used
+/// directly, against hosts running the real `resmon host`.
+fn plugin_worker(args: &Args) -> Result<()> {
+    use resmon_contract::{CallContext, Notifier, OpenContext, Policy, ResourceType, Scope};
+    let bin = args.resmon.clone().context("--resmon")?;
+    let lib = lockfile_library()?;
+    let (_rt, reaper) = worker_reaper()?;
+    let plugins = resmon_plugin::Plugins::new(bin, reaper);
+    let dir = tempfile::tempdir()?;
+    let policy = Policy {
+        deadlock_timeout: Duration::from_millis(100),
+        ..Policy::default()
+    };
+    let r = plugins
+        .open(OpenContext {
+            name: "bench".into(),
+            type_name: "plugin:lockfile".into(),
+            policy: policy.clone(),
+            params: serde_json::json!({
+                "library": lib,
+                "params": { "path": dir.path().join("bench.lock") },
+            }),
+            scope: Scope::default(),
+            notifier: Notifier::none(),
+        })
+        .map_err(|e| anyhow::anyhow!("open: {e}"))?;
+    let ctx = CallContext::new(Default::default(), std::sync::Arc::new(NoSink));
+    r.online(&ctx).map_err(|e| anyhow::anyhow!("online: {e}"))?;
+    for _ in 0..args.warmup * 10 {
+        r.looks_alive();
+    }
+    let mut samples = Vec::with_capacity(args.runs * 10);
+    for _ in 0..args.runs * 10 {
+        let t = Instant::now();
+        let alive = r.looks_alive();
+        samples.push(t.elapsed());
+        if !alive {
+            bail!("looks_alive answered false");
+        }
+    }
+    report(
+        "plugin: looks_alive round trip",
+        samples,
+        "(monitor -> host -> plugin -> monitor; target p50 <= 0.050 ms)",
+    );
+
+    let mut samples = Vec::new();
+    for _ in 0..(args.runs / 10).max(10) {
+        let host = *r.pids().first().context("no host pid")?;
+        kill(host, rustix::process::Signal::STOP);
+        let t0 = Instant::now();
+        if r.looks_alive() {
+            bail!("a frozen host answered");
+        }
+        let hung = t0.elapsed();
+        let t1 = Instant::now();
+        while !gone(host) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let killed = t1.elapsed();
+        let t2 = Instant::now();
+        r.looks_alive();
+        let restarted = t2.elapsed();
+        if r.pids().first() == Some(&host) {
+            bail!("no new host");
+        }
+        samples.push(hung.saturating_sub(policy.deadlock_timeout) + killed + restarted);
+    }
+    report(
+        "plugin: hang -> new host",
+        samples,
+        "(from deadlock_timeout passing to the host killed and reaped and a new host answering)",
+    );
+    Ok(())
+}
+
+async fn plugin(bin: &Path, args: &Args) -> Result<()> {
+    let out = Command::new(std::env::current_exe()?)
+        .arg("plugin-worker")
+        .arg("--resmon")
+        .arg(bin)
+        .args(["--runs", &args.runs.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .stderr(Stdio::inherit())
+        .output()?;
+    std::io::stdout().write_all(&out.stdout)?;
+    if !out.status.success() {
+        bail!("the plugin worker failed: {}", out.status);
+    }
+
+    // Through the daemon: status latency while a hung host is replaced.
+    let lib = lockfile_library()?;
+    let dir = tempfile::tempdir()?;
+    let m = Monitor::start(
+        bin,
+        &format!(
+            r#"[[resource]]
+name = "lock"
+type = "plugin:lockfile"
+library = "{}"
+params = {{ path = "{}" }}
+looks_alive_interval = "100ms"
+deadlock_timeout = "300ms"
+restart_delay = "0s"
+restart_threshold = 1000
+"#,
+            lib.display(),
+            dir.path().join("lock").display()
+        ),
+    )?;
+    let host_of = |rs: &[Value]| rs.first().and_then(|r| r["pids"][0].as_u64());
+    let online = |rs: &[Value]| rs.first().is_some_and(|r| r["state"] == "online");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !online(&m.resources().await?) {
+        if Instant::now() > end {
+            bail!("the plugin resource never came online");
+        }
+    }
+    let mut status = Vec::new();
+    let mut recovery = Vec::new();
+    for _ in 0..10 {
+        let host = host_of(&m.resources().await?).context("no host")?;
+        kill(host as u32, rustix::process::Signal::STOP);
+        let t0 = Instant::now();
+        loop {
+            let t = Instant::now();
+            let rs = m.resources().await?;
+            status.push(t.elapsed());
+            if online(&rs) && host_of(&rs).is_some_and(|h| h != host) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("the hung host was not replaced");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        recovery.push(t0.elapsed());
+    }
+    report(
+        "plugin: GET /v1/resources",
+        status,
+        "(all through 10 hang recoveries; target max <= 50 ms)",
+    );
+    report(
+        "plugin: SIGSTOP -> online",
+        recovery,
+        "(deadlock_timeout 300 ms, looks_alive every 100 ms, new host)",
+    );
     Ok(())
 }
