@@ -78,18 +78,6 @@ impl Plugins {
             })
             .clone()
     }
-
-    /// Every live shared host: `(library, pid)`.
-    pub fn hosts(&self) -> Vec<(PathBuf, u32)> {
-        let pools = lock(&self.pools);
-        pools
-            .values()
-            .filter_map(|p| {
-                let h = lock(&p.shared).clone().filter(|h| !h.is_gone())?;
-                Some((p.library.clone(), h.pid()?))
-            })
-            .collect()
-    }
 }
 
 /// The keys of a plugin resource's table besides the common ones.
@@ -475,16 +463,15 @@ fn read_loop(host: Arc<Host>, stream: UnixStream) {
         host.kill(why, 0);
     }
     let exit = host.exit_text();
-    let (waiting, killed) = {
+    let (waiting, killed, reason) = {
         let mut c = lock(&host.calls);
-        let why = match &c.killed {
+        let reason = match &c.killed {
             Some((k, _)) => format!("{k}; the monitor killed its host"),
             None => format!("its host died: {exit}"),
         };
-        c.gone = Some(why);
-        (std::mem::take(&mut c.waiting), c.killed.clone())
+        c.gone = Some(reason.clone());
+        (std::mem::take(&mut c.waiting), c.killed.clone(), reason)
     };
-    let reason = lock(&host.calls).gone.clone().unwrap_or_default();
     tracing::warn!("{} is gone: {reason}", host.label);
     // A crash is blamed on the resources that were in a call or a pending
     // online/offline; a kill on the one it was for.
@@ -607,8 +594,8 @@ impl Shared {
         };
         match self.call_on(&host, rid, op, self.policy.deadlock_timeout) {
             Ok(Reply::Done) => {
-                *lock(&self.remote) = Some((host, rid));
-                Ok((lock(&self.remote).clone()).expect("just set"))
+                *lock(&self.remote) = Some((host.clone(), rid));
+                Ok((host, rid))
             }
             Ok(other) => {
                 lock(&host.members).remove(&rid);

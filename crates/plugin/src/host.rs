@@ -277,6 +277,7 @@ fn dispatch(req: Request) {
                 lane: tx,
             });
             let rid = req.rid;
+            let lane_tx = res.lane.clone();
             h.resources
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
@@ -294,10 +295,8 @@ fn dispatch(req: Request) {
                     Reply::Failed(format!("no thread for the resource: {e}")),
                 );
             }
-            let lane = resource(rid as usize as *mut c_void).map(|(_, r)| r.lane.clone());
-            if let Some(lane) = lane {
-                let _ = lane.send(req);
-            }
+            // The lane's first call is this open.
+            let _ = lane_tx.send(req);
         }
         Op::Terminate => match resource(req.rid as usize as *mut c_void) {
             // Nothing open: nothing runs.
