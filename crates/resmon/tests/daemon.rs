@@ -434,20 +434,10 @@ type = "nosuchtype"
     );
     // A syntax error names its line.
     let file = write(dir.path(), "syntax.toml", "[[resource]\nname = 1\n");
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"));
+    assert!(refused("check", &file, 2).contains("line 1"));
     // A missing file.
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config", "/no/such/config.toml"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+    let missing = std::path::Path::new("/no/such/config.toml");
+    assert!(refused("check", missing, 2).contains("cannot read the file"));
 }
 
 #[test]

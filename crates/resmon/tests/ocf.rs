@@ -80,13 +80,7 @@ name = "c"
 type = "ocf:heartbeat"
 "#,
     );
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("check", &file, 2);
     for needle in [
         "resource \"a\" ([[resource]] #1): agent ocf:heartbeat:NoSuchAgent not found",
         "resource \"b\" ([[resource]] #2): params.binfile: required by ocf:heartbeat:anything",
@@ -106,14 +100,7 @@ type = "ocf:heartbeat:anything"
 params = { binfile = "/no/such/daemon" }
 "#,
     );
-    let out = std::process::Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .env("RESMON_LOG", "warn")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("serve", &file, 1);
     assert!(err.contains("validate-all exited"), "{err}");
 }
 

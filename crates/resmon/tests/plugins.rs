@@ -140,13 +140,7 @@ fn bad_plugin_configs_are_refused_with_the_place() {
         "bad.toml",
         "[[resource]]\nname = \"a\"\ntype = \"plugin:misbehave\"\nlibrary = \"/no/such/lib.so\"\nparams = 3\nflavour = 1\n",
     );
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused("check", &file, 2);
     for want in [
         "resource \"a\"",
         "library \"/no/such/lib.so\" is not a file",
@@ -157,27 +151,31 @@ fn bad_plugin_configs_are_refused_with_the_place() {
     }
 }
 
-#[test]
-fn a_type_the_library_does_not_serve_refuses_the_resource() {
+/// Starts `resmon serve` on a config of this one resource, which it must
+/// refuse (exit 1); returns what it printed.
+fn serve_refused(resource_table: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let file = write(
         dir.path(),
         "r.toml",
         &format!(
-            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{}",
+            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{resource_table}",
             dir.path().join("s.sock").display(),
             dir.path().join("state").display(),
-            resource("a", misbehave(), "nosuchtype", "{ mode = \"ok\" }", "")
         ),
     );
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .env("RESMON_LOG", "warn")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    refused("serve", &file, 1)
+}
+
+#[test]
+fn a_type_the_library_does_not_serve_refuses_the_resource() {
+    let err = serve_refused(&resource(
+        "a",
+        misbehave(),
+        "nosuchtype",
+        "{ mode = \"ok\" }",
+        "",
+    ));
     assert!(
         err.contains("resmon_startup returned NULL for type \"nosuchtype\""),
         "{err}"
@@ -494,31 +492,13 @@ fn type_control_codes_reach_the_library() {
 
 #[test]
 fn a_hung_open_refuses_the_resource_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(
-        dir.path(),
-        "r.toml",
-        &format!(
-            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{}",
-            dir.path().join("s.sock").display(),
-            dir.path().join("state").display(),
-            resource(
-                "a",
-                misbehave(),
-                "misbehave",
-                "{ mode = \"hang_open\" }",
-                "deadlock_timeout = \"300ms\""
-            )
-        ),
-    );
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .env("RESMON_LOG", "warn")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&resource(
+        "a",
+        misbehave(),
+        "misbehave",
+        "{ mode = \"hang_open\" }",
+        "deadlock_timeout = \"300ms\"",
+    ));
     assert!(
         err.contains("open did not return within 300ms (deadlock_timeout)"),
         "{err}"

@@ -109,13 +109,10 @@ fn tcp_config_mistakes_are_refused() {
     ];
     for (text, needle) in cases {
         let file = write(dir.path(), "c.toml", text);
-        let out = std::process::Command::new(BIN)
-            .args(["check", "--config"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{text}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{needle:?} not in {err}");
+        let err = refused("check", &file, 2);
+        assert!(
+            err.contains(needle),
+            "{needle:?} not in {err} (config: {text})"
+        );
     }
 }

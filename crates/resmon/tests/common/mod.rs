@@ -359,6 +359,25 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// Runs `resmon COMMAND --config FILE` (`check` or `serve`) on a config it
+/// must refuse, insists on exit `code`, and returns what it printed on stderr.
+pub fn refused(command: &str, file: &Path, code: i32) -> String {
+    let out = Command::new(BIN)
+        .args([command, "--config"])
+        .arg(file)
+        .env("RESMON_LOG", "warn")
+        .output()
+        .expect("run resmon");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "resmon {command} --config {}: {err}",
+        file.display()
+    );
+    err
+}
+
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
