@@ -155,21 +155,9 @@ impl ResourceType for Plugins {
         Ok(Box::new(PluginResource(shared)))
     }
 
-    /// Runs in the shared host of the library the type's resources were
-    /// opened from.
+    /// A type-wide control code of `type_name` (`plugin:NAME`), run in the
+    /// shared host of the library the type's resources were opened from.
     fn resource_type_control(
-        &self,
-        type_name: &str,
-        code: u32,
-        input: &[u8],
-    ) -> Result<Vec<u8>, ControlError> {
-        self.type_control(type_name, code, input)
-    }
-}
-
-impl Plugins {
-    /// A type-wide control code of `type_name` (`plugin:NAME`).
-    pub fn type_control(
         &self,
         type_name: &str,
         code: u32,
