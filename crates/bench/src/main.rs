@@ -38,7 +38,8 @@ use clap::{Parser, ValueEnum};
 use http_body_util::BodyExt;
 use resmon_client::{Client, Method};
 use serde_json::Value;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -85,6 +86,10 @@ enum Scenario {
     /// Internal: the resmon side of `ocf`.
     #[value(hide = true)]
     OcfWorker,
+    /// Internal: echoes what comes on stdin (a socket) back to it, the
+    /// baseline of `plugin`.
+    #[value(hide = true)]
+    EchoWorker,
 }
 
 struct Monitor {
@@ -212,6 +217,19 @@ fn kill(pid: u32, sig: rustix::process::Signal) {
     if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
         let _ = rustix::process::kill_process(p, sig);
     }
+}
+
+/// Whether every thread of `pid` is stopped (state `T`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+        })
+    })
 }
 
 /// `(pid, state char, ppid)` of every process.
@@ -718,6 +736,9 @@ fn main() -> Result<()> {
     if args.scenarios.contains(&Scenario::PluginWorker) {
         return plugin_worker(&args);
     }
+    if args.scenarios.contains(&Scenario::EchoWorker) {
+        return echo_worker();
+    }
     if args.scenarios.contains(&Scenario::OcfWorker) {
         return ocf_worker(args.state.as_deref().context("--state")?);
     }
@@ -800,6 +821,16 @@ impl resmon_contract::StatusSink for NoSink {
     fn complete(&self, _: Result<(), resmon_contract::ResourceError>) {}
 }
 
+/// Echoes stdin (a socket) back to it until it closes.
+fn echo_worker() -> Result<()> {
+    let sock = std::os::unix::net::UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let mut buf = [0u8; 16];
+    while (&sock).read_exact(&mut buf).is_ok() {
+        (&sock).write_all(&buf)?;
+    }
+    Ok(())
+}
+
 fn gone(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err()
 }
@@ -835,7 +866,25 @@ fn plugin_worker(args: &Args) -> Result<()> {
     for _ in 0..args.warmup * 10 {
         r.looks_alive();
     }
+    // The floor, in the same run: a bare round trip of a few bytes over a
+    // socketpair to another process and back.
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let mut echo = Command::new(std::env::current_exe()?)
+        .arg("echo-worker")
+        .stdin(std::os::fd::OwnedFd::from(theirs))
+        .spawn()
+        .context("starting the echo worker")?;
+    let ping = |buf: &mut [u8; 16]| -> Result<()> {
+        (&ours).write_all(buf)?;
+        (&ours).read_exact(buf)?;
+        Ok(())
+    };
+    let mut bytes = [7u8; 16];
+    for _ in 0..args.warmup * 10 {
+        ping(&mut bytes)?;
+    }
     let mut samples = Vec::with_capacity(args.runs * 10);
+    let mut floor = Vec::with_capacity(args.runs * 10);
     for _ in 0..args.runs * 10 {
         let t = Instant::now();
         let alive = r.looks_alive();
@@ -843,17 +892,33 @@ fn plugin_worker(args: &Args) -> Result<()> {
         if !alive {
             bail!("looks_alive answered false");
         }
+        let t = Instant::now();
+        ping(&mut bytes)?;
+        floor.push(t.elapsed());
     }
+    drop(ours);
+    let _ = echo.wait();
     report(
         "plugin: looks_alive round trip",
         samples,
         "(monitor -> host -> plugin -> monitor; target p50 <= 0.050 ms)",
+    );
+    report(
+        "plugin: bare socket round trip",
+        floor,
+        "(baseline, same run, alternating: 16 bytes to another process and back)",
     );
 
     let mut samples = Vec::new();
     for _ in 0..(args.runs / 10).max(10) {
         let host = *r.pids().first().context("no host pid")?;
         kill(host, rustix::process::Signal::STOP);
+        // A stop reaches the threads of a process one after the other: a
+        // lane thread woken by a request at that moment could still answer.
+        let until = Instant::now() + Duration::from_secs(1);
+        while !all_threads_stopped(host) && Instant::now() < until {
+            std::thread::sleep(Duration::from_micros(50));
+        }
         let t0 = Instant::now();
         if r.looks_alive() {
             bail!("a frozen host answered");

@@ -2,7 +2,8 @@
 //! provides, and the host processes that run them.
 //!
 //! Every call into a plugin is a request to a host, answered over the
-//! host's socket and waited for with a deadline: `terminate_timeout` for
+//! resource's lane (or, for `terminate`, the host's own socket) and waited
+//! for with a deadline: `terminate_timeout` for
 //! `terminate`, `deadlock_timeout` for every other entry point. A call past
 //! its deadline gets the whole host killed (rung 3 of the termination
 //! ladder: the kernel frees every lock its threads held), and the resource
@@ -15,20 +16,23 @@
 //! next call that needs it.
 
 use crate::host::FIRST_OUT_LEN;
-use crate::protocol::{read_frame, FromHost, Op, Reply, Request};
+use crate::protocol::{
+    read_frame, send_with_fd, write_frame, FrameReader, FromHost, Op, Reply, Request,
+};
 use resmon_contract::{
     control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Policy,
     Resource, ResourceError, ResourceType,
 };
 use resmon_sdk::ffi;
 use resmon_task::{Output, Reaper, SpawnSpec, TaskHandle, STILL_ACTIVE};
-use std::collections::HashMap;
-use std::io::{BufReader, Write};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -267,6 +271,7 @@ impl Pool {
             task,
             writer: Mutex::new(stream),
             calls: Mutex::new(Calls::default()),
+            ended: Condvar::new(),
             members: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
         });
@@ -284,6 +289,8 @@ impl Pool {
 struct Calls {
     /// Requests waiting for their reply: call number -> (resource, reply slot).
     waiting: HashMap<u64, (u64, mpsc::SyncSender<Result<Reply, String>>)>,
+    /// Resources with a call in flight on their lane.
+    busy: HashSet<u64>,
     /// Why the host is gone, once it is.
     gone: Option<String>,
     /// Why the monitor killed it, and for which resource.
@@ -296,8 +303,24 @@ struct Host {
     task: TaskHandle,
     writer: Mutex<UnixStream>,
     calls: Mutex<Calls>,
+    /// Signalled once `calls.gone` is set.
+    ended: Condvar,
     members: Mutex<HashMap<u64, Weak<Shared>>>,
     next_call: AtomicU64,
+}
+
+/// The monitor's end of a resource's lane in its host.
+struct Lane {
+    sock: UnixStream,
+    frames: FrameReader,
+}
+
+/// Where a resource is open: its host, its number there, and its lane.
+#[derive(Clone)]
+struct Remote {
+    host: Arc<Host>,
+    rid: u64,
+    lane: Arc<Mutex<Lane>>,
 }
 
 enum CallError {
@@ -313,6 +336,75 @@ impl Host {
     fn is_gone(&self) -> bool {
         let c = lock(&self.calls);
         c.gone.is_some() || c.killed.is_some()
+    }
+
+    /// Why it is gone, once its reader has seen it go (waited for briefly:
+    /// a lane closes as the host dies, a moment before its socket does).
+    fn gone_reason(&self) -> String {
+        let c = lock(&self.calls);
+        let (c, _) = self
+            .ended
+            .wait_timeout_while(c, Duration::from_secs(5), |c| c.gone.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        c.gone
+            .clone()
+            .unwrap_or_else(|| "the host closed the resource's lane".into())
+    }
+
+    /// A call on a resource's lane: `op` written to the lane (an `open` to
+    /// the host's socket with the lane's other end), the reply read from
+    /// the lane, both by the calling thread.
+    fn lane_call(
+        &self,
+        lane: &Mutex<Lane>,
+        rid: u64,
+        op: Op,
+        open_with: Option<OwnedFd>,
+        timeout: Duration,
+    ) -> Result<Reply, CallError> {
+        let deadline = Instant::now() + timeout;
+        let mut lane = lock(lane);
+        {
+            let mut c = lock(&self.calls);
+            if let Some(why) = c.gone.clone().or_else(|| c.killed.clone().map(|k| k.0)) {
+                return Err(CallError::Gone(why));
+            }
+            c.busy.insert(rid);
+        }
+        let r = self.lane_exchange(&mut lane, rid, op, open_with, deadline);
+        lock(&self.calls).busy.remove(&rid);
+        r
+    }
+
+    fn lane_exchange(
+        &self,
+        lane: &mut Lane,
+        rid: u64,
+        op: Op,
+        open_with: Option<OwnedFd>,
+        deadline: Instant,
+    ) -> Result<Reply, CallError> {
+        let sent = match open_with {
+            Some(theirs) => crate::protocol::encode(&Request { call: 0, rid, op })
+                .and_then(|frame| send_with_fd(&lock(&self.writer), &frame, theirs.as_fd())),
+            None => write_frame(&mut &lane.sock, &op),
+        };
+        if let Err(e) = sent {
+            return Err(CallError::Gone(match e.kind() {
+                io::ErrorKind::InvalidInput => format!("cannot encode the request: {e}"),
+                _ => self.gone_reason(),
+            }));
+        }
+        match lane.frames.next::<Reply>(&lane.sock, deadline) {
+            Ok(Some(r)) => Ok(r),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(CallError::Timeout),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                let why = format!("it broke the protocol ({e})");
+                self.kill(why.clone(), rid);
+                Err(CallError::Gone(why))
+            }
+            Ok(None) | Err(_) => Err(CallError::Gone(self.gone_reason())),
+        }
     }
 
     /// Sends a request and waits up to `timeout` for its reply.
@@ -451,21 +543,29 @@ fn read_loop(host: Arc<Host>, stream: UnixStream) {
         host.kill(why, 0);
     }
     let exit = host.exit_text();
-    let (waiting, killed, reason) = {
+    let (waiting, killed, reason, in_calls) = {
         let mut c = lock(&host.calls);
         let reason = match &c.killed {
             Some((k, _)) => format!("{k}; the monitor killed its host"),
             None => format!("its host died: {exit}"),
         };
         c.gone = Some(reason.clone());
-        (std::mem::take(&mut c.waiting), c.killed.clone(), reason)
+        host.ended.notify_all();
+        let mut suspects: Vec<u64> = c.busy.iter().copied().collect();
+        suspects.extend(c.waiting.values().map(|(rid, _)| *rid));
+        (
+            std::mem::take(&mut c.waiting),
+            c.killed.clone(),
+            reason,
+            suspects,
+        )
     };
     tracing::warn!("{} is gone: {reason}", host.label);
     // A crash is blamed on the resources that were in a call or a pending
     // online/offline; a kill on the one it was for.
     let mut suspects: Vec<u64> = match &killed {
         Some((_, rid)) => vec![*rid],
-        None => waiting.values().map(|(rid, _)| *rid).collect(),
+        None => in_calls,
     };
     for (_, tx) in waiting.into_values() {
         let _ = tx.send(Err(reason.clone()));
@@ -555,8 +655,8 @@ struct Shared {
     pool: Arc<Pool>,
     /// Gets a host of its own: configured, or since it hung or crashed one.
     separate: AtomicBool,
-    /// The host it is open in, and its number there.
-    remote: Mutex<Option<(Arc<Host>, u64)>>,
+    /// The host it is open in, its number and its lane there.
+    remote: Mutex<Option<Remote>>,
     /// The pending `online`/`offline` its host's `set_status` reports to.
     pending: Mutex<Option<(u64, CallContext)>>,
     /// Online as far as the plugin told us.
@@ -566,24 +666,37 @@ struct Shared {
 impl Shared {
     /// Where it is open now, opening it in a host first if it is not (at
     /// `open`, and again after its host died).
-    fn ensure_open(&self) -> Result<(Arc<Host>, u64), ResourceError> {
-        if let Some((h, rid)) = lock(&self.remote).clone() {
-            if !h.is_gone() {
-                return Ok((h, rid));
-            }
+    fn ensure_open(&self) -> Result<Remote, ResourceError> {
+        if let Some(r) = self.current() {
+            return Ok(r);
         }
         let host = self.pool.host(self.separate.load(Ordering::Acquire))?;
         let rid = NEXT_RID.fetch_add(1, Ordering::Relaxed);
+        let (ours, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| ResourceError(format!("open: no socket for the resource's lane: {e}")))?;
+        let remote = Remote {
+            host: host.clone(),
+            rid,
+            lane: Arc::new(Mutex::new(Lane {
+                sock: UnixStream::from(ours),
+                frames: FrameReader::default(),
+            })),
+        };
         lock(&host.members).insert(rid, self.me.clone());
         let op = Op::Open {
             type_name: self.type_name.clone(),
             name: self.name.clone(),
             params: self.params.clone(),
         };
-        match self.call_on(&host, rid, op, self.policy.deadlock_timeout) {
+        match self.call_on(&remote, op, Some(theirs), self.policy.deadlock_timeout) {
             Ok(Reply::Done) => {
-                *lock(&self.remote) = Some((host.clone(), rid));
-                Ok((host, rid))
+                *lock(&self.remote) = Some(remote.clone());
+                Ok(remote)
             }
             Ok(other) => {
                 lock(&host.members).remove(&rid);
@@ -597,29 +710,37 @@ impl Shared {
     }
 
     /// The current host, if it is alive (no opening).
-    fn current(&self) -> Option<(Arc<Host>, u64)> {
-        lock(&self.remote).clone().filter(|(h, _)| !h.is_gone())
+    fn current(&self) -> Option<Remote> {
+        lock(&self.remote).clone().filter(|r| !r.host.is_gone())
     }
 
     fn call(&self, op: Op, timeout: Duration) -> Result<Reply, ResourceError> {
-        let (host, rid) = self.ensure_open()?;
-        self.call_on(&host, rid, op, timeout)
+        let remote = self.ensure_open()?;
+        self.call_on(&remote, op, None, timeout)
     }
 
+    /// One call: `terminate` over the host's socket (it runs beside the
+    /// lane), everything else over the lane; `open` brings the lane's
+    /// other end.
     fn call_on(
         &self,
-        host: &Arc<Host>,
-        rid: u64,
+        remote: &Remote,
         op: Op,
+        open_with: Option<OwnedFd>,
         timeout: Duration,
     ) -> Result<Reply, ResourceError> {
         let entry = op.name();
+        let (host, rid) = (&remote.host, remote.rid);
         let limit = if matches!(op, Op::Terminate) {
             "terminate_timeout"
         } else {
             "deadlock_timeout"
         };
-        match host.call(rid, op, timeout) {
+        let r = match op {
+            Op::Terminate => host.call(rid, op, timeout),
+            op => host.lane_call(&remote.lane, rid, op, open_with, timeout),
+        };
+        match r {
             Ok(Reply::Failed(e)) => Err(ResourceError(format!("{entry}: {e}"))),
             Ok(r) => Ok(r),
             Err(CallError::Gone(why)) => Err(ResourceError(format!("{entry}: {why}"))),
@@ -690,7 +811,7 @@ impl Shared {
     fn host_lost(&self, host: &Arc<Host>, reason: &str, suspect: bool) {
         {
             let mut remote = lock(&self.remote);
-            if remote.as_ref().is_some_and(|(h, _)| Arc::ptr_eq(h, host)) {
+            if remote.as_ref().is_some_and(|r| Arc::ptr_eq(&r.host, host)) {
                 *remote = None;
             }
         }
@@ -718,11 +839,11 @@ impl Shared {
     /// `online` or `offline`: done at once, or pending with `set_status`.
     fn transition(&self, op: Op, ctx: &CallContext) -> Result<Completion, ResourceError> {
         let online = op == Op::Online;
-        let (host, rid) = self.ensure_open()?;
-        let hid = Arc::as_ptr(&host) as u64;
+        let remote = self.ensure_open()?;
+        let hid = Arc::as_ptr(&remote.host) as u64;
         *lock(&self.pending) = Some((hid, ctx.clone()));
         let entry = op.name();
-        let r = self.call_on(&host, rid, op, self.policy.deadlock_timeout);
+        let r = self.call_on(&remote, op, None, self.policy.deadlock_timeout);
         let mut pending = lock(&self.pending);
         let ours = pending.as_ref().is_some_and(|(h, _)| *h == hid);
         match r {
@@ -787,8 +908,8 @@ impl Resource for PluginResource {
     fn terminate(&self, _exit_code: i32) {
         let s = &self.0;
         s.up.store(false, Ordering::Release);
-        if let Some((host, rid)) = s.current() {
-            let _ = s.call_on(&host, rid, Op::Terminate, s.policy.terminate_timeout);
+        if let Some(remote) = s.current() {
+            let _ = s.call_on(&remote, Op::Terminate, None, s.policy.terminate_timeout);
         }
     }
 
@@ -817,11 +938,12 @@ impl Resource for PluginResource {
 
     fn close(&self) {
         let s = &self.0;
-        let Some((host, rid)) = lock(&s.remote).take() else {
+        let Some(remote) = lock(&s.remote).take() else {
             return;
         };
+        let (host, rid) = (remote.host.clone(), remote.rid);
         if !host.is_gone() {
-            let _ = s.call_on(&host, rid, Op::Close, s.policy.deadlock_timeout);
+            let _ = s.call_on(&remote, Op::Close, None, s.policy.deadlock_timeout);
         }
         let empty = {
             let mut m = lock(&host.members);
@@ -840,12 +962,12 @@ impl Resource for PluginResource {
     fn pids(&self) -> Vec<u32> {
         self.0
             .current()
-            .and_then(|(h, _)| h.pid())
+            .and_then(|r| r.host.pid())
             .into_iter()
             .collect()
     }
 
     fn detail(&self) -> Option<String> {
-        self.0.current().map(|(h, _)| format!("in {}", h.label))
+        self.0.current().map(|r| format!("in {}", r.host.label))
     }
 }

@@ -2,18 +2,20 @@
 //! library and runs its entry points for the monitor.
 //!
 //! The monitor starts a host with one end of a socketpair as its stdin and
-//! talks [`crate::protocol`] over it. Each resource gets a *lane*, a thread
-//! that runs its entry points one at a time; `terminate` runs on a thread
-//! of its own beside the lane, as the contract allows, and never beside
-//! `open` or `close` (a per-resource read-write gate keeps them apart).
-//! Type-wide control codes run on threads of their own.
+//! talks [`crate::protocol`] over it. Each resource gets a *lane*: a socket
+//! of its own, which arrives with its `open` request, and a thread that
+//! reads its entry points from it and runs them one at a time. `terminate`
+//! comes over the main socket and runs on a thread of its own beside the
+//! lane, as the contract allows, and never beside `open` or `close` (a
+//! per-resource read-write gate keeps them apart). Type-wide control codes
+//! run on threads of their own.
 //!
 //! The host does not judge time: the monitor does, and kills the whole
 //! host when an entry point hangs. Writing past a control buffer hits a
 //! guard page and crashes the host, which the monitor also sees and
 //! handles; a host never lives on with a plugin's damage in it.
 
-use crate::protocol::{read_frame, FromHost, Op, Reply, Request};
+use crate::protocol::{read_frame, write_frame, FdReader, FromHost, Op, Reply, Request};
 use resmon_sdk::ffi;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -22,7 +24,6 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// The first buffer offered to a control code; it grows to what the code
@@ -31,7 +32,8 @@ pub const FIRST_OUT_LEN: u32 = 64 * 1024;
 
 /// One open resource in this host.
 struct Res {
-    table: &'static ffi::FunctionTable,
+    /// Its type's function table, once the lane has it.
+    table: OnceLock<&'static ffi::FunctionTable>,
     /// What `open` returned.
     ptr: AtomicPtr<c_void>,
     /// Raised by `terminate`, lowered when the next `online`/`offline` starts.
@@ -39,7 +41,6 @@ struct Res {
     /// `open`/`close` take it for writing, every other entry point for
     /// reading: `terminate` never runs beside `open` or `close`.
     gate: RwLock<()>,
-    lane: mpsc::Sender<Request>,
 }
 
 struct Host {
@@ -179,11 +180,24 @@ pub fn run(library: &Path) -> ! {
         _library: library_handle,
     });
 
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(FdReader::new(stream));
     let mut buf = Vec::new();
     loop {
         match read_frame::<Request>(&mut reader, &mut buf) {
-            Ok(Some(req)) => dispatch(req),
+            Ok(Some(req)) => {
+                // An `open` brings the resource's lane with it.
+                let lane = match req.op {
+                    Op::Open { .. } => match reader.get_mut().take_fd() {
+                        Some(fd) => Some(UnixStream::from(fd)),
+                        None => {
+                            eprintln!("resmon host: an open request came without its lane");
+                            exit(2);
+                        }
+                    },
+                    _ => None,
+                };
+                dispatch(req, lane)
+            }
             Ok(None) => exit(0),
             Err(e) => {
                 eprintln!("resmon host: reading from the monitor: {e}");
@@ -260,43 +274,38 @@ fn check_table(t: &ffi::FunctionTable) -> Result<(), String> {
     Ok(())
 }
 
-fn dispatch(req: Request) {
+fn dispatch(req: Request, lane_socket: Option<UnixStream>) {
     let h = host();
     match &req.op {
-        Op::Open { type_name, .. } => {
-            let t = match table(type_name) {
-                Ok(t) => t,
-                Err(e) => return reply(req.call, Reply::Failed(e)),
-            };
-            let (tx, rx) = mpsc::channel();
+        Op::Open { .. } => {
+            let Some(sock) = lane_socket else { return };
             let res = Arc::new(Res {
-                table: t,
+                table: OnceLock::new(),
                 ptr: AtomicPtr::new(std::ptr::null_mut()),
                 terminating: AtomicBool::new(false),
                 gate: RwLock::new(()),
-                lane: tx,
             });
             let rid = req.rid;
-            let lane_tx = res.lane.clone();
             h.resources
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(rid, res.clone());
+            let mut answer = sock.try_clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("lane-{rid}"))
-                .spawn(move || lane(rid, res, rx));
+                .spawn(move || lane(rid, res, sock, req.op));
             if let Err(e) = spawned {
                 h.resources
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&rid);
-                return reply(
-                    req.call,
-                    Reply::Failed(format!("no thread for the resource: {e}")),
-                );
+                if let Ok(w) = answer.as_mut() {
+                    let _ = write_frame(
+                        w,
+                        &Reply::Failed(format!("no thread for the resource: {e}")),
+                    );
+                }
             }
-            // The lane's first call is this open.
-            let _ = lane_tx.send(req);
         }
         Op::Terminate => match resource(req.rid as usize as *mut c_void) {
             // Nothing open: nothing runs.
@@ -307,7 +316,8 @@ fn dispatch(req: Request) {
                     let _gate = res.gate.read().unwrap_or_else(|e| e.into_inner());
                     res.terminating.store(true, Ordering::Release);
                     let ptr = res.ptr.load(Ordering::Acquire);
-                    if let (false, Some(f)) = (ptr.is_null(), res.table.terminate) {
+                    let f = res.table.get().and_then(|t| t.terminate);
+                    if let (false, Some(f)) = (ptr.is_null(), f) {
                         // SAFETY: the pointer `open` returned; the gate keeps
                         // `close` from freeing it meanwhile.
                         unsafe { f(ptr) };
@@ -374,24 +384,20 @@ fn dispatch(req: Request) {
                 reply(call, Reply::Failed(format!("no thread for the call: {e}")));
             }
         }
-        _ => match resource(req.rid as usize as *mut c_void) {
-            None => reply(
-                req.call,
-                Reply::Failed(format!("no open resource {} in this host", req.rid)),
-            ),
-            Some((_, res)) => {
-                let call = req.call;
-                if res.lane.send(req).is_err() {
-                    reply(call, Reply::Failed("the resource is closing".into()));
-                }
-            }
-        },
+        _ => reply(
+            req.call,
+            Reply::Failed(format!(
+                "{} comes over the resource's lane, not the host's socket",
+                req.op.name()
+            )),
+        ),
     }
 }
 
-/// The lane of one resource: its entry points, one at a time, until `close`
-/// (or a failed `open`).
-fn lane(rid: u64, res: Arc<Res>, rx: mpsc::Receiver<Request>) {
+/// The lane of one resource: `open`, then its entry points as they come
+/// over its socket, one at a time, until `close` (or a failed `open`, or
+/// the monitor closing the socket).
+fn lane(rid: u64, res: Arc<Res>, sock: UnixStream, open: Op) {
     let remove = || {
         host()
             .resources
@@ -399,92 +405,118 @@ fn lane(rid: u64, res: Arc<Res>, rx: mpsc::Receiver<Request>) {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&rid);
     };
-    let t = res.table;
-    while let Ok(req) = rx.recv() {
-        let ptr = res.ptr.load(Ordering::Acquire);
-        let answer = match req.op {
-            Op::Open { name, params, .. } => {
-                let _gate = res.gate.write().unwrap_or_else(|e| e.into_inner());
-                let (Ok(name), Ok(params)) = (CString::new(name), CString::new(params)) else {
-                    remove();
-                    reply(
-                        req.call,
-                        Reply::Failed("a name or params with a NUL byte".into()),
-                    );
-                    return;
-                };
-                let open = t.open.expect("checked");
-                // SAFETY: the header's signature; the handle is the
-                // resource's number, never dereferenced by anyone.
-                let p =
-                    unsafe { open(name.as_ptr(), params.as_ptr(), rid as usize as *mut c_void) };
-                if p.is_null() {
-                    drop(_gate);
-                    remove();
-                    reply(
-                        req.call,
-                        Reply::Failed("open returned NULL (the plugin's log says why)".into()),
-                    );
-                    return;
-                }
-                res.ptr.store(p, Ordering::Release);
-                Reply::Done
-            }
-            Op::Close => {
-                let _gate = res.gate.write().unwrap_or_else(|e| e.into_inner());
-                if !ptr.is_null() {
-                    // SAFETY: the pointer `open` returned, closed once.
-                    unsafe { t.close.expect("checked")(ptr) };
-                    res.ptr.store(std::ptr::null_mut(), Ordering::Release);
-                }
-                drop(_gate);
-                remove();
-                reply(req.call, Reply::Done);
-                return;
-            }
-            Op::Online | Op::Offline => {
-                let _gate = res.gate.read().unwrap_or_else(|e| e.into_inner());
-                res.terminating.store(false, Ordering::Release);
-                let f = if req.op == Op::Online {
-                    t.online
-                } else {
-                    t.offline
-                };
-                // SAFETY: the pointer `open` returned; checked non-NULL entry.
-                Reply::Code(unsafe { f.expect("checked")(ptr) })
-            }
-            Op::LooksAlive | Op::IsAlive => {
-                let _gate = res.gate.read().unwrap_or_else(|e| e.into_inner());
-                let f = if req.op == Op::LooksAlive {
-                    t.looks_alive
-                } else {
-                    t.is_alive
-                };
-                // SAFETY: as above.
-                Reply::Code(unsafe { f.expect("checked")(ptr) })
-            }
-            Op::Control {
-                code,
-                input,
-                out_len,
-            } => {
-                let _gate = res.gate.read().unwrap_or_else(|e| e.into_inner());
-                match t.resource_control {
-                    None => Reply::Output {
-                        code: ffi::RESMON_INVALID_FUNCTION,
-                        data: Vec::new(),
-                        needed: 0,
-                    },
-                    Some(f) => with_out_buffer(out_len, |out, len, written| {
-                        // SAFETY: the header's signature; the buffers are
-                        // valid for the lengths given.
-                        unsafe { f(ptr, code, input.as_ptr(), input.len(), out, len, written) }
-                    }),
-                }
-            }
-            Op::Terminate | Op::TypeControl { .. } => Reply::Failed("not a lane call".into()),
-        };
-        reply(req.call, answer);
+    let mut writer = &sock;
+    let opened = open_resource(rid, &res, open);
+    let ok = opened.is_ok();
+    let answer = opened.map_or_else(Reply::Failed, |()| Reply::Done);
+    if write_frame(&mut writer, &answer).is_err() || !ok {
+        close_resource(&res);
+        remove();
+        return;
+    }
+    let mut reader = BufReader::new(&sock);
+    let mut buf = Vec::new();
+    // Until the monitor closes the lane (letting go of the resource
+    // without `close`) or sends `close`.
+    while let Ok(Some(op)) = read_frame::<Op>(&mut reader, &mut buf) {
+        if op == Op::Close {
+            close_resource(&res);
+            remove();
+            let _ = write_frame(&mut writer, &Reply::Done);
+            return;
+        }
+        let answer = run_on_lane(&res, op);
+        if write_frame(&mut writer, &answer).is_err() {
+            break;
+        }
+    }
+    close_resource(&res);
+    remove();
+}
+
+/// `open`: finds the type's table and opens the resource.
+fn open_resource(rid: u64, res: &Res, open: Op) -> Result<(), String> {
+    let Op::Open {
+        type_name,
+        name,
+        params,
+    } = open
+    else {
+        return Err("the first call of a lane must be open".into());
+    };
+    let t = table(&type_name)?;
+    let _ = res.table.set(t);
+    let _gate = res.gate.write().unwrap_or_else(|e| e.into_inner());
+    let (Ok(name), Ok(params)) = (CString::new(name), CString::new(params)) else {
+        return Err("a name or params with a NUL byte".into());
+    };
+    let open = t.open.expect("checked");
+    // SAFETY: the header's signature; the handle is the resource's number,
+    // never dereferenced by anyone.
+    let p = unsafe { open(name.as_ptr(), params.as_ptr(), rid as usize as *mut c_void) };
+    if p.is_null() {
+        return Err("open returned NULL (the plugin's log says why)".into());
+    }
+    res.ptr.store(p, Ordering::Release);
+    Ok(())
+}
+
+/// `close`, once, if `open` succeeded.
+fn close_resource(res: &Res) {
+    let _gate = res.gate.write().unwrap_or_else(|e| e.into_inner());
+    let ptr = res.ptr.swap(std::ptr::null_mut(), Ordering::AcqRel);
+    if let (false, Some(t)) = (ptr.is_null(), res.table.get()) {
+        // SAFETY: the pointer `open` returned, closed once (swapped out).
+        unsafe { t.close.expect("checked")(ptr) };
+    }
+}
+
+/// Every entry point but `open`, `close` and `terminate`.
+fn run_on_lane(res: &Res, op: Op) -> Reply {
+    let _gate = res.gate.read().unwrap_or_else(|e| e.into_inner());
+    let (Some(t), ptr) = (res.table.get(), res.ptr.load(Ordering::Acquire)) else {
+        return Reply::Failed("the resource is not open".into());
+    };
+    if ptr.is_null() {
+        return Reply::Failed("the resource is not open".into());
+    }
+    match op {
+        Op::Online | Op::Offline => {
+            res.terminating.store(false, Ordering::Release);
+            let f = if op == Op::Online {
+                t.online
+            } else {
+                t.offline
+            };
+            // SAFETY: the pointer `open` returned; checked non-NULL entry.
+            Reply::Code(unsafe { f.expect("checked")(ptr) })
+        }
+        Op::LooksAlive | Op::IsAlive => {
+            let f = if op == Op::LooksAlive {
+                t.looks_alive
+            } else {
+                t.is_alive
+            };
+            // SAFETY: as above.
+            Reply::Code(unsafe { f.expect("checked")(ptr) })
+        }
+        Op::Control {
+            code,
+            input,
+            out_len,
+        } => match t.resource_control {
+            None => Reply::Output {
+                code: ffi::RESMON_INVALID_FUNCTION,
+                data: Vec::new(),
+                needed: 0,
+            },
+            Some(f) => with_out_buffer(out_len, |out, len, written| {
+                // SAFETY: the header's signature; the buffers are valid for
+                // the lengths given.
+                unsafe { f(ptr, code, input.as_ptr(), input.len(), out, len, written) }
+            }),
+        },
+        other => Reply::Failed(format!("{} is not a lane call", other.name())),
     }
 }
 

@@ -1,14 +1,27 @@
-//! The framed protocol between the monitor and a host process, over the
-//! socketpair the host gets as its stdin.
+//! The framed protocol between the monitor and a host process.
 //!
 //! A frame is a little-endian `u32` length, then that many bytes of one
-//! message in postcard encoding. The monitor sends [`Request`]s; the host
-//! sends [`FromHost`] messages: the [`Reply`] to each request (matched by
-//! `call`, in any order, since calls of different resources run at once)
-//! and, between replies, the callbacks of pending calls and log messages.
+//! message in postcard encoding. Two kinds of socket carry frames:
+//!
+//! * The host's **main socket** (the socketpair it gets as its stdin). The
+//!   monitor sends [`Request`]s: `open`, `terminate` and type-wide control
+//!   codes. The host sends [`FromHost`] messages: the [`Reply`] to each of
+//!   those (matched by `call`, in any order, since they run at once), and
+//!   the callbacks of pending calls and log messages.
+//! * A **lane** per resource: a socketpair whose host end travels with the
+//!   resource's `open` request (`SCM_RIGHTS`). Every other entry point of
+//!   the resource goes over it as a bare [`Op`] and is answered with a bare
+//!   [`Reply`], one call at a time. The caller in the monitor writes and
+//!   reads its lane itself and the host's lane thread does the same, so a
+//!   call wakes two threads, not four.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::io::{self, Read, Write};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 /// No frame is longer: a control output is at most 1 MiB.
 pub const MAX_FRAME: usize = 2 << 20;
@@ -152,6 +165,163 @@ pub fn read_frame<T: DeserializeOwned>(
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a broken frame: {e}")))
 }
 
+/// Sends one frame with `fd` attached (`SCM_RIGHTS`). The descriptor
+/// travels with the frame's first bytes, so the reader has it by the time
+/// it has read the whole frame.
+pub fn send_with_fd(sock: &UnixStream, frame: &[u8], fd: BorrowedFd<'_>) -> io::Result<()> {
+    use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [fd];
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("no room for a descriptor in the message"));
+    }
+    let sent = loop {
+        match sendmsg(
+            sock,
+            &[IoSlice::new(frame)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => break r?,
+        }
+    };
+    let mut rest = sock;
+    rest.write_all(&frame[sent..])
+}
+
+/// A reader of a stream socket that keeps the descriptors arriving with
+/// the bytes (`SCM_RIGHTS`), in the order they came.
+pub struct FdReader {
+    sock: UnixStream,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl FdReader {
+    pub fn new(sock: UnixStream) -> FdReader {
+        FdReader {
+            sock,
+            fds: VecDeque::new(),
+        }
+    }
+
+    /// The oldest descriptor received and not yet taken.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fds.pop_front()
+    }
+}
+
+impl Read for FdReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got = loop {
+            match recvmsg(
+                &self.sock,
+                &mut [IoSliceMut::new(buf)],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Err(rustix::io::Errno::INTR) => continue,
+                r => break r?,
+            }
+        };
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = msg {
+                self.fds.extend(fds);
+            }
+        }
+        Ok(got.bytes)
+    }
+}
+
+/// Reads frames from a socket with a deadline for each, keeping what
+/// arrived past the frame for the next one.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl FrameReader {
+    /// The next frame from `sock`: `Ok(None)` at the end of the stream, an
+    /// error of kind `TimedOut` when `deadline` passes first, `InvalidData`
+    /// for a frame too long or not decodable.
+    pub fn next<T: DeserializeOwned>(
+        &mut self,
+        sock: &UnixStream,
+        deadline: Instant,
+    ) -> io::Result<Option<T>> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        loop {
+            let wanted = match self.decode()? {
+                Decoded::Frame(msg) => return Ok(Some(msg)),
+                Decoded::Short(wanted) => wanted,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let timeout = Timespec {
+                tv_sec: left.as_secs() as _,
+                tv_nsec: left.subsec_nanos() as _,
+            };
+            match poll(&mut [PollFd::new(sock, PollFlags::IN)], Some(&timeout)) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            // Room for the rest of the frame (at least a small read's worth)
+            // after what is buffered, moved to the front.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            let room = wanted.max(4096);
+            if self.buf.len() < self.end + room {
+                self.buf.resize(self.end + room, 0);
+            }
+            let mut r = sock;
+            match r.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn decode<T: DeserializeOwned>(&mut self) -> io::Result<Decoded<T>> {
+        let rest = &self.buf[self.start..self.end];
+        let Some(len) = rest.get(..4) else {
+            return Ok(Decoded::Short(4 - rest.len()));
+        };
+        let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a frame of {len} bytes is longer than the {MAX_FRAME} allowed"),
+            ));
+        }
+        let Some(body) = rest.get(4..4 + len) else {
+            return Ok(Decoded::Short(4 + len - rest.len()));
+        };
+        let msg = postcard::from_bytes(body).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("a broken frame: {e}"))
+        })?;
+        self.start += 4 + len;
+        Ok(Decoded::Frame(msg))
+    }
+}
+
+enum Decoded<T> {
+    Frame(T),
+    /// This many more bytes are needed at least.
+    Short(usize),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,5 +379,94 @@ mod tests {
         let mut wire = 10u32.to_le_bytes().to_vec();
         wire.extend([0; 3]);
         assert!(read_frame::<FromHost>(&mut &wire[..], &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_descriptor_travels_with_its_frame() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (lane, _keep) = UnixStream::pair().unwrap();
+        let first = encode(&Request {
+            call: 1,
+            rid: 1,
+            op: Op::LooksAlive,
+        })
+        .unwrap();
+        let second = encode(&Request {
+            call: 2,
+            rid: 9,
+            op: Op::Open {
+                type_name: "t".into(),
+                name: "r".into(),
+                params: "x".repeat(100_000),
+            },
+        })
+        .unwrap();
+        let writer = std::thread::spawn(move || {
+            (&a).write_all(&first).unwrap();
+            send_with_fd(&a, &second, std::os::fd::AsFd::as_fd(&lane)).unwrap();
+        });
+        let mut r = io::BufReader::new(FdReader::new(b));
+        let mut buf = Vec::new();
+        let one: Request = read_frame(&mut r, &mut buf).unwrap().unwrap();
+        assert_eq!(one.call, 1);
+        let two: Request = read_frame(&mut r, &mut buf).unwrap().unwrap();
+        assert_eq!((two.call, two.rid), (2, 9));
+        let fd = r.get_mut().take_fd().expect("the lane came with the open");
+        assert!(r.get_mut().take_fd().is_none());
+        writer.join().unwrap();
+        // It is the other end's peer: bytes written to it arrive at `_keep`.
+        (&UnixStream::from(fd)).write_all(b"hi").unwrap();
+        let mut got = [0u8; 2];
+        (&_keep).read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+    }
+
+    #[test]
+    fn frame_reader_keeps_what_follows_and_times_out() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut wire = encode(&Reply::Code(1)).unwrap();
+        wire.extend(encode(&Reply::Code(2)).unwrap());
+        // The third frame arrives in two pieces.
+        let third = encode(&Reply::Failed("y".repeat(200_000))).unwrap();
+        (&a).write_all(&wire).unwrap();
+        let mut frames = FrameReader::default();
+        let soon = || Instant::now() + std::time::Duration::from_secs(5);
+        assert_eq!(
+            frames.next::<Reply>(&b, soon()).unwrap(),
+            Some(Reply::Code(1))
+        );
+        assert_eq!(
+            frames.next::<Reply>(&b, soon()).unwrap(),
+            Some(Reply::Code(2))
+        );
+        let e = frames
+            .next::<Reply>(&b, Instant::now() + std::time::Duration::from_millis(20))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let (head, tail) = third.split_at(10);
+        (&a).write_all(head).unwrap();
+        let writer = {
+            let a = a.try_clone().unwrap();
+            let tail = tail.to_vec();
+            std::thread::spawn(move || (&a).write_all(&tail).unwrap())
+        };
+        assert_eq!(
+            frames.next::<Reply>(&b, soon()).unwrap(),
+            Some(Reply::Failed("y".repeat(200_000)))
+        );
+        writer.join().unwrap();
+        drop(a);
+        assert_eq!(frames.next::<Reply>(&b, soon()).unwrap(), None);
+    }
+
+    #[test]
+    fn frame_reader_refuses_oversized_frames() {
+        let (a, b) = UnixStream::pair().unwrap();
+        (&a).write_all(&((MAX_FRAME + 1) as u32).to_le_bytes())
+            .unwrap();
+        let e = FrameReader::default()
+            .next::<Reply>(&b, Instant::now() + std::time::Duration::from_secs(5))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 }
