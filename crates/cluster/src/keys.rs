@@ -1,0 +1,232 @@
+//! The etcd key layout, as pure functions that build and parse keys.
+//!
+//! Under the prefix `<p>` (default `/resmon`):
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `<p>/nodes/<node>` | JSON [`NodeRecord`] | the node's |
+//! | `<p>/groups/<group>/owner` | the owning node's name | the owner's |
+//! | `<p>/groups/<group>/target` | the node a move was requested to | none |
+//! | `<p>/groups/<group>/failed/<node>` | empty: `node` gave the group up after its restart threshold | that node's |
+//!
+//! A key bound to a lease disappears with it: a node key exists exactly
+//! while its node is a live member, and an owner key while its owner may
+//! run the group. The owner key's `create_revision` is the group's fencing
+//! token: it only grows from one owner to the next.
+//!
+//! Node and group names never hold `/` ([`check_name`]), so every key
+//! parses back without ambiguity.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a name cannot be used in a key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("name {name:?} must be 1 to 64 characters of letters, digits, '-', '_' and '.', not starting with '.' or '-'")]
+pub struct NameError {
+    pub name: String,
+}
+
+/// Checks a node or group name: the same rule as resmon's resource and
+/// group names (`[A-Za-z0-9._-]`, 1 to 64, not starting with `.` or `-`).
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError {
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// The value of a node key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node: String,
+    /// When the node's monitor joined, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// The monitor's process id on its machine.
+    pub pid: u32,
+}
+
+impl NodeRecord {
+    /// The record for `node` joining now from this process.
+    pub fn now(node: &str) -> NodeRecord {
+        let started_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        NodeRecord {
+            node: node.to_owned(),
+            started_unix_ms,
+            pid: std::process::id(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a NodeRecord always serializes")
+    }
+
+    pub fn from_json(value: &[u8]) -> Result<NodeRecord, serde_json::Error> {
+        serde_json::from_slice(value)
+    }
+}
+
+/// What a key under the prefix is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Key {
+    Node(String),
+    Owner(String),
+    Target(String),
+    Failed { group: String, node: String },
+}
+
+/// Builds and parses the keys under one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    /// The prefix without a trailing `/` (empty for the prefix `/`).
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// Every key of the cluster starts with this (`<p>/`).
+    pub fn root(&self) -> String {
+        format!("{}/", self.prefix)
+    }
+
+    /// `<p>/nodes/`: the range of node keys.
+    pub fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
+
+    /// `<p>/nodes/<node>`.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}/nodes/{node}", self.prefix)
+    }
+
+    /// `<p>/groups/`: the range of every group key.
+    pub fn groups(&self) -> String {
+        format!("{}/groups/", self.prefix)
+    }
+
+    /// `<p>/groups/<group>/owner`.
+    pub fn owner(&self, group: &str) -> String {
+        format!("{}/groups/{group}/owner", self.prefix)
+    }
+
+    /// `<p>/groups/<group>/target`.
+    pub fn target(&self, group: &str) -> String {
+        format!("{}/groups/{group}/target", self.prefix)
+    }
+
+    /// `<p>/groups/<group>/failed/`: the range of the group's failed marks.
+    pub fn failed_range(&self, group: &str) -> String {
+        format!("{}/groups/{group}/failed/", self.prefix)
+    }
+
+    /// `<p>/groups/<group>/failed/<node>`.
+    pub fn failed(&self, group: &str, node: &str) -> String {
+        format!("{}/groups/{group}/failed/{node}", self.prefix)
+    }
+
+    /// What `key` is, or `None` for a key outside this layout.
+    pub fn parse(&self, key: &str) -> Option<Key> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let name = |s: &str| check_name(s).is_ok().then(|| s.to_owned());
+        match parts.as_slice() {
+            ["nodes", node] => name(node).map(Key::Node),
+            ["groups", group, "owner"] => name(group).map(Key::Owner),
+            ["groups", group, "target"] => name(group).map(Key::Target),
+            ["groups", group, "failed", node] => Some(Key::Failed {
+                group: name(group)?,
+                node: name(node)?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_build_and_parse_back() {
+        for prefix in ["/resmon", "/resmon/", "/a/b", "/"] {
+            let k = Keys::new(prefix);
+            let cases = [
+                (k.node("n1"), Key::Node("n1".into())),
+                (k.owner("web"), Key::Owner("web".into())),
+                (k.target("web"), Key::Target("web".into())),
+                (
+                    k.failed("web", "n1"),
+                    Key::Failed {
+                        group: "web".into(),
+                        node: "n1".into(),
+                    },
+                ),
+            ];
+            for (key, parsed) in cases {
+                assert!(key.starts_with(&k.root()), "{key}");
+                assert_eq!(k.parse(&key), Some(parsed), "{key}");
+            }
+            assert!(k.node("n1").starts_with(&k.nodes()));
+            assert!(k.owner("g").starts_with(&k.groups()));
+            assert!(k.failed("g", "n").starts_with(&k.failed_range("g")));
+        }
+        assert_eq!(Keys::new("/resmon").owner("web"), "/resmon/groups/web/owner");
+        assert_eq!(Keys::new("/").node("a"), "/nodes/a");
+    }
+
+    #[test]
+    fn foreign_keys_do_not_parse() {
+        let k = Keys::new("/resmon");
+        for key in [
+            "/resmonx/nodes/a",
+            "/other/nodes/a",
+            "/resmon/nodes/",
+            "/resmon/nodes/a/b",
+            "/resmon/groups/web",
+            "/resmon/groups/web/owner/x",
+            "/resmon/groups/web/failed/",
+            "/resmon/groups/.x/owner",
+            "/resmon/groups/web/lock",
+            "/resmon",
+        ] {
+            assert_eq!(k.parse(key), None, "{key}");
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["a", "node-1", "web_2.x", &"x".repeat(64)] {
+            check_name(ok).unwrap();
+        }
+        for bad in ["", ".a", "-a", "a/b", "a b", "é", &"x".repeat(65)] {
+            let e = check_name(bad).unwrap_err();
+            assert!(e.to_string().contains("1 to 64"), "{e}");
+        }
+    }
+
+    #[test]
+    fn node_records_round_trip() {
+        let r = NodeRecord::now("n1");
+        assert_eq!(r.pid, std::process::id());
+        assert!(r.started_unix_ms > 1_600_000_000_000);
+        let json = r.to_json();
+        assert!(json.contains("\"started_unix_ms\""), "{json}");
+        assert_eq!(NodeRecord::from_json(json.as_bytes()).unwrap(), r);
+        assert!(NodeRecord::from_json(b"garbage").is_err());
+    }
+}
