@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use resmon_contract::Scope;
-use resmon_task::{Reaper, SpawnSpec, TaskHandle};
+use resmon_task::{Output, Reaper, SpawnSpec, TaskHandle};
 
 use super::protocol::{encode, split_lines, FenceReport, GuardStatus, Reply, Request, WireScope};
 use crate::clock::BootInstant;
@@ -52,15 +52,18 @@ pub struct GuardClient {
     poisoned: bool,
 }
 
-/// `<exe> fence-guard [--watchdog PATH]`: the spec [`GuardClient::spawn`]
-/// expects when the guard is resmon's own hidden subcommand.
+/// `<exe> fence-guard [--watchdog PATH]`, its stderr the monitor's: the
+/// spec [`GuardClient::spawn`] takes when the guard is resmon's own hidden
+/// subcommand.
 pub fn command(exe: &Path, watchdog: Option<&Path>) -> SpawnSpec {
     let mut args = vec![SUBCOMMAND.to_owned()];
     if let Some(w) = watchdog {
         args.push("--watchdog".into());
         args.push(w.display().to_string());
     }
-    SpawnSpec::new(exe.display().to_string(), args)
+    let mut spec = SpawnSpec::new(exe.display().to_string(), args);
+    spec.stderr = Output::Inherit;
+    spec
 }
 
 impl GuardClient {

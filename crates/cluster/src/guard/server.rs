@@ -145,7 +145,8 @@ struct Guard<'a> {
     armed: Option<Armed>,
     watchdog: Watchdog,
     memory_locked: bool,
-    /// The outcome of the last fence, for the exit code.
+    /// The outcome of a fence made after the monitor went away, for the
+    /// exit code.
     fenced: Option<bool>,
 }
 
@@ -389,7 +390,10 @@ impl<'a> Guard<'a> {
                 format!("; errors: {}", report.errors.join("; "))
             },
         ));
-        self.fenced = Some(complete);
+        if self.sock.is_none() {
+            // Alone: the exit code is the only report left.
+            self.fenced = Some(complete);
+        }
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             set_signal(sig, libc::SIG_DFL);
         }
@@ -538,8 +542,10 @@ impl Watchdog {
         let Some(path) = &self.path else {
             return Ok(());
         };
+        // Appending changes nothing for a device, and keeps every write
+        // when the path is a plain file (as in tests).
         let file = std::fs::OpenOptions::new()
-            .write(true)
+            .append(true)
             .open(path)
             .map_err(|e| format!("opening watchdog {}: {e}", path.display()))?;
         self.file = Some(file);
