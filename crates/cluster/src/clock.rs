@@ -121,7 +121,10 @@ mod tests {
             u64::MAX
         );
         assert_eq!(t - BootInstant::from_nanos(2_000), Duration::ZERO);
-        assert_eq!(BootInstant::from_nanos(2_000) - t, Duration::from_nanos(1_000));
+        assert_eq!(
+            BootInstant::from_nanos(2_000) - t,
+            Duration::from_nanos(1_000)
+        );
         assert_eq!(
             BootInstant::from_nanos(t.as_nanos()),
             t,

@@ -185,7 +185,10 @@ mod tests {
             assert!(k.owner("g").starts_with(&k.groups()));
             assert!(k.failed("g", "n").starts_with(&k.failed_range("g")));
         }
-        assert_eq!(Keys::new("/resmon").owner("web"), "/resmon/groups/web/owner");
+        assert_eq!(
+            Keys::new("/resmon").owner("web"),
+            "/resmon/groups/web/owner"
+        );
         assert_eq!(Keys::new("/").node("a"), "/nodes/a");
     }
 

@@ -58,9 +58,15 @@ pub mod keys;
 pub mod lease;
 pub mod settings;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use clock::BootInstant;
 pub use keys::{Key, Keys, NodeRecord};
 pub use lease::{LeaseClock, RenewalId};
 pub use settings::{Settings, SettingsError};
 
+#[cfg(feature = "etcd")]
+pub use etcd::{Change, Claim, ClusterView, Error, LeaseState, Member, NodeInfo, Owner, Ownership};

@@ -97,7 +97,8 @@ impl Settings {
             problems.push(format!("node: {e}"));
         }
         if self.endpoints.is_empty() {
-            problems.push("etcd: give at least one endpoint, e.g. \"http://127.0.0.1:2379\"".into());
+            problems
+                .push("etcd: give at least one endpoint, e.g. \"http://127.0.0.1:2379\"".into());
         }
         for e in &self.endpoints {
             if let Err(why) = check_endpoint(e) {
@@ -254,7 +255,12 @@ mod tests {
             ("http://ho st:2379", false),
         ];
         for (url, ok) in table {
-            assert_eq!(check_endpoint(url).is_ok(), *ok, "{url}: {:?}", check_endpoint(url));
+            assert_eq!(
+                check_endpoint(url).is_ok(),
+                *ok,
+                "{url}: {:?}",
+                check_endpoint(url)
+            );
         }
     }
 
@@ -270,7 +276,13 @@ mod tests {
         let e = s.validate().unwrap_err();
         assert_eq!(e.problems.len(), 5, "{e}");
         let text = e.to_string();
-        for key in ["node:", "etcd: endpoint", "lease_ttl:", "margin:", "key_prefix"] {
+        for key in [
+            "node:",
+            "etcd: endpoint",
+            "lease_ttl:",
+            "margin:",
+            "key_prefix",
+        ] {
             assert!(text.contains(key), "{key} missing from {text}");
         }
     }
@@ -285,8 +297,14 @@ mod tests {
                 },
                 "at least one endpoint",
             ),
-            (good().with_lease_ttl(Duration::from_millis(2500)), "whole number"),
-            (good().with_margin(Duration::from_millis(1500)), "half of lease_ttl"),
+            (
+                good().with_lease_ttl(Duration::from_millis(2500)),
+                "whole number",
+            ),
+            (
+                good().with_margin(Duration::from_millis(1500)),
+                "half of lease_ttl",
+            ),
             (good().with_key_prefix("/a//b"), "\"//\""),
             (good().with_key_prefix(""), "must start with '/'"),
             (

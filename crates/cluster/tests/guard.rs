@@ -44,11 +44,18 @@ fn spawn_guard(watchdog: Option<&Path>) -> GuardClient {
     let exe = std::env::current_exe().unwrap();
     let mut spec = SpawnSpec::new(
         exe.display().to_string(),
-        ["guard_process", "--exact", "--nocapture", "--test-threads=1"],
+        [
+            "guard_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ],
     );
     spec.env.push((
         CHILD_ENV.into(),
-        watchdog.map(|p| p.display().to_string()).unwrap_or_default(),
+        watchdog
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     ));
     spec.stderr = Output::Inherit;
     GuardClient::spawn(&reaper(), spec).expect("starting the guard")
@@ -77,7 +84,11 @@ async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
 async fn holds_until(what: &str, until: BootInstant, extra: Duration, cond: impl Fn() -> bool) {
     let end = until + extra;
     while !end.has_passed() {
-        assert!(cond(), "{what} stopped holding {:?} before {end}", end.remaining());
+        assert!(
+            cond(),
+            "{what} stopped holding {:?} before {end}",
+            end.remaining()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(cond(), "{what}");
@@ -298,9 +309,12 @@ async fn disarm_means_no_kill_even_when_the_monitor_goes_away(backend: Backend, 
         within("the guard to exit", task.wait()).await.unwrap(),
         guard::EXIT_CLEAN
     );
-    holds_until("the resources to live", until, Duration::from_millis(200), || {
-        fx.alive()
-    })
+    holds_until(
+        "the resources to live",
+        until,
+        Duration::from_millis(200),
+        || fx.alive(),
+    )
     .await;
 }
 

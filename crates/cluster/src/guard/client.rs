@@ -25,7 +25,9 @@ pub enum GuardError {
     Timeout(Duration),
     #[error("fence guard closed its socket (exited?)")]
     Closed,
-    #[error("an earlier request to the fence guard timed out: the connection is not trusted any more")]
+    #[error(
+        "an earlier request to the fence guard timed out: the connection is not trusted any more"
+    )]
     Poisoned,
     #[error("fence guard refused the request: {0}")]
     Refused(String),
@@ -202,13 +204,15 @@ impl GuardClient {
 
     fn exchange(&mut self, req: &Request, asked: &'static str) -> Result<Reply, GuardError> {
         self.stream.set_write_timeout(Some(self.timeout))?;
-        self.stream.write_all(&encode(req)).map_err(|e| match e.kind() {
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => GuardError::Closed,
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                GuardError::Timeout(self.timeout)
-            }
-            _ => GuardError::Io(e),
-        })?;
+        self.stream
+            .write_all(&encode(req))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => GuardError::Closed,
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                    GuardError::Timeout(self.timeout)
+                }
+                _ => GuardError::Io(e),
+            })?;
         let deadline = Instant::now() + self.timeout;
         let mut buf = [0_u8; 8192];
         loop {

@@ -16,9 +16,7 @@ use rustix::time::{
     Timespec,
 };
 
-use super::protocol::{
-    encode, split_lines, FenceReport, GuardStatus, Reply, Request, MAX_LINE,
-};
+use super::protocol::{encode, split_lines, FenceReport, GuardStatus, Reply, Request, MAX_LINE};
 use crate::clock::BootInstant;
 
 /// The guard exited after its monitor closed the socket while disarmed.
@@ -446,7 +444,12 @@ fn kill_scopes(armed: &Armed, settle: Duration) -> FenceReport {
     let containers: Vec<(String, Container)> = armed
         .scopes
         .iter()
-        .map(|s| (format!("{}={}", s.marker.0, s.marker.1), Container::from_scope(s)))
+        .map(|s| {
+            (
+                format!("{}={}", s.marker.0, s.marker.1),
+                Container::from_scope(s),
+            )
+        })
         .collect();
     let mut errors = Vec::new();
     for (name, c) in &containers {
@@ -457,14 +460,14 @@ fn kill_scopes(armed: &Armed, settle: Duration) -> FenceReport {
     let mut left: Vec<usize> = (0..containers.len())
         .filter(|&i| !containers[i].1.is_empty())
         .collect();
-    let mut round = 0u32;
+    let mut last_kill = at;
     while !left.is_empty() && BootInstant::now() - at < settle {
         std::thread::sleep(Duration::from_millis(5));
-        round += 1;
-        if round % 20 == 0 {
+        if BootInstant::now() - last_kill >= Duration::from_millis(100) {
             for &i in &left {
                 let _ = containers[i].1.kill_all();
             }
+            last_kill = BootInstant::now();
         }
         left.retain(|&i| !containers[i].1.is_empty());
     }

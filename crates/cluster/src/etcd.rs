@@ -1,0 +1,1312 @@
+//! The node's membership in etcd: its lease and the renewals that keep it,
+//! the ownership transactions, and watches on the cluster's keys.
+//!
+//! [`Member::join`] grants a lease of `lease_ttl`, creates the node key
+//! with it (refusing if a live node of the same name exists), and starts
+//! a keep-alive task. That task sends a renewal every
+//! [`Settings::renew_interval`], reading `CLOCK_BOOTTIME` *before* each
+//! send, and feeds etcd's answers to a [`LeaseClock`]; the deadline it
+//! proves is published as a [`LeaseState`] on a `tokio::sync::watch`
+//! channel. etcd answers the renewals of one stream in order, so the n-th
+//! answer belongs to the n-th renewal sent on it. A stream that breaks, or
+//! leaves a renewal unanswered for a whole interval, is replaced by a new
+//! one on the same lease; the renewals pending on the old one are
+//! forgotten (they prove nothing). The task also watches the node key: its
+//! deletion means the lease was revoked or expired.
+//!
+//! The lease is **lost** (and [`LeaseState::lost`] says why) when etcd
+//! answers that it does not know the lease, when the node key is deleted,
+//! or when the deadline passes without a newer acknowledged renewal. A
+//! lost member stays lost; the daemon fences and joins again with a new
+//! [`Member`].
+//!
+//! Ownership of a group is the owner key, created by one transaction
+//! ([`Member::acquire`]); its `create_revision` is the fencing token. No
+//! election API: it produced false wins under partitions where the single
+//! transaction did not (DESIGN section 7).
+//!
+//! Requests go to one endpoint at a time; one that cannot be reached, has
+//! no leader, or takes longer than half a TTL is left for the next
+//! (etcd-client's own balancing kept sending a share of the requests to a
+//! dead member). Errors name the endpoints and the key they were about.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
+};
+use tokio::sync::{watch, Notify};
+
+use crate::clock::BootInstant;
+use crate::keys::{check_name, Key, Keys, NameError, NodeRecord};
+use crate::lease::{Ack, LeaseClock, RenewalId};
+use crate::settings::{Settings, SettingsError};
+
+/// What went wrong talking to etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("invalid group or node name: {0}")]
+    Name(#[from] NameError),
+    #[error("cannot connect to etcd at {endpoints}: {source}")]
+    Connect {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    #[error("etcd at {endpoints}: {what}: {source}")]
+    Etcd {
+        endpoints: String,
+        what: String,
+        source: etcd_client::Error,
+    },
+    #[error(
+        "node {node:?} is already a live member (key {key}{}): another monitor runs with this node \
+         name, or an earlier one's lease has not expired yet{}",
+        record.as_ref().map(|r| format!(", pid {}", r.pid)).unwrap_or_default(),
+        remaining.map(|d| format!(" (it expires in {d:?} unless renewed)")).unwrap_or_default()
+    )]
+    NodeTaken {
+        node: String,
+        key: String,
+        record: Option<NodeRecord>,
+        remaining: Option<Duration>,
+    },
+    #[error("{what}: no etcd endpoint answered: {}", tried.join("; "))]
+    Unreachable {
+        what: String,
+        /// Each endpoint tried and how it failed.
+        tried: Vec<String>,
+    },
+    #[error("the node's lease is lost: {0}")]
+    LeaseLost(String),
+    #[error("etcd at {endpoints}: {what}: unexpected answer: {detail}")]
+    Unexpected {
+        endpoints: String,
+        what: String,
+        detail: String,
+    },
+}
+
+impl Error {
+    /// Whether joining failed only because a node of the same name is
+    /// still a member: retry after [`Error::NodeTaken::remaining`].
+    pub fn is_node_taken(&self) -> bool {
+        matches!(self, Error::NodeTaken { .. })
+    }
+}
+
+/// What the keep-alive task knows about the lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseState {
+    /// Run the groups only until this point on `CLOCK_BOOTTIME` (the send
+    /// time of the last acknowledged renewal `+ TTL - margin`); `None` once
+    /// lost.
+    pub may_run_until: Option<BootInstant>,
+    /// Why the lease is lost: terminate the groups at once.
+    pub lost: Option<String>,
+}
+
+impl LeaseState {
+    fn of(clock: &LeaseClock) -> LeaseState {
+        LeaseState {
+            may_run_until: clock.may_run_until(),
+            lost: clock.lost().map(str::to_owned),
+        }
+    }
+}
+
+/// This node's ownership of a group, as its transaction created it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    pub group: String,
+    /// The fencing token: the owner key's `create_revision`.
+    pub token: i64,
+    pub mod_revision: i64,
+}
+
+/// Who owns a group, as the owner key says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub group: String,
+    pub node: String,
+    /// The owner key's `create_revision`: the owner's fencing token.
+    pub token: i64,
+    pub mod_revision: i64,
+    /// The owner's lease.
+    pub lease: i64,
+}
+
+/// The outcome of [`Member::acquire`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// This node owns the group now (or already did, with this lease).
+    Won(Ownership),
+    /// Someone else does: this owner key exists.
+    Held(Owner),
+}
+
+impl Claim {
+    pub fn won(self) -> Option<Ownership> {
+        match self {
+            Claim::Won(o) => Some(o),
+            Claim::Held(_) => None,
+        }
+    }
+}
+
+/// A live node, as [`Member::nodes`] lists them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node: String,
+    /// The node key's value; `None` if it could not be read.
+    pub record: Option<NodeRecord>,
+    pub lease: i64,
+    /// How long its lease has left unless renewed, as etcd says.
+    pub ttl_remaining: Option<Duration>,
+}
+
+/// Every key of the cluster at one revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The revision the view was read at: watch from `revision + 1`.
+    pub revision: i64,
+    /// Live nodes and their records.
+    pub nodes: BTreeMap<String, Option<NodeRecord>>,
+    pub owners: BTreeMap<String, Owner>,
+    /// Requested moves: group -> node.
+    pub targets: BTreeMap<String, String>,
+    /// Nodes that gave a group up: group -> nodes.
+    pub failed: BTreeMap<String, Vec<String>>,
+}
+
+impl ClusterView {
+    fn from_kvs(keys: &Keys, revision: i64, kvs: &[KeyValue]) -> ClusterView {
+        let mut view = ClusterView {
+            revision,
+            ..ClusterView::default()
+        };
+        for kv in kvs {
+            let Some(key) = kv.key_str().ok().and_then(|k| keys.parse(k)) else {
+                continue;
+            };
+            match key {
+                Key::Node(node) => {
+                    view.nodes
+                        .insert(node, NodeRecord::from_json(kv.value()).ok());
+                }
+                Key::Owner(group) => {
+                    view.owners.insert(group.clone(), owner_of(&group, kv));
+                }
+                Key::Target(group) => {
+                    view.targets
+                        .insert(group, String::from_utf8_lossy(kv.value()).into_owned());
+                }
+                Key::Failed { group, node } => view.failed.entry(group).or_default().push(node),
+            }
+        }
+        view
+    }
+}
+
+/// A change to the cluster's keys, from [`Watch::next`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A node joined (`present`) or its key went away (left, or its
+    /// lease expired).
+    Node {
+        node: String,
+        present: bool,
+        revision: i64,
+    },
+    /// An owner key was created or changed (`owner`), or deleted
+    /// (`owner: None`: released, or its owner's lease ended); `previous`
+    /// is the owner before the change, when etcd still had it.
+    Owner {
+        group: String,
+        owner: Option<Owner>,
+        previous: Option<Owner>,
+        revision: i64,
+    },
+    /// A move was requested (`node`) or the request cleared.
+    Target {
+        group: String,
+        node: Option<String>,
+        revision: i64,
+    },
+    /// A node marked a group failed (`present`) or the mark went away.
+    Failed {
+        group: String,
+        node: String,
+        present: bool,
+        revision: i64,
+    },
+    /// Changes were missed (the history was compacted): here is the whole
+    /// state again; the watch goes on after it.
+    Resync(ClusterView),
+}
+
+/// How long one request to one endpoint may take: half the TTL.
+fn attempt_timeout(settings: &Settings) -> Duration {
+    settings.lease_ttl / 2
+}
+
+/// One client per endpoint, used one at a time: the current one until a
+/// request on it fails for want of a connection (or a leader), or times
+/// out; then the next. etcd-client can balance over several endpoints
+/// itself, but it keeps sending a share of the requests to a member that is
+/// down; a node must reach the members left at once.
+#[derive(Clone)]
+struct Clients(Arc<ClientsInner>);
+
+struct ClientsInner {
+    endpoints: Vec<String>,
+    clients: Vec<Client>,
+    current: AtomicUsize,
+}
+
+impl Clients {
+    /// Clients for every endpoint; they connect on their first request.
+    async fn connect(endpoints: &[String], attempt: Duration) -> Result<Clients, Error> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(attempt)
+            // A member cut off from the others answers "no leader" instead
+            // of serving stale reads or holding watches that never fire.
+            .with_require_leader(true);
+        let mut clients = Vec::new();
+        for e in endpoints {
+            let client = Client::connect([e.as_str()], Some(options.clone()))
+                .await
+                .map_err(|source| Error::Connect {
+                    endpoints: e.clone(),
+                    source,
+                })?;
+            clients.push(client);
+        }
+        Ok(Clients(Arc::new(ClientsInner {
+            endpoints: endpoints.to_vec(),
+            clients,
+            current: AtomicUsize::new(0),
+        })))
+    }
+
+    /// The index and client of the endpoint in use.
+    fn current(&self) -> (usize, Client) {
+        let i = self.0.current.load(Ordering::Relaxed) % self.0.clients.len();
+        (i, self.0.clients[i].clone())
+    }
+
+    fn endpoint(&self, i: usize) -> &str {
+        &self.0.endpoints[i]
+    }
+
+    /// Moves on from endpoint `failed` (unless someone did already).
+    fn advance(&self, failed: usize) {
+        let next = (failed + 1) % self.0.clients.len();
+        let _ = self
+            .0
+            .current
+            .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on the current endpoint, and on the next ones while it
+    /// fails for want of a connection or takes longer than `attempt`: each
+    /// endpoint is tried at most once. The requests made here are safe to
+    /// repeat (a transaction that took effect before its answer was lost
+    /// finds its own work done).
+    async fn run<T, F, Fut>(&self, what: &str, attempt: Duration, mut f: F) -> Result<T, Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut tried = Vec::new();
+        for _ in 0..self.0.clients.len() {
+            let (i, client) = self.current();
+            match tokio::time::timeout(attempt, f(client)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if is_unavailable(&e) => {
+                    tried.push(format!("{}: {e}", self.endpoint(i)));
+                    self.advance(i);
+                }
+                Ok(Err(source)) => {
+                    return Err(Error::Etcd {
+                        endpoints: self.endpoint(i).to_owned(),
+                        what: what.to_owned(),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    tried.push(format!(
+                        "{}: no answer within {attempt:?}",
+                        self.endpoint(i)
+                    ));
+                    self.advance(i);
+                }
+            }
+        }
+        Err(Error::Unreachable {
+            what: what.to_owned(),
+            tried,
+        })
+    }
+}
+
+/// Whether a request failed for want of a connection or a leader, so that
+/// another endpoint may do better.
+fn is_unavailable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_)
+        | etcd_client::Error::IoError(_)
+        | etcd_client::Error::WatchError(_) => true,
+        etcd_client::Error::LeaseKeepAliveError(m) => m != "lease not found",
+        // Cancelled, Unknown (transport errors), DeadlineExceeded, Unavailable.
+        etcd_client::Error::GRpcStatus(s) => matches!(i32::from(s.code()), 1 | 2 | 4 | 14),
+        _ => false,
+    }
+}
+
+/// Controls the keep-alive task.
+#[derive(Debug, Default)]
+struct Control {
+    /// Test hook: send no renewals while set.
+    paused: AtomicBool,
+    stop: Notify,
+}
+
+/// This node as a member of the cluster. Dropping it stops the renewals
+/// (the lease then expires in etcd); [`leave`](Self::leave) revokes it at
+/// once.
+pub struct Member {
+    clients: Clients,
+    settings: Settings,
+    keys: Keys,
+    endpoints: String,
+    lease: i64,
+    state: watch::Receiver<LeaseState>,
+    control: Arc<Control>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("node", &self.settings.node)
+            .field("endpoints", &self.endpoints)
+            .field("lease", &format_args!("{:x}", self.lease))
+            .field("state", &*self.state.borrow())
+            .finish()
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+impl Member {
+    /// Connects, grants the lease, creates the node key and starts the
+    /// renewals. Fails with [`Error::NodeTaken`] while a live node of the
+    /// same name exists (e.g. this node's previous monitor, whose lease has
+    /// not expired yet).
+    pub async fn join(settings: Settings) -> Result<Member, Error> {
+        settings.validate()?;
+        let endpoints = settings.endpoints.join(",");
+        let attempt = attempt_timeout(&settings);
+        let clients = Clients::connect(&settings.endpoints, attempt).await?;
+        let keys = settings.keys();
+        let mut clock = LeaseClock::new(settings.margin);
+        let ttl = settings.lease_ttl_secs();
+        // The grant counts as the first renewal, sent before the request.
+        let mut grant_sent = clock.sent(BootInstant::now());
+        let grant = clients
+            .run("granting the node's lease", attempt, |mut c| {
+                grant_sent = clock.sent(BootInstant::now());
+                async move { c.lease_grant(ttl, None).await }
+            })
+            .await?;
+        let lease = grant.id();
+        clock.acked(grant_sent, grant.ttl());
+        let revoking = format!("revoking lease {lease:x}");
+        let revoke = || {
+            clients.run(&revoking, attempt, move |mut c| async move {
+                c.lease_revoke(lease).await
+            })
+        };
+
+        let key = keys.node(&settings.node);
+        let record = NodeRecord::now(&settings.node);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                record.to_json(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let created = clients
+            .run(&format!("creating node key {key}"), attempt, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
+        let resp = match created {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = revoke().await;
+                return Err(e);
+            }
+        };
+        if !resp.succeeded() {
+            let existing = first_kv(&resp.op_responses());
+            let remaining = match &existing {
+                Some(kv) if kv.lease() != 0 => {
+                    let theirs = kv.lease();
+                    clients
+                        .run(
+                            "reading the other node's lease",
+                            attempt,
+                            |mut c| async move { c.lease_time_to_live(theirs, None).await },
+                        )
+                        .await
+                        .ok()
+                        .and_then(|t| u64::try_from(t.ttl()).ok())
+                        .map(Duration::from_secs)
+                }
+                _ => None,
+            };
+            let _ = revoke().await;
+            return Err(Error::NodeTaken {
+                node: settings.node.clone(),
+                key,
+                record: existing.and_then(|kv| NodeRecord::from_json(kv.value()).ok()),
+                remaining,
+            });
+        }
+        let node_revision = resp.header().map_or(0, |h| h.revision());
+
+        let (tx, state) = watch::channel(LeaseState::of(&clock));
+        let control = Arc::new(Control::default());
+        let keeper = tokio::spawn(
+            Keeper {
+                clients: clients.clone(),
+                endpoint: clients.current().0,
+                lease,
+                node_key: key,
+                watch_from: node_revision + 1,
+                interval: settings.renew_interval(),
+                ttl: grant.ttl(),
+                clock,
+                tx,
+                control: Arc::clone(&control),
+            }
+            .run(),
+        );
+        tracing::info!(
+            "joined the cluster at {endpoints} as node {:?} with lease {lease:x} (TTL {ttl}s)",
+            settings.node
+        );
+        Ok(Member {
+            clients,
+            settings,
+            keys,
+            endpoints,
+            lease,
+            state,
+            control,
+            keeper,
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.settings.node
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The node's lease id.
+    pub fn lease_id(&self) -> i64 {
+        self.lease
+    }
+
+    /// The lease's state, updated on every acknowledged renewal and on loss.
+    pub fn lease_state(&self) -> watch::Receiver<LeaseState> {
+        self.state.clone()
+    }
+
+    /// Test hook: stops sending renewals (as a frozen monitor would) until
+    /// called with `false`. The lease then runs out in etcd.
+    #[cfg(feature = "testkit")]
+    pub fn pause_renewals(&self, paused: bool) {
+        self.control.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Takes group `group` if nobody owns it, in one transaction: if the
+    /// owner key does not exist (`create_revision == 0`), put it with this
+    /// node's name and lease; else read it. Bring the group online only
+    /// after [`Claim::Won`], and hand its resources [`Ownership::token`].
+    pub async fn acquire(&self, group: &str) -> Result<Claim, Error> {
+        check_name(group)?;
+        self.check_lease()?;
+        let key = self.keys.owner(group);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(
+                    key.clone(),
+                    self.settings.node.clone(),
+                    Some(PutOptions::new().with_lease(self.lease)),
+                ),
+                TxnOp::get(key.clone(), None),
+            ])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let what = format!("acquiring group {group:?} (owner key {key})");
+        let resp = self
+            .op(&what, txn, |mut c, txn| async move { c.txn(txn).await })
+            .await?;
+        let Some(kv) = first_kv(&resp.op_responses()) else {
+            // Possible only if the key vanished between compare and get,
+            // which one transaction rules out.
+            return Err(self.unexpected(&what, "the owner key is missing from the answer"));
+        };
+        let owner = owner_of(group, &kv);
+        if resp.succeeded() || (owner.lease == self.lease && owner.node == self.settings.node) {
+            Ok(Claim::Won(Ownership {
+                group: group.to_owned(),
+                token: owner.token,
+                mod_revision: owner.mod_revision,
+            }))
+        } else {
+            Ok(Claim::Held(owner))
+        }
+    }
+
+    /// Gives the group up: deletes the owner key if it is still the one
+    /// `ownership` created (same `create_revision`). Returns whether it
+    /// deleted it. Take the group's resources down *before* calling this.
+    pub async fn release(&self, ownership: &Ownership) -> Result<bool, Error> {
+        let key = self.keys.owner(&ownership.group);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                ownership.token,
+            )])
+            .and_then([TxnOp::delete(key.clone(), None)]);
+        let what = format!(
+            "releasing group {:?} (owner key {key}, token {})",
+            ownership.group, ownership.token
+        );
+        let resp = self
+            .op(&what, txn, |mut c, txn| async move { c.txn(txn).await })
+            .await?;
+        Ok(resp.succeeded())
+    }
+
+    /// Who owns `group`, if anyone.
+    pub async fn owner(&self, group: &str) -> Result<Option<Owner>, Error> {
+        check_name(group)?;
+        let key = self.keys.owner(group);
+        let what = format!("reading owner key {key}");
+        let resp = self
+            .op(
+                &what,
+                key,
+                |mut c, key| async move { c.get(key, None).await },
+            )
+            .await?;
+        Ok(resp.kvs().first().map(|kv| owner_of(group, kv)))
+    }
+
+    /// Every owned group and its owner.
+    pub async fn owners(&self) -> Result<Vec<Owner>, Error> {
+        Ok(self.view().await?.owners.into_values().collect())
+    }
+
+    /// Every key of the cluster, read at one revision.
+    pub async fn view(&self) -> Result<ClusterView, Error> {
+        read_view(&self.clients, &self.keys, attempt_timeout(&self.settings)).await
+    }
+
+    /// The live nodes (those whose node key exists), with what their
+    /// lease has left.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, Error> {
+        let prefix = self.keys.nodes();
+        let what = format!("listing nodes under {prefix}");
+        let resp = self
+            .op(&what, prefix, |mut c, prefix| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
+        let mut nodes = Vec::new();
+        for kv in resp.kvs() {
+            let Some(Key::Node(node)) = kv.key_str().ok().and_then(|k| self.keys.parse(k)) else {
+                continue;
+            };
+            let lease = kv.lease();
+            let ttl_remaining = if lease == 0 {
+                None
+            } else {
+                let what = format!("reading the lease of node {node:?}");
+                self.op(&what, lease, |mut c, lease| async move {
+                    c.lease_time_to_live(lease, None).await
+                })
+                .await
+                .ok()
+                .and_then(|t| u64::try_from(t.ttl()).ok())
+                .map(Duration::from_secs)
+            };
+            nodes.push(NodeInfo {
+                node,
+                record: NodeRecord::from_json(kv.value()).ok(),
+                lease,
+                ttl_remaining,
+            });
+        }
+        Ok(nodes)
+    }
+
+    /// Requests that `group` move to `node` (a key without lease: it
+    /// stays until cleared).
+    pub async fn set_target(&self, group: &str, node: &str) -> Result<(), Error> {
+        check_name(group)?;
+        check_name(node)?;
+        let key = self.keys.target(group);
+        let what = format!("setting target key {key} to {node:?}");
+        let node = node.to_owned();
+        self.op(&what, (key, node), |mut c, (key, node)| async move {
+            c.put(key, node, None).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn clear_target(&self, group: &str) -> Result<(), Error> {
+        check_name(group)?;
+        let key = self.keys.target(group);
+        let what = format!("deleting target key {key}");
+        self.op(
+            &what,
+            key,
+            |mut c, key| async move { c.delete(key, None).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The node `group` was asked to move to, if any.
+    pub async fn target(&self, group: &str) -> Result<Option<String>, Error> {
+        check_name(group)?;
+        let key = self.keys.target(group);
+        let what = format!("reading target key {key}");
+        let resp = self
+            .op(
+                &what,
+                key,
+                |mut c, key| async move { c.get(key, None).await },
+            )
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Records that this node gave `group` up (past its restart
+    /// threshold). Bound to the node's lease: it goes when the node does.
+    pub async fn mark_failed(&self, group: &str) -> Result<(), Error> {
+        check_name(group)?;
+        let key = self.keys.failed(group, &self.settings.node);
+        let what = format!("putting failed key {key}");
+        let lease = self.lease;
+        self.op(&what, key, |mut c, key| async move {
+            c.put(key, "", Some(PutOptions::new().with_lease(lease)))
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Withdraws this node's failed mark on `group`.
+    pub async fn clear_failed(&self, group: &str) -> Result<(), Error> {
+        check_name(group)?;
+        let key = self.keys.failed(group, &self.settings.node);
+        let what = format!("deleting failed key {key}");
+        self.op(
+            &what,
+            key,
+            |mut c, key| async move { c.delete(key, None).await },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The nodes that gave `group` up.
+    pub async fn failed_nodes(&self, group: &str) -> Result<Vec<String>, Error> {
+        check_name(group)?;
+        let prefix = self.keys.failed_range(group);
+        let what = format!("listing failed keys under {prefix}");
+        let resp = self
+            .op(&what, prefix, |mut c, prefix| async move {
+                c.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(
+                |kv| match kv.key_str().ok().and_then(|k| self.keys.parse(k)) {
+                    Some(Key::Failed { node, .. }) => Some(node),
+                    _ => None,
+                },
+            )
+            .collect())
+    }
+
+    /// The cluster's state now, and a [`Watch`] of every change after it.
+    pub async fn watch(&self) -> Result<(ClusterView, Watch), Error> {
+        let view = self.view().await?;
+        let watch = Watch {
+            clients: self.clients.clone(),
+            endpoint: 0,
+            keys: self.keys.clone(),
+            endpoints: self.endpoints.clone(),
+            attempt: attempt_timeout(&self.settings),
+            wait: self.settings.lease_ttl,
+            next_revision: view.revision + 1,
+            stream: None,
+            queue: VecDeque::new(),
+        };
+        Ok((view, watch))
+    }
+
+    /// Leaves the cluster: stops the renewals and revokes the lease, which
+    /// deletes the node key and every owner and failed key of this node.
+    /// Take the owned groups down first.
+    pub async fn leave(self) -> Result<(), Error> {
+        self.control.stop.notify_one();
+        self.keeper.abort();
+        let lease = self.lease;
+        let what = format!("revoking lease {lease:x}");
+        match self
+            .op(&what, lease, |mut c, lease| async move {
+                c.lease_revoke(lease).await
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Gone already: expired or revoked, which is what leaving wants.
+            Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn check_lease(&self) -> Result<(), Error> {
+        let state = self.state.borrow();
+        if let Some(why) = &state.lost {
+            return Err(Error::LeaseLost(why.clone()));
+        }
+        match state.may_run_until {
+            Some(until) if !until.has_passed() => Ok(()),
+            _ => Err(Error::LeaseLost(
+                "no renewal acknowledged in time: the deadline passed".into(),
+            )),
+        }
+    }
+
+    /// Runs one request (see [`Clients::run`]), naming it in errors.
+    async fn op<A, T, F, Fut>(&self, what: &str, arg: A, f: F) -> Result<T, Error>
+    where
+        A: Clone,
+        F: Fn(Client, A) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.clients
+            .run(what, attempt_timeout(&self.settings), |c| f(c, arg.clone()))
+            .await
+    }
+
+    fn unexpected(&self, what: &str, detail: &str) -> Error {
+        Error::Unexpected {
+            endpoints: self.endpoints.clone(),
+            what: what.to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+async fn read_view(
+    clients: &Clients,
+    keys: &Keys,
+    attempt: Duration,
+) -> Result<ClusterView, Error> {
+    let root = keys.root();
+    let what = format!("reading every key under {root}");
+    let resp = clients
+        .run(&what, attempt, |mut c| {
+            let root = root.clone();
+            async move { c.get(root, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    Ok(ClusterView::from_kvs(keys, revision, resp.kvs()))
+}
+
+fn owner_of(group: &str, kv: &KeyValue) -> Owner {
+    Owner {
+        group: group.to_owned(),
+        node: String::from_utf8_lossy(kv.value()).into_owned(),
+        token: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+        lease: kv.lease(),
+    }
+}
+
+/// The first key-value of the first `get` among a transaction's answers.
+fn first_kv(responses: &[TxnOpResponse]) -> Option<KeyValue> {
+    responses.iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
+/// Whether etcd said the lease does not exist (expired or revoked).
+fn is_lease_not_found(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) => m == "lease not found",
+        etcd_client::Error::GRpcStatus(s) => s.message().contains("requested lease not found"),
+        _ => false,
+    }
+}
+
+/// The keep-alive task.
+struct Keeper {
+    clients: Clients,
+    /// The endpoint of the stream in use.
+    endpoint: usize,
+    lease: i64,
+    node_key: String,
+    /// Watch the node key from this revision.
+    watch_from: i64,
+    interval: Duration,
+    /// The lease's TTL as granted, in seconds.
+    ttl: i64,
+    clock: LeaseClock,
+    tx: watch::Sender<LeaseState>,
+    control: Arc<Control>,
+}
+
+/// Why a keep-alive stream ended.
+enum StreamEnd {
+    /// Make a new one.
+    Reconnect(String),
+    /// The lease is lost or the member stops.
+    Done,
+}
+
+impl Keeper {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            if self.finished() {
+                return;
+            }
+            match self.stream().await {
+                StreamEnd::Done => return,
+                StreamEnd::Reconnect(why) => {
+                    self.clock.abandon_pending();
+                    tracing::warn!(
+                        "etcd at {}: lease {:x} keep-alive: {why}; reconnecting",
+                        self.clients.endpoint(self.endpoint),
+                        self.lease
+                    );
+                    self.clients.advance(self.endpoint);
+                    let pause = backoff.min(self.until_deadline());
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.control.stop.notified() => return,
+                    }
+                    backoff = (backoff * 2).min(self.interval);
+                }
+            }
+            if self.clock.pending() == 0 && self.clock.may_run_until().is_some() {
+                backoff = Duration::from_millis(50);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let next = LeaseState::of(&self.clock);
+        self.tx.send_if_modified(|s| {
+            if *s == next {
+                false
+            } else {
+                *s = next;
+                true
+            }
+        });
+    }
+
+    fn lose(&mut self, why: String) {
+        tracing::warn!(
+            "etcd at {}: lease {:x} lost: {why}",
+            self.clients.endpoint(self.endpoint),
+            self.lease
+        );
+        self.clock.lose(why);
+        self.publish();
+    }
+
+    /// Checks the deadline; true when the task should end.
+    fn finished(&mut self) -> bool {
+        if self.clock.lost().is_some() {
+            return true;
+        }
+        if self.clock.expired(BootInstant::now()) {
+            self.lose(format!(
+                "no renewal acknowledged in time: the deadline passed (renewing every {:?})",
+                self.interval
+            ));
+            return true;
+        }
+        false
+    }
+
+    fn until_deadline(&self) -> Duration {
+        self.clock
+            .may_run_until()
+            .map_or(Duration::ZERO, BootInstant::remaining)
+    }
+
+    fn paused(&self) -> bool {
+        self.control.paused.load(Ordering::Relaxed)
+    }
+
+    /// One keep-alive stream, from opening to its end.
+    async fn stream(&mut self) -> StreamEnd {
+        // Opening the stream sends a first renewal and waits for its answer.
+        if self.paused() {
+            tokio::select! {
+                _ = tokio::time::sleep(self.interval) => {}
+                _ = self.control.stop.notified() => return StreamEnd::Done,
+            }
+            return StreamEnd::Reconnect("renewals paused".into());
+        }
+        let first = self.clock.sent(BootInstant::now());
+        let wait = self.interval.min(self.until_deadline());
+        let (endpoint, mut client) = self.clients.current();
+        self.endpoint = endpoint;
+        let opened = tokio::time::timeout(wait, client.lease_keep_alive(self.lease)).await;
+        let (mut keeper, mut answers) = match opened {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) if is_lease_not_found(&e) => {
+                self.lose(format!(
+                    "etcd does not know lease {:x}: it expired or was revoked",
+                    self.lease
+                ));
+                return StreamEnd::Done;
+            }
+            Ok(Err(e)) => return StreamEnd::Reconnect(e.to_string()),
+            Err(_) => return StreamEnd::Reconnect(format!("no answer within {wait:?}")),
+        };
+        if self.clock.acked(first, self.ttl) == Ack::Lost {
+            self.publish();
+            return StreamEnd::Done;
+        }
+        self.publish();
+        let mut node_watch = self.watch_node().await;
+        let mut pending: VecDeque<RenewalId> = VecDeque::new();
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            let deadline = tokio::time::sleep(self.until_deadline());
+            tokio::select! {
+                _ = tick.tick() => {
+                    if self.finished() {
+                        return StreamEnd::Done;
+                    }
+                    if let Some(oldest) = self.clock.oldest_pending() {
+                        if BootInstant::now() - oldest >= self.interval {
+                            return StreamEnd::Reconnect(format!(
+                                "a renewal went unanswered for {:?}", self.interval
+                            ));
+                        }
+                    }
+                    if self.paused() {
+                        continue;
+                    }
+                    if node_watch.is_none() {
+                        node_watch = self.watch_node().await;
+                    }
+                    let id = self.clock.sent(BootInstant::now());
+                    if let Err(e) = keeper.keep_alive().await {
+                        return StreamEnd::Reconnect(e.to_string());
+                    }
+                    pending.push_back(id);
+                }
+                answer = answers.message() => match answer {
+                    Ok(Some(resp)) => {
+                        let Some(id) = pending.pop_front() else { continue };
+                        let ack = self.clock.acked(id, resp.ttl());
+                        self.publish();
+                        if ack == Ack::Lost {
+                            tracing::warn!(
+                                "etcd at {}: lease {:x} lost: {}",
+                                self.clients.endpoint(self.endpoint), self.lease,
+                                self.clock.lost().unwrap_or_default()
+                            );
+                            return StreamEnd::Done;
+                        }
+                    }
+                    Ok(None) => return StreamEnd::Reconnect("the stream ended".into()),
+                    Err(e) => return StreamEnd::Reconnect(e.to_string()),
+                },
+                msg = next_message(&mut node_watch) => {
+                    if let Some(end) = self.node_event(msg, &mut node_watch).await {
+                        return end;
+                    }
+                }
+                _ = deadline => {
+                    if self.finished() {
+                        return StreamEnd::Done;
+                    }
+                }
+                _ = self.control.stop.notified() => return StreamEnd::Done,
+            }
+        }
+    }
+
+    /// A watch on the node key from `watch_from`, or `None` for now.
+    async fn watch_node(&mut self) -> Option<WatchStream> {
+        let options = WatchOptions::new().with_start_revision(self.watch_from);
+        let (_, mut client) = self.clients.current();
+        match tokio::time::timeout(
+            self.interval,
+            client.watch(self.node_key.clone(), Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(w)) => Some(w),
+            Ok(Err(e)) => {
+                tracing::debug!("watching {}: {e}", self.node_key);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Handles a message of the node key watch; `Some` ends the stream.
+    async fn node_event(
+        &mut self,
+        msg: Result<Option<WatchResponse>, etcd_client::Error>,
+        node_watch: &mut Option<WatchStream>,
+    ) -> Option<StreamEnd> {
+        let resp = match msg {
+            Ok(Some(resp)) => resp,
+            Ok(None) | Err(_) => {
+                *node_watch = None;
+                return None;
+            }
+        };
+        for ev in resp.events() {
+            if let Some(kv) = ev.kv() {
+                self.watch_from = self.watch_from.max(kv.mod_revision() + 1);
+            }
+            if ev.event_type() == EventType::Delete {
+                self.lose(format!(
+                    "node key {} was deleted: the lease was revoked or expired",
+                    self.node_key
+                ));
+                return Some(StreamEnd::Done);
+            }
+        }
+        if resp.canceled() {
+            *node_watch = None;
+            // Compacted past our revision: look at the key itself.
+            let (_, mut client) = self.clients.current();
+            let got =
+                tokio::time::timeout(self.interval, client.get(self.node_key.clone(), None)).await;
+            if let Ok(Ok(got)) = got {
+                match got.kvs().first() {
+                    Some(kv) if kv.lease() == self.lease => {
+                        self.watch_from =
+                            got.header().map_or(self.watch_from, |h| h.revision() + 1);
+                    }
+                    _ => {
+                        self.lose(format!(
+                            "node key {} is gone: the lease was revoked or expired",
+                            self.node_key
+                        ));
+                        return Some(StreamEnd::Done);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The next message of an optional watch; pending forever without one.
+async fn next_message(
+    w: &mut Option<WatchStream>,
+) -> Result<Option<WatchResponse>, etcd_client::Error> {
+    match w {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Every change to the cluster's keys after a [`ClusterView`], from
+/// [`Member::watch`]. Reconnects by itself from the last revision seen;
+/// when etcd compacted that history away it yields [`Change::Resync`].
+pub struct Watch {
+    clients: Clients,
+    /// The endpoint of the stream in use.
+    endpoint: usize,
+    keys: Keys,
+    endpoints: String,
+    /// How long one request may take.
+    attempt: Duration,
+    /// After this long without a message, ask for progress.
+    wait: Duration,
+    next_revision: i64,
+    stream: Option<WatchStream>,
+    queue: VecDeque<Change>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("prefix", &self.keys.root())
+            .field("endpoints", &self.endpoints)
+            .field("next_revision", &self.next_revision)
+            .finish()
+    }
+}
+
+impl Watch {
+    /// The next change. An error is passing (etcd unreachable): call
+    /// again, the watch resumes where it was.
+    pub async fn next(&mut self) -> Result<Change, Error> {
+        loop {
+            if let Some(change) = self.queue.pop_front() {
+                return Ok(change);
+            }
+            if self.stream.is_none() {
+                let root = self.keys.root();
+                let options = WatchOptions::new()
+                    .with_prefix()
+                    .with_prev_key()
+                    .with_start_revision(self.next_revision);
+                let what = format!("watching {root} from revision {}", self.next_revision);
+                let mut endpoint = 0;
+                let stream = self
+                    .clients
+                    .run(&what, self.attempt, |mut c| {
+                        endpoint = self.clients.current().0;
+                        let (root, options) = (root.clone(), options.clone());
+                        async move { c.watch(root, Some(options)).await }
+                    })
+                    .await?;
+                self.endpoint = endpoint;
+                self.stream = Some(stream);
+            }
+            let stream = self.stream.as_mut().expect("opened above");
+            // Silence for a whole TTL: ask for progress, and give up on the
+            // stream if even that gets no answer (a dead connection).
+            let msg = match tokio::time::timeout(self.wait, stream.message()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    let _ = stream.request_progress().await;
+                    match tokio::time::timeout(self.wait, stream.message()).await {
+                        Ok(m) => m,
+                        Err(_) => {
+                            self.drop_stream();
+                            continue;
+                        }
+                    }
+                }
+            };
+            match msg {
+                Ok(Some(resp)) => self.take(resp).await?,
+                Ok(None) | Err(_) => self.drop_stream(),
+            }
+        }
+    }
+
+    /// Gives up the stream, and its endpoint for the next one.
+    fn drop_stream(&mut self) {
+        self.stream = None;
+        self.clients.advance(self.endpoint);
+    }
+
+    async fn take(&mut self, resp: WatchResponse) -> Result<(), Error> {
+        if resp.compact_revision() > 0 {
+            self.stream = None;
+            let view = read_view(&self.clients, &self.keys, self.attempt).await?;
+            self.next_revision = view.revision + 1;
+            self.queue.push_back(Change::Resync(view));
+            return Ok(());
+        }
+        if resp.canceled() {
+            // Canceled without compaction: e.g. the member lost its leader.
+            self.drop_stream();
+            return Ok(());
+        }
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let revision = kv.mod_revision();
+            self.next_revision = self.next_revision.max(revision + 1);
+            let present = ev.event_type() == EventType::Put;
+            let Some(key) = kv.key_str().ok().and_then(|k| self.keys.parse(k)) else {
+                continue;
+            };
+            let change = match key {
+                Key::Node(node) => Change::Node {
+                    node,
+                    present,
+                    revision,
+                },
+                Key::Owner(group) => Change::Owner {
+                    owner: present.then(|| owner_of(&group, kv)),
+                    previous: ev.prev_kv().map(|p| owner_of(&group, p)),
+                    group,
+                    revision,
+                },
+                Key::Target(group) => Change::Target {
+                    group,
+                    node: present.then(|| String::from_utf8_lossy(kv.value()).into_owned()),
+                    revision,
+                },
+                Key::Failed { group, node } => Change::Failed {
+                    group,
+                    node,
+                    present,
+                    revision,
+                },
+            };
+            self.queue.push_back(change);
+        }
+        if resp.events().is_empty() {
+            if let Some(h) = resp.header() {
+                // A progress notice: everything up to it was sent.
+                if !resp.created() {
+                    self.next_revision = self.next_revision.max(h.revision() + 1);
+                }
+            }
+        }
+        Ok(())
+    }
+}
