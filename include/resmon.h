@@ -114,6 +114,14 @@ struct resmon_callbacks {
     int32_t (*should_terminate)(void *resource_handle);
     /* A message for the operator's event feed and the monitor's log. */
     void (*log)(void *resource_handle, int32_t level, const char *message);
+    /* Cluster mode: the fencing token of this node's ownership of the
+     * resource's group, as of the last online() (the same value the
+     * monitor puts in RESMON_FENCING_TOKEN for process resources). It
+     * grows with every new owner: hand it to what the resource guards so
+     * that a stale owner's requests can be refused. 0 when not in cluster
+     * mode. Present when size > offsetof(struct resmon_callbacks,
+     * fencing_token). */
+    int64_t (*fencing_token)(void *resource_handle);
 };
 
 /* The entry points of one resource type. */

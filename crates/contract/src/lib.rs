@@ -30,8 +30,8 @@ mod state;
 
 pub use policy::{parse_duration, Policy, PolicyError, RestartAction};
 pub use resource::{
-    CallContext, Completion, ControlError, LogLevel, Notice, Notifier, OpenContext, Resource,
-    ResourceError, ResourceType, Scope, StatusSink,
+    CallContext, Completion, ControlError, FencingToken, LogLevel, Notice, Notifier, OpenContext,
+    Resource, ResourceError, ResourceType, Scope, StatusSink, FENCING_TOKEN_VAR,
 };
 pub use state::{EntryPoint, State};
 

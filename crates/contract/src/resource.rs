@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 /// How an `online` or `offline` call ended.
@@ -98,7 +98,41 @@ pub struct Scope {
     /// resource starts: where cgroups are not usable, the monitor finds the
     /// resource's escaped descendants by it.
     pub marker: (String, String),
+    /// In cluster mode, the fencing token of the node's ownership of the
+    /// resource's group, read when a process starts.
+    pub fencing: FencingToken,
 }
+
+/// The environment variable that carries the fencing token to a resource's
+/// processes.
+pub const FENCING_TOKEN_VAR: &str = "RESMON_FENCING_TOKEN";
+
+/// The fencing token of a group's current ownership in cluster mode: the
+/// revision at which this node's owner key was created, larger for every
+/// later owner. A resource hands it to whatever it guards (a storage
+/// system, a lock service) so that a stale owner's writes can be refused.
+/// Shared: the monitor sets it when it takes the group, before `online`.
+#[derive(Clone, Debug, Default)]
+pub struct FencingToken(Arc<AtomicI64>);
+
+impl FencingToken {
+    /// The token now, if the group is owned (tokens are positive).
+    pub fn get(&self) -> Option<i64> {
+        Some(self.0.load(Ordering::Acquire)).filter(|t| *t > 0)
+    }
+
+    pub fn set(&self, token: Option<i64>) {
+        self.0.store(token.unwrap_or(0), Ordering::Release);
+    }
+}
+
+impl PartialEq for FencingToken {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for FencingToken {}
 
 /// How much a message from a resource matters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,8 +20,8 @@ use crate::protocol::{
     read_frame, send_with_fd, write_frame, FrameReader, FromHost, Op, Reply, Request,
 };
 use resmon_contract::{
-    control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Policy,
-    Resource, ResourceError, ResourceType,
+    control, CallContext, Completion, ControlError, FencingToken, LogLevel, Notifier, OpenContext,
+    Policy, Resource, ResourceError, ResourceType,
 };
 use resmon_sdk::ffi;
 use resmon_task::{Output, Reaper, SpawnSpec, TaskHandle, STILL_ACTIVE};
@@ -149,6 +149,7 @@ impl ResourceType for Plugins {
             params,
             separate: AtomicBool::new(ctx.policy.separate_monitor),
             policy: ctx.policy,
+            fencing: ctx.scope.fencing,
             notifier: ctx.notifier,
             pool: self.pool(&library),
             remote: Mutex::new(None),
@@ -651,6 +652,8 @@ struct Shared {
     type_name: String,
     params: String,
     policy: Policy,
+    /// The group's fencing token in cluster mode, passed with `online`.
+    fencing: FencingToken,
     notifier: Notifier,
     pool: Arc<Pool>,
     /// Gets a host of its own: configured, or since it hung or crashed one.
@@ -838,7 +841,7 @@ impl Shared {
 
     /// `online` or `offline`: done at once, or pending with `set_status`.
     fn transition(&self, op: Op, ctx: &CallContext) -> Result<Completion, ResourceError> {
-        let online = op == Op::Online;
+        let online = matches!(op, Op::Online { .. });
         let remote = self.ensure_open()?;
         let hid = Arc::as_ptr(&remote.host) as u64;
         *lock(&self.pending) = Some((hid, ctx.clone()));
@@ -893,7 +896,8 @@ struct PluginResource(Arc<Shared>);
 
 impl Resource for PluginResource {
     fn online(&self, ctx: &CallContext) -> Result<Completion, ResourceError> {
-        self.0.transition(Op::Online, ctx)
+        let fencing_token = self.0.fencing.get().unwrap_or(0);
+        self.0.transition(Op::Online { fencing_token }, ctx)
     }
 
     fn offline(&self, ctx: &CallContext) -> Result<Completion, ResourceError> {

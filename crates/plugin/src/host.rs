@@ -23,7 +23,7 @@ use std::io::{BufReader, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// The first buffer offered to a control code; it grows to what the code
@@ -36,6 +36,8 @@ struct Res {
     table: OnceLock<&'static ffi::FunctionTable>,
     /// What `open` returned.
     ptr: AtomicPtr<c_void>,
+    /// The fencing token the last `online` came with.
+    fencing_token: AtomicI64,
     /// Raised by `terminate`, lowered when the next `online`/`offline` starts.
     terminating: AtomicBool,
     /// `open`/`close` take it for writing, every other entry point for
@@ -59,6 +61,7 @@ static CALLBACKS: ffi::Callbacks = ffi::Callbacks {
     set_status: cb_set_status,
     should_terminate: cb_should_terminate,
     log: cb_log,
+    fencing_token: cb_fencing_token,
 };
 
 fn host() -> &'static Host {
@@ -88,6 +91,10 @@ extern "C" fn cb_set_status(handle: *mut c_void, state: i32, checkpoint: u32) ->
 
 extern "C" fn cb_should_terminate(handle: *mut c_void) -> i32 {
     resource(handle).is_some_and(|(_, r)| r.terminating.load(Ordering::Acquire)) as i32
+}
+
+extern "C" fn cb_fencing_token(handle: *mut c_void) -> i64 {
+    resource(handle).map_or(0, |(_, r)| r.fencing_token.load(Ordering::Acquire))
 }
 
 extern "C" fn cb_log(handle: *mut c_void, level: i32, message: *const c_char) {
@@ -282,6 +289,7 @@ fn dispatch(req: Request, lane_socket: Option<UnixStream>) {
             let res = Arc::new(Res {
                 table: OnceLock::new(),
                 ptr: AtomicPtr::new(std::ptr::null_mut()),
+                fencing_token: AtomicI64::new(0),
                 terminating: AtomicBool::new(false),
                 gate: RwLock::new(()),
             });
@@ -481,9 +489,10 @@ fn run_on_lane(res: &Res, op: Op) -> Reply {
         return Reply::Failed("the resource is not open".into());
     }
     match op {
-        Op::Online | Op::Offline => {
+        Op::Online { .. } | Op::Offline => {
             res.terminating.store(false, Ordering::Release);
-            let f = if op == Op::Online {
+            let f = if let Op::Online { fencing_token } = op {
+                res.fencing_token.store(fencing_token, Ordering::Release);
                 t.online
             } else {
                 t.offline

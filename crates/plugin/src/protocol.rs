@@ -44,7 +44,11 @@ pub enum Op {
         params: String,
     },
     Close,
-    Online,
+    /// With the group's fencing token (0 outside cluster mode), which the
+    /// plugin reads with the `fencing_token` callback.
+    Online {
+        fencing_token: i64,
+    },
     Offline,
     Terminate,
     LooksAlive,
@@ -68,7 +72,7 @@ impl Op {
         match self {
             Op::Open { .. } => "open",
             Op::Close => "close",
-            Op::Online => "online",
+            Op::Online { .. } => "online",
             Op::Offline => "offline",
             Op::Terminate => "terminate",
             Op::LooksAlive => "looks_alive",

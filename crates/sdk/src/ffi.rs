@@ -30,6 +30,8 @@ pub struct Callbacks {
     pub set_status: extern "C" fn(resource_handle: *mut c_void, state: i32, checkpoint: u32) -> i32,
     pub should_terminate: extern "C" fn(resource_handle: *mut c_void) -> i32,
     pub log: extern "C" fn(resource_handle: *mut c_void, level: i32, message: *const c_char),
+    /// Added after the first release: check `size` before calling.
+    pub fencing_token: extern "C" fn(resource_handle: *mut c_void) -> i64,
 }
 
 pub type OpenFn = unsafe extern "C" fn(

@@ -132,6 +132,20 @@ impl Handle {
         Handle::callbacks().is_some_and(|c| (c.should_terminate)(self.raw as *mut c_void) != 0)
     }
 
+    /// Cluster mode: the fencing token of this node's ownership of the
+    /// resource's group as of the last `online` (it grows with every new
+    /// owner; hand it to what the resource guards). `None` outside cluster
+    /// mode, or with a monitor too old to offer it.
+    pub fn fencing_token(&self) -> Option<i64> {
+        let c = Handle::callbacks()?;
+        let needed = std::mem::offset_of!(ffi::Callbacks, fencing_token)
+            + std::mem::size_of::<extern "C" fn(*mut c_void) -> i64>();
+        if (c.size as usize) < needed {
+            return None;
+        }
+        Some((c.fencing_token)(self.raw as *mut c_void)).filter(|t| *t > 0)
+    }
+
     /// A message for the operator's event feed and the monitor's log.
     pub fn log(&self, level: Level, message: impl AsRef<str>) {
         let Some(c) = Handle::callbacks() else {

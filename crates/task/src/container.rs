@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use resmon_contract::Scope;
+use resmon_contract::{FencingToken, Scope};
 use rustix::process::{getpid, kill_process_group, Pid, Signal};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -146,6 +146,7 @@ impl Containers {
                     format!("{}/{resource_name}", self.instance),
                 ),
                 cgroup,
+                fencing: FencingToken::default(),
                 tree: Mutex::new(Weak::new()),
                 seen: Mutex::new(Vec::new()),
             }),
@@ -245,6 +246,8 @@ struct Inner {
     name: String,
     marker: (String, String),
     cgroup: Option<PathBuf>,
+    /// The group's fencing token in cluster mode, given to every process.
+    fencing: FencingToken,
     /// The tree task, shared by all its handles while any is alive.
     tree: Mutex<Weak<TreeRecord>>,
     /// Processes seen in the container (pid, start time) that may not be
@@ -283,10 +286,17 @@ impl Container {
                 name,
                 marker: scope.marker.clone(),
                 cgroup: scope.cgroup.clone(),
+                fencing: scope.fencing.clone(),
                 tree: Mutex::new(Weak::new()),
                 seen: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// The fencing token its processes get (cluster mode): set it when the
+    /// resource's group is taken, before `online`.
+    pub fn fencing(&self) -> &FencingToken {
+        &self.inner.fencing
     }
 
     /// The resource name this container was created for.
@@ -301,6 +311,7 @@ impl Container {
         Scope {
             cgroup: self.inner.cgroup.clone(),
             marker: self.inner.marker.clone(),
+            fencing: self.inner.fencing.clone(),
         }
     }
 

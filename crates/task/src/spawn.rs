@@ -22,7 +22,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 
-use resmon_contract::Scope;
+use resmon_contract::{Scope, FENCING_TOKEN_VAR};
 
 /// Where a child's stdout or stderr goes. Stdin is `/dev/null` unless
 /// [`SpawnSpec::stdin`] gives a descriptor.
@@ -83,8 +83,13 @@ impl SpawnSpec {
         if scope.cgroup.is_none() {
             self.new_session = true;
         }
-        self.env.retain(|(k, _)| *k != scope.marker.0);
+        self.env
+            .retain(|(k, _)| *k != scope.marker.0 && k != FENCING_TOKEN_VAR);
         self.env.push(scope.marker.clone());
+        if let Some(token) = scope.fencing.get() {
+            self.env
+                .push((FENCING_TOKEN_VAR.to_owned(), token.to_string()));
+        }
     }
 }
 
@@ -397,6 +402,7 @@ mod tests {
         let scope = Scope {
             cgroup: Some(PathBuf::from("/cg/r")),
             marker: ("RESMON_RESOURCE".into(), "1/r".into()),
+            ..Scope::default()
         };
         spec.set_scope(&scope);
         spec.set_scope(&scope);
@@ -408,8 +414,20 @@ mod tests {
         spec.set_scope(&Scope {
             cgroup: None,
             marker: ("RESMON_RESOURCE".into(), "1/r".into()),
+            ..Scope::default()
         });
         assert!(spec.new_session);
+
+        // A fencing token set on the scope reaches the environment, and a
+        // cleared one leaves it.
+        let scope = Scope::default();
+        scope.fencing.set(Some(42));
+        let mut spec = SpawnSpec::new("sleep", ["1"]);
+        spec.set_scope(&scope);
+        assert!(spec.env.contains(&(FENCING_TOKEN_VAR.into(), "42".into())));
+        scope.fencing.set(None);
+        spec.set_scope(&scope);
+        assert!(!spec.env.iter().any(|(k, _)| k == FENCING_TOKEN_VAR));
     }
 
     #[test]
