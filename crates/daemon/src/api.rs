@@ -18,6 +18,7 @@
 //! waited) or 503 (the monitor is stopping).
 
 use crate::access::{Access, Right};
+use crate::cluster::view::{ClusterHandle, ClusterRequest, MoveBody};
 use crate::driver::{no_such, CallStatus, Msg, OpError, ResourceStatus};
 use crate::events::{EventBus, EventRecord};
 use axum::extract::connect_info::{ConnectInfo, Connected};
@@ -62,6 +63,8 @@ pub struct ApiState {
     /// Replaced whole by a reload.
     pub access: Arc<std::sync::RwLock<Arc<Access>>>,
     pub reload: mpsc::UnboundedSender<ReloadRequest>,
+    /// The cluster side, in cluster mode.
+    pub cluster: Option<ClusterHandle>,
 }
 
 /// Who is calling: on the Unix socket, as the kernel says (`SO_PEERCRED`);
@@ -199,6 +202,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources/{name}/control/{code}", post(control))
         .route("/v1/types/{name}/control/{code}", post(type_control))
         .route("/v1/calls", get(calls))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/groups/{group}/move", post(move_group))
         .route("/v1/reload", post(reload))
         .route("/v1/events", get(events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
@@ -257,8 +262,72 @@ async fn ask_status(st: &ApiState, name: Option<String>) -> Response {
         return stopping();
     }
     match rx.await {
-        Ok(Ok(resources)) => Json(StatusReply { resources }).into_response(),
+        Ok(Ok(mut resources)) => {
+            if let Some(c) = &st.cluster {
+                let view = c.snapshot();
+                for r in &mut resources {
+                    r.owner = Some(
+                        view.owners
+                            .get(&r.group)
+                            .cloned()
+                            .flatten()
+                            .unwrap_or_else(|| "-".into()),
+                    );
+                }
+            }
+            Json(StatusReply { resources }).into_response()
+        }
         Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
+        Err(_) => stopping(),
+    }
+}
+
+fn single_node() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "this monitor runs alone: its config has no [cluster] section",
+    )
+}
+
+async fn nodes(AxState(st): AxState<ApiState>) -> Response {
+    match &st.cluster {
+        None => single_node(),
+        Some(c) => Json(c.snapshot()).into_response(),
+    }
+}
+
+async fn move_group(
+    AxState(st): AxState<ApiState>,
+    Path(group): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(c) = &st.cluster else {
+        return single_node();
+    };
+    if let Err(e) = crate::config::check_name(&group) {
+        return error(StatusCode::BAD_REQUEST, format!("bad group name: {e}"));
+    }
+    let body: MoveBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"node\": \"NAME\"}}: {e}"),
+            )
+        }
+    };
+    let (reply, rx) = oneshot::channel();
+    let req = ClusterRequest::Move {
+        group,
+        node: body.node,
+        reply,
+    };
+    if c.requests.send(req).is_err() {
+        return stopping();
+    }
+    match rx.await {
+        Ok(Ok(message)) => Json(serde_json::json!({ "message": message })).into_response(),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
         Err(_) => stopping(),
     }
 }

@@ -5,6 +5,7 @@
 //! resource and the field, before the monitor starts anything.
 
 use crate::access::{AccessConfig, Grant};
+use crate::cluster::config::{parse_cluster, parse_groups, ClusterConfig, GroupConfig};
 use resmon_contract::{parse_duration, Policy, ResourceType, RestartAction};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -85,6 +86,17 @@ pub struct Config {
     pub api: ApiConfig,
     pub access: AccessConfig,
     pub resources: Vec<ResourceConfig>,
+    /// `[cluster]`: `None` for a single node.
+    pub cluster: Option<ClusterConfig>,
+    /// `[group.NAME]` tables (groups without one use the defaults).
+    pub groups: BTreeMap<String, GroupConfig>,
+}
+
+impl Config {
+    /// A group's settings, the defaults when it has no `[group.NAME]`.
+    pub fn group(&self, name: &str) -> GroupConfig {
+        self.groups.get(name).cloned().unwrap_or_default()
+    }
 }
 
 /// The socket used when neither the config nor `--socket` names one.
@@ -159,12 +171,28 @@ impl Config {
         let mut problems = Vec::new();
 
         for key in doc.keys() {
-            if !["monitor", "api", "access", "defaults", "resource"].contains(&key.as_str()) {
+            if ![
+                "monitor", "api", "access", "defaults", "resource", "cluster", "group",
+            ]
+            .contains(&key.as_str())
+            {
                 problems.push(format!(
-                    "unknown section [{key}]: the sections are [monitor], [api], [access], [defaults] and [[resource]]"
+                    "unknown section [{key}]: the sections are [monitor], [api], [access], [cluster], [defaults], [group.NAME] and [[resource]]"
                 ));
             }
         }
+        let cluster = doc
+            .get("cluster")
+            .and_then(|v| parse_cluster(v, &mut problems));
+        if cluster.is_some() && !cfg!(feature = "etcd") {
+            problems.push(
+                "[cluster]: this resmon was built without cluster support; build it with `cargo build --release --features etcd` (needs protoc)".into(),
+            );
+        }
+        let groups = doc
+            .get("group")
+            .map(|v| parse_groups(v, &mut problems))
+            .unwrap_or_default();
 
         let monitor = parse_monitor(doc.get("monitor"), &mut problems);
         let mut access = parse_access(doc.get("access"), &mut problems);
@@ -323,6 +351,18 @@ impl Config {
         if problems.is_empty() {
             problems.extend(check_dependencies(&resources));
         }
+        for name in groups.keys() {
+            if !resources.iter().any(|r| &r.group == name) {
+                problems.push(format!("[group.{name}]: no resource is in this group"));
+            }
+        }
+        if cluster.is_none() {
+            if let Some((name, _)) = groups.iter().find(|(_, g)| *g != &GroupConfig::default()) {
+                problems.push(format!(
+                    "[group.{name}]: preferred_nodes and failback need a [cluster] section"
+                ));
+            }
+        }
         if !problems.is_empty() {
             return Err(fail(problems));
         }
@@ -332,6 +372,8 @@ impl Config {
             api,
             access,
             resources,
+            cluster,
+            groups,
         })
     }
 }

@@ -9,6 +9,7 @@
 //! exception is `looks_alive` of a type that answers it from memory (the
 //! `process` type), which is called inline to keep 1,000 resources cheap.
 
+use crate::cluster::view::{boottime_ns, Permits};
 use crate::events::EventBus;
 use resmon_contract::{
     control, CallContext, Completion, ControlError, EntryPoint, Resource, ResourceError,
@@ -51,6 +52,9 @@ pub struct ResourceStatus {
     pub terminating: bool,
     /// Whether it is meant to be online (an operator's online or autostart).
     pub wanted_online: bool,
+    /// Cluster mode: the node that owns its group (`-`: none).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub owner: Option<String>,
 }
 
 /// An entry-point call in progress, for `resmon calls`.
@@ -140,6 +144,10 @@ pub struct Driver {
     just_ticked: bool,
     /// Something the state file records changed since it was last written.
     state_dirty: bool,
+    /// Cluster mode: where `restart_then_failover` sends a group to move.
+    failover: Option<mpsc::UnboundedSender<String>>,
+    /// Cluster mode: the groups this node may bring online now.
+    permits: Option<Arc<Permits>>,
 }
 
 struct Sink {
@@ -194,10 +202,24 @@ impl Driver {
             queue: VecDeque::new(),
             just_ticked: false,
             state_dirty: false,
+            failover: None,
+            permits: None,
         }
     }
 
     /// Whether the state file is behind.
+    /// Cluster mode: failovers go to the cluster controller.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub fn send_failovers_to(&mut self, tx: mpsc::UnboundedSender<String>) {
+        self.failover = Some(tx);
+    }
+
+    /// Cluster mode: `online` of any resource needs a permit for its group.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    pub fn gate_online(&mut self, permits: Arc<Permits>) {
+        self.permits = Some(permits);
+    }
+
     pub fn state_dirty(&self) -> bool {
         self.state_dirty
     }
@@ -419,6 +441,7 @@ impl Driver {
             call: v.in_flight.map(|(e, _, _)| e.as_str().to_string()),
             terminating: v.terminating,
             wanted_online: v.wants_online,
+            owner: None,
         }
     }
 
@@ -635,6 +658,17 @@ impl Driver {
                 });
             }
             Action::Failover { group } => {
+                if let Some(tx) = &self.failover {
+                    self.bus.publish(
+                        "failover",
+                        None,
+                        Some(&group),
+                        None,
+                        "past its restart threshold: moving the group to another node",
+                    );
+                    let _ = tx.send(group);
+                    return;
+                }
                 self.bus.publish(
                     "failover",
                     None,
@@ -666,6 +700,12 @@ impl Driver {
         let resource = slot.resource.clone();
         let lane = slot.lane.clone();
         let tx = self.tx.clone();
+        // Cluster mode: `online` only while the node owns the group and its
+        // lease lives, checked just before the call.
+        let gate = self
+            .permits
+            .clone()
+            .map(|p| (p, self.core.view(id).spec.group.clone()));
         let ctx = CallContext::new(
             slot.cancel.clone(),
             Arc::new(Sink {
@@ -676,12 +716,19 @@ impl Driver {
         );
         tokio::task::spawn_blocking(move || {
             let _turn = lane.lock().unwrap_or_else(|e| e.into_inner());
-            let run = || match entry {
-                EntryPoint::Online => completion(resource.online(&ctx)),
+            let run = || {
+                match entry {
+                EntryPoint::Online => match &gate {
+                    Some((p, group)) if !p.allows(group, boottime_ns()) => CallOutcome::Error(
+                        format!("this node does not hold group {group:?} now (cluster): not starting it"),
+                    ),
+                    _ => completion(resource.online(&ctx)),
+                },
                 EntryPoint::Offline => completion(resource.offline(&ctx)),
                 EntryPoint::LooksAlive => CallOutcome::Alive(resource.looks_alive()),
                 EntryPoint::IsAlive => CallOutcome::Alive(resource.is_alive()),
                 other => CallOutcome::Error(format!("{other} is not called this way")),
+            }
             };
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
                 CallOutcome::Error(format!("{entry} panicked: {}", panic_text(p)))

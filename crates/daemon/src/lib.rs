@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod api;
+pub mod cluster;
 pub mod config;
 mod driver;
 pub mod events;
@@ -254,6 +255,9 @@ async fn run(
             .get(&r.name)
             .filter(|s| s.fingerprint == fingerprint);
         let start = match before {
+            // A node runs a group only once it took it in etcd: nothing of
+            // an earlier run is kept.
+            _ if config.cluster.is_some() => Start::Offline,
             Some(b) if b.wanted_online => match &b.saved {
                 Some(blob) => Start::Reattach(blob.clone()),
                 None if b.state == State::Online => Start::Lost,
@@ -288,6 +292,18 @@ async fn run(
         }
     }
 
+    let (cluster_requests_tx, cluster_requests) = mpsc::unbounded_channel();
+    let cluster_handle = config
+        .cluster
+        .as_ref()
+        .map(|c| cluster::view::ClusterHandle {
+            view: Arc::new(std::sync::RwLock::new(cluster::view::NodesReply {
+                node: c.node.clone(),
+                problem: Some("joining the cluster".into()),
+                ..Default::default()
+            })),
+            requests: cluster_requests_tx,
+        });
     let access = Arc::new(std::sync::RwLock::new(Arc::new(access::Access::new(
         config.access.clone(),
     ))));
@@ -297,6 +313,7 @@ async fn run(
         bus: bus.clone(),
         access: access.clone(),
         reload: reload_tx,
+        cluster: cluster_handle.clone(),
     });
     let tcp_server = match config.api.tcp {
         None => None,
@@ -323,6 +340,21 @@ async fn run(
     });
 
     let mut driver = Driver::new(core, slots, types.clone(), tx.clone(), bus.clone());
+    let cluster_stop = match (&config.cluster, &cluster_handle) {
+        (Some(c), Some(handle)) => Some(start_cluster(
+            c,
+            &config,
+            &mut driver,
+            handle,
+            cluster_requests,
+            &tx,
+            &bus,
+        )?),
+        _ => {
+            drop(cluster_requests);
+            None
+        }
+    };
     bus.publish(
         "monitor",
         None,
@@ -486,6 +518,13 @@ async fn run(
             tracing::warn!(resource = %slot.name, "removing its container: {e}");
         }
     }
+    if let Some(stop) = cluster_stop {
+        // Every group is down: give them up and leave the cluster.
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if stop.send(done).is_ok() {
+            let _ = wait.await;
+        }
+    }
     containers.cleanup();
     let _ = save(&mut driver, stopping.as_deref()).await;
     bus.publish("monitor", None, None, None, "monitor stopped");
@@ -494,6 +533,86 @@ async fn run(
         t.abort();
     }
     Ok(())
+}
+
+/// Starts the cluster side: the fence guard, then the controller, which
+/// joins through etcd and takes the groups this node is first in line for.
+/// Returns where to ask it to stop.
+#[cfg_attr(not(feature = "etcd"), allow(unused_variables))]
+fn start_cluster(
+    c: &cluster::config::ClusterConfig,
+    config: &Config,
+    driver: &mut Driver,
+    handle: &cluster::view::ClusterHandle,
+    requests: mpsc::UnboundedReceiver<cluster::view::ClusterRequest>,
+    tx: &mpsc::UnboundedSender<Msg>,
+    bus: &EventBus,
+) -> anyhow::Result<mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>> {
+    // The config check refuses [cluster] in such a build; this is the
+    // last line of defence.
+    #[cfg(not(feature = "etcd"))]
+    anyhow::bail!("[cluster]: this resmon was built without cluster support (--features etcd)");
+    #[cfg(feature = "etcd")]
+    start_cluster_controller(c, config, driver, handle, requests, tx, bus)
+}
+
+#[cfg(feature = "etcd")]
+fn start_cluster_controller(
+    c: &cluster::config::ClusterConfig,
+    config: &Config,
+    driver: &mut Driver,
+    handle: &cluster::view::ClusterHandle,
+    requests: mpsc::UnboundedReceiver<cluster::view::ClusterRequest>,
+    tx: &mpsc::UnboundedSender<Msg>,
+    bus: &EventBus,
+) -> anyhow::Result<mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>> {
+    use cluster::controller::{Controller, GroupResource, GroupResources};
+    let reaper = Reaper::get().context("becoming the reaper of resource processes")?;
+    let exe = std::env::current_exe().context("finding the resmon binary for the fence guard")?;
+    let spec = resmon_cluster::guard::command(&exe, c.watchdog.as_deref().map(Path::new));
+    let guard = resmon_cluster::guard::GuardClient::spawn(&reaper, spec)
+        .context("starting the fence guard")?;
+    tracing::info!(
+        "cluster node {}: fence guard started (pid {})",
+        c.node,
+        guard.task().and_then(|t| t.pid()).unwrap_or(0)
+    );
+    let groups = config::groups(&config.resources)
+        .into_iter()
+        .map(|(name, members)| GroupResources {
+            config: config.group(&name),
+            resources: members
+                .iter()
+                .filter_map(|m| {
+                    let id = driver.id(m)?;
+                    let r = config.resources.iter().find(|r| &r.name == m)?;
+                    Some(GroupResource {
+                        id,
+                        name: m.clone(),
+                        autostart: r.autostart,
+                        container: driver.slots()[id].container.clone(),
+                    })
+                })
+                .collect(),
+            name,
+        })
+        .collect();
+    let (failover_tx, failovers) = mpsc::unbounded_channel();
+    driver.send_failovers_to(failover_tx);
+    let permits = Arc::new(cluster::view::Permits::default());
+    driver.gate_online(permits.clone());
+    let (stop_tx, stop) = mpsc::unbounded_channel();
+    let controller = Controller::new(
+        c.clone(),
+        groups,
+        tx.clone(),
+        bus.clone(),
+        handle.view.clone(),
+        guard,
+        permits,
+    );
+    tokio::spawn(controller.run(requests, failovers, stop));
+    Ok(stop_tx)
 }
 
 /// A resource whose type or params changed in a reload: taken offline, then
@@ -529,6 +648,30 @@ async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::Reload
     let new = load_config(ctx.config.file.clone(), ctx.types.to_vec())
         .await
         .map_err(|e| e.to_string())?;
+    if ctx.config.cluster.is_some() || new.cluster.is_some() {
+        let shape = |c: &Config| {
+            c.resources
+                .iter()
+                .map(|r| {
+                    (
+                        r.name.clone(),
+                        r.group.clone(),
+                        r.type_name.clone(),
+                        r.params.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        if ctx.config.cluster != new.cluster
+            || ctx.config.groups != new.groups
+            || shape(ctx.config) != shape(&new)
+        {
+            return Err(
+                "in cluster mode, [cluster], [group.NAME] and the resources and their groups, types and parameters change only at the next start (restart the node; its groups fail over meanwhile)"
+                    .into(),
+            );
+        }
+    }
     let mut report = api::ReloadReport::default();
     let m = (&ctx.config.monitor, &new.monitor);
     if m.0.socket != m.1.socket || m.0.state_dir != m.1.state_dir || m.0.cgroups != m.1.cgroups {

@@ -142,6 +142,7 @@ proptest! {
                 bus: EventBus::new(),
                 access: Arc::new(std::sync::RwLock::new(Arc::new(Access::new(AccessConfig::default())))),
                 reload,
+                cluster: None,
             });
             let Ok(mut req) = Request::builder().method(m).uri(p.as_str()).body(Body::from(body)) else {
                 return StatusCode::BAD_REQUEST;

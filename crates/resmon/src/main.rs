@@ -11,6 +11,7 @@ use resmon_client::{Client, ClientError, Method, StatusCode};
 use resmon_daemon::api::{
     CallsReply, ControlReply, ErrorReply, OpReply, ReloadReport, StatusReply,
 };
+use resmon_daemon::cluster::view::NodesReply;
 use resmon_daemon::events::EventRecord;
 use resmon_daemon::ResourceStatus;
 use std::io::Write;
@@ -52,6 +53,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Cluster mode: the nodes, whether each is live, and the groups each owns.
+    Nodes {
+        /// Print JSON, as GET /v1/nodes answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cluster mode: move a group to a node (offline on its owner, released,
+    /// online on the node).
+    Move { group: String, node: String },
     /// Bring a resource online (its providers first).
     Online {
         name: String,
@@ -131,6 +141,13 @@ enum Cmd {
         #[arg(long)]
         library: PathBuf,
     },
+    /// The fence guard of a cluster node: started by the monitor, never by hand.
+    #[command(hide = true, name = "fence-guard")]
+    FenceGuard {
+        /// A watchdog device to keep alive while armed.
+        #[arg(long)]
+        watchdog: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -174,6 +191,22 @@ fn main() -> ExitCode {
         // No runtime, no logger: the host is a plain process of worker
         // threads, talking to the monitor over its stdin.
         resmon_plugin::host::run(library);
+    }
+    if let Cmd::FenceGuard { watchdog } = &cli.command {
+        // No runtime either: a small blocking process that must keep
+        // working when the monitor is frozen or gone.
+        let options = resmon_cluster::guard::GuardOptions {
+            watchdog: watchdog.clone(),
+            ..Default::default()
+        };
+        let code = match resmon_cluster::guard::take_socket(0) {
+            Ok(sock) => resmon_cluster::guard::run(sock, &options),
+            Err(e) => {
+                eprintln!("resmon fence-guard: stdin is not the monitor's socket: {e}");
+                resmon_cluster::guard::EXIT_SETUP
+            }
+        };
+        return ExitCode::from(code as u8);
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -225,7 +258,9 @@ fn api_error(status: StatusCode, body: &[u8]) -> Failure {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Cmd::Host { .. } => unreachable!("handled before the runtime starts"),
+        Cmd::Host { .. } | Cmd::FenceGuard { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
         Cmd::Serve { config } => serve(config, cli.socket).await,
         Cmd::Check { config } => {
             let c = resmon_daemon::check_config(&config)
@@ -256,6 +291,33 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let reply: StatusReply = serde_json::from_slice(&body)
                 .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
             print_table(&reply.resources);
+            Ok(())
+        }
+        Cmd::Nodes { json } => {
+            let client = Client::new(&socket_for(cli.socket));
+            let (status, body) = client.call(Method::GET, "/v1/nodes", None).await?;
+            if !status.is_success() {
+                return Err(api_error(status, &body));
+            }
+            if json {
+                println!("{}", String::from_utf8_lossy(&body));
+                return Ok(());
+            }
+            let r: NodesReply = serde_json::from_slice(&body)
+                .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
+            print_nodes(&r);
+            Ok(())
+        }
+        Cmd::Move { group, node } => {
+            let client = Client::new(&socket_for(cli.socket));
+            let body = serde_json::json!({ "node": node }).to_string();
+            let path = format!("/v1/groups/{}/move", encode(&group));
+            let (status, body) = client.call(Method::POST, &path, Some(body)).await?;
+            if !status.is_success() {
+                return Err(api_error(status, &body));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            println!("{}", v["message"].as_str().unwrap_or("moving"));
             Ok(())
         }
         Cmd::Online { name, wait } => operate(cli.socket, &name, "online", wait, None).await,
@@ -573,8 +635,53 @@ fn format_event(e: &EventRecord) -> String {
     format!("{} {what}{state}{kind}: {}", e.time, e.reason)
 }
 
+fn print_nodes(r: &NodesReply) {
+    let mut out = std::io::stdout().lock();
+    let membership = match (&r.problem, r.may_run_for_ms) {
+        (Some(p), _) => format!("not a member: {p}"),
+        (None, Some(ms)) => format!("member, may run its groups for {ms} ms without a renewal"),
+        (None, None) => "member".into(),
+    };
+    let _ = writeln!(out, "this node: {} ({membership})", r.node);
+    let width = r
+        .nodes
+        .iter()
+        .map(|n| n.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<5}  {:>9}  GROUPS",
+        "NODE", "LIVE", "LEASE"
+    );
+    for n in &r.nodes {
+        let lease = n
+            .lease_ttl_left
+            .map_or_else(|| "-".to_string(), |t| format!("{t}s"));
+        let groups = if n.groups.is_empty() {
+            "-".to_string()
+        } else {
+            n.groups.join(",")
+        };
+        let live = if n.live { "yes" } else { "no" };
+        let _ = writeln!(out, "{:<width$}  {live:<5}  {lease:>9}  {groups}", n.name);
+    }
+    let unowned: Vec<&str> = r
+        .owners
+        .iter()
+        .filter(|(_, o)| o.is_none())
+        .map(|(g, _)| g.as_str())
+        .collect();
+    if !unowned.is_empty() {
+        let _ = writeln!(out, "not running anywhere: {}", unowned.join(", "));
+    }
+}
+
 fn print_table(rs: &[ResourceStatus]) {
-    let rows: Vec<[String; 7]> = rs
+    // In cluster mode the owner of each resource's group follows its group.
+    let owners = rs.iter().any(|r| r.owner.is_some());
+    let rows: Vec<Vec<String>> = rs
         .iter()
         .map(|r| {
             let pids = if r.pids.is_empty() {
@@ -586,21 +693,25 @@ fn print_table(rs: &[ResourceStatus]) {
                     .collect::<Vec<_>>()
                     .join(",")
             };
-            [
-                r.name.clone(),
-                r.type_name.clone(),
-                r.group.clone(),
+            let mut row = vec![r.name.clone(), r.type_name.clone(), r.group.clone()];
+            if owners {
+                row.push(r.owner.clone().unwrap_or_else(|| "-".into()));
+            }
+            row.extend([
                 r.state.to_string(),
                 pids,
                 r.restarts.to_string(),
                 r.since.clone(),
-            ]
+            ]);
+            row
         })
         .collect();
-    let head = [
-        "NAME", "TYPE", "GROUP", "STATE", "PIDS", "RESTARTS", "SINCE",
-    ];
-    let mut width = head.map(str::len);
+    let mut head = vec!["NAME", "TYPE", "GROUP"];
+    if owners {
+        head.push("OWNER");
+    }
+    head.extend(["STATE", "PIDS", "RESTARTS", "SINCE"]);
+    let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, c) in width.iter_mut().zip(row) {
             *w = (*w).max(c.len());
@@ -608,7 +719,7 @@ fn print_table(rs: &[ResourceStatus]) {
     }
     let line = |cells: Vec<&str>, reason: &str| {
         let mut s = String::new();
-        for (c, w) in cells.iter().zip(width) {
+        for (c, w) in cells.iter().zip(&width) {
             s.push_str(&format!("{c:<w$}  "));
         }
         s.push_str(reason);
@@ -616,7 +727,7 @@ fn print_table(rs: &[ResourceStatus]) {
     };
     // A closed stdout (e.g. `| head`) ends the listing quietly.
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", line(head.to_vec(), "REASON"));
+    let _ = writeln!(out, "{}", line(head.clone(), "REASON"));
     for (row, r) in rows.iter().zip(rs) {
         let text = line(row.iter().map(String::as_str).collect(), &r.reason);
         if writeln!(out, "{text}").is_err() {

@@ -191,3 +191,18 @@ command = "sleep 1000"
     assert_eq!(r["state"], "online");
     assert_eq!(d.pids("svc"), vec![pid]);
 }
+
+#[test]
+fn cluster_commands_on_a_single_node_say_so() {
+    let d = Daemon::start(
+        "[[resource]]\nname = \"a\"\ntype = \"process\"\ncommand = [\"sleep\", \"1000\"]\n",
+    );
+    for args in [&["nodes"][..], &["move", "a", "n2"][..]] {
+        let out = d.cli(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no [cluster] section"), "{args:?}: {err}");
+    }
+    // No OWNER column without a cluster.
+    assert!(!d.ok(&["status"]).contains("OWNER"));
+}

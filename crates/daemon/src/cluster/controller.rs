@@ -1,0 +1,733 @@
+//! This node's side of cluster mode: it joins through etcd, takes the
+//! groups it is first in line for with one transaction each, brings them
+//! online only after that, gives them up when asked (a move, a failback, a
+//! failover), and fences them when its lease runs out or its owner key is
+//! gone. A fence guard process holds the same deadline, so resources die on
+//! time even when this monitor is frozen or dead.
+//!
+//! The safety rule, in one place ([`Controller::step`]): a group's
+//! resources run here only while this node holds the group's owner key and
+//! its lease is acknowledged to live past now (`sent + TTL - margin`). When
+//! that stops being true they are killed at once; before it, while renewals
+//! fail, they are taken offline.
+
+use crate::cluster::config::{ClusterConfig, GroupConfig};
+use crate::cluster::view::{ClusterRequest, NodeView, Permits, SharedView};
+use crate::driver::{Msg, ResourceStatus};
+use crate::events::EventBus;
+use resmon_cluster::clock::BootInstant;
+use resmon_cluster::etcd::{ClusterView as Snapshot, LeaseState, Member, Ownership};
+use resmon_cluster::guard::GuardClient;
+use resmon_cluster::Settings;
+use resmon_contract::{Scope, State};
+use resmon_core::{Command, Event, ResId};
+use resmon_task::Container;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// One resource of a group, as the controller needs it.
+#[derive(Clone)]
+pub struct GroupResource {
+    pub id: ResId,
+    pub name: String,
+    pub autostart: bool,
+    pub container: Container,
+}
+
+/// A configured group and its resources.
+#[derive(Clone)]
+pub struct GroupResources {
+    pub name: String,
+    pub config: GroupConfig,
+    pub resources: Vec<GroupResource>,
+}
+
+/// Why a group is being given up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Leave {
+    Move(String),
+    Failback(String),
+    Failover,
+    /// Renewals of the node's lease are failing.
+    LeaseEnding,
+}
+
+impl Leave {
+    fn describe(&self) -> String {
+        match self {
+            Leave::Move(n) => format!("moving to {n}"),
+            Leave::Failback(n) => format!("failing back to {n}"),
+            Leave::Failover => "past its restart threshold here: failing over".into(),
+            Leave::LeaseEnding => {
+                "renewals of the node's lease are failing: stopping before it can expire".into()
+            }
+        }
+    }
+}
+
+enum Phase {
+    Free,
+    Owned(Ownership),
+    Leaving(Ownership, Leave),
+}
+
+struct Group {
+    res: GroupResources,
+    phase: Phase,
+    /// Since when it was seen without an owner (for waiting in line).
+    unowned_since: Option<Instant>,
+    /// `restart_then_failover` fired here.
+    failover: bool,
+}
+
+/// What the guard thread is told.
+enum GuardOrder {
+    Arm(BootInstant, Vec<Scope>),
+    Disarm,
+    Stop(oneshot::Sender<()>),
+}
+
+pub struct Controller {
+    cfg: ClusterConfig,
+    settings: Settings,
+    member: Option<Member>,
+    next_join: Instant,
+    groups: Vec<Group>,
+    tx: mpsc::UnboundedSender<Msg>,
+    bus: EventBus,
+    view: SharedView,
+    guard: std::sync::mpsc::Sender<GuardOrder>,
+    /// The last order given to the guard, to send only changes.
+    armed: Option<(BootInstant, usize)>,
+    last_snapshot: Option<Snapshot>,
+    permits: Arc<Permits>,
+    /// Every group's resources, for the fencer.
+    all: Arc<Vec<GroupResources>>,
+}
+
+/// How often the controller looks at etcd and its lease.
+const TICK: Duration = Duration::from_millis(100);
+
+impl Controller {
+    pub fn new(
+        cfg: ClusterConfig,
+        groups: Vec<GroupResources>,
+        tx: mpsc::UnboundedSender<Msg>,
+        bus: EventBus,
+        view: SharedView,
+        guard: GuardClient,
+        permits: Arc<Permits>,
+    ) -> Controller {
+        let settings = Settings::new(cfg.node.clone(), cfg.etcd.clone())
+            .with_lease_ttl(cfg.lease_ttl)
+            .with_key_prefix(cfg.key_prefix.clone())
+            .with_margin(cfg.fence_margin);
+        let (guard_tx, guard_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("fence-guard-feed".into())
+            .spawn(move || feed_guard(guard, guard_rx))
+            .expect("a thread for feeding the fence guard");
+        let all = Arc::new(groups.clone());
+        Controller {
+            permits,
+            all,
+            cfg,
+            settings,
+            member: None,
+            next_join: Instant::now(),
+            groups: groups
+                .into_iter()
+                .map(|res| Group {
+                    res,
+                    phase: Phase::Free,
+                    unowned_since: None,
+                    failover: false,
+                })
+                .collect(),
+            tx,
+            bus,
+            view,
+            guard: guard_tx,
+            armed: None,
+            last_snapshot: None,
+        }
+    }
+
+    /// Runs until `stop` brings a reply channel: then gives up every group
+    /// (the monitor has taken everything offline by then), leaves the
+    /// cluster and answers.
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<ClusterRequest>,
+        mut failovers: mpsc::UnboundedReceiver<String>,
+        mut stop: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                Some(r) = requests.recv() => self.request(r).await,
+                Some(g) = failovers.recv() => {
+                    if let Some(group) = self.groups.iter_mut().find(|x| x.res.name == g) {
+                        // Only a group running here can fail over from here.
+                        group.failover = matches!(group.phase, Phase::Owned(_));
+                    }
+                }
+                Some(done) = stop.recv() => {
+                    self.shutdown().await;
+                    let _ = done.send(());
+                    return;
+                }
+            }
+            self.step().await;
+        }
+    }
+
+    fn publish(&self, group: Option<&str>, message: String) {
+        tracing::info!(group, "{message}");
+        self.bus.publish("cluster", None, group, None, message);
+    }
+
+    /// One look at the lease and at etcd, and what follows from them.
+    async fn step(&mut self) {
+        if self.member.is_none() {
+            self.join().await;
+        }
+        let Some(member) = &self.member else {
+            self.fence_all("this node is not a member of the cluster");
+            self.feed_guard();
+            return;
+        };
+        let lease = member.lease_state().borrow().clone();
+        let deadline = lease.may_run_until;
+        if let Some(why) = lease.lost.clone() {
+            self.fence_all(&format!("the node's lease is gone: {why}"));
+            self.member = None;
+            self.feed_guard();
+            return;
+        }
+        let Some(deadline) = deadline.filter(|d| !d.has_passed()) else {
+            self.fence_all("no renewal of the node's lease was acknowledged in time");
+            self.feed_guard();
+            return;
+        };
+        // Renewals are failing: leave while there is time to do it cleanly.
+        if deadline.remaining() < self.cfg.lease_ttl / 4 {
+            for g in 0..self.groups.len() {
+                if let Phase::Owned(_) = self.groups[g].phase {
+                    self.begin_leaving(g, Leave::LeaseEnding);
+                }
+            }
+        }
+        self.feed_guard();
+        let Some(member) = &self.member else { return };
+        let snapshot = match member.view().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.set_problem(Some(format!("reading etcd: {e}")), Some(deadline));
+                return;
+            }
+        };
+        for g in 0..self.groups.len() {
+            self.step_group(g, &snapshot).await;
+        }
+        self.feed_guard();
+        self.last_snapshot = Some(snapshot);
+        self.update_view(Some(deadline));
+    }
+
+    async fn join(&mut self) {
+        if Instant::now() < self.next_join {
+            return;
+        }
+        self.next_join = Instant::now() + self.cfg.lease_ttl / 2;
+        match Member::join(self.settings.clone()).await {
+            Ok(m) => {
+                self.publish(
+                    None,
+                    format!(
+                        "node {} joined the cluster (lease {}s)",
+                        self.cfg.node,
+                        self.cfg.lease_ttl.as_secs()
+                    ),
+                );
+                tokio::spawn(fencer(
+                    m.lease_state(),
+                    self.permits.clone(),
+                    self.all.clone(),
+                    self.tx.clone(),
+                    self.bus.clone(),
+                ));
+                self.member = Some(m);
+                self.set_problem(None, None);
+            }
+            Err(e) => {
+                let why = format!("joining the cluster: {e}");
+                tracing::warn!("{why}");
+                self.set_problem(Some(why), None);
+            }
+        }
+    }
+
+    async fn step_group(&mut self, g: usize, snap: &Snapshot) {
+        let me = self.cfg.node.clone();
+        let name = self.groups[g].res.name.clone();
+        let owner = snap.owners.get(&name);
+        match &self.groups[g].phase {
+            Phase::Owned(own) | Phase::Leaving(own, _) => {
+                if owner.is_none_or(|o| o.node != me || o.token != own.token) {
+                    let msg = match owner {
+                        None => "its owner key is gone".to_string(),
+                        Some(o) => {
+                            format!("its owner key now names {} (token {})", o.node, o.token)
+                        }
+                    };
+                    self.fence_group(g, &msg);
+                    return;
+                }
+            }
+            Phase::Free => {}
+        }
+        match &self.groups[g].phase {
+            Phase::Owned(own) => {
+                let own = own.clone();
+                if snap.targets.get(&name) == Some(&me) {
+                    if let Some(m) = &self.member {
+                        let _ = m.clear_target(&name).await;
+                    }
+                }
+                if self.groups[g].failover {
+                    self.begin_leaving(g, Leave::Failover);
+                } else if let Some(t) = snap
+                    .targets
+                    .get(&name)
+                    .filter(|t| **t != me && is_live(snap, t))
+                {
+                    self.begin_leaving(g, Leave::Move(t.clone()));
+                } else if let Some(better) = self.failback_to(g, snap) {
+                    self.begin_leaving(g, Leave::Failback(better));
+                }
+                let _ = own;
+            }
+            Phase::Leaving(own, why) => {
+                let (own, why) = (own.clone(), why.clone());
+                if !self.group_down(g).await {
+                    return;
+                }
+                let Some(m) = &self.member else { return };
+                if why == Leave::Failover {
+                    if let Err(e) = m.mark_failed(&name).await {
+                        tracing::warn!(group = %name, "marking it failed here: {e}");
+                    }
+                }
+                match m.release(&own).await {
+                    Ok(_) => {
+                        self.set_tokens(g, None);
+                        self.groups[g].phase = Phase::Free;
+                        self.groups[g].failover = false;
+                        self.publish(
+                            Some(&name),
+                            format!(
+                                "gave up group {name} ({}); token {} released",
+                                why.describe(),
+                                own.token
+                            ),
+                        );
+                    }
+                    Err(e) => tracing::warn!(group = %name, "releasing it: {e}"),
+                }
+            }
+            Phase::Free => {
+                if owner.is_some() {
+                    self.groups[g].unowned_since = None;
+                    return;
+                }
+                let since = *self.groups[g]
+                    .unowned_since
+                    .get_or_insert_with(Instant::now);
+                let line = candidates(&self.groups[g].res, snap);
+                let Some(rank) = line.iter().position(|n| *n == me) else {
+                    return;
+                };
+                // The first in line takes it at once; the others wait their
+                // turn, in case the first is slow.
+                if since.elapsed() < self.cfg.lease_ttl * rank as u32 {
+                    return;
+                }
+                self.acquire(g).await;
+            }
+        }
+    }
+
+    async fn acquire(&mut self, g: usize) {
+        let Some(m) = &self.member else { return };
+        let name = self.groups[g].res.name.clone();
+        match m.acquire(&name).await.map(|c| c.won()) {
+            Ok(Some(own)) => {
+                let _ = m.clear_failed(&name).await;
+                let token = own.token;
+                let until = m.lease_state().borrow().may_run_until;
+                self.groups[g].phase = Phase::Owned(own);
+                if let Some(until) = until {
+                    self.permits.set_until(until.as_nanos());
+                }
+                self.permits.grant(&name);
+                self.groups[g].unowned_since = None;
+                self.groups[g].failover = false;
+                self.set_tokens(g, Some(token));
+                // The guard holds the deadline before anything starts.
+                self.feed_guard();
+                self.publish(
+                    Some(&name),
+                    format!("took group {name} (fencing token {token}); bringing it online"),
+                );
+                for r in &self.groups[g].res.resources {
+                    if r.autostart {
+                        let _ = self
+                            .tx
+                            .send(Msg::Event(Event::Command(r.id, Command::Online)));
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(group = %name, "taking it: {e}"),
+        }
+    }
+
+    fn begin_leaving(&mut self, g: usize, why: Leave) {
+        let Phase::Owned(own) = std::mem::replace(&mut self.groups[g].phase, Phase::Free) else {
+            return;
+        };
+        let name = self.groups[g].res.name.clone();
+        // Nothing of it starts again here (no restart while it goes).
+        self.permits.revoke(&name);
+        self.publish(
+            Some(&name),
+            format!("taking group {name} offline: {}", why.describe()),
+        );
+        for r in &self.groups[g].res.resources {
+            let _ = self
+                .tx
+                .send(Msg::Event(Event::Command(r.id, Command::Offline)));
+        }
+        self.groups[g].phase = Phase::Leaving(own, why);
+    }
+
+    /// Kills the group's resources now and forgets the ownership (the key
+    /// is gone, or will be with the lease).
+    fn fence_group(&mut self, g: usize, why: &str) {
+        if let Phase::Free = self.groups[g].phase {
+            return;
+        }
+        self.groups[g].phase = Phase::Free;
+        self.groups[g].failover = false;
+        self.permits.revoke(&self.groups[g].res.name);
+        kill_group(&self.groups[g].res, &self.tx, &self.bus, why);
+        self.set_tokens(g, None);
+    }
+
+    fn fence_all(&mut self, why: &str) {
+        for g in 0..self.groups.len() {
+            self.fence_group(g, why);
+        }
+        self.update_view(None);
+    }
+
+    fn set_tokens(&self, g: usize, token: Option<i64>) {
+        for r in &self.groups[g].res.resources {
+            r.container.fencing().set(token);
+        }
+    }
+
+    /// Whether every resource of the group is down, with no call running.
+    async fn group_down(&self, g: usize) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Status { name: None, reply }).is_err() {
+            return false;
+        }
+        let Ok(Ok(all)) = rx.await else { return false };
+        let names: Vec<&str> = self.groups[g]
+            .res
+            .resources
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        all.iter()
+            .filter(|s| names.contains(&s.name.as_str()))
+            .all(is_down)
+    }
+
+    /// A more preferred live node, when the group fails back.
+    fn failback_to(&self, g: usize, snap: &Snapshot) -> Option<String> {
+        let res = &self.groups[g].res;
+        if !res.config.failback {
+            return None;
+        }
+        let me = &self.cfg.node;
+        let line = candidates(res, snap);
+        let first = line.first()?;
+        let mine = res.config.preferred_nodes.iter().position(|n| n == me);
+        let theirs = res.config.preferred_nodes.iter().position(|n| n == first)?;
+        (first != me && mine.is_none_or(|m| theirs < m)).then(|| first.clone())
+    }
+
+    /// The guard's deadline: the lease's, plus half the margin (the lease
+    /// cannot expire in etcd before `sent + TTL`).
+    fn feed_guard(&mut self) {
+        let scopes: Vec<Scope> = self
+            .groups
+            .iter()
+            .filter(|g| !matches!(g.phase, Phase::Free))
+            .flat_map(|g| g.res.resources.iter().map(|r| r.container.scope()))
+            .collect();
+        let until = self
+            .member
+            .as_ref()
+            .and_then(|m| m.lease_state().borrow().may_run_until)
+            .map(|d| d + self.cfg.fence_margin / 2);
+        let order = match until {
+            Some(until) if !scopes.is_empty() => {
+                if self.armed == Some((until, scopes.len())) {
+                    return;
+                }
+                self.armed = Some((until, scopes.len()));
+                GuardOrder::Arm(until, scopes)
+            }
+            _ => {
+                if self.armed.is_none() {
+                    return;
+                }
+                self.armed = None;
+                GuardOrder::Disarm
+            }
+        };
+        let _ = self.guard.send(order);
+    }
+
+    async fn request(&mut self, r: ClusterRequest) {
+        match r {
+            ClusterRequest::Move { group, node, reply } => {
+                let _ = reply.send(self.move_group(&group, &node).await);
+            }
+        }
+    }
+
+    async fn move_group(&mut self, group: &str, node: &str) -> Result<String, String> {
+        if !self.groups.iter().any(|g| g.res.name == group) {
+            return Err(format!("no group {group:?} in this node's config"));
+        }
+        let Some(m) = &self.member else {
+            return Err("this node is not a member of the cluster now".into());
+        };
+        let snap = m.view().await.map_err(|e| format!("reading etcd: {e}"))?;
+        if !is_live(&snap, node) {
+            let live: Vec<&str> = snap.nodes.keys().map(String::as_str).collect();
+            return Err(format!(
+                "node {node:?} is not live; the live nodes are {}",
+                live.join(", ")
+            ));
+        }
+        if snap.owners.get(group).is_some_and(|o| o.node == node) {
+            return Ok(format!("group {group} already runs on {node}"));
+        }
+        m.set_target(group, node)
+            .await
+            .map_err(|e| format!("writing the move to etcd: {e}"))?;
+        Ok(format!(
+            "moving group {group} to {node}: offline on its owner, released, then online on {node}"
+        ))
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(m) = self.member.take() {
+            for g in &self.groups {
+                if let Phase::Owned(own) | Phase::Leaving(own, _) = &g.phase {
+                    if let Err(e) = m.release(own).await {
+                        tracing::warn!(group = %g.res.name, "releasing it: {e}");
+                    }
+                }
+            }
+            if let Err(e) = m.leave().await {
+                tracing::warn!("leaving the cluster: {e}");
+            }
+        }
+        for g in 0..self.groups.len() {
+            self.groups[g].phase = Phase::Free;
+        }
+        let (done, wait) = oneshot::channel();
+        if self.guard.send(GuardOrder::Stop(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    fn set_problem(&self, problem: Option<String>, deadline: Option<BootInstant>) {
+        let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+        v.member = problem.is_none() && self.member.is_some();
+        v.problem = problem;
+        v.may_run_for_ms = deadline.map(|d| d.remaining().as_millis() as u64);
+    }
+
+    fn update_view(&self, deadline: Option<BootInstant>) {
+        let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
+        v.node = self.cfg.node.clone();
+        v.member = self.member.is_some();
+        v.problem = None;
+        v.may_run_for_ms = deadline.map(|d| d.remaining().as_millis() as u64);
+        let snap = self.last_snapshot.as_ref();
+        v.owners = self
+            .groups
+            .iter()
+            .map(|g| {
+                let owner = snap
+                    .and_then(|s| s.owners.get(&g.res.name))
+                    .map(|o| o.node.clone());
+                (g.res.name.clone(), owner)
+            })
+            .collect();
+        let mut owned: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        if let Some(s) = snap {
+            for (group, o) in &s.owners {
+                owned
+                    .entry(o.node.as_str())
+                    .or_default()
+                    .push(group.clone());
+            }
+        }
+        v.nodes = snap
+            .map(|s| {
+                s.nodes
+                    .keys()
+                    .map(|n| NodeView {
+                        name: n.clone(),
+                        live: true,
+                        lease_ttl_left: None,
+                        groups: owned.get(n.as_str()).cloned().unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
+}
+
+fn is_live(snap: &Snapshot, node: &str) -> bool {
+    snap.nodes.contains_key(node)
+}
+
+fn is_down(s: &ResourceStatus) -> bool {
+    matches!(s.state, State::Offline | State::Failed) && s.call.is_none() && !s.terminating
+}
+
+/// The live nodes in the order they should take the group: a requested
+/// target first, then its preferred nodes, then the others by name; nodes
+/// where it failed recently last.
+fn candidates(res: &GroupResources, snap: &Snapshot) -> Vec<String> {
+    let mut line: Vec<String> = Vec::new();
+    if let Some(t) = snap.targets.get(&res.name).filter(|t| is_live(snap, t)) {
+        line.push(t.clone());
+    }
+    for p in &res.config.preferred_nodes {
+        if is_live(snap, p) && !line.contains(p) {
+            line.push(p.clone());
+        }
+    }
+    let mut rest: Vec<String> = snap
+        .nodes
+        .keys()
+        .filter(|n| !line.contains(n))
+        .cloned()
+        .collect();
+    rest.sort();
+    line.extend(rest);
+    let failed = snap.failed.get(&res.name);
+    let (ok, bad): (Vec<String>, Vec<String>) = line
+        .into_iter()
+        .partition(|n| failed.is_none_or(|f| !f.contains(n)));
+    ok.into_iter().chain(bad).collect()
+}
+
+/// Owns the guard client on a thread of its own (its calls block).
+fn feed_guard(mut guard: GuardClient, orders: std::sync::mpsc::Receiver<GuardOrder>) {
+    while let Ok(order) = orders.recv() {
+        let r = match order {
+            GuardOrder::Arm(until, scopes) => guard.arm(until, &scopes),
+            GuardOrder::Disarm => guard.disarm(),
+            GuardOrder::Stop(done) => {
+                if let Err(e) = guard.shutdown() {
+                    tracing::warn!("stopping the fence guard: {e}");
+                }
+                let _ = done.send(());
+                return;
+            }
+        };
+        if let Err(e) = r {
+            tracing::error!("the fence guard: {e}");
+        }
+    }
+}
+
+/// Kills a group's resources now (`cgroup.kill`, or the process-group
+/// scan) and tells the monitor they are terminated.
+fn kill_group(res: &GroupResources, tx: &mpsc::UnboundedSender<Msg>, bus: &EventBus, why: &str) {
+    for r in &res.resources {
+        if let Err(e) = r.container.kill_all() {
+            tracing::error!(resource = %r.name, "fencing: killing its processes: {e}");
+        }
+        let _ = tx.send(Msg::Event(Event::Command(
+            r.id,
+            Command::Terminate { exit_code: 1 },
+        )));
+    }
+    let name = &res.name;
+    let message = format!("fenced group {name}: {why}; its resources were killed");
+    tracing::warn!(group = %name, "{message}");
+    bus.publish("cluster", None, Some(name), None, message);
+}
+
+/// Holds the node's deadline apart from the controller, which may be
+/// waiting on etcd: keeps the permits' deadline at the lease's, and the
+/// moment the lease is lost or its deadline passes, revokes every permit
+/// and kills those groups. One per lease; ends with it.
+async fn fencer(
+    mut lease: watch::Receiver<LeaseState>,
+    permits: Arc<Permits>,
+    groups: Arc<Vec<GroupResources>>,
+    tx: mpsc::UnboundedSender<Msg>,
+    bus: EventBus,
+) {
+    loop {
+        let state = lease.borrow_and_update().clone();
+        let why = match (&state.lost, state.may_run_until) {
+            (None, Some(until)) if !until.has_passed() => {
+                permits.set_until(until.as_nanos());
+                tokio::select! {
+                    changed = lease.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    _ = tokio::time::sleep(until.remaining()) => {
+                        if lease.has_changed().unwrap_or(false) {
+                            continue;
+                        }
+                        "no renewal of the node's lease was acknowledged in time".to_string()
+                    }
+                }
+            }
+            (Some(lost), _) => format!("the node's lease is gone: {lost}"),
+            _ => "no renewal of the node's lease was acknowledged in time".to_string(),
+        };
+        permits.set_until(0);
+        for name in permits.revoke_all() {
+            if let Some(res) = groups.iter().find(|g| g.name == name) {
+                kill_group(res, &tx, &bus, &why);
+            }
+        }
+        if lease.changed().await.is_err() {
+            return;
+        }
+    }
+}

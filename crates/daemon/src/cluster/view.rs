@@ -1,0 +1,150 @@
+//! What the API shows of the cluster, kept up to date by the controller,
+//! and the requests the API passes on to it.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, oneshot};
+
+/// One node as etcd knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    /// Its key is there, bound to a lease etcd keeps alive.
+    pub live: bool,
+    /// Seconds its lease has left, as etcd last said.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lease_ttl_left: Option<i64>,
+    /// The groups it owns.
+    pub groups: Vec<String>,
+}
+
+/// `GET /v1/nodes`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodesReply {
+    /// This node.
+    pub node: String,
+    /// Whether this node reaches etcd and holds its lease.
+    pub member: bool,
+    /// Why not, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub problem: Option<String>,
+    /// Milliseconds this node may still run its groups without a renewal.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub may_run_for_ms: Option<u64>,
+    pub nodes: Vec<NodeView>,
+    /// Each configured group and its owner (`None`: nobody runs it).
+    pub owners: BTreeMap<String, Option<String>>,
+}
+
+/// What the controller last saw; read by the API without asking it.
+pub type SharedView = Arc<RwLock<NodesReply>>;
+
+/// `POST /v1/groups/{group}/move`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoveBody {
+    /// The node to move to.
+    pub node: String,
+}
+
+/// Requests for the controller.
+pub enum ClusterRequest {
+    /// Move a group to a node: offline here, released, online there.
+    Move {
+        group: String,
+        node: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+/// How the API reaches the cluster side; `None` on a single node.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    pub view: SharedView,
+    pub requests: mpsc::UnboundedSender<ClusterRequest>,
+}
+
+impl ClusterHandle {
+    pub fn snapshot(&self) -> NodesReply {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Which groups this node may run right now, and until when: the one gate
+/// every `online` of a cluster group passes (restarts included), so that
+/// nothing starts after the node's lease ran out or its ownership ended,
+/// whatever the order in which the monitor learns of it.
+#[derive(Debug, Default)]
+pub struct Permits {
+    state: std::sync::Mutex<PermitState>,
+}
+
+#[derive(Debug, Default)]
+struct PermitState {
+    /// `CLOCK_BOOTTIME` nanoseconds: the lease's "may run until".
+    until_ns: u64,
+    groups: std::collections::BTreeSet<String>,
+}
+
+impl Permits {
+    fn state(&self) -> std::sync::MutexGuard<'_, PermitState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `group` may run at `now_ns` (`CLOCK_BOOTTIME`).
+    pub fn allows(&self, group: &str, now_ns: u64) -> bool {
+        let s = self.state();
+        now_ns < s.until_ns && s.groups.contains(group)
+    }
+
+    pub fn set_until(&self, until_ns: u64) {
+        self.state().until_ns = until_ns;
+    }
+
+    pub fn until(&self) -> u64 {
+        self.state().until_ns
+    }
+
+    pub fn grant(&self, group: &str) {
+        self.state().groups.insert(group.to_string());
+    }
+
+    /// Whether it was granted.
+    pub fn revoke(&self, group: &str) -> bool {
+        self.state().groups.remove(group)
+    }
+
+    /// Every group granted, now revoked.
+    pub fn revoke_all(&self) -> Vec<String> {
+        std::mem::take(&mut self.state().groups)
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock leases are measured on.
+pub fn boottime_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_need_the_group_and_time_left() {
+        let p = Permits::default();
+        assert!(!p.allows("g", 1));
+        p.grant("g");
+        assert!(!p.allows("g", 1), "no deadline yet");
+        p.set_until(100);
+        assert!(p.allows("g", 99));
+        assert!(!p.allows("g", 100), "the deadline itself is too late");
+        assert!(!p.allows("h", 1));
+        assert_eq!(p.revoke_all(), vec!["g".to_string()]);
+        assert!(!p.allows("g", 1));
+        assert!(!p.revoke("g"));
+    }
+}

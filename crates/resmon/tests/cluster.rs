@@ -1,0 +1,798 @@
+//! Cluster mode end to end: three etcd members (`--pre-vote`) and three
+//! real `resmon serve` nodes, each pair in a network namespace of its own
+//! joined by a bridge in another (or all on loopback where namespaces
+//! cannot be made), under faults: a partitioned node, a frozen monitor
+//! (SIGSTOP), a killed monitor (SIGKILL), a killed etcd member, a restarted
+//! node, a move.
+//!
+//! Every group's resource is a heartbeat process that appends
+//! `CLOCK_BOOTTIME` nanoseconds and its fencing token to a file of its
+//! node every few milliseconds. All nodes share the machine's clock, so
+//! the checker can assert that no two owners' heartbeats of a group ever
+//! interleave: a group never ran on two nodes at once.
+//!
+//! `RESMON_CLUSTER_RUNS` sets how many randomized runs
+//! `randomized_faults_never_run_a_group_twice` makes (20 by default;
+//! `scripts/chaos` makes 100), `RESMON_CLUSTER_SEED` replays one. The
+//! failover benchmark is `failover_time` (ignored; `scripts/bench-failover`).
+
+#![cfg(feature = "etcd")]
+
+mod common;
+
+use common::{wait_for, BIN};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NODES: usize = 3;
+const GROUPS: [&str; 2] = ["alpha", "beta"];
+/// The heartbeat: CLOCK_BOOTTIME ns and the fencing token, every 5 ms.
+const HEARTBEAT: &str = "import os,sys,time\nf=open(sys.argv[1],'a',buffering=1)\nt=os.environ.get('RESMON_FENCING_TOKEN','0')\nwhile True:\n    f.write('%d %s\\n'%(time.clock_gettime_ns(time.CLOCK_BOOTTIME),t))\n    time.sleep(0.005)\n";
+
+fn boottime_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn run(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn sig(pid: u32, s: rustix::process::Signal) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, s);
+    }
+}
+
+/// Where the nodes live: network namespaces, or loopback.
+struct Net {
+    tag: String,
+    /// Namespace names per node, and the bridge's; `None` on loopback.
+    netns: Option<(Vec<String>, String)>,
+}
+
+impl Net {
+    fn new() -> Net {
+        let tag = format!("rsm{}", std::process::id() % 100_000);
+        let root = rustix::process::geteuid().is_root();
+        if root && std::env::var_os("RESMON_CLUSTER_LOOPBACK").is_none() {
+            if let Some(n) = Net::namespaces(&tag) {
+                return n;
+            }
+        }
+        eprintln!("cluster test: network namespaces are not available; nodes share loopback (no partitions)");
+        Net { tag, netns: None }
+    }
+
+    fn namespaces(tag: &str) -> Option<Net> {
+        let br = format!("{tag}-br");
+        let nodes: Vec<String> = (0..NODES).map(|i| format!("{tag}-n{i}")).collect();
+        let net = Net {
+            tag: tag.to_string(),
+            netns: Some((nodes.clone(), br.clone())),
+        };
+        let mut ok = run("ip", &["netns", "add", &br])
+            && run("ip", &["-n", &br, "link", "add", "br0", "type", "bridge"])
+            && run("ip", &["-n", &br, "link", "set", "br0", "up"]);
+        for (i, ns) in nodes.iter().enumerate() {
+            let (inner, outer) = (format!("va{i}"), format!("vb{i}"));
+            let addr = format!("{}/24", Net::ns_addr(i));
+            ok = ok
+                && run("ip", &["netns", "add", ns])
+                && run(
+                    "ip",
+                    &[
+                        "-n", &br, "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+                        "netns", ns,
+                    ],
+                )
+                && run(
+                    "ip",
+                    &["-n", &br, "link", "set", &outer, "master", "br0", "up"],
+                )
+                && run("ip", &["-n", ns, "addr", "add", &addr, "dev", &inner])
+                && run("ip", &["-n", ns, "link", "set", &inner, "up"])
+                && run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+        }
+        if ok {
+            Some(net)
+        } else {
+            drop(net);
+            None
+        }
+    }
+
+    /// The test's own addresses, inside the namespaces it made.
+    fn ns_addr(i: usize) -> String {
+        format!("10.213.7.{}", i + 1)
+    }
+
+    fn addr(&self, i: usize) -> String {
+        match self.netns {
+            Some(_) => Net::ns_addr(i),
+            None => "127.0.0.1".into(),
+        }
+    }
+
+    fn client_port(&self, i: usize) -> u16 {
+        match self.netns {
+            Some(_) => 2379,
+            None => 24379 + 10 * i as u16,
+        }
+    }
+
+    fn peer_port(&self, i: usize) -> u16 {
+        match self.netns {
+            Some(_) => 2380,
+            None => 24380 + 10 * i as u16,
+        }
+    }
+
+    /// A command that runs in node `i`'s namespace (only the network one:
+    /// the mounts, and so the cgroup tree, stay the machine's).
+    fn command(&self, i: usize, program: &str) -> Command {
+        match &self.netns {
+            Some((nodes, _)) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{}", nodes[i]))
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn can_partition(&self) -> bool {
+        self.netns.is_some()
+    }
+
+    /// Cuts node `i` off (its link on the bridge down), or heals it.
+    fn partition(&self, i: usize, cut: bool) {
+        let (_, br) = self.netns.as_ref().expect("namespaces");
+        let state = if cut { "down" } else { "up" };
+        assert!(run(
+            "ip",
+            &["-n", br, "link", "set", &format!("vb{i}"), state]
+        ));
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some((nodes, br)) = &self.netns {
+            for ns in nodes.iter().chain([br]) {
+                run("ip", &["netns", "del", ns]);
+            }
+        }
+        let _ = &self.tag;
+    }
+}
+
+/// Three etcd members, one per node.
+struct Etcd {
+    dir: PathBuf,
+    members: Vec<Option<Child>>,
+}
+
+impl Etcd {
+    fn start(net: &Net, dir: &Path) -> Etcd {
+        let mut e = Etcd {
+            dir: dir.to_path_buf(),
+            members: (0..NODES).map(|_| None).collect(),
+        };
+        for i in 0..NODES {
+            e.launch(net, i, "new");
+        }
+        let endpoints = (0..NODES)
+            .map(|i| format!("http://{}:{}", net.addr(i), net.client_port(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        wait_for(
+            "the etcd cluster to be healthy",
+            Duration::from_secs(30),
+            || {
+                net.command(0, "etcdctl")
+                    .args(["--endpoints", &endpoints, "endpoint", "health"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            },
+        );
+        e
+    }
+
+    fn launch(&mut self, net: &Net, i: usize, state: &str) {
+        let name = format!("e{i}");
+        let peers = (0..NODES)
+            .map(|j| format!("e{j}=http://{}:{}", net.addr(j), net.peer_port(j)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let client = format!("http://{}:{}", net.addr(i), net.client_port(i));
+        let mut listen = client.clone();
+        if net.netns.is_some() {
+            listen.push_str(&format!(",http://127.0.0.1:{}", net.client_port(i)));
+        }
+        let peer = format!("http://{}:{}", net.addr(i), net.peer_port(i));
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).unwrap();
+        let child = net
+            .command(i, "etcd")
+            .args(["--name", &name])
+            .arg("--data-dir")
+            .arg(self.dir.join(&name))
+            .args(["--listen-client-urls", &listen])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &peers])
+            .args(["--initial-cluster-state", state])
+            .args(["--initial-cluster-token", &net.tag])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            .arg("--pre-vote")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd (Debian: apt-get install etcd-server)");
+        self.members[i] = Some(child);
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..NODES {
+            self.kill(i);
+        }
+    }
+}
+
+/// One resmon node.
+struct Node {
+    i: usize,
+    dir: PathBuf,
+    child: Option<Child>,
+    stopped: bool,
+}
+
+impl Node {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("resmon.sock")
+    }
+
+    fn write_config(&self, net: &Net, prefix: &str, beats: &Path, extra: &str) {
+        let endpoints: Vec<String> = (0..NODES)
+            .map(|j| {
+                // Its own member first.
+                let j = (self.i + j) % NODES;
+                format!("\"http://{}:{}\"", net.addr(j), net.client_port(j))
+            })
+            .collect();
+        let mut text = format!(
+            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[cluster]\nnode = \"n{}\"\netcd = [{}]\nlease_ttl = \"2s\"\nkey_prefix = \"{prefix}\"\n\n[defaults]\nterminate_timeout = \"1s\"\npending_timeout = \"2s\"\n",
+            self.socket().display(),
+            self.dir.join("state").display(),
+            self.i,
+            endpoints.join(", ")
+        );
+        text.push_str("\n[group.alpha]\npreferred_nodes = [\"n0\", \"n1\", \"n2\"]\n");
+        text.push_str("\n[group.beta]\npreferred_nodes = [\"n2\", \"n1\"]\nfailback = true\n");
+        for g in GROUPS {
+            let file = beats.join(format!("{g}.n{}", self.i));
+            text.push_str(&format!(
+                "\n[[resource]]\nname = \"{g}\"\ngroup = \"{g}\"\ntype = \"process\"\ncommand = [\"python3\", \"-c\", {:?}, \"{}\"]\n",
+                HEARTBEAT,
+                file.display()
+            ));
+        }
+        text.push_str(extra);
+        std::fs::write(self.dir.join("resmon.toml"), text).unwrap();
+    }
+
+    fn launch(&mut self, net: &Net) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .unwrap();
+        let child = net
+            .command(self.i, BIN)
+            .args(["serve", "--config"])
+            .arg(self.dir.join("resmon.toml"))
+            .env("RESMON_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start resmon serve");
+        self.child = Some(child);
+        self.stopped = false;
+        let sock = self.socket();
+        wait_for("the node's socket", Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        });
+    }
+
+    /// The monitor's pid (nsenter execs it, so the child is the monitor).
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if self.stopped {
+                sig(c.id(), rustix::process::Signal::CONT);
+            }
+            sig(c.id(), rustix::process::Signal::TERM);
+            let end = Instant::now() + Duration::from_secs(30);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > end {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!(
+                        "node n{} did not stop on SIGTERM:\n{}",
+                        self.i,
+                        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run the CLI")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            sig(c.id(), rustix::process::Signal::CONT);
+        }
+        self.kill9();
+    }
+}
+
+/// One heartbeat line.
+#[derive(Clone, Copy, Debug)]
+struct Beat {
+    at: u64,
+    node: usize,
+    token: i64,
+}
+
+fn beats(dir: &Path, group: &str) -> Vec<Beat> {
+    let mut out = Vec::new();
+    for node in 0..NODES {
+        let Ok(text) = std::fs::read_to_string(dir.join(format!("{group}.n{node}"))) else {
+            continue;
+        };
+        for line in text.lines() {
+            let mut it = line.split(' ');
+            if let (Some(Ok(at)), Some(Ok(token))) = (
+                it.next().map(str::parse::<u64>),
+                it.next().map(str::parse::<i64>),
+            ) {
+                out.push(Beat { at, node, token });
+            }
+        }
+    }
+    out.sort_by_key(|b| b.at);
+    out
+}
+
+/// Runs of one owner: (node, token) -> [first, last].
+fn intervals(beats: &[Beat]) -> Vec<(usize, i64, u64, u64)> {
+    let mut runs: BTreeMap<(usize, i64), (u64, u64)> = BTreeMap::new();
+    for b in beats {
+        let e = runs.entry((b.node, b.token)).or_insert((b.at, b.at));
+        e.1 = e.1.max(b.at);
+    }
+    let mut v: Vec<_> = runs
+        .into_iter()
+        .map(|((n, t), (a, b))| (n, t, a, b))
+        .collect();
+    v.sort_by_key(|x| x.2);
+    v
+}
+
+/// The checker: no two owners' runs of a group overlap, and later owners
+/// hold larger fencing tokens.
+fn check_no_overlap(dir: &Path) -> Result<usize, String> {
+    let mut owners = 0;
+    for g in GROUPS {
+        let runs = intervals(&beats(dir, g));
+        owners += runs.len();
+        for w in runs.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            if b.2 <= a.3 {
+                return Err(format!(
+                    "group {g} ran twice: on n{} (token {}) until {} ns and on n{} (token {}) from {} ns, {:.1} ms of overlap",
+                    a.0, a.1, a.3, b.0, b.1, b.2,
+                    (a.3 - b.2) as f64 / 1e6
+                ));
+            }
+            if b.1 <= a.1 {
+                return Err(format!(
+                    "group {g}: owner n{} got token {} after n{} had {}",
+                    b.0, b.1, a.0, a.1
+                ));
+            }
+        }
+        if runs.iter().any(|r| r.1 <= 0) {
+            return Err(format!("group {g} ran without a fencing token"));
+        }
+    }
+    Ok(owners)
+}
+
+/// A whole cluster for one run.
+struct Cluster {
+    nodes: Vec<Node>,
+    beats: PathBuf,
+}
+
+impl Cluster {
+    fn start(net: &Net, root: &Path, run: usize) -> Cluster {
+        Cluster::start_with(net, root, run, |_| String::new())
+    }
+
+    /// With `extra(i)` appended to node `i`'s config.
+    fn start_with(net: &Net, root: &Path, run: usize, extra: impl Fn(usize) -> String) -> Cluster {
+        let beats = root.join(format!("run{run}"));
+        std::fs::create_dir_all(&beats).unwrap();
+        let prefix = format!("/test{}/run{run}", std::process::id());
+        let mut nodes = Vec::new();
+        for i in 0..NODES {
+            let dir = beats.join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            let n = Node {
+                i,
+                dir,
+                child: None,
+                stopped: false,
+            };
+            n.write_config(net, &prefix, &beats, &extra(i));
+            nodes.push(n);
+        }
+        for n in &mut nodes {
+            n.launch(net);
+        }
+        Cluster { nodes, beats }
+    }
+
+    /// The node whose heartbeat of `group` is the newest, if it is fresh.
+    fn runs_on(&self, group: &str, fresher_than: u64) -> Option<(usize, i64)> {
+        let b = beats(&self.beats, group);
+        b.last()
+            .filter(|b| b.at > fresher_than)
+            .map(|b| (b.node, b.token))
+    }
+
+    /// Waits until every group beats on some node after `since`.
+    fn wait_all_running(&self, since: u64, limit: Duration) {
+        for g in GROUPS {
+            wait_for(&format!("group {g} running"), limit, || {
+                self.runs_on(g, since.max(boottime_ns() - 100_000_000))
+                    .is_some()
+            });
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- n{} ---\n{}",
+                    n.i,
+                    std::fs::read_to_string(n.dir.join("daemon.log")).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+}
+
+/// The faults, as the randomized runs pick them.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Partition,
+    Freeze,
+    KillMonitor,
+    KillEtcd,
+    Restart,
+    Move,
+}
+
+#[test]
+fn randomized_faults_never_run_a_group_twice() {
+    let runs: usize = std::env::var("RESMON_CLUSTER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("RESMON_CLUSTER_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| boottime_ns() % 1_000_000);
+    eprintln!("cluster test: {runs} runs, seed {seed} (RESMON_CLUSTER_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let root = tempfile::tempdir().unwrap();
+    let net = Net::new();
+    let mut etcd = Etcd::start(&net, root.path());
+    let mut faults_done: BTreeMap<String, usize> = BTreeMap::new();
+    for run in 0..runs {
+        let mut c = Cluster::start(&net, root.path(), run);
+        c.wait_all_running(0, Duration::from_secs(20));
+        for _ in 0..2 {
+            let mut pick = [
+                Fault::Partition,
+                Fault::Freeze,
+                Fault::KillMonitor,
+                Fault::KillEtcd,
+                Fault::Restart,
+                Fault::Move,
+            ][rng.usize(0..6)];
+            if matches!(pick, Fault::Partition) && !net.can_partition() {
+                pick = Fault::Freeze;
+            }
+            *faults_done.entry(format!("{pick:?}")).or_default() += 1;
+            let group = GROUPS[rng.usize(0..GROUPS.len())];
+            let now = boottime_ns();
+            let owner = c.runs_on(group, now - 200_000_000).map(|(n, _)| n);
+            let victim = owner.unwrap_or_else(|| rng.usize(0..NODES));
+            let hold = Duration::from_millis(2500 + rng.u64(0..1500));
+            match pick {
+                Fault::Partition => {
+                    net.partition(victim, true);
+                    // The others carry on without it, and it knows it is
+                    // cut off, before the link comes back.
+                    wait_for_elsewhere(&c, group, victim, now);
+                    wait_for("the cut-off node to see it", hold * 4, || {
+                        let out = c.nodes[victim].cli(&["nodes", "--json"]);
+                        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                            .is_ok_and(|v| v["member"] == false || !v["problem"].is_null())
+                    });
+                    net.partition(victim, false);
+                }
+                Fault::Freeze => {
+                    let pid = c.nodes[victim].pid().unwrap();
+                    sig(pid, rustix::process::Signal::STOP);
+                    c.nodes[victim].stopped = true;
+                    wait_for_elsewhere(&c, group, victim, now);
+                    sig(pid, rustix::process::Signal::CONT);
+                    c.nodes[victim].stopped = false;
+                }
+                Fault::KillMonitor => {
+                    c.nodes[victim].kill9();
+                    wait_for_elsewhere(&c, group, victim, now);
+                    c.nodes[victim].launch(&net);
+                }
+                Fault::KillEtcd => {
+                    let m = rng.usize(0..NODES);
+                    etcd.kill(m);
+                    // The other two elect a leader and serve on.
+                    let others: Vec<String> = (0..NODES)
+                        .filter(|j| *j != m)
+                        .map(|j| format!("http://{}:{}", net.addr(j), net.client_port(j)))
+                        .collect();
+                    wait_for("the other etcd members to serve", hold * 8, || {
+                        net.command((m + 1) % NODES, "etcdctl")
+                            .args(["--endpoints", &others.join(","), "endpoint", "health"])
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .is_ok_and(|s| s.success())
+                    });
+                    c.wait_all_running(boottime_ns(), Duration::from_secs(30));
+                    etcd.launch(&net, m, "existing");
+                }
+                Fault::Restart => {
+                    c.nodes[victim].stop();
+                    wait_for_elsewhere(&c, group, victim, now);
+                    c.nodes[victim].launch(&net);
+                }
+                Fault::Move => {
+                    let to = (victim + 1 + rng.usize(0..NODES - 1)) % NODES;
+                    let out = c.nodes[rng.usize(0..NODES)].cli(&["move", group, &format!("n{to}")]);
+                    assert!(
+                        out.status.success(),
+                        "move failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+            c.wait_all_running(boottime_ns(), Duration::from_secs(30));
+        }
+        for n in &mut c.nodes {
+            n.stop();
+        }
+        match check_no_overlap(&c.beats) {
+            Ok(owners) => eprintln!("run {run}: {owners} ownerships, no overlap"),
+            Err(e) => panic!("run {run} (seed {seed}): {e}\n{}", c.logs()),
+        }
+    }
+    eprintln!("cluster test: faults {faults_done:?}");
+}
+
+/// Waits until `group` beats on a node other than `victim` (after `since`).
+fn wait_for_elsewhere(c: &Cluster, group: &str, victim: usize, since: u64) {
+    wait_for(
+        &format!("group {group} to run elsewhere than n{victim}"),
+        Duration::from_secs(30),
+        || {
+            c.runs_on(group, since.max(boottime_ns() - 100_000_000))
+                .is_some_and(|(n, _)| n != victim)
+        },
+    );
+}
+
+/// The failover benchmark (`scripts/bench-failover`): the monitor that owns
+/// a group is killed with SIGKILL (its fence guard kills the group's
+/// resources when the lease deadline passes), and the time until the
+/// group's first heartbeat on another node is measured, with
+/// `lease_ttl = "2s"`; then the checker runs over all of it.
+#[test]
+#[ignore = "a benchmark: scripts/bench-failover"]
+fn failover_time() {
+    let runs: usize = std::env::var("RESMON_FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let root = tempfile::tempdir().unwrap();
+    let net = Net::new();
+    let _etcd = Etcd::start(&net, root.path());
+    let mut c = Cluster::start(&net, root.path(), 0);
+    c.wait_all_running(0, Duration::from_secs(20));
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let since = boottime_ns() - 100_000_000;
+        let (owner, token) = c.runs_on("alpha", since).expect("alpha runs");
+        let t0 = boottime_ns();
+        c.nodes[owner].kill9();
+        wait_for("alpha on another node", Duration::from_secs(30), || {
+            c.runs_on("alpha", t0)
+                .is_some_and(|(n, t)| n != owner && t > token)
+        });
+        let first = beats(&c.beats, "alpha")
+            .into_iter()
+            .find(|b| b.at > t0 && b.node != owner)
+            .expect("a heartbeat elsewhere");
+        samples.push(Duration::from_nanos(first.at - t0));
+        c.nodes[owner].launch(&net);
+        c.wait_all_running(boottime_ns(), Duration::from_secs(30));
+    }
+    for n in &mut c.nodes {
+        n.stop();
+    }
+    let overlap = check_no_overlap(&c.beats);
+    samples.sort();
+    let pct =
+        |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1];
+    println!(
+        "failover: owner SIGKILLed (monitor and guard) -> group online on another node, lease_ttl 2s, runs={} p50={:.2} s p90={:.2} s p99={:.2} s max={:.2} s (target p99 <= 3 s); overlap: {}",
+        samples.len(),
+        pct(0.5).as_secs_f64(),
+        pct(0.9).as_secs_f64(),
+        pct(0.99).as_secs_f64(),
+        samples.last().unwrap().as_secs_f64(),
+        match &overlap {
+            Ok(_) => "none".to_string(),
+            Err(e) => e.clone(),
+        }
+    );
+    overlap.unwrap();
+}
+
+#[test]
+fn nodes_moves_failback_and_failover() {
+    let root = tempfile::tempdir().unwrap();
+    let net = Net::new();
+    let _etcd = Etcd::start(&net, root.path());
+    // gamma prefers n0, where its resource cannot start: past its restart
+    // threshold there, it fails over.
+    let beats_dir = root.path().join("run0");
+    let c = Cluster::start_with(&net, root.path(), 0, |i| {
+        let file = beats_dir.join(format!("gamma.n{i}"));
+        let command = if i == 0 {
+            "[\"false\"]".to_string()
+        } else {
+            format!("[\"python3\", \"-c\", {HEARTBEAT:?}, \"{}\"]", file.display())
+        };
+        format!(
+            "\n[group.gamma]\npreferred_nodes = [\"n0\", \"n1\"]\n\n[[resource]]\nname = \"gamma\"\ngroup = \"gamma\"\ntype = \"process\"\ncommand = {command}\nrestart_action = \"restart_then_failover\"\nrestart_threshold = 1\nrestart_delay = \"0s\"\n"
+        )
+    });
+    let mut c = c;
+    c.wait_all_running(0, Duration::from_secs(20));
+    // Where each group runs: the first live preferred node.
+    let fresh = || boottime_ns() - 100_000_000;
+    assert_eq!(c.runs_on("alpha", fresh()).map(|r| r.0), Some(0));
+    assert_eq!(c.runs_on("beta", fresh()).map(|r| r.0), Some(2));
+    wait_for("gamma to fail over to n1", Duration::from_secs(30), || {
+        c.runs_on("gamma", fresh()).is_some_and(|(n, _)| n == 1)
+    });
+    let events = c.nodes[0].cli(&["events"]);
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(events.contains("failing over"), "{events}");
+
+    // resmon nodes, on any node, and the OWNER column.
+    let out = c.nodes[1].cli(&["nodes", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["node"], "n1");
+    assert_eq!(v["member"], true);
+    assert_eq!(v["nodes"].as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(v["owners"]["alpha"], "n0", "{v}");
+    assert_eq!(v["owners"]["beta"], "n2", "{v}");
+    let table = String::from_utf8_lossy(&c.nodes[1].cli(&["nodes"]).stdout).to_string();
+    assert!(table.contains("NODE") && table.contains("alpha"), "{table}");
+    let status = String::from_utf8_lossy(&c.nodes[1].cli(&["status"]).stdout).to_string();
+    assert!(status.contains("OWNER"), "{status}");
+    let alpha_row = status.lines().find(|l| l.starts_with("alpha")).unwrap();
+    assert!(alpha_row.contains(" n0 ") && alpha_row.contains("offline"), "{status}");
+
+    // A move, asked of a node that is neither source nor target.
+    let (_, before) = c.runs_on("alpha", fresh()).unwrap();
+    let out = c.nodes[2].cli(&["move", "alpha", "n1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("alpha on n1", Duration::from_secs(20), || {
+        c.runs_on("alpha", fresh()).is_some_and(|(n, t)| n == 1 && t > before)
+    });
+    // Bad moves are refused and change nothing.
+    let out = c.nodes[0].cli(&["move", "alpha", "n9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not live"));
+    let out = c.nodes[0].cli(&["move", "nosuch", "n1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no group"));
+    let out = c.nodes[0].cli(&["move", "alpha", "bad name"]);
+    assert_ne!(out.status.code(), Some(0));
+
+    // beta fails back: its node dies (the guard fences what it ran), beta
+    // moves to n1, and returns to n2 once n2 is back.
+    let t0 = boottime_ns();
+    c.nodes[2].kill9();
+    wait_for_elsewhere(&c, "beta", 2, t0);
+    assert_eq!(c.runs_on("beta", fresh()).map(|r| r.0), Some(1));
+    c.nodes[2].launch(&net);
+    wait_for("beta back on n2", Duration::from_secs(30), || {
+        c.runs_on("beta", fresh()).is_some_and(|(n, _)| n == 2)
+    });
+    for n in &mut c.nodes {
+        n.stop();
+    }
+    // And never twice at once, gamma included.
+    for g in ["alpha", "beta", "gamma"] {
+        let runs = intervals(&beats(&c.beats, g));
+        for w in runs.windows(2) {
+            assert!(w[1].2 > w[0].3, "group {g} ran twice: {w:?}");
+        }
+    }
+    check_no_overlap(&c.beats).unwrap();
+}
