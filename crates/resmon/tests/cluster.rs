@@ -722,7 +722,10 @@ fn nodes_moves_failback_and_failover() {
         let command = if i == 0 {
             "[\"false\"]".to_string()
         } else {
-            format!("[\"python3\", \"-c\", {HEARTBEAT:?}, \"{}\"]", file.display())
+            format!(
+                "[\"python3\", \"-c\", {HEARTBEAT:?}, \"{}\"]",
+                file.display()
+            )
         };
         format!(
             "\n[group.gamma]\npreferred_nodes = [\"n0\", \"n1\"]\n\n[[resource]]\nname = \"gamma\"\ngroup = \"gamma\"\ntype = \"process\"\ncommand = {command}\nrestart_action = \"restart_then_failover\"\nrestart_threshold = 1\nrestart_delay = \"0s\"\n"
@@ -743,7 +746,11 @@ fn nodes_moves_failback_and_failover() {
 
     // resmon nodes, on any node, and the OWNER column.
     let out = c.nodes[1].cli(&["nodes", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["node"], "n1");
     assert_eq!(v["member"], true);
@@ -755,14 +762,22 @@ fn nodes_moves_failback_and_failover() {
     let status = String::from_utf8_lossy(&c.nodes[1].cli(&["status"]).stdout).to_string();
     assert!(status.contains("OWNER"), "{status}");
     let alpha_row = status.lines().find(|l| l.starts_with("alpha")).unwrap();
-    assert!(alpha_row.contains(" n0 ") && alpha_row.contains("offline"), "{status}");
+    assert!(
+        alpha_row.contains(" n0 ") && alpha_row.contains("offline"),
+        "{status}"
+    );
 
     // A move, asked of a node that is neither source nor target.
     let (_, before) = c.runs_on("alpha", fresh()).unwrap();
     let out = c.nodes[2].cli(&["move", "alpha", "n1"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("alpha on n1", Duration::from_secs(20), || {
-        c.runs_on("alpha", fresh()).is_some_and(|(n, t)| n == 1 && t > before)
+        c.runs_on("alpha", fresh())
+            .is_some_and(|(n, t)| n == 1 && t > before)
     });
     // Bad moves are refused and change nothing.
     let out = c.nodes[0].cli(&["move", "alpha", "n9"]);
