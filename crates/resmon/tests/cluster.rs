@@ -695,7 +695,7 @@ fn failover_time() {
     let pct =
         |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1];
     println!(
-        "failover: owner SIGKILLed (monitor and guard) -> group online on another node, lease_ttl 2s, runs={} p50={:.2} s p90={:.2} s p99={:.2} s max={:.2} s (target p99 <= 3 s); overlap: {}",
+        "failover: owning monitor SIGKILLed -> group online on another node, lease_ttl 2s, runs={} p50={:.2} s p90={:.2} s p99={:.2} s max={:.2} s (target p99 <= 3 s); overlap: {}",
         samples.len(),
         pct(0.5).as_secs_f64(),
         pct(0.9).as_secs_f64(),
