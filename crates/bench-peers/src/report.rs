@@ -458,21 +458,20 @@ fn latency_panel(
         .flatten()
         .map(ms)
         .collect();
-    let lo = values
-        .iter()
-        .copied()
-        .fold(f64::INFINITY, f64::min)
-        .max(0.01)
-        / 3.0;
-    let hi = values.iter().copied().fold(0.0, f64::max).max(lo * 10.0) * 40.0;
-    let lo = if lo.is_finite() { lo } else { 0.01 };
+    // Whole decades: one more below the fastest (bars stay visible when all
+    // values are close), and room for the labels above the slowest.
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let min = if min.is_finite() { min.max(0.01) } else { 1.0 };
+    let max = values.iter().copied().fold(min, f64::max);
+    let lo = 10f64.powf(min.log10().floor() - 1.0);
+    let hi = 10f64.powf((max * 4.0).log10().ceil());
     let names: Vec<&str> = rows.iter().map(|r| r.kind.label()).collect();
     let mut chart = ChartBuilder::on(area)
         .caption(scenario.title(), (FONT, 15))
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(150)
-        .build_cartesian_2d((lo..hi).log_scale(), (0..n).into_segmented())?;
+        .build_cartesian_2d((lo..hi).log_scale(), (0..n - 1).into_segmented())?;
     let position = |i: usize| n - 1 - i;
     chart
         .configure_mesh()
@@ -484,7 +483,11 @@ fn latency_panel(
         })
         .x_desc("ms")
         .x_label_formatter(&|v| {
-            if *v >= 1.0 {
+            // Decades only: 1-2-5 steps crowd a narrow log axis.
+            let exp = v.log10();
+            if (exp - exp.round()).abs() > 1e-6 {
+                String::new()
+            } else if *v >= 1.0 {
                 format!("{v:.0}")
             } else {
                 format!("{v}")
@@ -496,7 +499,11 @@ fn latency_panel(
         let pos = position(i);
         let (Some(p50), Some(p99)) = (r.percentile(50.0), r.percentile(99.0)) else {
             let why = r.failure.as_deref().unwrap_or("no figures");
-            let short = why.split(':').next().unwrap_or(why);
+            let short = if r.kind.cannot_supervise().is_some() {
+                "cannot: no cluster-less supervision"
+            } else {
+                why.split(':').next().unwrap_or(why)
+            };
             chart.draw_series(std::iter::once(Text::new(
                 short.to_owned(),
                 (lo * 1.2, SegmentValue::CenterOf(pos)),
@@ -555,6 +562,7 @@ fn idle_panel(
     fmt: impl Fn(f64) -> String,
 ) -> Result<()> {
     let mut kinds: Vec<Kind> = idle.iter().map(|r| r.kind).collect();
+    kinds.sort();
     kinds.dedup();
     if kinds.is_empty() {
         return Ok(());
@@ -579,7 +587,7 @@ fn idle_panel(
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(150)
-        .build_cartesian_2d(0.0..max * 1.45, (0..n).into_segmented())?;
+        .build_cartesian_2d(0.0..max * 1.45, (0..n - 1).into_segmented())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
