@@ -650,22 +650,15 @@ fn print_nodes(r: &NodesReply) {
         .max()
         .unwrap_or(4)
         .max(4);
-    let _ = writeln!(
-        out,
-        "{:<width$}  {:<5}  {:>9}  GROUPS",
-        "NODE", "LIVE", "LEASE"
-    );
+    let _ = writeln!(out, "{:<width$}  {:<5}  GROUPS", "NODE", "LIVE");
     for n in &r.nodes {
-        let lease = n
-            .lease_ttl_left
-            .map_or_else(|| "-".to_string(), |t| format!("{t}s"));
         let groups = if n.groups.is_empty() {
             "-".to_string()
         } else {
             n.groups.join(",")
         };
         let live = if n.live { "yes" } else { "no" };
-        let _ = writeln!(out, "{:<width$}  {live:<5}  {lease:>9}  {groups}", n.name);
+        let _ = writeln!(out, "{:<width$}  {live:<5}  {groups}", n.name);
     }
     let unowned: Vec<&str> = r
         .owners

@@ -27,6 +27,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NODES: usize = 3;
+
+/// The cluster tests run one at a time: each starts three etcd members and
+/// three nodes, which is what this machine's cores can take at once (and
+/// on loopback they would share ports).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 const GROUPS: [&str; 2] = ["alpha", "beta"];
 /// The heartbeat: CLOCK_BOOTTIME ns and the fencing token, every 5 ms.
 const HEARTBEAT: &str = "import os,sys,time\nf=open(sys.argv[1],'a',buffering=1)\nt=os.environ.get('RESMON_FENCING_TOKEN','0')\nwhile True:\n    f.write('%d %s\\n'%(time.clock_gettime_ns(time.CLOCK_BOOTTIME),t))\n    time.sleep(0.005)\n";
@@ -505,6 +514,21 @@ impl Cluster {
         }
     }
 
+    /// Waits until every node is a member and sees all three live.
+    fn wait_all_members(&self, limit: Duration) {
+        for n in &self.nodes {
+            wait_for(&format!("n{} to be a member", n.i), limit, || {
+                let out = n.cli(&["nodes", "--json"]);
+                serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok_and(|v| {
+                    v["member"] == true
+                        && v["nodes"].as_array().is_some_and(|a| {
+                            a.iter().filter(|x| x["live"] == true).count() == NODES
+                        })
+                })
+            });
+        }
+    }
+
     fn logs(&self) -> String {
         self.nodes
             .iter()
@@ -540,6 +564,7 @@ fn randomized_faults_never_run_a_group_twice() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| boottime_ns() % 1_000_000);
+    let _one = one_at_a_time();
     eprintln!("cluster test: {runs} runs, seed {seed} (RESMON_CLUSTER_SEED={seed} replays it)");
     let mut rng = fastrand::Rng::with_seed(seed);
     let root = tempfile::tempdir().unwrap();
@@ -628,6 +653,8 @@ fn randomized_faults_never_run_a_group_twice() {
                 }
             }
             c.wait_all_running(boottime_ns(), Duration::from_secs(30));
+            // Healed: every node is a member again before the next fault.
+            c.wait_all_members(Duration::from_secs(30));
         }
         for n in &mut c.nodes {
             n.stop();
@@ -664,6 +691,7 @@ fn failover_time() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
+    let _one = one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let net = Net::new();
     let _etcd = Etcd::start(&net, root.path());
@@ -711,6 +739,7 @@ fn failover_time() {
 
 #[test]
 fn nodes_moves_failback_and_failover() {
+    let _one = one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let net = Net::new();
     let _etcd = Etcd::start(&net, root.path());
@@ -795,6 +824,14 @@ fn nodes_moves_failback_and_failover() {
     c.nodes[2].kill9();
     wait_for_elsewhere(&c, "beta", 2, t0);
     assert_eq!(c.runs_on("beta", fresh()).map(|r| r.0), Some(1));
+    let out = c.nodes[0].cli(&["nodes", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n2 = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "n2");
+    assert_eq!(n2.map(|n| n["live"].clone()), Some(false.into()), "{v}");
     c.nodes[2].launch(&net);
     wait_for("beta back on n2", Duration::from_secs(30), || {
         c.runs_on("beta", fresh()).is_some_and(|(n, _)| n == 2)

@@ -105,6 +105,9 @@ pub struct Controller {
     permits: Arc<Permits>,
     /// Every group's resources, for the fencer.
     all: Arc<Vec<GroupResources>>,
+    /// Every node this one knows of (configured or seen live), so that
+    /// `resmon nodes` lists the dead ones too.
+    known: std::collections::BTreeSet<String>,
 }
 
 /// How often the controller looks at etcd and its lease.
@@ -130,7 +133,13 @@ impl Controller {
             .spawn(move || feed_guard(guard, guard_rx))
             .expect("a thread for feeding the fence guard");
         let all = Arc::new(groups.clone());
+        let known = groups
+            .iter()
+            .flat_map(|g| g.config.preferred_nodes.iter().cloned())
+            .chain([cfg.node.clone()])
+            .collect();
         Controller {
+            known,
             permits,
             all,
             cfg,
@@ -235,6 +244,7 @@ impl Controller {
             self.step_group(g, &snapshot).await;
         }
         self.feed_guard();
+        self.known.extend(snapshot.nodes.keys().cloned());
         self.last_snapshot = Some(snapshot);
         self.update_view(Some(deadline));
     }
@@ -596,19 +606,15 @@ impl Controller {
                     .push(group.clone());
             }
         }
-        v.nodes = snap
-            .map(|s| {
-                s.nodes
-                    .keys()
-                    .map(|n| NodeView {
-                        name: n.clone(),
-                        live: true,
-                        lease_ttl_left: None,
-                        groups: owned.get(n.as_str()).cloned().unwrap_or_default(),
-                    })
-                    .collect()
+        v.nodes = self
+            .known
+            .iter()
+            .map(|n| NodeView {
+                name: n.clone(),
+                live: snap.is_some_and(|s| s.nodes.contains_key(n)),
+                groups: owned.get(n.as_str()).cloned().unwrap_or_default(),
             })
-            .unwrap_or_default();
+            .collect();
     }
 }
 

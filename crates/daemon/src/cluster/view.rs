@@ -10,11 +10,9 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NodeView {
     pub name: String,
-    /// Its key is there, bound to a lease etcd keeps alive.
+    /// Its key is there, bound to a lease etcd keeps alive. Nodes named
+    /// in `preferred_nodes` or seen before are listed when they are not.
     pub live: bool,
-    /// Seconds its lease has left, as etcd last said.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub lease_ttl_left: Option<i64>,
     /// The groups it owns.
     pub groups: Vec<String>,
 }
