@@ -101,7 +101,15 @@ fn raw(d: &Daemon, request: &[u8]) -> u16 {
     let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = s.write_all(request);
-    let _ = s.shutdown(std::net::Shutdown::Write);
+    // A request that asks to close is answered, then closed. Closing our
+    // side early instead would race the answer: the server may see the end
+    // of the stream first and drop the connection unanswered.
+    if !request
+        .windows(17)
+        .any(|w| w.eq_ignore_ascii_case(b"connection: close"))
+    {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
     let text = String::from_utf8_lossy(&answer);
