@@ -266,11 +266,11 @@ mod tests {
         .join("\n");
         assert!(p.contains("[cluster] node:"), "{p}");
         assert!(p.contains("etcd[0]: must be a URL"), "{p}");
+        assert!(p.contains("whole seconds"), "{p}");
         let p = cluster("[cluster]\nnode = \"n\"\netcd = [\"https://e:2379\"]\n")
             .unwrap_err()
             .join("\n");
         assert!(p.contains("TLS"), "{p}");
-        assert!(p.contains("whole seconds"), "{p}");
         let p = cluster("[cluster]\nnode = \"n\"\netcd = []\n")
             .unwrap_err()
             .join("\n");
