@@ -317,6 +317,7 @@ fn bench() -> Result<ExitCode> {
     let settings = Settings {
         resmon,
         grace_secs: args.grace,
+        stops: true,
     };
     let ctx = Ctx {
         deadline: Instant::now() + Duration::from_secs(args.time_limit),
@@ -661,7 +662,12 @@ fn idle(ctx: &Ctx, n: usize, rows: &mut Vec<IdleRow>) -> Result<()> {
                 autostart: true,
             })
             .collect();
-        match Instance::start(kind, &dir.join("tool"), &services, &ctx.settings) {
+        let settings = Settings {
+            resmon: ctx.settings.resmon.clone(),
+            grace_secs: ctx.settings.grace_secs,
+            stops: false,
+        };
+        match Instance::start(kind, &dir.join("tool"), &services, &settings) {
             Ok(inst) => running.push((kind, mark, inst)),
             Err(e) if !kind.is_resmon() => {
                 rows.push(IdleRow::cannot(kind, n, format!("failed to set up: {e:#}")));
@@ -669,20 +675,35 @@ fn idle(ctx: &Ctx, n: usize, rows: &mut Vec<IdleRow>) -> Result<()> {
             Err(e) => return Err(e.context(format!("setting up {}", kind.label()))),
         }
     }
-    let end = Instant::now() + STEP_LIMIT + Duration::from_millis(100 * n as u64);
+    let limit = STEP_LIMIT + Duration::from_millis(100 * n as u64);
+    let end = Instant::now() + limit;
     loop {
         ctx.check_time()?;
         let marked = procs::marked(&ctx.run);
-        let short: Vec<String> = running
-            .iter()
-            .filter(|(_, mark, _)| marked.get(mark).map_or(0, Vec::len) < n)
-            .map(|(k, mark, _)| format!("{} {}", k.label(), marked.get(mark).map_or(0, Vec::len)))
-            .collect();
-        if short.is_empty() {
+        let short = |mark: &String| marked.get(mark).map_or(0, Vec::len) < n;
+        if !running.iter().any(|(_, mark, _)| short(mark)) {
             break;
         }
         if Instant::now() > end {
-            bail!("not every workload came up: {}", short.join(", "));
+            // A tool that cannot start them all in time gets a row saying so.
+            let (slow, ok): (Vec<_>, Vec<_>) =
+                running.into_iter().partition(|(_, mark, _)| short(mark));
+            running = ok;
+            for (kind, mark, mut inst) in slow {
+                let up = marked.get(&mark).map_or(0, Vec::len);
+                eprintln!("{}: only {up} of {n} running", kind.label());
+                rows.push(IdleRow::cannot(
+                    kind,
+                    n,
+                    format!(
+                        "only {up} of {n} running {} s after it started",
+                        limit.as_secs()
+                    ),
+                ));
+                inst.shutdown();
+                procs::kill_marked(&mark);
+            }
+            break;
         }
         std::thread::sleep(Duration::from_millis(200));
     }

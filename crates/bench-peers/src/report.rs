@@ -611,14 +611,24 @@ fn idle_panel(
             // Bars stacked from the top of the band, smallest size first.
             let top = 4 + j * slot;
             let bottom = band.saturating_sub(4 + (j + 1) * slot);
-            if r.failure.is_some() {
-                if j == 0 {
-                    chart.draw_series(std::iter::once(Text::new(
-                        "cannot: no cluster-less supervision".to_owned(),
-                        (max * 0.02, SegmentValue::CenterOf(pos)),
-                        label_style(RGBColor(110, 110, 110)),
-                    )))?;
+            if let Some(why) = &r.failure {
+                // Pacemaker's reason once per tool; any other failure per size.
+                let cannot = kind.cannot_supervise().is_some();
+                if cannot && j > 0 {
+                    continue;
                 }
+                let (text, color) = if cannot {
+                    (
+                        "cannot: no cluster-less supervision".to_owned(),
+                        RGBColor(110, 110, 110),
+                    )
+                } else {
+                    (format!("{size}: {why}"), RGBColor(200, 30, 30))
+                };
+                chart.draw_series(std::iter::once(
+                    EmptyElement::at((0.0, SegmentValue::Exact(pos + 1)))
+                        + Text::new(text, (6, (top + slot / 2) as i32), label_style(color)),
+                ))?;
                 continue;
             }
             let v = value(r);

@@ -126,6 +126,10 @@ pub struct Settings {
     pub resmon: PathBuf,
     /// The stop grace: SIGTERM, then this long, then SIGKILL.
     pub grace_secs: u64,
+    /// Whether the scenario stops services. Only then is resmon's
+    /// `pending_timeout` set to the grace: it also bounds `online`, which
+    /// the idle scenario's 1,000 start-ups must not be held to.
+    pub stops: bool,
 }
 
 /// One running supervisor with its services.
@@ -135,6 +139,7 @@ pub struct Instance {
     daemon: Option<Child>,
     resmon: PathBuf,
     grace_secs: u64,
+    stops: bool,
 }
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> Result<bool>) -> Result<()> {
@@ -170,6 +175,7 @@ impl Instance {
             daemon: None,
             resmon: s.resmon.clone(),
             grace_secs: s.grace_secs,
+            stops: s.stops,
         };
         match kind {
             Kind::Resmon | Kind::ResmonNoCgroups => me.start_resmon(services)?,
@@ -220,7 +226,7 @@ impl Instance {
         let socket = self.resmon_socket();
         let mut config = format!(
             "[monitor]\nsocket = {:?}\nstate_dir = {:?}\ncgroups = \"{}\"\n\n[defaults]\n\
-             pending_timeout = \"{}s\"\nrestart_action = \"restart\"\n\
+             {}restart_action = \"restart\"\n\
              restart_threshold = 1000000\nrestart_delay = \"0s\"\n",
             socket.display().to_string(),
             self.dir.join("state").display().to_string(),
@@ -229,7 +235,11 @@ impl Instance {
             } else {
                 "auto"
             },
-            self.grace_secs,
+            if self.stops {
+                format!("pending_timeout = \"{}s\"\n", self.grace_secs)
+            } else {
+                String::new()
+            },
         );
         for svc in services {
             write!(
