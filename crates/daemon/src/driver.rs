@@ -9,8 +9,9 @@
 //! exception is `looks_alive` of a type that answers it from memory (the
 //! `process` type), which is called inline to keep 1,000 resources cheap.
 
-use crate::cluster::view::{boottime_ns, Permits};
+use crate::cluster::view::Permits;
 use crate::events::EventBus;
+use resmon_cluster::BootInstant;
 use resmon_contract::{
     control, CallContext, Completion, ControlError, EntryPoint, Resource, ResourceError,
     ResourceType, State, StatusSink,
@@ -702,10 +703,12 @@ impl Driver {
         let tx = self.tx.clone();
         // Cluster mode: `online` only while the node owns the group and its
         // lease lives, checked just before the call.
-        let gate = self
-            .permits
-            .clone()
-            .map(|p| (p, self.core.view(id).spec.group.clone()));
+        let gate = match (&self.permits, entry) {
+            (Some(p), EntryPoint::Online) => {
+                Some((p.clone(), self.core.view(id).spec.group.clone()))
+            }
+            _ => None,
+        };
         let ctx = CallContext::new(
             slot.cancel.clone(),
             Arc::new(Sink {
@@ -719,7 +722,7 @@ impl Driver {
             let run = || {
                 match entry {
                 EntryPoint::Online => match &gate {
-                    Some((p, group)) if !p.allows(group, boottime_ns()) => CallOutcome::Error(
+                    Some((p, group)) if !p.allows(group, BootInstant::now()) => CallOutcome::Error(
                         format!("this node does not hold group {group:?} now (cluster): not starting it"),
                     ),
                     _ => completion(resource.online(&ctx)),

@@ -340,7 +340,16 @@ async fn run(
     });
 
     let mut driver = Driver::new(core, slots, types.clone(), tx.clone(), bus.clone());
-    let cluster_stop = match (&config.cluster, &cluster_handle) {
+    let cluster_stop: Option<ClusterStop> = match (&config.cluster, &cluster_handle) {
+        // The config check refuses [cluster] in such a build; this is the
+        // last line of defence.
+        #[cfg(not(feature = "etcd"))]
+        (Some(_), _) => {
+            anyhow::bail!(
+                "[cluster]: this resmon was built without cluster support (--features etcd)"
+            )
+        }
+        #[cfg(feature = "etcd")]
         (Some(c), Some(handle)) => Some(start_cluster(
             c,
             &config,
@@ -535,10 +544,14 @@ async fn run(
     Ok(())
 }
 
+/// Where the cluster controller is asked to give up its groups and leave;
+/// it answers on the channel it is sent.
+type ClusterStop = mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>;
+
 /// Starts the cluster side: the fence guard, then the controller, which
 /// joins through etcd and takes the groups this node is first in line for.
 /// Returns where to ask it to stop.
-#[cfg_attr(not(feature = "etcd"), allow(unused_variables))]
+#[cfg(feature = "etcd")]
 fn start_cluster(
     c: &cluster::config::ClusterConfig,
     config: &Config,
@@ -547,25 +560,7 @@ fn start_cluster(
     requests: mpsc::UnboundedReceiver<cluster::view::ClusterRequest>,
     tx: &mpsc::UnboundedSender<Msg>,
     bus: &EventBus,
-) -> anyhow::Result<mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>> {
-    // The config check refuses [cluster] in such a build; this is the
-    // last line of defence.
-    #[cfg(not(feature = "etcd"))]
-    anyhow::bail!("[cluster]: this resmon was built without cluster support (--features etcd)");
-    #[cfg(feature = "etcd")]
-    start_cluster_controller(c, config, driver, handle, requests, tx, bus)
-}
-
-#[cfg(feature = "etcd")]
-fn start_cluster_controller(
-    c: &cluster::config::ClusterConfig,
-    config: &Config,
-    driver: &mut Driver,
-    handle: &cluster::view::ClusterHandle,
-    requests: mpsc::UnboundedReceiver<cluster::view::ClusterRequest>,
-    tx: &mpsc::UnboundedSender<Msg>,
-    bus: &EventBus,
-) -> anyhow::Result<mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>> {
+) -> anyhow::Result<ClusterStop> {
     use cluster::controller::{Controller, GroupResource, GroupResources};
     let reaper = Reaper::get().context("becoming the reaper of resource processes")?;
     let exe = std::env::current_exe().context("finding the resmon binary for the fence guard")?;

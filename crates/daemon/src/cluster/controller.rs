@@ -302,8 +302,7 @@ impl Controller {
             Phase::Free => {}
         }
         match &self.groups[g].phase {
-            Phase::Owned(own) => {
-                let own = own.clone();
+            Phase::Owned(_) => {
                 if snap.targets.get(&name) == Some(&me) {
                     if let Some(m) = &self.member {
                         let _ = m.clear_target(&name).await;
@@ -320,7 +319,6 @@ impl Controller {
                 } else if let Some(better) = self.failback_to(g, snap) {
                     self.begin_leaving(g, Leave::Failback(better));
                 }
-                let _ = own;
             }
             Phase::Leaving(own, why) => {
                 let (own, why) = (own.clone(), why.clone());
@@ -381,8 +379,8 @@ impl Controller {
                 let token = own.token;
                 let until = m.lease_state().borrow().may_run_until;
                 self.groups[g].phase = Phase::Owned(own);
-                if let Some(until) = until {
-                    self.permits.set_until(until.as_nanos());
+                if until.is_some() {
+                    self.permits.set_until(until);
                 }
                 self.permits.grant(&name);
                 self.groups[g].unowned_since = None;
@@ -707,7 +705,7 @@ async fn fencer(
         let state = lease.borrow_and_update().clone();
         let why = match (&state.lost, state.may_run_until) {
             (None, Some(until)) if !until.has_passed() => {
-                permits.set_until(until.as_nanos());
+                permits.set_until(Some(until));
                 tokio::select! {
                     changed = lease.changed() => {
                         if changed.is_err() {
@@ -726,7 +724,7 @@ async fn fencer(
             (Some(lost), _) => format!("the node's lease is gone: {lost}"),
             _ => "no renewal of the node's lease was acknowledged in time".to_string(),
         };
-        permits.set_until(0);
+        permits.set_until(None);
         for name in permits.revoke_all() {
             if let Some(res) = groups.iter().find(|g| g.name == name) {
                 kill_group(res, &tx, &bus, &why);

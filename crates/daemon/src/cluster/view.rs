@@ -1,6 +1,7 @@
 //! What the API shows of the cluster, kept up to date by the controller,
 //! and the requests the API passes on to it.
 
+use resmon_cluster::BootInstant;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -80,8 +81,8 @@ pub struct Permits {
 
 #[derive(Debug, Default)]
 struct PermitState {
-    /// `CLOCK_BOOTTIME` nanoseconds: the lease's "may run until".
-    until_ns: u64,
+    /// The lease's "may run until"; `None`: no time at all.
+    until: Option<BootInstant>,
     groups: std::collections::BTreeSet<String>,
 }
 
@@ -90,18 +91,14 @@ impl Permits {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `group` may run at `now_ns` (`CLOCK_BOOTTIME`).
-    pub fn allows(&self, group: &str, now_ns: u64) -> bool {
+    /// Whether `group` may run at `now`.
+    pub fn allows(&self, group: &str, now: BootInstant) -> bool {
         let s = self.state();
-        now_ns < s.until_ns && s.groups.contains(group)
+        s.until.is_some_and(|until| now < until) && s.groups.contains(group)
     }
 
-    pub fn set_until(&self, until_ns: u64) {
-        self.state().until_ns = until_ns;
-    }
-
-    pub fn until(&self) -> u64 {
-        self.state().until_ns
+    pub fn set_until(&self, until: Option<BootInstant>) {
+        self.state().until = until;
     }
 
     pub fn grant(&self, group: &str) {
@@ -121,28 +118,23 @@ impl Permits {
     }
 }
 
-/// `CLOCK_BOOTTIME` now, in nanoseconds: the clock leases are measured on.
-pub fn boottime_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn permits_need_the_group_and_time_left() {
+        let at = BootInstant::from_nanos;
         let p = Permits::default();
-        assert!(!p.allows("g", 1));
+        assert!(!p.allows("g", at(1)));
         p.grant("g");
-        assert!(!p.allows("g", 1), "no deadline yet");
-        p.set_until(100);
-        assert!(p.allows("g", 99));
-        assert!(!p.allows("g", 100), "the deadline itself is too late");
-        assert!(!p.allows("h", 1));
+        assert!(!p.allows("g", at(1)), "no deadline yet");
+        p.set_until(Some(at(100)));
+        assert!(p.allows("g", at(99)));
+        assert!(!p.allows("g", at(100)), "the deadline itself is too late");
+        assert!(!p.allows("h", at(1)));
         assert_eq!(p.revoke_all(), vec!["g".to_string()]);
-        assert!(!p.allows("g", 1));
+        assert!(!p.allows("g", at(1)));
         assert!(!p.revoke("g"));
     }
 }
