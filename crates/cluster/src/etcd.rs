@@ -694,15 +694,7 @@ impl Member {
 
     pub async fn clear_target(&self, group: &str) -> Result<(), Error> {
         check_name(group)?;
-        let key = self.keys.target(group);
-        let what = format!("deleting target key {key}");
-        self.op(
-            &what,
-            key,
-            |mut c, key| async move { c.delete(key, None).await },
-        )
-        .await?;
-        Ok(())
+        self.delete("target", self.keys.target(group)).await
     }
 
     /// The node `group` was asked to move to, if any.
@@ -741,15 +733,8 @@ impl Member {
     /// Withdraws this node's failed mark on `group`.
     pub async fn clear_failed(&self, group: &str) -> Result<(), Error> {
         check_name(group)?;
-        let key = self.keys.failed(group, &self.settings.node);
-        let what = format!("deleting failed key {key}");
-        self.op(
-            &what,
-            key,
-            |mut c, key| async move { c.delete(key, None).await },
-        )
-        .await?;
-        Ok(())
+        self.delete("failed", self.keys.failed(group, &self.settings.node))
+            .await
     }
 
     /// The nodes that gave `group` up.
@@ -823,6 +808,18 @@ impl Member {
                 "no renewal acknowledged in time: the deadline passed".into(),
             )),
         }
+    }
+
+    /// Deletes one key (`kind` names it in errors: "deleting target key ...").
+    async fn delete(&self, kind: &str, key: String) -> Result<(), Error> {
+        let what = format!("deleting {kind} key {key}");
+        self.op(
+            &what,
+            key,
+            |mut c, key| async move { c.delete(key, None).await },
+        )
+        .await?;
+        Ok(())
     }
 
     /// Runs one request (see [`Clients::run`]), naming it in errors.
