@@ -234,13 +234,7 @@ impl Pool {
                 self.library.display()
             ))
         };
-        let (ours, theirs) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::STREAM,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| failed(e.into()))?;
+        let (stream, theirs) = UnixStream::pair().map_err(failed)?;
         let mut spec = SpawnSpec::new(
             self.exe.to_string_lossy(),
             [
@@ -249,13 +243,12 @@ impl Pool {
                 self.library.to_string_lossy().into_owned(),
             ],
         );
-        spec.stdin = Some(Arc::new(theirs));
+        spec.stdin = Some(Arc::new(theirs.into()));
         spec.stderr = Output::Inherit;
         // A process group of its own: what the plugin starts dies with it.
         spec.new_session = true;
         let task = self.reaper.spawn(&spec).map_err(failed)?;
         drop(spec);
-        let stream = UnixStream::from(ours);
         let reader = stream.try_clone().map_err(failed)?;
         let file = self.library.file_name().map_or_else(
             || self.library.display().to_string(),
@@ -298,6 +291,15 @@ struct Calls {
     killed: Option<(String, u64)>,
 }
 
+impl Calls {
+    /// Why the host is gone or being killed, once it is.
+    fn ended(&self) -> Option<String> {
+        self.gone
+            .clone()
+            .or_else(|| self.killed.clone().map(|k| k.0))
+    }
+}
+
 /// One host process.
 struct Host {
     label: String,
@@ -335,8 +337,7 @@ impl Host {
     }
 
     fn is_gone(&self) -> bool {
-        let c = lock(&self.calls);
-        c.gone.is_some() || c.killed.is_some()
+        lock(&self.calls).ended().is_some()
     }
 
     /// Why it is gone, once its reader has seen it go (waited for briefly:
@@ -367,7 +368,7 @@ impl Host {
         let mut lane = lock(lane);
         {
             let mut c = lock(&self.calls);
-            if let Some(why) = c.gone.clone().or_else(|| c.killed.clone().map(|k| k.0)) {
+            if let Some(why) = c.ended() {
                 return Err(CallError::Gone(why));
             }
             c.busy.insert(rid);
@@ -414,7 +415,7 @@ impl Host {
         let (tx, rx) = mpsc::sync_channel(1);
         {
             let mut c = lock(&self.calls);
-            if let Some(why) = c.gone.clone().or_else(|| c.killed.clone().map(|k| k.0)) {
+            if let Some(why) = c.ended() {
                 return Err(CallError::Gone(why));
             }
             c.waiting.insert(call, (rid, tx));
@@ -675,18 +676,13 @@ impl Shared {
         }
         let host = self.pool.host(self.separate.load(Ordering::Acquire))?;
         let rid = NEXT_RID.fetch_add(1, Ordering::Relaxed);
-        let (ours, theirs) = rustix::net::socketpair(
-            rustix::net::AddressFamily::UNIX,
-            rustix::net::SocketType::STREAM,
-            rustix::net::SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(|e| ResourceError(format!("open: no socket for the resource's lane: {e}")))?;
+        let (ours, theirs) = UnixStream::pair()
+            .map_err(|e| ResourceError(format!("open: no socket for the resource's lane: {e}")))?;
         let remote = Remote {
             host: host.clone(),
             rid,
             lane: Arc::new(Mutex::new(Lane {
-                sock: UnixStream::from(ours),
+                sock: ours,
                 frames: FrameReader::default(),
             })),
         };
@@ -696,7 +692,12 @@ impl Shared {
             name: self.name.clone(),
             params: self.params.clone(),
         };
-        match self.call_on(&remote, op, Some(theirs), self.policy.deadlock_timeout) {
+        match self.call_on(
+            &remote,
+            op,
+            Some(theirs.into()),
+            self.policy.deadlock_timeout,
+        ) {
             Ok(Reply::Done) => {
                 *lock(&self.remote) = Some(remote.clone());
                 Ok(remote)

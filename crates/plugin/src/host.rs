@@ -482,12 +482,10 @@ fn close_resource(res: &Res) {
 /// Every entry point but `open`, `close` and `terminate`.
 fn run_on_lane(res: &Res, op: Op) -> Reply {
     let _gate = res.gate.read().unwrap_or_else(|e| e.into_inner());
-    let (Some(t), ptr) = (res.table.get(), res.ptr.load(Ordering::Acquire)) else {
+    let ptr = res.ptr.load(Ordering::Acquire);
+    let Some(t) = res.table.get().filter(|_| !ptr.is_null()) else {
         return Reply::Failed("the resource is not open".into());
     };
-    if ptr.is_null() {
-        return Reply::Failed("the resource is not open".into());
-    }
     match op {
         Op::Online { .. } | Op::Offline => {
             res.terminating.store(false, Ordering::Release);
