@@ -20,7 +20,8 @@
 
 mod common;
 
-use common::{wait_for, BIN};
+use common::{serve, wait_for, BIN};
+use resmon_cluster::BootInstant;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,8 +42,7 @@ const GROUPS: [&str; 2] = ["alpha", "beta"];
 const HEARTBEAT: &str = "import os,sys,time\nf=open(sys.argv[1],'a',buffering=1)\nt=os.environ.get('RESMON_FENCING_TOKEN','0')\nwhile True:\n    f.write('%d %s\\n'%(time.clock_gettime_ns(time.CLOCK_BOOTTIME),t))\n    time.sleep(0.005)\n";
 
 fn boottime_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+    BootInstant::now().as_nanos()
 }
 
 fn run(cmd: &str, args: &[&str]) -> bool {
@@ -312,22 +312,7 @@ impl Node {
     }
 
     fn launch(&mut self, net: &Net) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("daemon.log"))
-            .unwrap();
-        let child = net
-            .command(self.i, BIN)
-            .args(["serve", "--config"])
-            .arg(self.dir.join("resmon.toml"))
-            .env("RESMON_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start resmon serve");
-        self.child = Some(child);
+        self.child = Some(serve(net.command(self.i, BIN), &self.dir, "info"));
         self.stopped = false;
         let sock = self.socket();
         wait_for("the node's socket", Duration::from_secs(20), || {

@@ -61,21 +61,7 @@ impl Daemon {
 
     /// Starts `resmon serve` on this daemon's config and waits for its socket.
     pub fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--config"])
-            .arg(self.dir.path().join("resmon.toml"))
-            .env("RESMON_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start resmon serve");
-        self.child = Some(child);
+        self.child = Some(serve(Command::new(BIN), self.dir.path(), "debug"));
         let d = self;
         let s = d.socket.clone();
         let end = Instant::now() + Duration::from_secs(20);
@@ -299,6 +285,24 @@ pub mod libc_sig {
     pub const TERM: i32 = 15;
     pub const KILL: i32 = 9;
     pub const STOP: i32 = 19;
+}
+
+/// Starts `cmd` (the resmon binary, or a wrapper that execs it) as
+/// `serve --config DIR/resmon.toml`, logging at `level` to DIR/daemon.log.
+pub fn serve(mut cmd: Command, dir: &Path, level: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("daemon.log"))
+        .unwrap();
+    cmd.args(["serve", "--config"])
+        .arg(dir.join("resmon.toml"))
+        .env("RESMON_LOG", level)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start resmon serve")
 }
 
 /// Sends a signal by pid ("no such process" is fine: it is gone already).
