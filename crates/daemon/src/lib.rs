@@ -123,6 +123,9 @@ fn log_notice(resource: &str, level: LogLevel, message: &str) {
     }
 }
 
+/// How long after a change the state is written.
+const STATE_SETTLE: Duration = Duration::from_millis(20);
+
 /// How a resource starts, decided from the saved state and the config.
 enum Start {
     /// A previous run left it running: watch it again.
@@ -142,21 +145,21 @@ async fn kill_and_wait(container: &resmon_task::Container) {
     }
 }
 
-/// Opens one configured resource: its container (keeping what runs in it
-/// only when `keep_running`), then the type's `open`.
+/// Opens one configured resource: its container (killing whatever runs in
+/// it when `kill_leftovers`), then the type's `open`.
 async fn open_slot(
     id: ResId,
     r: &ResourceConfig,
     ty: &Arc<dyn ResourceType>,
     containers: &Containers,
-    keep_running: bool,
+    kill_leftovers: bool,
     tx: &mpsc::UnboundedSender<Msg>,
     bus: &EventBus,
 ) -> anyhow::Result<Slot> {
     let container = containers
         .adopt(&r.name)
         .with_context(|| format!("resource {:?}: opening its container", r.name))?;
-    if !keep_running {
+    if kill_leftovers {
         // Changed, unwanted or unknown: nothing of before may stay.
         kill_and_wait(&container).await;
     }
@@ -241,6 +244,9 @@ async fn run(
     let core = Monitor::new(specs, tokio::time::Instant::now())
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))?;
 
+    // One look for all of them: without cgroups, asking each container
+    // would scan /proc once per resource.
+    let occupied = containers.occupied(&names);
     let mut slots = Vec::new();
     let mut starts = Vec::new();
     for (id, r) in config.resources.iter().enumerate() {
@@ -272,7 +278,7 @@ async fn run(
             r,
             ty,
             &containers,
-            matches!(start, Start::Reattach(_)),
+            occupied[id] && !matches!(start, Start::Reattach(_)),
             &tx,
             &bus,
         )
@@ -420,15 +426,25 @@ async fn run(
             }
         })
     };
-    // One write at a time, started as soon as the last one finished: the
-    // file is never more than one write behind.
+    // One write at a time, STATE_SETTLE after the state first changed (a
+    // crash and its restart make one write, not three, and the fsync stays
+    // off the restart's way), once the last write finished.
     let mut writing = Some(save(&mut driver, None));
+    let mut dirty_since: Option<tokio::time::Instant> = None;
     while !(stopping.is_some() && driver.all_down()) {
         if writing.as_ref().is_some_and(|w| w.is_finished()) {
             writing = None;
         }
-        if writing.is_none() && stopping.is_none() && driver.state_dirty() {
+        if driver.state_dirty() {
+            dirty_since.get_or_insert_with(tokio::time::Instant::now);
+        }
+        let save_at = dirty_since.map(|t| t + STATE_SETTLE);
+        if writing.is_none()
+            && stopping.is_none()
+            && save_at.is_some_and(|t| t <= tokio::time::Instant::now())
+        {
             writing = Some(save(&mut driver, None));
+            dirty_since = None;
         }
         let mut reload_request = None;
         let signal = tokio::select! {
@@ -439,6 +455,7 @@ async fn run(
             Some(reply) = reload_rx.recv() => { reload_request = Some(Some(reply)); None }
             _ = driver.turn(&mut rx) => None,
             _ = async { if let Some(w) = writing.as_mut() { let _ = w.await; } else { std::future::pending::<()>().await } } => None,
+            _ = async { match save_at { Some(t) if stopping.is_none() => tokio::time::sleep_until(t).await, _ => std::future::pending::<()>().await } } => None,
         };
         if let Some(signal) = signal {
             let first = stopping.is_none();
@@ -522,7 +539,15 @@ async fn run(
             resource.close()
         })
         .await;
-        kill_and_wait(&slot.container).await;
+    }
+    // What is left (a process of a resource that ignored its stop and
+    // outlived `close`) is killed; one look finds it for all of them.
+    let names: Vec<&str> = driver.slots().iter().map(|s| s.name.as_str()).collect();
+    let occupied = containers.occupied(&names);
+    for (slot, occupied) in driver.slots().iter().zip(occupied) {
+        if occupied {
+            kill_and_wait(&slot.container).await;
+        }
         if let Err(e) = slot.container.remove() {
             tracing::warn!(resource = %slot.name, "removing its container: {e}");
         }
@@ -722,7 +747,7 @@ async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::Reload
             .find(|t| t.handles(&r.type_name))
             .expect("types were checked with the config");
         let id = driver.slots().len() + k;
-        match open_slot(id, r, ty, ctx.containers, false, ctx.tx, ctx.bus).await {
+        match open_slot(id, r, ty, ctx.containers, true, ctx.tx, ctx.bus).await {
             Ok(slot) => slots.push(slot),
             Err(e) => {
                 for s in &slots {
@@ -784,7 +809,7 @@ async fn finish_replacing(
             .expect("types were checked with the config");
         let old = driver.slots()[id].resource.clone();
         let _ = tokio::task::spawn_blocking(move || old.close()).await;
-        match open_slot(id, r, ty, containers, false, tx, bus).await {
+        match open_slot(id, r, ty, containers, true, tx, bus).await {
             Ok(slot) => driver.replace_resource(id, slot.resource, slot.fingerprint),
             Err(e) => {
                 tracing::error!(resource = %name, "cannot open it with its new config: {e:#}");

@@ -18,6 +18,7 @@
 //!   stay our descendants); one that also clears its environment and leaves
 //!   its process group escapes: that is the price of not having cgroups.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -37,6 +38,12 @@ use crate::reaper::Reaper;
 
 /// The environment variable that marks a resource's processes.
 pub const MARKER_VAR: &str = "RESMON_RESOURCE";
+
+/// Cgroups this process wrote `cgroup.kill` to since they were made, by any
+/// [`Container`] naming them (a resource type's and the monitor's are two):
+/// the first `wait_empty` that sees one empty renews it.
+static KILLED: std::sync::LazyLock<Mutex<HashSet<PathBuf>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashSet::new()));
 
 /// How many scan-and-kill rounds `kill_all` makes without cgroups.
 const KILL_ROUNDS: usize = 50;
@@ -115,17 +122,11 @@ impl Containers {
                     .collect();
             }
             Backend::ProcessGroups { .. } => {
-                let prefix = format!("{MARKER_VAR}={}/", self.instance);
-                let marked = procfs::tree_where(Path::new("/proc"), own_pid(), |env| {
-                    procfs::environ_has_prefix(env, prefix.as_bytes())
-                });
-                for p in marked {
-                    if let Ok(env) = std::fs::read(format!("/proc/{}/environ", p.pid)) {
-                        for kv in env.split(|&b| b == 0) {
-                            if let Some(name) = kv.strip_prefix(prefix.as_bytes()) {
-                                names.insert(String::from_utf8_lossy(name).into_owned());
-                            }
-                        }
+                let prefix = format!("{}/", self.instance);
+                let snapshot = procfs::index(MARKER_VAR).snapshot();
+                for mark in snapshot.marks() {
+                    if let Some(name) = mark.strip_prefix(prefix.as_bytes()) {
+                        names.insert(String::from_utf8_lossy(name).into_owned());
                     }
                 }
             }
@@ -135,6 +136,27 @@ impl Containers {
             .filter(|n| !keep.contains(&n.as_str()))
             .map(|n| self.container(&n, None))
             .collect()
+    }
+
+    /// Which of `resource_names` have processes right now, in one look:
+    /// without cgroups one scan of `/proc` answers for all of them, where
+    /// asking each [`Container::is_empty`] in turn would scan once per
+    /// resource (a monitor starting a thousand resources asks this once).
+    pub fn occupied(&self, resource_names: &[&str]) -> Vec<bool> {
+        match &self.backend {
+            Backend::Cgroup { root } => resource_names
+                .iter()
+                .map(|n| cgroup::populated(&root.join(cgroup::sanitize_name(n))).unwrap_or(false))
+                .collect(),
+            Backend::ProcessGroups { .. } => {
+                let snapshot = procfs::index(MARKER_VAR).snapshot();
+                let marks = snapshot.marks();
+                resource_names
+                    .iter()
+                    .map(|n| marks.contains(format!("{}/{n}", self.instance).as_bytes()))
+                    .collect()
+            }
+        }
     }
 
     fn container(&self, resource_name: &str, cgroup: Option<PathBuf>) -> Container {
@@ -315,11 +337,6 @@ impl Container {
         }
     }
 
-    fn marker_entry(&self) -> Vec<u8> {
-        let (k, v) = &self.inner.marker;
-        format!("{k}={v}").into_bytes()
-    }
-
     /// The live processes and their start times (for pid-reuse checks).
     fn processes(&self) -> Vec<(u32, Option<u64>)> {
         let proc_root = Path::new("/proc");
@@ -334,7 +351,9 @@ impl Container {
                     })
                     .collect()
             }
-            None => procfs::marked_tree(proc_root, &self.marker_entry(), own_pid())
+            None => procfs::index(MARKER_VAR)
+                .snapshot()
+                .marked_tree(self.inner.marker.1.as_bytes())
                 .into_iter()
                 .map(|s| (s.pid, Some(s.start_time)))
                 .collect(),
@@ -374,6 +393,7 @@ impl Container {
             Some(dir) => {
                 // Remembered so that `wait_empty` can wait for their reaping.
                 self.remember(&self.processes());
+                lock(&KILLED).insert(dir.clone());
                 match cgroup::write_file(&dir.join("cgroup.kill"), "1") {
                     // A removed cgroup was empty.
                     Err(e) if cgroup::is_gone(&e) => Ok(()),
@@ -385,14 +405,14 @@ impl Container {
     }
 
     fn kill_all_by_scan(&self) -> io::Result<()> {
-        let marker = self.marker_entry();
+        let index = procfs::index(MARKER_VAR);
         // Read from /proc, not getpgrp/getsid: in a container both can be 0
         // (a session inherited from outside the pid namespace).
         let me = procfs::read_stat(Path::new("/proc"), own_pid());
         let own_pgrp = me.as_ref().map(|s| s.pgrp);
         let own_sid = me.as_ref().map(|s| s.session);
         for _ in 0..KILL_ROUNDS {
-            let procs = procfs::marked_tree(Path::new("/proc"), &marker, own_pid());
+            let procs = index.snapshot().marked_tree(self.inner.marker.1.as_bytes());
             if procs.is_empty() {
                 return Ok(());
             }
@@ -460,12 +480,29 @@ impl Container {
     /// parent is told it exited, so once the container looks empty this also
     /// waits until every process it saw (through `signal_all`, `kill_all` or
     /// here) is reaped.
+    ///
+    /// A cgroup killed through [`kill_all`](Self::kill_all) is replaced by a
+    /// new, empty one of the same name once it is empty, so that the next
+    /// process can be born into it (see [`cgroup::renew`]).
     pub async fn wait_empty(&self) {
         if !self.is_empty() {
             self.remember(&self.processes());
         }
         self.wait_unpopulated().await;
         self.wait_reaped().await;
+        if let Some(dir) = &self.inner.cgroup {
+            let killed = lock(&KILLED).remove(dir);
+            if killed {
+                if let Err(e) = cgroup::renew(dir) {
+                    // Something was started meanwhile: the next spawn joins
+                    // by cgroup.procs instead.
+                    tracing::debug!("renewing {}: {e}", dir.display());
+                    if !dir.is_dir() {
+                        tracing::warn!("renewing {}: {e}", dir.display());
+                    }
+                }
+            }
+        }
     }
 
     async fn wait_unpopulated(&self) {

@@ -7,11 +7,13 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Instant;
 
 use rustix::process::{pidfd_open, Pid, PidfdFlags, Signal};
 
-use crate::handle::send_via_pidfd;
+use crate::handle::{lock, send_via_pidfd};
 
 /// The fields of `/proc/PID/stat` this crate uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +25,8 @@ pub(crate) struct ProcStat {
     pub session: u32,
     /// Clock ticks after boot; with the pid it identifies a process.
     pub start_time: u64,
+    /// Forked and not exec'ed yet (`PF_FORKNOEXEC`).
+    pub forked_no_exec: bool,
 }
 
 impl ProcStat {
@@ -46,6 +50,7 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcStat> {
         pgrp: fields.get(2)?.parse().ok()?,
         session: fields.get(3)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
+        forked_no_exec: fields.get(6)?.parse::<u32>().ok()? & PF_FORKNOEXEC != 0,
     })
 }
 
@@ -54,64 +59,215 @@ pub(crate) fn read_stat(proc_root: &Path, pid: u32) -> Option<ProcStat> {
     parse_stat(&fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?)
 }
 
-/// Whether a `/proc/PID/environ` blob (NUL-separated) holds `entry` (`NAME=VALUE`).
-pub(crate) fn environ_has(environ: &[u8], entry: &[u8]) -> bool {
-    environ.split(|b| *b == 0).any(|e| e == entry)
+/// The value of variable `var` in a `/proc/PID/environ` blob (NUL-separated
+/// `NAME=VALUE` entries), the first one as `getenv` finds it.
+pub(crate) fn environ_value<'a>(environ: &'a [u8], var: &str) -> Option<&'a [u8]> {
+    environ.split(|b| *b == 0).find_map(|e| {
+        e.strip_prefix(var.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"="))
+    })
 }
 
-/// Every live process under `proc_root` whose environment holds `marker`
-/// (`NAME=VALUE`), plus all their live descendants (by parent pid). `exclude`
-/// (the monitor itself) is never part of it. Zombies are left out: they are
-/// already dead.
-pub(crate) fn marked_tree(proc_root: &Path, marker: &[u8], exclude: u32) -> Vec<ProcStat> {
-    tree_where(proc_root, exclude, |env| environ_has(env, marker))
+/// One look at every live process: what [`ProcIndex`] hands out.
+pub(crate) struct Snapshot {
+    procs: Vec<ProcStat>,
+    /// The marker variable's value in each process's environment.
+    marks: Vec<Option<Arc<[u8]>>>,
+    children: HashMap<u32, Vec<usize>>,
 }
 
-/// Whether a `/proc/PID/environ` blob holds an entry starting with `prefix`.
-pub(crate) fn environ_has_prefix(environ: &[u8], prefix: &[u8]) -> bool {
-    environ.split(|b| *b == 0).any(|e| e.starts_with(prefix))
+impl Snapshot {
+    /// Every process whose marker value satisfies `starts`, plus all their
+    /// live descendants (by parent pid).
+    pub(crate) fn tree_where(&self, starts: impl Fn(&[u8]) -> bool) -> Vec<ProcStat> {
+        let mut chosen = vec![false; self.procs.len()];
+        let mut queue: Vec<usize> = (0..self.procs.len())
+            .filter(|&i| self.marks[i].as_deref().is_some_and(&starts))
+            .collect();
+        while let Some(i) = queue.pop() {
+            if std::mem::replace(&mut chosen[i], true) {
+                continue;
+            }
+            if let Some(kids) = self.children.get(&self.procs[i].pid) {
+                queue.extend(kids.iter().copied().filter(|&k| !chosen[k]));
+            }
+        }
+        self.procs
+            .iter()
+            .zip(chosen)
+            .filter(|&(_, c)| c)
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    /// Every process marked with exactly `value`, plus its descendants.
+    pub(crate) fn marked_tree(&self, value: &[u8]) -> Vec<ProcStat> {
+        self.tree_where(|v| v == value)
+    }
+
+    /// The distinct marker values of live processes.
+    pub(crate) fn marks(&self) -> std::collections::BTreeSet<&[u8]> {
+        self.marks.iter().flatten().map(|v| &v[..]).collect()
+    }
 }
 
-/// Like [`marked_tree`], with the processes that start the tree chosen by
-/// `starts(environ)`.
-pub(crate) fn tree_where(
-    proc_root: &Path,
+/// The marker found in one process's environment, kept across scans.
+struct Verdict {
+    start_time: u64,
+    mark: Option<Arc<[u8]>>,
+}
+
+#[derive(Default)]
+struct IndexState {
+    /// Markers read from processes that have exec'ed: their environment no
+    /// longer changes, so it is read once per process, not once per scan.
+    verdicts: HashMap<u32, Verdict>,
+    /// The newest snapshot and when its scan began.
+    latest: Option<(Instant, Arc<Snapshot>)>,
+    /// Whether a scan is running (its result is announced on `done`).
+    scanning: bool,
+}
+
+/// Finds resources' processes without cgroups, by the marker variable in
+/// their environment, for every container of the monitor at once.
+///
+/// A scan reads `/proc/PID/stat` of every process, and `/proc/PID/environ`
+/// only of processes it has not seen exec since it last looked: a process
+/// that has exec'ed (`PF_FORKNOEXEC` clear) keeps its environment, while
+/// one still between `fork` and `exec` (a `vfork` child shows its parent's
+/// environment), or in the middle of an exec (an empty environment), is
+/// read again next time. Callers that ask at the same
+/// moment share one scan: [`snapshot`](Self::snapshot) returns a snapshot
+/// whose scan began after the call did, so it is never older than the
+/// question, yet a thousand resources checked together cost one scan, not
+/// a thousand.
+pub(crate) struct ProcIndex {
+    root: PathBuf,
+    var: String,
+    /// The monitor itself, never part of a resource.
     exclude: u32,
-    starts: impl Fn(&[u8]) -> bool,
-) -> Vec<ProcStat> {
-    let Ok(entries) = fs::read_dir(proc_root) else {
-        return Vec::new();
-    };
-    let all: Vec<ProcStat> = entries
-        .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != exclude)
-        .filter_map(|pid| read_stat(proc_root, pid))
-        .filter(|s| !s.is_dead())
-        .collect();
-    let mut children: HashMap<u32, Vec<usize>> = HashMap::new();
-    for (i, s) in all.iter().enumerate() {
-        children.entry(s.ppid).or_default().push(i);
-    }
-    let mut chosen = vec![false; all.len()];
-    let mut queue: Vec<usize> = (0..all.len())
-        .filter(|&i| {
-            fs::read(proc_root.join(all[i].pid.to_string()).join("environ"))
-                .is_ok_and(|env| starts(&env))
-        })
-        .collect();
-    while let Some(i) = queue.pop() {
-        if std::mem::replace(&mut chosen[i], true) {
-            continue;
-        }
-        if let Some(kids) = children.get(&all[i].pid) {
-            queue.extend(kids.iter().copied().filter(|&k| !chosen[k]));
+    state: Mutex<IndexState>,
+    done: Condvar,
+}
+
+/// Flags bit of `/proc/PID/stat`: forked and not exec'ed yet.
+const PF_FORKNOEXEC: u32 = 0x40;
+
+impl ProcIndex {
+    pub(crate) fn new(root: impl Into<PathBuf>, var: &str, exclude: u32) -> ProcIndex {
+        ProcIndex {
+            root: root.into(),
+            var: var.to_owned(),
+            exclude,
+            state: Mutex::new(IndexState::default()),
+            done: Condvar::new(),
         }
     }
-    all.into_iter()
-        .zip(chosen)
-        .filter_map(|(s, c)| c.then_some(s))
-        .collect()
+
+    /// A snapshot of every live process taken after this call began.
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        let asked = Instant::now();
+        let mut st = lock(&self.state);
+        loop {
+            if let Some((began, snap)) = &st.latest {
+                if *began >= asked {
+                    return snap.clone();
+                }
+            }
+            if !st.scanning {
+                break;
+            }
+            // A scan that began before we asked may miss what we look for:
+            // wait for it, then for (or make) the next one.
+            st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.scanning = true;
+        let verdicts = std::mem::take(&mut st.verdicts);
+        drop(st);
+        let began = Instant::now();
+        // Announces the end of the scan even if it unwinds.
+        struct Finish<'a>(
+            &'a ProcIndex,
+            Option<(HashMap<u32, Verdict>, Arc<Snapshot>)>,
+            Instant,
+        );
+        impl Drop for Finish<'_> {
+            fn drop(&mut self) {
+                let mut st = lock(&self.0.state);
+                st.scanning = false;
+                if let Some((verdicts, snap)) = self.1.take() {
+                    st.verdicts = verdicts;
+                    st.latest = Some((self.2, snap));
+                }
+                self.0.done.notify_all();
+            }
+        }
+        let mut finish = Finish(self, None, began);
+        let (verdicts, snap) = self.scan(verdicts);
+        let snap = Arc::new(snap);
+        finish.1 = Some((verdicts, snap.clone()));
+        snap
+    }
+
+    fn scan(&self, mut old: HashMap<u32, Verdict>) -> (HashMap<u32, Verdict>, Snapshot) {
+        let mut verdicts = HashMap::with_capacity(old.len());
+        let mut procs = Vec::new();
+        let mut marks = Vec::new();
+        let entries = fs::read_dir(&self.root).into_iter().flatten().flatten();
+        for pid in entries.filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()) {
+            if pid == self.exclude {
+                continue;
+            }
+            let Some(stat) = read_stat(&self.root, pid) else {
+                continue;
+            };
+            if stat.is_dead() {
+                continue;
+            }
+            let (mark, settled) = match old.remove(&pid) {
+                Some(v) if v.start_time == stat.start_time => (v.mark, true),
+                _ => match fs::read(self.root.join(pid.to_string()).join("environ")) {
+                    // Empty in the middle of an exec (the new environment is
+                    // put in place after PF_FORKNOEXEC is cleared): read
+                    // again next time, like one that could not be read.
+                    Ok(env) if !env.is_empty() => (
+                        environ_value(&env, &self.var).map(Arc::from),
+                        !stat.forked_no_exec,
+                    ),
+                    _ => (None, false),
+                },
+            };
+            if settled {
+                verdicts.insert(
+                    pid,
+                    Verdict {
+                        start_time: stat.start_time,
+                        mark: mark.clone(),
+                    },
+                );
+            }
+            procs.push(stat);
+            marks.push(mark);
+        }
+        let mut children: HashMap<u32, Vec<usize>> = HashMap::new();
+        for (i, s) in procs.iter().enumerate() {
+            children.entry(s.ppid).or_default().push(i);
+        }
+        (
+            verdicts,
+            Snapshot {
+                procs,
+                marks,
+                children,
+            },
+        )
+    }
+}
+
+/// The index of this process's `/proc`, shared by every container.
+pub(crate) fn index(var: &str) -> &'static ProcIndex {
+    static INDEX: OnceLock<ProcIndex> = OnceLock::new();
+    INDEX.get_or_init(|| ProcIndex::new("/proc", var, std::process::id()))
 }
 
 /// Sends `sig` to `pid` if it is still the process that started at
@@ -163,7 +319,8 @@ mod tests {
                 ppid: 1,
                 pgrp: 42,
                 session: 7,
-                start_time: 1042
+                start_time: 1042,
+                forked_no_exec: false,
             }
         );
         assert!(parse_stat("42 (x) S 1").is_none());
@@ -171,40 +328,121 @@ mod tests {
     }
 
     #[test]
-    fn environ_entries_match_exactly() {
-        let env = b"A=1\0RESMON_RESOURCE=9/web\0B=2\0";
-        assert!(environ_has(env, b"RESMON_RESOURCE=9/web"));
-        assert!(!environ_has(env, b"RESMON_RESOURCE=9/we"));
-        assert!(!environ_has(b"", b"A=1"));
+    fn environ_values_are_found_by_name() {
+        let env = b"A=1\0RESMON_RESOURCE=9/web\0B=2\0RESMON_RESOURCE=9/late\0";
+        assert_eq!(environ_value(env, "RESMON_RESOURCE"), Some(&b"9/web"[..]));
+        assert_eq!(environ_value(env, "A"), Some(&b"1"[..]));
+        assert_eq!(environ_value(env, "RESMON_RESOURC"), None);
+        assert_eq!(environ_value(b"", "A"), None);
+    }
+
+    struct FakeProc(tempfile::TempDir);
+
+    impl FakeProc {
+        fn new() -> FakeProc {
+            let tmp = tempfile::tempdir().unwrap();
+            fs::create_dir(tmp.path().join("self")).unwrap();
+            FakeProc(tmp)
+        }
+
+        fn add(&self, pid: u32, ppid: u32, state: char, env: &[u8]) {
+            let dir = self.0.path().join(pid.to_string());
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("stat"), stat_line(pid, "p", state, ppid, pid, pid)).unwrap();
+            fs::write(dir.join("environ"), env).unwrap();
+        }
+
+        fn index(&self) -> ProcIndex {
+            ProcIndex::new(self.0.path(), "M", 10)
+        }
+    }
+
+    fn pids(procs: Vec<ProcStat>) -> Vec<u32> {
+        let mut pids: Vec<u32> = procs.iter().map(|s| s.pid).collect();
+        pids.sort_unstable();
+        pids
     }
 
     #[test]
     fn marked_tree_follows_descendants_and_skips_zombies() {
-        let tmp = tempfile::tempdir().unwrap();
-        let add = |pid: u32, ppid: u32, state: char, env: &[u8]| {
-            let dir = tmp.path().join(pid.to_string());
-            fs::create_dir(&dir).unwrap();
-            fs::write(dir.join("stat"), stat_line(pid, "p", state, ppid, pid, pid)).unwrap();
-            fs::write(dir.join("environ"), env).unwrap();
-        };
+        let fake = FakeProc::new();
         let mark = b"M=1/r\0".as_slice();
-        add(1, 0, 'S', b"");
-        add(10, 1, 'S', b""); // the monitor (excluded), parent of the resource
-        add(11, 10, 'S', mark); // the resource's main process
-        add(12, 11, 'S', b"CLEAN=1\0"); // a child that cleared its environment
-        add(13, 12, 'R', b""); // and its child
-        add(14, 10, 'S', mark); // an orphan re-parented to the monitor
-        add(15, 11, 'Z', b""); // a zombie
-        add(20, 1, 'S', b"M=1/other\0"); // another resource
-        add(21, 10, 'S', b""); // unrelated
-        fs::create_dir(tmp.path().join("self")).unwrap();
+        fake.add(1, 0, 'S', b"");
+        fake.add(10, 1, 'S', mark); // the monitor (excluded), parent of the resource
+        fake.add(11, 10, 'S', mark); // the resource's main process
+        fake.add(12, 11, 'S', b"CLEAN=1\0"); // a child that cleared its environment
+        fake.add(13, 12, 'R', b""); // and its child
+        fake.add(14, 10, 'S', mark); // an orphan re-parented to the monitor
+        fake.add(15, 11, 'Z', b""); // a zombie
+        fake.add(20, 1, 'S', b"M=1/other\0"); // another resource
+        fake.add(21, 10, 'S', b""); // unrelated
 
-        let mut pids: Vec<u32> = marked_tree(tmp.path(), b"M=1/r", 10)
-            .iter()
-            .map(|s| s.pid)
-            .collect();
-        pids.sort_unstable();
-        assert_eq!(pids, vec![11, 12, 13, 14]);
-        assert!(marked_tree(&tmp.path().join("missing"), b"M=1/r", 10).is_empty());
+        let snap = fake.index().snapshot();
+        assert_eq!(pids(snap.marked_tree(b"1/r")), vec![11, 12, 13, 14]);
+        assert_eq!(pids(snap.marked_tree(b"1/other")), vec![20]);
+        assert!(snap.marked_tree(b"1/none").is_empty());
+        let marks: Vec<&[u8]> = snap.marks().into_iter().collect();
+        assert_eq!(marks, vec![&b"1/other"[..], &b"1/r"[..]]);
+        let missing = ProcIndex::new(fake.0.path().join("missing"), "M", 10);
+        assert!(missing.snapshot().marked_tree(b"1/r").is_empty());
+    }
+
+    #[test]
+    fn environments_are_read_again_only_before_exec_or_for_a_new_process() {
+        let fake = FakeProc::new();
+        fake.add(11, 1, 'S', b"M=1/r\0");
+        let index = fake.index();
+        assert_eq!(pids(index.snapshot().marked_tree(b"1/r")), vec![11]);
+
+        // After exec, the environment is read once: a later change (a
+        // process rewriting its own memory) is not followed.
+        fake.add(11, 1, 'S', b"");
+        assert_eq!(pids(index.snapshot().marked_tree(b"1/r")), vec![11]);
+
+        // A new process under the same pid is read anew.
+        let dir = fake.0.path().join("11");
+        let reused = stat_line(11, "p", 'S', 1, 11, 11).replace(" 1011 1000", " 5000 1000");
+        fs::write(dir.join("stat"), reused).unwrap();
+        assert!(index.snapshot().marked_tree(b"1/r").is_empty());
+
+        // A vfork child shows its parent's environment until it exec's
+        // (PF_FORKNOEXEC in the flags, field 9): it is read again each time.
+        let forked =
+            |pid: u32| stat_line(pid, "p", 'S', 1, pid, pid).replace(" 4194560 ", " 4194624 ");
+        fake.add(30, 1, 'S', b"");
+        fs::write(fake.0.path().join("30/stat"), forked(30)).unwrap();
+        assert!(index.snapshot().marked_tree(b"1/r").is_empty());
+        fs::write(fake.0.path().join("30/environ"), b"M=1/r\0").unwrap();
+        assert_eq!(pids(index.snapshot().marked_tree(b"1/r")), vec![30]);
+
+        // In the middle of an exec the environment reads empty: read again.
+        fake.add(31, 1, 'S', b"");
+        assert_eq!(pids(index.snapshot().marked_tree(b"1/r")), vec![30]);
+        fs::write(fake.0.path().join("31/environ"), b"M=1/r\0").unwrap();
+        assert_eq!(pids(index.snapshot().marked_tree(b"1/r")), vec![30, 31]);
+    }
+
+    #[test]
+    fn callers_share_a_scan_that_began_after_they_asked() {
+        let fake = FakeProc::new();
+        fake.add(11, 1, 'S', b"M=1/r\0");
+        let index = fake.index();
+        let first = index.snapshot();
+        // A process that appears after a snapshot is in the next one.
+        fake.add(12, 1, 'S', b"M=1/r\0");
+        let second = index.snapshot();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(pids(second.marked_tree(b"1/r")), vec![11, 12]);
+
+        // Many threads asking together all get a snapshot that saw pid 13.
+        fake.add(13, 1, 'S', b"M=1/r\0");
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| pids(index.snapshot().marked_tree(b"1/r"))))
+                .collect();
+            for h in handles {
+                assert_eq!(h.join().unwrap(), vec![11, 12, 13]);
+            }
+        });
     }
 }
