@@ -239,6 +239,17 @@ pub(crate) fn remove_tree(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Replaces the empty cgroup `dir` (and any cgroups below it) with a new
+/// one of the same name. A cgroup once killed through `cgroup.kill` kills
+/// every child later born into it by `clone3(CLONE_INTO_CGROUP)` on some
+/// kernels; a new one has never been killed. Fails, leaving `dir` as it
+/// was, while it holds a process.
+pub(crate) fn renew(dir: &Path) -> io::Result<()> {
+    remove_tree(dir)?;
+    fs::create_dir(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating cgroup {}: {e}", dir.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

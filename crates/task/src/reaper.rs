@@ -125,13 +125,13 @@ impl Reaper {
     /// rights. Blocks until `exec` succeeded or failed; an `exec` failure
     /// (e.g. the program does not exist) is an error naming the program.
     pub fn spawn(&self, spec: &SpawnSpec) -> io::Result<TaskHandle> {
-        let prepared = spawn::prepare(spec).map_err(|e| spawn::describe_error(spec, e))?;
+        let mut prepared = spawn::prepare(spec).map_err(|e| spawn::describe_error(spec, e))?;
         let record = {
             // Held while the child is made and registered, so the SIGCHLD
             // loop cannot take it for an orphan and reap it first.
             let mut tasks = lock(&self.tasks);
             let (pid, pidfd) =
-                spawn::spawn(&prepared).map_err(|e| spawn::describe_error(spec, e))?;
+                spawn::spawn(&mut prepared).map_err(|e| spawn::describe_error(spec, e))?;
             let record = Arc::new(ProcessRecord::new(pid, pidfd));
             tasks.insert(pid, Arc::clone(&record));
             record

@@ -4,12 +4,16 @@
 //! `CLONE_VM | CLONE_VFORK` on a stack of its own, so none of the monitor's
 //! memory is copied (a `fork` of the monitor costs more than the whole rest
 //! of a spawn), plus `CLONE_PIDFD`, so the pidfd names the child from its
-//! first instant. Between the clone and `exec` the child joins the
-//! resource's cgroup (it writes `"0"` to `cgroup.procs`, opened by the
-//! parent), calls `setsid`, puts its stdio in place, changes directory and
-//! drops privileges, using only what the parent prepared and system calls.
-//! From its first instruction the program, and everything it ever forks,
-//! belongs to the resource.
+//! first instant. The child is born in the resource's cgroup
+//! (`clone3` with `CLONE_INTO_CGROUP`, on x86-64 Linux 5.7 and later). Where
+//! that is not available it joins the cgroup itself by writing `"0"` to
+//! `cgroup.procs`: the same result, but moving a process between cgroups
+//! can make the kernel wait for an RCU grace period (milliseconds, more on
+//! a busy machine) while the monitor's spawning thread waits too. Between
+//! the clone and `exec` the child calls `setsid`, puts its stdio in place,
+//! changes directory and drops privileges, using only what the parent
+//! prepared and system calls. From its first instruction the program, and
+//! everything it ever forks, belongs to the resource.
 //!
 //! Nothing here waits for the child: the [`Reaper`](crate::Reaper) owns
 //! every exit status.
@@ -20,7 +24,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use resmon_contract::{Scope, FENCING_TOKEN_VAR};
 
@@ -105,7 +109,16 @@ pub(crate) struct Prepared {
     stdin: OwnedFd,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+    /// The cgroup to join, and its `cgroup.procs` once opened (only when
+    /// the child is not born in it).
+    cgroup: Option<PathBuf>,
     procs: Option<OwnedFd>,
+    /// The cgroup directory itself, for `CLONE_INTO_CGROUP`.
+    #[cfg_attr(
+        not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")),
+        allow(dead_code)
+    )]
+    cgroup_dir: Option<OwnedFd>,
     new_session: bool,
     user: Option<(u32, u32)>,
 }
@@ -189,14 +202,20 @@ pub(crate) fn prepare(spec: &SpawnSpec) -> io::Result<Prepared> {
         Some(d) => Some(cstring(&d.to_string_lossy(), "working directory")?),
         None => None,
     };
-    let procs = match &spec.cgroup {
-        Some(dir) => {
-            let path = dir.join("cgroup.procs");
-            let file = OpenOptions::new().write(true).open(&path).map_err(|e| {
-                io::Error::new(e.kind(), format!("opening {}: {e}", path.display()))
-            })?;
-            Some(OwnedFd::from(file))
-        }
+    let cgroup_dir = match &spec.cgroup {
+        Some(dir) => Some(
+            rustix::fs::open(
+                dir,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| {
+                let e = io::Error::from(e);
+                io::Error::new(e.kind(), format!("opening {}: {e}", dir.display()))
+            })?,
+        ),
         None => None,
     };
     let ptrs = |v: &Vec<CString>| {
@@ -218,7 +237,9 @@ pub(crate) fn prepare(spec: &SpawnSpec) -> io::Result<Prepared> {
         },
         stdout: open_output(&spec.stdout, "stdout")?,
         stderr: open_output(&spec.stderr, "stderr")?,
-        procs,
+        cgroup: spec.cgroup.clone(),
+        procs: None,
+        cgroup_dir,
         new_session: spec.new_session,
         user: spec.user,
     })
@@ -227,6 +248,10 @@ pub(crate) fn prepare(spec: &SpawnSpec) -> io::Result<Prepared> {
 /// What the child reads, and where it reports a failure before `exec`.
 struct ChildArgs<'a> {
     p: &'a Prepared,
+    /// Whether the child joins its cgroup itself (it was not born in it).
+    join_cgroup: bool,
+    /// Set by the child's first instruction: it ran at all.
+    ran: AtomicBool,
     /// The errno of the step that failed, or 0.
     error: AtomicI32,
 }
@@ -242,6 +267,7 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     // parent is suspended until we exec or exit, so it stays alive and
     // unchanged.
     let a = unsafe { &*(arg as *const ChildArgs<'_>) };
+    a.ran.store(true, Ordering::SeqCst);
     let p = a.p;
     let fail = |a: &ChildArgs<'_>| -> libc::c_int {
         let e = io::Error::last_os_error()
@@ -272,7 +298,7 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
         libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
-        if let Some(fd) = &p.procs {
+        if let (Some(fd), true) = (&p.procs, a.join_cgroup) {
             if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                 return fail(a);
             }
@@ -319,19 +345,110 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     fail(a)
 }
 
-/// Starts the prepared program: `clone(CLONE_VM | CLONE_VFORK |
-/// CLONE_PIDFD)` like `posix_spawn`, so nothing of the parent's memory is
-/// copied, and returns its pid and pidfd once it has exec'ed. A failure
-/// before `exec` is returned as the error it was; the child then already
-/// exited and is left for the reaper.
-pub(crate) fn spawn(p: &Prepared) -> io::Result<(u32, OwnedFd)> {
+/// Whether `clone3` with `CLONE_INTO_CGROUP` is worth trying: cleared the
+/// first time the kernel says it does not know it.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+static CLONE_INTO_CGROUP_WORKS: AtomicBool = AtomicBool::new(true);
+
+/// How the last child with a cgroup got into it: 0 none yet, 1 born in it,
+/// 2 joined by writing `cgroup.procs`.
+static CGROUP_ENTRY: AtomicI32 = AtomicI32::new(0);
+
+/// Whether children spawned into a cgroup are born in it
+/// (`clone3(CLONE_INTO_CGROUP)`: `Some(true)`) or join it by writing
+/// `cgroup.procs` (`Some(false)`: older kernels, other architectures);
+/// `None` before the first such spawn. (A cgroup killed behind the
+/// monitor's back is joined by `cgroup.procs` once, without changing this.)
+pub fn children_born_in_cgroup() -> Option<bool> {
+    match CGROUP_ENTRY.load(Ordering::Relaxed) {
+        1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    }
+}
+
+/// Starts the prepared program: `clone3(CLONE_VM | CLONE_VFORK |
+/// CLONE_PIDFD | CLONE_INTO_CGROUP)` when it has a cgroup and the kernel
+/// takes it, else `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)` like
+/// `posix_spawn`; either way nothing of the parent's memory is copied. It
+/// returns the pid and pidfd once the child has exec'ed. A failure before
+/// `exec` is returned as the error it was; the child then already exited
+/// and is left for the reaper.
+pub(crate) fn spawn(p: &mut Prepared) -> io::Result<(u32, OwnedFd)> {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    if let Some(dir) = &p.cgroup_dir {
+        if CLONE_INTO_CGROUP_WORKS.load(Ordering::Relaxed) {
+            match start(p, Some(dir)) {
+                Ok(Some(started)) => {
+                    CGROUP_ENTRY.store(1, Ordering::Relaxed);
+                    return started;
+                }
+                // Killed before its first instruction: the kernel kills a
+                // child born into a cgroup that was ever killed through
+                // `cgroup.kill` (seen on 6.x kernels), as if the kill were
+                // still going on. Joining by `cgroup.procs` is not hit by
+                // that; containers renew their cgroup after a kill so that
+                // this stays rare. The dead child is left to the reaper.
+                Ok(None) => {
+                    tracing::debug!(
+                        "a child born into its cgroup was killed at once; joining by cgroup.procs"
+                    );
+                }
+                // Before 5.3 there is no clone3 (or a seccomp filter hides
+                // it); before 5.7 it does not know CLONE_INTO_CGROUP.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+                    ) =>
+                {
+                    tracing::debug!("clone3 with CLONE_INTO_CGROUP unavailable ({e}); joining cgroups by cgroup.procs");
+                    CLONE_INTO_CGROUP_WORKS.store(false, Ordering::Relaxed);
+                    CGROUP_ENTRY.store(2, Ordering::Relaxed);
+                }
+                // Any other refusal (the cgroup's limits, say) is reported
+                // by the way that names the file: writing cgroup.procs.
+                Err(_) => {}
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+    if p.cgroup.is_some() {
+        CGROUP_ENTRY.store(2, Ordering::Relaxed);
+    }
+    if let Some(dir) = &p.cgroup {
+        let path = dir.join("cgroup.procs");
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
+        p.procs = Some(file.into());
+    }
+    start(p, None)?.unwrap_or_else(|| {
+        Err(io::Error::other(
+            "the new process was killed before it could run",
+        ))
+    })
+}
+
+/// Makes the child: born in `into_cgroup` when given (clone3), else by
+/// `clone`. The outer error is the clone's; `None` a child that was killed
+/// before it ran; the inner error a step of the child that failed before
+/// `exec`.
+fn start(
+    p: &Prepared,
+    into_cgroup: Option<&OwnedFd>,
+) -> io::Result<Option<io::Result<(u32, OwnedFd)>>> {
     let mut stack = vec![0u8; STACK];
     // The stack grows down from its end, aligned to 16 bytes.
     let top = (stack.as_mut_ptr() as usize + STACK) & !15;
     let args = ChildArgs {
         p,
+        join_cgroup: into_cgroup.is_none(),
+        ran: AtomicBool::new(false),
         error: AtomicI32::new(0),
     };
+    let arg = &args as *const ChildArgs<'_> as *mut libc::c_void;
     let mut pidfd: libc::c_int = -1;
     // Block every signal around the clone so none is handled in the child
     // on the parent's handlers before it resets them.
@@ -343,17 +460,44 @@ pub(crate) fn spawn(p: &Prepared) -> io::Result<(u32, OwnedFd)> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         old
     };
-    // SAFETY: `child` runs on `stack`, which outlives it (the parent waits
-    // until it has exec'ed or exited: CLONE_VFORK), and only reads `args`;
-    // `pidfd` receives the pidfd (CLONE_PIDFD stores it at `parent_tid`).
-    let pid = unsafe {
-        libc::clone(
-            child,
-            top as *mut libc::c_void,
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
-            &args as *const ChildArgs<'_> as *mut libc::c_void,
-            &mut pidfd as *mut libc::c_int,
-        )
+    let pid = match into_cgroup {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+        Some(dir) => {
+            // SAFETY: all-zero is a valid clone_args (no flags, no pointers).
+            let mut ca: libc::clone_args = unsafe { std::mem::zeroed() };
+            ca.flags =
+                (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | CLONE_INTO_CGROUP;
+            ca.pidfd = &mut pidfd as *mut libc::c_int as u64;
+            ca.exit_signal = libc::SIGCHLD as u64;
+            ca.stack = stack.as_mut_ptr() as u64;
+            ca.stack_size = (top - stack.as_mut_ptr() as usize) as u64;
+            ca.cgroup = dir.as_raw_fd() as u64;
+            // SAFETY: as for `clone` below: `child` runs on `stack`, which
+            // outlives it (CLONE_VFORK), and only reads `args`; the kernel
+            // stores the pidfd at `pidfd`.
+            let ret = unsafe { clone3_run(&ca, child, arg) };
+            if ret < 0 {
+                // SAFETY: restores this thread's mask as it was.
+                unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+                return Err(io::Error::from_raw_os_error(-ret as i32));
+            }
+            ret as libc::pid_t
+        }
+        _ => {
+            // SAFETY: `child` runs on `stack`, which outlives it (the parent
+            // waits until it has exec'ed or exited: CLONE_VFORK), and only
+            // reads `args`; `pidfd` receives the pidfd (CLONE_PIDFD stores it
+            // at `parent_tid`).
+            unsafe {
+                libc::clone(
+                    child,
+                    top as *mut libc::c_void,
+                    libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+                    arg,
+                    &mut pidfd as *mut libc::c_int,
+                )
+            }
+        }
     };
     let clone_error = io::Error::last_os_error();
     // SAFETY: restores this thread's mask as it was.
@@ -366,10 +510,66 @@ pub(crate) fn spawn(p: &Prepared) -> io::Result<(u32, OwnedFd)> {
     }
     // SAFETY: CLONE_PIDFD gave us this descriptor; nothing else owns it.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    match args.error.load(Ordering::SeqCst) {
+    if !args.ran.load(Ordering::SeqCst) {
+        return Ok(None);
+    }
+    Ok(Some(match args.error.load(Ordering::SeqCst) {
         0 => Ok((pid as u32, pidfd)),
         e => Err(io::Error::from_raw_os_error(e)),
+    }))
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7): the child starts in `clone_args.cgroup`.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `clone3` whose child runs `f(arg)` on the stack `args` gives and exits
+/// with its result, as glibc's `clone` wrapper does for `clone` (glibc
+/// offers no `clone3` wrapper). Returns the child's pid, or `-errno`.
+///
+/// # Safety
+///
+/// As for `clone` with `CLONE_VM`: `args` must name a stack that stays
+/// valid while the child runs on it, and `f` may only make system calls
+/// and read memory that stays unchanged meanwhile (the parent is suspended
+/// with `CLONE_VFORK`).
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+unsafe fn clone3_run(
+    args: &libc::clone_args,
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> libc::c_long {
+    let ret: libc::c_long;
+    // SAFETY: the caller's contract above. In the parent the syscall
+    // returns the pid or -errno in rax and clobbers rcx and r11; the child
+    // returns 0 on the new stack (the kernel sets rsp to its top, 16-byte
+    // aligned, so the call below enters `f` aligned as the ABI wants), with
+    // r12 and r13 as the parent had them, and never comes back here: it
+    // ends in `exit`.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r12",
+            "call r13",
+            "mov edi, eax",
+            "mov eax, {exit}",
+            "syscall",
+            "ud2",
+            "2:",
+            exit = const libc::SYS_exit,
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *const libc::clone_args,
+            in("rsi") std::mem::size_of::<libc::clone_args>(),
+            in("r12") arg,
+            in("r13") f,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
     }
+    ret
 }
 
 /// Names the program (and the cwd and cgroup, which can fail too) in a spawn error.

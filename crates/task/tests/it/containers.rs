@@ -4,7 +4,9 @@
 use resmon_task::{Containers, Rights, STILL_ACTIVE};
 use rustix::process::Signal;
 
-use crate::util::{count_comm, eventually, proc_info, reaped, spawn_in, within, Backend, Fixture};
+use crate::util::{
+    count_comm, eventually, proc_info, reaped, running, spawn_in, within, Backend, Fixture,
+};
 
 /// Runs each case as `cgroup::<case>` and `process_groups::<case>`.
 macro_rules! both_backends {
@@ -224,6 +226,22 @@ async fn cgroup_children_start_inside_their_cgroup() {
     let v2 = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
     assert!(dir.ends_with(v2.trim_start_matches('/')), "{dir:?} vs {v2}");
     assert_eq!(c.pids(), vec![pid]);
+    // On x86-64 from Linux 5.7 the child is born there (clone3 with
+    // CLONE_INTO_CGROUP) instead of moving itself in.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut version = release
+        .split(|ch: char| !ch.is_ascii_digit())
+        .map(|n| n.parse().unwrap_or(0));
+    let kernel: (u32, u32) = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+    if cfg!(all(target_arch = "x86_64", target_env = "gnu")) && kernel >= (5, 7) {
+        assert_eq!(
+            resmon_task::children_born_in_cgroup(),
+            Some(true),
+            "kernel {release}"
+        );
+    } else {
+        assert!(resmon_task::children_born_in_cgroup().is_some());
+    }
 
     // A second container for the same name reuses the directory only if it
     // is empty.
@@ -234,6 +252,36 @@ async fn cgroup_children_start_inside_their_cgroup() {
     within("the container to empty", c.wait_empty()).await;
     let again = fx.containers.create(c.name()).unwrap();
     assert_eq!(again.scope().cgroup.as_deref(), Some(dir.as_path()));
+}
+
+#[tokio::test]
+async fn cgroup_children_run_after_their_cgroup_was_killed() {
+    let Some(fx) = Fixture::new(Backend::Cgroup, "cg-killed") else {
+        return;
+    };
+    let c = &fx.container;
+    let dir = c.scope().cgroup.unwrap();
+    // Killed by the monitor: emptied, then renewed, and the next child is
+    // born into it and runs.
+    let first = spawn_in(c, "exec sleep 1000");
+    c.kill_all().unwrap();
+    within("the container to empty", c.wait_empty()).await;
+    within("the first child's end", first.wait()).await.unwrap();
+    let second = spawn_in(c, "exec sleep 1000");
+    let pid = second.pid().unwrap();
+    assert!(running(pid), "the child was killed at birth");
+    assert_eq!(c.pids(), vec![pid]);
+
+    // Killed from outside (another process wrote cgroup.kill): the next
+    // child still runs.
+    std::fs::write(dir.join("cgroup.kill"), "1").unwrap();
+    within("the container to empty", c.wait_empty()).await;
+    let third = spawn_in(c, "exec sleep 1000");
+    let pid = third.pid().unwrap();
+    assert!(running(pid), "the child was killed at birth");
+    assert_eq!(c.pids(), vec![pid]);
+    third.terminate(1).unwrap();
+    within("the third child's end", third.wait()).await.unwrap();
 }
 
 #[tokio::test]
