@@ -630,13 +630,26 @@ impl Driver {
                     None,
                     &format!("terminate (exit code {exit_code}): {why}"),
                 );
-                tokio::spawn(async move {
-                    let called = tokio::task::spawn_blocking(move || {
+                let cheap = resource.terminate_is_cheap();
+                let terminate = move || {
+                    if let Err(p) =
                         std::panic::catch_unwind(AssertUnwindSafe(|| resource.terminate(exit_code)))
-                    })
-                    .await;
-                    if let Ok(Err(p)) = called {
+                    {
                         tracing::error!("terminate panicked: {}", panic_text(p));
+                    }
+                };
+                // A terminate that only signals runs here: handing it to a
+                // worker thread and back would cost two wake-ups on the
+                // way to a restart.
+                let terminate = if cheap {
+                    terminate();
+                    None
+                } else {
+                    Some(terminate)
+                };
+                tokio::spawn(async move {
+                    if let Some(terminate) = terminate {
+                        let _ = tokio::task::spawn_blocking(terminate).await;
                     }
                     container.wait_empty().await;
                     let _ = tx.send(Msg::Event(Event::Terminated { id, seq }));

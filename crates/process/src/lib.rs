@@ -59,6 +59,7 @@ impl ResourceType for ProcessType {
                 name: ctx.name,
                 notifier: ctx.notifier,
                 stopping: AtomicBool::new(false),
+                spawning: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
             }),
             params,
@@ -104,6 +105,9 @@ struct Shared {
     notifier: Notifier,
     /// Set by offline/terminate: the main process's exit is then expected.
     stopping: AtomicBool,
+    /// Set while the main process is being spawned: `terminate` then kills
+    /// the container even if it looks empty.
+    spawning: AtomicBool,
     /// Counts starts, so a watcher of an old main process stays quiet.
     generation: AtomicU64,
 }
@@ -148,9 +152,19 @@ impl ProcessResource {
             ..Default::default()
         };
         spec.set_scope(&self.scope);
-        self.reaper
-            .spawn(&spec)
-            .map_err(|e| ResourceError::new(format!("starting {:?}: {e}", p.argv[0])))
+        // With `terminate`, a handshake on two flags (both SeqCst): either
+        // this sees `stopping` and starts nothing, or `terminate` sees
+        // `spawning` and kills the container, catching the new process.
+        self.shared.spawning.store(true, Ordering::SeqCst);
+        let spawned = if self.shared.stopping.load(Ordering::SeqCst) {
+            Err(ResourceError::new("terminated while starting"))
+        } else {
+            self.reaper
+                .spawn(&spec)
+                .map_err(|e| ResourceError::new(format!("starting {:?}: {e}", p.argv[0])))
+        };
+        self.shared.spawning.store(false, Ordering::SeqCst);
+        spawned
     }
 
     /// Reports the main process's exit to the monitor as soon as its pidfd says so.
@@ -249,13 +263,29 @@ impl Resource for ProcessResource {
     }
 
     fn terminate(&self, exit_code: i32) {
-        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.stopping.store(true, Ordering::SeqCst);
         if let Some(main) = self.main() {
             let _ = main.terminate(exit_code);
+        }
+        // A cgroup where nothing runs and nothing is being started has
+        // nothing to kill (a crashed main process that left no children):
+        // it stays a cgroup never killed, which the next start is born into
+        // without renewing it.
+        if self.scope.cgroup.is_some()
+            && !self.shared.spawning.load(Ordering::SeqCst)
+            && self.container.is_empty()
+        {
+            return;
         }
         if let Err(e) = self.container.kill_all() {
             tracing::warn!(resource = %self.shared.name, "terminate: {e}");
         }
+    }
+
+    fn terminate_is_cheap(&self) -> bool {
+        // `cgroup.kill` is one write; without cgroups, killing scans /proc
+        // in rounds until nothing is left.
+        self.container.scope().cgroup.is_some()
     }
 
     fn looks_alive(&self) -> bool {
