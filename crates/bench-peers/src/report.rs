@@ -54,7 +54,7 @@ impl Row {
     pub fn note_exit(&mut self, code: i32, stderr: &str) {
         let e = self.exits.entry(code).or_insert((0, String::new()));
         e.0 += 1;
-        e.1 = stderr.lines().next().unwrap_or("").to_owned();
+        e.1 = redact(stderr.lines().next().unwrap_or(""));
     }
 
     fn sorted(&self) -> Vec<Duration> {
@@ -464,7 +464,7 @@ fn latency_panel(
     let min = if min.is_finite() { min.max(0.01) } else { 1.0 };
     let max = values.iter().copied().fold(min, f64::max);
     let lo = 10f64.powf(min.log10().floor() - 1.0);
-    let hi = 10f64.powf((max * 4.0).log10().ceil());
+    let hi = 10f64.powf((max * 20.0).log10().ceil());
     let names: Vec<&str> = rows.iter().map(|r| r.kind.label()).collect();
     let mut chart = ChartBuilder::on(area)
         .caption(scenario.title(), (FONT, 15))
@@ -587,7 +587,7 @@ fn idle_panel(
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(150)
-        .build_cartesian_2d(0.0..max * 1.45, (0..n - 1).into_segmented())?;
+        .build_cartesian_2d(0.0..max * 1.8, (0..n - 1).into_segmented())?;
     chart
         .configure_mesh()
         .disable_y_mesh()
@@ -660,4 +660,39 @@ fn idle_panel(
         }
     }
     Ok(())
+}
+
+/// What a tool said, without what differs from run to run: paths under the
+/// run's temporary directory become their last part, the number after
+/// `(pid` becomes `N`.
+fn redact(line: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    for word in line.split(' ') {
+        let after_pid = out.last().is_some_and(|w| w == "(pid");
+        let digits = word.trim_end_matches([')', ',', ':']);
+        out.push(if word.starts_with('/') && word.contains("bench-peers.") {
+            let colon = if word.ends_with(':') { ":" } else { "" };
+            let tail = word.trim_end_matches(':').rsplit('/').next().unwrap_or("");
+            format!("{tail}{colon}")
+        } else if after_pid && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            format!("N{}", &word[digits.len()..])
+        } else {
+            word.to_owned()
+        });
+    }
+    out.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_drops_run_paths_and_pids() {
+        assert_eq!(
+            super::redact(
+                "kill: run: /tmp/bench-peers.UZjLnp/hang-runit/tool/service/svc: (pid 672) 5s, normally down"
+            ),
+            "kill: run: svc: (pid N) 5s, normally down"
+        );
+        assert_eq!(super::redact("plain words 12"), "plain words 12");
+    }
 }
