@@ -285,7 +285,7 @@ impl Resource for ProcessResource {
     fn terminate_is_cheap(&self) -> bool {
         // `cgroup.kill` is one write; without cgroups, killing scans /proc
         // in rounds until nothing is left.
-        self.container.scope().cgroup.is_some()
+        self.scope.cgroup.is_some()
     }
 
     fn looks_alive(&self) -> bool {

@@ -123,7 +123,7 @@ impl Containers {
             }
             Backend::ProcessGroups { .. } => {
                 let prefix = format!("{}/", self.instance);
-                let snapshot = procfs::index(MARKER_VAR).snapshot();
+                let snapshot = procfs::index().snapshot();
                 for mark in snapshot.marks() {
                     if let Some(name) = mark.strip_prefix(prefix.as_bytes()) {
                         names.insert(String::from_utf8_lossy(name).into_owned());
@@ -149,7 +149,7 @@ impl Containers {
                 .map(|n| cgroup::populated(&root.join(cgroup::sanitize_name(n))).unwrap_or(false))
                 .collect(),
             Backend::ProcessGroups { .. } => {
-                let snapshot = procfs::index(MARKER_VAR).snapshot();
+                let snapshot = procfs::index().snapshot();
                 let marks = snapshot.marks();
                 resource_names
                     .iter()
@@ -351,7 +351,7 @@ impl Container {
                     })
                     .collect()
             }
-            None => procfs::index(MARKER_VAR)
+            None => procfs::index()
                 .snapshot()
                 .marked_tree(self.inner.marker.1.as_bytes())
                 .into_iter()
@@ -405,7 +405,7 @@ impl Container {
     }
 
     fn kill_all_by_scan(&self) -> io::Result<()> {
-        let index = procfs::index(MARKER_VAR);
+        let index = procfs::index();
         // Read from /proc, not getpgrp/getsid: in a container both can be 0
         // (a session inherited from outside the pid namespace).
         let me = procfs::read_stat(Path::new("/proc"), own_pid());

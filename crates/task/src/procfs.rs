@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use rustix::process::{pidfd_open, Pid, PidfdFlags, Signal};
 
+use crate::container::MARKER_VAR;
 use crate::handle::{lock, send_via_pidfd};
 
 /// The fields of `/proc/PID/stat` this crate uses.
@@ -77,12 +78,12 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    /// Every process whose marker value satisfies `starts`, plus all their
-    /// live descendants (by parent pid).
-    pub(crate) fn tree_where(&self, starts: impl Fn(&[u8]) -> bool) -> Vec<ProcStat> {
+    /// Every process marked with exactly `value`, plus all their live
+    /// descendants (by parent pid).
+    pub(crate) fn marked_tree(&self, value: &[u8]) -> Vec<ProcStat> {
         let mut chosen = vec![false; self.procs.len()];
         let mut queue: Vec<usize> = (0..self.procs.len())
-            .filter(|&i| self.marks[i].as_deref().is_some_and(&starts))
+            .filter(|&i| self.marks[i].as_deref() == Some(value))
             .collect();
         while let Some(i) = queue.pop() {
             if std::mem::replace(&mut chosen[i], true) {
@@ -98,11 +99,6 @@ impl Snapshot {
             .filter(|&(_, c)| c)
             .map(|(s, _)| s.clone())
             .collect()
-    }
-
-    /// Every process marked with exactly `value`, plus its descendants.
-    pub(crate) fn marked_tree(&self, value: &[u8]) -> Vec<ProcStat> {
-        self.tree_where(|v| v == value)
     }
 
     /// The distinct marker values of live processes.
@@ -264,10 +260,11 @@ impl ProcIndex {
     }
 }
 
-/// The index of this process's `/proc`, shared by every container.
-pub(crate) fn index(var: &str) -> &'static ProcIndex {
+/// The index of this process's `/proc` by [`MARKER_VAR`], shared by every
+/// container.
+pub(crate) fn index() -> &'static ProcIndex {
     static INDEX: OnceLock<ProcIndex> = OnceLock::new();
-    INDEX.get_or_init(|| ProcIndex::new("/proc", var, std::process::id()))
+    INDEX.get_or_init(|| ProcIndex::new("/proc", MARKER_VAR, std::process::id()))
 }
 
 /// Sends `sig` to `pid` if it is still the process that started at

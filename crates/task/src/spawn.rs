@@ -24,7 +24,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 use resmon_contract::{Scope, FENCING_TOKEN_VAR};
 
@@ -345,14 +345,10 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
     fail(a)
 }
 
-/// Whether `clone3` with `CLONE_INTO_CGROUP` is worth trying: cleared the
-/// first time the kernel says it does not know it.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-static CLONE_INTO_CGROUP_WORKS: AtomicBool = AtomicBool::new(true);
-
-/// How the last child with a cgroup got into it: 0 none yet, 1 born in it,
-/// 2 joined by writing `cgroup.procs`.
-static CGROUP_ENTRY: AtomicI32 = AtomicI32::new(0);
+/// How children with a cgroup get into it: 0 not known yet, 1 born in it
+/// (`clone3` with `CLONE_INTO_CGROUP`), 2 joined by writing `cgroup.procs`
+/// because the kernel does not know that flag (or this is not x86-64).
+static CGROUP_ENTRY: AtomicU8 = AtomicU8::new(0);
 
 /// Whether children spawned into a cgroup are born in it
 /// (`clone3(CLONE_INTO_CGROUP)`: `Some(true)`) or join it by writing
@@ -377,7 +373,7 @@ pub fn children_born_in_cgroup() -> Option<bool> {
 pub(crate) fn spawn(p: &mut Prepared) -> io::Result<(u32, OwnedFd)> {
     #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
     if let Some(dir) = &p.cgroup_dir {
-        if CLONE_INTO_CGROUP_WORKS.load(Ordering::Relaxed) {
+        if CGROUP_ENTRY.load(Ordering::Relaxed) != 2 {
             match start(p, Some(dir)) {
                 Ok(Some(started)) => {
                     CGROUP_ENTRY.store(1, Ordering::Relaxed);
@@ -403,7 +399,6 @@ pub(crate) fn spawn(p: &mut Prepared) -> io::Result<(u32, OwnedFd)> {
                     ) =>
                 {
                     tracing::debug!("clone3 with CLONE_INTO_CGROUP unavailable ({e}); joining cgroups by cgroup.procs");
-                    CLONE_INTO_CGROUP_WORKS.store(false, Ordering::Relaxed);
                     CGROUP_ENTRY.store(2, Ordering::Relaxed);
                 }
                 // Any other refusal (the cgroup's limits, say) is reported
