@@ -446,6 +446,9 @@ async fn run(
             writing = Some(save(&mut driver, None));
             dirty_since = None;
         }
+        // Wakes the loop for the delayed write; not while a write is in
+        // flight (its end wakes the loop), or it would fire every turn.
+        let save_timer = save_at.filter(|_| writing.is_none() && stopping.is_none());
         let mut reload_request = None;
         let signal = tokio::select! {
             biased;
@@ -455,7 +458,7 @@ async fn run(
             Some(reply) = reload_rx.recv() => { reload_request = Some(Some(reply)); None }
             _ = driver.turn(&mut rx) => None,
             _ = async { if let Some(w) = writing.as_mut() { let _ = w.await; } else { std::future::pending::<()>().await } } => None,
-            _ = async { match save_at { Some(t) if stopping.is_none() => tokio::time::sleep_until(t).await, _ => std::future::pending::<()>().await } } => None,
+            _ = async { match save_timer { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending::<()>().await } } => None,
         };
         if let Some(signal) = signal {
             let first = stopping.is_none();
