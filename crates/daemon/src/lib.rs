@@ -183,10 +183,20 @@ async fn open_slot(
     };
     // `open` may run programs (an agent's validate-all): not on the event loop.
     let opener = ty.clone();
-    let resource = tokio::task::spawn_blocking(move || opener.open(ctx))
-        .await
-        .map_err(|e| anyhow::anyhow!("resource {:?}: open failed: {e}", r.name))?
-        .map_err(|e| anyhow::anyhow!("resource {:?}: open failed: {e}", r.name))?;
+    let opened = match tokio::task::spawn_blocking(move || opener.open(ctx)).await {
+        Ok(Ok(resource)) => Ok(resource),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let resource = match opened {
+        Ok(resource) => resource,
+        Err(e) => {
+            // Not kept: a container still holding processes (of an earlier
+            // run) is not removed, and those processes are left alone.
+            let _ = container.remove();
+            anyhow::bail!("resource {:?}: open failed: {e}", r.name);
+        }
+    };
     Ok(Slot {
         name: r.name.clone(),
         type_name: r.type_name.clone(),

@@ -164,7 +164,13 @@ fn serve_refused(resource_table: &str) -> String {
             dir.path().join("state").display(),
         ),
     );
-    refused("serve", &file, 1)
+    let err = refused("serve", &file, 1);
+    // A refused start leaves no cgroup behind.
+    let instance = std::fs::read_to_string(dir.path().join("state/instance"))
+        .expect("the monitor made its state directory");
+    let left = cgroups_named(&format!("resmon.{}", instance.trim()));
+    assert!(left.is_empty(), "left behind: {left:?}");
+    err
 }
 
 #[test]

@@ -351,6 +351,41 @@ pub fn marked_processes(entry: &str) -> Vec<u32> {
     out
 }
 
+/// Every cgroup directory named `name` on this machine's cgroup v2 mounts
+/// (found from /proc/self/mountinfo), at most four levels down.
+pub fn cgroups_named(name: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if e.file_name() == name {
+                out.push(path.clone());
+            }
+            if depth > 0 {
+                walk(&path, name, depth - 1, out);
+            }
+        }
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out = Vec::new();
+    for line in info.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split(' ').next() == Some("cgroup2") {
+            if let Some(point) = left.split(' ').nth(4) {
+                walk(Path::new(point), name, 3, &mut out);
+            }
+        }
+    }
+    out
+}
+
 pub fn uid_of(pid: u32) -> Option<u32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("Uid:"))?;
