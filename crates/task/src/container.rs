@@ -21,6 +21,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -32,7 +33,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::cgroup;
-use crate::handle::{lock, TaskCore, TaskHandle, TreeRecord};
+use crate::handle::{lock, send_via_pidfd, TaskCore, TaskHandle, TreeRecord};
 use crate::procfs;
 use crate::reaper::Reaper;
 
@@ -337,19 +338,15 @@ impl Container {
         }
     }
 
-    /// The live processes and their start times (for pid-reuse checks).
+    /// The live processes, with their start times (for pid-reuse checks)
+    /// where the scan had them. A cgroup's list needs none: `wait_reaped`
+    /// runs once the cgroup is empty, when a live process is never ours.
     fn processes(&self) -> Vec<(u32, Option<u64>)> {
-        let proc_root = Path::new("/proc");
         match &self.inner.cgroup {
             Some(dir) => {
                 let mut pids = Vec::new();
                 cgroup::procs_recursive(dir, &mut pids);
-                pids.into_iter()
-                    .map(|pid| {
-                        let start = procfs::read_stat(proc_root, pid).map(|s| s.start_time);
-                        (pid, start)
-                    })
-                    .collect()
+                pids.into_iter().map(|pid| (pid, None)).collect()
             }
             None => procfs::index()
                 .snapshot()
@@ -373,9 +370,43 @@ impl Container {
         let mut first_error = None;
         let procs = self.processes();
         self.remember(&procs);
-        for (pid, start) in procs {
-            if let Err(e) = procfs::signal_checked(pid, start, sig) {
-                first_error.get_or_insert(e);
+        match &self.inner.cgroup {
+            // Each pid pinned by a pidfd, then kept only if a second look
+            // still lists it: a pid that was reused meanwhile by a process
+            // elsewhere is not signalled. No /proc reads, so the signals go
+            // out in one quick loop instead of one by one as the first
+            // signalled processes die.
+            Some(dir) => {
+                let mut pinned: Vec<(u32, OwnedFd)> = Vec::with_capacity(procs.len());
+                for &(pid, _) in &procs {
+                    match procfs::pidfd(pid) {
+                        Ok(Some(fd)) => pinned.push((pid, fd)),
+                        Ok(None) => {}
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                let mut still = Vec::new();
+                cgroup::procs_recursive(dir, &mut still);
+                still.sort_unstable();
+                for (pid, fd) in &pinned {
+                    if still.binary_search(pid).is_ok() {
+                        if let Err(e) = send_via_pidfd(fd, sig) {
+                            first_error.get_or_insert(io::Error::new(
+                                e.kind(),
+                                format!("sending {sig:?} to process {pid}: {e}"),
+                            ));
+                        }
+                    }
+                }
+            }
+            None => {
+                for (pid, start) in procs {
+                    if let Err(e) = procfs::signal_checked(pid, start, sig) {
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -512,10 +543,41 @@ impl Container {
                 Err(e) => tracing::warn!("watching {}: {e}; polling instead", dir.display()),
             }
         }
-        let mut delay = Duration::from_millis(2);
-        while !self.is_empty() {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(100));
+        if self.inner.cgroup.is_some() {
+            let mut delay = Duration::from_millis(2);
+            while !self.is_empty() {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(100));
+            }
+            return;
+        }
+        // Without cgroups: wait for the exit of every process a scan finds
+        // (a pidfd turns readable when its process exits), then scan again
+        // for any forked meanwhile. A pid reused after the scan by a process
+        // elsewhere holds this up only until the next scan.
+        let mut rescan = Duration::from_millis(2);
+        loop {
+            let procs = self.processes();
+            if procs.is_empty() {
+                return;
+            }
+            let exits: Vec<AsyncFd<OwnedFd>> = procs
+                .iter()
+                .filter_map(|&(pid, _)| procfs::pidfd(pid).ok().flatten())
+                .filter_map(|fd| {
+                    // SAFETY: the AsyncFd owns the pidfd, so the descriptor
+                    // stays open and the same for the AsyncFd's whole life.
+                    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.ok()
+                })
+                .collect();
+            let all_exited = async {
+                for fd in &exits {
+                    let _ = fd.readable().await;
+                }
+            };
+            if tokio::time::timeout(rescan, all_exited).await.is_err() {
+                rescan = (rescan * 2).min(Duration::from_millis(100));
+            }
         }
     }
 
@@ -544,9 +606,11 @@ impl Container {
                 seen.retain(|&(pid, start)| match procfs::read_stat(proc_root, pid) {
                     // A zombie that is not our child is not ours to reap (a
                     // process an earlier monitor started, now init's child).
-                    Some(st) if st.is_dead() && st.ppid != me => false,
-                    // The same process (not a reuse of its pid) is still there.
-                    Some(st) => start.is_none_or(|s| s == st.start_time),
+                    Some(st) if st.is_dead() => st.ppid == me,
+                    // Alive: the same process (not a reuse of its pid) is
+                    // still there. Without a start time the pid came from
+                    // the cgroup, which is empty by now: not ours.
+                    Some(st) => start == Some(st.start_time),
                     None => false,
                 });
                 seen.len()

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Instant;
@@ -267,23 +268,28 @@ pub(crate) fn index() -> &'static ProcIndex {
     INDEX.get_or_init(|| ProcIndex::new("/proc", MARKER_VAR, std::process::id()))
 }
 
+/// A pidfd for `pid`; `None` if no such process is left.
+pub(crate) fn pidfd(pid: u32) -> io::Result<Option<OwnedFd>> {
+    let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return Ok(None);
+    };
+    match pidfd_open(raw, PidfdFlags::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::SRCH) => Ok(None),
+        Err(e) => Err(io::Error::new(
+            io::Error::from(e).kind(),
+            format!("opening a pidfd for process {pid}: {e}"),
+        )),
+    }
+}
+
 /// Sends `sig` to `pid` if it is still the process that started at
 /// `start_time` (when given). The pidfd pins one process; checking its start
 /// time after opening it rules out a pid reused since the scan. A process
 /// that is gone is success.
 pub(crate) fn signal_checked(pid: u32, start_time: Option<u64>, sig: Signal) -> io::Result<()> {
-    let Some(raw) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+    let Some(pidfd) = pidfd(pid)? else {
         return Ok(());
-    };
-    let pidfd = match pidfd_open(raw, PidfdFlags::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::SRCH) => return Ok(()),
-        Err(e) => {
-            return Err(io::Error::new(
-                io::Error::from(e).kind(),
-                format!("opening a pidfd for process {pid}: {e}"),
-            ))
-        }
     };
     if let Some(t) = start_time {
         if read_stat(Path::new("/proc"), pid).map(|s| s.start_time) != Some(t) {
