@@ -526,6 +526,33 @@ impl Monitor {
         self.timers.first().map(|&(t, _)| t)
     }
 
+    /// When the event loop should next wake: the earliest deadline, where a
+    /// health check may be put off to `round(deadline)` (so that many share
+    /// one wake-up) but no other deadline is: a stop's `pending_timeout`, a
+    /// terminate's deadline or a restart comes on time.
+    pub fn next_wake(&self, round: impl Fn(Instant) -> Instant) -> Option<Instant> {
+        let &(first, _) = self.timers.first()?;
+        let rounded = round(first).max(first);
+        for &(t, id) in &self.timers {
+            if t >= rounded {
+                break;
+            }
+            if !self.is_health_check(id, t) {
+                return Some(t);
+            }
+        }
+        Some(rounded)
+    }
+
+    /// Whether `t`, resource `id`'s earliest deadline, is a health check.
+    fn is_health_check(&self, id: ResId, t: Instant) -> bool {
+        let r = &self.res[id];
+        r.in_flight.is_none()
+            && r.terminating.is_none()
+            && r.state == State::Online
+            && (r.looks_alive_at == Some(t) || r.is_alive_at == Some(t))
+    }
+
     /// The earliest deadline of one resource (its group's included).
     fn deadline_of(&self, id: ResId) -> Option<Instant> {
         let r = &self.res[id];

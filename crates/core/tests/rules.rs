@@ -919,3 +919,28 @@ async fn failures_while_coming_online_count_toward_the_threshold() {
     assert_eq!(sim.m.view(id).restarts, 2);
     assert_eq!(sim.state("r"), State::Failed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn only_health_checks_wait_for_a_rounded_wake_up() {
+    let mut p = policy();
+    p.looks_alive_interval = S;
+    p.pending_timeout = 1003 * MS;
+    let mut sim = Sim::new(vec![spec("a", &[], p.clone()), spec("b", &[], p)]);
+    sim.behaviour[1].offline = Answer::Hang;
+    sim.online("a");
+    sim.online("b");
+    sim.run_for(100 * MS).await;
+    let late = |t: Instant| t + 10 * MS;
+    // Only health checks are due next: they may wait for the rounding.
+    let next = sim.m.next_deadline().unwrap();
+    assert_eq!(sim.m.next_wake(late), Some(next + 10 * MS));
+    // A stop's pending_timeout comes on time, even behind a health check
+    // whose rounded wake-up would be later.
+    sim.run_for(next - Instant::now() - 2 * MS).await;
+    sim.cmd("b", Command::Offline);
+    let stop_deadline = Instant::now() + 1003 * MS;
+    let a_check = sim.m.next_deadline().unwrap();
+    assert!(a_check < stop_deadline, "a's health check comes first");
+    assert_eq!(sim.m.next_wake(|t| t + 2 * S), Some(stop_deadline));
+    assert_eq!(sim.m.next_wake(late), Some(a_check + 10 * MS));
+}

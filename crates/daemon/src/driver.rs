@@ -287,7 +287,7 @@ impl Driver {
                     self.handle(msg);
                 }
             }
-            _ = sleep_until(deadline.map(|d| coalesce(self.epoch.0, d))) => self.feed(Event::Tick),
+            _ = sleep_until(self.core.next_wake(|d| coalesce(self.epoch.0, d))) => self.feed(Event::Tick),
         }
     }
 
@@ -796,9 +796,10 @@ fn completion(r: Result<Completion, ResourceError>) -> CallOutcome {
     }
 }
 
-/// Timer wake-ups are batched on a grid of this size: 1,000 health checks a
-/// second spread over the second cost 100 wake-ups instead of 1,000, and no
-/// deadline is late by more than this.
+/// Health-check wake-ups are batched on a grid of this size: 1,000 health
+/// checks a second spread over the second cost 100 wake-ups instead of
+/// 1,000, and none is late by more than this. Other deadlines (a stop's
+/// `pending_timeout`, a terminate's, a restart) are not rounded.
 const TIMER_GRID: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// `deadline` rounded up to the next point of the grid that starts at `epoch`.
