@@ -145,6 +145,25 @@ async fn kill_and_wait(container: &resmon_task::Container) {
     }
 }
 
+/// A resource that did not open, with its container when one was made: the
+/// caller decides whether that stays (a resource being replaced keeps its
+/// own; a new one's goes).
+struct OpenFailed {
+    error: anyhow::Error,
+    container: Option<resmon_task::Container>,
+}
+
+impl OpenFailed {
+    /// Removes the container, unless it still holds processes (of an
+    /// earlier run), which are left alone; returns the error.
+    fn discard(self) -> anyhow::Error {
+        if let Some(c) = self.container {
+            let _ = c.remove();
+        }
+        self.error
+    }
+}
+
 /// Opens one configured resource: its container (killing whatever runs in
 /// it when `kill_leftovers`), then the type's `open`.
 async fn open_slot(
@@ -155,10 +174,14 @@ async fn open_slot(
     kill_leftovers: bool,
     tx: &mpsc::UnboundedSender<Msg>,
     bus: &EventBus,
-) -> anyhow::Result<Slot> {
+) -> Result<Slot, OpenFailed> {
     let container = containers
         .adopt(&r.name)
-        .with_context(|| format!("resource {:?}: opening its container", r.name))?;
+        .with_context(|| format!("resource {:?}: opening its container", r.name))
+        .map_err(|error| OpenFailed {
+            error,
+            container: None,
+        })?;
     if kill_leftovers {
         // Changed, unwanted or unknown: nothing of before may stay.
         kill_and_wait(&container).await;
@@ -183,18 +206,17 @@ async fn open_slot(
     };
     // `open` may run programs (an agent's validate-all): not on the event loop.
     let opener = ty.clone();
-    let opened = match tokio::task::spawn_blocking(move || opener.open(ctx)).await {
-        Ok(Ok(resource)) => Ok(resource),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let opened = tokio::task::spawn_blocking(move || opener.open(ctx))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|o| o.map_err(|e| e.to_string()));
     let resource = match opened {
         Ok(resource) => resource,
         Err(e) => {
-            // Not kept: a container still holding processes (of an earlier
-            // run) is not removed, and those processes are left alone.
-            let _ = container.remove();
-            anyhow::bail!("resource {:?}: open failed: {e}", r.name);
+            return Err(OpenFailed {
+                error: anyhow::anyhow!("resource {:?}: open failed: {e}", r.name),
+                container: Some(container),
+            })
         }
     };
     Ok(Slot {
@@ -298,7 +320,8 @@ async fn run(
                 slots.push(slot);
                 starts.push(start);
             }
-            Err(e) => {
+            Err(failed) => {
+                let e = failed.discard();
                 for s in &slots {
                     let _ = s.container.remove();
                 }
@@ -762,7 +785,8 @@ async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::Reload
         let id = driver.slots().len() + k;
         match open_slot(id, r, ty, ctx.containers, true, ctx.tx, ctx.bus).await {
             Ok(slot) => slots.push(slot),
-            Err(e) => {
+            Err(failed) => {
+                let e = failed.discard();
                 for s in &slots {
                     let _ = s.container.remove();
                 }
@@ -824,7 +848,9 @@ async fn finish_replacing(
         let _ = tokio::task::spawn_blocking(move || old.close()).await;
         match open_slot(id, r, ty, containers, true, tx, bus).await {
             Ok(slot) => driver.replace_resource(id, slot.resource, slot.fingerprint),
-            Err(e) => {
+            // Its container stays: the resource keeps it.
+            Err(failed) => {
+                let e = failed.error;
                 tracing::error!(resource = %name, "cannot open it with its new config: {e:#}");
                 continue;
             }
