@@ -33,7 +33,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::cgroup;
-use crate::handle::{lock, send_via_pidfd, TaskCore, TaskHandle, TreeRecord};
+use crate::handle::{lock, TaskCore, TaskHandle, TreeRecord};
 use crate::procfs;
 use crate::reaper::Reaper;
 
@@ -392,11 +392,8 @@ impl Container {
                 still.sort_unstable();
                 for (pid, fd) in &pinned {
                     if still.binary_search(pid).is_ok() {
-                        if let Err(e) = send_via_pidfd(fd, sig) {
-                            first_error.get_or_insert(io::Error::new(
-                                e.kind(),
-                                format!("sending {sig:?} to process {pid}: {e}"),
-                            ));
+                        if let Err(e) = procfs::send_pinned(*pid, fd, sig) {
+                            first_error.get_or_insert(e);
                         }
                     }
                 }

@@ -296,7 +296,13 @@ pub(crate) fn signal_checked(pid: u32, start_time: Option<u64>, sig: Signal) -> 
             return Ok(());
         }
     }
-    send_via_pidfd(&pidfd, sig)
+    send_pinned(pid, &pidfd, sig)
+}
+
+/// Sends `sig` through `pidfd`, the pidfd of `pid`; a process that is
+/// already gone is success.
+pub(crate) fn send_pinned(pid: u32, pidfd: &OwnedFd, sig: Signal) -> io::Result<()> {
+    send_via_pidfd(pidfd, sig)
         .map_err(|e| io::Error::new(e.kind(), format!("sending {sig:?} to process {pid}: {e}")))
 }
 
