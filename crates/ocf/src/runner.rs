@@ -85,6 +85,14 @@ pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<
             .map_err(|e| format!("creating a file for the output of {}: {e}", r.action))
     };
     let (out, err) = (file()?, file()?);
+    // The action writes to the files this monitor made, not to whatever a
+    // path names by the time the child opens it.
+    let fd = |f: &tempfile::NamedTempFile| {
+        f.as_file()
+            .try_clone()
+            .map(|c| Output::Fd(std::sync::Arc::new(c.into())))
+            .map_err(|e| format!("duplicating the output file of {}: {e}", r.action))
+    };
     let mut env = r.env.to_vec();
     env.push((
         "OCF_RESKEY_CRM_meta_timeout".into(),
@@ -95,8 +103,8 @@ pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<
         args: vec![r.action.to_string()],
         env,
         new_session: true,
-        stdout: Output::File(out.path().to_path_buf()),
-        stderr: Output::File(err.path().to_path_buf()),
+        stdout: fd(&out)?,
+        stderr: fd(&err)?,
         ..Default::default()
     };
     if let Some(scope) = r.scope {

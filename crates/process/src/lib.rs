@@ -134,6 +134,16 @@ fn output(s: &Stream) -> Output {
 }
 
 impl ProcessResource {
+    /// Probes run as the service's user, in its scope.
+    fn probe_env(&self) -> probe::ProbeEnv<'_> {
+        probe::ProbeEnv {
+            user: self.params.user,
+            scope: &self.scope,
+            reaper: &self.reaper,
+            rt: &self.rt,
+        }
+    }
+
     fn main(&self) -> Option<TaskHandle> {
         self.main.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -206,7 +216,7 @@ impl ProcessResource {
                     "main process exited with code {code} before it was ready"
                 )));
             }
-            match probe::run(probe, &self.reaper, &self.rt) {
+            match probe::run(probe, &self.probe_env()) {
                 Ok(()) => return Ok(()),
                 Err(e) => tracing::debug!(resource = %self.shared.name, "not ready yet: {e}"),
             }
@@ -302,7 +312,7 @@ impl Resource for ProcessResource {
         }
         match &self.params.probe {
             None => true,
-            Some(p) => match probe::run(p, &self.reaper, &self.rt) {
+            Some(p) => match probe::run(p, &self.probe_env()) {
                 Ok(()) => true,
                 Err(e) => {
                     self.shared
@@ -357,6 +367,20 @@ impl Resource for ProcessResource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(ResourceError::new(format!("adopting process {pid}: {e}"))),
         };
+        // Checked with the process pinned by its pidfd: a saved pid and
+        // start time name a process, but only its cgroup (or marker) says it
+        // is this resource's. Anything else is never adopted, so never
+        // killed by this resource's stop.
+        if !self.container.holds(pid) {
+            return Err(ResourceError::new(format!(
+                "the saved main process {pid} is not in this resource's {}: not adopting it",
+                if self.scope.cgroup.is_some() {
+                    "cgroup"
+                } else {
+                    "process tree (no marker)"
+                }
+            )));
+        }
         self.shared.stopping.store(false, Ordering::Release);
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
         *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(main.clone());

@@ -2,21 +2,31 @@
 //!
 //! Probes run on the worker thread of the entry point that asked for them
 //! (`is_alive`, or `online` waiting for readiness), never on the monitor's
-//! event loop. An `exec` probe runs outside the resource's cgroup, so a probe
-//! still running is not mistaken for part of the service, and is killed when
-//! its timeout passes.
+//! event loop. An `exec` probe runs as the resource's user and in the
+//! resource's scope (its cgroup, its marker): it has no more rights than the
+//! service it checks, and a stop or terminate of the resource kills it with
+//! the rest. It is killed when its timeout passes.
 
 use crate::params::{Probe, ProbeKind};
+use resmon_contract::Scope;
 use resmon_task::{Output, Reaper, SpawnSpec};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+/// Where an `exec` probe runs: as whom, and in which resource's scope.
+pub struct ProbeEnv<'a> {
+    pub user: Option<(u32, u32)>,
+    pub scope: &'a Scope,
+    pub reaper: &'a Reaper,
+    pub rt: &'a tokio::runtime::Handle,
+}
+
 /// Runs a probe once. `Ok(())` is healthy; `Err` says what was wrong.
-pub fn run(probe: &Probe, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<(), String> {
+pub fn run(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), String> {
     match &probe.kind {
         ProbeKind::Tcp(addr) => tcp(addr, probe.timeout),
         ProbeKind::Http { url, expect } => http(url, *expect, probe.timeout),
-        ProbeKind::Exec(argv) => exec(argv, probe.timeout, reaper, rt),
+        ProbeKind::Exec(argv) => exec(argv, probe.timeout, env),
     }
 }
 
@@ -58,24 +68,24 @@ fn http(url: &str, expect: Option<u16>, timeout: Duration) -> Result<(), String>
     }
 }
 
-fn exec(
-    argv: &[String],
-    timeout: Duration,
-    reaper: &Reaper,
-    rt: &tokio::runtime::Handle,
-) -> Result<(), String> {
-    let spec = SpawnSpec {
+fn exec(argv: &[String], timeout: Duration, env: &ProbeEnv<'_>) -> Result<(), String> {
+    let mut spec = SpawnSpec {
         program: argv[0].clone(),
         args: argv[1..].to_vec(),
-        new_session: true,
+        user: env.user,
         stdout: Output::Null,
         stderr: Output::Null,
         ..Default::default()
     };
-    let task = reaper
+    spec.set_scope(env.scope);
+    spec.new_session = true;
+    let task = env
+        .reaper
         .spawn(&spec)
         .map_err(|e| format!("exec probe: {e}"))?;
-    let waited = rt.block_on(async { tokio::time::timeout(timeout, task.wait()).await });
+    let waited = env
+        .rt
+        .block_on(async { tokio::time::timeout(timeout, task.wait()).await });
     match waited {
         Ok(Ok(0)) => Ok(()),
         Ok(Ok(code)) => Err(format!("exec probe {:?} exited with {code}", argv[0])),

@@ -41,11 +41,11 @@ mod procfs;
 mod reaper;
 mod spawn;
 
-pub use container::{Container, Containers, MARKER_VAR};
+pub use container::{Container, Containers, InstanceClaim, MARKER_VAR};
 pub use handle::TaskHandle;
 pub use reaper::Reaper;
 pub use resmon_contract::STILL_ACTIVE;
-pub use spawn::{children_born_in_cgroup, Output, SpawnSpec};
+pub use spawn::{children_born_in_cgroup, raise_fd_limit, Output, SpawnSpec};
 
 /// When process `pid` started (field 22 of `/proc/PID/stat`, in clock
 /// ticks since boot): with the pid, it names one process for good.

@@ -10,10 +10,15 @@
 //! `cgroup.procs`: the same result, but moving a process between cgroups
 //! can make the kernel wait for an RCU grace period (milliseconds, more on
 //! a busy machine) while the monitor's spawning thread waits too. Between
-//! the clone and `exec` the child calls `setsid`, puts its stdio in place,
-//! changes directory and drops privileges, using only what the parent
-//! prepared and system calls. From its first instruction the program, and
-//! everything it ever forks, belongs to the resource.
+//! the clone and `exec` the child calls `setsid`, drops privileges, and only
+//! then changes directory and opens its output files, so a path a resource
+//! names is opened with the rights of the resource's user, never the
+//! monitor's (a service cannot make root write through a symlink it planted).
+//! It then closes every descriptor above 2 that the monitor may have
+//! inherited without close-on-exec, restores the descriptor limit the
+//! monitor started with, and execs, using only what the parent prepared and
+//! system calls. From its first instruction the program, and everything it
+//! ever forks, belongs to the resource.
 //!
 //! Nothing here waits for the child: the [`Reaper`](crate::Reaper) owns
 //! every exit status.
@@ -37,8 +42,12 @@ pub enum Output {
     Null,
     /// The monitor's own stream.
     Inherit,
-    /// A file, created if missing and appended to.
+    /// A file, created if missing and appended to. It is opened in the
+    /// child after it dropped privileges: with the rights of
+    /// [`SpawnSpec::user`], never the monitor's.
     File(PathBuf),
+    /// A descriptor the monitor opened itself (e.g. a temporary file).
+    Fd(std::sync::Arc<OwnedFd>),
 }
 
 /// A process to spawn with [`Reaper::spawn`](crate::Reaper::spawn).
@@ -107,8 +116,8 @@ pub(crate) struct Prepared {
     envp: Vec<*const libc::c_char>,
     cwd: Option<CString>,
     stdin: OwnedFd,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
+    stdout: Stdio,
+    stderr: Stdio,
     /// The cgroup to join, and its `cgroup.procs` once opened (only when
     /// the child is not born in it).
     cgroup: Option<PathBuf>,
@@ -121,6 +130,49 @@ pub(crate) struct Prepared {
     cgroup_dir: Option<OwnedFd>,
     new_session: bool,
     user: Option<(u32, u32)>,
+    /// The descriptor limit the monitor started with, restored in the child
+    /// (the monitor raises its own: see [`raise_fd_limit`]).
+    nofile: Option<libc::rlimit>,
+    /// Where closing descriptors one by one stops, without `close_range`.
+    max_fd: libc::c_int,
+}
+
+/// The descriptor limit `(soft, hard)` the monitor had before
+/// [`raise_fd_limit`]; `None` while it was never raised.
+static ORIGINAL_NOFILE: std::sync::Mutex<Option<(u64, u64)>> = std::sync::Mutex::new(None);
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit, so that
+/// a monitor of many resources (a pidfd each, sockets, pipes) does not run
+/// out of descriptors at a distribution's default of 1,024. Every child
+/// spawned afterwards gets the original limit back before `exec`: programs
+/// that use `select` or size tables by the limit expect it. Returns the
+/// limits `(before, after)`.
+pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur;
+    {
+        let mut original = crate::handle::lock(&ORIGINAL_NOFILE);
+        original.get_or_insert((lim.rlim_cur, lim.rlim_max));
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok((before, lim.rlim_cur))
 }
 
 fn cstring(s: &str, what: &str) -> io::Result<CString> {
@@ -153,23 +205,22 @@ fn resolve(program: &str) -> io::Result<PathBuf> {
         .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
 }
 
-fn open_output(output: &Output, which: &str) -> io::Result<Option<OwnedFd>> {
+/// A child's stdout or stderr as the child puts it in place.
+enum Stdio {
+    /// Keep the monitor's.
+    Inherit,
+    /// `dup2` this (close-on-exec) descriptor.
+    Fd(OwnedFd),
+    /// Open this path after dropping privileges.
+    Path(CString),
+}
+
+fn prepare_output(output: &Output, which: &str) -> io::Result<Stdio> {
     Ok(match output {
-        Output::Null => Some(File::options().write(true).open("/dev/null")?.into()),
-        Output::Inherit => None,
-        Output::File(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    io::Error::new(
-                        e.kind(),
-                        format!("opening {} for {which}: {e}", path.display()),
-                    )
-                })?;
-            Some(file.into())
-        }
+        Output::Null => Stdio::Fd(File::options().write(true).open("/dev/null")?.into()),
+        Output::Inherit => Stdio::Inherit,
+        Output::Fd(fd) => Stdio::Fd(fd.try_clone()?),
+        Output::File(path) => Stdio::Path(cstring(&path.to_string_lossy(), which)?),
     })
 }
 
@@ -235,14 +286,35 @@ pub(crate) fn prepare(spec: &SpawnSpec) -> io::Result<Prepared> {
             Some(fd) => fd.try_clone()?,
             None => File::open("/dev/null")?.into(),
         },
-        stdout: open_output(&spec.stdout, "stdout")?,
-        stderr: open_output(&spec.stderr, "stderr")?,
+        stdout: prepare_output(&spec.stdout, "stdout")?,
+        stderr: prepare_output(&spec.stderr, "stderr")?,
         cgroup: spec.cgroup.clone(),
         procs: None,
         cgroup_dir,
         new_session: spec.new_session,
         user: spec.user,
+        nofile: crate::handle::lock(&ORIGINAL_NOFILE).map(|(soft, hard)| libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        }),
+        max_fd: max_fd(),
     })
+}
+
+/// The highest descriptor number + 1 that may be open (the soft limit,
+/// capped so the fallback loop of closes stays short).
+fn max_fd() -> libc::c_int {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if ok {
+        lim.rlim_cur.min(1 << 20) as libc::c_int
+    } else {
+        1 << 16
+    }
 }
 
 /// What the child reads, and where it reports a failure before `exec`.
@@ -254,6 +326,75 @@ struct ChildArgs<'a> {
     ran: AtomicBool,
     /// The errno of the step that failed, or 0.
     error: AtomicI32,
+    /// The [`Step`] the child is at, so a failure says what failed.
+    step: AtomicU8,
+}
+
+/// What the child was doing, for the error of a step that failed.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Step {
+    Cgroup = 1,
+    Session,
+    Stdin,
+    User,
+    Cwd,
+    Stdout,
+    Stderr,
+    CloseFds,
+    Limits,
+    Exec,
+}
+
+impl Step {
+    fn from_u8(v: u8) -> Option<Step> {
+        [
+            Step::Cgroup,
+            Step::Session,
+            Step::Stdin,
+            Step::User,
+            Step::Cwd,
+            Step::Stdout,
+            Step::Stderr,
+            Step::CloseFds,
+            Step::Limits,
+            Step::Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == v)
+    }
+
+    /// Names the step in an error: the file it opened, the user it became.
+    fn describe(self, p: &Prepared) -> String {
+        let path = |s: &Stdio| match s {
+            Stdio::Path(c) => c.to_string_lossy().into_owned(),
+            _ => String::new(),
+        };
+        match self {
+            Step::Cgroup => "joining its cgroup".into(),
+            Step::Session => "starting a new session".into(),
+            Step::Stdin => "setting up stdin".into(),
+            Step::User => match p.user {
+                Some((uid, gid)) => format!("becoming uid {uid} gid {gid}"),
+                None => "dropping privileges".into(),
+            },
+            Step::Cwd => match &p.cwd {
+                Some(d) => format!("entering {} as the resource's user", d.to_string_lossy()),
+                None => "entering its working directory".into(),
+            },
+            Step::Stdout => format!(
+                "opening {} for stdout as the resource's user",
+                path(&p.stdout)
+            ),
+            Step::Stderr => format!(
+                "opening {} for stderr as the resource's user",
+                path(&p.stderr)
+            ),
+            Step::CloseFds => "closing inherited descriptors".into(),
+            Step::Limits => "restoring the descriptor limit".into(),
+            Step::Exec => "exec".into(),
+        }
+    }
 }
 
 const STACK: usize = 64 * 1024;
@@ -298,33 +439,22 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
         libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut());
+        a.step.store(Step::Cgroup as u8, Ordering::Relaxed);
         if let (Some(fd), true) = (&p.procs, a.join_cgroup) {
             if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                 return fail(a);
             }
         }
+        a.step.store(Step::Session as u8, Ordering::Relaxed);
         if p.new_session && libc::setsid() < 0 {
             return fail(a);
         }
+        a.step.store(Step::Stdin as u8, Ordering::Relaxed);
         if libc::dup2(p.stdin.as_raw_fd(), 0) < 0 {
             return fail(a);
         }
-        if let Some(fd) = &p.stdout {
-            if libc::dup2(fd.as_raw_fd(), 1) < 0 {
-                return fail(a);
-            }
-        }
-        if let Some(fd) = &p.stderr {
-            if libc::dup2(fd.as_raw_fd(), 2) < 0 {
-                return fail(a);
-            }
-        }
-        if let Some(dir) = &p.cwd {
-            if libc::chdir(dir.as_ptr()) < 0 {
-                return fail(a);
-            }
-        }
         if let Some((uid, gid)) = p.user {
+            a.step.store(Step::User as u8, Ordering::Relaxed);
             // Raw system calls: glibc's wrappers would try to change the
             // ids of every thread of the parent, whose memory we share.
             if libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
@@ -334,6 +464,66 @@ extern "C" fn child(arg: *mut libc::c_void) -> libc::c_int {
                 return fail(a);
             }
         }
+        // From here on with the rights of the resource's user: the working
+        // directory and the output files are reached as that user reaches
+        // them, symlinks and all.
+        if let Some(dir) = &p.cwd {
+            a.step.store(Step::Cwd as u8, Ordering::Relaxed);
+            if libc::chdir(dir.as_ptr()) < 0 {
+                return fail(a);
+            }
+        }
+        for (target, out, step) in [(1, &p.stdout, Step::Stdout), (2, &p.stderr, Step::Stderr)] {
+            a.step.store(step as u8, Ordering::Relaxed);
+            let fd = match out {
+                Stdio::Inherit => continue,
+                Stdio::Fd(fd) => fd.as_raw_fd(),
+                Stdio::Path(path) => {
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_WRONLY
+                            | libc::O_CREAT
+                            | libc::O_APPEND
+                            | libc::O_NOCTTY
+                            | libc::O_CLOEXEC,
+                        0o644 as libc::c_uint,
+                    );
+                    if fd < 0 {
+                        return fail(a);
+                    }
+                    fd
+                }
+            };
+            if libc::dup2(fd, target) < 0 {
+                return fail(a);
+            }
+        }
+        // Nothing of the monitor's beyond stdio: descriptors it inherited
+        // without close-on-exec (from whoever started it) stay out of
+        // every service.
+        a.step.store(Step::CloseFds as u8, Ordering::Relaxed);
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) < 0 {
+            if *libc::__errno_location() != libc::ENOSYS {
+                return fail(a);
+            }
+            for fd in 3..p.max_fd {
+                libc::close(fd);
+            }
+        }
+        if let Some(limit) = &p.nofile {
+            a.step.store(Step::Limits as u8, Ordering::Relaxed);
+            if libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                libc::RLIMIT_NOFILE,
+                limit as *const libc::rlimit,
+                std::ptr::null_mut::<libc::rlimit>(),
+            ) < 0
+            {
+                return fail(a);
+            }
+        }
+        a.step.store(Step::Exec as u8, Ordering::Relaxed);
         let empty: libc::sigset_t = {
             let mut s = std::mem::zeroed();
             libc::sigemptyset(&mut s);
@@ -442,6 +632,7 @@ fn start(
         join_cgroup: into_cgroup.is_none(),
         ran: AtomicBool::new(false),
         error: AtomicI32::new(0),
+        step: AtomicU8::new(0),
     };
     let arg = &args as *const ChildArgs<'_> as *mut libc::c_void;
     let mut pidfd: libc::c_int = -1;
@@ -510,7 +701,17 @@ fn start(
     }
     Ok(Some(match args.error.load(Ordering::SeqCst) {
         0 => Ok((pid as u32, pidfd)),
-        e => Err(io::Error::from_raw_os_error(e)),
+        e => {
+            let err = io::Error::from_raw_os_error(e);
+            match Step::from_u8(args.step.load(Ordering::SeqCst)) {
+                // The exec's own error reads best as it is ("No such file").
+                None | Some(Step::Exec) => Err(err),
+                Some(step) => Err(io::Error::new(
+                    err.kind(),
+                    format!("{}: {err}", step.describe(p)),
+                )),
+            }
+        }
     }))
 }
 

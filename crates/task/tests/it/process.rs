@@ -175,6 +175,8 @@ async fn user_drops_privileges_and_groups() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    // The output file is opened as the user: its directory must be theirs.
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
     let out = dir.path().join("id.txt");
     let mut spec = sh("id -u; id -g; id -G");
     spec.user = Some((65534, 65534));
@@ -185,6 +187,65 @@ async fn user_drops_privileges_and_groups() {
         std::fs::read_to_string(&out).unwrap(),
         "65534\n65534\n65534\n"
     );
+    // Created by the user, not by root.
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&out).unwrap()),
+        65534
+    );
+}
+
+#[tokio::test]
+async fn output_files_are_opened_with_the_users_rights() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: skipping output_files_are_opened_with_the_users_rights");
+        return;
+    }
+    // A file only root may write, reached through a symlink the user
+    // planted: the spawn fails naming the file, and the file is untouched.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    let user_dir = dir.path().join("user");
+    std::fs::create_dir(&user_dir).unwrap();
+    std::os::unix::fs::chown(&user_dir, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let link = user_dir.join("out.log");
+    std::os::unix::fs::symlink(&secret, &link).unwrap();
+    let mut spec = sh("echo pwned");
+    spec.user = Some((65534, 65534));
+    spec.stdout = Output::File(link.clone());
+    let err = reaper().spawn(&spec).unwrap_err().to_string();
+    assert!(
+        err.contains("out.log") && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root only\n");
+}
+
+#[tokio::test]
+async fn inherited_descriptors_do_not_reach_the_child() {
+    // A descriptor without close-on-exec, as a monitor may inherit one.
+    let (r, _w) = rustix::pipe::pipe().unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&r);
+    rustix::io::fcntl_setfd(&r, rustix::io::FdFlags::empty()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fds");
+    let mut spec = sh("ls /proc/self/fd");
+    spec.stdout = Output::File(out.clone());
+    let task = reaper().spawn(&spec).unwrap();
+    assert_eq!(within("ls", task.wait()).await.unwrap(), 0);
+    let fds: Vec<u32> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    // 0, 1, 2 and the one ls opens to read the directory; never ours.
+    assert!(!fds.contains(&(raw as u32)), "fd {raw} leaked: {fds:?}");
+    assert!(fds.iter().filter(|&&fd| fd > 2).count() <= 1, "{fds:?}");
 }
 
 #[tokio::test]
