@@ -12,13 +12,20 @@
 //!   something changed; once more on a clean stop.
 //! * `lock`: held (`flock`) while a monitor runs, so two monitors never share
 //!   a state directory.
+//!
+//! The directory is the monitor's alone: owned by its uid and writable by
+//! nobody else (see [`private_dir`](crate::private_dir)), and every file in
+//! it is opened relative to the directory's descriptor without following
+//! symlinks. What is read back is a hint: a saved pid is adopted only once
+//! the kernel confirms it is the same process and the resource's.
 
+use crate::private_dir;
 use resmon_contract::State;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 /// The saved state of every resource.
@@ -52,6 +59,7 @@ pub fn fingerprint(type_name: &str, params: &serde_json::Value) -> String {
 /// An open, locked state directory.
 pub struct StateDir {
     dir: PathBuf,
+    fd: OwnedFd,
     instance: String,
     _lock: File,
     /// The sequence number of the last snapshot written: writes run off the
@@ -60,22 +68,19 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens (creating it, mode 0700) and locks `dir`.
+    /// Opens (creating it, mode 0700) and locks `dir`, which must be owned
+    /// by the monitor's uid and not writable by group or others.
     pub fn open(dir: &Path) -> io::Result<StateDir> {
         let ctx = |what: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("{what} {}: {e}", dir.display()))
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| ctx("creating the state directory", e))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(dir.join("lock"))
+        let fd = private_dir::open_private(dir).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("the state directory {e}"),
+            )
+        })?;
+        let lock = private_dir::create_file(&fd, "lock", false)
             .map_err(|e| ctx("opening the lock of", e))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
             io::Error::new(
@@ -86,9 +91,10 @@ impl StateDir {
                 ),
             )
         })?;
-        let id_file = dir.join("instance");
-        let instance = match std::fs::read_to_string(&id_file) {
-            Ok(s) if valid_instance(s.trim()) => s.trim().to_string(),
+        let instance = match private_dir::read_file(&fd, "instance") {
+            Ok(s) if valid_instance(String::from_utf8_lossy(&s).trim()) => {
+                String::from_utf8_lossy(&s).trim().to_string()
+            }
             _ => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -97,13 +103,14 @@ impl StateDir {
                     "{:08x}",
                     (now.as_nanos() as u32) ^ std::process::id().rotate_left(16)
                 );
-                write_atomically(&id_file, id.as_bytes())
+                private_dir::write_atomically(&fd, "instance", id.as_bytes())
                     .map_err(|e| ctx("writing the instance of", e))?;
                 id
             }
         };
         Ok(StateDir {
             dir: dir.to_path_buf(),
+            fd,
             instance,
             _lock: lock,
             written: std::sync::Mutex::new(0),
@@ -123,8 +130,8 @@ impl StateDir {
     /// afresh, after killing what the earlier run left.
     pub fn load(&self) -> Option<SavedState> {
         let file = self.dir.join("state.json");
-        let text = match std::fs::read_to_string(&file) {
-            Ok(t) => t,
+        let text = match private_dir::read_file(&self.fd, "state.json") {
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
                 tracing::warn!("cannot read {}: {e}; starting afresh", file.display());
@@ -150,7 +157,7 @@ impl StateDir {
 
     pub fn save(&self, state: &SavedState) -> io::Result<()> {
         let text = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
-        write_atomically(&self.dir.join("state.json"), &text)
+        private_dir::write_atomically(&self.fd, "state.json", &text)
     }
 
     /// Writes snapshot number `seq` unless a later one was written already.
@@ -169,26 +176,6 @@ fn valid_instance(s: &str) -> bool {
     !s.is_empty() && s.len() <= 16 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
-/// Writes `path` so that a crash leaves either the old or the new content.
-fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Where state lives when the config does not say.
 pub fn default_state_dir() -> PathBuf {
     if rustix::process::geteuid().is_root() {
@@ -200,10 +187,14 @@ pub fn default_state_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
         return Path::new(&home).join(".local/state/resmon");
     }
-    PathBuf::from(format!(
-        "/tmp/resmon-{}-state",
-        rustix::process::geteuid().as_raw()
-    ))
+    // Never a shared place like /tmp: the passwd entry's home directory.
+    let uid = rustix::process::geteuid().as_raw();
+    match nix::unistd::User::from_uid(uid.into()) {
+        Ok(Some(user)) if user.dir.is_absolute() && user.dir != Path::new("/") => {
+            user.dir.join(".local/state/resmon")
+        }
+        _ => PathBuf::from(format!("/var/tmp/resmon-{uid}/state")),
+    }
 }
 
 #[cfg(test)]
