@@ -20,6 +20,8 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} is served by uid {uid}, which is neither root nor you: it is not a monitor you can trust (another user may have bound the socket first); refusing to talk to it. Ask root which socket the monitor uses, or use --socket")]
+    Impostor { path: PathBuf, uid: u32 },
     #[error("talking to the monitor at {path}: {message}")]
     Protocol { path: PathBuf, message: String },
 }
@@ -59,6 +61,16 @@ impl Client {
                     path: self.socket.clone(),
                     source,
                 })?;
+        // The socket's owner could be anyone who bound the path first: talk
+        // only to a monitor run by root or by the caller.
+        let server = stream.peer_cred().map_err(|e| self.protocol(e))?.uid();
+        let me = rustix::process::geteuid().as_raw();
+        if server != 0 && server != me {
+            return Err(ClientError::Impostor {
+                path: self.socket.clone(),
+                uid: server,
+            });
+        }
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.protocol(e))?;

@@ -15,6 +15,8 @@ pub mod cluster;
 pub mod config;
 mod driver;
 pub mod events;
+pub mod listener;
+pub mod private_dir;
 pub mod state;
 
 pub use driver::ResourceStatus;
@@ -28,7 +30,6 @@ use resmon_core::{Command, Event, Monitor, ResId, ResourceSpec};
 use resmon_process::ProcessType;
 use resmon_task::{Containers, Reaper};
 use state::StateDir;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -79,38 +80,143 @@ async fn load_config(
     })
 }
 
-/// Binds the API socket; refuses to take over the socket of a live monitor.
-async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the socket directory {}", dir.display()))?;
+/// The API socket as bound: removed at exit only while the entry at its
+/// path is still the one this monitor made.
+struct BoundSocket {
+    dir: std::os::fd::OwnedFd,
+    name: std::ffi::OsString,
+    /// `(st_dev, st_ino)` of the socket file.
+    id: (u64, u64),
+}
+
+impl BoundSocket {
+    fn remove(&self) {
+        if let Ok(Some(st)) = private_dir::lstat(&self.dir, &self.name) {
+            if (st.st_dev, st.st_ino) == self.id {
+                let _ = rustix::fs::unlinkat(
+                    &self.dir,
+                    self.name.as_os_str(),
+                    rustix::fs::AtFlags::empty(),
+                );
+            }
+        }
     }
-    if path.exists() {
-        if tokio::net::UnixStream::connect(path).await.is_ok() {
+}
+
+/// Binds the API socket without a path another user could redirect.
+///
+/// The directory must be owned by root or the monitor's user and be
+/// writable by others only when sticky (see [`private_dir::open_shared`]).
+/// An entry already at the path is removed only when it is a stale socket
+/// of the monitor's own uid: a live one means another monitor, and
+/// anything else (a regular file, a symlink, another user's socket) is
+/// refused, never deleted. The socket is bound in a private directory made
+/// for the purpose, given its mode there, and renamed into place, so its
+/// `chmod` can never be turned onto another file.
+async fn bind(path: &Path) -> anyhow::Result<(UnixListener, BoundSocket)> {
+    let (Some(dir_path), Some(name)) = (path.parent(), path.file_name()) else {
+        bail!("[monitor] socket {}: not a file path", path.display());
+    };
+    let (dir, kind) = private_dir::open_shared(dir_path)
+        .map_err(|e| anyhow::anyhow!("[monitor] socket: the socket directory {e}"))?;
+    let uid = rustix::process::geteuid().as_raw();
+    if let Some(st) =
+        private_dir::lstat(&dir, name).with_context(|| format!("looking at {}", path.display()))?
+    {
+        let is_socket =
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket;
+        if !is_socket {
+            bail!(
+                "{} exists and is {}, not a socket: resmon removes only stale sockets of its own; remove it or set [monitor] socket to another path",
+                path.display(),
+                private_dir::kind_of(&st)
+            );
+        }
+        if st.st_uid != uid {
+            bail!(
+                "{} is a socket of uid {}, not of this monitor's uid {uid}{}: remove it or set [monitor] socket to another path",
+                path.display(),
+                st.st_uid,
+                if kind == private_dir::Shared::Sticky { " (in a directory every user can write)" } else { "" }
+            );
+        }
+        if tokio::net::UnixStream::connect(private_dir::via_fd(&dir, name))
+            .await
+            .is_ok()
+        {
             bail!(
                 "another monitor is already listening on {}; stop it or set [monitor] socket to another path",
                 path.display()
             );
         }
-        std::fs::remove_file(path)
+        rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty())
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    // Anyone may connect; every request is checked against its caller's rights.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+    // A private directory beside the socket's final place (the same file
+    // system, so the rename is atomic): nobody else can enter it.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    let tmp_name = format!(".resmon-bind.{}.{nanos:08x}", std::process::id());
+    let tmp_name = std::ffi::OsStr::new(&tmp_name);
+    let _ = rustix::fs::unlinkat(&dir, tmp_name, rustix::fs::AtFlags::REMOVEDIR);
+    rustix::fs::mkdirat(&dir, tmp_name, rustix::fs::Mode::from_raw_mode(0o700))
+        .with_context(|| format!("creating a private directory in {}", dir_path.display()))?;
+    let bound = (|| -> anyhow::Result<(std::os::unix::net::UnixListener, (u64, u64))> {
+        let tmp = rustix::fs::openat(
+            &dir,
+            tmp_name,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let sock = std::ffi::OsStr::new("s");
+        let listener = std::os::unix::net::UnixListener::bind(private_dir::via_fd(&tmp, sock))
+            .with_context(|| format!("binding {}", path.display()))?;
+        // Anyone may connect; every request is checked against its caller's rights.
+        rustix::fs::chmodat(
+            &tmp,
+            sock,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::AtFlags::empty(),
+        )
         .with_context(|| format!("setting the mode of {}", path.display()))?;
-    Ok(listener)
+        let st = rustix::fs::statat(&tmp, sock, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+        rustix::fs::renameat(&tmp, sock, &dir, name)
+            .with_context(|| format!("moving the socket into place at {}", path.display()))?;
+        Ok((listener, (st.st_dev, st.st_ino)))
+    })();
+    let _ = rustix::fs::unlinkat(&dir, tmp_name, rustix::fs::AtFlags::REMOVEDIR);
+    let (listener, id) = bound?;
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener)?;
+    Ok((
+        listener,
+        BoundSocket {
+            dir,
+            name: name.to_os_string(),
+            id,
+        },
+    ))
 }
 
 /// Runs the monitor until SIGTERM or SIGINT, then takes everything offline.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    match resmon_task::raise_fd_limit() {
+        Ok((before, after)) if after > before => {
+            tracing::debug!("descriptor limit raised from {before} to {after}")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
+    }
     let reaper = Reaper::get().context("becoming the reaper of resource processes")?;
     let types = resource_types(reaper);
-    let listener = bind(&config.monitor.socket).await?;
-    let socket = config.monitor.socket.clone();
+    let (listener, bound) = bind(&config.monitor.socket).await?;
     let result = run(config, types, listener).await;
-    let _ = std::fs::remove_file(&socket);
+    bound.remove();
     result
 }
 
@@ -247,6 +353,11 @@ async fn run(
         }
         .with_instance(&instance),
     );
+    // Before anything an earlier run left is touched: only the monitor
+    // that holds the instance acts on its cgroups and markers.
+    let _claim = containers
+        .claim_instance()
+        .with_context(|| format!("state directory {}", state_dir.path().display()))?;
     tracing::info!(
         "resource processes are kept in {}; state in {}",
         containers.backend_description(),
@@ -361,22 +472,18 @@ async fn run(
                 .await
                 .with_context(|| format!("[api] tcp: binding {addr}"))?;
             tracing::info!("API also on tcp://{addr} (bearer tokens)");
-            let service = api
-                .clone()
-                .into_make_service_with_connect_info::<api::Caller>();
-            Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(tcp, service).await {
-                    tracing::error!("API server on TCP: {e}");
-                }
-            }))
+            Some(tokio::spawn(listener::serve_tcp(
+                tcp,
+                api.clone(),
+                listener::Limits::default(),
+            )))
         }
     };
-    let server = tokio::spawn(async move {
-        let service = api.into_make_service_with_connect_info::<api::Caller>();
-        if let Err(e) = axum::serve(listener, service).await {
-            tracing::error!("API server: {e}");
-        }
-    });
+    let server = tokio::spawn(listener::serve_unix(
+        listener,
+        api,
+        listener::Limits::default(),
+    ));
 
     let mut driver = Driver::new(core, slots, types.clone(), tx.clone(), bus.clone());
     let cluster_stop: Option<ClusterStop> = match (&config.cluster, &cluster_handle) {

@@ -168,7 +168,7 @@ struct Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match e {
-            ClientError::Unreachable { .. } => 3,
+            ClientError::Unreachable { .. } | ClientError::Impostor { .. } => 3,
             ClientError::Protocol { .. } => 1,
         };
         Failure {

@@ -95,6 +95,87 @@ impl Containers {
         }
     }
 
+    /// Claims this monitor's instance for as long as the returned guard
+    /// lives, so that two monitors never act on the same cgroups or
+    /// markers, even when a copied or forged `instance` file gives them the
+    /// same name: the cgroup root is locked (`flock` on its directory, made
+    /// 0700 so no other user can open it to hold the lock), and an abstract
+    /// socket named after the instance is bound (it covers the markers,
+    /// which both backends give to every process). Call it before acting on
+    /// anything an earlier run left.
+    pub fn claim_instance(&self) -> io::Result<InstanceClaim> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+        let in_use = |by: String| {
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "instance {} is in use by another monitor ({by}): two monitors must not share an instance; give this one a state directory of its own without a copied `instance` file",
+                    self.instance
+                ),
+            )
+        };
+        let root = match &self.backend {
+            Backend::Cgroup { root } => {
+                let fd = rustix::fs::open(
+                    root,
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(|e| {
+                    io::Error::new(
+                        io::Error::from(e).kind(),
+                        format!("opening {}: {e}", root.display()),
+                    )
+                })?;
+                if let Err(e) = rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o700)) {
+                    tracing::debug!("making {} 0700: {e}", root.display());
+                }
+                rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                    .map_err(|_| in_use(format!("its cgroup root {} is locked", root.display())))?;
+                Some(fd)
+            }
+            Backend::ProcessGroups { .. } => None,
+        };
+        let addr = SocketAddr::from_abstract_name(format!("resmon/instance/{}", self.instance))?;
+        let name = match UnixListener::bind_addr(&addr) {
+            Ok(l) => Some(l),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                let me = rustix::process::geteuid().as_raw();
+                let holder = UnixStream::connect_addr(&addr)
+                    .ok()
+                    .and_then(|s| rustix::net::sockopt::socket_peercred(&s).ok());
+                match holder {
+                    Some(cred) if cred.uid.as_raw() == 0 || cred.uid.as_raw() == me => {
+                        return Err(in_use(format!("pid {}", cred.pid.as_raw_nonzero())));
+                    }
+                    // Another user holds the name: it cannot be a monitor
+                    // of ours, and must not keep this one from starting.
+                    Some(cred) => {
+                        tracing::warn!(
+                            "the name of instance {} is held by uid {} (pid {}), not by a monitor",
+                            self.instance,
+                            cred.uid.as_raw(),
+                            cred.pid.as_raw_nonzero()
+                        );
+                        None
+                    }
+                    None => return Err(in_use("its name is taken".into())),
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot claim the name of instance {}: {e}", self.instance);
+                None
+            }
+        };
+        Ok(InstanceClaim {
+            _root: root,
+            _name: name,
+        })
+    }
+
     /// Names this monitor in the markers with `instance` instead of its
     /// pid, so that a restarted monitor recognises its resources' processes.
     pub fn with_instance(mut self, instance: &str) -> Containers {
@@ -265,6 +346,13 @@ impl Containers {
     }
 }
 
+/// Held while a monitor runs: see [`Containers::claim_instance`].
+#[derive(Debug)]
+pub struct InstanceClaim {
+    _root: Option<OwnedFd>,
+    _name: Option<std::os::unix::net::UnixListener>,
+}
+
 struct Inner {
     name: String,
     marker: (String, String),
@@ -354,6 +442,24 @@ impl Container {
                 .into_iter()
                 .map(|s| (s.pid, Some(s.start_time)))
                 .collect(),
+        }
+    }
+
+    /// Whether the kernel says process `pid` is the resource's: listed in
+    /// its cgroup (or one below it), or, without cgroups, carrying its
+    /// marker. What a state file says is only a hint; this is what a
+    /// monitor checks before it adopts (and may later kill) a process.
+    pub fn holds(&self, pid: u32) -> bool {
+        match &self.inner.cgroup {
+            Some(dir) => {
+                let mut pids = Vec::new();
+                cgroup::procs_recursive(dir, &mut pids);
+                pids.contains(&pid)
+            }
+            None => std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                procfs::environ_value(&env, &self.inner.marker.0)
+                    == Some(self.inner.marker.1.as_bytes())
+            }),
         }
     }
 
