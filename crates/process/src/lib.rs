@@ -177,6 +177,19 @@ impl ProcessResource {
         spawned
     }
 
+    /// Tells the event feed of processes found outside the resource's
+    /// cgroup: a service tried to escape its stop (they are stopped anyway).
+    fn report_escaped(&self) {
+        for pid in self.container.take_escaped() {
+            self.shared.notifier.log(
+                LogLevel::Warn,
+                format!(
+                    "process {pid} left the resource's cgroup; it is stopped with the resource"
+                ),
+            );
+        }
+    }
+
     /// Reports the main process's exit to the monitor as soon as its pidfd says so.
     fn watch(&self, task: &TaskHandle) {
         let shared = self.shared.clone();
@@ -252,9 +265,20 @@ impl Resource for ProcessResource {
         // No checkpoints: a service that ignores its stop signal runs into
         // pending_timeout and is terminated.
         let container = &self.container;
+        let main = self.main();
+        self.report_escaped();
+        // Done only once every process of the resource is gone, and the
+        // main process too wherever it went (its pidfd says so).
+        let gone = async {
+            container.wait_empty().await;
+            if let Some(main) = &main {
+                let _ = main.wait().await;
+            }
+        };
         let emptied = self.rt.block_on(async {
+            tokio::pin!(gone);
             loop {
-                if tokio::time::timeout(Duration::from_millis(100), container.wait_empty())
+                if tokio::time::timeout(Duration::from_millis(100), &mut gone)
                     .await
                     .is_ok()
                 {
@@ -290,6 +314,7 @@ impl Resource for ProcessResource {
         if let Err(e) = self.container.kill_all() {
             tracing::warn!(resource = %self.shared.name, "terminate: {e}");
         }
+        self.report_escaped();
     }
 
     fn terminate_is_cheap(&self) -> bool {
@@ -385,6 +410,8 @@ impl Resource for ProcessResource {
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
         *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(main.clone());
         self.watch(&main);
+        // From now on their forks are followed, wherever they go.
+        self.container.track_all();
         Ok(true)
     }
 

@@ -36,6 +36,7 @@ use crate::cgroup;
 use crate::handle::{lock, TaskCore, TaskHandle, TreeRecord};
 use crate::procfs;
 use crate::reaper::Reaper;
+use crate::tracker::tracker;
 
 /// The environment variable that marks a resource's processes.
 pub const MARKER_VAR: &str = "RESMON_RESOURCE";
@@ -253,6 +254,7 @@ impl Containers {
                 fencing: FencingToken::default(),
                 tree: Mutex::new(Weak::new()),
                 seen: Mutex::new(Vec::new()),
+                escaped: Mutex::new(Escaped::default()),
             }),
         }
     }
@@ -364,6 +366,15 @@ struct Inner {
     /// Processes seen in the container (pid, start time) that may not be
     /// reaped yet: `wait_empty` waits for them too.
     seen: Mutex<Vec<(u32, Option<u64>)>>,
+    /// Processes found outside the container that are still the
+    /// resource's (they left its cgroup): reported once each.
+    escaped: Mutex<Escaped>,
+}
+
+#[derive(Default)]
+struct Escaped {
+    reported: HashSet<u32>,
+    new: Vec<u32>,
 }
 
 /// Where one resource's processes live. Cheap to clone (an `Arc` inside).
@@ -400,6 +411,7 @@ impl Container {
                 fencing: scope.fencing.clone(),
                 tree: Mutex::new(Weak::new()),
                 seen: Mutex::new(Vec::new()),
+                escaped: Mutex::new(Escaped::default()),
             }),
         }
     }
@@ -429,8 +441,11 @@ impl Container {
     /// The live processes, with their start times (for pid-reuse checks)
     /// where the scan had them. A cgroup's list needs none: `wait_reaped`
     /// runs once the cgroup is empty, when a live process is never ours.
+    /// Processes that left the cgroup (or lost the marker) but descend from
+    /// the resource's are included, with their start times (see
+    /// [`tracker`](crate::tracker)).
     fn processes(&self) -> Vec<(u32, Option<u64>)> {
-        match &self.inner.cgroup {
+        let mut own: Vec<(u32, Option<u64>)> = match &self.inner.cgroup {
             Some(dir) => {
                 let mut pids = Vec::new();
                 cgroup::procs_recursive(dir, &mut pids);
@@ -442,6 +457,49 @@ impl Container {
                 .into_iter()
                 .map(|s| (s.pid, Some(s.start_time)))
                 .collect(),
+        };
+        let known: Vec<u32> = own.iter().map(|p| p.0).collect();
+        own.extend(
+            self.escapees(&known)
+                .into_iter()
+                .map(|(pid, start)| (pid, Some(start))),
+        );
+        own
+    }
+
+    /// The resource's processes outside what its backend sees (`known`),
+    /// noting new ones for [`take_escaped`](Self::take_escaped).
+    fn escapees(&self, known: &[u32]) -> Vec<(u32, u64)> {
+        let out = tracker().outside(&self.inner.marker.1, known);
+        if !out.is_empty() {
+            let mut e = lock(&self.inner.escaped);
+            for &(pid, _) in &out {
+                if e.reported.insert(pid) {
+                    tracing::warn!(
+                        "process {pid} of resource {:?} left its {}; it is still the resource's and stops with it",
+                        self.inner.name,
+                        if self.inner.cgroup.is_some() { "cgroup" } else { "process tree" }
+                    );
+                    e.new.push(pid);
+                }
+            }
+        }
+        out
+    }
+
+    /// Processes found outside the resource's cgroup (or marker) since the
+    /// last call, for the resource to report: they left, and are stopped
+    /// and waited for with the rest all the same.
+    pub fn take_escaped(&self) -> Vec<u32> {
+        std::mem::take(&mut lock(&self.inner.escaped).new)
+    }
+
+    /// Makes every process of the resource that is running now a member
+    /// the fork tracker follows (after adoption: their forks from now on
+    /// stay the resource's wherever they go).
+    pub fn track_all(&self) {
+        for (pid, _) in self.processes() {
+            tracker().register(pid, &self.inner.marker.1);
         }
     }
 
@@ -503,6 +561,12 @@ impl Container {
                         }
                     }
                 }
+                // Those that left the cgroup, checked by start time.
+                for &(pid, start) in procs.iter().filter(|p| p.1.is_some()) {
+                    if let Err(e) = procfs::signal_checked(pid, start, sig) {
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
             None => {
                 for (pid, start) in procs {
@@ -526,13 +590,21 @@ impl Container {
         match &self.inner.cgroup {
             Some(dir) => {
                 // Remembered so that `wait_empty` can wait for their reaping.
-                self.remember(&self.processes());
+                let procs = self.processes();
+                self.remember(&procs);
                 lock(&KILLED).insert(dir.clone());
-                match cgroup::write_file(&dir.join("cgroup.kill"), "1") {
+                let killed = match cgroup::write_file(&dir.join("cgroup.kill"), "1") {
                     // A removed cgroup was empty.
                     Err(e) if cgroup::is_gone(&e) => Ok(()),
                     other => other,
+                };
+                // Those that left the cgroup die with it.
+                for &(pid, start) in procs.iter().filter(|p| p.1.is_some()) {
+                    if let Err(e) = procfs::signal_checked(pid, start, Signal::KILL) {
+                        tracing::warn!("killing resource {:?}: {e}", self.inner.name);
+                    }
                 }
+                killed
             }
             None => self.kill_all_by_scan(),
         }
@@ -547,7 +619,18 @@ impl Container {
         let own_sid = me.as_ref().map(|s| s.session);
         for _ in 0..KILL_ROUNDS {
             let procs = index.snapshot().marked_tree(self.inner.marker.1.as_bytes());
-            if procs.is_empty() {
+            let known: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+            let escaped = self.escapees(&known);
+            for &(pid, start) in &escaped {
+                let _ = procfs::signal_checked(pid, Some(start), Signal::KILL);
+            }
+            self.remember(
+                &escaped
+                    .iter()
+                    .map(|&(pid, start)| (pid, Some(start)))
+                    .collect::<Vec<_>>(),
+            );
+            if procs.is_empty() && escaped.is_empty() {
                 return Ok(());
             }
             self.remember(
@@ -594,7 +677,8 @@ impl Container {
     pub fn is_empty(&self) -> bool {
         match &self.inner.cgroup {
             Some(dir) => match cgroup::populated(dir) {
-                Ok(populated) => !populated,
+                // Empty, and nothing of it left elsewhere.
+                Ok(populated) => !populated && self.escapees(&[]).is_empty(),
                 Err(e) => {
                     tracing::warn!("{e}");
                     false
@@ -642,7 +726,8 @@ impl Container {
     async fn wait_unpopulated(&self) {
         if let Some(dir) = &self.inner.cgroup {
             match watch_events(dir).await {
-                Ok(()) => return,
+                // Empty: what is left of it is outside, if anything.
+                Ok(()) => return self.wait_exits(|| self.escapees(&[])).await,
                 Err(e) => tracing::warn!("watching {}: {e}; polling instead", dir.display()),
             }
         }
@@ -654,13 +739,23 @@ impl Container {
             }
             return;
         }
-        // Without cgroups: wait for the exit of every process a scan finds
-        // (a pidfd turns readable when its process exits), then scan again
-        // for any forked meanwhile. A pid reused after the scan by a process
-        // elsewhere holds this up only until the next scan.
+        self.wait_exits(|| {
+            self.processes()
+                .into_iter()
+                .map(|(pid, start)| (pid, start.unwrap_or(0)))
+                .collect()
+        })
+        .await
+    }
+
+    /// Waits until `find` finds nothing: for the exit of every process it
+    /// found (a pidfd turns readable when its process exits), then looks
+    /// again for any forked meanwhile. A pid reused after the look by a
+    /// process elsewhere holds this up only until the next look.
+    async fn wait_exits(&self, find: impl Fn() -> Vec<(u32, u64)>) {
         let mut rescan = Duration::from_millis(2);
         loop {
-            let procs = self.processes();
+            let procs = find();
             if procs.is_empty() {
                 return;
             }

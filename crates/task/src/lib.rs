@@ -40,12 +40,20 @@ mod handle;
 mod procfs;
 mod reaper;
 mod spawn;
+mod tracker;
 
 pub use container::{Container, Containers, InstanceClaim, MARKER_VAR};
 pub use handle::TaskHandle;
 pub use reaper::Reaper;
 pub use resmon_contract::STILL_ACTIVE;
 pub use spawn::{children_born_in_cgroup, raise_fd_limit, Output, SpawnSpec};
+
+/// Whether forks are followed through the kernel's process connector, so
+/// that a process that leaves its resource's cgroup is still the
+/// resource's (root only; see the containers' docs).
+pub fn follows_forks() -> bool {
+    tracker::tracker().is_active()
+}
 
 /// When process `pid` started (field 22 of `/proc/PID/stat`, in clock
 /// ticks since boot): with the pid, it names one process for good.

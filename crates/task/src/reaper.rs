@@ -88,6 +88,13 @@ impl Reaper {
                 format!("making the monitor a child subreaper (PR_SET_CHILD_SUBREAPER): {e}"),
             )
         })?;
+        // Root can follow forks through the process connector: a process
+        // that leaves its resource's cgroup is still found (see `tracker`).
+        if rustix::process::geteuid().is_root() {
+            if let Err(e) = crate::tracker::Tracker::start() {
+                tracing::info!("not following forks through the process connector: {e}");
+            }
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -134,6 +141,9 @@ impl Reaper {
                 spawn::spawn(&mut prepared).map_err(|e| spawn::describe_error(spec, e))?;
             let record = Arc::new(ProcessRecord::new(pid, pidfd));
             tasks.insert(pid, Arc::clone(&record));
+            if let Some((_, key)) = spec.env.iter().find(|(k, _)| k == crate::MARKER_VAR) {
+                crate::tracker::tracker().register(pid, key);
+            }
             record
         };
         drop(prepared);

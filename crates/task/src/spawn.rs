@@ -564,7 +564,20 @@ pub(crate) fn spawn(p: &mut Prepared) -> io::Result<(u32, OwnedFd)> {
     #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
     if let Some(dir) = &p.cgroup_dir {
         if CGROUP_ENTRY.load(Ordering::Relaxed) != 2 {
-            match start(p, Some(dir)) {
+            let mut first = start(p, Some(dir));
+            // No cgroup namespace here (a kernel or seccomp policy that
+            // refuses it): without one from now on.
+            if new_cgroup_ns()
+                && matches!(&first, Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)))
+            {
+                tracing::debug!(
+                    "no cgroup namespace for resource processes: {:?}",
+                    first.as_ref().err()
+                );
+                NEW_CGROUP_NS.store(2, Ordering::Relaxed);
+                first = start(p, Some(dir));
+            }
+            match first {
                 Ok(Some(started)) => {
                     CGROUP_ENTRY.store(1, Ordering::Relaxed);
                     return started;
@@ -653,6 +666,9 @@ fn start(
             let mut ca: libc::clone_args = unsafe { std::mem::zeroed() };
             ca.flags =
                 (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | CLONE_INTO_CGROUP;
+            if new_cgroup_ns() {
+                ca.flags |= libc::CLONE_NEWCGROUP as u64;
+            }
             ca.pidfd = &mut pidfd as *mut libc::c_int as u64;
             ca.exit_signal = libc::SIGCHLD as u64;
             ca.stack = stack.as_mut_ptr() as u64;
@@ -713,6 +729,20 @@ fn start(
             }
         }
     }))
+}
+
+/// Whether children born into a cgroup also get a cgroup namespace of
+/// their own (root only; 0 not tried yet, 1 yes, 2 refused here). Inside
+/// it a resource sees its cgroup as `/`, and where the hierarchy is mounted
+/// with `nsdelegate` the kernel refuses its moves out of it. Without
+/// `nsdelegate` a root service can still move itself: the fork tracker is
+/// what holds then.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+static NEW_CGROUP_NS: AtomicU8 = AtomicU8::new(0);
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+fn new_cgroup_ns() -> bool {
+    NEW_CGROUP_NS.load(Ordering::Relaxed) != 2 && rustix::process::geteuid().is_root()
 }
 
 /// `CLONE_INTO_CGROUP` (Linux 5.7): the child starts in `clone_args.cgroup`.

@@ -239,6 +239,11 @@ async fn cgroup_children_start_inside_their_cgroup() {
             Some(true),
             "kernel {release}"
         );
+        // As root, in a cgroup namespace of its own: its cgroup is its "/".
+        if rustix::process::geteuid().is_root() {
+            let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/cgroup")).unwrap();
+            assert_ne!(ns(&pid.to_string()), ns("self"));
+        }
     } else {
         assert!(resmon_task::children_born_in_cgroup().is_some());
     }
