@@ -214,8 +214,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let reaper = Reaper::get().context("becoming the reaper of resource processes")?;
     let types = resource_types(reaper);
+    // Before anything answers or starts: a stop signal that arrives during
+    // start-up is held until the loop runs, and then takes everything
+    // offline like any other (without a handler it would kill the monitor
+    // and leave its resources unwatched).
+    let signals = Signals {
+        term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+    };
     let (listener, bound) = bind(&config.monitor.socket).await?;
-    let result = run(config, types, listener).await;
+    let result = run(config, types, listener, signals).await;
     bound.remove();
     result
 }
@@ -337,10 +346,18 @@ async fn open_slot(
     })
 }
 
+/// The signals the monitor answers, installed once at start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
 async fn run(
     config: Config,
     types: Vec<Arc<dyn ResourceType>>,
     listener: UnixListener,
+    signals: Signals,
 ) -> anyhow::Result<()> {
     let bus = EventBus::new();
     let state_dir = Arc::new(StateDir::open(&config.monitor.state_dir)?);
@@ -546,13 +563,15 @@ async fn run(
         driver.feed(event);
     }
 
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let Signals {
+        term: mut sigterm,
+        int: mut sigint,
+        hup: mut sighup,
+    } = signals;
     let mut config = config;
     let mut replacing: Vec<Replacing> = Vec::new();
     let mut released: std::collections::HashSet<ResId> = std::collections::HashSet::new();
     let mut retired_pending = false;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut stopping: Option<Vec<bool>> = None;
     // Snapshots are taken here and written off the event loop (fsync can
     // be slow); numbered, so a late write never replaces a newer one.

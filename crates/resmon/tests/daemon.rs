@@ -532,3 +532,55 @@ working_directory = "{dir}"
     let dir = work.path().canonicalize().unwrap();
     assert_eq!(seen.trim(), format!("hello world {}", dir.display()));
 }
+
+#[test]
+fn a_stop_signal_during_start_up_stops_cleanly() {
+    // The socket answers before the resources are open and started; a
+    // SIGTERM at that moment must not kill the monitor outright: it exits
+    // 0 and leaves nothing behind.
+    let resources: String = (0..50)
+        .map(|i| {
+            format!(
+                "[[resource]]\nname = \"s{i}\"\ntype = \"process\"\ncommand = [\"sleep\", \"1000\"]\nstdout = \"null\"\n"
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("resmon.sock");
+    std::fs::write(
+        dir.path().join("resmon.toml"),
+        format!(
+            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{resources}",
+            socket.display(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = serve(std::process::Command::new(BIN), dir.path(), "info");
+    // As soon as the socket answers: no pause between the first answer
+    // and the signal.
+    let end = Instant::now() + LONG;
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < end, "the socket never answered");
+        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
+        std::thread::yield_now();
+    }
+    signal(child.id(), libc_sig::TERM);
+    let end = Instant::now() + LONG;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "the monitor did not stop");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(status.success(), "monitor ended with {status}:\n{log}");
+    let instance = std::fs::read_to_string(dir.path().join("state/instance")).unwrap();
+    let marker = format!("RESMON_RESOURCE={}/", instance.trim());
+    let left: Vec<u32> = (0..50)
+        .flat_map(|i| marked_processes(&format!("{marker}s{i}")))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}\n{log}");
+    assert!(!socket.exists(), "the socket was left behind");
+}
