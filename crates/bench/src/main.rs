@@ -17,6 +17,10 @@
 //!   `status --json` asks) over a fresh connection each time, and of the
 //!   whole `resmon status --json` command; then an online/offline round trip
 //!   of one resource through the API (`?wait=true`).
+//! * `flood` (also run by `api`): the `restart` measurement on one monitor,
+//!   first quiet, then while an unprivileged client (`nobody`, when run as
+//!   root) holds as many idle connections to its socket as the monitor
+//!   lets it keep.
 //! * `ocf`: the OCF `Dummy` agent's `monitor`, run directly (fork, exec,
 //!   wait) and through resmon's action runner (environment, its own session,
 //!   the resource's cgroup, output capture, pidfd wait), alternating in one
@@ -90,6 +94,11 @@ enum Scenario {
     /// baseline of `plugin`.
     #[value(hide = true)]
     EchoWorker,
+    /// Restart latency with and without a connection flood.
+    Flood,
+    /// Internal: the unprivileged client of `flood`.
+    #[value(hide = true)]
+    FloodWorker,
 }
 
 struct Monitor {
@@ -271,10 +280,7 @@ fn marked(m: &Monitor, name: &str) -> usize {
         .count()
 }
 
-async fn restart(bin: &Path, args: &Args) -> Result<()> {
-    let m = Monitor::start(
-        bin,
-        r#"
+const RESTARTING: &str = r#"
 [[resource]]
 name = "svc"
 type = "process"
@@ -282,9 +288,24 @@ command = "sleep 100000"
 restart_action = "restart"
 restart_threshold = 1000000
 restart_delay = "0s"
-"#,
-    )?;
-    // One long-lived event stream; lines go to a channel.
+"#;
+
+async fn restart(bin: &Path, args: &Args) -> Result<()> {
+    let m = Monitor::start(bin, RESTARTING)?;
+    let mut rx = event_stream(&m).await?;
+    wait_online_event(&mut rx, "svc").await?;
+    let samples = restart_samples(&m, &mut rx, args.warmup, args.runs).await?;
+    report(
+        "restart: kill -9 -> online",
+        samples,
+        "(target p50 <= 2 ms; restart_delay = 0s)",
+    );
+    Ok(())
+}
+
+/// The monitor's events as they come (`GET /v1/events?follow=true`),
+/// starting with the history it keeps.
+async fn event_stream(m: &Monitor) -> Result<tokio::sync::mpsc::UnboundedReceiver<Value>> {
     let (status, mut body) = m
         .client()
         .send(Method::GET, "/v1/events?follow=true", None)
@@ -292,7 +313,7 @@ restart_delay = "0s"
     if !status.is_success() {
         bail!("events: {status}");
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(Ok(frame)) = body.frame().await {
@@ -309,19 +330,22 @@ restart_delay = "0s"
             }
         }
     });
+    Ok(rx)
+}
+
+/// SIGKILLs the main process of `svc` (see [`RESTARTING`]) `warmup + runs`
+/// times; the time until its online event arrives on `rx` (a stream from
+/// [`event_stream`] that has seen svc's first start), for the measured runs.
+async fn restart_samples(
+    m: &Monitor,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    warmup: usize,
+    runs: usize,
+) -> Result<Vec<Duration>> {
     let online = |v: &Value| v["resource"] == "svc" && v["state"] == "online";
     let deadline = Duration::from_secs(10);
-    // Wait for the first start.
-    loop {
-        let v = tokio::time::timeout(deadline, rx.recv())
-            .await?
-            .context("event stream ended")?;
-        if online(&v) {
-            break;
-        }
-    }
     let mut samples = Vec::new();
-    for i in 0..args.warmup + args.runs {
+    for i in 0..warmup + runs {
         let r = m.get("/v1/resources/svc").await?;
         let pid = r["resources"][0]["pids"][0]
             .as_u64()
@@ -344,15 +368,118 @@ restart_delay = "0s"
         if new == pid || new == 0 {
             bail!("run {i}: no new pid after restart ({r})");
         }
-        if i >= args.warmup {
+        if i >= warmup {
             samples.push(took);
         }
     }
-    report(
-        "restart: kill -9 -> online",
-        samples,
-        "(target p50 <= 2 ms; restart_delay = 0s)",
+    Ok(samples)
+}
+
+/// Reads `rx` until resource `name` is reported online.
+async fn wait_online_event(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    name: &str,
+) -> Result<()> {
+    loop {
+        let v = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .context("no online event within 10 s")?
+            .context("event stream ended")?;
+        if v["resource"] == name && v["state"] == "online" {
+            return Ok(());
+        }
+    }
+}
+
+/// Restart latency while an unprivileged client (`nobody`, when this runs
+/// as root) holds as many idle connections to the socket as the monitor
+/// lets it, against the same monitor without the flood, in one run.
+async fn flood(bin: &Path, args: &Args) -> Result<()> {
+    let m = Monitor::start(bin, RESTARTING)?;
+    // The flooder must reach the socket: the temp dir is 0700.
+    std::fs::set_permissions(
+        m.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let mut rx = event_stream(&m).await?;
+    wait_online_event(&mut rx, "svc").await?;
+    let quiet = restart_samples(&m, &mut rx, args.warmup, args.runs).await?;
+    let me = std::env::current_exe()?;
+    let mut cmd = if rustix::process::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&me);
+        c
+    } else {
+        Command::new(&me)
+    };
+    let mut flooder = cmd
+        .arg("flood-worker")
+        .arg("--state")
+        .arg(&m.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the flooding client")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(flooder.stdout.take().context("flooder stdout")?),
+        &mut line,
+    )?;
+    let held = line.trim().to_string();
+    let flooded = restart_samples(&m, &mut rx, args.warmup, args.runs).await;
+    drop(flooder.stdin.take());
+    let _ = flooder.kill();
+    let _ = flooder.wait();
+    let flooded = flooded?;
+    let p99 = |v: &Vec<Duration>| {
+        let mut v = v.clone();
+        v.sort();
+        percentile(&v, 99.0)
+    };
+    let extra = format!(
+        "(p99 {:.2} ms over the quiet case; target <= 5 ms)",
+        (p99(&flooded).as_secs_f64() - p99(&quiet).as_secs_f64()) * 1e3
     );
+    report("flood: restart, quiet", quiet, "(same monitor, no flood)");
+    report(&format!("flood: restart, {held}"), flooded, &extra);
+    Ok(())
+}
+
+/// The flooding client of `flood`: opens up to 5,000 connections to the
+/// socket (`--state`), sends nothing, and keeps those the monitor did not
+/// close; prints how many it holds, then waits for stdin to close.
+fn flood_worker(args: &Args) -> Result<()> {
+    let socket = args.state.as_deref().context("--state SOCKET")?;
+    let mut conns = Vec::new();
+    for _ in 0..5000 {
+        match std::os::unix::net::UnixStream::connect(socket) {
+            Ok(c) => conns.push(c),
+            Err(_) => break,
+        }
+    }
+    let tried = conns.len();
+    // The monitor closes what is over its cap at once: keep the rest.
+    let end = Instant::now() + Duration::from_secs(2);
+    loop {
+        conns.retain(|c| {
+            c.set_nonblocking(true).ok();
+            let mut b = [0u8; 1];
+            !matches!((&*c).read(&mut b), Ok(0))
+        });
+        if Instant::now() > end {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "{} idle connections held by uid {} ({tried} opened)",
+        conns.len(),
+        rustix::process::geteuid().as_raw()
+    );
+    std::io::stdout().flush()?;
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
     Ok(())
 }
 
@@ -739,6 +866,9 @@ fn main() -> Result<()> {
     if args.scenarios.contains(&Scenario::EchoWorker) {
         return echo_worker();
     }
+    if args.scenarios.contains(&Scenario::FloodWorker) {
+        return flood_worker(&args);
+    }
     if args.scenarios.contains(&Scenario::OcfWorker) {
         return ocf_worker(args.state.as_deref().context("--state")?);
     }
@@ -789,6 +919,9 @@ async fn async_main(args: Args) -> Result<()> {
     }
     if want(Scenario::Api) {
         api(&bin, &args).await?;
+    }
+    if want(Scenario::Api) || want(Scenario::Flood) {
+        flood(&bin, &args).await?;
     }
     if want(Scenario::Adopt) {
         adopt(&bin, &args).await?;

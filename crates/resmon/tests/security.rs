@@ -25,8 +25,19 @@ const SECRET: &str = "root only\n";
 // ---------------------------------------------------------------------------
 // Preconditions
 
+/// Says a test was skipped, on stderr and, under `scripts/test`, in the
+/// file `RESMON_TEST_SKIPS` names (which it counts at the end).
 fn skip(test: &str, why: &str) {
     eprintln!("skipped: {test}: {why}");
+    if let Some(file) = std::env::var_os("RESMON_TEST_SKIPS") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+        {
+            let _ = std::io::Write::write_all(&mut f, format!("{test}: {why}\n").as_bytes());
+        }
+    }
 }
 
 /// Whether the machine can run an attack as `nobody` against a root
@@ -1143,10 +1154,10 @@ fn read_pid(f: &Path) -> Option<u32> {
 
 /// A root-run config whose service runs `script` with `sh`; `None` when
 /// this machine cannot show the attack (not root, no cgroup v2).
-fn start_escaper(script: &str) -> Option<(Daemon, std::path::PathBuf)> {
+fn start_escaper(test: &str, script: &str) -> Option<(Daemon, std::path::PathBuf)> {
     if uid_of(std::process::id()) != Some(0) {
         skip(
-            "escape",
+            test,
             "needs root: the service must run as root to move itself",
         );
         return None;
@@ -1156,7 +1167,7 @@ fn start_escaper(script: &str) -> Option<(Daemon, std::path::PathBuf)> {
         d.log().contains("resource processes are kept in")
     });
     if !d.uses_cgroups() {
-        skip("escape", "no usable cgroup v2");
+        skip(test, "no usable cgroup v2");
         return None;
     }
     let dir = d.dir.path().to_path_buf();
@@ -1218,7 +1229,10 @@ fn in_cgroup_root(pid: u32) -> bool {
 
 #[test]
 fn a_main_process_that_leaves_its_cgroup_is_stopped_by_offline() {
-    let Some((d, dir)) = start_escaper(MAIN_ESCAPES) else {
+    let Some((d, dir)) = start_escaper(
+        "a_main_process_that_leaves_its_cgroup_is_stopped_by_offline",
+        MAIN_ESCAPES,
+    ) else {
         return;
     };
     let _reap = Reap(vec![dir.join("main"), dir.join("child")]);
@@ -1242,7 +1256,10 @@ fn a_main_process_that_leaves_its_cgroup_is_stopped_by_offline() {
 
 #[test]
 fn a_child_that_leaves_its_cgroup_dies_with_terminate() {
-    let Some((d, dir)) = start_escaper(CHILD_ESCAPES) else {
+    let Some((d, dir)) = start_escaper(
+        "a_child_that_leaves_its_cgroup_dies_with_terminate",
+        CHILD_ESCAPES,
+    ) else {
         return;
     };
     let _reap = Reap(vec![dir.join("main"), dir.join("child")]);
@@ -1259,7 +1276,10 @@ fn a_child_that_leaves_its_cgroup_dies_with_terminate() {
 
 #[test]
 fn an_escaped_child_does_not_outlive_the_monitor() {
-    let Some((mut d, dir)) = start_escaper(CHILD_ESCAPES) else {
+    let Some((mut d, dir)) = start_escaper(
+        "an_escaped_child_does_not_outlive_the_monitor",
+        CHILD_ESCAPES,
+    ) else {
         return;
     };
     let _reap = Reap(vec![dir.join("main"), dir.join("child")]);
