@@ -227,9 +227,16 @@ impl Containers {
     /// resource (a monitor starting a thousand resources asks this once).
     pub fn occupied(&self, resource_names: &[&str]) -> Vec<bool> {
         match &self.backend {
+            // Populated, or with processes that left it (the fork tracker
+            // knows them; without it this costs nothing).
             Backend::Cgroup { root } => resource_names
                 .iter()
-                .map(|n| cgroup::populated(&root.join(cgroup::sanitize_name(n))).unwrap_or(false))
+                .map(|n| {
+                    cgroup::populated(&root.join(cgroup::sanitize_name(n))).unwrap_or(false)
+                        || !tracker()
+                            .outside(&format!("{}/{n}", self.instance), &[])
+                            .is_empty()
+                })
                 .collect(),
             Backend::ProcessGroups { .. } => {
                 let snapshot = procfs::index().snapshot();
@@ -470,7 +477,28 @@ impl Container {
     /// The resource's processes outside what its backend sees (`known`),
     /// noting new ones for [`take_escaped`](Self::take_escaped).
     fn escapees(&self, known: &[u32]) -> Vec<(u32, u64)> {
-        let out = tracker().outside(&self.inner.marker.1, known);
+        let mut out = tracker().outside(&self.inner.marker.1, known);
+        if !out.is_empty() {
+            // `known` may predate a fork the tracker has seen since: a
+            // candidate that is inside after all is no escapee. Every
+            // candidate was forked before this second look, so it sees it.
+            match &self.inner.cgroup {
+                Some(dir) => {
+                    let mut now = Vec::new();
+                    cgroup::procs_recursive(dir, &mut now);
+                    out.retain(|(pid, _)| !now.contains(pid));
+                }
+                None => out.retain(|&(pid, _)| {
+                    let marked = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                        procfs::environ_value(&env, &self.inner.marker.0)
+                            == Some(self.inner.marker.1.as_bytes())
+                    });
+                    let parent_known = procfs::read_stat(Path::new("/proc"), pid)
+                        .is_some_and(|st| known.contains(&st.ppid));
+                    !marked && !parent_known
+                }),
+            }
+        }
         if !out.is_empty() {
             let mut e = lock(&self.inner.escaped);
             for &(pid, _) in &out {
