@@ -554,6 +554,13 @@ async fn run(
                     Ok(false) => Event::Adopted { id, alive: false },
                     Err(e) => {
                         tracing::warn!(resource = %slot.name, "cannot adopt it: {e}");
+                        bus.publish(
+                            "log",
+                            Some(&slot.name),
+                            None,
+                            None,
+                            format!("cannot adopt it: {e}"),
+                        );
                         kill_and_wait(&slot.container).await;
                         Event::Adopted { id, alive: false }
                     }
@@ -722,6 +729,14 @@ async fn run(
         }
     }
     containers.cleanup();
+    // The last net: an orphan of a resource that left both its cgroup and
+    // the fork tracking (a monitor without root) was re-parented to us.
+    if let Ok(reaper) = Reaper::get() {
+        let n = reaper.kill_orphans();
+        if n > 0 {
+            tracing::warn!("killed {n} orphaned process(es) that had left their resources");
+        }
+    }
     let _ = save(&mut driver, stopping.as_deref()).await;
     bus.publish("monitor", None, None, None, "monitor stopped");
     server.abort();

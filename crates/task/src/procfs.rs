@@ -102,6 +102,36 @@ impl Snapshot {
             .collect()
     }
 
+    /// The live children of `parent` that `keep` does not keep, with all
+    /// their descendants.
+    pub(crate) fn children_trees(&self, parent: u32, keep: impl Fn(u32) -> bool) -> Vec<ProcStat> {
+        let mut chosen = vec![false; self.procs.len()];
+        let mut queue: Vec<usize> = self
+            .children
+            .get(&parent)
+            .map(|kids| {
+                kids.iter()
+                    .copied()
+                    .filter(|&k| !keep(self.procs[k].pid))
+                    .collect()
+            })
+            .unwrap_or_default();
+        while let Some(i) = queue.pop() {
+            if std::mem::replace(&mut chosen[i], true) {
+                continue;
+            }
+            if let Some(kids) = self.children.get(&self.procs[i].pid) {
+                queue.extend(kids.iter().copied().filter(|&k| !chosen[k]));
+            }
+        }
+        self.procs
+            .iter()
+            .zip(chosen)
+            .filter(|&(p, c)| c && !p.is_dead())
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
     /// The distinct marker values of live processes.
     pub(crate) fn marks(&self) -> std::collections::BTreeSet<&[u8]> {
         self.marks.iter().flatten().map(|v| &v[..]).collect()
@@ -392,6 +422,9 @@ mod tests {
         assert!(snap.marked_tree(b"1/none").is_empty());
         let marks: Vec<&[u8]> = snap.marks().into_iter().collect();
         assert_eq!(marks, vec![&b"1/other"[..], &b"1/r"[..]]);
+        // The monitor's children it does not keep, and their trees.
+        let orphans = snap.children_trees(10, |p| p == 11);
+        assert_eq!(pids(orphans), vec![14, 21]);
         let missing = ProcIndex::new(fake.0.path().join("missing"), "M", 10);
         assert!(missing.snapshot().marked_tree(b"1/r").is_empty());
     }

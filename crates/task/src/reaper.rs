@@ -198,6 +198,40 @@ impl Reaper {
         Ok(TaskHandle::process(record))
     }
 
+    /// Kills every child of this process that is not a task it spawned or
+    /// adopted, with all their descendants: orphans re-parented to the
+    /// monitor (it is a child subreaper) whose resource is gone, such as a
+    /// process that left its cgroup where forks could not be followed.
+    /// Call it last, once every resource is down: nothing the monitor
+    /// started may outlive it. Returns how many it killed.
+    pub fn kill_orphans(&self) -> usize {
+        let me = std::process::id();
+        let mut killed = 0;
+        for _ in 0..10 {
+            let snapshot = crate::procfs::index().snapshot();
+            let orphans = {
+                let tasks = lock(&self.tasks);
+                snapshot.children_trees(me, |pid| tasks.contains_key(&pid))
+            };
+            if orphans.is_empty() {
+                break;
+            }
+            for p in &orphans {
+                if crate::procfs::signal_checked(
+                    p.pid,
+                    Some(p.start_time),
+                    rustix::process::Signal::KILL,
+                )
+                .is_ok()
+                {
+                    killed += 1;
+                }
+            }
+            self.reap_now();
+        }
+        killed
+    }
+
     /// Reaps `record`'s process as soon as its pidfd reports the exit.
     fn watch_exit(&self, record: Arc<ProcessRecord>) {
         let tasks = Arc::clone(&self.tasks);
