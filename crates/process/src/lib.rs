@@ -298,6 +298,7 @@ impl Resource for ProcessResource {
 
     fn terminate(&self, exit_code: i32) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        self.container.note_tree();
         if let Some(main) = self.main() {
             let _ = main.terminate(exit_code);
         }

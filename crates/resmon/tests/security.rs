@@ -1155,6 +1155,15 @@ fn read_pid(f: &Path) -> Option<u32> {
 /// A root-run config whose service runs `script` with `sh`; `None` when
 /// this machine cannot show the attack (not root, no cgroup v2).
 fn start_escaper(test: &str, script: &str) -> Option<(Daemon, std::path::PathBuf)> {
+    start_escaper_with(test, script, true)
+}
+
+/// As [`start_escaper`], with the fork tracking on or off.
+fn start_escaper_with(
+    test: &str,
+    script: &str,
+    tracking: bool,
+) -> Option<(Daemon, std::path::PathBuf)> {
     if uid_of(std::process::id()) != Some(0) {
         skip(
             test,
@@ -1162,7 +1171,11 @@ fn start_escaper(test: &str, script: &str) -> Option<(Daemon, std::path::PathBuf
         );
         return None;
     }
-    let d = Daemon::start("");
+    let mut cmd = Command::new(BIN);
+    if !tracking {
+        cmd.env("RESMON_FORK_TRACKING", "off");
+    }
+    let d = start_through(cmd, "");
     wait_for("the monitor to say where it keeps processes", LONG, || {
         d.log().contains("resource processes are kept in")
     });
@@ -1286,6 +1299,52 @@ fn an_escaped_child_does_not_outlive_the_monitor() {
     let (_, child) = wait_pids(&dir);
     wait_for("the child to be out of its cgroup", LONG, || {
         in_cgroup_root(child)
+    });
+    assert!(d.stop().success());
+    assert!(!alive(child), "process {child} outlived the monitor");
+}
+
+#[test]
+fn without_fork_tracking_a_child_that_left_is_found_through_its_parent() {
+    let test = "without_fork_tracking_a_child_that_left_is_found_through_its_parent";
+    let Some((d, dir)) = start_escaper_with(test, CHILD_ESCAPES, false) else {
+        return;
+    };
+    let _reap = Reap(vec![dir.join("main"), dir.join("child")]);
+    let (main, child) = wait_pids(&dir);
+    wait_for("the child to be out of its cgroup", LONG, || {
+        in_cgroup_root(child)
+    });
+    assert!(alive(main));
+    d.ok(&["terminate", "svc"]);
+    wait_for("the escaped child to be gone", LONG, || {
+        !alive(child) && !alive(main)
+    });
+}
+
+#[test]
+fn without_fork_tracking_an_orphan_that_left_does_not_outlive_the_monitor() {
+    let test = "without_fork_tracking_an_orphan_that_left_does_not_outlive_the_monitor";
+    // The main process exits once its child is out: the child is an orphan
+    // outside every cgroup, re-parented to the monitor.
+    let script = CHILD_ESCAPES.replace(
+        "exec sleep 1000\n",
+        "while [ ! -s \"$1/child\" ]; do sleep 0.01; done\nsleep 0.2\n",
+    );
+    let Some((mut d, dir)) = start_escaper_with(test, &script, false) else {
+        return;
+    };
+    let _reap = Reap(vec![dir.join("child")]);
+    let (_, child) = wait_pids(&dir);
+    wait_for("the child to be out of its cgroup", LONG, || {
+        in_cgroup_root(child)
+    });
+    wait_for("the orphan to be the monitor's child", LONG, || {
+        std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_owned))
+                == Some(d.pid().to_string())
+        })
     });
     assert!(d.stop().success());
     assert!(!alive(child), "process {child} outlived the monitor");

@@ -474,6 +474,56 @@ impl Container {
         own
     }
 
+    /// What a stop acts on: [`processes`](Self::processes), and, where
+    /// forks are not followed (a monitor without root), the descendants of
+    /// the cgroup's processes by parent links: a child that moved itself
+    /// out of the cgroup is still its parent's child.
+    fn stop_set(&self) -> Vec<(u32, Option<u64>)> {
+        let mut procs = self.processes();
+        if self.inner.cgroup.is_some() && !tracker().is_active() && !procs.is_empty() {
+            let known: Vec<u32> = procs.iter().map(|p| p.0).collect();
+            let outside = procfs::index().snapshot().descendants(&known);
+            if !outside.is_empty() {
+                let mut now = Vec::new();
+                if let Some(dir) = &self.inner.cgroup {
+                    cgroup::procs_recursive(dir, &mut now);
+                }
+                let mut e = lock(&self.inner.escaped);
+                for p in outside.iter().filter(|p| !now.contains(&p.pid)) {
+                    if e.reported.insert(p.pid) {
+                        e.new.push(p.pid);
+                    }
+                    procs.push((p.pid, Some(p.start_time)));
+                }
+            }
+        }
+        procs
+    }
+
+    /// Notes every process of the resource as it is now, descendants that
+    /// left the cgroup included, before its main process is killed: where
+    /// forks are not followed, the parent link is what finds them, and it
+    /// is cut once the parent is gone.
+    pub fn note_tree(&self) {
+        if !tracker().is_active() && self.inner.cgroup.is_some() {
+            self.remember(&self.stop_set());
+        }
+    }
+
+    /// The remembered processes that have a start time (found outside the
+    /// cgroup) and still run: after the cgroup is empty, what is left.
+    fn remembered_alive(&self) -> Vec<(u32, u64)> {
+        lock(&self.inner.seen)
+            .iter()
+            .filter_map(|&(pid, start)| {
+                let start = start?;
+                procfs::read_stat(Path::new("/proc"), pid)
+                    .filter(|st| st.start_time == start && !st.is_dead())
+                    .map(|_| (pid, start))
+            })
+            .collect()
+    }
+
     /// The resource's processes outside what its backend sees (`known`),
     /// noting new ones for [`take_escaped`](Self::take_escaped).
     fn escapees(&self, known: &[u32]) -> Vec<(u32, u64)> {
@@ -560,7 +610,7 @@ impl Container {
     /// A process that is gone meanwhile is success.
     pub fn signal_all(&self, sig: Signal) -> io::Result<()> {
         let mut first_error = None;
-        let procs = self.processes();
+        let procs = self.stop_set();
         self.remember(&procs);
         match &self.inner.cgroup {
             // Each pid pinned by a pidfd, then kept only if a second look
@@ -618,7 +668,14 @@ impl Container {
         match &self.inner.cgroup {
             Some(dir) => {
                 // Remembered so that `wait_empty` can wait for their reaping.
-                let procs = self.processes();
+                let mut procs = self.stop_set();
+                // Found outside the cgroup before (through a parent link
+                // since cut): killed too.
+                for (pid, start) in self.remembered_alive() {
+                    if !procs.iter().any(|p| p.0 == pid) {
+                        procs.push((pid, Some(start)));
+                    }
+                }
                 self.remember(&procs);
                 lock(&KILLED).insert(dir.clone());
                 let killed = match cgroup::write_file(&dir.join("cgroup.kill"), "1") {
@@ -706,7 +763,11 @@ impl Container {
         match &self.inner.cgroup {
             Some(dir) => match cgroup::populated(dir) {
                 // Empty, and nothing of it left elsewhere.
-                Ok(populated) => !populated && self.escapees(&[]).is_empty(),
+                Ok(populated) => {
+                    !populated
+                        && self.escapees(&[]).is_empty()
+                        && (tracker().is_active() || self.remembered_alive().is_empty())
+                }
                 Err(e) => {
                     tracing::warn!("{e}");
                     false
@@ -732,7 +793,7 @@ impl Container {
     /// process can be born into it (see [`cgroup::renew`]).
     pub async fn wait_empty(&self) {
         if !self.is_empty() {
-            self.remember(&self.processes());
+            self.remember(&self.stop_set());
         }
         self.wait_unpopulated().await;
         self.wait_reaped().await;
@@ -755,7 +816,17 @@ impl Container {
         if let Some(dir) = &self.inner.cgroup {
             match watch_events(dir).await {
                 // Empty: what is left of it is outside, if anything.
-                Ok(()) => return self.wait_exits(|| self.escapees(&[])).await,
+                Ok(()) => {
+                    return self
+                        .wait_exits(|| {
+                            let mut left = self.escapees(&[]);
+                            if !tracker().is_active() {
+                                left.extend(self.remembered_alive());
+                            }
+                            left
+                        })
+                        .await
+                }
                 Err(e) => tracing::warn!("watching {}: {e}; polling instead", dir.display()),
             }
         }

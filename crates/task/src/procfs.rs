@@ -102,6 +102,25 @@ impl Snapshot {
             .collect()
     }
 
+    /// The live descendants of `roots` that are not among them.
+    pub(crate) fn descendants(&self, roots: &[u32]) -> Vec<ProcStat> {
+        let mut out = Vec::new();
+        let mut queue: Vec<u32> = roots.to_vec();
+        let mut seen: std::collections::HashSet<u32> = roots.iter().copied().collect();
+        while let Some(pid) = queue.pop() {
+            for &k in self.children.get(&pid).into_iter().flatten() {
+                let p = &self.procs[k];
+                if seen.insert(p.pid) {
+                    queue.push(p.pid);
+                    if !p.is_dead() {
+                        out.push(p.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The live children of `parent` that `keep` does not keep, with all
     /// their descendants.
     pub(crate) fn children_trees(&self, parent: u32, keep: impl Fn(u32) -> bool) -> Vec<ProcStat> {
@@ -422,6 +441,8 @@ mod tests {
         assert!(snap.marked_tree(b"1/none").is_empty());
         let marks: Vec<&[u8]> = snap.marks().into_iter().collect();
         assert_eq!(marks, vec![&b"1/other"[..], &b"1/r"[..]]);
+        // Descendants by parent links, whatever their marker.
+        assert_eq!(pids(snap.descendants(&[11])), vec![12, 13]);
         // The monitor's children it does not keep, and their trees.
         let orphans = snap.children_trees(10, |p| p == 11);
         assert_eq!(pids(orphans), vec![14, 21]);

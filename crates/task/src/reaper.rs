@@ -90,7 +90,10 @@ impl Reaper {
         })?;
         // Root can follow forks through the process connector: a process
         // that leaves its resource's cgroup is still found (see `tracker`).
-        if rustix::process::geteuid().is_root() {
+        // `RESMON_FORK_TRACKING=off` leaves it off (the cgroup, parent
+        // links and the orphan sweep at exit remain).
+        let wanted = std::env::var_os("RESMON_FORK_TRACKING").is_none_or(|v| v != "off");
+        if wanted && rustix::process::geteuid().is_root() {
             if let Err(e) = crate::tracker::Tracker::start() {
                 tracing::info!("not following forks through the process connector: {e}");
             }
