@@ -1349,3 +1349,39 @@ fn without_fork_tracking_an_orphan_that_left_does_not_outlive_the_monitor() {
     assert!(d.stop().success());
     assert!(!alive(child), "process {child} outlived the monitor");
 }
+
+// ---------------------------------------------------------------------------
+// 6b. A connection that never sends a request is closed after the header
+// timeout (10 s), so idle connections cannot pile up.
+
+#[test]
+fn an_idle_connection_is_closed_after_the_header_timeout() {
+    use std::io::Read;
+    let d = Daemon::start("");
+    let mut idle = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    // A keep-alive connection that answered once, then idles, is closed too.
+    let mut kept = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    std::io::Write::write_all(
+        &mut kept,
+        b"GET /v1/resources HTTP/1.1\r\nhost: resmon\r\n\r\n",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    for (what, conn) in [("idle", &mut idle), ("kept", &mut kept)] {
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) => panic!("the {what} connection was not closed within 30 s: {e}"),
+            }
+        }
+    }
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_secs(9),
+        "closed after {took:?}, before the 10 s header timeout"
+    );
+}
