@@ -23,7 +23,6 @@ use rustix::io::Errno;
 use std::ffi::OsStr;
 use std::fmt;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
 /// Why a directory was refused.
@@ -259,11 +258,6 @@ pub fn kind_of(st: &rfs::Stat) -> &'static str {
         rfs::FileType::CharacterDevice | rfs::FileType::BlockDevice => "a device",
         rfs::FileType::Unknown => "a file of unknown type",
     }
-}
-
-/// The bytes of a file name, for messages.
-pub fn name_str(name: &OsStr) -> String {
-    String::from_utf8_lossy(name.as_bytes()).into_owned()
 }
 
 #[cfg(test)]

@@ -82,71 +82,47 @@ impl Snapshot {
     /// Every process marked with exactly `value`, plus all their live
     /// descendants (by parent pid).
     pub(crate) fn marked_tree(&self, value: &[u8]) -> Vec<ProcStat> {
-        let mut chosen = vec![false; self.procs.len()];
-        let mut queue: Vec<usize> = (0..self.procs.len())
+        let marked = (0..self.procs.len())
             .filter(|&i| self.marks[i].as_deref() == Some(value))
             .collect();
-        while let Some(i) = queue.pop() {
-            if std::mem::replace(&mut chosen[i], true) {
-                continue;
-            }
-            if let Some(kids) = self.children.get(&self.procs[i].pid) {
-                queue.extend(kids.iter().copied().filter(|&k| !chosen[k]));
-            }
-        }
-        self.procs
-            .iter()
-            .zip(chosen)
-            .filter(|&(_, c)| c)
-            .map(|(s, _)| s.clone())
-            .collect()
+        self.trees(marked, |_| true)
     }
 
     /// The live descendants of `roots` that are not among them.
     pub(crate) fn descendants(&self, roots: &[u32]) -> Vec<ProcStat> {
-        let mut out = Vec::new();
-        let mut queue: Vec<u32> = roots.to_vec();
-        let mut seen: std::collections::HashSet<u32> = roots.iter().copied().collect();
-        while let Some(pid) = queue.pop() {
-            for &k in self.children.get(&pid).into_iter().flatten() {
-                let p = &self.procs[k];
-                if seen.insert(p.pid) {
-                    queue.push(p.pid);
-                    if !p.is_dead() {
-                        out.push(p.clone());
-                    }
-                }
-            }
-        }
-        out
+        let children = roots.iter().flat_map(|r| self.children_of(*r)).collect();
+        self.trees(children, |p| !roots.contains(&p.pid))
     }
 
     /// The live children of `parent` that `keep` does not keep, with all
     /// their descendants.
     pub(crate) fn children_trees(&self, parent: u32, keep: impl Fn(u32) -> bool) -> Vec<ProcStat> {
+        let children = self
+            .children_of(parent)
+            .filter(|&k| !keep(self.procs[k].pid))
+            .collect();
+        self.trees(children, |_| true)
+    }
+
+    /// The indices of `pid`'s children.
+    fn children_of(&self, pid: u32) -> impl Iterator<Item = usize> + '_ {
+        self.children.get(&pid).into_iter().flatten().copied()
+    }
+
+    /// The live processes at `start` (indices) and all their descendants
+    /// that `want` takes.
+    fn trees(&self, mut queue: Vec<usize>, want: impl Fn(&ProcStat) -> bool) -> Vec<ProcStat> {
         let mut chosen = vec![false; self.procs.len()];
-        let mut queue: Vec<usize> = self
-            .children
-            .get(&parent)
-            .map(|kids| {
-                kids.iter()
-                    .copied()
-                    .filter(|&k| !keep(self.procs[k].pid))
-                    .collect()
-            })
-            .unwrap_or_default();
         while let Some(i) = queue.pop() {
             if std::mem::replace(&mut chosen[i], true) {
                 continue;
             }
-            if let Some(kids) = self.children.get(&self.procs[i].pid) {
-                queue.extend(kids.iter().copied().filter(|&k| !chosen[k]));
-            }
+            queue.extend(self.children_of(self.procs[i].pid).filter(|&k| !chosen[k]));
         }
         self.procs
             .iter()
             .zip(chosen)
-            .filter(|&(p, c)| c && !p.is_dead())
+            .filter(|&(p, c)| c && !p.is_dead() && want(p))
             .map(|(s, _)| s.clone())
             .collect()
     }

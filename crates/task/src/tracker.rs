@@ -218,17 +218,7 @@ fn connector_socket() -> io::Result<OwnedFd> {
     // SAFETY: `fd` was just returned by socket and nothing else owns it.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // A big receive buffer: a burst of forks elsewhere must not drop ours.
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: setsockopt reads an int of the given size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    set_option(&sock, libc::SO_RCVBUFFORCE, &((8 << 20) as libc::c_int));
     // SAFETY: all-zero is a valid sockaddr_nl; the fields are set below.
     let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -266,20 +256,8 @@ fn connector_socket() -> io::Result<OwnedFd> {
     // The kernel answers the subscription; without CAP_NET_ADMIN (or in a
     // non-initial namespace) it refuses, or sends nothing at all: wait
     // briefly for the answer.
-    let timeout = libc::timeval {
-        tv_sec: 1,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt reads a timeval of the given size.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
+    let timeout = |tv_sec| libc::timeval { tv_sec, tv_usec: 0 };
+    set_option(&sock, libc::SO_RCVTIMEO, &timeout(1));
     let mut buf = [0u8; 256];
     // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
     let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -295,24 +273,24 @@ fn connector_socket() -> io::Result<OwnedFd> {
             return Err(io::Error::from_raw_os_error(err as i32));
         }
     }
-    let none = timeval_zero();
-    // SAFETY: as above; a zero timeout blocks for good.
+    // A zero timeout blocks for good.
+    set_option(&sock, libc::SO_RCVTIMEO, &timeout(0));
+    Ok(sock)
+}
+
+/// Sets a `SOL_SOCKET` option; a refusal leaves the default (both options
+/// used here only tune the socket).
+fn set_option<T>(sock: &OwnedFd, name: libc::c_int, value: &T) {
+    // SAFETY: setsockopt reads `size_of::<T>()` bytes at `value`, which
+    // points at a live `T` of the type the option takes.
     unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&none as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         );
-    }
-    Ok(sock)
-}
-
-fn timeval_zero() -> libc::timeval {
-    libc::timeval {
-        tv_sec: 0,
-        tv_usec: 0,
     }
 }
 
