@@ -228,10 +228,16 @@ async fn output_files_are_opened_with_the_users_rights() {
 
 #[tokio::test]
 async fn inherited_descriptors_do_not_reach_the_child() {
-    // A descriptor without close-on-exec, as a monitor may inherit one.
+    // A descriptor without close-on-exec, as a monitor may inherit one, at
+    // a number the child's own `ls` will not open (it takes the lowest free).
     let (r, _w) = rustix::pipe::pipe().unwrap();
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&r);
-    rustix::io::fcntl_setfd(&r, rustix::io::FdFlags::empty()).unwrap();
+    // SAFETY: F_DUPFD duplicates a descriptor we own into a new one (without
+    // close-on-exec), which we own from then on.
+    let high = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&r), libc::F_DUPFD, 300) };
+    assert!(high >= 300, "F_DUPFD failed");
+    // SAFETY: `high` was just made by F_DUPFD and nothing else owns it.
+    let high = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(high) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&high);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("fds");
     let mut spec = sh("ls /proc/self/fd");
