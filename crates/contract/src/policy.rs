@@ -85,16 +85,43 @@ pub fn parse_duration(text: &str) -> Result<Duration, PolicyError> {
     if t == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(t).map_err(|e| {
+    let d = humantime::parse_duration(t).map_err(|e| {
         PolicyError(format!(
             "bad duration {text:?} ({e}): write a number with a unit, e.g. \"300ms\", \"5s\", \"15m\""
         ))
-    })
+    })?;
+    // Bounded, so that no deadline computed from it can overflow.
+    if d > MAX_DURATION {
+        return Err(PolicyError(format!(
+            "duration {text:?} is longer than the longest allowed, 10 years (\"87600h\")"
+        )));
+    }
+    Ok(d)
 }
+
+/// The longest duration a property may have: ten years. Deadlines are
+/// instants plus durations; with this bound they never overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_bounded() {
+        assert_eq!(parse_duration("87600h").unwrap(), MAX_DURATION);
+        for long in ["18446744073709551615s", "87601h", "100years"] {
+            let e = parse_duration(long).unwrap_err().0;
+            assert!(
+                e.contains("longest allowed") || e.contains("bad duration"),
+                "{long}: {e}"
+            );
+        }
+        assert!(parse_duration("18446744073709551615s")
+            .unwrap_err()
+            .0
+            .contains("longest allowed"));
+    }
 
     #[test]
     fn defaults_are_the_documented_ones() {

@@ -181,11 +181,20 @@ pub struct FollowQuery {
     pub follow: bool,
 }
 
-#[derive(Deserialize, Serialize, Default, Debug)]
+#[derive(Deserialize, Serialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct TerminateBody {
     #[serde(default = "default_exit_code")]
     pub exit_code: i32,
+}
+
+/// No body is the same as `{}`: exit code 1, as the docs and the CLI say.
+impl Default for TerminateBody {
+    fn default() -> Self {
+        TerminateBody {
+            exit_code: default_exit_code(),
+        }
+    }
 }
 
 fn default_exit_code() -> i32 {
@@ -498,6 +507,16 @@ async fn terminate(
             }
         }
     };
+    // What a process can report as its exit status: 0 to 255.
+    if !(0..=255).contains(&body.exit_code) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "terminate body: exit_code {} is out of range: an exit code is 0 to 255",
+                body.exit_code
+            ),
+        );
+    }
     operate(
         &st,
         name,

@@ -79,8 +79,8 @@ enum Cmd {
     /// End a resource now: its whole process tree is killed.
     Terminate {
         name: String,
-        /// The exit code its tasks report.
-        #[arg(long, default_value_t = 1)]
+        /// The exit code its tasks report (0 to 255).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(0..=255))]
         exit_code: i32,
         /// Return as soon as termination has started.
         #[arg(long)]

@@ -584,3 +584,59 @@ fn a_stop_signal_during_start_up_stops_cleanly() {
     assert!(left.is_empty(), "left behind: {left:?}\n{log}");
     assert!(!socket.exists(), "the socket was left behind");
 }
+
+/// Sends a raw HTTP request on the socket and returns the whole answer.
+fn raw_http(socket: &std::path::Path, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn exit_codes_and_durations_out_of_range_are_refused() {
+    let d = Daemon::start(
+        r#"
+[[resource]]
+name = "svc"
+type = "process"
+command = "sleep 1000"
+restart_delay = "0s"
+"#,
+    );
+    d.wait_state("svc", "online", LONG);
+    // The CLI refuses an exit code no process can report: usage, exit 2.
+    let out = d.cli(&["terminate", "svc", "--exit-code", "300"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // So does the API, and nothing changes.
+    let answer = raw_http(
+        &d.socket,
+        "POST /v1/resources/svc/terminate HTTP/1.1\r\nhost: resmon\r\ncontent-type: application/json\r\ncontent-length: 18\r\nconnection: close\r\n\r\n{\"exit_code\": 300}",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("0 to 255"), "{answer}");
+    assert_eq!(d.state("svc"), "online");
+    // No body is the same as `{}`: exit code 1.
+    let answer = raw_http(
+        &d.socket,
+        "POST /v1/resources/svc/terminate?wait=true HTTP/1.1\r\nhost: resmon\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let r = d.resource("svc");
+    assert!(r["reason"].as_str().unwrap().contains("exit code 1"), "{r}");
+
+    // A duration too long to add to a clock is refused by check, naming it.
+    let file = write(
+        d.dir.path(),
+        "long.toml",
+        "[[resource]]\nname = \"x\"\ntype = \"process\"\ncommand = \"sleep 1\"\nretry_period_on_failure = \"18446744073709551615s\"\n",
+    );
+    let err = refused("check", &file, 2);
+    assert!(
+        err.contains("retry_period_on_failure") && err.contains("longest allowed"),
+        "{err}"
+    );
+}
