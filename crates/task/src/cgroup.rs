@@ -193,6 +193,13 @@ pub(crate) fn populated(dir: &Path) -> io::Result<bool> {
     }
 }
 
+/// Every pid in `dir` and its descendant cgroups, as a list.
+pub(crate) fn all_procs(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    procs_recursive(dir, &mut out);
+    out
+}
+
 /// Every pid in `dir` and its descendant cgroups.
 pub(crate) fn procs_recursive(dir: &Path, out: &mut Vec<u32>) {
     let path = dir.join("cgroup.procs");

@@ -453,11 +453,10 @@ impl Container {
     /// [`tracker`](crate::tracker)).
     fn processes(&self) -> Vec<(u32, Option<u64>)> {
         let mut own: Vec<(u32, Option<u64>)> = match &self.inner.cgroup {
-            Some(dir) => {
-                let mut pids = Vec::new();
-                cgroup::procs_recursive(dir, &mut pids);
-                pids.into_iter().map(|pid| (pid, None)).collect()
-            }
+            Some(dir) => cgroup::all_procs(dir)
+                .into_iter()
+                .map(|pid| (pid, None))
+                .collect(),
             None => procfs::index()
                 .snapshot()
                 .marked_tree(self.inner.marker.1.as_bytes())
@@ -483,18 +482,15 @@ impl Container {
         if self.inner.cgroup.is_some() && !tracker().is_active() && !procs.is_empty() {
             let known: Vec<u32> = procs.iter().map(|p| p.0).collect();
             let outside = procfs::index().snapshot().descendants(&known);
-            if !outside.is_empty() {
-                let mut now = Vec::new();
-                if let Some(dir) = &self.inner.cgroup {
-                    cgroup::procs_recursive(dir, &mut now);
-                }
-                let mut e = lock(&self.inner.escaped);
-                for p in outside.iter().filter(|p| !now.contains(&p.pid)) {
-                    if e.reported.insert(p.pid) {
-                        e.new.push(p.pid);
-                    }
-                    procs.push((p.pid, Some(p.start_time)));
-                }
+            if let (false, Some(dir)) = (outside.is_empty(), &self.inner.cgroup) {
+                let now = cgroup::all_procs(dir);
+                let left: Vec<(u32, u64)> = outside
+                    .iter()
+                    .filter(|p| !now.contains(&p.pid))
+                    .map(|p| (p.pid, p.start_time))
+                    .collect();
+                self.note_escaped(&left);
+                procs.extend(left.into_iter().map(|(pid, start)| (pid, Some(start))));
             }
         }
         procs
@@ -534,35 +530,45 @@ impl Container {
             // candidate was forked before this second look, so it sees it.
             match &self.inner.cgroup {
                 Some(dir) => {
-                    let mut now = Vec::new();
-                    cgroup::procs_recursive(dir, &mut now);
+                    let now = cgroup::all_procs(dir);
                     out.retain(|(pid, _)| !now.contains(pid));
                 }
                 None => out.retain(|&(pid, _)| {
-                    let marked = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                        procfs::environ_value(&env, &self.inner.marker.0)
-                            == Some(self.inner.marker.1.as_bytes())
-                    });
                     let parent_known = procfs::read_stat(Path::new("/proc"), pid)
                         .is_some_and(|st| known.contains(&st.ppid));
-                    !marked && !parent_known
+                    !self.carries_marker(pid) && !parent_known
                 }),
             }
         }
-        if !out.is_empty() {
-            let mut e = lock(&self.inner.escaped);
-            for &(pid, _) in &out {
-                if e.reported.insert(pid) {
-                    tracing::warn!(
-                        "process {pid} of resource {:?} left its {}; it is still the resource's and stops with it",
-                        self.inner.name,
-                        if self.inner.cgroup.is_some() { "cgroup" } else { "process tree" }
-                    );
-                    e.new.push(pid);
-                }
+        self.note_escaped(&out);
+        out
+    }
+
+    /// Logs each process found outside the resource the first time, and
+    /// keeps it for [`take_escaped`](Self::take_escaped).
+    fn note_escaped(&self, found: &[(u32, u64)]) {
+        if found.is_empty() {
+            return;
+        }
+        let mut e = lock(&self.inner.escaped);
+        for &(pid, _) in found {
+            if e.reported.insert(pid) {
+                tracing::warn!(
+                    "process {pid} of resource {:?} left its {}; it is still the resource's and stops with it",
+                    self.inner.name,
+                    if self.inner.cgroup.is_some() { "cgroup" } else { "process tree" }
+                );
+                e.new.push(pid);
             }
         }
-        out
+    }
+
+    /// Whether process `pid`'s environment holds this resource's marker.
+    fn carries_marker(&self, pid: u32) -> bool {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            procfs::environ_value(&env, &self.inner.marker.0)
+                == Some(self.inner.marker.1.as_bytes())
+        })
     }
 
     /// Processes found outside the resource's cgroup (or marker) since the
@@ -587,15 +593,8 @@ impl Container {
     /// monitor checks before it adopts (and may later kill) a process.
     pub fn holds(&self, pid: u32) -> bool {
         match &self.inner.cgroup {
-            Some(dir) => {
-                let mut pids = Vec::new();
-                cgroup::procs_recursive(dir, &mut pids);
-                pids.contains(&pid)
-            }
-            None => std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                procfs::environ_value(&env, &self.inner.marker.0)
-                    == Some(self.inner.marker.1.as_bytes())
-            }),
+            Some(dir) => cgroup::all_procs(dir).contains(&pid),
+            None => self.carries_marker(pid),
         }
     }
 
@@ -629,8 +628,7 @@ impl Container {
                         }
                     }
                 }
-                let mut still = Vec::new();
-                cgroup::procs_recursive(dir, &mut still);
+                let mut still = cgroup::all_procs(dir);
                 still.sort_unstable();
                 for (pid, fd) in &pinned {
                     if still.binary_search(pid).is_ok() {
