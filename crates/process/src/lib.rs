@@ -320,8 +320,10 @@ impl Resource for ProcessResource {
 
     fn terminate_is_cheap(&self) -> bool {
         // `cgroup.kill` is one write; without cgroups, killing scans /proc
-        // in rounds until nothing is left.
-        self.scope.cgroup.is_some()
+        // in rounds until nothing is left, and without fork tracking the
+        // stop first scans /proc for descendants that left the cgroup
+        // (`note_tree`): neither belongs on the event loop.
+        self.scope.cgroup.is_some() && resmon_task::follows_forks()
     }
 
     fn looks_alive(&self) -> bool {
