@@ -106,7 +106,13 @@ params = { binfile = "/no/such/daemon" }
 
 fn anything(work: &Path, stubborn: bool, extra: &str) -> String {
     let script = work.join("daemon.sh");
-    let trap = if stubborn { "trap '' TERM\n" } else { "" };
+    // The stubborn daemon says when its trap is set: the agent's start
+    // returns as soon as the process exists, which can be before that.
+    let trap = if stubborn {
+        format!("trap '' TERM\n: > {}\n", work.join("trapped").display())
+    } else {
+        String::new()
+    };
     std::fs::write(
         &script,
         format!("#!/bin/sh\n{trap}while :; do sleep 1; done\n"),
@@ -181,6 +187,9 @@ fn a_hung_stop_is_terminated_with_nothing_left() {
         signal(daemon_pid(work.path()), libc_sig::KILL);
         return;
     }
+    wait_for("the daemon to ignore SIGTERM", LONG, || {
+        work.path().join("trapped").exists()
+    });
     let before = d.pids("any");
     assert!(before.contains(&daemon_pid(work.path())), "{before:?}");
     d.ok(&["offline", "any", "--wait"]);
