@@ -785,6 +785,7 @@ fn ocf_worker(state: &Path) -> Result<()> {
             env: &env,
             timeout: Duration::from_secs(20),
             scope: Some(&scope),
+            abort: None,
         };
         let t0 = Instant::now();
         let o = resmon_ocf::runner::run(&run, &reaper, &handle).map_err(|e| anyhow::anyhow!(e))?;

@@ -264,6 +264,15 @@ pub trait Resource: Send + Sync {
     /// The thorough health check.
     fn is_alive(&self) -> bool;
 
+    /// The monitor no longer waits for the health check in flight: an
+    /// offline, terminate or shutdown came. Make `looks_alive`/`is_alive`
+    /// return at once, ending whatever they started (a probe's process
+    /// tree); what they return is ignored, and a check that begins later,
+    /// before the next `online`, should fail at once. Runs concurrently with
+    /// the check, on the monitor's event loop: it must only signal, never
+    /// wait or block.
+    fn cancel_check(&self) {}
+
     /// A control code. Unknown codes answer [`ControlError::NotSupported`].
     fn resource_control(&self, _code: u32, _input: &[u8]) -> Result<Vec<u8>, ControlError> {
         Err(ControlError::NotSupported)

@@ -83,6 +83,11 @@ impl EntryPoint {
     pub fn runs_concurrently(self) -> bool {
         self == EntryPoint::Terminate
     }
+
+    /// `looks_alive` or `is_alive`: a check that a stop does not wait for.
+    pub fn is_health_check(self) -> bool {
+        matches!(self, EntryPoint::LooksAlive | EntryPoint::IsAlive)
+    }
 }
 
 impl fmt::Display for EntryPoint {

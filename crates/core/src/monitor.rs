@@ -124,6 +124,11 @@ pub enum Action {
     /// `terminate` entry point, concurrently with whatever runs. Once it has
     /// returned and nothing of the resource runs, feed [`Event::Terminated`].
     Terminate { id: ResId, exit_code: i32, seq: u64 },
+    /// Stop waiting for the health check in flight (`looks_alive` or
+    /// `is_alive` with this `seq`): an offline, terminate or shutdown came,
+    /// and nothing waits behind a check. The resource makes it return at
+    /// once (killing any probe it started); its late return is ignored.
+    CancelCheck { id: ResId, seq: u64 },
     /// Rung 3: kill every process of the resource. Feed [`Event::Terminated`]
     /// once nothing is left.
     ForceKill { id: ResId, exit_code: i32, seq: u64 },
@@ -163,6 +168,8 @@ pub struct ResourceView<'a> {
     pub reason: &'a str,
     /// The serialized call in flight: entry point, start, deadline.
     pub in_flight: Option<(EntryPoint, Instant, Instant)>,
+    /// The `seq` of that call.
+    pub in_flight_seq: Option<u64>,
     /// While terminating: when it started and when the forced kill is due.
     pub terminate: Option<(Instant, Instant)>,
 }
@@ -401,6 +408,7 @@ impl Monitor {
                 .in_flight
                 .as_ref()
                 .map(|c| (c.entry, c.started, call_deadline(c, &r.spec.policy))),
+            in_flight_seq: r.in_flight.as_ref().map(|c| c.seq),
             terminate: r.terminating.as_ref().map(|t| (t.started, t.deadline)),
         }
     }
@@ -1025,20 +1033,34 @@ impl Monitor {
     }
 
     fn step(&mut self, now: Instant, id: ResId, out: &mut Vec<Action>) {
+        let held = self.wanted_online(id);
         let r = &self.res[id];
-        if r.in_flight.is_some() || r.terminating.is_some() {
+        if r.terminating.is_some() {
             return;
         }
-        let held = self.wanted_online(id);
+        // Taken offline now: nothing of it is needed any more.
+        let going_offline = r.state == State::Online
+            && !held
+            && r.dependents.iter().all(|&d| self.res[d].state.is_down());
+        if let Some(c) = &r.in_flight {
+            if !(going_offline && c.entry.is_health_check()) {
+                return;
+            }
+            // The stop does not wait for a health check: it is cancelled.
+            let seq = c.seq;
+            let r = &mut self.res[id];
+            r.in_flight = None;
+            out.push(Action::CancelCheck { id, seq });
+        }
+        if going_offline {
+            self.res[id].check_now = false;
+            self.call(now, id, EntryPoint::Offline, out);
+            self.set_state(now, id, State::OfflinePending, "going offline", out);
+            return;
+        }
+        let r = &self.res[id];
         match r.state {
             State::Online if r.check_now => self.call(now, id, EntryPoint::IsAlive, out),
-            State::Online if !held => {
-                let dependents_down = r.dependents.iter().all(|&d| self.res[d].state.is_down());
-                if dependents_down {
-                    self.call(now, id, EntryPoint::Offline, out);
-                    self.set_state(now, id, State::OfflinePending, "going offline", out);
-                }
-            }
             State::Offline if held => {
                 self.call(now, id, EntryPoint::Online, out);
                 self.set_state(now, id, State::OnlinePending, "coming online", out);
@@ -1097,7 +1119,10 @@ impl Monitor {
         self.seq += 1;
         let seq = self.seq;
         let r = &mut self.res[id];
-        r.in_flight = None; // cancelled: its late return is ignored
+        // Cancelled: its late return is ignored.
+        if let Some(c) = r.in_flight.take().filter(|c| c.entry.is_health_check()) {
+            out.push(Action::CancelCheck { id, seq: c.seq });
+        }
         r.check_now = false;
         r.terminating = Some(Terminating {
             seq,

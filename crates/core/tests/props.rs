@@ -131,6 +131,13 @@ proptest! {
                         calls.remove(&id);
                         terms.insert(id, seq);
                     }
+                    Action::CancelCheck { id, seq } => {
+                        let cancelled = calls.remove(&id);
+                        prop_assert!(
+                            cancelled.is_some_and(|(e, s)| e.is_health_check() && s == seq),
+                            "cancelled {seq} on r{id}, but {cancelled:?} was in flight"
+                        );
+                    }
                     Action::Failover { .. } | Action::Notify(_) => {}
                 }
             }

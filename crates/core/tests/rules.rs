@@ -22,6 +22,8 @@ struct Behaviour {
     /// `terminate` returns and the tree is gone at once; if false, only the
     /// forced kill ends it.
     terminate_works: bool,
+    /// `is_alive` never returns (a hung probe).
+    is_alive_hangs: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -42,6 +44,7 @@ impl Default for Behaviour {
             looks_alive: true,
             is_alive: true,
             terminate_works: true,
+            is_alive_hangs: false,
         }
     }
 }
@@ -127,6 +130,10 @@ impl Sim {
                             outcome: CallOutcome::Alive(b.looks_alive),
                         })
                     }
+                    EntryPoint::IsAlive if b.is_alive_hangs => {
+                        self.pending.insert(id, seq);
+                        return;
+                    }
                     EntryPoint::IsAlive => {
                         return self.feed(Event::Returned {
                             id,
@@ -164,6 +171,15 @@ impl Sim {
                 self.feed(Event::Terminated { id, seq: seq - 1 });
                 assert!(self.m.view(id).terminating);
                 self.feed(Event::Terminated { id, seq });
+            }
+            Action::CancelCheck { id, seq } => {
+                let n = self.name(id);
+                self.log(format!("cancel-check {n}"));
+                assert_eq!(
+                    self.pending.remove(&id),
+                    Some(seq),
+                    "cancelled what is in flight"
+                );
             }
             Action::Failover { group } => self.log(format!("failover {group}")),
             Action::Notify(n) => {
@@ -287,6 +303,70 @@ async fn is_alive_false_fails_and_terminates() {
         1,
         "restart_action none: no restart"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_cancels_a_hung_health_check_at_once() {
+    for how in ["offline", "terminate", "shutdown"] {
+        let b = Behaviour {
+            is_alive_hangs: true,
+            ..Default::default()
+        };
+        let mut sim = Sim::one(policy(), b);
+        sim.online("r");
+        sim.run_for(61 * S).await;
+        assert_eq!(sim.times("call r is_alive"), vec![60000], "{how}");
+        match how {
+            "offline" => sim.cmd("r", Command::Offline),
+            "terminate" => sim.cmd("r", Command::Terminate { exit_code: 1 }),
+            _ => sim.feed(Event::Shutdown),
+        }
+        // No wait for deadlock_timeout (300 s): the check is cancelled and
+        // the stop goes on in the same instant.
+        assert_eq!(sim.times("cancel-check r"), vec![61000], "{how}");
+        let next = if how == "terminate" {
+            "terminate r 1"
+        } else {
+            "call r offline"
+        };
+        assert_eq!(sim.times(next), vec![61000], "{how}");
+        assert_eq!(sim.state("r"), State::Offline, "{how}");
+        sim.run_for(400 * S).await;
+        assert_eq!(
+            sim.count("call r is_alive"),
+            1,
+            "{how}: no check once offline"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_health_check_is_cancelled_once_its_resource_stops_being_needed() {
+    // A provider whose dependent goes down first: its check is cancelled
+    // only when it is its turn to go offline.
+    let mut sim = Sim::new(vec![
+        spec("db", &[], policy()),
+        spec("app", &["db"], policy()),
+    ]);
+    sim.behaviour[0].is_alive_hangs = true;
+    sim.behaviour[1].offline = Answer::Hang;
+    sim.online("app");
+    sim.run_for(61 * S).await;
+    sim.cmd("db", Command::Offline);
+    assert_eq!(
+        sim.count("cancel-check db"),
+        0,
+        "app is still going offline"
+    );
+    let app = sim.m.id("app").unwrap();
+    let seq = sim.pending[&app];
+    sim.feed(Event::Returned {
+        id: app,
+        seq,
+        outcome: CallOutcome::Done,
+    });
+    assert_eq!(sim.times("cancel-check db"), vec![61000]);
+    assert_eq!(sim.state("db"), State::Offline);
 }
 
 #[tokio::test(start_paused = true)]
@@ -718,15 +798,19 @@ async fn a_health_check_stuck_past_deadlock_timeout_is_a_failure() {
     let next = sim.m.next_deadline().unwrap();
     tokio::time::sleep_until(next).await;
     let actions = sim.m.handle(Instant::now(), Event::Tick);
-    assert!(matches!(
-        actions[..],
-        [Action::Call {
-            entry: EntryPoint::LooksAlive,
-            ..
-        }]
-    ));
+    let [Action::Call {
+        entry: EntryPoint::LooksAlive,
+        seq,
+        ..
+    }] = actions[..]
+    else {
+        panic!("expected a looks_alive call: {actions:?}")
+    };
+    sim.pending.insert(id, seq);
     sim.run_for(11 * S).await;
     assert_eq!(sim.state("r"), State::Failed);
+    // The stuck check is cancelled by the terminate that follows.
+    assert_eq!(sim.count("cancel-check r"), 1);
     assert!(
         sim.m.view(id).reason.contains("deadlock_timeout"),
         "{}",

@@ -121,10 +121,78 @@ pub struct Slot {
     pub resource: Arc<dyn Resource>,
     pub container: Container,
     /// Serializes entry points (all but `terminate`).
-    pub lane: Arc<Mutex<()>>,
+    pub lane: Arc<Lane>,
     /// The "should terminate" flag of the calls now in flight.
     pub cancel: Arc<AtomicBool>,
     pub cheap_looks_alive: bool,
+}
+
+/// The serialized entry points of one resource: one runs at a time, and
+/// the one running is known even after the core stopped waiting for it (a
+/// check cancelled by a stop, an `online` abandoned by `terminate`), so
+/// `calls` lists everything that a later call waits behind.
+#[derive(Default)]
+pub struct Lane {
+    turn: Mutex<()>,
+    running: Mutex<Option<Running>>,
+    /// The `seq` of the last health check the core cancelled: one still
+    /// queued for its turn is not started.
+    cancelled: std::sync::atomic::AtomicU64,
+    /// The last call the core gave up on, and when.
+    given_up: Mutex<Option<(u64, Instant)>>,
+}
+
+/// The call holding a lane.
+#[derive(Clone, Copy)]
+struct Running {
+    entry: EntryPoint,
+    seq: u64,
+    started: Instant,
+}
+
+impl Lane {
+    /// Runs `call` in its turn, unless it is a check cancelled while it
+    /// waited (then `None`).
+    fn run<T>(&self, entry: EntryPoint, seq: u64, call: impl FnOnce() -> T) -> Option<T> {
+        let _turn = self.turn();
+        if entry.is_health_check() && self.cancelled.load(Ordering::Acquire) == seq {
+            return None;
+        }
+        let running = Running {
+            entry,
+            seq,
+            started: Instant::now(),
+        };
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(running);
+        let out = call();
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Some(out)
+    }
+
+    /// Waits for the lane and holds it.
+    fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.turn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn running(&self) -> Option<Running> {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The core no longer waits for call `seq` (or, with `None`, for
+    /// whatever runs now).
+    fn give_up(&self, seq: Option<u64>, now: Instant) {
+        if let Some(seq) = seq {
+            self.cancelled.store(seq, Ordering::Release);
+        }
+        if let Some(seq) = seq.or(self.running().map(|r| r.seq)) {
+            *self.given_up.lock().unwrap_or_else(|e| e.into_inner()) = Some((seq, now));
+        }
+    }
+
+    fn given_up(&self, seq: u64) -> Option<Instant> {
+        let g = *self.given_up.lock().unwrap_or_else(|e| e.into_inner());
+        g.filter(|&(s, _)| s == seq).map(|(_, at)| at)
+    }
 }
 
 /// A control call in progress: resource, code, start, deadline.
@@ -482,6 +550,14 @@ impl Driver {
             if let Some((entry, started, deadline)) = v.in_flight {
                 add(id, entry.as_str(), started, deadline);
             }
+            // A call the core no longer waits for, still holding the lane:
+            // what is queued behind it waits for it all the same. Its
+            // deadline is when it was given up.
+            let lane = &self.slots[id].lane;
+            if let Some(r) = lane.running().filter(|r| v.in_flight_seq != Some(r.seq)) {
+                let given_up = lane.given_up(r.seq).unwrap_or(now);
+                add(id, &format!("{} (abandoned)", r.entry), r.started, given_up);
+            }
             if let Some((started, deadline)) = v.terminate {
                 add(id, "terminate", started, deadline);
             }
@@ -555,7 +631,8 @@ impl Driver {
             .insert(key, (id, code, started, deadline));
         tokio::task::spawn_blocking(move || {
             let out = {
-                let _turn = lane.lock().unwrap_or_else(|e| e.into_inner());
+                // Listed by `calls` from `controls`, not as the lane's call.
+                let _turn = lane.turn();
                 std::panic::catch_unwind(AssertUnwindSafe(|| {
                     resource.resource_control(code, &input)
                 }))
@@ -615,8 +692,20 @@ impl Driver {
     fn act(&mut self, action: Action) {
         match action {
             Action::Call { id, entry, seq } => self.call(id, entry, seq),
+            Action::CancelCheck { id, seq } => {
+                let slot = &self.slots[id];
+                slot.lane.give_up(Some(seq), Instant::now());
+                // Inline: the next call (the offline) is issued right after,
+                // and must not meet a cancel meant for this check.
+                if let Err(p) =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| slot.resource.cancel_check()))
+                {
+                    tracing::error!(resource = %slot.name, "cancel_check panicked: {}", panic_text(p));
+                }
+            }
             Action::Terminate { id, exit_code, seq } => {
                 let slot = &mut self.slots[id];
+                slot.lane.give_up(None, Instant::now());
                 // Cancel what is in flight; later calls get a fresh flag.
                 slot.cancel.store(true, Ordering::Release);
                 slot.cancel = Arc::new(AtomicBool::new(false));
@@ -731,7 +820,6 @@ impl Driver {
             }),
         );
         tokio::task::spawn_blocking(move || {
-            let _turn = lane.lock().unwrap_or_else(|e| e.into_inner());
             let run = || {
                 match entry {
                 EntryPoint::Online => match &gate {
@@ -746,10 +834,15 @@ impl Driver {
                 other => CallOutcome::Error(format!("{other} is not called this way")),
             }
             };
-            let outcome = std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
-                CallOutcome::Error(format!("{entry} panicked: {}", panic_text(p)))
+            let outcome = lane.run(entry, seq, || {
+                std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
+                    CallOutcome::Error(format!("{entry} panicked: {}", panic_text(p)))
+                })
             });
-            let _ = tx.send(Msg::Event(Event::Returned { id, seq, outcome }));
+            // A cancelled check never started: the core forgot it already.
+            if let Some(outcome) = outcome {
+                let _ = tx.send(Msg::Event(Event::Returned { id, seq, outcome }));
+            }
         });
     }
 }
@@ -992,7 +1085,7 @@ mod tests {
                 script,
             }),
             container,
-            lane: Arc::new(Mutex::new(())),
+            lane: Arc::default(),
             cancel: Arc::new(AtomicBool::new(false)),
             cheap_looks_alive: false,
         };
@@ -1075,6 +1168,9 @@ mod tests {
             1,
             "second online waits for the lane"
         );
+        // `calls` shows both: the restart, and the call it waits behind.
+        let calls: Vec<String> = h.driver.calls().into_iter().map(|c| c.entry).collect();
+        assert_eq!(calls, ["online (abandoned)", "online"], "{calls:?}");
         h.rec.release.store(true, Ordering::SeqCst);
         h.run_until("online", |d| d.core.state(0) == State::Online)
             .await;

@@ -33,7 +33,7 @@ use resmon_task::{Containers, Reaper};
 use state::StateDir;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -218,7 +218,7 @@ async fn open_slot(
         fingerprint: state::fingerprint(&r.type_name, &r.params),
         resource: Arc::from(resource),
         container,
-        lane: Arc::new(Mutex::new(())),
+        lane: Arc::default(),
         cancel: Arc::new(AtomicBool::new(false)),
         cheap_looks_alive: ty.looks_alive_is_cheap(),
     })

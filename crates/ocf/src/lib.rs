@@ -28,7 +28,7 @@ use resmon_contract::{
     control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Resource,
     ResourceError, ResourceType, Scope,
 };
-use resmon_task::{Container, Reaper};
+use resmon_task::{CheckAbort, Container, Reaper};
 use runner::{Outcome, Run};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -173,6 +173,7 @@ impl OcfType {
             env: &env,
             timeout: META_DATA_TIMEOUT,
             scope: None,
+            abort: None,
         };
         let out = runner::run(&run, &self.reaper, &self.rt)?;
         if out.code == Some(runner::OCF_SUCCESS) {
@@ -371,6 +372,7 @@ impl ResourceType for OcfType {
             reaper: self.reaper.clone(),
             rt: self.rt.clone(),
             detail: Mutex::new(None),
+            checks: CheckAbort::default(),
             params: ctx.params,
         };
         // validate-all refuses a resource the agent cannot run.
@@ -420,6 +422,8 @@ struct OcfResource {
     rt: tokio::runtime::Handle,
     /// Promoted or degraded, as the last monitor said.
     detail: Mutex<Option<String>>,
+    /// Cuts a `monitor` short when a stop comes.
+    checks: CheckAbort,
     params: serde_json::Value,
 }
 
@@ -439,6 +443,7 @@ impl OcfResource {
             env: &env,
             timeout,
             scope,
+            abort: (action == "monitor").then_some(&self.checks),
         };
         runner::run(&run, &self.reaper, &self.rt).map_err(ResourceError::new)
     }
@@ -452,8 +457,12 @@ impl OcfResource {
                 interval.as_millis().to_string(),
             ),
         ];
+        if self.checks.is_cancelled() {
+            return false;
+        }
         let out = match self.action("monitor", self.monitor_timeout, &extra, Some(&self.scope)) {
             Ok(o) => o,
+            Err(_) if self.checks.is_cancelled() => return false,
             Err(e) => {
                 self.notifier.log(LogLevel::Error, format!("monitor: {e}"));
                 return false;
@@ -483,6 +492,7 @@ impl OcfResource {
 
 impl Resource for OcfResource {
     fn online(&self, _ctx: &CallContext) -> Result<Completion, ResourceError> {
+        self.checks.reset();
         let out = self.action("start", self.start_timeout, &[], Some(&self.scope))?;
         match out.code {
             Some(runner::OCF_SUCCESS) => Ok(Completion::Done),
@@ -524,6 +534,10 @@ impl Resource for OcfResource {
         if let Err(e) = self.container.kill_all() {
             tracing::warn!(resource = %self.name, "terminate: {e}");
         }
+    }
+
+    fn cancel_check(&self) {
+        self.checks.cancel();
     }
 
     fn looks_alive(&self) -> bool {

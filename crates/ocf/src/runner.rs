@@ -8,7 +8,7 @@
 //! stderr) is kept to explain a failure.
 
 use resmon_contract::Scope;
-use resmon_task::{Output, Reaper, SpawnSpec};
+use resmon_task::{CheckAbort, Output, Reaper, SpawnSpec};
 use std::path::Path;
 use std::time::Duration;
 
@@ -75,6 +75,8 @@ pub struct Run<'a> {
     pub timeout: Duration,
     /// The resource's scope; `None` for meta-data and checks.
     pub scope: Option<&'a Scope>,
+    /// For a health check (`monitor`): cuts it short when a stop comes.
+    pub abort: Option<&'a CheckAbort>,
 }
 
 /// Runs an action and waits for it, at most `timeout`. Call it from a
@@ -113,6 +115,14 @@ pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<
     let task = reaper
         .spawn(&spec)
         .map_err(|e| format!("running {} {}: {e}", r.agent.display(), r.action))?;
+    // A cancel kills it with its process group, which ends the wait.
+    let watched = r.abort.map(|a| a.watch(&task));
+    if let Some(Err(_)) = watched {
+        return Err(format!(
+            "{} cancelled: the resource is being stopped",
+            r.action
+        ));
+    }
     let waited = rt.block_on(async { tokio::time::timeout(r.timeout, task.wait()).await });
     let code = match waited {
         Ok(Ok(code)) => Some(code),
@@ -130,6 +140,13 @@ pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<
             None
         }
     };
+    drop(watched);
+    if r.abort.is_some_and(CheckAbort::is_cancelled) {
+        return Err(format!(
+            "{} cancelled: the resource is being stopped",
+            r.action
+        ));
+    }
     let read = |f: &tempfile::NamedTempFile| std::fs::read_to_string(f.path()).unwrap_or_default();
     Ok(Outcome {
         code,

@@ -23,7 +23,7 @@ use resmon_contract::{
     control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Resource,
     ResourceError, ResourceType,
 };
-use resmon_task::{Container, Output, Reaper, SpawnSpec, TaskHandle};
+use resmon_task::{CheckAbort, Container, Output, Reaper, SpawnSpec, TaskHandle};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,6 +69,7 @@ impl ResourceType for ProcessType {
             reaper: self.reaper.clone(),
             rt: self.rt.clone(),
             main: Mutex::new(None),
+            checks: CheckAbort::default(),
         }))
     }
 
@@ -123,6 +124,8 @@ struct ProcessResource {
     rt: tokio::runtime::Handle,
     /// Shared with `terminate`, which may run concurrently with the rest.
     main: Mutex<Option<TaskHandle>>,
+    /// Cuts an `is_alive` probe short when a stop comes.
+    checks: CheckAbort,
 }
 
 fn output(s: &Stream) -> Output {
@@ -134,13 +137,15 @@ fn output(s: &Stream) -> Output {
 }
 
 impl ProcessResource {
-    /// Probes run as the service's user, in its scope.
-    fn probe_env(&self) -> probe::ProbeEnv<'_> {
+    /// Probes run as the service's user, in its scope; a health check's
+    /// can be cut short.
+    fn probe_env(&self, health_check: bool) -> probe::ProbeEnv<'_> {
         probe::ProbeEnv {
             user: self.params.user,
             scope: &self.scope,
             reaper: &self.reaper,
             rt: &self.rt,
+            abort: health_check.then_some(&self.checks),
         }
     }
 
@@ -229,7 +234,7 @@ impl ProcessResource {
                     "main process exited with code {code} before it was ready"
                 )));
             }
-            match probe::run(probe, &self.probe_env()) {
+            match probe::run(probe, &self.probe_env(false)) {
                 Ok(()) => return Ok(()),
                 Err(e) => tracing::debug!(resource = %self.shared.name, "not ready yet: {e}"),
             }
@@ -242,6 +247,7 @@ impl Resource for ProcessResource {
     fn online(&self, ctx: &CallContext) -> Result<Completion, ResourceError> {
         self.shared.stopping.store(false, Ordering::Release);
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.checks.reset();
         if !self.container.is_empty() {
             // Leftovers of an earlier run would share the cgroup with the new one.
             self.container
@@ -334,14 +340,19 @@ impl Resource for ProcessResource {
             .is_some_and(|m| !m.is_signaled())
     }
 
+    fn cancel_check(&self) {
+        self.checks.cancel();
+    }
+
     fn is_alive(&self) -> bool {
-        if !self.looks_alive() {
+        if !self.looks_alive() || self.checks.is_cancelled() {
             return false;
         }
         match &self.params.probe {
             None => true,
-            Some(p) => match probe::run(p, &self.probe_env()) {
+            Some(p) => match probe::run(p, &self.probe_env(true)) {
                 Ok(()) => true,
+                Err(_) if self.checks.is_cancelled() => false,
                 Err(e) => {
                     self.shared
                         .notifier
@@ -411,6 +422,7 @@ impl Resource for ProcessResource {
         }
         self.shared.stopping.store(false, Ordering::Release);
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.checks.reset();
         *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(main.clone());
         self.watch(&main);
         // From now on their forks are followed, wherever they go.

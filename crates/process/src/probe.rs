@@ -6,10 +6,16 @@
 //! resource's scope (its cgroup, its marker): it has no more rights than the
 //! service it checks, and a stop or terminate of the resource kills it with
 //! the rest. It is killed when its timeout passes.
+//!
+//! A health check that the monitor stops waiting for (an offline, terminate
+//! or shutdown came) is cut short through the resource's [`CheckAbort`]: an
+//! `exec` probe is killed with its process group, and a `tcp` or `http`
+//! probe is left to its own timeout on a thread of its own while the check
+//! returns at once.
 
 use crate::params::{Probe, ProbeKind};
 use resmon_contract::Scope;
-use resmon_task::{Output, Reaper, SpawnSpec};
+use resmon_task::{CheckAbort, Output, Reaper, SpawnSpec};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
@@ -19,15 +25,69 @@ pub struct ProbeEnv<'a> {
     pub scope: &'a Scope,
     pub reaper: &'a Reaper,
     pub rt: &'a tokio::runtime::Handle,
+    /// Cuts a health check short; `None` for readiness probes, which
+    /// `terminate` ends with the rest of the resource.
+    pub abort: Option<&'a CheckAbort>,
 }
+
+const CANCELLED: &str = "health check cancelled: the resource is being stopped";
 
 /// Runs a probe once. `Ok(())` is healthy; `Err` says what was wrong.
 pub fn run(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), String> {
+    if env.abort.is_some_and(CheckAbort::is_cancelled) {
+        return Err(CANCELLED.into());
+    }
     match &probe.kind {
-        ProbeKind::Tcp(addr) => tcp(addr, probe.timeout),
-        ProbeKind::Http { url, expect } => http(url, *expect, probe.timeout),
+        ProbeKind::Tcp(addr) => {
+            let (addr, timeout) = (addr.clone(), probe.timeout);
+            aside(env, move || tcp(&addr, timeout))
+        }
+        ProbeKind::Http { url, expect } => {
+            let (url, expect, timeout) = (url.clone(), *expect, probe.timeout);
+            aside(env, move || http(&url, expect, timeout))
+        }
         ProbeKind::Exec(argv) => exec(argv, probe.timeout, env),
     }
+}
+
+/// Runs a blocking probe on a thread of its own when it can be cut short,
+/// and waits for its answer or the cancel, whichever comes first. When no
+/// thread can be made now, it runs here, bounded by its own timeout.
+fn aside(
+    env: &ProbeEnv<'_>,
+    probe: impl FnOnce() -> Result<(), String> + Send + 'static,
+) -> Result<(), String> {
+    let Some(abort) = env.abort else {
+        return probe();
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // Kept here until the thread takes it, so that it can still run here.
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(probe)));
+    let take = {
+        let slot = slot.clone();
+        move || slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+    };
+    let spawned = std::thread::Builder::new()
+        .name("resmon-probe".into())
+        .spawn(move || {
+            if let Some(probe) = take() {
+                let _ = tx.send(probe());
+            }
+        });
+    let probe = match spawned {
+        Ok(_) => rx,
+        Err(e) => {
+            tracing::warn!("no thread for a probe ({e}): it runs on the check's thread");
+            let probe = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return probe.map_or_else(|| Err("probe: lost".into()), |p| p());
+        }
+    };
+    env.rt.block_on(async {
+        tokio::select! {
+            answer = probe => answer.unwrap_or_else(|_| Err("probe: its thread ended without an answer".into())),
+            () = abort.cancelled() => Err(CANCELLED.into()),
+        }
+    })
 }
 
 fn tcp(addr: &str, timeout: Duration) -> Result<(), String> {
@@ -83,10 +143,17 @@ fn exec(argv: &[String], timeout: Duration, env: &ProbeEnv<'_>) -> Result<(), St
         .reaper
         .spawn(&spec)
         .map_err(|e| format!("exec probe: {e}"))?;
+    // A cancel kills it (with its process group), which ends the wait.
+    let _watched = match env.abort.map(|a| a.watch(&task)) {
+        Some(Err(_)) => return Err(CANCELLED.into()),
+        Some(Ok(w)) => Some(w),
+        None => None,
+    };
     let waited = env
         .rt
         .block_on(async { tokio::time::timeout(timeout, task.wait()).await });
     match waited {
+        _ if env.abort.is_some_and(CheckAbort::is_cancelled) => Err(CANCELLED.into()),
         Ok(Ok(0)) => Ok(()),
         Ok(Ok(code)) => Err(format!("exec probe {:?} exited with {code}", argv[0])),
         Ok(Err(e)) => Err(format!("exec probe: {e}")),

@@ -34,6 +34,7 @@
 //! Why processes at all: a forced stop must free every lock, file and page of
 //! the code it stops, and only the kernel tearing down a process does that.
 
+mod abort;
 mod cgroup;
 mod container;
 mod handle;
@@ -42,6 +43,7 @@ mod reaper;
 mod spawn;
 mod tracker;
 
+pub use abort::{Cancelled, CheckAbort, Watched};
 pub use container::{Container, Containers, InstanceClaim, MARKER_VAR};
 pub use handle::TaskHandle;
 pub use reaper::Reaper;

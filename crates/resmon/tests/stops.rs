@@ -1,0 +1,125 @@
+//! End-to-end: a stop is never held up and leaves nothing behind, whatever
+//! a health check is doing when it comes.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(20);
+
+/// A service whose `is_alive` probe hangs for far longer than any deadline
+/// (`deadlock_timeout` is 300 s): a stop that waited for it would not end
+/// within the tests' limits.
+fn hung_probe(extra: &str) -> String {
+    format!(
+        r#"
+[[resource]]
+name = "app"
+type = "process"
+command = "sleep 1000"
+probe = {{ type = "exec", command = ["sleep", "7777"], timeout = "600s" }}
+is_alive_interval = "1s"
+{extra}
+"#
+    )
+}
+
+/// The processes of this resource running `sleep 7777`: the probe.
+fn probes(d: &Daemon) -> Vec<u32> {
+    d.marked("app")
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c == b"sleep\x007777\x00")
+        })
+        .collect()
+}
+
+fn wait_for_probe(d: &Daemon) -> u32 {
+    d.wait_state("app", "online", LONG);
+    let mut found = Vec::new();
+    wait_for("the probe to run", LONG, || {
+        found = probes(d);
+        !found.is_empty()
+    });
+    assert_eq!(d.resource("app")["call"], "is_alive");
+    found[0]
+}
+
+fn offline_cancels_the_probe(cgroups: &str) {
+    let d = Daemon::start_with(&hung_probe(""), &format!("cgroups = \"{cgroups}\""));
+    let probe = wait_for_probe(&d);
+    d.ok(&["offline", "app"]);
+    d.wait_state("app", "offline", LONG);
+    assert!(!alive(probe), "the probe {probe} outlived the stop");
+    assert!(d.marked("app").is_empty(), "{:?}", d.marked("app"));
+    // It was a stop, not a failure: no terminate, and the check said nothing.
+    let events = d.events();
+    assert!(
+        !events.iter().any(|e| e["kind"] == "terminate"),
+        "{events:#?}"
+    );
+    assert!(
+        !d.reasons(Some("app"))
+            .iter()
+            .any(|r| r.contains("is_alive")),
+        "{:?}",
+        d.reasons(Some("app"))
+    );
+    // And it comes back with its checks working.
+    d.ok(&["online", "app", "--wait"]);
+    let again = wait_for_probe(&d);
+    assert_ne!(again, probe);
+}
+
+#[test]
+fn an_offline_cancels_a_hung_probe_with_cgroups() {
+    offline_cancels_the_probe("auto");
+}
+
+#[test]
+fn an_offline_cancels_a_hung_probe_with_process_groups() {
+    offline_cancels_the_probe("off");
+}
+
+#[test]
+fn a_terminate_cancels_a_hung_probe() {
+    let d = Daemon::start(&hung_probe(""));
+    let probe = wait_for_probe(&d);
+    d.ok(&["terminate", "app"]);
+    d.wait_state("app", "offline", LONG);
+    assert!(!alive(probe), "the probe {probe} outlived the terminate");
+    assert!(d.marked("app").is_empty());
+}
+
+#[test]
+fn a_stopping_monitor_cancels_a_hung_probe_and_leaves_nothing() {
+    let mut d = Daemon::start(&hung_probe(""));
+    let probe = wait_for_probe(&d);
+    let instance = d.instance();
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log());
+    assert!(!alive(probe), "the probe {probe} outlived the monitor");
+    assert!(marked_processes(&format!("RESMON_RESOURCE={instance}/app")).is_empty());
+}
+
+#[test]
+fn a_restart_after_a_hung_check_does_not_wait_for_it() {
+    // The check is past deadlock_timeout: the resource fails, is
+    // terminated (which kills the probe) and restarts at once.
+    let d = Daemon::start(&hung_probe(
+        "deadlock_timeout = \"1s\"\nrestart_delay = \"0s\"",
+    ));
+    let probe = wait_for_probe(&d);
+    wait_for("the restart", LONG, || {
+        let r = d.resource("app");
+        r["restarts"] == 1 && r["state"] == "online"
+    });
+    assert!(!alive(probe), "the hung probe {probe} survived the restart");
+    let why = d.reasons(Some("app"));
+    assert!(
+        why.iter()
+            .any(|r| r.contains("is_alive did not return within 1s (deadlock_timeout)")),
+        "{why:?}"
+    );
+}
