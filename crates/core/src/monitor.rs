@@ -97,6 +97,15 @@ pub enum Event {
         id: ResId,
         alive: bool,
     },
+    /// The resource's `open` failed (at start or when a reload added or
+    /// replaced it): it is `failed` with the reason and nothing runs. Its
+    /// next `online` (an operator's, or after `retry_period_on_failure`
+    /// when `want_online`) tries the open again.
+    OpenFailed {
+        id: ResId,
+        reason: String,
+        want_online: bool,
+    },
 }
 
 /// Why a resource is being terminated; decides the state it ends in.
@@ -657,7 +666,8 @@ impl Monitor {
             | Event::Completed { id, .. }
             | Event::FailureNotice { id, .. }
             | Event::Terminated { id, .. }
-            | Event::Adopted { id, .. } => self.mark(*id),
+            | Event::Adopted { id, .. }
+            | Event::OpenFailed { id, .. } => self.mark(*id),
             Event::Tick => {}
             Event::Shutdown => {
                 for id in 0..self.res.len() {
@@ -713,6 +723,22 @@ impl Monitor {
                             &mut out,
                         );
                     }
+                }
+            }
+            Event::OpenFailed {
+                id,
+                reason,
+                want_online,
+            } => {
+                let retry = self.res[id].spec.policy.retry_period_on_failure;
+                let r = &mut self.res[id];
+                if r.state.is_down() && r.in_flight.is_none() && r.terminating.is_none() {
+                    r.restart_granted = false;
+                    r.restart_at = None;
+                    let wanted = want_online && !self.shutting_down;
+                    r.want = if wanted { Want::Online } else { Want::Offline };
+                    r.retry_at = wanted.then(|| now + retry);
+                    self.set_state(now, id, State::Failed, &reason, &mut out);
                 }
             }
             Event::Shutdown => {

@@ -17,6 +17,7 @@ enum Op {
     Notice(usize),
     Finish(usize),
     Advance(u64),
+    OpenFailed(usize, bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -26,6 +27,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..6usize).prop_map(Op::Notice),
         (0..6usize).prop_map(Op::Finish),
         (0..4000u64).prop_map(Op::Advance),
+        (0..6usize, any::<bool>()).prop_map(|(i, w)| Op::OpenFailed(i, w)),
     ]
 }
 
@@ -101,6 +103,11 @@ proptest! {
                     let Some(seq) = terms.remove(&id) else { continue };
                     Event::Terminated { id, seq }
                 }
+                Op::OpenFailed(i, want_online) => Event::OpenFailed {
+                    id: i % n,
+                    reason: "open failed".into(),
+                    want_online,
+                },
                 Op::Advance(ms) => {
                     now += Duration::from_millis(ms);
                     Event::Tick

@@ -370,6 +370,46 @@ async fn a_hung_health_check_is_cancelled_once_its_resource_stops_being_needed()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failed_open_is_a_failed_resource_that_online_opens_again() {
+    let mut p = policy();
+    p.retry_period_on_failure = 100 * S;
+    let mut sim = Sim::new(vec![spec("bad", &[], p), spec("good", &[], policy())]);
+    let bad = sim.m.id("bad").unwrap();
+    sim.feed(Event::OpenFailed {
+        id: bad,
+        reason: "open failed: validate-all exited 5".into(),
+        want_online: true,
+    });
+    sim.online("good");
+    assert_eq!(sim.state("bad"), State::Failed);
+    assert_eq!(sim.m.view(bad).reason, "open failed: validate-all exited 5");
+    assert_eq!(sim.state("good"), State::Online, "the others start");
+    assert_eq!(
+        sim.count("call bad"),
+        0,
+        "nothing runs, nothing to terminate"
+    );
+    assert_eq!(sim.count("terminate bad"), 0);
+    // Tried again after retry_period_on_failure, like any failed resource.
+    sim.run_for(100 * S).await;
+    assert_eq!(sim.times("call bad online"), vec![100_000]);
+    // Not wanted: it stays failed until an operator's online.
+    let mut sim = Sim::one(policy(), Behaviour::default());
+    let id = sim.m.id("r").unwrap();
+    sim.feed(Event::OpenFailed {
+        id,
+        reason: "open failed".into(),
+        want_online: false,
+    });
+    sim.run_for(7200 * S).await;
+    assert_eq!(sim.count("call r"), 0);
+    assert_eq!(sim.state("r"), State::Failed);
+    sim.online("r");
+    assert_eq!(sim.times("call r online"), vec![7_200_000]);
+    assert_eq!(sim.state("r"), State::Online);
+}
+
+#[tokio::test(start_paused = true)]
 async fn pending_timeout_is_the_gap_between_progress_reports() {
     let mut p = policy();
     p.pending_timeout = 10 * S;

@@ -367,6 +367,10 @@ impl Driver {
         &self.slots
     }
 
+    pub fn group_of(&self, id: ResId) -> String {
+        self.core.view(id).spec.group.clone()
+    }
+
     pub fn all_down(&self) -> bool {
         self.core.all_down()
     }

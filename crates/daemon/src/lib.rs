@@ -17,6 +17,7 @@ mod driver;
 pub mod events;
 pub mod listener;
 pub mod private_dir;
+mod reopen;
 mod socket;
 pub mod state;
 
@@ -129,6 +130,8 @@ enum Start {
     Lost,
     /// Leave it offline.
     Offline,
+    /// Its `open` failed (why, and whether it was to start).
+    OpenFailed(String, bool),
 }
 
 async fn kill_and_wait(container: &resmon_task::Container) {
@@ -138,27 +141,11 @@ async fn kill_and_wait(container: &resmon_task::Container) {
     }
 }
 
-/// A resource that did not open, with its container when one was made: the
-/// caller decides whether that stays (a resource being replaced keeps its
-/// own; a new one's goes).
-struct OpenFailed {
-    error: anyhow::Error,
-    container: Option<resmon_task::Container>,
-}
-
-impl OpenFailed {
-    /// Removes the container, unless it still holds processes (of an
-    /// earlier run), which are left alone; returns the error.
-    fn discard(self) -> anyhow::Error {
-        if let Some(c) = self.container {
-            let _ = c.remove();
-        }
-        self.error
-    }
-}
-
 /// Opens one configured resource: its container (killing whatever runs in
-/// it when `kill_leftovers`), then the type's `open`.
+/// it when `kill_leftovers`), then the type's `open`. A resource that does
+/// not open is still a slot, with the reason: it is `failed` and its next
+/// `online` tries again ([`reopen::Reopening`]); the monitor and every
+/// other resource go on.
 async fn open_slot(
     id: ResId,
     r: &ResourceConfig,
@@ -167,14 +154,26 @@ async fn open_slot(
     kill_leftovers: bool,
     tx: &mpsc::UnboundedSender<Msg>,
     bus: &EventBus,
-) -> Result<Slot, OpenFailed> {
-    let container = containers
-        .adopt(&r.name)
-        .with_context(|| format!("resource {:?}: opening its container", r.name))
-        .map_err(|error| OpenFailed {
-            error,
-            container: None,
-        })?;
+) -> (Slot, Option<String>) {
+    let slot = |resource: Arc<dyn resmon_contract::Resource>, container| Slot {
+        name: r.name.clone(),
+        type_name: r.type_name.clone(),
+        fingerprint: state::fingerprint(&r.type_name, &r.params),
+        resource,
+        container,
+        lane: Arc::default(),
+        cancel: Arc::new(AtomicBool::new(false)),
+        cheap_looks_alive: ty.looks_alive_is_cheap(),
+    };
+    let container = match containers.adopt(&r.name) {
+        Ok(c) => c,
+        Err(e) => {
+            // Nothing can run without its container: every online says so.
+            let why = format!("opening its container: {e}");
+            let broken = Arc::new(reopen::Reopening::broken(why.clone()));
+            return (slot(broken, containers.unopened(&r.name)), Some(why));
+        }
+    };
     if kill_leftovers {
         // Changed, unwanted or unknown: nothing of before may stay.
         kill_and_wait(&container).await;
@@ -199,29 +198,36 @@ async fn open_slot(
     };
     // `open` may run programs (an agent's validate-all): not on the event loop.
     let opener = ty.clone();
-    let opened = tokio::task::spawn_blocking(move || opener.open(ctx))
+    let first = ctx.clone();
+    let opened = tokio::task::spawn_blocking(move || opener.open(first))
         .await
         .map_err(|e| e.to_string())
         .and_then(|o| o.map_err(|e| e.to_string()));
-    let resource = match opened {
-        Ok(resource) => resource,
+    match opened {
+        Ok(resource) => (slot(Arc::from(resource), container), None),
         Err(e) => {
-            return Err(OpenFailed {
-                error: anyhow::anyhow!("resource {:?}: open failed: {e}", r.name),
-                container: Some(container),
-            })
+            let reopening = Arc::new(reopen::Reopening::new(ty.clone(), ctx));
+            (
+                slot(reopening, container),
+                Some(format!("open failed: {e}")),
+            )
         }
+    }
+}
+
+/// Says why a resource did not open, and makes it `failed` in the core.
+fn open_failed(driver: &mut Driver, bus: &EventBus, id: ResId, why: String, want_online: bool) {
+    let (name, group) = {
+        let v = driver.slots().get(id).map(|s| s.name.clone());
+        (v.unwrap_or_default(), driver.group_of(id))
     };
-    Ok(Slot {
-        name: r.name.clone(),
-        type_name: r.type_name.clone(),
-        fingerprint: state::fingerprint(&r.type_name, &r.params),
-        resource: Arc::from(resource),
-        container,
-        lane: Arc::default(),
-        cancel: Arc::new(AtomicBool::new(false)),
-        cheap_looks_alive: ty.looks_alive_is_cheap(),
-    })
+    tracing::error!(resource = %name, "{why}; it stays failed until its next online");
+    bus.publish("log", Some(&name), Some(&group), None, why.clone());
+    driver.feed(Event::OpenFailed {
+        id,
+        reason: why,
+        want_online,
+    });
 }
 
 /// The signals the monitor answers, installed once at start.
@@ -311,7 +317,7 @@ async fn run(
             None if r.autostart => Start::Online,
             None => Start::Offline,
         };
-        let opened = open_slot(
+        let (slot, failed) = open_slot(
             id,
             r,
             ty,
@@ -321,20 +327,11 @@ async fn run(
             &bus,
         )
         .await;
-        match opened {
-            Ok(slot) => {
-                slots.push(slot);
-                starts.push(start);
-            }
-            Err(failed) => {
-                let e = failed.discard();
-                for s in &slots {
-                    let _ = s.container.remove();
-                }
-                containers.cleanup();
-                return Err(e);
-            }
-        }
+        slots.push(slot);
+        starts.push(match failed {
+            Some(why) => Start::OpenFailed(why, !matches!(start, Start::Offline)),
+            None => start,
+        });
     }
 
     let (cluster_requests_tx, cluster_requests) = mpsc::unbounded_channel();
@@ -420,6 +417,10 @@ async fn run(
         let event = match start {
             Start::Online => Event::Command(id, Command::Online),
             Start::Offline => continue,
+            Start::OpenFailed(why, want_online) => {
+                open_failed(&mut driver, &bus, id, why, want_online);
+                continue;
+            }
             Start::Lost => Event::Adopted { id, alive: false },
             Start::Reattach(blob) => {
                 let slot = &driver.slots()[id];
@@ -792,8 +793,8 @@ async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::Reload
         .filter(|r| !names.contains(r.name.as_str()))
         .map(|r| r.name.clone())
         .collect();
-    // Open the added ones first, so a failure leaves everything as it was.
-    // The core gives added resources the next ids, in config order.
+    // The core gives added resources the next ids, in config order. One
+    // that does not open is added all the same, failed with the reason.
     let mut slots = Vec::new();
     for (k, r) in added.iter().enumerate() {
         let ty = ctx
@@ -802,25 +803,25 @@ async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::Reload
             .find(|t| t.handles(&r.type_name))
             .expect("types were checked with the config");
         let id = driver.slots().len() + k;
-        match open_slot(id, r, ty, ctx.containers, true, ctx.tx, ctx.bus).await {
-            Ok(slot) => slots.push(slot),
-            Err(failed) => {
-                let e = failed.discard();
-                for s in &slots {
+        slots.push(open_slot(id, r, ty, ctx.containers, true, ctx.tx, ctx.bus).await);
+    }
+    let (added_ids, _retired) =
+        match driver.reconfigure(new.resources.iter().map(spec_of).collect()) {
+            Ok(done) => done,
+            Err(e) => {
+                for (s, _) in &slots {
                     let _ = s.container.remove();
                 }
-                return Err(format!("{e:#}"));
+                return Err(e.to_string());
             }
-        }
-    }
-    let (added_ids, _retired) = driver
-        .reconfigure(new.resources.iter().map(spec_of).collect())
-        .map_err(|e| e.to_string())?;
-    for ((id, slot), r) in added_ids.into_iter().zip(slots).zip(&added) {
+        };
+    for ((id, (slot, failed)), r) in added_ids.into_iter().zip(slots).zip(&added) {
         driver.push_slot(slot);
         report.added.push(r.name.clone());
-        if r.autostart {
-            driver.feed(Event::Command(id, Command::Online));
+        match failed {
+            Some(why) => open_failed(driver, ctx.bus, id, why, r.autostart),
+            None if r.autostart => driver.feed(Event::Command(id, Command::Online)),
+            None => {}
         }
     }
     for name in &report.restarted {
@@ -865,19 +866,28 @@ async fn finish_replacing(
             .expect("types were checked with the config");
         let old = driver.slots()[id].resource.clone();
         let _ = tokio::task::spawn_blocking(move || old.close()).await;
-        match open_slot(id, r, ty, containers, true, tx, bus).await {
-            Ok(slot) => driver.replace_resource(id, slot.resource, slot.fingerprint),
-            // Its container stays: the resource keeps it.
-            Err(failed) => {
-                let e = failed.error;
-                tracing::error!(resource = %name, "cannot open it with its new config: {e:#}");
+        let (slot, failed) = open_slot(id, r, ty, containers, true, tx, bus).await;
+        driver.replace_resource(id, slot.resource, slot.fingerprint);
+        for (rid, wanted) in done.wanted_before.iter().enumerate() {
+            if !*wanted || driver.is_retired(rid) {
                 continue;
             }
-        }
-        for (rid, wanted) in done.wanted_before.iter().enumerate() {
-            if *wanted && !driver.is_retired(rid) {
-                driver.feed(Event::Command(rid, Command::Online));
+            match &failed {
+                Some(why) if rid == id => {
+                    let why = format!("with its new config: {why}");
+                    open_failed(driver, bus, id, why, true);
+                }
+                _ => driver.feed(Event::Command(rid, Command::Online)),
             }
+        }
+        if let (Some(why), false) = (failed, done.wanted_before.get(id).copied().unwrap_or(false)) {
+            open_failed(
+                driver,
+                bus,
+                id,
+                format!("with its new config: {why}"),
+                false,
+            );
         }
     }
 }

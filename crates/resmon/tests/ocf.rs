@@ -89,19 +89,55 @@ type = "ocf:heartbeat"
     ] {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
-    // validate-all refuses what the agent cannot run, with its message.
-    let file = write(
-        dir.path(),
-        "v.toml",
+}
+
+#[test]
+fn a_resource_that_does_not_open_fails_alone_and_online_opens_it_again() {
+    need_agents();
+    let work = tempfile::tempdir().unwrap();
+    let binfile = work.path().join("daemon.sh");
+    // validate-all refuses what the agent cannot run (exit 5, not
+    // installed): that resource fails with the agent's words, the monitor
+    // and the other resource run on.
+    let d = Daemon::start(&format!(
         r#"
 [[resource]]
 name = "any"
 type = "ocf:heartbeat:anything"
-params = { binfile = "/no/such/daemon" }
+params = {{ binfile = "{}", pidfile = "{}" }}
+
+[[resource]]
+name = "good"
+type = "process"
+command = "sleep 1000"
 "#,
+        binfile.display(),
+        work.path().join("any.pid").display()
+    ));
+    d.wait_state("good", "online", LONG);
+    d.wait_state("any", "failed", LONG);
+    let why = d.resource("any")["reason"].as_str().unwrap().to_string();
+    assert!(
+        why.starts_with("open failed: validate-all exited 5 (not installed)"),
+        "{why}"
     );
-    let err = refused("serve", &file, 1);
-    assert!(err.contains("validate-all exited"), "{err}");
+    assert!(
+        d.events()
+            .iter()
+            .any(|e| e["kind"] == "log" && e["resource"] == "any" && e["reason"] == why.as_str()),
+        "the event feed says why"
+    );
+    // Once the daemon is there, an operator's online opens it and starts it.
+    std::fs::write(&binfile, "#!/bin/sh\nwhile :; do sleep 1; done\n").unwrap();
+    std::fs::set_permissions(
+        &binfile,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    d.ok(&["online", "any", "--wait"]);
+    assert_eq!(d.state("any"), "online");
+    d.ok(&["offline", "any", "--wait"]);
+    assert!(d.pids("any").is_empty());
 }
 
 fn anything(work: &Path, stubborn: bool, extra: &str) -> String {

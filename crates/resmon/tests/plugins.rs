@@ -151,31 +151,24 @@ fn bad_plugin_configs_are_refused_with_the_place() {
     }
 }
 
-/// Starts `resmon serve` on a config of this one resource, which it must
-/// refuse (exit 1); returns what it printed.
-fn serve_refused(resource_table: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let file = write(
-        dir.path(),
-        "r.toml",
-        &format!(
-            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{resource_table}",
-            dir.path().join("s.sock").display(),
-            dir.path().join("state").display(),
-        ),
-    );
-    let err = refused("serve", &file, 1);
-    // A refused start leaves no cgroup behind.
-    let instance = std::fs::read_to_string(dir.path().join("state/instance"))
-        .expect("the monitor made its state directory");
-    let left = cgroups_named(&format!("resmon.{}", instance.trim()));
-    assert!(left.is_empty(), "left behind: {left:?}");
-    err
+/// Starts `resmon serve` on this resource, which does not open, beside a
+/// good one: the bad one is `failed`, the monitor and the good one run on.
+/// Returns why it failed.
+fn fails_alone(resource_table: &str) -> String {
+    let d = Daemon::start(&format!(
+        "{resource_table}\n[[resource]]\nname = \"good\"\ntype = \"process\"\ncommand = \"sleep 1000\"\n"
+    ));
+    d.wait_state("good", "online", LONG);
+    d.wait_state("a", "failed", LONG);
+    let why = d.resource("a")["reason"].as_str().unwrap().to_string();
+    assert!(why.starts_with("open failed: "), "{why}");
+    assert!(d.pids("a").is_empty());
+    why
 }
 
 #[test]
-fn a_type_the_library_does_not_serve_refuses_the_resource() {
-    let err = serve_refused(&resource(
+fn a_type_the_library_does_not_serve_fails_the_resource() {
+    let err = fails_alone(&resource(
         "a",
         misbehave(),
         "nosuchtype",
@@ -497,8 +490,8 @@ fn type_control_codes_reach_the_library() {
 }
 
 #[test]
-fn a_hung_open_refuses_the_resource_at_start() {
-    let err = serve_refused(&resource(
+fn a_hung_open_fails_the_resource_at_start() {
+    let err = fails_alone(&resource(
         "a",
         misbehave(),
         "misbehave",
@@ -509,4 +502,20 @@ fn a_hung_open_refuses_the_resource_at_start() {
         err.contains("open did not return within 300ms (deadlock_timeout)"),
         "{err}"
     );
+}
+
+/// The C library this test runs with: a shared library that is no plugin.
+fn libc_path() -> PathBuf {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.contains("/libc.so") || p.contains("/libc-"))
+        .map(PathBuf::from)
+        .expect("libc is mapped")
+}
+
+#[test]
+fn a_library_that_is_no_plugin_fails_the_resource() {
+    let why = fails_alone(&resource("a", &libc_path(), "anything", "{}", ""));
+    assert!(why.contains("resmon_startup"), "{why}");
 }

@@ -121,3 +121,74 @@ fn an_invalid_config_is_refused_whole_and_sighup_reloads() {
     d.wait_state("more", "online", LONG);
     assert_eq!(pid(&d, "svc"), before);
 }
+
+#[test]
+fn a_reload_that_adds_a_resource_that_does_not_open_adds_it_failed() {
+    let d = Daemon::start(&res("a", "sleep 1000", ""));
+    d.wait_state("a", "online", LONG);
+    let agent = "/usr/lib/ocf/resource.d/heartbeat/anything";
+    assert!(
+        std::path::Path::new(agent).exists(),
+        "needs Debian's resource-agents (scripts/test installs it)"
+    );
+    rewrite(
+        &d,
+        &format!(
+            "{}{}",
+            res("a", "sleep 1000", ""),
+            "[[resource]]\nname = \"bad\"\ntype = \"ocf:heartbeat:anything\"\nparams = { binfile = \"/no/such/daemon\" }\n",
+        ),
+    );
+    let out = d.ok(&["reload"]);
+    assert!(out.contains("added:     bad"), "{out}");
+    d.wait_state("bad", "failed", LONG);
+    let why = d.resource("bad")["reason"].as_str().unwrap().to_string();
+    assert!(why.contains("validate-all exited 5"), "{why}");
+    assert_eq!(d.state("a"), "online", "the others run on");
+    // Its online tries the open again, and fails again with the reason.
+    let out = d.cli(&["online", "bad", "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("validate-all exited 5"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_changed_resource_that_does_not_open_with_its_new_params_fails_alone() {
+    let work = tempfile::tempdir().unwrap();
+    let binfile = work.path().join("daemon.sh");
+    std::fs::write(&binfile, "#!/bin/sh\nwhile :; do sleep 1; done\n").unwrap();
+    std::fs::set_permissions(
+        &binfile,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let any = |bin: &str| {
+        format!(
+            "[[resource]]\nname = \"any\"\ntype = \"ocf:heartbeat:anything\"\nparams = {{ binfile = \"{bin}\", pidfile = \"{}\" }}\n",
+            work.path().join("any.pid").display()
+        )
+    };
+    let d = Daemon::start(&format!(
+        "{}{}",
+        res("a", "sleep 1000", ""),
+        any(&binfile.display().to_string())
+    ));
+    d.wait_state("any", "online", LONG);
+    rewrite(
+        &d,
+        &format!("{}{}", res("a", "sleep 1000", ""), any("/no/such/daemon")),
+    );
+    let out = d.ok(&["reload"]);
+    assert!(out.contains("restarted: any"), "{out}");
+    d.wait_state("any", "failed", LONG);
+    let why = d.resource("any")["reason"].as_str().unwrap().to_string();
+    assert!(
+        why.starts_with("with its new config: open failed: validate-all exited 5"),
+        "{why}"
+    );
+    assert!(d.pids("any").is_empty());
+    assert_eq!(d.state("a"), "online");
+}

@@ -304,6 +304,13 @@ impl Containers {
         self.open(resource_name, false)
     }
 
+    /// A container for a resource whose own could not be made: no cgroup,
+    /// only the marker, so it is empty as long as nothing is started in it
+    /// (nothing is: the resource cannot be opened).
+    pub fn unopened(&self, resource_name: &str) -> Container {
+        self.container(resource_name, None)
+    }
+
     /// The container of `resource_name` as an earlier run of this monitor
     /// left it, processes and all: a restarted monitor adopts them.
     pub fn adopt(&self, resource_name: &str) -> io::Result<Container> {
