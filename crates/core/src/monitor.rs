@@ -422,6 +422,11 @@ impl Monitor {
         }
     }
 
+    /// Whether [`Event::Shutdown`] came: nothing is brought online any more.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
     pub fn state(&self, id: ResId) -> State {
         self.res[id].state
     }

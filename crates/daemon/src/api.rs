@@ -54,7 +54,16 @@ pub struct ReloadReport {
 
 /// A reload request for the main loop; the answer is the report or the
 /// config's problems.
-pub type ReloadRequest = oneshot::Sender<Result<ReloadReport, String>>;
+pub type ReloadRequest = oneshot::Sender<Result<ReloadReport, ReloadRefused>>;
+
+/// Why a reload changed nothing.
+#[derive(Debug)]
+pub enum ReloadRefused {
+    /// The new config's problems.
+    Invalid(String),
+    /// The monitor is stopping.
+    Stopping,
+}
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -367,6 +376,7 @@ fn op_error(e: OpError) -> Response {
         OpError::NotFound(m) => error(StatusCode::NOT_FOUND, m),
         OpError::BadRequest(m) => error(StatusCode::BAD_REQUEST, m),
         OpError::Failed(m) => error(StatusCode::CONFLICT, m),
+        OpError::Stopping => stopping(),
     }
 }
 
@@ -450,8 +460,8 @@ async fn reload(AxState(st): AxState<ApiState>) -> Response {
     }
     match answer.await {
         Ok(Ok(report)) => Json(report).into_response(),
-        Ok(Err(problems)) => error(StatusCode::BAD_REQUEST, problems),
-        Err(_) => stopping(),
+        Ok(Err(ReloadRefused::Invalid(problems))) => error(StatusCode::BAD_REQUEST, problems),
+        Ok(Err(ReloadRefused::Stopping)) | Err(_) => stopping(),
     }
 }
 
@@ -566,7 +576,7 @@ async fn operate(st: &ApiState, name: String, command: Command, wait: bool) -> R
     }
     let mut status = match answer.await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return error(StatusCode::NOT_FOUND, e),
+        Ok(Err(e)) => return op_error(e),
         Err(_) => return stopping(),
     };
     if !wait {
@@ -614,17 +624,39 @@ async fn events(AxState(st): AxState<ApiState>, Query(q): Query<FollowQuery>) ->
         s.push('\n');
         axum::body::Bytes::from(s)
     };
+    let ended = st
+        .bus
+        .last()
+        .is_some_and(|l| history.last().is_some_and(|e| e.seq == l));
     let past: Vec<Result<axum::body::Bytes, std::convert::Infallible>> =
         history.iter().map(|e| Ok(line(e))).collect();
     let past = futures_util::stream::iter(past);
-    if !q.follow {
+    // Once the monitor stopped, the history ends with its last event.
+    if !q.follow || ended {
         return axum::body::Body::from_stream(past).into_response();
     }
-    use futures_util::StreamExt;
-    let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| {
-        let out = r.ok().map(|e| Ok(line(&e)));
-        async move { out }
+    // Live events up to and including the monitor's last one: then the
+    // stream ends, and a follower knows the monitor stopped cleanly.
+    let bus = st.bus.clone();
+    let live = futures_util::stream::unfold((rx, false), move |(mut rx, done)| {
+        let bus = bus.clone();
+        async move {
+            if done {
+                return None;
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        let last = bus.last() == Some(e.seq);
+                        return Some((Ok(line(&e)), (rx, last)));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
     });
+    use futures_util::StreamExt;
     let body = axum::body::Body::from_stream(past.chain(live));
     ([("content-type", "application/x-ndjson")], body).into_response()
 }

@@ -81,6 +81,8 @@ pub enum OpError {
     BadRequest(String),
     /// The resource tried and failed.
     Failed(String),
+    /// The monitor is stopping: nothing is brought online any more.
+    Stopping,
 }
 
 /// A request to the driver.
@@ -108,7 +110,7 @@ pub enum Msg {
     Command {
         name: String,
         command: Command,
-        reply: oneshot::Sender<Result<ResourceStatus, String>>,
+        reply: oneshot::Sender<Result<ResourceStatus, OpError>>,
     },
 }
 
@@ -485,7 +487,10 @@ impl Driver {
                 reply,
             } => {
                 let out = match self.core.id(&name) {
-                    None => Err(no_such(&name)),
+                    None => Err(OpError::NotFound(no_such(&name))),
+                    Some(_) if command == Command::Online && self.core.is_shutting_down() => {
+                        Err(OpError::Stopping)
+                    }
                     Some(id) => {
                         self.state_dirty = true;
                         self.feed(Event::Command(id, command));

@@ -38,6 +38,8 @@ pub struct EventBus {
 struct Inner {
     next: u64,
     history: VecDeque<EventRecord>,
+    /// The `seq` of the last event there will be: the monitor stopped.
+    last: Option<u64>,
 }
 
 impl Default for EventBus {
@@ -53,6 +55,7 @@ impl EventBus {
             inner: Arc::new(Mutex::new(Inner {
                 next: 1,
                 history: VecDeque::with_capacity(HISTORY),
+                last: None,
             })),
             tx,
         }
@@ -66,7 +69,33 @@ impl EventBus {
         state: Option<State>,
         reason: impl Into<String>,
     ) {
+        self.publish_as(kind, resource, group, state, reason.into(), false);
+    }
+
+    /// Publishes the last event: followers get it and their stream ends.
+    /// Nothing is published after it.
+    pub fn finish(&self, reason: impl Into<String>) {
+        self.publish_as("monitor", None, None, None, reason.into(), true);
+    }
+
+    /// The `seq` of the last event, once [`finish`](Self::finish) published it.
+    pub fn last(&self) -> Option<u64> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).last
+    }
+
+    fn publish_as(
+        &self,
+        kind: &str,
+        resource: Option<&str>,
+        group: Option<&str>,
+        state: Option<State>,
+        reason: String,
+        last: bool,
+    ) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.last.is_some() {
+            return;
+        }
         let rec = EventRecord {
             seq: inner.next,
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -74,8 +103,11 @@ impl EventBus {
             resource: resource.map(str::to_string),
             group: group.map(str::to_string),
             state,
-            reason: reason.into(),
+            reason,
         };
+        if last {
+            inner.last = Some(rec.seq);
+        }
         inner.next += 1;
         if inner.history.len() == HISTORY {
             inner.history.pop_front();
@@ -97,6 +129,18 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_last_event_is_the_last() {
+        let bus = EventBus::new();
+        bus.publish("monitor", None, None, None, "a");
+        bus.finish("monitor stopped");
+        bus.publish("monitor", None, None, None, "too late");
+        let (history, _) = bus.subscribe();
+        assert_eq!(history.len(), 2);
+        assert_eq!(bus.last(), Some(history[1].seq));
+        assert_eq!(history[1].reason, "monitor stopped");
+    }
 
     #[tokio::test]
     async fn history_is_bounded_and_followers_continue_after_it() {

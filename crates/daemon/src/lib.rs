@@ -357,6 +357,7 @@ async fn run(
         reload: reload_tx,
         cluster: cluster_handle.clone(),
     });
+    let shutdown = listener::Shutdown::default();
     let tcp_server = match config.api.tcp {
         None => None,
         Some(addr) => {
@@ -368,6 +369,7 @@ async fn run(
                 tcp,
                 api.clone(),
                 listener::Limits::default(),
+                shutdown.clone(),
             )))
         }
     };
@@ -375,6 +377,7 @@ async fn run(
         listener,
         api,
         listener::Limits::default(),
+        shutdown.clone(),
     ));
 
     let mut driver = Driver::new(core, slots, types.clone(), tx.clone(), bus.clone());
@@ -516,7 +519,7 @@ async fn run(
         }
         if let Some(reply) = reload_request {
             let result = if stopping.is_some() {
-                Err("the monitor is stopping".to_string())
+                Err(api::ReloadRefused::Stopping)
             } else {
                 let mut ctx = Reload {
                     config: &mut config,
@@ -527,7 +530,9 @@ async fn run(
                     access: &access,
                     replacing: &mut replacing,
                 };
-                reload(&mut ctx, &mut driver).await
+                reload(&mut ctx, &mut driver)
+                    .await
+                    .map_err(api::ReloadRefused::Invalid)
             };
             retired_pending |= result.as_ref().is_ok_and(|r| !r.removed.is_empty());
             match &result {
@@ -546,13 +551,14 @@ async fn run(
                         r.notes.iter().map(|n| format!("; {n}")).collect::<String>()
                     ),
                 ),
-                Err(e) => bus.publish(
+                Err(api::ReloadRefused::Invalid(e)) => bus.publish(
                     "monitor",
                     None,
                     None,
                     None,
                     format!("reload refused; the running configuration stays: {e}"),
                 ),
+                Err(api::ReloadRefused::Stopping) => {}
             }
             if let Some(reply) = reply {
                 let _ = reply.send(result);
@@ -617,13 +623,40 @@ async fn run(
         }
     }
     let _ = save(&mut driver, stopping.as_deref()).await;
-    bus.publish("monitor", None, None, None, "monitor stopped");
-    server.abort();
-    if let Some(t) = tcp_server {
-        t.abort();
+    bus.finish("monitor stopped");
+    // The connections finish what they are answering (a terminate that was
+    // carried out says so, an event stream ends with the last event), with
+    // the driver still answering them; new requests to bring something
+    // online are refused with 503.
+    shutdown.begin();
+    let aborts: Vec<_> = std::iter::once(&server)
+        .chain(tcp_server.as_ref())
+        .map(|t| t.abort_handle())
+        .collect();
+    let mut servers = std::pin::pin!(async move {
+        let _ = server.await;
+        if let Some(t) = tcp_server {
+            let _ = t.await;
+        }
+    });
+    let mut grace = std::pin::pin!(tokio::time::sleep(SHUTDOWN_GRACE));
+    loop {
+        tokio::select! {
+            () = servers.as_mut() => break,
+            () = grace.as_mut() => {
+                tracing::warn!("API connections still open after {SHUTDOWN_GRACE:?}: closing them");
+                aborts.iter().for_each(|a| a.abort());
+                break;
+            }
+            _ = driver.turn(&mut rx) => {}
+        }
     }
     Ok(())
 }
+
+/// How long open API connections get to finish their answers when the
+/// monitor stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Where the cluster controller is asked to give up its groups and leave;
 /// it answers on the channel it is sent.
@@ -918,6 +951,7 @@ async fn release_retired(driver: &Driver, released: &mut std::collections::HashS
 /// terminates everything at once.
 fn stop(driver: &mut Driver, first: bool, bus: &EventBus, signal: &str) {
     if first {
+        tracing::info!("{signal}: taking every resource offline, then stopping");
         bus.publish(
             "monitor",
             None,
@@ -927,6 +961,7 @@ fn stop(driver: &mut Driver, first: bool, bus: &EventBus, signal: &str) {
         );
         driver.feed(Event::Shutdown);
     } else {
+        tracing::warn!("{signal} again: terminating every resource now");
         bus.publish(
             "monitor",
             None,

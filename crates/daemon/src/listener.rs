@@ -22,6 +22,12 @@
 //! Nothing here is awaited by the event loop: connections are served on
 //! tasks of their own, and answers that need the monitor go through its
 //! channel like every other message.
+//!
+//! **Stopping.** When the monitor stops it flips [`Shutdown`]: no new
+//! connection is accepted, every connection finishes the answer it is
+//! writing (a `terminate` that was carried out says so; an event stream
+//! ends after the monitor's last event) and is closed, and the serve
+//! function returns once the last one is gone.
 
 use crate::api::Caller;
 use axum::extract::ConnectInfo;
@@ -138,11 +144,45 @@ impl Refusals {
     }
 }
 
+/// Tells the listeners to stop (see the module docs).
+#[derive(Clone)]
+pub struct Shutdown {
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            stop: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl Shutdown {
+    /// Stops accepting and closes every connection once its answer is out.
+    pub fn begin(&self) {
+        self.stop.send_replace(true);
+    }
+
+    async fn begun(mut rx: tokio::sync::watch::Receiver<bool>) {
+        let _ = rx.wait_for(|&s| s).await;
+    }
+}
+
+/// Each connection holds a clone; the serve function waits until none is left.
+type Alive = tokio::sync::mpsc::Sender<()>;
+
 /// Serves one connection: HTTP/1.1 with the header and idle timeout.
-fn serve_connection<Io>(io: Io, router: Router, caller: Caller, limits: &Limits, slot: Slot)
+fn serve_connection<Io>(io: Io, router: Router, caller: Caller, conn: ConnCtx<'_>)
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let ConnCtx {
+        limits,
+        slot,
+        alive,
+        shutdown,
+    } = conn;
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         req.extensions_mut().insert(ConnectInfo(caller));
         router.clone().oneshot(req.map(axum::body::Body::new))
@@ -152,12 +192,73 @@ where
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), service);
+    let stop = shutdown.stop.subscribe();
     tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(e) = conn.await {
+        let (_slot, _alive) = (slot, alive);
+        let mut conn = std::pin::pin!(conn);
+        let done = tokio::select! {
+            done = conn.as_mut() => done,
+            () = Shutdown::begun(stop) => {
+                // The answer being written is finished, then it closes.
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = done {
             tracing::debug!("API connection: {e}");
         }
     });
+}
+
+/// What a connection is served with.
+struct ConnCtx<'a> {
+    limits: &'a Limits,
+    slot: Slot,
+    alive: Alive,
+    shutdown: &'a Shutdown,
+}
+
+/// A listener: the Unix socket or the TCP one.
+trait Listen {
+    type Conn;
+    fn next(&self) -> impl std::future::Future<Output = std::io::Result<Self::Conn>> + Send;
+}
+
+impl Listen for tokio::net::UnixListener {
+    type Conn = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<Self::Conn> {
+        self.accept().await.map(|(s, _)| s)
+    }
+}
+
+impl Listen for tokio::net::TcpListener {
+    type Conn = (tokio::net::TcpStream, std::net::SocketAddr);
+    fn next(&self) -> impl std::future::Future<Output = std::io::Result<Self::Conn>> + Send {
+        self.accept()
+    }
+}
+
+/// Accepts until the shutdown, then waits for the connections to end.
+async fn accept_until<L: Listen>(
+    shutdown: &Shutdown,
+    listener: &L,
+    mut serve: impl FnMut(L::Conn, Alive),
+) {
+    let (alive, mut gone) = tokio::sync::mpsc::channel::<()>(1);
+    let stop = shutdown.stop.subscribe();
+    let mut stopping = std::pin::pin!(Shutdown::begun(stop));
+    loop {
+        tokio::select! {
+            accepted = listener.next() => match accepted {
+                Ok(conn) => serve(conn, alive.clone()),
+                Err(e) => accept_failed(e).await,
+            },
+            () = stopping.as_mut() => break,
+        }
+    }
+    drop(alive);
+    // Every sender is gone once every connection ended.
+    let _ = gone.recv().await;
 }
 
 /// What an accept error means: a full descriptor table is waited out
@@ -176,19 +277,18 @@ async fn accept_failed(e: std::io::Error) {
     }
 }
 
-/// Serves the API on the Unix socket until the task is aborted.
-pub async fn serve_unix(listener: tokio::net::UnixListener, router: Router, limits: Limits) {
+/// Serves the API on the Unix socket until `shutdown`, then waits for
+/// the open connections to finish.
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    router: Router,
+    limits: Limits,
+    shutdown: Shutdown,
+) {
     let counts = Arc::new(Mutex::new(Counts::default()));
     let me = rustix::process::geteuid().as_raw();
     let mut refusals = Refusals::default();
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                accept_failed(e).await;
-                continue;
-            }
-        };
+    accept_until(&shutdown, &listener, |stream, alive| {
         let cred = stream.peer_cred().ok();
         let caller = Caller {
             uid: cred.as_ref().map(|c| c.uid()),
@@ -199,34 +299,51 @@ pub async fn serve_unix(listener: tokio::net::UnixListener, router: Router, limi
         // A caller the kernel does not name is counted as one untrusted uid.
         let uid = caller.uid.unwrap_or(u32::MAX);
         match admit(&counts, &limits, Some(uid), trusted) {
-            Some(slot) => serve_connection(stream, router.clone(), caller, &limits, slot),
+            Some(slot) => {
+                let ctx = ConnCtx {
+                    limits: &limits,
+                    slot,
+                    alive,
+                    shutdown: &shutdown,
+                };
+                serve_connection(stream, router.clone(), caller, ctx)
+            }
             None => refusals.note(&format!("uid {uid}")),
         }
-    }
+    })
+    .await;
 }
 
-/// Serves the API on the TCP listener until the task is aborted.
-pub async fn serve_tcp(listener: tokio::net::TcpListener, router: Router, limits: Limits) {
+/// Serves the API on the TCP listener until `shutdown`, then waits for
+/// the open connections to finish.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    shutdown: Shutdown,
+) {
     let counts = Arc::new(Mutex::new(Counts::default()));
     let mut refusals = Refusals::default();
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                accept_failed(e).await;
-                continue;
-            }
-        };
+    accept_until(&shutdown, &listener, |(stream, peer), alive| {
         let caller = Caller {
             uid: None,
             pid: None,
             tcp: true,
         };
         match admit(&counts, &limits, None, false) {
-            Some(slot) => serve_connection(stream, router.clone(), caller, &limits, slot),
+            Some(slot) => {
+                let ctx = ConnCtx {
+                    limits: &limits,
+                    slot,
+                    alive,
+                    shutdown: &shutdown,
+                };
+                serve_connection(stream, router.clone(), caller, ctx)
+            }
             None => refusals.note(&peer.to_string()),
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

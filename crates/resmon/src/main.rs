@@ -542,7 +542,9 @@ async fn serve(config: PathBuf, socket: Option<PathBuf>) -> Result<(), Failure> 
     resmon_daemon::serve(c)
         .await
         .context("the monitor stopped on an error")
-        .map_err(|e| fail(1, format!("{e:#}")))
+        .map_err(|e| fail(1, format!("{e:#}")))?;
+    tracing::info!("monitor stopped: every resource is down; exiting 0");
+    Ok(())
 }
 
 /// Percent-encodes a resource name for a URL path (names are checked by the

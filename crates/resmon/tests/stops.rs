@@ -123,3 +123,81 @@ fn a_restart_after_a_hung_check_does_not_wait_for_it() {
         "{why:?}"
     );
 }
+
+#[test]
+fn a_stopping_monitor_answers_clearly() {
+    // `slow` ignores SIGTERM: the monitor stays stopping until
+    // pending_timeout has it terminated, or an operator terminates it.
+    let mut d = Daemon::start(
+        r#"
+[[resource]]
+name = "slow"
+type = "process"
+command = "sh -c 'trap \"\" TERM; while :; do sleep 1; done'"
+pending_timeout = "60s"
+
+[[resource]]
+name = "quick"
+type = "process"
+command = "sleep 1000"
+"#,
+    );
+    d.wait_state("slow", "online", LONG);
+    d.wait_state("quick", "online", LONG);
+    let follow = std::process::Command::new(BIN)
+        .args(["--socket"])
+        .arg(&d.socket)
+        .args(["events", "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Connected once it printed the history's first line.
+    let mut follow = follow;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    assert!(lines.next().is_some_and(|l| l.is_ok()));
+    let pid = d.child.as_ref().unwrap().id();
+    signal(pid, libc_sig::TERM);
+    d.wait_state("slow", "offline_pending", LONG);
+    d.wait_state("quick", "offline", LONG);
+
+    // Bringing something online is refused, and so is a reload.
+    let out = d.cli(&["online", "quick"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the monitor is stopping"), "{err}");
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the monitor is stopping"));
+    assert_eq!(d.state("quick"), "offline");
+
+    // A terminate is carried out, says so, and lets the monitor finish.
+    let out = d.cli(&["terminate", "slow"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "slow: offline");
+    let mut child = d.child.take().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}\n{}", d.log());
+
+    // The follower saw the monitor's last event and ended with exit 0.
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let out = follow.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let last: serde_json::Value = serde_json::from_str(rest.last().unwrap()).unwrap();
+    assert_eq!(last["reason"], "monitor stopped", "{rest:?}");
+    // The log says which signal came and what it did, and that it exited.
+    let log = d.log();
+    assert!(
+        log.contains("SIGTERM: taking every resource offline, then stopping"),
+        "{log}"
+    );
+    assert!(
+        log.contains("monitor stopped: every resource is down; exiting 0"),
+        "{log}"
+    );
+}
