@@ -238,6 +238,17 @@ impl Listen for tokio::net::TcpListener {
     }
 }
 
+impl<'a> ConnCtx<'a> {
+    fn new(limits: &'a Limits, slot: Slot, alive: Alive, shutdown: &'a Shutdown) -> Self {
+        ConnCtx {
+            limits,
+            slot,
+            alive,
+            shutdown,
+        }
+    }
+}
+
 /// Accepts until the shutdown, then waits for the connections to end.
 async fn accept_until<L: Listen>(
     shutdown: &Shutdown,
@@ -300,12 +311,7 @@ pub async fn serve_unix(
         let uid = caller.uid.unwrap_or(u32::MAX);
         match admit(&counts, &limits, Some(uid), trusted) {
             Some(slot) => {
-                let ctx = ConnCtx {
-                    limits: &limits,
-                    slot,
-                    alive,
-                    shutdown: &shutdown,
-                };
+                let ctx = ConnCtx::new(&limits, slot, alive, &shutdown);
                 serve_connection(stream, router.clone(), caller, ctx)
             }
             None => refusals.note(&format!("uid {uid}")),
@@ -332,12 +338,7 @@ pub async fn serve_tcp(
         };
         match admit(&counts, &limits, None, false) {
             Some(slot) => {
-                let ctx = ConnCtx {
-                    limits: &limits,
-                    slot,
-                    alive,
-                    shutdown: &shutdown,
-                };
+                let ctx = ConnCtx::new(&limits, slot, alive, &shutdown);
                 serve_connection(stream, router.clone(), caller, ctx)
             }
             None => refusals.note(&peer.to_string()),
