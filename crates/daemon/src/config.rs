@@ -624,8 +624,14 @@ fn apply_policy(p: &mut Policy, t: &toml::Table, place: &str, problems: &mut Vec
                 Some(Err(e)) => problems.push(format!("{place}: restart_action: {e}")),
                 None => problems.push(format!("{place}: restart_action must be a string")),
             },
-            "restart_threshold" => match value.as_integer() {
-                Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => p.restart_threshold = n as u32,
+            "restart_threshold" => match value.as_integer().map(u32::try_from) {
+                Some(Ok(n)) => p.restart_threshold = n,
+                Some(Err(_)) if value.as_integer().is_some_and(|n| n > 0) => {
+                    problems.push(format!(
+                        "{place}: restart_threshold {value} is too large: at most {}",
+                        u32::MAX
+                    ))
+                }
                 _ => problems.push(format!(
                     "{place}: restart_threshold must be a whole number, 0 or more"
                 )),
@@ -748,6 +754,10 @@ type = "lenient"
 name = "c"
 type = "lenient"
 terminate_timeout = 300
+[[resource]]
+name = "d"
+type = "lenient"
+restart_threshold = 4294967296
 "#,
         );
         for needle in [
@@ -759,6 +769,7 @@ terminate_timeout = 300
             "resource \"a\" ([[resource]] #2): the name is used by an earlier resource",
             "[[resource]] #3: name is missing",
             "resource \"c\" ([[resource]] #4): terminate_timeout: write durations as strings",
+            "resource \"d\" ([[resource]] #5): restart_threshold 4294967296 is too large: at most 4294967295",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

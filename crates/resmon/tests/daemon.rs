@@ -640,3 +640,52 @@ restart_delay = "0s"
         "{err}"
     );
 }
+
+#[test]
+fn names_of_cgroup_control_files_get_cgroups_of_their_own() {
+    let one = |name: &str| {
+        format!("[[resource]]\nname = \"{name}\"\ntype = \"process\"\ncommand = \"sleep 1000\"\n")
+    };
+    let mut d = Daemon::start(&one("first"));
+    d.wait_state("first", "online", LONG);
+    if !d.uses_cgroups() {
+        eprintln!("skipped: needs cgroup v2");
+        return;
+    }
+    // Every control file the kernel shows in the monitor's own root, as a
+    // resource name, beside the names that once shared a directory.
+    let root = cgroups_named(&format!("resmon.{}", d.instance()));
+    assert_eq!(root.len(), 1, "{root:?}");
+    let mut names: Vec<String> = std::fs::read_dir(&root[0])
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "cgroup.procs"), "{names:?}");
+    names.extend(["_cgroup.procs-dfcdb7d2".to_string(), "first".to_string()]);
+    let file = d.config_file();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let head = &text[..text.find("[[resource]]").unwrap()];
+    let all: String = names.iter().map(|n| one(n)).collect();
+    std::fs::write(&file, format!("{head}{all}")).unwrap();
+    d.ok(&["reload"]);
+    let mut pids = std::collections::HashSet::new();
+    for n in &names {
+        d.wait_state(n, "online", LONG);
+        let pid = d.pids(n)[0];
+        assert!(pids.insert(pid), "{n} shares pid {pid}");
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            cgroup.trim_end().ends_with(&format!("/r.{n}")),
+            "{n}: {cgroup}"
+        );
+    }
+    // Stopping one leaves the one whose directory it once shared.
+    let other = d.pids("_cgroup.procs-dfcdb7d2")[0];
+    d.ok(&["offline", "cgroup.procs", "--wait"]);
+    assert!(alive(other));
+    assert_eq!(d.state("_cgroup.procs-dfcdb7d2"), "online");
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log());
+}

@@ -138,10 +138,10 @@ pub(crate) fn parse_procs(procs: &str) -> Vec<u32> {
         .collect()
 }
 
-/// A directory name for a resource: the name itself when it is plain
-/// (ASCII letters, digits, `_`, `-`, `.`; not starting with a dot or
-/// `cgroup.`), else a cleaned-up name plus a hash of the original, so that
-/// two different resources never share a directory.
+/// A directory name for the monitor's root cgroup (`resmon.INSTANCE`): the
+/// name itself when it is plain (ASCII letters, digits, `_`, `-`, `.`; not
+/// starting with a dot or `cgroup.`), else a cleaned-up name plus a hash
+/// of the original.
 pub(crate) fn sanitize_name(name: &str) -> String {
     let mut clean: String = name
         .chars()
@@ -161,11 +161,38 @@ pub(crate) fn sanitize_name(name: &str) -> String {
         clean.insert(0, '_');
     }
     clean.truncate(200);
-    // FNV-1a: small, stable across runs and Rust versions.
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+    format!("{clean}-{:08x}", fnv1a(name) as u32)
+}
+
+/// The directory of resource `name` under the monitor's root cgroup:
+/// `r.NAME` when the name is plain (ASCII letters, digits, `_`, `-`, `.`;
+/// at most 200 bytes), else `h.CLEANED-HASH` with a 64-bit hash of the
+/// name. The prefixes give resources a name space of their own: no
+/// resource's directory is a control file of the kernel's (those are
+/// `CONTROLLER.FILE`, and no controller is called `r` or `h`), and since a
+/// plain name never maps to `h.` two names never share a directory.
+pub(crate) fn resource_dir(name: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if !name.is_empty() && name.len() <= 200 && name.chars().all(plain) {
+        return format!("r.{name}");
+    }
+    let mut clean: String = name
+        .chars()
+        .map(|c| if plain(c) { c } else { '_' })
+        .collect();
+    let mut cut = clean.len().min(200);
+    while !clean.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    clean.truncate(cut);
+    format!("h.{clean}-{:016x}", fnv1a(name))
+}
+
+/// FNV-1a: small, stable across runs and Rust versions.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("{clean}-{:08x}", hash as u32)
+    })
 }
 
 /// Whether an error reading a cgroup file means the cgroup is gone (it was
@@ -377,6 +404,43 @@ mod tests {
             assert!(!s.is_empty());
         }
         assert!(sanitize_name(&"x".repeat(300)).len() <= 209);
+    }
+
+    #[test]
+    fn every_resource_name_has_a_directory_of_its_own() {
+        assert_eq!(resource_dir("web-1.db_x"), "r.web-1.db_x");
+        // A hashed name's directory cannot be a plain name's.
+        let hashed = resource_dir("cgroup procs");
+        assert!(hashed.starts_with("h.cgroup_procs-"), "{hashed}");
+        let plain = hashed.strip_prefix("h.").unwrap();
+        assert_ne!(resource_dir(plain), hashed);
+        assert_ne!(resource_dir("a/b"), resource_dir("a b"));
+        for odd in ["", ".", "..", "../x", "é", &"x".repeat(300)] {
+            let d = resource_dir(odd);
+            assert!(d.len() <= 2 + 200 + 17 && !d.contains('/'), "{d}");
+            assert!(d != "." && d != "..");
+        }
+        // No control file the kernel exposes here is a resource's directory.
+        let mount = std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find(|l| {
+                        l.split(" - ")
+                            .nth(1)
+                            .is_some_and(|t| t.starts_with("cgroup2 "))
+                    })
+                    .and_then(|l| l.split(' ').nth(4).map(str::to_string))
+            });
+        if let Some(mount) = mount {
+            for e in std::fs::read_dir(mount).unwrap().flatten() {
+                if e.path().is_file() {
+                    let file = e.file_name().to_string_lossy().into_owned();
+                    assert!(resource_dir(&file).starts_with("r."), "{file}");
+                    assert!(!file.starts_with("r.") && !file.starts_with("h."), "{file}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -198,10 +198,14 @@ impl Containers {
                         }
                     }
                 }
-                names.retain(|n| !keep.iter().any(|k| cgroup::sanitize_name(k) == *n));
+                names.retain(|n| !keep.iter().any(|k| cgroup::resource_dir(k) == *n));
+                // `r.NAME` is resource NAME's; a hashed name stays as it is.
                 return names
                     .into_iter()
-                    .map(|n| self.container(&n, Some(root.join(&n))))
+                    .map(|n| {
+                        let name = n.strip_prefix("r.").unwrap_or(&n);
+                        self.container(name, Some(root.join(&n)))
+                    })
                     .collect();
             }
             Backend::ProcessGroups { .. } => {
@@ -232,7 +236,7 @@ impl Containers {
             Backend::Cgroup { root } => resource_names
                 .iter()
                 .map(|n| {
-                    cgroup::populated(&root.join(cgroup::sanitize_name(n))).unwrap_or(false)
+                    cgroup::populated(&root.join(cgroup::resource_dir(n))).unwrap_or(false)
                         || !tracker()
                             .outside(&format!("{}/{n}", self.instance), &[])
                             .is_empty()
@@ -321,7 +325,7 @@ impl Containers {
         let cgroup = match &self.backend {
             Backend::ProcessGroups { .. } => None,
             Backend::Cgroup { root } => {
-                let dir = root.join(cgroup::sanitize_name(resource_name));
+                let dir = root.join(cgroup::resource_dir(resource_name));
                 match std::fs::create_dir(&dir) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {
