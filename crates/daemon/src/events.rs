@@ -26,7 +26,26 @@ pub struct EventRecord {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub state: Option<State>,
     pub reason: String,
+    /// How many times it happened: a repeat of a recent event (the same
+    /// kind, resource and reason; never a state change) is counted here
+    /// instead of being added again.
+    #[serde(skip_serializing_if = "is_one", default = "one")]
+    pub count: u64,
+    /// When it last happened, once it repeated; RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_time: Option<String>,
 }
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// How far back a repeat is looked for.
+const REPEAT_WINDOW: usize = 32;
 
 /// Publishes events to the history and to live followers.
 #[derive(Clone)]
@@ -96,14 +115,40 @@ impl EventBus {
         if inner.last.is_some() {
             return;
         }
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        if kind != "state" && !last {
+            let repeat = inner
+                .history
+                .iter_mut()
+                .rev()
+                .take(REPEAT_WINDOW)
+                .find(|e| {
+                    e.kind == kind
+                        && e.resource.as_deref() == resource
+                        && e.group.as_deref() == group
+                        && e.state == state
+                        && e.reason == reason
+                });
+            if let Some(e) = repeat {
+                e.count = e.count.saturating_add(1);
+                e.last_time = Some(time);
+                // Followers hear of it at 2, 4, 8, ... repeats, not each time.
+                if e.count.is_power_of_two() {
+                    let _ = self.tx.send(e.clone());
+                }
+                return;
+            }
+        }
         let rec = EventRecord {
             seq: inner.next,
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            time,
             kind: kind.to_string(),
             resource: resource.map(str::to_string),
             group: group.map(str::to_string),
             state,
             reason,
+            count: 1,
+            last_time: None,
         };
         if last {
             inner.last = Some(rec.seq);
@@ -129,6 +174,34 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn repeats_are_counted_not_added() {
+        let bus = EventBus::new();
+        let (_, mut rx) = bus.subscribe();
+        for _ in 0..111 {
+            bus.publish("force_kill", Some("r"), Some("g"), None, "killing its tree");
+            bus.publish("log", Some("other"), Some("g"), None, "something else");
+        }
+        bus.publish("state", Some("r"), Some("g"), Some(State::Failed), "x");
+        bus.publish("state", Some("r"), Some("g"), Some(State::Failed), "x");
+        let (history, _) = bus.subscribe();
+        assert_eq!(history.len(), 4, "{history:#?}");
+        assert_eq!(history[0].count, 111);
+        assert!(history[0].last_time.is_some());
+        assert_eq!(history[1].count, 111);
+        assert_eq!(history[2].count, 1, "state changes are never folded");
+        // A follower heard of the repeats 2, 4, ..., 64 times: 7 updates each.
+        let mut heard = 0;
+        while let Ok(e) = rx.try_recv() {
+            if e.seq == history[0].seq {
+                heard += 1;
+            }
+        }
+        assert_eq!(heard, 1 + 6);
+        let json = serde_json::to_value(&history[2]).unwrap();
+        assert!(json.get("count").is_none(), "{json}");
+    }
 
     #[tokio::test]
     async fn the_last_event_is_the_last() {

@@ -112,6 +112,13 @@ impl Params {
         for (k, v) in raw.environment {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
                 errors.push(format!("environment: {k:?} is not a valid variable name"));
+            } else if k.len() + v.len() + 2 > 32 * 4096 {
+                // What execve takes per variable (MAX_ARG_STRLEN, with "=" and NUL).
+                errors.push(format!(
+                    "environment: {k} is {} bytes long; the kernel takes at most {} bytes per variable",
+                    k.len() + v.len() + 2,
+                    32 * 4096
+                ));
             } else {
                 environment.push((k, v));
             }
@@ -396,6 +403,19 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(errs.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn an_environment_variable_exec_cannot_take_is_refused() {
+        let e = Params::parse(&json!({
+            "command": "sleep 1",
+            "environment": {"BIG": "x".repeat(200_000)},
+        }))
+        .unwrap_err();
+        assert!(
+            e[0].contains("environment: BIG is 200005 bytes long; the kernel takes at most 131072"),
+            "{e:?}"
+        );
     }
 
     #[test]

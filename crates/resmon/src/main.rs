@@ -634,7 +634,11 @@ fn format_event(e: &EventRecord) -> String {
     } else {
         format!(" [{}]", e.kind)
     };
-    format!("{} {what}{state}{kind}: {}", e.time, e.reason)
+    let repeats = match (&e.last_time, e.count) {
+        (Some(last), n) if n > 1 => format!(" ({n} times, last at {last})"),
+        _ => String::new(),
+    };
+    format!("{} {what}{state}{kind}: {}{repeats}", e.time, e.reason)
 }
 
 fn print_nodes(r: &NodesReply) {

@@ -249,6 +249,7 @@ pub(crate) fn prepare(spec: &SpawnSpec) -> io::Result<Prepared> {
             )
         })?);
     }
+    check_exec_size(&argv, &envp)?;
     let cwd = match &spec.cwd {
         Some(d) => Some(cstring(&d.to_string_lossy(), "working directory")?),
         None => None,
@@ -798,6 +799,57 @@ unsafe fn clone3_run(
     ret
 }
 
+/// The longest single argument or environment string `execve` takes,
+/// with its NUL (`MAX_ARG_STRLEN`, 32 pages).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Refuses, naming the culprit, what `execve` would refuse with a bare
+/// "Argument list too long": one string over [`MAX_ARG_STRLEN`], or all of
+/// them (with their pointers) over the system's `ARG_MAX`.
+fn check_exec_size(argv: &[CString], envp: &[CString]) -> io::Result<()> {
+    let too_big = |what: String, n: usize| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} is {n} bytes: the kernel takes at most {MAX_ARG_STRLEN} bytes per argument or variable"),
+        )
+    };
+    for (i, a) in argv.iter().enumerate() {
+        let n = a.as_bytes_with_nul().len();
+        if n > MAX_ARG_STRLEN {
+            return Err(too_big(format!("argument {i} of the command"), n));
+        }
+    }
+    for kv in envp {
+        let n = kv.as_bytes_with_nul().len();
+        if n > MAX_ARG_STRLEN {
+            let bytes = kv.as_bytes();
+            let name = String::from_utf8_lossy(
+                &bytes[..bytes.iter().position(|&b| b == b'=').unwrap_or(0)],
+            );
+            return Err(too_big(format!("environment variable {name}"), n));
+        }
+    }
+    let total: usize = argv
+        .iter()
+        .chain(envp)
+        .map(|c| c.as_bytes_with_nul().len() + std::mem::size_of::<usize>())
+        .sum();
+    // SAFETY: sysconf only reads a system setting.
+    let arg_max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+    if let Ok(max) = usize::try_from(arg_max) {
+        if max > 0 && total > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the command and its environment ({} variables) take {total} bytes: more than the {max} the kernel takes (ARG_MAX)",
+                    envp.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Names the program (and the cwd and cgroup, which can fail too) in a spawn error.
 pub(crate) fn describe_error(spec: &SpawnSpec, err: io::Error) -> io::Error {
     let mut context = Vec::new();
@@ -805,7 +857,7 @@ pub(crate) fn describe_error(spec: &SpawnSpec, err: io::Error) -> io::Error {
         context.push(format!("in {}", cwd.display()));
     }
     if let Some(dir) = &spec.cgroup {
-        context.push(format!("joining {}", dir.join("cgroup.procs").display()));
+        context.push(format!("in cgroup {}", dir.display()));
     }
     let context = if context.is_empty() {
         String::new()
@@ -821,6 +873,39 @@ pub(crate) fn describe_error(spec: &SpawnSpec, err: io::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_commands_and_environments_are_refused_by_name() {
+        let mut spec = SpawnSpec::new("sleep", ["1"]);
+        spec.env.push(("BIG".into(), "x".repeat(200_000)));
+        let e = prepare(&spec).err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("environment variable BIG is 200005 bytes"),
+            "{text}"
+        );
+        let spec = SpawnSpec::new("sleep", ["y".repeat(140_000)]);
+        let text = prepare(&spec).err().expect("refused").to_string();
+        assert!(
+            text.starts_with("argument 1 of the command is 140001 bytes"),
+            "{text}"
+        );
+        // SAFETY: sysconf only reads a system setting.
+        let max = unsafe { libc::sysconf(libc::_SC_ARG_MAX) };
+        if !(0..=64 << 20).contains(&max) {
+            return; // no ARG_MAX worth testing here (an unlimited stack)
+        }
+        let mut spec = SpawnSpec::new("sleep", ["1"]);
+        for i in 0..=(max / 100_000) {
+            spec.env.push((format!("V{i}"), "z".repeat(100_000)));
+        }
+        let text = prepare(&spec).err().expect("refused").to_string();
+        assert!(
+            text.contains("more than the") && text.contains("ARG_MAX"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn set_scope_adds_the_marker_once_and_the_cgroup() {
