@@ -20,6 +20,7 @@ pub mod private_dir;
 mod reopen;
 mod socket;
 pub mod state;
+mod wire_errors;
 
 pub use driver::ResourceStatus;
 

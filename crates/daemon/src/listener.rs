@@ -144,6 +144,10 @@ impl Refusals {
     }
 }
 
+/// The largest request head (request line and headers) read: an API
+/// request needs a few hundred bytes.
+const MAX_HEAD: usize = 64 * 1024;
+
 /// Tells the listeners to stop (see the module docs).
 #[derive(Clone)]
 pub struct Shutdown {
@@ -190,8 +194,14 @@ where
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // A request line and headers past this are refused (414, 431);
+        // bodies stream through it.
+        .max_buf_size(MAX_HEAD)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(
+            TokioIo::new(crate::wire_errors::JsonErrors::new(io)),
+            service,
+        );
     let stop = shutdown.stop.subscribe();
     tokio::spawn(async move {
         let (_slot, _alive) = (slot, alive);

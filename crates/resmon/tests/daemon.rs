@@ -689,3 +689,35 @@ fn names_of_cgroup_control_files_get_cgroups_of_their_own() {
     let status = d.stop();
     assert!(status.success(), "{status}\n{}", d.log());
 }
+
+#[test]
+fn requests_the_server_cannot_parse_get_json_errors() {
+    let d = Daemon::start("");
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(70_000));
+    let big_header = format!(
+        "GET /v1/resources HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(500_000)
+    );
+    for (request, status, words) in [
+        ("GARBAGE\r\n\r\n".to_string(), "400", "malformed request"),
+        (long_uri, "414", "URI is too long"),
+        (big_header, "431", "headers are too large"),
+    ] {
+        // The server may answer and close before it read all of it: the
+        // rest of the write fails, the answer is there all the same.
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        s.set_read_timeout(Some(LONG)).unwrap();
+        let _ = s.write_all(request.as_bytes());
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a whole answer");
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert!(v["error"].as_str().unwrap().contains(words), "{v}");
+    }
+    // The monitor serves on.
+    d.ok(&["status"]);
+}
