@@ -638,7 +638,7 @@ impl Driver {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, (id, code, started, deadline));
-        tokio::task::spawn_blocking(move || {
+        crate::workers::spawn(move || {
             let out = {
                 // Listed by `calls` from `controls`, not as the lane's call.
                 let _turn = lane.turn();
@@ -683,7 +683,7 @@ impl Driver {
                 .unwrap_or_default()
         });
         let what = format!("resource type {type_name:?}");
-        tokio::task::spawn_blocking(move || {
+        crate::workers::spawn(move || {
             let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 ty.resource_type_control(&type_name, code, &input)
             }))
@@ -747,7 +747,7 @@ impl Driver {
                 };
                 tokio::spawn(async move {
                     if let Some(terminate) = terminate {
-                        let _ = tokio::task::spawn_blocking(terminate).await;
+                        let _ = crate::workers::spawn(terminate).await;
                     }
                     container.wait_empty().await;
                     let _ = tx.send(Msg::Event(Event::Terminated { id, seq }));
@@ -760,8 +760,7 @@ impl Driver {
                 self.publish("force_kill", id, None, &reason);
                 tokio::spawn(async move {
                     let task = container.task();
-                    let killed =
-                        tokio::task::spawn_blocking(move || task.terminate(exit_code)).await;
+                    let killed = crate::workers::spawn(move || task.terminate(exit_code)).await;
                     if let Ok(Err(e)) = killed {
                         tracing::error!("force kill: {e}");
                     }
@@ -828,7 +827,7 @@ impl Driver {
                 tx: tx.clone(),
             }),
         );
-        tokio::task::spawn_blocking(move || {
+        crate::workers::spawn(move || {
             let run = || {
                 match entry {
                 EntryPoint::Online => match &gate {

@@ -21,6 +21,7 @@ mod reopen;
 mod socket;
 pub mod state;
 mod wire_errors;
+pub mod workers;
 
 pub use driver::ResourceStatus;
 
@@ -70,7 +71,7 @@ async fn load_config(
     types: Vec<Arc<dyn ResourceType>>,
 ) -> Result<Config, config::ConfigError> {
     let file = path.clone();
-    tokio::task::spawn_blocking(move || {
+    crate::workers::spawn(move || {
         let refs: Vec<&dyn ResourceType> = types.iter().map(|t| t.as_ref()).collect();
         Config::load(&path, &refs)
     })
@@ -92,6 +93,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
     }
+    workers::start().map_err(anyhow::Error::msg)?;
     let reaper = Reaper::get().context("becoming the reaper of resource processes")?;
     let types = resource_types(reaper);
     // Before anything answers or starts: a stop signal that arrives during
@@ -200,7 +202,7 @@ async fn open_slot(
     // `open` may run programs (an agent's validate-all): not on the event loop.
     let opener = ty.clone();
     let first = ctx.clone();
-    let opened = tokio::task::spawn_blocking(move || opener.open(first))
+    let opened = crate::workers::spawn(move || opener.open(first))
         .await
         .map_err(|e| e.to_string())
         .and_then(|o| o.map_err(|e| e.to_string()));
@@ -429,7 +431,7 @@ async fn run(
             Start::Reattach(blob) => {
                 let slot = &driver.slots()[id];
                 let resource = slot.resource.clone();
-                let attached = tokio::task::spawn_blocking(move || resource.reattach(&blob))
+                let attached = crate::workers::spawn(move || resource.reattach(&blob))
                     .await
                     .unwrap_or_else(|e| Err(resmon_contract::ResourceError::new(e.to_string())));
                 match attached {
@@ -469,7 +471,7 @@ async fn run(
     let mut save = |driver: &mut Driver, wanted: Option<&[bool]>| {
         seq += 1;
         let (snapshot, dir, n) = (driver.snapshot(wanted), state_dir.clone(), seq);
-        tokio::task::spawn_blocking(move || {
+        crate::workers::spawn(move || {
             if let Err(e) = dir.save_in_order(n, &snapshot) {
                 tracing::error!("writing the state in {}: {e}", dir.path().display());
             }
@@ -587,7 +589,7 @@ async fn run(
     for (id, slot) in driver.slots().iter().enumerate() {
         let resource = slot.resource.clone();
         let down = driver.is_down(id);
-        let _ = tokio::task::spawn_blocking(move || {
+        let _ = crate::workers::spawn(move || {
             if !down {
                 resource.terminate(1);
             }
@@ -720,7 +722,8 @@ fn start_cluster(
         handle.view.clone(),
         guard,
         permits,
-    );
+    )
+    .map_err(anyhow::Error::msg)?;
     tokio::spawn(controller.run(requests, failovers, stop));
     Ok(stop_tx)
 }
@@ -899,7 +902,7 @@ async fn finish_replacing(
             .find(|t| t.handles(&r.type_name))
             .expect("types were checked with the config");
         let old = driver.slots()[id].resource.clone();
-        let _ = tokio::task::spawn_blocking(move || old.close()).await;
+        let _ = crate::workers::spawn(move || old.close()).await;
         let (slot, failed) = open_slot(id, r, ty, containers, true, tx, bus).await;
         driver.replace_resource(id, slot.resource, slot.fingerprint);
         for (rid, wanted) in done.wanted_before.iter().enumerate() {
@@ -941,7 +944,7 @@ async fn release_retired(driver: &Driver, released: &mut std::collections::HashS
         released.insert(id);
         let slot = &driver.slots()[id];
         let resource = slot.resource.clone();
-        let _ = tokio::task::spawn_blocking(move || resource.close()).await;
+        let _ = crate::workers::spawn(move || resource.close()).await;
         kill_and_wait(&slot.container).await;
         let _ = slot.container.remove();
     }

@@ -122,7 +122,7 @@ impl Controller {
         view: SharedView,
         guard: GuardClient,
         permits: Arc<Permits>,
-    ) -> Controller {
+    ) -> Result<Controller, String> {
         let settings = Settings::new(cfg.node.clone(), cfg.etcd.clone())
             .with_lease_ttl(cfg.lease_ttl)
             .with_key_prefix(cfg.key_prefix.clone())
@@ -131,14 +131,14 @@ impl Controller {
         std::thread::Builder::new()
             .name("fence-guard-feed".into())
             .spawn(move || feed_guard(guard, guard_rx))
-            .expect("a thread for feeding the fence guard");
+            .map_err(|e| format!("starting the thread that feeds the fence guard: {e}"))?;
         let all = Arc::new(groups.clone());
         let known = groups
             .iter()
             .flat_map(|g| g.config.preferred_nodes.iter().cloned())
             .chain([cfg.node.clone()])
             .collect();
-        Controller {
+        Ok(Controller {
             known,
             permits,
             all,
@@ -161,7 +161,7 @@ impl Controller {
             guard: guard_tx,
             armed: None,
             last_snapshot: None,
-        }
+        })
     }
 
     /// Runs until `stop` brings a reply channel: then gives up every group

@@ -36,6 +36,24 @@ impl Daemon {
     }
 
     pub fn start_with(config: &str, monitor_extra: &str) -> Daemon {
+        let mut d = Self::prepare(config, monitor_extra);
+        d.launch();
+        d
+    }
+
+    /// Starts a monitor that first moves itself into cgroup directory
+    /// `cgroup` (a shell writes its pid to `cgroup.procs`, then execs it).
+    pub fn start_in(config: &str, cgroup: &Path) -> Daemon {
+        let mut d = Self::prepare(config, "");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
+            .arg(cgroup)
+            .arg(BIN);
+        d.launch_with(cmd);
+        d
+    }
+
+    fn prepare(config: &str, monitor_extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         // Other users' CLIs must reach the socket (the monitor checks rights).
         std::fs::set_permissions(
@@ -50,18 +68,22 @@ impl Daemon {
             dir.path().join("state").display()
         );
         std::fs::write(dir.path().join("resmon.toml"), text).unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             socket,
             child: None,
-        };
-        d.launch();
-        d
+        }
     }
 
     /// Starts `resmon serve` on this daemon's config and waits for its socket.
     pub fn launch(&mut self) {
-        self.child = Some(serve(Command::new(BIN), self.dir.path(), "debug"));
+        self.launch_with(Command::new(BIN));
+    }
+
+    /// Starts `cmd` (the resmon binary, or a wrapper that execs it) as the
+    /// monitor and waits for its socket.
+    pub fn launch_with(&mut self, cmd: Command) {
+        self.child = Some(serve(cmd, self.dir.path(), "debug"));
         let d = self;
         let s = d.socket.clone();
         let end = Instant::now() + Duration::from_secs(20);

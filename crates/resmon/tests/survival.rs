@@ -1,0 +1,125 @@
+//! End-to-end: the monitor survives what the system refuses it. With no
+//! thread or process to be had (a `pids.max` on its cgroup), calls wait
+//! for a worker, starts fail with the reason, and the monitor keeps
+//! answering; once the limit goes, everything works again.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// A pids cgroup of this test's own: under a cgroup v1 `pids` hierarchy,
+/// or under a cgroup v2 mount whose root delegates the `pids` controller.
+struct PidsCgroup(PathBuf);
+
+impl PidsCgroup {
+    fn make() -> Option<PidsCgroup> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        for line in info.lines() {
+            let (left, right) = line.split_once(" - ")?;
+            let mut fields = right.split(' ');
+            let fstype = fields.next()?;
+            let options = fields.nth(1).unwrap_or("");
+            let point = Path::new(left.split(' ').nth(4)?);
+            let usable = match fstype {
+                "cgroup" => options.split(',').any(|o| o == "pids"),
+                "cgroup2" => std::fs::read_to_string(point.join("cgroup.subtree_control"))
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids")),
+                _ => false,
+            };
+            if usable {
+                let dir = point.join(format!("resmon-test-pids-{}", std::process::id()));
+                std::fs::create_dir(&dir).ok()?;
+                return Some(PidsCgroup(dir));
+            }
+        }
+        None
+    }
+
+    fn set_max(&self, max: &str) {
+        std::fs::write(self.0.join("pids.max"), max).unwrap();
+    }
+
+    fn current(&self) -> u64 {
+        std::fs::read_to_string(self.0.join("pids.current"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("pids.max"), "max");
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn no_thread_to_be_had_does_not_kill_the_monitor() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to make a pids cgroup");
+        return;
+    }
+    let Some(cg) = PidsCgroup::make() else {
+        eprintln!("skipped: no pids controller on this machine");
+        return;
+    };
+    let names: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    let config: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                "[[resource]]\nname = \"{n}\"\ntype = \"process\"\ncommand = \"sleep 1000\"\nrestart_action = \"none\"\nlooks_alive_interval = \"100ms\"\n"
+            )
+        })
+        .collect();
+    // The monitor is started in the pids cgroup (the shell moves itself
+    // there, then execs it), so every thread and process it makes counts.
+    let mut d = Daemon::start_in(&config, &cg.0);
+    for n in &names {
+        d.wait_state(n, "online", LONG);
+    }
+    let pid = d.pid();
+    // Idle workers leave after 10 s; the monitor's first one stays. Then
+    // not one more thread or process may be made.
+    wait_for("idle workers to leave", LONG, || threads(pid) <= 4);
+    cg.set_max(&cg.current().to_string());
+    // Every offline needs a worker and there is no thread to be had: they
+    // wait for the one that is there, and all get done.
+    for n in &names {
+        d.ok(&["offline", n]);
+    }
+    for n in &names {
+        d.wait_state(n, "offline", LONG);
+    }
+    // A start that cannot fork fails with the reason; the monitor answers
+    // on. (The stopped services freed their pids: take those too.)
+    cg.set_max(&cg.current().to_string());
+    let out = d.cli(&["online", "r0", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    d.wait_state("r0", "failed", LONG);
+    let why = d.resource("r0")["reason"].as_str().unwrap().to_string();
+    assert!(why.contains("temporarily unavailable"), "{why}");
+    assert!(alive(pid), "the monitor died:\n{}", d.log());
+    // Once the limit goes, everything works again.
+    cg.set_max("max");
+    d.ok(&["online", "r0", "--wait"]);
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log());
+}
