@@ -532,6 +532,7 @@ async fn run(
                     bus: &bus,
                     access: &access,
                     replacing: &mut replacing,
+                    released: &released,
                 };
                 reload(&mut ctx, &mut driver)
                     .await
@@ -744,6 +745,8 @@ struct Reload<'a> {
     bus: &'a EventBus,
     access: &'a std::sync::RwLock<Arc<access::Access>>,
     replacing: &'a mut Vec<Replacing>,
+    /// Removed resources whose container is released.
+    released: &'a std::collections::HashSet<ResId>,
 }
 
 fn spec_of(r: &ResourceConfig) -> ResourceSpec {
@@ -830,6 +833,28 @@ async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::Reload
         .filter(|r| !names.contains(r.name.as_str()))
         .map(|r| r.name.clone())
         .collect();
+    // A resource removed by an earlier reload keeps its container until it
+    // is down and released: one added back under its name would share it,
+    // and the old one's stop and cleanup would kill the new one.
+    let stopping: Vec<&str> = added
+        .iter()
+        .filter(|r| {
+            driver.slots().iter().enumerate().any(|(id, s)| {
+                s.name == r.name && driver.is_retired(id) && !ctx.released.contains(&id)
+            })
+        })
+        .map(|r| r.name.as_str())
+        .collect();
+    if !stopping.is_empty() {
+        return Err(format!(
+            "{}: removed by an earlier reload and still stopping; reload again once it is gone (its stop takes at most its pending_timeout and terminate_timeout)",
+            stopping
+                .iter()
+                .map(|n| format!("resource {n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     // The core gives added resources the next ids, in config order. One
     // that does not open is added all the same, failed with the reason.
     let mut slots = Vec::new();

@@ -192,3 +192,42 @@ fn a_changed_resource_that_does_not_open_with_its_new_params_fails_alone() {
     assert!(d.pids("any").is_empty());
     assert_eq!(d.state("a"), "online");
 }
+
+#[test]
+fn a_resource_added_back_while_its_old_self_stops_is_refused_until_it_is_gone() {
+    let slow = res(
+        "grace",
+        "sh -c 'trap \\\"\\\" TERM; while :; do sleep 1; done'",
+        "pending_timeout = \"2s\"",
+    );
+    let d = Daemon::start(&format!("{}{slow}", res("a", "sleep 1000", "")));
+    d.wait_state("grace", "online", LONG);
+    let old = d.marked("grace");
+    assert!(!old.is_empty());
+    rewrite(&d, &res("a", "sleep 1000", ""));
+    let out = d.ok(&["reload"]);
+    assert!(out.contains("removed:   grace"), "{out}");
+    // Added back at once: refused, with the reason; nothing changes.
+    rewrite(&d, &format!("{}{slow}", res("a", "sleep 1000", "")));
+    let out = d.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("resource \"grace\": removed by an earlier reload and still stopping"),
+        "{err}"
+    );
+    // Once the old one is gone (terminated after its pending_timeout), the
+    // same reload adds it, and it runs in a cgroup that stays.
+    wait_for("the old one to be gone", LONG, || {
+        old.iter().all(|&p| !alive(p))
+    });
+    wait_for("the reload to be taken", LONG, || {
+        d.cli(&["reload"]).status.success()
+    });
+    d.wait_state("grace", "online", LONG);
+    let new = d.marked("grace");
+    assert!(!new.is_empty() && new.iter().all(|p| !old.contains(p)));
+    d.ok(&["offline", "grace"]);
+    d.ok(&["online", "grace", "--wait"]);
+    assert_eq!(d.state("a"), "online");
+}
