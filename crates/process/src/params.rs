@@ -40,6 +40,8 @@ struct RawProbe {
     timeout: Option<String>,
     interval: Option<String>,
     expect_status: Option<u16>,
+    tls_verify: Option<bool>,
+    ca_file: Option<PathBuf>,
 }
 
 /// A health probe.
@@ -50,7 +52,20 @@ pub enum ProbeKind {
     /// Connects to `host:port`.
     Tcp(String),
     /// GETs a URL; a 2xx/3xx answer (or `expect_status`) means healthy.
-    Http { url: String, expect: Option<u16> },
+    Http {
+        url: String,
+        expect: Option<u16>,
+        tls: Tls,
+    },
+}
+
+/// How an `https://` probe checks the server's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    /// `false`: any certificate is taken (a self-signed host).
+    pub verify: bool,
+    /// Trusted roots (PEM) instead of the bundled Mozilla ones.
+    pub roots: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -248,6 +263,18 @@ pub fn parse_signal(text: &str) -> Result<rustix::process::Signal, String> {
     Ok(sig)
 }
 
+/// A CA file: PEM with at least one certificate.
+fn read_roots(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs = ureq::tls::parse_pem(&pem)
+        .filter(|i| matches!(i, Ok(ureq::tls::PemItem::Certificate(_))))
+        .count();
+    if certs == 0 {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(pem)
+}
+
 fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Probe> {
     let mut dur = |v: &Option<String>, name: &str, default: Duration| match v {
         None => Some(default),
@@ -268,13 +295,36 @@ fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Pr
     let kind = match p.kind.as_str() {
         "http" => match &p.url {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                let https = url.starts_with("https://");
+                if !https && (p.tls_verify.is_some() || p.ca_file.is_some()) {
+                    errors.push(format!(
+                        "{field}: tls_verify and ca_file are for https:// URLs only"
+                    ));
+                    return None;
+                }
+                let roots = match &p.ca_file {
+                    None => None,
+                    Some(path) => match read_roots(path) {
+                        Ok(pem) => Some(pem),
+                        Err(e) => {
+                            errors.push(format!("{field}.ca_file: {e}"));
+                            return None;
+                        }
+                    },
+                };
                 ProbeKind::Http {
                     url: url.clone(),
                     expect: p.expect_status,
+                    tls: Tls {
+                        verify: p.tls_verify.unwrap_or(true),
+                        roots,
+                    },
                 }
             }
             Some(url) => {
-                errors.push(format!("{field}.url: {url:?} must start with http://"));
+                errors.push(format!(
+                    "{field}.url: {url:?} must start with http:// or https://"
+                ));
                 return None;
             }
             None => {

@@ -13,7 +13,7 @@
 //! probe is left to its own timeout on a thread of its own while the check
 //! returns at once.
 
-use crate::params::{Probe, ProbeKind};
+use crate::params::{Probe, ProbeKind, Tls};
 use resmon_contract::Scope;
 use resmon_task::{CheckAbort, Output, Reaper, SpawnSpec};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -42,9 +42,9 @@ pub fn run(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), String> {
             let (addr, timeout) = (addr.clone(), probe.timeout);
             aside(env, move || tcp(&addr, timeout))
         }
-        ProbeKind::Http { url, expect } => {
-            let (url, expect, timeout) = (url.clone(), *expect, probe.timeout);
-            aside(env, move || http(&url, expect, timeout))
+        ProbeKind::Http { url, expect, tls } => {
+            let (url, expect, tls, timeout) = (url.clone(), *expect, tls.clone(), probe.timeout);
+            aside(env, move || http(&url, expect, &tls, timeout))
         }
         ProbeKind::Exec(argv) => exec(argv, probe.timeout, env),
     }
@@ -105,11 +105,22 @@ fn tcp(addr: &str, timeout: Duration) -> Result<(), String> {
     Err(last)
 }
 
-fn http(url: &str, expect: Option<u16>, timeout: Duration) -> Result<(), String> {
+fn http(url: &str, expect: Option<u16>, tls: &Tls, timeout: Duration) -> Result<(), String> {
+    let mut config = ureq::tls::TlsConfig::builder().disable_verification(!tls.verify);
+    if let Some(pem) = &tls.roots {
+        let roots: Vec<_> = ureq::tls::parse_pem(pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        config = config.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(roots)));
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .max_redirects(0)
+        .tls_config(config.build())
         .build()
         .into();
     let resp = agent

@@ -721,3 +721,116 @@ fn requests_the_server_cannot_parse_get_json_errors() {
     // The monitor serves on.
     d.ok(&["status"]);
 }
+
+#[test]
+fn https_probes_check_certificates_as_configured() {
+    let work = tempfile::tempdir().unwrap();
+    // A CA of the test's own, and the server's certificate signed by it.
+    let w = work.path();
+    let (ca, cert, key) = (w.join("ca.pem"), w.join("cert.pem"), w.join("key.pem"));
+    std::fs::write(
+        w.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=resmon-test-ca -keyout ca.key -out ca.pem",
+        "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr",
+        "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -set_serial 1 -days 1 -extfile leaf.ext -out cert.pem",
+    ] {
+        let made = std::process::Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(w)
+            .output()
+            .expect("openssl (scripts/test installs it)");
+        assert!(made.status.success(), "openssl {args}: {made:?}");
+    }
+    let port = free_port();
+    let log = work.path().join("server.log");
+    let probe = |extra: &str| {
+        format!(
+            "{{ type = \"http\", url = \"https://127.0.0.1:{port}/\", timeout = \"2s\"{extra} }}"
+        )
+    };
+    let checked = |name: &str, extra: &str| {
+        format!(
+            "[[resource]]\nname = \"{name}\"\ngroup = \"g\"\ntype = \"process\"\ncommand = \"sleep 1000\"\ndepends_on = [\"tls\"]\nprobe = {}\nis_alive_interval = \"200ms\"\nrestart_action = \"none\"\n",
+            probe(extra)
+        )
+    };
+    let d = Daemon::start(&format!(
+        r#"
+[[resource]]
+name = "tls"
+group = "g"
+type = "process"
+command = ["python3", "-u", "-c", """
+import http.server, ssl
+s = http.server.ThreadingHTTPServer(("127.0.0.1", {port}), http.server.SimpleHTTPRequestHandler)
+c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+c.load_cert_chain("{cert}", "{key}")
+s.socket = c.wrap_socket(s.socket, server_side=True)
+s.serve_forever()
+"""]
+working_directory = "{dir}"
+stderr = "{log}"
+readiness = {{ type = "tcp", address = "127.0.0.1:{port}" }}
+
+{}{}{}"#,
+        checked("self_signed", ", tls_verify = false"),
+        checked("own_ca", &format!(", ca_file = \"{}\"", ca.display())),
+        checked("strict", ""),
+        cert = cert.display(),
+        key = key.display(),
+        log = log.display(),
+        dir = work.path().display(),
+    ));
+    // The default checks the certificate against Mozilla's roots: refused.
+    d.wait_state("strict", "failed", LONG);
+    let why = d.reasons(Some("strict")).join("\n");
+    assert!(
+        why.contains("https://127.0.0.1") && why.contains("ertificate"),
+        "{why}"
+    );
+    // The others pass probe after probe.
+    wait_for("six probes that passed", LONG, || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.matches("\"GET / HTTP/1.1\" 200").count() >= 6)
+    });
+    for name in ["self_signed", "own_ca"] {
+        assert_eq!(
+            d.state(name),
+            "online",
+            "{name}: {:?}",
+            d.reasons(Some(name))
+        );
+        assert_eq!(d.resource(name)["restarts"], 0);
+    }
+}
+
+#[test]
+fn tls_settings_on_a_plain_http_probe_are_refused() {
+    let err = check_refuses(
+        r#"
+[[resource]]
+name = "a"
+type = "process"
+command = "sleep 1"
+probe = { type = "http", url = "http://127.0.0.1:1/", tls_verify = false }
+
+[[resource]]
+name = "b"
+type = "process"
+command = "sleep 1"
+probe = { type = "http", url = "https://127.0.0.1:1/", ca_file = "/no/such/ca.pem" }
+"#,
+    );
+    assert!(
+        err.contains("probe: tls_verify and ca_file are for https:// URLs only"),
+        "{err}"
+    );
+    assert!(
+        err.contains("probe.ca_file: /no/such/ca.pem: No such file"),
+        "{err}"
+    );
+}

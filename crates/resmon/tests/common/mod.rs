@@ -439,6 +439,12 @@ pub fn refused(command: &str, file: &Path, code: i32) -> String {
     err
 }
 
+/// What `resmon check` says of a config it refuses (exit 2).
+pub fn check_refuses(config: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    refused("check", &write(dir.path(), "c.toml", config), 2)
+}
+
 /// A free loopback TCP port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
