@@ -74,7 +74,13 @@ pub struct ApiState {
     pub reload: mpsc::UnboundedSender<ReloadRequest>,
     /// The cluster side, in cluster mode.
     pub cluster: Option<ClusterHandle>,
+    /// What is wrong with the monitor itself now (e.g. its state cannot be
+    /// saved): shown with `status` and with every operation's answer.
+    pub problems: Problems,
 }
+
+/// See [`ApiState::problems`].
+pub type Problems = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
 
 /// Who is calling: on the Unix socket, as the kernel says (`SO_PEERCRED`);
 /// on TCP, whoever holds a token.
@@ -165,12 +171,18 @@ async fn authorize(AxState(st): AxState<ApiState>, req: Request, next: Next) -> 
 #[derive(Serialize, Deserialize, Debug)]
 pub struct StatusReply {
     pub resources: Vec<ResourceStatus>,
+    /// What is wrong with the monitor itself (absent when nothing is).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub problems: Vec<String>,
 }
 
 /// The answer to an operation.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct OpReply {
     pub resource: ResourceStatus,
+    /// Why what was done may not last (the state cannot be saved).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -293,7 +305,11 @@ async fn ask_status(st: &ApiState, name: Option<String>) -> Response {
                     );
                 }
             }
-            Json(StatusReply { resources }).into_response()
+            Json(StatusReply {
+                resources,
+                problems: (st.problems)(),
+            })
+            .into_response()
         }
         Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
         Err(_) => stopping(),
@@ -580,12 +596,20 @@ async fn operate(st: &ApiState, name: String, command: Command, wait: bool) -> R
         Err(_) => return stopping(),
     };
     if !wait {
-        return Json(OpReply { resource: status }).into_response();
+        return Json(OpReply {
+            resource: status,
+            warnings: (st.problems)(),
+        })
+        .into_response();
     }
     loop {
         if let Some(done) = settled(command, &status) {
             return match done {
-                Ok(()) => Json(OpReply { resource: status }).into_response(),
+                Ok(()) => Json(OpReply {
+                    resource: status,
+                    warnings: (st.problems)(),
+                })
+                .into_response(),
                 Err(e) => error(StatusCode::CONFLICT, e),
             };
         }

@@ -359,6 +359,10 @@ async fn run(
         access: access.clone(),
         reload: reload_tx,
         cluster: cluster_handle.clone(),
+        problems: {
+            let dir = state_dir.clone();
+            Arc::new(move || dir.problem().into_iter().collect())
+        },
     });
     let shutdown = listener::Shutdown::default();
     let tcp_server = match config.api.tcp {
@@ -471,10 +475,14 @@ async fn run(
     let mut save = |driver: &mut Driver, wanted: Option<&[bool]>| {
         seq += 1;
         let (snapshot, dir, n) = (driver.snapshot(wanted), state_dir.clone(), seq);
-        crate::workers::spawn(move || {
-            if let Err(e) = dir.save_in_order(n, &snapshot) {
-                tracing::error!("writing the state in {}: {e}", dir.path().display());
+        let bus = bus.clone();
+        crate::workers::spawn(move || match dir.save_in_order(n, &snapshot) {
+            Some(Some(why)) => bus.publish("monitor", None, None, None, why),
+            Some(None) => {
+                tracing::info!("the state is saved again in {}", dir.path().display());
+                bus.publish("monitor", None, None, None, "the state is saved again");
             }
+            None => {}
         })
     };
     // One write at a time, STATE_SETTLE after the state first changed (a

@@ -65,6 +65,8 @@ pub struct StateDir {
     /// The sequence number of the last snapshot written: writes run off the
     /// event loop and may finish out of order; an older one is dropped.
     written: std::sync::Mutex<u64>,
+    /// Why the last write failed; `None` once one works again.
+    problem: std::sync::Mutex<Option<String>>,
 }
 
 impl StateDir {
@@ -114,6 +116,7 @@ impl StateDir {
             instance,
             _lock: lock,
             written: std::sync::Mutex::new(0),
+            problem: std::sync::Mutex::new(None),
         })
     }
 
@@ -161,14 +164,41 @@ impl StateDir {
     }
 
     /// Writes snapshot number `seq` unless a later one was written already.
-    pub fn save_in_order(&self, seq: u64, state: &SavedState) -> io::Result<()> {
+    /// Returns what changed in [`problem`](Self::problem): `Some(Some(e))`
+    /// when saving just started to fail, `Some(None)` when it works again.
+    pub fn save_in_order(&self, seq: u64, state: &SavedState) -> Option<Option<String>> {
         let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
         if seq <= *written {
-            return Ok(());
+            return None;
         }
-        self.save(state)?;
-        *written = seq;
-        Ok(())
+        let result = self.save(state);
+        let mut problem = self.problem.lock().unwrap_or_else(|e| e.into_inner());
+        let was = problem.is_some();
+        match result {
+            Ok(()) => {
+                *written = seq;
+                *problem = None;
+                was.then_some(None)
+            }
+            Err(e) => {
+                let why = format!(
+                    "the state is not being saved ({}: {e}): operator commands since then are lost if the monitor restarts",
+                    self.dir.display()
+                );
+                let first = !was;
+                *problem = Some(why.clone());
+                tracing::error!("{why}");
+                first.then_some(Some(why))
+            }
+        }
+    }
+
+    /// Why the state cannot be saved now, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        self.problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

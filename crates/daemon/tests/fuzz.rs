@@ -143,6 +143,7 @@ proptest! {
                 access: Arc::new(std::sync::RwLock::new(Arc::new(Access::new(AccessConfig::default())))),
                 reload,
                 cluster: None,
+                problems: Arc::new(Vec::new),
             });
             let Ok(mut req) = Request::builder().method(m).uri(p.as_str()).body(Body::from(body)) else {
                 return StatusCode::BAD_REQUEST;

@@ -290,6 +290,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             let reply: StatusReply = serde_json::from_slice(&body)
                 .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
+            // What is wrong with the monitor itself heads the table.
+            for p in &reply.problems {
+                println!("WARNING: {p}");
+            }
             print_table(&reply.resources);
             Ok(())
         }
@@ -578,6 +582,9 @@ async fn operate(
         .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
     let r = reply.resource;
     println!("{}: {}", r.name, r.state);
+    for w in &reply.warnings {
+        eprintln!("resmon: warning: {w}");
+    }
     Ok(())
 }
 

@@ -123,3 +123,71 @@ fn no_thread_to_be_had_does_not_kill_the_monitor() {
     let status = d.stop();
     assert!(status.success(), "{status}\n{}", d.log());
 }
+
+#[test]
+fn a_state_that_cannot_be_saved_is_shown_and_said() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root for a mount namespace");
+        return;
+    }
+    let mut d = Daemon::prepare(
+        "[[resource]]\nname = \"a\"\ntype = \"process\"\ncommand = \"sleep 1000\"\n",
+        "",
+    );
+    // The state directory is a small tmpfs of the monitor's own mount
+    // namespace, which the test fills up and empties again.
+    let state = d.dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs -o size=256k,mode=0700 resmon-test \"$0\" && exec \"$@\"")
+        .arg(&state)
+        .arg(BIN);
+    d.launch_with(cmd);
+    d.wait_state("a", "online", LONG);
+    let fill = state.join("fill");
+    let in_its_namespace = |script: &str| {
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &d.pid().to_string(), "-m", "sh", "-c", script, "x"])
+            .arg(&fill)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() || script.contains("/dev/zero"),
+            "{out:?}"
+        );
+    };
+    in_its_namespace("cat /dev/zero > \"$1\"");
+    let out = d.cli(&["offline", "a", "--wait"]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for("the failure to show", LONG, || {
+        d.ok(&["status"])
+            .starts_with("WARNING: the state is not being saved")
+    });
+    // Now an operator's command says it will not last.
+    let out = d.cli(&["online", "a", "--wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        err.contains("warning: the state is not being saved") && err.contains("No space left"),
+        "{err}"
+    );
+    let reasons = d.reasons(None);
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("the state is not being saved")),
+        "{reasons:?}"
+    );
+    // Writable again: the next save works, and says so.
+    in_its_namespace("rm \"$1\"");
+    d.ok(&["offline", "a", "--wait"]);
+    wait_for("the state to be saved again", LONG, || {
+        d.reasons(None)
+            .iter()
+            .any(|r| r == "the state is saved again")
+    });
+    assert!(!d.ok(&["status"]).contains("WARNING"));
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log());
+}

@@ -53,7 +53,8 @@ impl Daemon {
         d
     }
 
-    fn prepare(config: &str, monitor_extra: &str) -> Daemon {
+    /// A monitor configured but not started: see [`Daemon::launch_with`].
+    pub fn prepare(config: &str, monitor_extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
         // Other users' CLIs must reach the socket (the monitor checks rights).
         std::fs::set_permissions(
