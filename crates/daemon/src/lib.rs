@@ -267,6 +267,18 @@ async fn run(
         containers.backend_description(),
         state_dir.path().display()
     );
+    // Another instance's processes that no monitor watches: a monitor
+    // whose state directory (and so its instance) was lost. This one does
+    // not start second copies silently.
+    for (dir, procs) in containers.unowned_roots() {
+        let why = format!(
+            "cgroup {} holds {procs} process(es) of another monitor instance that no running monitor owns (was its state directory lost?); they are left running: start the monitor with that state directory to take them back, or stop them with `echo 1 > {}/cgroup.kill`",
+            dir.display(),
+            dir.display()
+        );
+        tracing::warn!("{why}");
+        bus.publish("monitor", None, None, None, why);
+    }
 
     // What an earlier run left for resources no longer configured goes.
     let names: Vec<&str> = config.resources.iter().map(|r| r.name.as_str()).collect();

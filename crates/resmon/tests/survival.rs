@@ -191,3 +191,44 @@ fn a_state_that_cannot_be_saved_is_shown_and_said() {
     let status = d.stop();
     assert!(status.success(), "{status}\n{}", d.log());
 }
+
+#[test]
+fn processes_of_a_lost_instance_are_reported_at_start() {
+    let config = "[[resource]]\nname = \"a\"\ntype = \"process\"\ncommand = \"sleep 1000\"\n";
+    let mut first = Daemon::start(config);
+    first.wait_state("a", "online", LONG);
+    if !first.uses_cgroups() {
+        eprintln!("skipped: needs cgroup v2");
+        return;
+    }
+    let left = first.marked("a");
+    let root = cgroups_named(&format!("resmon.{}", first.instance()));
+    assert_eq!(root.len(), 1, "{root:?}");
+    // Killed, and its state directory lost with its instance.
+    first.kill9();
+    std::fs::remove_dir_all(first.dir.path().join("state")).unwrap();
+    let second = Daemon::start(config);
+    second.wait_state("a", "online", LONG);
+    let said = second.reasons(None);
+    let warning = format!(
+        "cgroup {} holds 1 process(es) of another monitor instance that no running monitor owns",
+        root[0].display()
+    );
+    assert!(said.iter().any(|r| r.starts_with(&warning)), "{said:?}");
+    // What it left is untouched by the second monitor; the test clears it.
+    assert!(left.iter().all(|&p| alive(p)));
+    std::fs::write(root[0].join("cgroup.kill"), "1").unwrap();
+    wait_for("the lost instance's processes to die", LONG, || {
+        left.iter().all(|&p| !alive(p))
+    });
+    wait_for("its cgroups to empty", LONG, || {
+        std::fs::read_to_string(root[0].join("cgroup.events"))
+            .is_ok_and(|e| e.contains("populated 0"))
+    });
+    for sub in std::fs::read_dir(&root[0]).unwrap().flatten() {
+        if sub.path().is_dir() {
+            std::fs::remove_dir(sub.path()).unwrap();
+        }
+    }
+    std::fs::remove_dir(&root[0]).unwrap();
+}

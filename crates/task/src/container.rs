@@ -177,6 +177,51 @@ impl Containers {
         })
     }
 
+    /// The root cgroups of other instances beside this monitor's
+    /// (`resmon.*` in the same parent) that hold processes while no running
+    /// monitor holds them (their lock is free): what a monitor whose state
+    /// directory was lost left running. Each with how many processes it
+    /// holds. Empty without cgroups.
+    pub fn unowned_roots(&self) -> Vec<(PathBuf, usize)> {
+        let Backend::Cgroup { root } = &self.backend else {
+            return Vec::new();
+        };
+        let Some(parent) = root.parent() else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let dir = e.path();
+            let name = e.file_name();
+            if dir == *root
+                || !name.to_string_lossy().starts_with("resmon.")
+                || !cgroup::populated(&dir).unwrap_or(false)
+            {
+                continue;
+            }
+            // A running monitor holds the lock on its root for as long as
+            // it runs; one that is free is no monitor's.
+            let Ok(fd) = rustix::fs::open(
+                &dir,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) else {
+                continue;
+            };
+            if rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared).is_err() {
+                continue;
+            }
+            let procs = cgroup::all_procs(&dir).len();
+            out.push((dir, procs));
+        }
+        out
+    }
+
     /// Names this monitor in the markers with `instance` instead of its
     /// pid, so that a restarted monitor recognises its resources' processes.
     pub fn with_instance(mut self, instance: &str) -> Containers {
