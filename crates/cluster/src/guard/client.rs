@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use resmon_contract::Scope;
 use resmon_task::{Output, Reaper, SpawnSpec, TaskHandle};
 
-use super::protocol::{encode, split_lines, FenceReport, GuardStatus, Reply, Request, WireScope};
+use super::protocol::{
+    encode, split_lines, take_line, FenceReport, GuardStatus, Reply, Request, WireScope,
+};
 use crate::clock::BootInstant;
 
 /// The name of the hidden subcommand that runs the guard.
@@ -163,25 +165,23 @@ impl GuardClient {
     fn read_available(&mut self) -> Result<(), GuardError> {
         let mut buf = [0_u8; 8192];
         loop {
+            // Lines already here first (an earlier read may have brought a
+            // report behind an answer), then whatever the socket has.
+            for line in split_lines(&mut self.inbuf) {
+                let reply: Reply = serde_json::from_slice(&line).map_err(|e| {
+                    GuardError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unreadable answer: {e}"),
+                    ))
+                })?;
+                match reply {
+                    Reply::Fenced(r) => self.fenced.push(r),
+                    other => return Err(unexpected("nothing", &other)),
+                }
+            }
             match self.stream.read(&mut buf) {
                 Ok(0) => return Err(GuardError::Closed),
-                Ok(n) => {
-                    self.inbuf.extend_from_slice(&buf[..n]);
-                    for line in split_lines(&mut self.inbuf) {
-                        let reply: Reply = serde_json::from_slice(&line).map_err(|e| {
-                            GuardError::Io(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!("unreadable answer: {e}"),
-                            ))
-                        })?;
-                        match reply {
-                            Reply::Fenced(r) => self.fenced.push(r),
-                            other => {
-                                return Err(unexpected("nothing", &other));
-                            }
-                        }
-                    }
-                }
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e.into()),
@@ -216,7 +216,9 @@ impl GuardClient {
         let deadline = Instant::now() + self.timeout;
         let mut buf = [0_u8; 8192];
         loop {
-            for line in split_lines(&mut self.inbuf) {
+            // One line at a time: what came after the answer (a fence
+            // report sent right behind it) stays for the next call.
+            while let Some(line) = take_line(&mut self.inbuf) {
                 let reply: Reply = serde_json::from_slice(&line).map_err(|e| {
                     GuardError::Io(io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -226,10 +228,7 @@ impl GuardClient {
                 match reply {
                     Reply::Fenced(r) => self.fenced.push(r),
                     Reply::Error { message } => return Err(GuardError::Refused(message)),
-                    other => {
-                        // Any other line is the answer; keep the rest for later.
-                        return Ok(other);
-                    }
+                    other => return Ok(other),
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -262,5 +261,36 @@ fn unexpected(asked: &'static str, got: &Reply) -> GuardError {
     GuardError::Unexpected {
         asked,
         got: serde_json::to_string(got).unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BootInstant;
+
+    #[test]
+    fn a_fence_report_right_behind_an_answer_is_kept() {
+        let (ours, mut guard) = UnixStream::pair().unwrap();
+        let mut client = GuardClient::from_stream(ours).unwrap();
+        let armed = Reply::Armed {
+            until_boottime_ns: 1,
+            scopes: 1,
+        };
+        let fenced = Reply::Fenced(FenceReport {
+            deadline_boottime_ns: 1,
+            at_boottime_ns: 2,
+            scopes: 1,
+            left: Vec::new(),
+            errors: Vec::new(),
+        });
+        // Both lines in one write: one read gets them together.
+        let mut both = encode(&armed);
+        both.extend(encode(&fenced));
+        guard.write_all(&both).unwrap();
+        client.arm(BootInstant::from_nanos(1), &[]).unwrap();
+        let reports = client.take_fenced().unwrap();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].at_boottime_ns, 2);
     }
 }

@@ -122,12 +122,19 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 /// Takes every complete line out of `buf`, leaving a partial one.
 pub fn split_lines(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
-    while let Some(end) = buf.iter().position(|&b| b == b'\n') {
-        let mut line: Vec<u8> = buf.drain(..=end).collect();
-        line.pop();
+    while let Some(line) = take_line(buf) {
         lines.push(line);
     }
     lines
+}
+
+/// Takes the first complete line out of `buf`, if there is one; the rest
+/// stays.
+pub fn take_line(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let end = buf.iter().position(|&b| b == b'\n')?;
+    let mut line: Vec<u8> = buf.drain(..=end).collect();
+    line.pop();
+    Some(line)
 }
 
 #[cfg(test)]
