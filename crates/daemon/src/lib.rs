@@ -631,10 +631,24 @@ async fn run(
         }
     }
     if let Some(stop) = cluster_stop {
-        // Every group is down: give them up and leave the cluster.
+        // Every group is down: give them up and leave the cluster. The
+        // driver goes on answering meanwhile (the controller may be in the
+        // middle of a step that asks it for status), and the wait is
+        // bounded: the lease expires in etcd anyway.
         let (done, wait) = tokio::sync::oneshot::channel();
         if stop.send(done).is_ok() {
-            let _ = wait.await;
+            let mut wait = std::pin::pin!(wait);
+            let mut limit = std::pin::pin!(tokio::time::sleep(CLUSTER_STOP_LIMIT));
+            loop {
+                tokio::select! {
+                    _ = wait.as_mut() => break,
+                    () = limit.as_mut() => {
+                        tracing::warn!("leaving the cluster took longer than {CLUSTER_STOP_LIMIT:?}: stopping without it; this node's lease expires in etcd");
+                        break;
+                    }
+                    _ = driver.turn(&mut rx) => {}
+                }
+            }
         }
     }
     containers.cleanup();
@@ -681,6 +695,9 @@ async fn run(
 /// How long open API connections get to finish their answers when the
 /// monitor stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How long leaving the cluster may take when the monitor stops.
+const CLUSTER_STOP_LIMIT: Duration = Duration::from_secs(15);
 
 /// Where the cluster controller is asked to give up its groups and leave;
 /// it answers on the channel it is sent.

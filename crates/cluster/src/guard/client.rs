@@ -162,6 +162,30 @@ impl GuardClient {
         Ok(())
     }
 
+    /// One read that does not wait; whether it brought anything.
+    fn read_now(&mut self) -> Result<bool, GuardError> {
+        let mut buf = [0_u8; 8192];
+        self.stream.set_nonblocking(true)?;
+        let got = self.stream.read(&mut buf);
+        self.stream.set_nonblocking(false)?;
+        match got {
+            Ok(0) => Err(GuardError::Closed),
+            Ok(n) => {
+                self.inbuf.extend_from_slice(&buf[..n]);
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn read_available(&mut self) -> Result<(), GuardError> {
         let mut buf = [0_u8; 8192];
         loop {
@@ -233,6 +257,11 @@ impl GuardClient {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                // The answer may be there all the same: this process was
+                // stopped (SIGSTOP) or starved past the deadline.
+                if self.read_now()? {
+                    continue;
+                }
                 return Err(GuardError::Timeout(self.timeout));
             }
             self.stream.set_read_timeout(Some(left))?;

@@ -177,6 +177,13 @@ impl Controller {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // A stop is seen before another step starts.
+                biased;
+                Some(done) = stop.recv() => {
+                    self.shutdown().await;
+                    let _ = done.send(());
+                    return;
+                }
                 _ = tick.tick() => {}
                 Some(r) = requests.recv() => self.request(r).await,
                 Some(g) = failovers.recv() => {
@@ -184,11 +191,6 @@ impl Controller {
                         // Only a group running here can fail over from here.
                         group.failover = matches!(group.phase, Phase::Owned(_));
                     }
-                }
-                Some(done) = stop.recv() => {
-                    self.shutdown().await;
-                    let _ = done.send(());
-                    return;
                 }
             }
             self.step().await;
@@ -456,7 +458,10 @@ impl Controller {
         if self.tx.send(Msg::Status { name: None, reply }).is_err() {
             return false;
         }
-        let Ok(Ok(all)) = rx.await else { return false };
+        // Bounded: the event loop may be stopping and not answer.
+        let Ok(Ok(Ok(all))) = tokio::time::timeout(Duration::from_secs(1), rx).await else {
+            return false;
+        };
         let names: Vec<&str> = self.groups[g]
             .res
             .resources
