@@ -118,6 +118,16 @@ const SURVIVOR_DELAY: Duration = Duration::from_millis(100);
 const SLEEP: &str = "sleep 100000000";
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == tools::FLOOR_STOP {
+        return match tools::floor_stop(Path::new(&args[2])) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("floor stop: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = if std::env::var_os(procs::RUN).is_none() {
         reaper()
     } else {
@@ -179,6 +189,7 @@ fn reaper() -> Result<ExitCode> {
     };
     let left = procs::kill_run(&run, &[me]);
     while let Ok(Some(_)) = wait(WaitOptions::NOHANG) {}
+    tools::remove_floor_cgroups(inner as u32);
     if left > 0 {
         eprintln!("resmon-bench-peers: {left} processes of the run could not be killed");
     }

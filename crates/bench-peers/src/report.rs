@@ -299,7 +299,12 @@ pub fn markdown(rows: &[Row], idle: &[IdleRow], m: &Machine, args: &Args) -> Str
     );
     for scenario in [Scenario::Crash, Scenario::Hang, Scenario::Tree] {
         let these: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario).collect();
-        let best = these.iter().filter_map(|r| r.percentile(50.0)).min();
+        // The best of the tools; the floor is no tool.
+        let best = these
+            .iter()
+            .filter(|r| r.kind != Kind::Floor)
+            .filter_map(|r| r.percentile(50.0))
+            .min();
         for r in these {
             let p50 = r.percentile(50.0);
             let cell = |d: Option<Duration>, bold: bool| match d {
@@ -329,6 +334,52 @@ pub fn markdown(rows: &[Row], idle: &[IdleRow], m: &Machine, args: &Args) -> Str
                 notes.join("; ")
             );
         }
+    }
+    // How far each stop is from what the kernel allows.
+    let p50 = |scenario, kind| {
+        rows.iter()
+            .find(|r| r.scenario == scenario && r.kind == kind)
+            .and_then(|r| r.percentile(50.0))
+    };
+    let mut ratios = Vec::new();
+    for scenario in [Scenario::Hang, Scenario::Tree] {
+        let Some(floor) = p50(scenario, Kind::Floor) else {
+            continue;
+        };
+        for kind in [Kind::Resmon, Kind::ResmonNoCgroups] {
+            let Some(t) = p50(scenario, kind) else {
+                continue;
+            };
+            // The floor kills at once; the tools wait out the grace first
+            // when SIGTERM is ignored, so that part is compared without it.
+            let (t, what) = match scenario {
+                Scenario::Hang => (
+                    t.saturating_sub(Duration::from_secs(args.grace)),
+                    format!(" after its {} s grace", args.grace),
+                ),
+                _ => (t, String::new()),
+            };
+            ratios.push(format!(
+                "- {}: {}{what} takes {} at p50, {:.1}× the floor's {}",
+                scenario.title(),
+                kind.label(),
+                dur(t),
+                t.as_secs_f64() / floor.as_secs_f64().max(1e-9),
+                dur(floor)
+            ));
+        }
+    }
+    if !ratios.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nThe **floor** is no tool: the workload runs in a cgroup of its own, and the \
+             stop is the least the kernel allows, one write to `cgroup.kill`, then waiting \
+             (poll on `cgroup.events`) for `populated 0` and for every pid to be reaped. \
+             It has no grace: for the process that ignores SIGTERM, the tools' time is \
+             compared after their {} s grace.\n\n{}",
+            args.grace,
+            ratios.join("\n")
+        );
     }
     if !idle.is_empty() {
         let _ = writeln!(

@@ -30,10 +30,14 @@ pub enum Kind {
     Supervisord,
     SupervisordGroup,
     Pacemaker,
+    /// No tool: the least a stop can cost here. The workload runs in a
+    /// cgroup of its own; the stop writes `cgroup.kill` and returns once
+    /// `cgroup.events` says `populated 0` and every pid is reaped.
+    Floor,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Resmon,
         Kind::ResmonNoCgroups,
         Kind::Runit,
@@ -41,6 +45,7 @@ impl Kind {
         Kind::Supervisord,
         Kind::SupervisordGroup,
         Kind::Pacemaker,
+        Kind::Floor,
     ];
 
     /// The row's name in the table and the plot.
@@ -53,6 +58,7 @@ impl Kind {
             Kind::Supervisord => "supervisord",
             Kind::SupervisordGroup => "supervisord, as group",
             Kind::Pacemaker => "Pacemaker crm_resource",
+            Kind::Floor => "floor: cgroup.kill",
         }
     }
 
@@ -66,6 +72,7 @@ impl Kind {
             Kind::Supervisord => "supervisord",
             Kind::SupervisordGroup => "supervisord-group",
             Kind::Pacemaker => "pacemaker",
+            Kind::Floor => "floor",
         }
     }
 
@@ -80,6 +87,7 @@ impl Kind {
                 "cannot: restarts and recurring monitors are the cluster's (pacemaker-controld \
                  with corosync); without a cluster `crm_resource --force-*` runs the agent once",
             ),
+            Kind::Floor => Some("a floor for stops only: nothing restarts or watches"),
             _ => None,
         }
     }
@@ -92,6 +100,7 @@ impl Kind {
             Kind::S6 => &["s6-svscan", "s6-svc"],
             Kind::Supervisord | Kind::SupervisordGroup => &["supervisord", "supervisorctl"],
             Kind::Pacemaker => &["crm_resource"],
+            Kind::Floor => &["setsid"],
         }
     }
 }
@@ -103,6 +112,11 @@ pub fn missing(kind: Kind, resmon: &Path) -> Option<String> {
     }
     if kind == Kind::Pacemaker && !Path::new(ANYTHING).exists() {
         return Some(format!("{ANYTHING} not found (resource-agents)"));
+    }
+    if kind == Kind::Floor {
+        if let Err(e) = own_cgroup() {
+            return Some(format!("no cgroup v2 of its own: {e:#}"));
+        }
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     kind.programs()
@@ -136,6 +150,9 @@ pub struct Settings {
 pub struct Instance {
     pub kind: Kind,
     dir: PathBuf,
+    /// The floor's parent cgroup, and its services' scripts.
+    floor: PathBuf,
+    scripts: Vec<(String, PathBuf)>,
     daemon: Option<Child>,
     resmon: PathBuf,
     grace_secs: u64,
@@ -172,6 +189,8 @@ impl Instance {
         let mut me = Instance {
             kind,
             dir: dir.to_owned(),
+            floor: PathBuf::new(),
+            scripts: Vec::new(),
             daemon: None,
             resmon: s.resmon.clone(),
             grace_secs: s.grace_secs,
@@ -183,8 +202,39 @@ impl Instance {
             Kind::S6 => me.start_s6(services)?,
             Kind::Supervisord | Kind::SupervisordGroup => me.start_supervisord(services)?,
             Kind::Pacemaker => me.write_cib(services)?,
+            Kind::Floor => me.make_cgroups(services)?,
         }
         Ok(me)
+    }
+
+    /// The floor's cgroup for service `name`.
+    fn floor_cgroup(&self, name: &str) -> PathBuf {
+        self.floor.join(name)
+    }
+
+    fn make_cgroups(&mut self, services: &[Service]) -> Result<()> {
+        let slug = self
+            .dir
+            .to_string_lossy()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            });
+        self.floor = own_cgroup()?.join(format!("bp-floor-{}-{slug:x}", std::process::id()));
+        std::fs::create_dir(&self.floor)
+            .with_context(|| format!("creating {}", self.floor.display()))?;
+        if !self.floor.join("cgroup.kill").exists() {
+            bail!(
+                "{} has no cgroup.kill (kernel before 5.14?)",
+                self.floor.display()
+            );
+        }
+        for s in services {
+            let dir = self.floor_cgroup(&s.name);
+            std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            self.scripts.push((s.name.clone(), s.script.clone()));
+        }
+        Ok(())
     }
 
     fn spawn_daemon(&mut self, mut cmd: Command, what: &str) -> Result<()> {
@@ -458,6 +508,30 @@ impl Instance {
                 ]);
                 c
             }
+            // Up: a shell joins the cgroup and `setsid -f` starts the
+            // workload there, detached. Down: this program's floor stop.
+            Kind::Floor if up => {
+                let script = self
+                    .scripts
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, s)| s.clone())
+                    .unwrap_or_default();
+                let mut c = Command::new("sh");
+                c.args([
+                    "-c",
+                    // The workload must not hold the command's pipes open.
+                    "echo $$ > \"$0/cgroup.procs\" && exec setsid -f \"$1\" </dev/null >/dev/null 2>&1",
+                ])
+                .arg(self.floor_cgroup(name))
+                .arg(script);
+                c
+            }
+            Kind::Floor => {
+                let mut c = Command::new(std::env::current_exe().unwrap_or_default());
+                c.arg(FLOOR_STOP).arg(self.floor_cgroup(name));
+                c
+            }
         }
     }
 
@@ -502,5 +576,100 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.shutdown();
+        if self.kind == Kind::Floor && !self.floor.as_os_str().is_empty() {
+            // What is left was killed by mark; the cgroups go.
+            for (name, _) in &self.scripts {
+                let dir = self.floor_cgroup(name);
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+                let _ = std::fs::remove_dir(&dir);
+            }
+            let _ = std::fs::remove_dir(&self.floor);
+        }
     }
+}
+
+/// Removes the floor cgroups that benchmark process `pid` made (when it
+/// died before it could).
+pub fn remove_floor_cgroups(pid: u32) {
+    let Ok(own) = own_cgroup() else { return };
+    let prefix = format!("bp-floor-{pid}-");
+    for e in std::fs::read_dir(&own).into_iter().flatten().flatten() {
+        if !e.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        for sub in std::fs::read_dir(e.path()).into_iter().flatten().flatten() {
+            if sub.path().is_dir() {
+                let _ = std::fs::write(sub.path().join("cgroup.kill"), "1");
+                // Empty once its processes have exited: a moment after the kill.
+                let end = Instant::now() + Duration::from_secs(5);
+                while std::fs::remove_dir(sub.path()).is_err() && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(e.path());
+    }
+}
+
+/// The argument that makes this program the floor's stop command.
+pub const FLOOR_STOP: &str = "--floor-stop";
+
+/// This process's cgroup v2 directory (from `/proc/self/mountinfo` and
+/// `/proc/self/cgroup`), where the floor makes its cgroups.
+fn own_cgroup() -> Result<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mount = info
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            right
+                .starts_with("cgroup2 ")
+                .then(|| left.split(' ').nth(4).map(PathBuf::from))?
+        })
+        .context("cgroup v2 is not mounted")?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .context("no cgroup v2 line in /proc/self/cgroup")?;
+    let dir = mount.join(path.trim_start_matches('/'));
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    Ok(dir)
+}
+
+/// The floor's stop of the workload in cgroup `dir`: `cgroup.kill`, then
+/// wait (poll on `cgroup.events`) for `populated 0`, then for every pid it
+/// held to be reaped.
+pub fn floor_stop(dir: &Path) -> Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let pids: Vec<u32> = std::fs::read_to_string(dir.join("cgroup.procs"))?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let events = std::fs::File::open(dir.join("cgroup.events"))?;
+    std::fs::write(dir.join("cgroup.kill"), "1")?;
+    loop {
+        let text = std::fs::read_to_string(dir.join("cgroup.events"))?;
+        if text.lines().any(|l| l == "populated 0") {
+            break;
+        }
+        // The kernel wakes pollers of cgroup.events when it changes.
+        let mut fds = [PollFd::new(&events, PollFlags::PRI)];
+        let _ = poll(
+            &mut fds,
+            Some(&rustix::event::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            }),
+        );
+    }
+    while pids
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+    {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    Ok(())
 }
