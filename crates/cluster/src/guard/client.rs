@@ -148,10 +148,7 @@ impl GuardClient {
     /// The fences the guard reported since the last call, including any
     /// waiting on the socket now.
     pub fn take_fenced(&mut self) -> Result<Vec<FenceReport>, GuardError> {
-        self.stream.set_nonblocking(true)?;
-        let drained = self.read_available();
-        self.stream.set_nonblocking(false)?;
-        drained?;
+        self.read_available()?;
         Ok(std::mem::take(&mut self.fenced))
     }
 
@@ -166,7 +163,12 @@ impl GuardClient {
     fn read_now(&mut self) -> Result<bool, GuardError> {
         let mut buf = [0_u8; 8192];
         self.stream.set_nonblocking(true)?;
-        let got = self.stream.read(&mut buf);
+        let got = loop {
+            match self.stream.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                got => break got,
+            }
+        };
         self.stream.set_nonblocking(false)?;
         match got {
             Ok(0) => Err(GuardError::Closed),
@@ -174,41 +176,23 @@ impl GuardClient {
                 self.inbuf.extend_from_slice(&buf[..n]);
                 Ok(true)
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(false)
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(e.into()),
         }
     }
 
     fn read_available(&mut self) -> Result<(), GuardError> {
-        let mut buf = [0_u8; 8192];
         loop {
             // Lines already here first (an earlier read may have brought a
             // report behind an answer), then whatever the socket has.
             for line in split_lines(&mut self.inbuf) {
-                let reply: Reply = serde_json::from_slice(&line).map_err(|e| {
-                    GuardError::Io(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("unreadable answer: {e}"),
-                    ))
-                })?;
-                match reply {
+                match parse(&line, "an unasked report")? {
                     Reply::Fenced(r) => self.fenced.push(r),
                     other => return Err(unexpected("nothing", &other)),
                 }
             }
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Err(GuardError::Closed),
-                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
+            if !self.read_now()? {
+                return Ok(());
             }
         }
     }
@@ -243,13 +227,7 @@ impl GuardClient {
             // One line at a time: what came after the answer (a fence
             // report sent right behind it) stays for the next call.
             while let Some(line) = take_line(&mut self.inbuf) {
-                let reply: Reply = serde_json::from_slice(&line).map_err(|e| {
-                    GuardError::Io(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("unreadable answer to {asked}: {e}"),
-                    ))
-                })?;
-                match reply {
+                match parse(&line, asked)? {
                     Reply::Fenced(r) => self.fenced.push(r),
                     Reply::Error { message } => return Err(GuardError::Refused(message)),
                     other => return Ok(other),
@@ -284,6 +262,16 @@ impl GuardClient {
             }
         }
     }
+}
+
+/// One line from the guard, read as the answer to `asked`.
+fn parse(line: &[u8], asked: &str) -> Result<Reply, GuardError> {
+    serde_json::from_slice(line).map_err(|e| {
+        GuardError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unreadable line from the guard (expecting {asked}): {e}"),
+        ))
+    })
 }
 
 fn unexpected(asked: &'static str, got: &Reply) -> GuardError {
