@@ -967,26 +967,22 @@ async fn finish_replacing(
         let _ = crate::workers::spawn(move || old.close()).await;
         let (slot, failed) = open_slot(id, r, ty, containers, true, tx, bus).await;
         driver.replace_resource(id, slot.resource, slot.fingerprint);
-        for (rid, wanted) in done.wanted_before.iter().enumerate() {
-            if !*wanted || driver.is_retired(rid) {
-                continue;
-            }
-            match &failed {
-                Some(why) if rid == id => {
-                    let why = format!("with its new config: {why}");
-                    open_failed(driver, bus, id, why, true);
-                }
-                _ => driver.feed(Event::Command(rid, Command::Online)),
-            }
-        }
-        if let (Some(why), false) = (failed, done.wanted_before.get(id).copied().unwrap_or(false)) {
+        // One that does not open with its new config is failed, wanted
+        // online as it was; the rest come back as they were.
+        if let Some(why) = &failed {
+            let wanted = done.wanted_before.get(id).copied().unwrap_or(false);
             open_failed(
                 driver,
                 bus,
                 id,
                 format!("with its new config: {why}"),
-                false,
+                wanted,
             );
+        }
+        for (rid, wanted) in done.wanted_before.iter().enumerate() {
+            if *wanted && !driver.is_retired(rid) && !(rid == id && failed.is_some()) {
+                driver.feed(Event::Command(rid, Command::Online));
+            }
         }
     }
 }
