@@ -138,20 +138,13 @@ pub fn spawn<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Handl
     let runtime = tokio::runtime::Handle::try_current().ok();
     submit(Box::new(move || {
         let _runtime = runtime.as_ref().map(|h| h.enter());
-        let out = std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(panic_text);
+        let out = std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(crate::driver::panic_text);
         // Finished before the result is there: whoever sees the result
         // also sees `is_finished`.
         finished.store(true, std::sync::atomic::Ordering::Release);
         let _ = tx.send(out);
     }));
     Handle { rx: Some(rx), done }
-}
-
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic".into())
 }
 
 /// The result of a job: `Err` with its panic message if it panicked.
