@@ -127,12 +127,12 @@ impl Params {
         for (k, v) in raw.environment {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
                 errors.push(format!("environment: {k:?} is not a valid variable name"));
-            } else if k.len() + v.len() + 2 > 32 * 4096 {
-                // What execve takes per variable (MAX_ARG_STRLEN, with "=" and NUL).
+            } else if k.len() + v.len() + 2 > resmon_task::MAX_ARG_STRLEN {
+                // What execve takes per variable, with "=" and NUL.
                 errors.push(format!(
                     "environment: {k} is {} bytes long; the kernel takes at most {} bytes per variable",
                     k.len() + v.len() + 2,
-                    32 * 4096
+                    resmon_task::MAX_ARG_STRLEN
                 ));
             } else {
                 environment.push((k, v));

@@ -48,7 +48,7 @@ pub use container::{Container, Containers, InstanceClaim, MARKER_VAR};
 pub use handle::TaskHandle;
 pub use reaper::Reaper;
 pub use resmon_contract::STILL_ACTIVE;
-pub use spawn::{children_born_in_cgroup, raise_fd_limit, Output, SpawnSpec};
+pub use spawn::{children_born_in_cgroup, raise_fd_limit, Output, SpawnSpec, MAX_ARG_STRLEN};
 
 /// Whether forks are followed through the kernel's process connector, so
 /// that a process that leaves its resource's cgroup is still the

@@ -801,7 +801,7 @@ unsafe fn clone3_run(
 
 /// The longest single argument or environment string `execve` takes,
 /// with its NUL (`MAX_ARG_STRLEN`, 32 pages).
-const MAX_ARG_STRLEN: usize = 32 * 4096;
+pub const MAX_ARG_STRLEN: usize = 32 * 4096;
 
 /// Refuses, naming the culprit, what `execve` would refuse with a bare
 /// "Argument list too long": one string over [`MAX_ARG_STRLEN`], or all of
