@@ -320,6 +320,15 @@ impl Node {
         });
     }
 
+    /// Waits until this node has joined the cluster.
+    fn wait_member(&self, limit: Duration) {
+        wait_for(&format!("n{} to join", self.i), limit, || {
+            let out = self.cli(&["nodes", "--json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .is_ok_and(|v| v["member"] == true)
+        });
+    }
+
     /// The monitor's pid (nsenter execs it, so the child is the monitor).
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -475,8 +484,12 @@ impl Cluster {
             n.write_config(net, &prefix, &beats, &extra(i));
             nodes.push(n);
         }
+        // One after another, each a member before the next starts: where a
+        // group without failback first runs depends on who had joined when
+        // it was placed, and the tests expect the order n0, n1, n2.
         for n in &mut nodes {
             n.launch(net);
+            n.wait_member(Duration::from_secs(20));
         }
         Cluster { nodes, beats }
     }
