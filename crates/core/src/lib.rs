@@ -34,6 +34,6 @@
 mod monitor;
 
 pub use monitor::{
-    Action, CallOutcome, Command, Event, Monitor, Notice, Reconfigured, ResId, ResourceSpec,
+    later, Action, CallOutcome, Command, Event, Monitor, Notice, Reconfigured, ResId, ResourceSpec,
     ResourceView, SpecError, TermReason,
 };

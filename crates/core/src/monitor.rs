@@ -3,6 +3,7 @@
 use resmon_contract::{EntryPoint, Policy, RestartAction, State};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// A resource's index in the monitor, stable for its lifetime.
@@ -711,8 +712,8 @@ impl Monitor {
                 if r.state == State::Offline && r.in_flight.is_none() && !self.shutting_down {
                     r.want = Want::Online;
                     if alive {
-                        r.looks_alive_at = Some(now + r.spec.policy.looks_alive_interval);
-                        r.is_alive_at = Some(now + r.spec.policy.is_alive_interval);
+                        r.looks_alive_at = Some(later(now, r.spec.policy.looks_alive_interval));
+                        r.is_alive_at = Some(later(now, r.spec.policy.is_alive_interval));
                         self.set_state(
                             now,
                             id,
@@ -742,7 +743,7 @@ impl Monitor {
                     r.restart_at = None;
                     let wanted = want_online && !self.shutting_down;
                     r.want = if wanted { Want::Online } else { Want::Offline };
-                    r.retry_at = wanted.then(|| now + retry);
+                    r.retry_at = wanted.then(|| later(now, retry));
                     self.set_state(now, id, State::Failed, &reason, &mut out);
                 }
             }
@@ -821,6 +822,12 @@ impl Monitor {
                     }
                     return;
                 }
+                // Not "online" while its tree is being killed, however long
+                // that takes: it is on its way down.
+                if !r.state.is_down() && r.state != State::OfflinePending {
+                    let why = format!("terminating (exit code {exit_code}), by operator");
+                    self.set_state(now, id, State::OfflinePending, &why, out);
+                }
                 self.start_terminate(now, id, TermReason::Operator, exit_code, out);
             }
         }
@@ -851,11 +858,11 @@ impl Monitor {
                 match outcome {
                     CallOutcome::Alive(true) => {
                         let r = &mut self.res[id];
-                        r.looks_alive_at = Some(now + r.spec.policy.looks_alive_interval);
+                        r.looks_alive_at = Some(later(now, r.spec.policy.looks_alive_interval));
                     }
                     CallOutcome::Alive(false) => {
                         let r = &mut self.res[id];
-                        r.looks_alive_at = Some(now + r.spec.policy.looks_alive_interval);
+                        r.looks_alive_at = Some(later(now, r.spec.policy.looks_alive_interval));
                         r.check_now = true;
                         r.suspicion = "looks_alive returned false".into();
                     }
@@ -869,7 +876,7 @@ impl Monitor {
                         let r = &mut self.res[id];
                         r.check_now = false;
                         r.suspicion.clear();
-                        r.is_alive_at = Some(now + r.spec.policy.is_alive_interval);
+                        r.is_alive_at = Some(later(now, r.spec.policy.is_alive_interval));
                     }
                     CallOutcome::Alive(false) => {
                         let why = match std::mem::take(&mut self.res[id].suspicion).as_str() {
@@ -901,8 +908,8 @@ impl Monitor {
         match (entry, outcome) {
             (EntryPoint::Online, CallOutcome::Done) => {
                 let r = &mut self.res[id];
-                r.looks_alive_at = Some(now + r.spec.policy.looks_alive_interval);
-                r.is_alive_at = Some(now + r.spec.policy.is_alive_interval);
+                r.looks_alive_at = Some(later(now, r.spec.policy.looks_alive_interval));
+                r.is_alive_at = Some(later(now, r.spec.policy.is_alive_interval));
                 r.check_now = false;
                 r.restart_granted = false;
                 self.set_state(now, id, State::Online, "online", out);
@@ -995,7 +1002,7 @@ impl Monitor {
             if let Some(t) = r.terminating.as_mut() {
                 if t.deadline <= now {
                     let timeout = r.spec.policy.terminate_timeout;
-                    t.deadline = now + timeout;
+                    t.deadline = later(now, timeout);
                     let first = !t.forced;
                     t.forced = true;
                     let exit_code = t.exit_code;
@@ -1160,7 +1167,7 @@ impl Monitor {
             started: now,
             reason,
             exit_code,
-            deadline: now + r.spec.policy.terminate_timeout,
+            deadline: later(now, r.spec.policy.terminate_timeout),
             forced: false,
         });
         out.push(Action::Terminate { id, exit_code, seq });
@@ -1186,17 +1193,17 @@ impl Monitor {
         }
         if (r.restart_times.len() as u32) < p.restart_threshold {
             r.restart_times.push_back(now);
-            r.restart_at = Some(now + p.restart_delay);
+            r.restart_at = Some(later(now, p.restart_delay));
             return;
         }
         r.reason = format!(
             "{}; {} restarts within {:?} reached restart_threshold, retrying after {:?}",
             r.reason, p.restart_threshold, p.restart_period, p.retry_period_on_failure
         );
-        r.retry_at = Some(now + p.retry_period_on_failure);
+        r.retry_at = Some(later(now, p.retry_period_on_failure));
         if p.restart_action == RestartAction::RestartThenFailover {
             let (g, group) = (r.group, r.spec.group.clone());
-            self.groups[g].failed_until = Some(now + p.retry_period_on_failure);
+            self.groups[g].failed_until = Some(later(now, p.retry_period_on_failure));
             self.mark_group(g);
             out.push(Action::Failover { group });
         }
@@ -1248,10 +1255,26 @@ impl Monitor {
     }
 }
 
+/// `at + d`, or the latest instant the clock can hold: a deadline never
+/// overflows, whatever duration reached the core (config durations are bounded
+/// when parsed, but the core does not rely on that).
+pub fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d).unwrap_or_else(|| {
+        // Halve until it fits: at most 64 steps, and `at` itself always does.
+        let mut d = d;
+        loop {
+            d /= 2;
+            if let Some(t) = at.checked_add(d) {
+                return t;
+            }
+        }
+    })
+}
+
 fn call_deadline(c: &InFlight, p: &Policy) -> Instant {
     match c.entry {
-        EntryPoint::Online | EntryPoint::Offline => c.last_progress + p.pending_timeout,
-        _ => c.started + p.deadlock_timeout,
+        EntryPoint::Online | EntryPoint::Offline => later(c.last_progress, p.pending_timeout),
+        _ => later(c.started, p.deadlock_timeout),
     }
 }
 

@@ -1068,3 +1068,49 @@ async fn only_health_checks_wait_for_a_rounded_wake_up() {
     assert_eq!(sim.m.next_wake(|t| t + 2 * S), Some(stop_deadline));
     assert_eq!(sim.m.next_wake(late), Some(a_check + 10 * MS));
 }
+
+#[tokio::test(start_paused = true)]
+async fn durations_too_large_for_the_clock_never_overflow_a_deadline() {
+    // Config durations are bounded when parsed; the core must not rely on it.
+    let p = Policy {
+        looks_alive_interval: Duration::MAX,
+        is_alive_interval: Duration::MAX,
+        pending_timeout: Duration::MAX,
+        terminate_timeout: Duration::MAX,
+        deadlock_timeout: Duration::MAX,
+        restart_period: Duration::MAX,
+        restart_delay: Duration::MAX,
+        retry_period_on_failure: Duration::MAX,
+        ..policy()
+    };
+    // Online fails: the terminate, the restart delay and the retry period
+    // all compute deadlines from the largest duration there is.
+    let mut sim = Sim::one(
+        p.clone(),
+        Behaviour {
+            online: Answer::Error,
+            ..Default::default()
+        },
+    );
+    sim.online("r");
+    sim.run_for(S).await;
+    assert_eq!(sim.state("r"), State::Failed, "{:?}", sim.texts());
+    assert!(sim.m.next_deadline().is_some_and(|d| d > Instant::now()));
+    // Online works; health checks are due "never"; a terminate that never
+    // finishes waits "forever" for its forced kill.
+    let mut sim = Sim::one(
+        p,
+        Behaviour {
+            terminate_works: false,
+            ..Default::default()
+        },
+    );
+    sim.online("r");
+    sim.run_for(S).await;
+    assert_eq!(sim.state("r"), State::Online);
+    sim.cmd("r", Command::Terminate { exit_code: 1 });
+    sim.run_for(S).await;
+    assert_eq!(sim.count("terminate r 1"), 1, "{:?}", sim.texts());
+    assert_eq!(sim.count("force-kill"), 0);
+    assert!(sim.m.view(sim.m.id("r").unwrap()).terminating);
+}

@@ -633,7 +633,7 @@ impl Driver {
         let key = self.next_control;
         self.next_control += 1;
         let started = Instant::now();
-        let deadline = started + self.core.view(id).spec.policy.deadlock_timeout;
+        let deadline = resmon_core::later(started, self.core.view(id).spec.policy.deadlock_timeout);
         let controls = self.controls.clone();
         controls
             .lock()

@@ -364,7 +364,11 @@ impl Host {
         open_with: Option<OwnedFd>,
         timeout: Duration,
     ) -> Result<Reply, CallError> {
-        let deadline = Instant::now() + timeout;
+        let now = Instant::now();
+        // A timeout too large for the clock means "no deadline this side of it".
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(10 * 365 * 24 * 3600));
         let mut lane = lock(lane);
         {
             let mut c = lock(&self.calls);
