@@ -25,21 +25,6 @@ const SECRET: &str = "root only\n";
 // ---------------------------------------------------------------------------
 // Preconditions
 
-/// Says a test was skipped, on stderr and, under `scripts/test`, in the
-/// file `RESMON_TEST_SKIPS` names (which it counts at the end).
-fn skip(test: &str, why: &str) {
-    eprintln!("skipped: {test}: {why}");
-    if let Some(file) = std::env::var_os("RESMON_TEST_SKIPS") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(file)
-        {
-            let _ = std::io::Write::write_all(&mut f, format!("{test}: {why}\n").as_bytes());
-        }
-    }
-}
-
 /// Whether the machine can run an attack as `nobody` against a root
 /// monitor; prints why not and returns false otherwise.
 fn attack_possible(test: &str) -> bool {

@@ -201,3 +201,123 @@ command = "sleep 1000"
         "{log}"
     );
 }
+
+/// A cgroup of the v1 freezer hierarchy, for a process that even SIGKILL
+/// cannot end until it is thawed. Thawed and removed on drop.
+struct Freezer {
+    dir: std::path::PathBuf,
+}
+
+impl Freezer {
+    /// `None` (and a skip notice) where there is no v1 freezer or no root.
+    fn new(test: &str) -> Option<Freezer> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        // "... - cgroup cgroup rw,...,freezer": a v1 mount with the freezer.
+        let root = mounts.lines().find_map(|l| {
+            let (head, tail) = l.split_once(" - ")?;
+            let mut t = tail.split(' ');
+            let fs = t.next()?;
+            let opts = t.nth(1)?;
+            (fs == "cgroup" && opts.split(',').any(|o| o == "freezer"))
+                .then(|| head.split(' ').nth(4).map(std::path::PathBuf::from))?
+        });
+        let Some(root) = root else {
+            skip(test, "no cgroup v1 freezer hierarchy");
+            return None;
+        };
+        let dir = root.join(format!("resmon-test-freezer-{}", std::process::id()));
+        if let Err(e) = std::fs::create_dir(&dir) {
+            skip(test, &format!("cannot create {}: {e}", dir.display()));
+            return None;
+        }
+        Some(Freezer { dir })
+    }
+
+    fn freeze(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("join freezer");
+        std::fs::write(self.dir.join("freezer.state"), "FROZEN").expect("freeze");
+        wait_for("the process to freeze", LONG, || {
+            std::fs::read_to_string(self.dir.join("freezer.state"))
+                .is_ok_and(|s| s.trim() == "FROZEN")
+        });
+    }
+
+    fn thaw(&self) {
+        let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+    }
+}
+
+impl Drop for Freezer {
+    fn drop(&mut self) {
+        self.thaw();
+        // The thawed processes die of the SIGKILL they hold, or are killed
+        // by the monitor's stop; the directory goes once it is empty.
+        let procs = self.dir.join("cgroup.procs");
+        let _ = std::panic::catch_unwind(|| {
+            wait_for("the freezer cgroup to empty", LONG, || {
+                std::fs::read_to_string(&procs).map_or(true, |s| s.trim().is_empty())
+            })
+        });
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn an_unkillable_process_repeats_as_one_counted_event() {
+    let test = "an_unkillable_process_repeats_as_one_counted_event";
+    let Some(freezer) = Freezer::new(test) else {
+        return;
+    };
+    let d = Daemon::start(
+        r#"
+[[resource]]
+name = "app"
+type = "process"
+command = "sleep 1000"
+terminate_timeout = "100ms"
+
+[[resource]]
+name = "bystander"
+type = "process"
+command = "sleep 1000"
+"#,
+    );
+    d.wait_state("app", "online", LONG);
+    d.wait_state("bystander", "online", LONG);
+    let pid = d.pids("app")[0];
+    freezer.freeze(pid);
+    // `terminate` waits for the tree to go, which a frozen one never does.
+    d.ok(&["terminate", "app", "--no-wait"]);
+    // The kill is retried every few hundred ms and fails each time: that is
+    // one event, counted, not a flood.
+    let mut kills = Vec::new();
+    wait_for("ten forced kills in one event", LONG, || {
+        kills = d
+            .events()
+            .into_iter()
+            .filter(|e| e["kind"] == "force_kill" && e["resource"] == "app")
+            .collect();
+        kills.len() == 1 && kills[0]["count"].as_u64().is_some_and(|n| n >= 10)
+    });
+    assert!(kills[0]["last_time"].is_string(), "{kills:#?}");
+    let events = d.events();
+    assert_eq!(
+        events.iter().filter(|e| e["kind"] == "force_kill").count(),
+        1,
+        "{events:#?}"
+    );
+    // Everything else is still there and still served.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["resource"] == "bystander" && e["state"] == "online"),
+        "{events:#?}"
+    );
+    assert_eq!(d.state("bystander"), "online");
+    assert!(alive(pid), "frozen, so not dead yet");
+    assert_eq!(d.state("app"), "offline_pending", "on its way down");
+    // Thawed, it dies of the kill at last and the stop ends.
+    freezer.thaw();
+    d.wait_state("app", "offline", LONG);
+    wait_for("the process to die", LONG, || !alive(pid));
+}

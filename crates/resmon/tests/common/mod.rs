@@ -454,3 +454,18 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Says a test was skipped, on stderr and, under `scripts/test`, in the
+/// file `RESMON_TEST_SKIPS` names (which it counts at the end).
+pub fn skip(test: &str, why: &str) {
+    eprintln!("skipped: {test}: {why}");
+    if let Some(file) = std::env::var_os("RESMON_TEST_SKIPS") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+        {
+            let _ = std::io::Write::write_all(&mut f, format!("{test}: {why}\n").as_bytes());
+        }
+    }
+}
