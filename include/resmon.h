@@ -32,6 +32,10 @@
  *     the host process is killed. From the moment terminate() is called,
  *     should_terminate(handle) returns 1 and set_status() returns 1: a
  *     pending online()/offline() must stop its work and return.
+ *     When an offline, terminate or shutdown comes while looks_alive() or
+ *     is_alive() runs, the check is cancelled: should_terminate(handle)
+ *     returns 1 as well (until the next online()/offline() starts), and the
+ *     check must return within terminate_timeout, or the host is killed.
  *
  *  4. Return codes. RESMON_OK (0) is success. online()/offline() may return
  *     RESMON_PENDING (997). resource_control() and resource_type_control()
@@ -110,7 +114,8 @@ struct resmon_callbacks {
     /* Progress or end of a pending online()/offline(). Returns 1 once the
      * resource is being terminated, else 0. */
     int32_t (*set_status)(void *resource_handle, int32_t state, uint32_t checkpoint);
-    /* 1 once terminate() was called for the resource, else 0. */
+    /* 1 once terminate() was called for the resource or a running health
+     * check was cancelled, else 0; 0 again when online()/offline() starts. */
     int32_t (*should_terminate)(void *resource_handle);
     /* A message for the operator's event feed and the monitor's log. */
     void (*log)(void *resource_handle, int32_t level, const char *message);

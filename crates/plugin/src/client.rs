@@ -155,6 +155,14 @@ impl ResourceType for Plugins {
             remote: Mutex::new(None),
             pending: Mutex::new(None),
             up: AtomicBool::new(false),
+            check_cancelled: AtomicBool::new(false),
+            // Without one, a cancelled check is waited for as before: its
+            // deadline, and the host killed if it passes.
+            check_wake: rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )
+            .ok(),
         });
         shared.ensure_open()?;
         Ok(Box::new(PluginResource(shared)))
@@ -192,6 +200,8 @@ impl ResourceType for Plugins {
             match host.call(0, op, timeout) {
                 Ok(r) => Ok(r),
                 Err(CallError::Gone(why)) => Err(why),
+                // Only health checks are cancelled.
+                Err(CallError::Cancelled) => Err("cancelled".into()),
                 Err(CallError::Timeout) => {
                     let why = format!(
                         "resource_type_control of {type_name:?} did not return within {timeout:?} (deadlock_timeout)"
@@ -329,6 +339,20 @@ struct Remote {
 enum CallError {
     Timeout,
     Gone(String),
+    /// The monitor cancelled the health check (see [`Host::lane_call`]).
+    Cancelled,
+}
+
+/// How a health check on a lane is cancelled.
+struct Cancel<'a> {
+    entry: &'static str,
+    /// Readable once `cancelled` may have become true.
+    wake: std::os::fd::BorrowedFd<'a>,
+    cancelled: &'a dyn Fn() -> bool,
+    /// How long a cancelled check may take to return.
+    grace: Duration,
+    /// Called before the host is killed for a check that did not return.
+    on_hung: &'a dyn Fn(&Host),
 }
 
 impl Host {
@@ -356,6 +380,11 @@ impl Host {
     /// A call on a resource's lane: `op` written to the lane (an `open` to
     /// the host's socket with the lane's other end), the reply read from
     /// the lane, both by the calling thread.
+    ///
+    /// With `cancel` (a health check): once it is raised, the host is told
+    /// (`cancel_check`, which the plugin sees through `should_terminate`)
+    /// and the check is given `grace` to return; one that does not gets the
+    /// host killed, so that nothing queued behind it on the lane waits.
     fn lane_call(
         &self,
         lane: &Mutex<Lane>,
@@ -363,6 +392,7 @@ impl Host {
         op: Op,
         open_with: Option<OwnedFd>,
         timeout: Duration,
+        cancel: Option<Cancel<'_>>,
     ) -> Result<Reply, CallError> {
         let now = Instant::now();
         // A timeout too large for the clock means "no deadline this side of it".
@@ -377,9 +407,43 @@ impl Host {
             }
             c.busy.insert(rid);
         }
-        let r = self.lane_exchange(&mut lane, rid, op, open_with, deadline);
+        let mut r = self.lane_exchange(&mut lane, rid, op, open_with, deadline, cancel.as_ref());
+        if let (Err(CallError::Cancelled), Some(c)) = (&r, &cancel) {
+            r = self.cancel_on_lane(&mut lane, rid, c);
+        }
         lock(&self.calls).busy.remove(&rid);
         r
+    }
+
+    /// The check on `lane` was cancelled: tell the host, and wait `grace`
+    /// for the check's own (ignored) reply, which keeps the lane in step;
+    /// kill the host if none comes.
+    fn cancel_on_lane(
+        &self,
+        lane: &mut Lane,
+        rid: u64,
+        c: &Cancel<'_>,
+    ) -> Result<Reply, CallError> {
+        let deadline = Instant::now()
+            .checked_add(c.grace)
+            .unwrap_or_else(Instant::now);
+        let _ = self.call(rid, Op::CancelCheck, c.grace);
+        match lane.frames.next::<Reply>(&lane.sock, deadline) {
+            Ok(Some(_)) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                (c.on_hung)(self);
+                self.kill(
+                    format!(
+                        "{} did not return within {:?} of being cancelled",
+                        c.entry, c.grace
+                    ),
+                    rid,
+                );
+            }
+            // The host went: the reader reports it.
+            Ok(None) | Err(_) => {}
+        }
+        Err(CallError::Cancelled)
     }
 
     fn lane_exchange(
@@ -389,6 +453,7 @@ impl Host {
         op: Op,
         open_with: Option<OwnedFd>,
         deadline: Instant,
+        cancel: Option<&Cancel<'_>>,
     ) -> Result<Reply, CallError> {
         let sent = match open_with {
             Some(theirs) => crate::protocol::encode(&Request { call: 0, rid, op })
@@ -401,9 +466,11 @@ impl Host {
                 _ => self.gone_reason(),
             }));
         }
-        match lane.frames.next::<Reply>(&lane.sock, deadline) {
+        let wake = cancel.map(|c| (c.wake, c.cancelled));
+        match lane.frames.next_unless::<Reply>(&lane.sock, wake, deadline) {
             Ok(Some(r)) => Ok(r),
             Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(CallError::Timeout),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Err(CallError::Cancelled),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 let why = format!("it broke the protocol ({e})");
                 self.kill(why.clone(), rid);
@@ -669,6 +736,13 @@ struct Shared {
     pending: Mutex<Option<(u64, CallContext)>>,
     /// Online as far as the plugin told us.
     up: AtomicBool,
+    /// The monitor cancelled the health check in flight (an offline,
+    /// terminate or shutdown came); lowered when the next `online` or
+    /// `offline` starts. Checks begun meanwhile fail at once.
+    check_cancelled: AtomicBool,
+    /// Wakes a check waiting on the lane once `check_cancelled` is raised
+    /// (an eventfd: raising it never blocks).
+    check_wake: Option<OwnedFd>,
 }
 
 impl Shared {
@@ -737,6 +811,18 @@ impl Shared {
         open_with: Option<OwnedFd>,
         timeout: Duration,
     ) -> Result<Reply, ResourceError> {
+        self.call_on_unless(remote, op, open_with, timeout, None)
+    }
+
+    /// [`call_on`](Self::call_on), for a health check the monitor may cancel.
+    fn call_on_unless(
+        &self,
+        remote: &Remote,
+        op: Op,
+        open_with: Option<OwnedFd>,
+        timeout: Duration,
+        cancel: Option<Cancel<'_>>,
+    ) -> Result<Reply, ResourceError> {
         let entry = op.name();
         let (host, rid) = (&remote.host, remote.rid);
         let limit = if matches!(op, Op::Terminate) {
@@ -746,12 +832,13 @@ impl Shared {
         };
         let r = match op {
             Op::Terminate => host.call(rid, op, timeout),
-            op => host.lane_call(&remote.lane, rid, op, open_with, timeout),
+            op => host.lane_call(&remote.lane, rid, op, open_with, timeout, cancel),
         };
         match r {
             Ok(Reply::Failed(e)) => Err(ResourceError(format!("{entry}: {e}"))),
             Ok(r) => Ok(r),
             Err(CallError::Gone(why)) => Err(ResourceError(format!("{entry}: {why}"))),
+            Err(CallError::Cancelled) => Err(ResourceError(format!("{entry}: cancelled"))),
             Err(CallError::Timeout) => {
                 let why = format!("{entry} did not return within {timeout:?} ({limit})");
                 self.make_culprit(host, &why);
@@ -847,6 +934,8 @@ impl Shared {
     /// `online` or `offline`: done at once, or pending with `set_status`.
     fn transition(&self, op: Op, ctx: &CallContext) -> Result<Completion, ResourceError> {
         let online = matches!(op, Op::Online { .. });
+        // A new start or stop: health checks are wanted again once it is up.
+        self.check_cancelled.store(false, Ordering::Release);
         let remote = self.ensure_open()?;
         let hid = Arc::as_ptr(&remote.host) as u64;
         *lock(&self.pending) = Some((hid, ctx.clone()));
@@ -879,7 +968,30 @@ impl Shared {
 
     fn check(&self, op: Op) -> bool {
         let entry = op.name();
-        match self.call(op, self.policy.deadlock_timeout) {
+        let cancelled = || self.check_cancelled.load(Ordering::Acquire);
+        if cancelled() {
+            return false;
+        }
+        let grace = self.policy.terminate_timeout;
+        let on_hung = |host: &Host| {
+            let why = format!("{entry} did not return within {grace:?} of being cancelled");
+            self.make_culprit(host, &why);
+        };
+        let r = self.ensure_open().and_then(|remote| {
+            let cancel = self.check_wake.as_ref().map(|wake| Cancel {
+                entry,
+                wake: wake.as_fd(),
+                cancelled: &cancelled,
+                grace,
+                on_hung: &on_hung,
+            });
+            self.call_on_unless(&remote, op, None, self.policy.deadlock_timeout, cancel)
+        });
+        if cancelled() {
+            // Whatever it answered, nobody waits for it any more.
+            return false;
+        }
+        match r {
             Ok(Reply::Code(c)) => c != 0,
             Ok(other) => {
                 self.notifier.log(
@@ -919,6 +1031,16 @@ impl Resource for PluginResource {
         s.up.store(false, Ordering::Release);
         if let Some(remote) = s.current() {
             let _ = s.call_on(&remote, Op::Terminate, None, s.policy.terminate_timeout);
+        }
+    }
+
+    fn cancel_check(&self) {
+        let s = &self.0;
+        s.check_cancelled.store(true, Ordering::Release);
+        if let Some(fd) = &s.check_wake {
+            // Non-blocking: an eventfd's counter only fails when full, and a
+            // full one wakes the check as well.
+            let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
         }
     }
 

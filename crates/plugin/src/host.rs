@@ -38,7 +38,8 @@ struct Res {
     ptr: AtomicPtr<c_void>,
     /// The fencing token the last `online` came with.
     fencing_token: AtomicI64,
-    /// Raised by `terminate`, lowered when the next `online`/`offline` starts.
+    /// Raised by `terminate` and by a cancelled health check, lowered when
+    /// the next `online`/`offline` starts.
     terminating: AtomicBool,
     /// `open`/`close` take it for writing, every other entry point for
     /// reading: `terminate` never runs beside `open` or `close`.
@@ -343,6 +344,14 @@ fn dispatch(req: Request, lane_socket: Option<UnixStream>) {
                 }
             }
         },
+        Op::CancelCheck => {
+            // Only a flag: the check (on the lane's thread) sees it through
+            // `should_terminate`, or is killed with the host if it does not.
+            if let Some((_, res)) = resource(req.rid as usize as *mut c_void) {
+                res.terminating.store(true, Ordering::Release);
+            }
+            reply(req.call, Reply::Done);
+        }
         Op::TypeControl { .. } => {
             let call = req.call;
             let run = move || {
@@ -498,6 +507,8 @@ fn run_on_lane(res: &Res, op: Op) -> Reply {
             // SAFETY: the pointer `open` returned; checked non-NULL entry.
             Reply::Code(unsafe { f.expect("checked")(ptr) })
         }
+        // Cancelled (or terminated) and not brought up again since.
+        Op::LooksAlive | Op::IsAlive if res.terminating.load(Ordering::Acquire) => Reply::Code(0),
         Op::LooksAlive | Op::IsAlive => {
             let f = if op == Op::LooksAlive {
                 t.looks_alive

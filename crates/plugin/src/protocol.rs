@@ -19,7 +19,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
@@ -51,6 +51,11 @@ pub enum Op {
     },
     Offline,
     Terminate,
+    /// The monitor no longer waits for the health check in flight: the
+    /// plugin's `should_terminate` says so until the next `online` or
+    /// `offline`, and checks begun meanwhile fail at once. Sent on the
+    /// host's socket, beside the lane, and answered at once.
+    CancelCheck,
     LooksAlive,
     IsAlive,
     Control {
@@ -75,6 +80,7 @@ impl Op {
             Op::Online { .. } => "online",
             Op::Offline => "offline",
             Op::Terminate => "terminate",
+            Op::CancelCheck => "cancel_check",
             Op::LooksAlive => "looks_alive",
             Op::IsAlive => "is_alive",
             Op::Control { .. } => "resource_control",
@@ -259,8 +265,26 @@ impl FrameReader {
         sock: &UnixStream,
         deadline: Instant,
     ) -> io::Result<Option<T>> {
+        self.next_unless(sock, None, deadline)
+    }
+
+    /// [`next`](Self::next), but given a wake-up `(fd, cancelled)`: when
+    /// `fd` (an eventfd) becomes readable it is drained, and if
+    /// `cancelled()` holds the wait ends with an error of kind
+    /// `Interrupted`, the frame (if one comes) left for the next read.
+    pub fn next_unless<T: DeserializeOwned>(
+        &mut self,
+        sock: &UnixStream,
+        wake: Option<(BorrowedFd<'_>, &dyn Fn() -> bool)>,
+        deadline: Instant,
+    ) -> io::Result<Option<T>> {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
         loop {
+            if let Some((_, cancelled)) = wake.as_ref() {
+                if cancelled() {
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
+            }
             let wanted = match self.decode()? {
                 Decoded::Frame(msg) => return Ok(Some(msg)),
                 Decoded::Short(wanted) => wanted,
@@ -273,8 +297,21 @@ impl FrameReader {
                 tv_sec: left.as_secs() as _,
                 tv_nsec: left.subsec_nanos() as _,
             };
-            match poll(&mut [PollFd::new(sock, PollFlags::IN)], Some(&timeout)) {
+            // The wake-up's fd second, polled only when there is one.
+            let wake_fd = wake.as_ref().map(|(fd, _)| *fd);
+            let mut fds = [
+                PollFd::new(sock, PollFlags::IN),
+                PollFd::from_borrowed_fd(wake_fd.unwrap_or(sock.as_fd()), PollFlags::IN),
+            ];
+            let n = if wake_fd.is_some() { 2 } else { 1 };
+            let polled = poll(&mut fds[..n], Some(&timeout));
+            if let (Some(fd), true) = (wake_fd, n == 2 && !fds[1].revents().is_empty()) {
+                // Drained (it is non-blocking); `cancelled` is asked above.
+                let _ = rustix::io::read(fd, &mut [0u8; 8]);
+            }
+            match polled {
                 Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) if fds[0].revents().is_empty() => continue,
                 Ok(_) => {}
                 Err(e) => return Err(e.into()),
             }

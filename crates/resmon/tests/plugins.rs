@@ -344,6 +344,54 @@ fn hung_health_checks_get_their_host_killed() {
     }
 }
 
+/// Waits until culprit's `is_alive` is the call in flight.
+fn wait_is_alive_in_flight(s: &Scenario) {
+    wait_for("culprit's is_alive to be in flight", LONG, || {
+        s.d.resource("culprit")["call"] == "is_alive"
+    });
+}
+
+#[test]
+fn an_offline_cancels_a_hung_health_check_at_once() {
+    // The check would be waited for a minute (deadlock_timeout); the
+    // offline cancels it, and a check that does not return within
+    // terminate_timeout of that gets its host killed.
+    let s = Scenario::start("hang_is_alive", "deadlock_timeout = \"60s\"", true);
+    wait_is_alive_in_flight(&s);
+    let asked = Instant::now();
+    s.d.ok(&["offline", "culprit", "--wait"]);
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(30), "offline took {took:?}");
+    s.wait_reason("is_alive did not return within 200ms of being cancelled");
+    s.wait_reason("gets a host of its own from now on (separate_monitor)");
+    assert_eq!(s.d.state("culprit"), "offline");
+    s.wait_bystander_moved();
+    s.finish();
+}
+
+#[test]
+fn a_cancelled_health_check_that_returns_keeps_its_host() {
+    // The check ends once should_terminate says so: the offline goes on in
+    // the same host, and nothing else is disturbed.
+    let s = Scenario::start("slow_is_alive", "deadlock_timeout = \"60s\"", true);
+    let host = shown_pid(&s.d, "culprit").unwrap();
+    wait_is_alive_in_flight(&s);
+    s.d.ok(&["offline", "culprit", "--wait"]);
+    assert_eq!(s.d.state("culprit"), "offline");
+    let reasons = s.reasons();
+    assert!(!reasons.contains("of being cancelled"), "{reasons}");
+    // Not ended by the termination ladder: the offline ran, and returned.
+    assert!(!reasons.contains("pending_timeout"), "{reasons}");
+    assert!(alive(host), "the host lives on");
+    assert_eq!(shown_pid(&s.d, "bystander"), Some(s.bystander_host));
+    assert_eq!(s.d.state("bystander"), "online");
+    // Brought up again, it is checked again: should_terminate is lowered.
+    s.d.ok(&["online", "culprit", "--wait"]);
+    wait_is_alive_in_flight(&s);
+    assert_eq!(s.d.state("culprit"), "online");
+    s.finish();
+}
+
 #[test]
 fn a_hung_control_code_gets_its_host_killed() {
     let s = Scenario::start("hang_control", "", true);

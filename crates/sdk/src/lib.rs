@@ -127,7 +127,10 @@ impl Handle {
             .is_some_and(|c| (c.set_status)(self.raw as *mut c_void, state.code(), checkpoint) != 0)
     }
 
-    /// True once `terminate` was called for the resource.
+    /// True once `terminate` was called for the resource, or once a health
+    /// check that runs was cancelled (an offline, terminate or shutdown
+    /// came): a long `looks_alive`/`is_alive` should return then. False
+    /// again when the next `online`/`offline` starts.
     pub fn should_terminate(&self) -> bool {
         Handle::callbacks().is_some_and(|c| (c.should_terminate)(self.raw as *mut c_void) != 0)
     }

@@ -2,7 +2,8 @@
  * A test plugin ("misbehave") that misbehaves on purpose, as its
  * params.mode says: it hangs in one entry point (some while holding a
  * mutex every resource of the host needs), crashes, returns garbage codes,
- * writes past its output buffer, or goes pending. Mode "ok" behaves.
+ * writes past its output buffer, or goes pending; "slow_is_alive" runs an
+ * is_alive that only ends when cancelled. Mode "ok" behaves.
  */
 #include "resmon.h"
 
@@ -110,6 +111,11 @@ static int32_t mb_looks_alive(void *p) {
 static int32_t mb_is_alive(void *p) {
     struct res *r = p;
     if (is(r, "hang_is_alive")) hang();
+    if (is(r, "slow_is_alive")) {
+        /* A long check that gives up once the monitor cancels it. */
+        while (!cb->should_terminate(r->handle)) usleep(5000);
+        return 0;
+    }
     return r->online;
 }
 
