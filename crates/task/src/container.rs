@@ -639,7 +639,7 @@ impl Container {
     /// stay the resource's wherever they go).
     pub fn track_all(&self) {
         for (pid, _) in self.processes() {
-            tracker().register(pid, &self.inner.marker.1);
+            tracker().register(pid, &self.inner.marker.1, None);
         }
     }
 

@@ -140,12 +140,13 @@ impl Reaper {
             // Held while the child is made and registered, so the SIGCHLD
             // loop cannot take it for an orphan and reap it first.
             let mut tasks = lock(&self.tasks);
+            let since = crate::tracker::monotonic_ns();
             let (pid, pidfd) =
                 spawn::spawn(&mut prepared).map_err(|e| spawn::describe_error(spec, e))?;
             let record = Arc::new(ProcessRecord::new(pid, pidfd));
             tasks.insert(pid, Arc::clone(&record));
             if let Some((_, key)) = spec.env.iter().find(|(k, _)| k == crate::MARKER_VAR) {
-                crate::tracker::tracker().register(pid, key);
+                crate::tracker::tracker().register(pid, key, Some(since));
             }
             record
         };

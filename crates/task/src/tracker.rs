@@ -41,8 +41,11 @@ struct State {
     members: HashMap<u32, (Arc<str>, u64)>,
     /// resource key -> its member pids.
     by_key: HashMap<Arc<str>, HashSet<u32>>,
-    /// Forks whose parent was not a member when they were seen: (parent, child).
-    recent: VecDeque<(u32, u32)>,
+    /// Forks whose parent was not a member when they were seen, by child:
+    /// (parent, when it forked in `CLOCK_MONOTONIC` nanoseconds).
+    recent: HashMap<u32, (u32, u64)>,
+    /// The same forks, oldest first, as (child, when): what to forget first.
+    recent_order: VecDeque<(u32, u64)>,
 }
 
 impl State {
@@ -71,41 +74,72 @@ impl State {
         }
     }
 
-    /// A fork: the child of a member is a member of the same resource.
-    fn fork(&mut self, parent: u32, child: u32) {
+    /// A fork at `at` (monotonic ns): the child of a member is a member of
+    /// the same resource; other forks are kept a while for a registration
+    /// to claim.
+    fn fork(&mut self, parent: u32, child: u32, at: u64) {
         match self.members.get(&parent) {
             Some((key, _)) => {
                 let key = key.clone();
                 self.add(child, key);
             }
             None => {
-                if self.recent.len() == RECENT {
-                    self.recent.pop_front();
+                if self.recent_order.len() == RECENT {
+                    if let Some((old, when)) = self.recent_order.pop_front() {
+                        // Only if not recorded again since (a reused pid).
+                        if self.recent.get(&old).is_some_and(|r| r.1 == when) {
+                            self.recent.remove(&old);
+                        }
+                    }
                 }
-                self.recent.push_back((parent, child));
+                self.recent.insert(child, (parent, at));
+                self.recent_order.push_back((child, at));
             }
         }
     }
 
-    /// Registers `pid` and claims the forks it (and its children) made
-    /// before it was registered.
-    fn register(&mut self, pid: u32, key: Arc<str>) {
+    /// A process exited: it is no member any more, and a fork that made it
+    /// can no longer be claimed (its pid may be another process's next).
+    fn exit(&mut self, pid: u32) {
+        self.remove(pid);
+        self.recent.remove(&pid);
+    }
+
+    /// Registers `pid` and, with `since`, claims the forks it (and its
+    /// children) made at or after `since` (monotonic ns, taken before the
+    /// process was created) and before it was registered. A fork recorded
+    /// earlier was made by an older process that had the same pid: its
+    /// child is someone else's.
+    fn register(&mut self, pid: u32, key: Arc<str>, since: Option<u64>) {
         self.add(pid, key.clone());
+        let Some(since) = since else {
+            return;
+        };
         let mut parents = vec![pid];
         while let Some(p) = parents.pop() {
             let children: Vec<u32> = self
                 .recent
                 .iter()
-                .filter(|(parent, _)| *parent == p)
-                .map(|(_, c)| *c)
+                .filter(|(_, &(parent, at))| parent == p && at >= since)
+                .map(|(&c, _)| c)
                 .collect();
-            self.recent.retain(|(parent, _)| *parent != p);
             for c in children {
+                self.recent.remove(&c);
                 self.add(c, key.clone());
                 parents.push(c);
             }
         }
     }
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock of the connector's
+/// event timestamps.
+pub(crate) fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 pub(crate) struct Tracker {
@@ -154,9 +188,13 @@ impl Tracker {
     }
 
     /// Makes `pid` (just spawned or adopted) a member of resource `key`.
-    pub(crate) fn register(&self, pid: u32, key: &str) {
+    /// For a process just spawned, `since` is [`monotonic_ns`] taken before
+    /// it was created: the forks it made before this call are claimed too.
+    /// An adopted process (`None`) is followed from now on; what it forked
+    /// before is found by its cgroup or marker.
+    pub(crate) fn register(&self, pid: u32, key: &str, since: Option<u64>) {
         if self.is_active() {
-            lock(&self.state).register(pid, Arc::from(key));
+            lock(&self.state).register(pid, Arc::from(key), since);
         }
     }
 
@@ -268,7 +306,7 @@ fn connector_socket() -> io::Result<OwnedFd> {
         )));
     }
     // The answer is PROC_EVENT_NONE with the subscription's errno.
-    if let Some((0, [err, ..])) = parse_event(&buf[..n as usize]) {
+    if let Some((0, _, [err, ..])) = parse_event(&buf[..n as usize]) {
         if err != 0 {
             return Err(io::Error::from_raw_os_error(err as i32));
         }
@@ -299,13 +337,17 @@ fn u32_at(b: &[u8], at: usize) -> Option<u32> {
         .map(|s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
 
-/// One connector message's event: `Some((what, fields))`.
-fn parse_event(msg: &[u8]) -> Option<(u32, [u32; 4])> {
+/// One connector message's event: `Some((what, timestamp_ns, fields))`.
+fn parse_event(msg: &[u8]) -> Option<(u32, u64, [u32; 4])> {
     let ev = NLMSG_HDR + CN_MSG;
     let what = u32_at(msg, ev)?;
+    let at = msg
+        .get(ev + 8..ev + 16)
+        .map(|b| u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))?;
     let f = ev + EVENT_HDR;
     Some((
         what,
+        at,
         [
             u32_at(msg, f)?,
             u32_at(msg, f + 4)?,
@@ -341,13 +383,13 @@ fn listen(sock: &OwnedFd, tracker: &Tracker) {
             if len < NLMSG_HDR || len > data.len() {
                 break;
             }
-            if let Some((what, f)) = parse_event(&data[..len]) {
+            if let Some((what, at, f)) = parse_event(&data[..len]) {
                 match what {
                     // parent_pid, parent_tgid, child_pid, child_tgid: a new
                     // thread has child_pid != child_tgid and is no process.
-                    PROC_EVENT_FORK if f[2] == f[3] => lock(&tracker.state).fork(f[1], f[3]),
+                    PROC_EVENT_FORK if f[2] == f[3] => lock(&tracker.state).fork(f[1], f[3], at),
                     // process_pid, process_tgid: the whole process is gone.
-                    PROC_EVENT_EXIT if f[0] == f[1] => lock(&tracker.state).remove(f[0]),
+                    PROC_EVENT_EXIT if f[0] == f[1] => lock(&tracker.state).exit(f[0]),
                     _ => {}
                 }
             }
@@ -367,9 +409,9 @@ mod tests {
         let mut s = State::default();
         // Forks of unknown parents wait in the recent list; real pids are
         // needed for start times, so this process stands in for all.
-        s.fork(1, me);
+        s.fork(1, me, 100);
         assert!(s.members.is_empty());
-        s.register(1, Arc::from("x"));
+        s.register(1, Arc::from("x"), Some(100));
         // pid 1's start time is readable, and its recorded fork claimed.
         assert!(s.members.contains_key(&me), "{:?}", s.members.keys());
         assert!(s.recent.is_empty());
@@ -380,22 +422,63 @@ mod tests {
     }
 
     #[test]
+    fn a_fork_older_than_the_process_is_not_claimed() {
+        // A fork recorded for pid 1 before "our" pid 1 was created came from
+        // an earlier process with that pid: its child is not ours.
+        let me = std::process::id();
+        let mut s = State::default();
+        s.fork(1, me, 99);
+        s.register(1, Arc::from("x"), Some(100));
+        assert!(!s.members.contains_key(&me));
+        // An adopted process claims no earlier fork at all.
+        let mut s = State::default();
+        s.fork(1, me, 100);
+        s.register(1, Arc::from("x"), None);
+        assert!(!s.members.contains_key(&me));
+    }
+
+    #[test]
+    fn an_exited_child_is_not_claimed() {
+        // Its pid may already be another process's.
+        let me = std::process::id();
+        let mut s = State::default();
+        s.fork(1, me, 100);
+        s.exit(me);
+        s.register(1, Arc::from("x"), Some(100));
+        assert!(!s.members.contains_key(&me));
+    }
+
+    #[test]
     fn the_recent_list_is_bounded() {
         let mut s = State::default();
         for i in 0..(RECENT as u32 + 10) {
-            s.fork(1_000_000 + i, 2_000_000 + i);
+            s.fork(1_000_000 + i, 2_000_000 + i, u64::from(i));
         }
         assert_eq!(s.recent.len(), RECENT);
+        assert_eq!(s.recent_order.len(), RECENT);
+        // A child pid seen again keeps its newer record when the older one
+        // is forgotten.
+        let mut s = State::default();
+        s.fork(7, 8, 1);
+        s.fork(9, 8, 2);
+        for i in 0..(RECENT as u32 - 1) {
+            s.fork(1_000_000 + i, 2_000_000 + i, 3);
+        }
+        assert_eq!(s.recent.get(&8), Some(&(9, 2)));
     }
 
     #[test]
     fn events_are_parsed_from_connector_messages() {
         let mut m = vec![0u8; NLMSG_HDR + CN_MSG + EVENT_HDR + 16];
         m[NLMSG_HDR + CN_MSG..][..4].copy_from_slice(&PROC_EVENT_FORK.to_ne_bytes());
+        m[NLMSG_HDR + CN_MSG + 8..][..8].copy_from_slice(&1234u64.to_ne_bytes());
         for (i, v) in [10u32, 10, 11, 11].iter().enumerate() {
             m[NLMSG_HDR + CN_MSG + EVENT_HDR + 4 * i..][..4].copy_from_slice(&v.to_ne_bytes());
         }
-        assert_eq!(parse_event(&m), Some((PROC_EVENT_FORK, [10, 10, 11, 11])));
+        assert_eq!(
+            parse_event(&m),
+            Some((PROC_EVENT_FORK, 1234, [10, 10, 11, 11]))
+        );
         assert_eq!(parse_event(&m[..20]), None);
     }
 }

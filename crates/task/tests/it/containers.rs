@@ -5,7 +5,8 @@ use resmon_task::{Containers, Rights, STILL_ACTIVE};
 use rustix::process::Signal;
 
 use crate::util::{
-    count_comm, eventually, proc_info, reaped, running, spawn_in, within, Backend, Fixture,
+    count_comm, eventually, proc_info, reaped, running, spawn_in, until_comm, within, Backend,
+    Fixture,
 };
 
 /// Runs each case as `cgroup::<case>` and `process_groups::<case>`.
@@ -46,7 +47,7 @@ async fn leftovers_are_found_by_name(backend: Backend, test: &str) {
     };
     let c = &fx.container;
     let _main = spawn_in(c, "exec sleep 1000");
-    eventually("the sleep", || count_comm(c, "sleep") == 1).await;
+    until_comm(c, "sleep", 1).await;
     let names = |keep: &[&str]| -> Vec<String> {
         fx.containers
             .leftovers(keep)
@@ -68,7 +69,7 @@ async fn kill_all_reaches_setsid_and_double_forked_descendants(backend: Backend,
     };
     let c = &fx.container;
     let main = spawn_in(c, "setsid sh -c 'sleep 1000 & sleep 1000' & sleep 1000");
-    eventually("three sleeps", || count_comm(c, "sleep") == 3).await;
+    until_comm(c, "sleep", 3).await;
     let pids = c.pids();
     assert!(pids.contains(&main.pid().unwrap()), "{pids:?}");
     // One of them escaped into a session of its own.
@@ -109,7 +110,7 @@ async fn kill_all_kills_a_100_process_tree(backend: Backend, test: &str) {
         c,
         "for i in $(seq 10); do (for j in $(seq 9); do sleep 1000 & done; wait) & done; wait",
     );
-    eventually("90 sleeps", || count_comm(c, "sleep") == 90).await;
+    until_comm(c, "sleep", 90).await;
     let pids = c.pids();
     assert_eq!(pids.len(), 101, "main shell, 10 subshells, 90 sleeps");
     c.kill_all().unwrap();
@@ -127,7 +128,7 @@ async fn signal_all_delivers_sigterm(backend: Backend, test: &str) {
     };
     let c = &fx.container;
     let main = spawn_in(c, "trap 'exit 42' TERM; sleep 1000 & wait");
-    eventually("the sleep", || count_comm(c, "sleep") == 1).await;
+    until_comm(c, "sleep", 1).await;
     c.signal_all(Signal::TERM).unwrap();
     // The shell ran its TERM trap; the sleep died of SIGTERM.
     assert_eq!(within("the shell", main.wait()).await.unwrap(), 42);
@@ -140,7 +141,7 @@ async fn wait_empty_resolves_when_the_last_process_exits(backend: Backend, test:
     };
     let c = fx.container.clone();
     let main = spawn_in(&c, "exec sleep 1000");
-    eventually("the sleep", || count_comm(&c, "sleep") == 1).await;
+    until_comm(&c, "sleep", 1).await;
     assert!(!c.is_empty());
     let waiter = {
         let c = c.clone();
@@ -160,7 +161,7 @@ async fn a_tree_task_terminates_the_whole_container(backend: Backend, test: &str
     };
     let c = &fx.container;
     let main = spawn_in(c, "sleep 1000 & setsid sleep 1000 & wait");
-    eventually("two sleeps", || count_comm(c, "sleep") == 2).await;
+    until_comm(c, "sleep", 2).await;
     let tree = c.task();
     assert_eq!(tree.pid(), None);
     assert_eq!(tree.exit_code().unwrap(), STILL_ACTIVE);
@@ -199,7 +200,7 @@ async fn a_tree_task_is_signaled_when_the_container_empties(backend: Backend, te
     };
     let c = &fx.container;
     let main = spawn_in(c, "exec sleep 1000");
-    eventually("the sleep", || count_comm(c, "sleep") == 1).await;
+    until_comm(c, "sleep", 1).await;
     let tree = c.task();
     let waiter = {
         let t = tree.clone();

@@ -71,6 +71,26 @@ pub fn count_comm(container: &Container, comm: &str) -> usize {
         .count()
 }
 
+/// Waits until `container` holds exactly `n` processes named `comm`; on a
+/// timeout the failure lists what it holds instead.
+pub async fn until_comm(container: &Container, comm: &str, n: usize) {
+    let start = Instant::now();
+    while count_comm(container, comm) != n {
+        if start.elapsed() >= DEADLINE {
+            let held: Vec<_> = container
+                .pids()
+                .into_iter()
+                .map(|p| (p, proc_info(p)))
+                .collect();
+            panic!(
+                "timed out waiting for {n} {comm} in {}: it holds {held:?}",
+                container.name()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 pub fn cgroup2_mounted() -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
         .map(|m| m.lines().any(|l| l.contains(" - cgroup2 ")))
