@@ -58,12 +58,103 @@ pub fn resource_types(reaper: Arc<Reaper>) -> Vec<Arc<dyn ResourceType>> {
 /// programs to check their parameters (an agent's `meta-data`), so this runs
 /// on a blocking thread.
 pub async fn check_config(path: &Path) -> Result<Config, config::ConfigError> {
+    load_config(path.to_path_buf(), check_types(path)?).await
+}
+
+/// The resource types, for a check of the config at `path`.
+fn check_types(path: &Path) -> Result<Vec<Arc<dyn ResourceType>>, config::ConfigError> {
     let reaper = Reaper::get().map_err(|e| config::ConfigError {
         file: path.to_path_buf(),
         problems: vec![format!("cannot start the reaper: {e}")],
     })?;
-    let types = resource_types(reaper);
-    load_config(path.to_path_buf(), types).await
+    Ok(resource_types(reaper))
+}
+
+/// [`check_config`], then opens every resource the way `serve` does
+/// (an OCF agent runs `validate-all`, a plugin's library is loaded in a
+/// host and asked to open it) without bringing any online, and closes it
+/// again. Everything an open starts runs in a scratch container that is
+/// killed and removed before this returns. A resource that does not open
+/// is a problem naming it, with its type's reason and what it logged.
+pub async fn validate_config(path: &Path) -> Result<Config, config::ConfigError> {
+    let types = check_types(path)?;
+    let config = load_config(path.to_path_buf(), types.clone()).await?;
+    let containers = Arc::new(match config.monitor.cgroups {
+        CgroupMode::Auto => {
+            Containers::detect(Some(&format!("resmon-check.{}", std::process::id())))
+        }
+        CgroupMode::Off => Containers::process_groups(),
+    });
+    let mut problems = Vec::new();
+    for r in &config.resources {
+        let Some(ty) = types.iter().find(|t| t.handles(&r.type_name)).cloned() else {
+            continue;
+        };
+        if let Err(why) = validate_one(r, ty, &containers).await {
+            problems.push(format!("resource {:?}: {why}", r.name));
+        }
+    }
+    containers.cleanup();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(config::ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        })
+    }
+}
+
+/// Opens and closes one resource for [`validate_config`].
+async fn validate_one(
+    r: &ResourceConfig,
+    ty: Arc<dyn ResourceType>,
+    containers: &Containers,
+) -> Result<(), String> {
+    let container = containers
+        .create(&r.name)
+        .map_err(|e| format!("creating a container to open it in: {e}"))?;
+    let logged = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log = logged.clone();
+    let ctx = open_context(
+        r,
+        &container,
+        Notifier::new(move |notice| {
+            if let Notice::Log(LogLevel::Error | LogLevel::Warn, message) = notice {
+                log.lock().unwrap_or_else(|e| e.into_inner()).push(message);
+            }
+        }),
+    );
+    let opened = crate::workers::spawn(move || ty.open(ctx).map(drop))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|o| o.map_err(|e| e.to_string()));
+    // Whatever the open started goes with the container.
+    kill_and_wait(&container).await;
+    if let Err(e) = container.remove() {
+        tracing::warn!("removing the scratch container of {:?}: {e}", r.name);
+    }
+    opened.map_err(|e| {
+        let logged = logged.lock().unwrap_or_else(|e| e.into_inner());
+        if logged.is_empty() {
+            format!("open failed: {e}")
+        } else {
+            format!("open failed: {e} (it logged: {})", logged.join("; "))
+        }
+    })
+}
+
+/// Processes of monitors that are not running (see
+/// [`resmon_task::unowned_processes`]), as warnings for `resmon check`.
+pub fn unowned_warnings() -> Vec<String> {
+    resmon_task::unowned_processes()
+        .into_iter()
+        .map(|found| {
+            format!(
+                "{found} of a monitor that is not running (was its state directory lost?): a monitor started with that state directory takes them back; another one starts second copies beside them"
+            )
+        })
+        .collect()
 }
 
 async fn load_config(
@@ -137,6 +228,23 @@ enum Start {
     OpenFailed(String, bool),
 }
 
+/// What a resource's `open` is given: its config, its container's scope,
+/// and where its notices go.
+fn open_context(
+    r: &ResourceConfig,
+    container: &resmon_task::Container,
+    notifier: Notifier,
+) -> OpenContext {
+    OpenContext {
+        name: r.name.clone(),
+        type_name: r.type_name.clone(),
+        policy: r.policy.clone(),
+        params: r.params.clone(),
+        scope: container.scope(),
+        notifier,
+    }
+}
+
 async fn kill_and_wait(container: &resmon_task::Container) {
     if !container.is_empty() {
         let _ = container.kill_all();
@@ -183,13 +291,10 @@ async fn open_slot(
     }
     let notice_tx = tx.clone();
     let (bus, name, group) = (bus.clone(), r.name.clone(), r.group.clone());
-    let ctx = OpenContext {
-        name: r.name.clone(),
-        type_name: r.type_name.clone(),
-        policy: r.policy.clone(),
-        params: r.params.clone(),
-        scope: container.scope(),
-        notifier: Notifier::new(move |notice| match notice {
+    let ctx = open_context(
+        r,
+        &container,
+        Notifier::new(move |notice| match notice {
             Notice::Failed(reason) => {
                 let _ = notice_tx.send(Msg::Event(Event::FailureNotice { id, reason }));
             }
@@ -198,7 +303,7 @@ async fn open_slot(
                 bus.publish("log", Some(&name), Some(&group), None, message);
             }
         }),
-    };
+    );
     // `open` may run programs (an agent's validate-all): not on the event loop.
     let opener = ty.clone();
     let first = ctx.clone();

@@ -45,6 +45,12 @@ enum Cmd {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also open every resource as `serve` would, without bringing any
+        /// online: an OCF agent runs `validate-all`, a plugin's library is
+        /// loaded and asked to open it. Whatever that starts is stopped
+        /// before the check exits.
+        #[arg(long)]
+        validate: bool,
     },
     /// Show resources and their state.
     Status {
@@ -262,14 +268,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             unreachable!("handled before the runtime starts")
         }
         Cmd::Serve { config } => serve(config, cli.socket).await,
-        Cmd::Check { config } => {
-            let c = resmon_daemon::check_config(&config)
-                .await
-                .map_err(|e| fail(2, e.to_string()))?;
+        Cmd::Check { config, validate } => {
+            let checked = if validate {
+                resmon_daemon::validate_config(&config).await
+            } else {
+                resmon_daemon::check_config(&config).await
+            };
+            let c = checked.map_err(|e| fail(2, e.to_string()))?;
+            for w in resmon_daemon::unowned_warnings() {
+                eprintln!("warning: {w}");
+            }
             println!(
-                "{}: ok, {} resources; socket {}",
+                "{}: ok, {} resources{}; socket {}",
                 config.display(),
                 c.resources.len(),
+                if validate { ", each opened" } else { "" },
                 c.monitor.socket.display()
             );
             Ok(())

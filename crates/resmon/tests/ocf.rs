@@ -92,6 +92,51 @@ type = "ocf:heartbeat"
 }
 
 #[test]
+fn check_validate_runs_validate_all_and_names_the_resource() {
+    need_agents();
+    let work = tempfile::tempdir().unwrap();
+    let binfile = work.path().join("daemon.sh");
+    let file = write(
+        work.path(),
+        "c.toml",
+        &format!(
+            r#"
+[[resource]]
+name = "any"
+type = "ocf:heartbeat:anything"
+params = {{ binfile = "{}", pidfile = "{}" }}
+"#,
+            binfile.display(),
+            work.path().join("any.pid").display()
+        ),
+    );
+    // The plain check cannot know that the program is missing; the agent can.
+    let plain = check(&file, false);
+    assert!(plain.status.success(), "{plain:?}");
+    let out = check(&file, true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("resource \"any\": open failed: validate-all exited 5 (not installed)"),
+        "{err}"
+    );
+    std::fs::write(&binfile, "#!/bin/sh\nwhile :; do sleep 1; done\n").unwrap();
+    std::fs::set_permissions(
+        &binfile,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = check(&file, true);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok, 1 resources, each opened"),
+        "{out:?}"
+    );
+    // Validation starts nothing.
+    assert!(!work.path().join("any.pid").exists());
+}
+
+#[test]
 fn a_resource_that_does_not_open_fails_alone_and_online_opens_it_again() {
     need_agents();
     let work = tempfile::tempdir().unwrap();

@@ -151,6 +151,54 @@ fn bad_plugin_configs_are_refused_with_the_place() {
     }
 }
 
+#[test]
+fn check_validate_opens_each_resource_in_a_host_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of its own, so that the hosts found mapping it are this test's.
+    let lib = dir.path().join("libmisbehave-check.so");
+    std::fs::copy(misbehave(), &lib).unwrap();
+    let good = write(
+        dir.path(),
+        "good.toml",
+        &resource("a", &lib, "misbehave", "{ mode = \"ok\" }", ""),
+    );
+    let out = check(&good, true);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ok, 1 resources, each opened"),
+        "{out:?}"
+    );
+    // Neither the library nor the plain check knows of these until the
+    // library is asked: a type it does not serve, a library that is no
+    // plugin.
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &format!(
+            "{}{}[[resource]]\nname = \"good\"\ntype = \"process\"\ncommand = \"sleep 1000\"\n",
+            resource("nosuch", &lib, "nosuchtype", "{}", ""),
+            resource("libc", &libc_path(), "anything", "{}", ""),
+        ),
+    );
+    let plain = check(&bad, false);
+    assert!(plain.status.success(), "{plain:?}");
+    let out = check(&bad, true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for want in [
+        "2 problems",
+        "resource \"nosuch\": open failed: ",
+        "resmon_startup returned NULL for type \"nosuchtype\"",
+        "resource \"libc\": open failed: ",
+        "exports no resmon_startup",
+    ] {
+        assert!(err.contains(want), "{want:?} missing from:\n{err}");
+    }
+    assert!(!err.contains("\"good\""), "{err}");
+    // The check's hosts went with it.
+    assert_eq!(processes_mapping(&lib), Vec::<u32>::new());
+}
+
 /// Starts `resmon serve` on this resource, which does not open, beside a
 /// good one: the bad one is `failed`, the monitor and the good one run on.
 /// Returns why it failed.

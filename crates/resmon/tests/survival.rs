@@ -198,15 +198,35 @@ fn processes_of_a_lost_instance_are_reported_at_start() {
     let mut first = Daemon::start(config);
     first.wait_state("a", "online", LONG);
     if !first.uses_cgroups() {
-        eprintln!("skipped: needs cgroup v2");
+        skip(
+            "processes_of_a_lost_instance_are_reported_at_start",
+            "needs cgroup v2",
+        );
         return;
     }
     let left = first.marked("a");
     let root = cgroups_named(&format!("resmon.{}", first.instance()));
     assert_eq!(root.len(), 1, "{root:?}");
+    let listed = format!(
+        "warning: cgroup {} holds 1 process(es) of a monitor that is not running",
+        root[0].display()
+    );
+    // While its monitor runs, `check` does not list it.
+    let out = check(&first.config_file(), false);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(&listed),
+        "{out:?}"
+    );
     // Killed, and its state directory lost with its instance.
     first.kill9();
     std::fs::remove_dir_all(first.dir.path().join("state")).unwrap();
+    let out = check(&first.config_file(), false);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&listed),
+        "{out:?}"
+    );
     let second = Daemon::start(config);
     second.wait_state("a", "online", LONG);
     let said = second.reasons(None);
@@ -231,4 +251,40 @@ fn processes_of_a_lost_instance_are_reported_at_start() {
         }
     }
     std::fs::remove_dir(&root[0]).unwrap();
+}
+
+#[test]
+fn check_lists_marked_processes_of_a_monitor_that_is_gone() {
+    let config = "[[resource]]\nname = \"a\"\ntype = \"process\"\ncommand = \"sh -c 'sleep 1000 & sleep 1000'\"\n";
+    let mut first = Daemon::start_with(config, "cgroups = \"off\"");
+    first.wait_state("a", "online", LONG);
+    wait_for("both sleeps", LONG, || first.marked("a").len() == 3);
+    let left = first.marked("a");
+    let instance = first.instance();
+    let listed = format!(
+        "warning: 3 process(es) marked RESMON_RESOURCE={instance}/... of a monitor that is not running"
+    );
+    let out = check(&first.config_file(), false);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(&listed),
+        "{out:?}"
+    );
+    first.wait_saved();
+    first.kill9();
+    let out = check(&first.config_file(), false);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&listed),
+        "{out:?}"
+    );
+    // The same state directory takes them back, and its stop ends them.
+    first.launch();
+    first.wait_state("a", "online", LONG);
+    assert_eq!(first.marked("a"), left);
+    let status = first.stop();
+    assert!(status.success(), "{status}\n{}", first.log());
+    wait_for("the adopted processes to end", LONG, || {
+        left.iter().all(|&p| !alive(p))
+    });
 }

@@ -192,34 +192,12 @@ impl Containers {
         let Ok(entries) = std::fs::read_dir(parent) else {
             return Vec::new();
         };
-        let mut out = Vec::new();
-        for e in entries.flatten() {
-            let dir = e.path();
-            let name = e.file_name();
-            if dir == *root
-                || !name.to_string_lossy().starts_with("resmon.")
-                || !cgroup::populated(&dir).unwrap_or(false)
-            {
-                continue;
-            }
-            // A running monitor holds the lock on its root for as long as
-            // it runs; one that is free is no monitor's.
-            let Ok(fd) = rustix::fs::open(
-                &dir,
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            ) else {
-                continue;
-            };
-            if rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared).is_err() {
-                continue;
-            }
-            let procs = cgroup::all_procs(&dir).len();
-            out.push((dir, procs));
-        }
-        out
+        entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|dir| dir != root)
+            .filter_map(|dir| unowned_root(&dir).map(|n| (dir, n)))
+            .collect()
     }
 
     /// Names this monitor in the markers with `instance` instead of its
@@ -409,6 +387,118 @@ impl Containers {
             }
         }
     }
+}
+
+/// How many processes `dir` holds if it is a monitor's root cgroup
+/// (`resmon.*`) that holds some while no running monitor holds its lock
+/// (a running monitor keeps it locked for as long as it runs).
+fn unowned_root(dir: &Path) -> Option<usize> {
+    let name = dir.file_name()?.to_string_lossy();
+    if !name.starts_with("resmon.") || !cgroup::populated(dir).unwrap_or(false) {
+        return None;
+    }
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared).ok()?;
+    Some(cgroup::all_procs(dir).len())
+}
+
+/// Processes of monitors that are not running, found anywhere on the
+/// machine: root cgroups (`resmon.*`, at any depth of every cgroup v2
+/// mount) that hold processes while their lock is free, and processes whose
+/// marker names an instance no running monitor has claimed. Each as a
+/// phrase saying where they are and how many there are. What `resmon
+/// check` lists: a monitor whose state directory was lost left them.
+pub fn unowned_processes() -> Vec<String> {
+    let mut out = Vec::new();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| cgroup::cgroup2_mounts(&m))
+        .unwrap_or_default();
+    let mut cgroup_pids = HashSet::new();
+    for mount in mounts {
+        // Depth-first, bounded: cgroup trees are shallow, and a huge one
+        // must not make a check take long.
+        let mut todo = vec![(mount.point, 0u32)];
+        let mut seen = 0usize;
+        while let Some((dir, depth)) = todo.pop() {
+            seen += 1;
+            if seen > 100_000 {
+                break;
+            }
+            if let Some(n) = unowned_root(&dir) {
+                cgroup_pids.extend(cgroup::all_procs(&dir));
+                out.push(format!("cgroup {} holds {n} process(es)", dir.display()));
+                continue;
+            }
+            if depth >= 16 {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                // Directories only, never through a symlink.
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    todo.push((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    // Markers: `<instance>/<name>`; an instance is claimed by listening on
+    // its abstract socket name for as long as its monitor runs.
+    let claimed = std::fs::read_to_string("/proc/net/unix")
+        .map(|t| claimed_instances(&t))
+        .unwrap_or_default();
+    let snap = procfs::index().snapshot();
+    let mut by_instance: std::collections::BTreeMap<String, usize> = Default::default();
+    for (p, mark) in snap.marked() {
+        if cgroup_pids.contains(&p) {
+            continue;
+        }
+        let mark = String::from_utf8_lossy(mark);
+        let Some((instance, _)) = mark.split_once('/') else {
+            continue;
+        };
+        *by_instance.entry(instance.to_owned()).or_default() += 1;
+    }
+    for (instance, n) in by_instance {
+        if !claimed.contains(&instance) {
+            out.push(format!(
+                "{n} process(es) marked {MARKER_VAR}={instance}/..."
+            ));
+        }
+    }
+    out
+}
+
+/// The instances whose abstract socket (`resmon/instance/ID`, see
+/// [`Containers::claim_instance`]) is listening, from the text of
+/// `/proc/net/unix`. Read rather than connected to: a connection would
+/// wait forever on a name whose backlog another user has filled, and
+/// binding the name to test it could make a starting monitor fail its
+/// claim. The table is the caller's network namespace's: a monitor in
+/// another one is not seen.
+fn claimed_instances(net_unix: &str) -> HashSet<String> {
+    // Num RefCount Protocol Flags Type St Inode Path; Flags has
+    // __SO_ACCEPTCON (0x10000) on a listening socket.
+    net_unix
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let listening =
+                u32::from_str_radix(fields.get(3)?, 16).is_ok_and(|f| f & 0x1_0000 != 0);
+            let id = fields.get(7)?.strip_prefix("@resmon/instance/")?;
+            (listening && fields.len() == 8).then(|| id.to_owned())
+        })
+        .collect()
 }
 
 /// Held while a monitor runs: see [`Containers::claim_instance`].
@@ -1061,5 +1151,38 @@ async fn watch_events(dir: &Path) -> io::Result<()> {
             Ok(Err(e)) => return Err(e),
             Err(_elapsed) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_is_claimed_only_by_a_listening_socket_of_its_name() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 101 @resmon/instance/41\n\
+            0000000000000000: 00000002 00000000 00000000 0001 01 102 @resmon/instance/42\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 103 /run/resmon/instance/43\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 104 @resmon/instance/44 x\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 105\n\
+            garbage\n";
+        let claimed = claimed_instances(table);
+        assert_eq!(claimed, HashSet::from(["41".to_owned()]));
+    }
+
+    #[test]
+    fn a_listening_instance_socket_is_seen_in_proc_net_unix() {
+        use std::os::linux::net::SocketAddrExt;
+        let id = format!("test-{}", std::process::id());
+        let addr =
+            std::os::unix::net::SocketAddr::from_abstract_name(format!("resmon/instance/{id}"))
+                .unwrap();
+        let read = || claimed_instances(&std::fs::read_to_string("/proc/net/unix").unwrap());
+        assert!(!read().contains(&id));
+        let listener = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        assert!(read().contains(&id));
+        drop(listener);
+        assert!(!read().contains(&id));
     }
 }

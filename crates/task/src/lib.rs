@@ -44,7 +44,7 @@ mod spawn;
 mod tracker;
 
 pub use abort::{Cancelled, CheckAbort, Watched};
-pub use container::{Container, Containers, InstanceClaim, MARKER_VAR};
+pub use container::{unowned_processes, Container, Containers, InstanceClaim, MARKER_VAR};
 pub use handle::TaskHandle;
 pub use reaper::Reaper;
 pub use resmon_contract::STILL_ACTIVE;

@@ -127,6 +127,15 @@ impl Snapshot {
             .collect()
     }
 
+    /// Every live marked process with its marker value.
+    pub(crate) fn marked(&self) -> impl Iterator<Item = (u32, &[u8])> {
+        self.procs
+            .iter()
+            .zip(&self.marks)
+            .filter(|(p, _)| !p.is_dead())
+            .filter_map(|(p, m)| Some((p.pid, m.as_deref()?)))
+    }
+
     /// The distinct marker values of live processes.
     pub(crate) fn marks(&self) -> std::collections::BTreeSet<&[u8]> {
         self.marks.iter().flatten().map(|v| &v[..]).collect()

@@ -469,3 +469,32 @@ pub fn skip(test: &str, why: &str) {
         }
     }
 }
+
+/// Runs `resmon check --config FILE`, with `--validate` when asked.
+pub fn check(file: &Path, validate: bool) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check");
+    if validate {
+        cmd.arg("--validate");
+    }
+    cmd.arg("--config")
+        .arg(file)
+        .env("RESMON_LOG", "warn")
+        .output()
+        .expect("run resmon")
+}
+
+/// The live processes that have `path` mapped (a plugin library's hosts).
+pub fn processes_mapping(path: &Path) -> Vec<u32> {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| alive(pid))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains(&needle))
+        })
+        .collect()
+}
