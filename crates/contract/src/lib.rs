@@ -33,7 +33,7 @@ pub use resource::{
     CallContext, Completion, ControlError, FencingToken, LogLevel, Notice, Notifier, OpenContext,
     Resource, ResourceError, ResourceType, Scope, StatusSink, FENCING_TOKEN_VAR,
 };
-pub use state::{EntryPoint, State};
+pub use state::{EntryPoint, State, ALLOWED_TRANSITIONS};
 
 /// The exit code a task reports while it is still running (Windows `STILL_ACTIVE`).
 pub const STILL_ACTIVE: i32 = 259;

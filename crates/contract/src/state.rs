@@ -42,6 +42,72 @@ impl State {
     }
 }
 
+/// Every change of state the monitor makes, with why it is allowed. A
+/// resource may also stay in its state with a new reason. Any other move is
+/// a bug of the monitor: debug builds assert it, and the core's property
+/// test checks it after every event.
+pub const ALLOWED_TRANSITIONS: &[(State, State, &str)] = &[
+    (State::Offline, State::OnlinePending, "online is called"),
+    (
+        State::Offline,
+        State::Online,
+        "adopted running after a monitor restart",
+    ),
+    (
+        State::Offline,
+        State::Failed,
+        "its open failed, or it died while no monitor watched",
+    ),
+    (State::OnlinePending, State::Online, "online finished"),
+    (
+        State::OnlinePending,
+        State::Failed,
+        "online failed or its pending_timeout passed",
+    ),
+    (
+        State::OnlinePending,
+        State::OfflinePending,
+        "an operator's terminate",
+    ),
+    (
+        State::OnlinePending,
+        State::Offline,
+        "terminated while coming online, at shutdown",
+    ),
+    (
+        State::Online,
+        State::OfflinePending,
+        "offline is called, or an operator's terminate",
+    ),
+    (
+        State::Online,
+        State::Failed,
+        "is_alive said no, or it reported a failure",
+    ),
+    (
+        State::OfflinePending,
+        State::Offline,
+        "offline finished, or terminate ended it",
+    ),
+    (State::Failed, State::OnlinePending, "a restart"),
+    (
+        State::Failed,
+        State::Offline,
+        "an operator's offline or terminate",
+    ),
+];
+
+impl State {
+    /// Whether the monitor may move a resource from `self` to `next`: see
+    /// [`ALLOWED_TRANSITIONS`].
+    pub fn may_become(self, next: State) -> bool {
+        self == next
+            || ALLOWED_TRANSITIONS
+                .iter()
+                .any(|&(from, to, _)| (from, to) == (self, next))
+    }
+}
+
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -113,6 +179,35 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", s.as_str()));
             assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
         }
+    }
+
+    #[test]
+    fn a_stop_always_ends_down_and_nothing_leaves_a_pending_state_sideways() {
+        // Every state can reach `offline`; a pending state only moves on to
+        // where its call leads, or down.
+        for s in [
+            State::Offline,
+            State::OnlinePending,
+            State::Online,
+            State::OfflinePending,
+            State::Failed,
+        ] {
+            let mut seen = vec![s];
+            let mut i = 0;
+            while i < seen.len() {
+                for &(from, to, _) in ALLOWED_TRANSITIONS {
+                    if from == seen[i] && !seen.contains(&to) {
+                        seen.push(to);
+                    }
+                }
+                i += 1;
+            }
+            assert!(seen.contains(&State::Offline), "{s} cannot reach offline");
+        }
+        assert!(!State::OfflinePending.may_become(State::Online));
+        assert!(!State::OfflinePending.may_become(State::OnlinePending));
+        assert!(!State::Online.may_become(State::Offline));
+        assert!(State::Failed.may_become(State::Failed));
     }
 
     #[test]

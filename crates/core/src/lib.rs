@@ -35,5 +35,5 @@ mod monitor;
 
 pub use monitor::{
     later, Action, CallOutcome, Command, Event, Monitor, Notice, Reconfigured, ResId, ResourceSpec,
-    ResourceView, SpecError, TermReason,
+    ResourceView, Settled, SpecError, TermReason,
 };

@@ -40,6 +40,38 @@ pub enum Command {
     Terminate { exit_code: i32 },
 }
 
+/// Where an operator's command ended, for a caller that waits on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The command's goal is reached.
+    Done,
+    /// The resource failed on the way.
+    Failed,
+    /// An online that is no longer wanted (taken offline meanwhile, or the
+    /// monitor is stopping): the resource stays offline.
+    Abandoned,
+}
+
+impl Command {
+    /// Whether a resource in `state` is where this command ends: `None`
+    /// while it is still on its way (`busy`: a serialized call or a
+    /// termination is in progress). `wanted_online` says whether the
+    /// monitor still means to bring it online.
+    pub fn settled(self, state: State, busy: bool, wanted_online: bool) -> Option<Settled> {
+        if busy {
+            return None;
+        }
+        match (self, state) {
+            (Command::Online, State::Online) => Some(Settled::Done),
+            (Command::Online | Command::Offline, State::Failed) => Some(Settled::Failed),
+            (Command::Online, State::Offline) if !wanted_online => Some(Settled::Abandoned),
+            (Command::Offline, State::Offline) => Some(Settled::Done),
+            (Command::Terminate { .. }, s) if s.is_down() => Some(Settled::Done),
+            _ => None,
+        }
+    }
+}
+
 /// How a serialized entry-point call returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CallOutcome {
@@ -1223,6 +1255,12 @@ impl Monitor {
         }
         // Neighbours decide on this state: providers wait for their
         // dependents to be down, dependents for their providers to be online.
+        debug_assert!(
+            r.state.may_become(state),
+            "{} may not move from {} to {state} ({why})",
+            r.spec.name,
+            r.state
+        );
         let neighbours: Vec<ResId> = r.providers.iter().chain(&r.dependents).copied().collect();
         let r = &mut self.res[id];
         r.state = state;

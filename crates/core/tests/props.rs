@@ -4,9 +4,11 @@
 //! providers are.
 
 use proptest::prelude::*;
-use resmon_contract::{EntryPoint, Policy, RestartAction, State};
+use proptest::strategy::ValueTree;
+use proptest::test_runner::TestCaseError;
+use resmon_contract::{EntryPoint, Policy, RestartAction, State, ALLOWED_TRANSITIONS};
 use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId, ResourceSpec};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -18,16 +20,20 @@ enum Op {
     Finish(usize),
     Advance(u64),
     OpenFailed(usize, bool),
+    Adopted(usize, bool),
+    Shutdown,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..6usize, 0..3u8).prop_map(|(i, c)| Op::Cmd(i, c)),
-        (0..6usize, 0..5u8).prop_map(|(i, a)| Op::Answer(i, a)),
-        (0..6usize).prop_map(Op::Notice),
-        (0..6usize).prop_map(Op::Finish),
-        (0..4000u64).prop_map(Op::Advance),
-        (0..6usize, any::<bool>()).prop_map(|(i, w)| Op::OpenFailed(i, w)),
+        8 => (0..6usize, 0..3u8).prop_map(|(i, c)| Op::Cmd(i, c)),
+        8 => (0..6usize, 0..5u8).prop_map(|(i, a)| Op::Answer(i, a)),
+        8 => (0..6usize).prop_map(Op::Notice),
+        8 => (0..6usize).prop_map(Op::Finish),
+        8 => (0..4000u64).prop_map(Op::Advance),
+        8 => (0..6usize, any::<bool>()).prop_map(|(i, w)| Op::OpenFailed(i, w)),
+        8 => (0..6usize, any::<bool>()).prop_map(|(i, a)| Op::Adopted(i, a)),
+        1 => Just(Op::Shutdown),
     ]
 }
 
@@ -63,31 +69,58 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
     #[test]
     fn bookkeeping_and_ordering_hold(deps in graph(), kind in 0..6u8, ops in proptest::collection::vec(op(), 1..80)) {
+        run(deps, kind, ops, &mut HashSet::new())?;
+    }
+}
+
+/// The simulation both tests run: random commands, answers, notices and
+/// time on a random dependency graph, with every invariant checked after
+/// each event. Each state change seen is added to `moves`.
+fn run(
+    deps: Vec<Vec<usize>>,
+    kind: u8,
+    ops: Vec<Op>,
+    moves: &mut HashSet<(State, State)>,
+) -> Result<(), TestCaseError> {
+    {
         let n = deps.len();
-        let specs: Vec<ResourceSpec> = deps.iter().enumerate().map(|(i, d)| ResourceSpec {
-            name: format!("r{i}"),
-            group: "g".into(),
-            depends_on: d.iter().map(|p| format!("r{p}")).collect(),
-            policy: policy(kind),
-        }).collect();
+        let specs: Vec<ResourceSpec> = deps
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ResourceSpec {
+                name: format!("r{i}"),
+                group: "g".into(),
+                depends_on: d.iter().map(|p| format!("r{p}")).collect(),
+                policy: policy(kind),
+            })
+            .collect();
         let mut now = Instant::now();
         let mut m = Monitor::new(specs, now).unwrap();
         // Outstanding serialized calls and terminations, as the daemon would hold them.
         let mut calls: HashMap<ResId, (EntryPoint, u64)> = HashMap::new();
         let mut terms: HashMap<ResId, u64> = HashMap::new();
+        // Each resource's state as its notices told it.
+        let mut states = vec![State::Offline; n];
         for op in ops {
             let event = match op {
-                Op::Cmd(i, c) => Event::Command(i % n, match c {
-                    0 => Command::Online,
-                    1 => Command::Offline,
-                    _ => Command::Terminate { exit_code: 3 },
-                }),
+                Op::Cmd(i, c) => Event::Command(
+                    i % n,
+                    match c {
+                        0 => Command::Online,
+                        1 => Command::Offline,
+                        _ => Command::Terminate { exit_code: 3 },
+                    },
+                ),
                 Op::Answer(i, a) => {
                     let id = i % n;
-                    let Some(&(entry, seq)) = calls.get(&id) else { continue };
+                    let Some(&(entry, seq)) = calls.get(&id) else {
+                        continue;
+                    };
                     calls.remove(&id);
                     let outcome = match (entry, a) {
-                        (EntryPoint::LooksAlive | EntryPoint::IsAlive, a) => CallOutcome::Alive(a % 2 == 0),
+                        (EntryPoint::LooksAlive | EntryPoint::IsAlive, a) => {
+                            CallOutcome::Alive(a % 2 == 0)
+                        }
                         (_, 0 | 1) => CallOutcome::Done,
                         (_, 2) => CallOutcome::Pending,
                         _ => CallOutcome::Error("boom".into()),
@@ -97,10 +130,15 @@ proptest! {
                     }
                     Event::Returned { id, seq, outcome }
                 }
-                Op::Notice(i) => Event::FailureNotice { id: i % n, reason: "died".into() },
+                Op::Notice(i) => Event::FailureNotice {
+                    id: i % n,
+                    reason: "died".into(),
+                },
                 Op::Finish(i) => {
                     let id = i % n;
-                    let Some(seq) = terms.remove(&id) else { continue };
+                    let Some(seq) = terms.remove(&id) else {
+                        continue;
+                    };
                     Event::Terminated { id, seq }
                 }
                 Op::OpenFailed(i, want_online) => Event::OpenFailed {
@@ -108,6 +146,8 @@ proptest! {
                     reason: "open failed".into(),
                     want_online,
                 },
+                Op::Adopted(i, alive) => Event::Adopted { id: i % n, alive },
+                Op::Shutdown => Event::Shutdown,
                 Op::Advance(ms) => {
                     now += Duration::from_millis(ms);
                     Event::Tick
@@ -122,14 +162,27 @@ proptest! {
                     _ => break,
                 }
             }
-            prop_assert!(m.next_deadline().is_none_or(|t| t > now), "a due deadline does not move");
+            prop_assert!(
+                m.next_deadline().is_none_or(|t| t > now),
+                "a due deadline does not move"
+            );
             for a in actions {
                 match a {
                     Action::Call { id, entry, seq } => {
-                        prop_assert!(!calls.contains_key(&id), "second call {entry} on r{id} while {:?} in flight", calls[&id]);
+                        prop_assert!(
+                            !calls.contains_key(&id),
+                            "second call {entry} on r{id} while {:?} in flight",
+                            calls[&id]
+                        );
                         if entry == EntryPoint::Online {
                             for p in &deps[id] {
-                                prop_assert_eq!(m.state(*p), State::Online, "r{} online before provider r{}", id, p);
+                                prop_assert_eq!(
+                                    m.state(*p),
+                                    State::Online,
+                                    "r{} online before provider r{}",
+                                    id,
+                                    p
+                                );
                             }
                         }
                         calls.insert(id, (entry, seq));
@@ -145,10 +198,39 @@ proptest! {
                             "cancelled {seq} on r{id}, but {cancelled:?} was in flight"
                         );
                     }
-                    Action::Failover { .. } | Action::Notify(_) => {}
+                    Action::Notify(notice) => {
+                        let before = states[notice.id];
+                        prop_assert!(
+                            before.may_become(notice.state),
+                            "r{} moved {before} -> {} ({}), not in ALLOWED_TRANSITIONS",
+                            notice.id,
+                            notice.state,
+                            notice.reason
+                        );
+                        moves.insert((before, notice.state));
+                        states[notice.id] = notice.state;
+                    }
+                    Action::Failover { .. } => {}
                 }
             }
             m.check_settled(now);
         }
     }
+    Ok(())
+}
+
+#[test]
+fn every_allowed_transition_is_taken() {
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = (graph(), 0..6u8, proptest::collection::vec(op(), 1..80));
+    let mut moves = HashSet::new();
+    for _ in 0..400 {
+        let (deps, kind, ops) = strategy.new_tree(&mut runner).unwrap().current();
+        run(deps, kind, ops, &mut moves).unwrap();
+    }
+    let missing: Vec<_> = ALLOWED_TRANSITIONS
+        .iter()
+        .filter(|&&(from, to, _)| !moves.contains(&(from, to)))
+        .collect();
+    assert!(missing.is_empty(), "never taken: {missing:?}");
 }

@@ -1114,3 +1114,42 @@ async fn durations_too_large_for_the_clock_never_overflow_a_deadline() {
     assert_eq!(sim.count("force-kill"), 0);
     assert!(sim.m.view(sim.m.id("r").unwrap()).terminating);
 }
+
+#[test]
+fn a_waiting_command_ends_where_its_goal_is_reached_or_cannot_be() {
+    use resmon_core::Settled::{self, Abandoned, Done};
+    use State::{Failed, Offline, OfflinePending, Online, OnlinePending};
+    let term = Command::Terminate { exit_code: 1 };
+    // (command, state, busy, wanted online) -> where a --wait ends
+    let rows: &[(Command, State, bool, bool, Option<Settled>)] = &[
+        (Command::Online, Online, false, true, Some(Done)),
+        (Command::Online, Online, true, true, None), // a health check runs
+        (Command::Online, OnlinePending, false, true, None),
+        (Command::Online, Failed, false, true, Some(Settled::Failed)),
+        (Command::Online, Failed, true, true, None), // still being terminated
+        (Command::Online, Offline, false, true, None), // waits for its providers
+        (Command::Online, Offline, false, false, Some(Abandoned)),
+        (Command::Offline, Offline, false, false, Some(Done)),
+        (Command::Offline, OfflinePending, false, false, None),
+        (Command::Offline, Online, false, false, None), // dependents go first
+        (
+            Command::Offline,
+            Failed,
+            false,
+            false,
+            Some(Settled::Failed),
+        ),
+        (term, Offline, false, false, Some(Done)),
+        (term, Failed, false, false, Some(Done)),
+        (term, Offline, true, false, None), // its tree is still being killed
+        (term, OfflinePending, false, false, None),
+        (term, Online, false, false, None),
+    ];
+    for &(cmd, state, busy, wanted, want) in rows {
+        assert_eq!(
+            cmd.settled(state, busy, wanted),
+            want,
+            "{cmd:?} in {state} (busy {busy}, wanted online {wanted})"
+        );
+    }
+}

@@ -30,8 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
-use resmon_contract::State;
-use resmon_core::Command;
+use resmon_core::{Command, Settled};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::net::UnixListener;
@@ -554,22 +553,15 @@ async fn terminate(
     .await
 }
 
-/// Whether `s` is where `command` ends, and whether that is a success.
+/// Whether `s` is where `command` ends (the core's rule), and whether that
+/// is a success.
 fn settled(command: Command, s: &ResourceStatus) -> Option<Result<(), String>> {
-    if s.call.is_some() || s.terminating {
-        return None;
-    }
-    match (command, s.state) {
-        (Command::Online, State::Online) => Some(Ok(())),
-        (Command::Online, State::Failed) => Some(Err(format!("{} failed: {}", s.name, s.reason))),
-        (Command::Online, State::Offline) if !s.wanted_online => {
-            Some(Err(format!("{} did not come online: {}", s.name, s.reason)))
-        }
-        (Command::Offline, State::Offline) => Some(Ok(())),
-        (Command::Offline, State::Failed) => Some(Err(format!("{} failed: {}", s.name, s.reason))),
-        (Command::Terminate { .. }, st) if st.is_down() => Some(Ok(())),
-        _ => None,
-    }
+    let busy = s.call.is_some() || s.terminating;
+    Some(match command.settled(s.state, busy, s.wanted_online)? {
+        Settled::Done => Ok(()),
+        Settled::Failed => Err(format!("{} failed: {}", s.name, s.reason)),
+        Settled::Abandoned => Err(format!("{} did not come online: {}", s.name, s.reason)),
+    })
 }
 
 async fn operate(st: &ApiState, name: String, command: Command, wait: bool) -> Response {
