@@ -23,7 +23,7 @@
 //! Ownership of a group is the owner key, created by one transaction
 //! ([`Member::acquire`]); its `create_revision` is the fencing token. No
 //! election API: it produced false wins under partitions where the single
-//! transaction did not (DESIGN section 7).
+//! transaction did not (docs/design.md §7).
 //!
 //! Requests go to one endpoint at a time; one that cannot be reached, has
 //! no leader, or takes longer than half a TTL is left for the next
@@ -629,11 +629,6 @@ impl Member {
         Ok(resp.kvs().first().map(|kv| owner_of(group, kv)))
     }
 
-    /// Every owned group and its owner.
-    pub async fn owners(&self) -> Result<Vec<Owner>, Error> {
-        Ok(self.view().await?.owners.into_values().collect())
-    }
-
     /// Every key of the cluster, read at one revision.
     pub async fn view(&self) -> Result<ClusterView, Error> {
         read_view(&self.clients, &self.keys, attempt_timeout(&self.settings)).await
@@ -735,28 +730,6 @@ impl Member {
         check_name(group)?;
         self.delete("failed", self.keys.failed(group, &self.settings.node))
             .await
-    }
-
-    /// The nodes that gave `group` up.
-    pub async fn failed_nodes(&self, group: &str) -> Result<Vec<String>, Error> {
-        check_name(group)?;
-        let prefix = self.keys.failed_range(group);
-        let what = format!("listing failed keys under {prefix}");
-        let resp = self
-            .op(&what, prefix, |mut c, prefix| async move {
-                c.get(prefix, Some(GetOptions::new().with_prefix())).await
-            })
-            .await?;
-        Ok(resp
-            .kvs()
-            .iter()
-            .filter_map(
-                |kv| match kv.key_str().ok().and_then(|k| self.keys.parse(k)) {
-                    Some(Key::Failed { node, .. }) => Some(node),
-                    _ => None,
-                },
-            )
-            .collect())
     }
 
     /// The cluster's state now, and a [`Watch`] of every change after it.
