@@ -1,6 +1,6 @@
 //! Multi-node failover for resmon: the pieces a monitor needs to run a
 //! group on at most one node at a time, with etcd holding ownership
-//! (DESIGN section 7).
+//! (docs/design.md §7).
 //!
 //! The rules this crate implements:
 //!

@@ -73,8 +73,7 @@ impl Settings {
 
     /// How often the lease is renewed: a third of the time a renewal
     /// keeps the node running (`TTL - margin`), so two renewals in a row
-    /// can be lost before the deadline passes. Faster than DESIGN's
-    /// "TTL/3 or faster".
+    /// can be lost before the deadline passes (docs/design.md §7).
     pub fn renew_interval(&self) -> Duration {
         self.lease_ttl.saturating_sub(self.margin) / 3
     }

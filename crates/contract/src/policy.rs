@@ -29,7 +29,7 @@ impl RestartAction {
     }
 }
 
-/// The properties of DESIGN section 3 for one resource.
+/// The properties of docs/design.md §3 for one resource.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Policy {
     pub looks_alive_interval: Duration,

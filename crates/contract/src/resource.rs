@@ -237,7 +237,7 @@ pub trait ResourceType: Send + Sync {
     }
 }
 
-/// One resource of a type: the entry points of DESIGN section 2.
+/// One resource of a type: the entry points of docs/design.md §2.
 pub trait Resource: Send + Sync {
     /// Brings the resource online. See the crate docs for pending calls.
     fn online(&self, ctx: &CallContext) -> Result<Completion, ResourceError>;

@@ -1,4 +1,4 @@
-//! Every rule of DESIGN sections 2 and 3 as a table row, driven with tokio's
+//! Every rule of docs/design.md §2 and §3 as a table row, driven with tokio's
 //! paused clock: the harness sleeps until the monitor's next deadline (the
 //! paused clock jumps there at once) and answers its calls as a scripted
 //! resource would.

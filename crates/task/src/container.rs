@@ -1,5 +1,5 @@
 //! Containers: where a resource's processes live, so that all of them can be
-//! found and killed (rung 3 of the termination ladder, DESIGN section 4).
+//! found and killed (rung 3 of the termination ladder, docs/design.md §4).
 //!
 //! Two backends, chosen once by [`Containers::detect`]:
 //!

@@ -1,4 +1,4 @@
-//! Task handles: rights, exit codes, `terminate` and `wait` (DESIGN section 5).
+//! Task handles: rights, exit codes, `terminate` and `wait` (docs/design.md §5).
 //!
 //! A [`TaskHandle`] is an `Arc` on a task record plus the rights of this
 //! handle. The record holds the exit code state behind a mutex and a watch

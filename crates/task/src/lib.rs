@@ -19,7 +19,7 @@
 //!   so it never runs a single instruction of its program outside the
 //!   resource, and neither can anything it starts.
 //! * **Task handles** ([`TaskHandle`]). The Windows `TerminateThread` /
-//!   `TerminateProcess` semantics of DESIGN section 5: rights checked on every
+//!   `TerminateProcess` semantics of docs/design.md §5: rights checked on every
 //!   call, [`STILL_ACTIVE`] while running, the first `terminate` choosing the
 //!   exit code, asynchronous termination, `wait` releasing every waiter at once.
 //!   A process is signalled only through its pidfd, so a pid is never signalled

@@ -7,7 +7,7 @@ use resmon_contract::parse_duration;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The shortest lease etcd grants reliably (DESIGN section 7).
+/// The shortest lease etcd grants reliably (docs/design.md §7).
 pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 pub const DEFAULT_KEY_PREFIX: &str = "/resmon";

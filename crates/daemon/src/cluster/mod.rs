@@ -1,5 +1,5 @@
 //! Cluster mode: nodes that share their groups through etcd, each group
-//! owned by one node at a time (DESIGN section 7).
+//! owned by one node at a time (docs/design.md §7).
 //!
 //! * [`config`]: `[cluster]` and `[group.NAME]`.
 //! * [`view`]: what the API shows of the cluster (nodes, owners) and the
