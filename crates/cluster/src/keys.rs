@@ -19,30 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Why a name cannot be used in a key.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("name {name:?} must be 1 to 64 characters of letters, digits, '-', '_' and '.', not starting with '.' or '-'")]
-pub struct NameError {
-    pub name: String,
-}
-
-/// Checks a node or group name: the same rule as resmon's resource and
-/// group names (`[A-Za-z0-9._-]`, 1 to 64, not starting with `.` or `-`).
-pub fn check_name(name: &str) -> Result<(), NameError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(NameError {
-            name: name.to_owned(),
-        })
-    }
-}
+pub use resmon_contract::{check_name, NameError};
 
 /// The value of a node key.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -208,17 +185,6 @@ mod tests {
             "/resmon",
         ] {
             assert_eq!(k.parse(key), None, "{key}");
-        }
-    }
-
-    #[test]
-    fn names_are_checked() {
-        for ok in ["a", "node-1", "web_2.x", &"x".repeat(64)] {
-            check_name(ok).unwrap();
-        }
-        for bad in ["", ".a", "-a", "a/b", "a b", "é", &"x".repeat(65)] {
-            let e = check_name(bad).unwrap_err();
-            assert!(e.to_string().contains("1 to 64"), "{e}");
         }
     }
 

@@ -24,10 +24,12 @@
 //! * Every entry point should return within 300 ms.
 
 pub mod control;
+mod name;
 mod policy;
 mod resource;
 mod state;
 
+pub use name::{check_name, NameError};
 pub use policy::{parse_duration, Policy, PolicyError, RestartAction};
 pub use resource::{
     CallContext, Completion, ControlError, FencingToken, LogLevel, Notice, Notifier, OpenContext,

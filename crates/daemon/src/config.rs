@@ -6,6 +6,7 @@
 
 use crate::access::{AccessConfig, Grant};
 use crate::cluster::config::{parse_cluster, parse_groups, ClusterConfig, GroupConfig};
+pub use resmon_contract::check_name;
 use resmon_contract::{parse_duration, Policy, ResourceType, RestartAction};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -127,23 +128,6 @@ const POLICY_KEYS: &[&str] = &[
     "retry_period_on_failure",
     "separate_monitor",
 ];
-
-/// A name usable in the CLI, URLs and cgroup paths.
-pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err(format!("name {name:?} must be 1 to 64 characters"));
-    }
-    if name.starts_with(['.', '-'])
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(format!(
-            "name {name:?} may only hold letters, digits, '-', '_' and '.', and must not start with '.' or '-'"
-        ));
-    }
-    Ok(())
-}
 
 impl Config {
     /// Reads and checks a config file.
@@ -807,16 +791,6 @@ depends_on = ["a"]
 "#,
         );
         assert!(text.contains("dependency cycle"), "{text}");
-    }
-
-    #[test]
-    fn names_are_checked() {
-        for ok in ["web", "db-1", "a.b_c", "X9"] {
-            assert!(check_name(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", ".hidden", "-x", "a/b", "a b", "ä", &"x".repeat(65)] {
-            assert!(check_name(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]
