@@ -115,9 +115,9 @@ impl Settings {
                 self.lease_ttl
             ));
         }
-        if self.margin >= self.lease_ttl / 2 {
+        if self.margin.is_zero() || self.margin >= self.lease_ttl / 2 {
             problems.push(format!(
-                "margin: {:?} must be less than half of lease_ttl ({:?})",
+                "fence_margin: {:?} must be more than 0 and less than half of lease_ttl ({:?})",
                 self.margin, self.lease_ttl
             ));
         }

@@ -460,7 +460,7 @@ async fn run(
         .as_ref()
         .map(|c| cluster::view::ClusterHandle {
             view: Arc::new(std::sync::RwLock::new(cluster::view::NodesReply {
-                node: c.node.clone(),
+                node: c.settings.node.clone(),
                 problem: Some("joining the cluster".into()),
                 ..Default::default()
             })),
@@ -829,7 +829,7 @@ fn start_cluster(
         .context("starting the fence guard")?;
     tracing::info!(
         "cluster node {}: fence guard started (pid {})",
-        c.node,
+        c.settings.node,
         guard.task().and_then(|t| t.pid()).unwrap_or(0)
     );
     let groups = config::groups(&config.resources)

@@ -3,28 +3,19 @@
 //! config (every problem reported, each naming its place).
 
 use crate::config::check_name;
+use resmon_cluster::Settings;
 use resmon_contract::parse_duration;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-/// The shortest lease etcd grants reliably (docs/design.md §7).
-pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
-pub const DEFAULT_KEY_PREFIX: &str = "/resmon";
-
-/// `[cluster]`.
+/// `[cluster]`: how this node takes part, as `resmon-cluster` checks it
+/// (one set of rules for `resmon check`, `serve` and the etcd client), and
+/// the watchdog its fence guard keeps alive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// This node's name, unique in the cluster.
-    pub node: String,
-    /// etcd client URLs.
-    pub etcd: Vec<String>,
-    pub lease_ttl: Duration,
-    pub key_prefix: String,
-    /// How long before the lease could expire elsewhere the node's
-    /// resources must be down: covers the time a terminate takes and clock
-    /// drift. Default: a quarter of the lease.
-    pub fence_margin: Duration,
+    /// Node name, etcd endpoints, lease TTL, key prefix and fence margin
+    /// (`fence_margin`: how long before the lease could expire elsewhere
+    /// the node's resources must be down).
+    pub settings: Settings,
     /// The kernel watchdog device the fence guard keeps alive while the
     /// node may run groups; `None` (the default): not used.
     pub watchdog: Option<String>,
@@ -42,6 +33,8 @@ pub struct GroupConfig {
 
 const CLUSTER_KEYS: &str = "node, etcd, lease_ttl, key_prefix, fence_margin, watchdog";
 
+/// Reads `[cluster]`: the types of its keys here, their values by
+/// [`Settings::validate`]. Every problem is pushed onto `problems`.
 pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<ClusterConfig> {
     let Some(t) = v.as_table() else {
         problems.push("[cluster] must be a table".into());
@@ -49,10 +42,10 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
     };
     let before = problems.len();
     let mut node = None;
-    let mut etcd = Vec::new();
-    let mut lease_ttl = DEFAULT_LEASE_TTL;
-    let mut key_prefix = DEFAULT_KEY_PREFIX.to_string();
-    let mut fence_margin = None;
+    let mut endpoints = None;
+    let mut lease_ttl = None;
+    let mut key_prefix = None;
+    let mut margin = None;
     let mut watchdog = None;
     let duration = |k: &str, v: &toml::Value, problems: &mut Vec<String>| match v {
         toml::Value::String(s) => match parse_duration(s) {
@@ -69,58 +62,29 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
     };
     for (k, v) in t {
         match (k.as_str(), v) {
-            ("node", toml::Value::String(s)) => match check_name(s) {
-                Ok(()) => node = Some(s.clone()),
-                Err(e) => problems.push(format!("[cluster] node: {e}")),
-            },
+            ("node", toml::Value::String(s)) => node = Some(s.clone()),
             ("node", _) => problems.push("[cluster] node: must be a string".into()),
             ("etcd", toml::Value::Array(a)) => {
+                let mut urls = Vec::new();
                 for (i, e) in a.iter().enumerate() {
                     match e.as_str() {
-                        Some(u) if u.starts_with("https://") => problems.push(format!(
-                            "[cluster] etcd[{i}]: {u:?}: TLS to etcd is not supported; use http:// on a trusted network"
-                        )),
-                        Some(u) if u.starts_with("http://") => {
-                            if u.len() <= "http://".len() {
-                                problems.push(format!("[cluster] etcd[{i}]: {u:?} names no host"));
-                            } else {
-                                etcd.push(u.to_string());
-                            }
-                        }
-                        _ => problems.push(format!(
+                        Some(u) => urls.push(u.to_owned()),
+                        None => problems.push(format!(
                             "[cluster] etcd[{i}]: must be a URL such as \"http://127.0.0.1:2379\""
                         )),
                     }
                 }
+                endpoints = Some(urls);
             }
             ("etcd", _) => problems.push(
                 "[cluster] etcd: must be a list of URLs, e.g. [\"http://127.0.0.1:2379\"]".into(),
             ),
-            ("lease_ttl", v) => {
-                if let Some(d) = duration(k, v, problems) {
-                    if d < MIN_LEASE_TTL {
-                        problems.push(format!(
-                            "[cluster] lease_ttl: {} is shorter than the {} etcd grants reliably",
-                            humantime::format_duration(d),
-                            humantime::format_duration(MIN_LEASE_TTL)
-                        ));
-                    } else if d.subsec_millis() != 0 {
-                        problems.push("[cluster] lease_ttl: etcd leases are whole seconds".into());
-                    } else {
-                        lease_ttl = d;
-                    }
-                }
+            ("lease_ttl", v) => lease_ttl = duration(k, v, problems),
+            ("fence_margin", v) => margin = duration(k, v, problems),
+            ("key_prefix", toml::Value::String(s)) => key_prefix = Some(s.clone()),
+            ("key_prefix", _) => {
+                problems.push("[cluster] key_prefix: must be a string such as \"/resmon\"".into())
             }
-            ("fence_margin", v) => fence_margin = duration(k, v, problems),
-            ("key_prefix", toml::Value::String(s))
-                if s.starts_with('/') && s.len() > 1 && !s.ends_with('/') =>
-            {
-                key_prefix = s.clone()
-            }
-            ("key_prefix", _) => problems.push(
-                "[cluster] key_prefix: must start with / and not end with one, e.g. \"/resmon\""
-                    .into(),
-            ),
             ("watchdog", toml::Value::Boolean(false)) => watchdog = None,
             ("watchdog", toml::Value::Boolean(true)) => watchdog = Some("/dev/watchdog".into()),
             ("watchdog", toml::Value::String(s)) if s.starts_with('/') => {
@@ -135,35 +99,34 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
             )),
         }
     }
-    if node.is_none() && !t.contains_key("node") {
+    if !t.contains_key("node") {
         problems.push("[cluster] node is missing: this node's name, e.g. node = \"n1\"".into());
     }
-    if etcd.is_empty() && !t.contains_key("etcd") {
+    if !t.contains_key("etcd") {
         problems.push(
             "[cluster] etcd is missing: the etcd endpoints, e.g. etcd = [\"http://127.0.0.1:2379\"]"
                 .into(),
         );
-    } else if etcd.is_empty() && problems.len() == before {
-        problems.push("[cluster] etcd: name at least one endpoint".into());
     }
-    let fence_margin = fence_margin.unwrap_or(lease_ttl / 4);
-    if fence_margin.is_zero() || fence_margin > lease_ttl / 2 {
-        problems.push(format!(
-            "[cluster] fence_margin: must be more than 0 and at most half of lease_ttl ({})",
-            humantime::format_duration(lease_ttl / 2)
-        ));
+    // What is missing or mistyped was said above; valid stand-ins keep the
+    // validation to what was given.
+    let mut settings = Settings::new(
+        node.unwrap_or_else(|| "node".into()),
+        endpoints.unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()]),
+    );
+    if let Some(ttl) = lease_ttl {
+        settings = settings.with_lease_ttl(ttl);
     }
-    if problems.len() != before {
-        return None;
+    if let Some(prefix) = key_prefix {
+        settings = settings.with_key_prefix(prefix);
     }
-    Some(ClusterConfig {
-        node: node?,
-        etcd,
-        lease_ttl,
-        key_prefix,
-        fence_margin,
-        watchdog,
-    })
+    if let Some(margin) = margin {
+        settings = settings.with_margin(margin);
+    }
+    if let Err(e) = settings.validate() {
+        problems.extend(e.problems.iter().map(|p| format!("[cluster] {p}")));
+    }
+    (problems.len() == before).then_some(ClusterConfig { settings, watchdog })
 }
 
 /// `[group.NAME]` tables. Groups named here must have resources (checked
@@ -221,6 +184,7 @@ pub fn parse_groups(v: &toml::Value, problems: &mut Vec<String>) -> BTreeMap<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn cluster(text: &str) -> Result<ClusterConfig, Vec<String>> {
         let v: toml::Value = toml::from_str::<toml::Table>(text).unwrap()["cluster"].clone();
@@ -231,17 +195,22 @@ mod tests {
     #[test]
     fn defaults_and_values() {
         let c = cluster("[cluster]\nnode = \"n1\"\netcd = [\"http://127.0.0.1:2379\"]\n").unwrap();
-        assert_eq!(c.lease_ttl, Duration::from_secs(3));
-        assert_eq!(c.key_prefix, "/resmon");
-        assert_eq!(c.fence_margin, Duration::from_millis(750));
+        assert_eq!(
+            c.settings,
+            Settings::new("n1", vec!["http://127.0.0.1:2379".into()])
+        );
+        assert_eq!(c.settings.lease_ttl, Duration::from_secs(3));
+        assert_eq!(c.settings.key_prefix, "/resmon");
+        assert_eq!(c.settings.margin, Duration::from_millis(750));
         assert_eq!(c.watchdog, None);
         let c = cluster(
             "[cluster]\nnode = \"a\"\netcd = [\"http://10.0.0.1:2379\", \"http://e:2379\"]\nlease_ttl = \"2s\"\nkey_prefix = \"/x/y\"\nfence_margin = \"300ms\"\nwatchdog = true\n",
         )
         .unwrap();
-        assert_eq!(c.etcd.len(), 2);
-        assert_eq!(c.lease_ttl, Duration::from_secs(2));
-        assert_eq!(c.fence_margin, Duration::from_millis(300));
+        assert_eq!(c.settings.endpoints.len(), 2);
+        assert_eq!(c.settings.lease_ttl, Duration::from_secs(2));
+        assert_eq!(c.settings.key_prefix, "/x/y");
+        assert_eq!(c.settings.margin, Duration::from_millis(300));
         assert_eq!(c.watchdog.as_deref(), Some("/dev/watchdog"));
     }
 
@@ -253,20 +222,29 @@ mod tests {
         for want in [
             "node is missing",
             "etcd is missing",
-            "shorter than the 2s",
-            "key_prefix: must start with /",
+            "[cluster] lease_ttl: 1s is shorter than etcd's smallest lease",
+            "[cluster] key_prefix \"x\": must start with '/'",
             "unknown key \"foo\"",
         ] {
             assert!(text.contains(want), "{want:?} not in {text}");
         }
+        // A missing node is said once, not also as a bad name.
+        assert!(!text.contains("[cluster] node:"), "{text}");
         let p = cluster(
-            "[cluster]\nnode = \"bad name\"\netcd = [\"127.0.0.1:2379\"]\nlease_ttl = \"2500ms\"\n",
+            "[cluster]\nnode = \"bad name\"\netcd = [\"127.0.0.1:2379\", 7]\nlease_ttl = \"2500ms\"\n",
         )
         .unwrap_err()
         .join("\n");
-        assert!(p.contains("[cluster] node:"), "{p}");
-        assert!(p.contains("etcd[0]: must be a URL"), "{p}");
-        assert!(p.contains("whole seconds"), "{p}");
+        assert!(
+            p.contains("[cluster] node: name \"bad name\" may only hold"),
+            "{p}"
+        );
+        assert!(
+            p.contains("endpoint \"127.0.0.1:2379\": must start with http://"),
+            "{p}"
+        );
+        assert!(p.contains("etcd[1]: must be a URL"), "{p}");
+        assert!(p.contains("whole number of seconds"), "{p}");
         let p = cluster("[cluster]\nnode = \"n\"\netcd = [\"https://e:2379\"]\n")
             .unwrap_err()
             .join("\n");
@@ -275,10 +253,22 @@ mod tests {
             .unwrap_err()
             .join("\n");
         assert!(p.contains("at least one endpoint"), "{p}");
-        let p = cluster("[cluster]\nnode = \"n\"\netcd = [\"http://e\"]\nfence_margin = \"2s\"\n")
+        for margin in ["0s", "1500ms", "2s"] {
+            let p = cluster(&format!(
+                "[cluster]\nnode = \"n\"\netcd = [\"http://e\"]\nfence_margin = \"{margin}\"\n"
+            ))
             .unwrap_err()
             .join("\n");
-        assert!(p.contains("fence_margin"), "{p}");
+            assert!(
+                p.contains("[cluster] fence_margin:") && p.contains("less than half of lease_ttl"),
+                "{margin}: {p}"
+            );
+        }
+        // A path after the host: etcd's client cannot use it.
+        let p = cluster("[cluster]\nnode = \"n\"\netcd = [\"http://host:2379/v3\"]\n")
+            .unwrap_err()
+            .join("\n");
+        assert!(p.contains("without path"), "{p}");
     }
 
     #[test]

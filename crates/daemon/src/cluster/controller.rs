@@ -123,10 +123,7 @@ impl Controller {
         guard: GuardClient,
         permits: Arc<Permits>,
     ) -> Result<Controller, String> {
-        let settings = Settings::new(cfg.node.clone(), cfg.etcd.clone())
-            .with_lease_ttl(cfg.lease_ttl)
-            .with_key_prefix(cfg.key_prefix.clone())
-            .with_margin(cfg.fence_margin);
+        let settings = cfg.settings.clone();
         let (guard_tx, guard_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("fence-guard-feed".into())
@@ -136,7 +133,7 @@ impl Controller {
         let known = groups
             .iter()
             .flat_map(|g| g.config.preferred_nodes.iter().cloned())
-            .chain([cfg.node.clone()])
+            .chain([cfg.settings.node.clone()])
             .collect();
         Ok(Controller {
             known,
@@ -226,7 +223,7 @@ impl Controller {
             return;
         };
         // Renewals are failing: leave while there is time to do it cleanly.
-        if deadline.remaining() < self.cfg.lease_ttl / 4 {
+        if deadline.remaining() < self.cfg.settings.lease_ttl / 4 {
             for g in 0..self.groups.len() {
                 if let Phase::Owned(_) = self.groups[g].phase {
                     self.begin_leaving(g, Leave::LeaseEnding);
@@ -255,15 +252,15 @@ impl Controller {
         if Instant::now() < self.next_join {
             return;
         }
-        self.next_join = Instant::now() + self.cfg.lease_ttl / 2;
+        self.next_join = Instant::now() + self.cfg.settings.lease_ttl / 2;
         match Member::join(self.settings.clone()).await {
             Ok(m) => {
                 self.publish(
                     None,
                     format!(
                         "node {} joined the cluster (lease {}s)",
-                        self.cfg.node,
-                        self.cfg.lease_ttl.as_secs()
+                        self.cfg.settings.node,
+                        self.cfg.settings.lease_ttl.as_secs()
                     ),
                 );
                 tokio::spawn(fencer(
@@ -285,7 +282,7 @@ impl Controller {
     }
 
     async fn step_group(&mut self, g: usize, snap: &Snapshot) {
-        let me = self.cfg.node.clone();
+        let me = self.cfg.settings.node.clone();
         let name = self.groups[g].res.name.clone();
         let owner = snap.owners.get(&name);
         match &self.groups[g].phase {
@@ -364,7 +361,7 @@ impl Controller {
                 };
                 // The first in line takes it at once; the others wait their
                 // turn, in case the first is slow.
-                if since.elapsed() < self.cfg.lease_ttl * rank as u32 {
+                if since.elapsed() < self.cfg.settings.lease_ttl * rank as u32 {
                     return;
                 }
                 self.acquire(g).await;
@@ -479,7 +476,7 @@ impl Controller {
         if !res.config.failback {
             return None;
         }
-        let me = &self.cfg.node;
+        let me = &self.cfg.settings.node;
         let line = candidates(res, snap);
         let first = line.first()?;
         let mine = res.config.preferred_nodes.iter().position(|n| n == me);
@@ -500,7 +497,7 @@ impl Controller {
             .member
             .as_ref()
             .and_then(|m| m.lease_state().borrow().may_run_until)
-            .map(|d| d + self.cfg.fence_margin / 2);
+            .map(|d| d + self.cfg.settings.margin / 2);
         let order = match until {
             Some(until) if !scopes.is_empty() => {
                 if self.armed == Some((until, scopes.len())) {
@@ -585,7 +582,7 @@ impl Controller {
 
     fn update_view(&self, deadline: Option<BootInstant>) {
         let mut v = self.view.write().unwrap_or_else(|e| e.into_inner());
-        v.node = self.cfg.node.clone();
+        v.node = self.cfg.settings.node.clone();
         v.member = self.member.is_some();
         v.problem = None;
         v.may_run_for_ms = deadline.map(|d| d.remaining().as_millis() as u64);
