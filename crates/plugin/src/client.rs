@@ -552,28 +552,11 @@ impl Host {
         };
         match code {
             Some(0) => "it exited".into(),
-            Some(c) if c > 128 => format!("it was killed by {}", signal_name(c - 128)),
+            Some(c) if c > 128 => format!("it was killed by {}", resmon_task::signal_name(c - 128)),
             Some(c) => format!("it exited with code {c}"),
             None => "it closed its socket".into(),
         }
     }
-}
-
-fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        15 => "SIGTERM",
-        _ => return format!("signal {sig}"),
-    };
-    name.to_string()
 }
 
 /// Reads what a host sends until it is gone, then tells everyone.

@@ -17,7 +17,7 @@
 mod params;
 mod probe;
 
-pub use params::{find_program, parse_signal, Params, Probe, ProbeKind, Stream};
+pub use params::{find_program, Params, Probe, ProbeKind, Stream};
 
 use resmon_contract::{
     control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Resource,

@@ -156,7 +156,12 @@ impl Params {
                 }
             },
         };
-        let stop_signal = match raw.stop_signal.as_deref().map(parse_signal).transpose() {
+        let stop_signal = match raw
+            .stop_signal
+            .as_deref()
+            .map(resmon_task::parse_signal)
+            .transpose()
+        {
             Ok(s) => s.unwrap_or(rustix::process::Signal::TERM),
             Err(e) => {
                 errors.push(format!("stop_signal: {e}"));
@@ -236,31 +241,6 @@ fn resolve_user(name: &str) -> Result<(u32, u32), String> {
         ));
     }
     Ok((uid, gid))
-}
-
-/// Parses `"SIGTERM"`, `"TERM"` or a number.
-pub fn parse_signal(text: &str) -> Result<rustix::process::Signal, String> {
-    use rustix::process::Signal;
-    let name = text.trim().to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    let sig = match name {
-        "TERM" => Signal::TERM,
-        "INT" => Signal::INT,
-        "HUP" => Signal::HUP,
-        "QUIT" => Signal::QUIT,
-        "KILL" => Signal::KILL,
-        "USR1" => Signal::USR1,
-        "USR2" => Signal::USR2,
-        "ALRM" => Signal::ALARM,
-        "WINCH" => Signal::WINCH,
-        "STOP" => Signal::STOP,
-        other => {
-            return Err(format!(
-            "unknown signal {other:?}: use e.g. \"SIGTERM\", \"SIGINT\", \"SIGQUIT\", \"SIGHUP\""
-        ))
-        }
-    };
-    Ok(sig)
 }
 
 /// A CA file: PEM with at least one certificate.

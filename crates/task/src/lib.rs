@@ -40,6 +40,7 @@ mod container;
 mod handle;
 mod procfs;
 mod reaper;
+mod signal;
 mod spawn;
 mod tracker;
 
@@ -48,6 +49,7 @@ pub use container::{unowned_processes, Container, Containers, InstanceClaim, MAR
 pub use handle::TaskHandle;
 pub use reaper::Reaper;
 pub use resmon_contract::STILL_ACTIVE;
+pub use signal::{parse_signal, signal_name};
 pub use spawn::{children_born_in_cgroup, raise_fd_limit, Output, SpawnSpec, MAX_ARG_STRLEN};
 
 /// Whether forks are followed through the kernel's process connector, so
