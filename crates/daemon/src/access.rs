@@ -13,6 +13,7 @@
 //! Root, and the user the monitor runs as, always hold every right. A
 //! denied request is answered 403 and changes nothing.
 
+use resmon_task::lock;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::CString;
@@ -192,7 +193,7 @@ impl Access {
     }
 
     fn identity(&self, uid: u32) -> Identity {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = lock(&self.cache);
         if let Some((at, id)) = cache.get(&uid) {
             if at.elapsed() < CACHE_FOR {
                 return id.clone();

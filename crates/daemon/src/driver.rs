@@ -17,6 +17,7 @@ use resmon_contract::{
     ResourceType, State, StatusSink,
 };
 use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId};
+use resmon_task::lock;
 use resmon_task::Container;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -165,19 +166,19 @@ impl Lane {
             seq,
             started: Instant::now(),
         };
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(running);
+        *lock(&self.running) = Some(running);
         let out = call();
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *lock(&self.running) = None;
         Some(out)
     }
 
     /// Waits for the lane and holds it.
     fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.turn.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.turn)
     }
 
     fn running(&self) -> Option<Running> {
-        *self.running.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.running)
     }
 
     /// The core no longer waits for call `seq` (or, with `None`, for
@@ -187,12 +188,12 @@ impl Lane {
             self.cancelled.store(seq, Ordering::Release);
         }
         if let Some(seq) = seq.or(self.running().map(|r| r.seq)) {
-            *self.given_up.lock().unwrap_or_else(|e| e.into_inner()) = Some((seq, now));
+            *lock(&self.given_up) = Some((seq, now));
         }
     }
 
     fn given_up(&self, seq: u64) -> Option<Instant> {
-        let g = *self.given_up.lock().unwrap_or_else(|e| e.into_inner());
+        let g = *lock(&self.given_up);
         g.filter(|&(s, _)| s == seq).map(|(_, at)| at)
     }
 }
@@ -572,7 +573,7 @@ impl Driver {
                 add(id, "terminate", started, deadline);
             }
         }
-        let controls = self.controls.lock().unwrap_or_else(|e| e.into_inner());
+        let controls = lock(&self.controls);
         for &(id, _code, started, deadline) in controls.values() {
             add(id, "resource_control", started, deadline);
         }
@@ -635,10 +636,7 @@ impl Driver {
         let started = Instant::now();
         let deadline = resmon_core::later(started, self.core.view(id).spec.policy.deadlock_timeout);
         let controls = self.controls.clone();
-        controls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, (id, code, started, deadline));
+        lock(&controls).insert(key, (id, code, started, deadline));
         crate::workers::spawn(move || {
             let out = {
                 // Listed by `calls` from `controls`, not as the lane's call.
@@ -650,10 +648,7 @@ impl Driver {
                     Err(ControlError::Failed(format!("panicked: {}", panic_text(p))))
                 })
             };
-            controls
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
+            lock(&controls).remove(&key);
             let _ = reply.send(control_result(out, default, code, &what));
         });
     }

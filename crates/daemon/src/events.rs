@@ -2,6 +2,7 @@
 //! in a bounded history and broadcast to followers.
 
 use resmon_contract::State;
+use resmon_task::lock;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -99,7 +100,7 @@ impl EventBus {
 
     /// The `seq` of the last event, once [`finish`](Self::finish) published it.
     pub fn last(&self) -> Option<u64> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).last
+        lock(&self.inner).last
     }
 
     fn publish_as(
@@ -111,7 +112,7 @@ impl EventBus {
         reason: String,
         last: bool,
     ) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = lock(&self.inner);
         if inner.last.is_some() {
             return;
         }
@@ -165,7 +166,7 @@ impl EventBus {
     /// The history so far and a receiver for everything after it, with no
     /// gap and no duplicate between the two.
     pub fn subscribe(&self) -> (Vec<EventRecord>, broadcast::Receiver<EventRecord>) {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = lock(&self.inner);
         let rx = self.tx.subscribe();
         (inner.history.iter().cloned().collect(), rx)
     }

@@ -32,6 +32,7 @@ use events::EventBus;
 use resmon_contract::{LogLevel, Notice, Notifier, OpenContext, ResourceType, State};
 use resmon_core::{Command, Event, Monitor, ResId, ResourceSpec};
 use resmon_process::ProcessType;
+use resmon_task::lock;
 use resmon_task::{Containers, Reaper};
 use state::StateDir;
 use std::path::Path;
@@ -121,7 +122,7 @@ async fn validate_one(
         &container,
         Notifier::new(move |notice| {
             if let Notice::Log(LogLevel::Error | LogLevel::Warn, message) = notice {
-                log.lock().unwrap_or_else(|e| e.into_inner()).push(message);
+                lock(&log).push(message);
             }
         }),
     );
@@ -135,7 +136,7 @@ async fn validate_one(
         tracing::warn!("removing the scratch container of {:?}: {e}", r.name);
     }
     opened.map_err(|e| {
-        let logged = logged.lock().unwrap_or_else(|e| e.into_inner());
+        let logged = lock(&logged);
         if logged.is_empty() {
             format!("open failed: {e}")
         } else {

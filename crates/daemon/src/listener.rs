@@ -34,6 +34,7 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use resmon_task::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,7 +78,7 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = lock(&self.counts);
         if let Some(n) = c.by_uid.get_mut(&self.uid) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -98,7 +99,7 @@ fn admit(
     uid: Option<u32>,
     trusted: bool,
 ) -> Option<Slot> {
-    let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = lock(counts);
     let mine = c.by_uid.get(&uid).copied().unwrap_or(0);
     if !trusted {
         let per_user_cap = if uid.is_some() {

@@ -7,6 +7,7 @@
 use resmon_contract::{
     CallContext, Completion, ControlError, OpenContext, Resource, ResourceError, ResourceType,
 };
+use resmon_task::lock;
 use std::sync::{Arc, Mutex};
 
 pub struct Reopening {
@@ -34,10 +35,7 @@ impl Reopening {
     }
 
     fn opened(&self) -> Option<Arc<dyn Resource>> {
-        self.opened
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.opened).clone()
     }
 
     /// The opened resource, opening it now if it is not yet.
@@ -53,7 +51,7 @@ impl Reopening {
             ty.open(ctx.clone())
                 .map_err(|e| ResourceError::new(format!("open failed: {}", e.0)))?,
         );
-        *self.opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(opened.clone());
+        *lock(&self.opened) = Some(opened.clone());
         Ok(opened)
     }
 }

@@ -21,6 +21,7 @@
 
 use crate::private_dir;
 use resmon_contract::State;
+use resmon_task::lock;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -167,12 +168,12 @@ impl StateDir {
     /// Returns what changed in [`problem`](Self::problem): `Some(Some(e))`
     /// when saving just started to fail, `Some(None)` when it works again.
     pub fn save_in_order(&self, seq: u64, state: &SavedState) -> Option<Option<String>> {
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        let mut written = lock(&self.written);
         if seq <= *written {
             return None;
         }
         let result = self.save(state);
-        let mut problem = self.problem.lock().unwrap_or_else(|e| e.into_inner());
+        let mut problem = lock(&self.problem);
         let was = problem.is_some();
         match result {
             Ok(()) => {
@@ -195,10 +196,7 @@ impl StateDir {
 
     /// Why the state cannot be saved now, if it cannot.
     pub fn problem(&self) -> Option<String> {
-        self.problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.problem).clone()
     }
 }
 

@@ -9,11 +9,12 @@
 //! soon as a worker is free. Workers beyond that one are started on demand
 //! (up to [`MAX_WORKERS`]) and leave after [`KEEP_ALIVE`] idle.
 
+use resmon_task::lock;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -37,10 +38,6 @@ struct State {
     idle: usize,
     /// When a worker could not be started last reported.
     reported: Option<Instant>,
-}
-
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 static POOL: OnceLock<Result<&'static Pool, String>> = OnceLock::new();

@@ -28,6 +28,7 @@ use resmon_contract::{
     control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Resource,
     ResourceError, ResourceType, Scope,
 };
+use resmon_task::lock;
 use resmon_task::{CheckAbort, Container, Reaper};
 use runner::{Outcome, Run};
 use std::collections::{BTreeMap, HashMap};
@@ -144,22 +145,14 @@ impl OcfType {
 
     /// The agent's meta-data, read once and cached.
     fn meta_data(&self, root: &Path, path: &Path) -> Result<Arc<MetaData>, String> {
-        if let Some(m) = self
-            .meta
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(path)
-        {
+        if let Some(m) = lock(&self.meta).get(path) {
             return m.clone();
         }
         let result = self
             .meta_data_text(root, path)
             .and_then(|t| meta::parse(&t))
             .map(Arc::new);
-        self.meta
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(path.to_path_buf(), result.clone());
+        lock(&self.meta).insert(path.to_path_buf(), result.clone());
         result
     }
 
@@ -476,7 +469,7 @@ impl OcfResource {
             Some(runner::OCF_FAILED_PROMOTED) => (false, Some("failed promoted")),
             _ => (false, None),
         };
-        *self.detail.lock().unwrap_or_else(|e| e.into_inner()) = detail.map(str::to_string);
+        *lock(&self.detail) = detail.map(str::to_string);
         if !alive {
             self.notifier.log(
                 LogLevel::Warn,
@@ -573,10 +566,7 @@ impl Resource for OcfResource {
     }
 
     fn detail(&self) -> Option<String> {
-        self.detail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        lock(&self.detail).clone()
     }
 }
 

@@ -24,6 +24,7 @@ use resmon_contract::{
     Policy, Resource, ResourceError, ResourceType,
 };
 use resmon_sdk::ffi;
+use resmon_task::lock;
 use resmon_task::{Output, Reaper, SpawnSpec, TaskHandle, STILL_ACTIVE};
 use std::collections::{HashMap, HashSet};
 use std::io::{self, BufReader, Write};
@@ -32,12 +33,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Resource numbers, unique in the monitor (a resource gets a new one each
 /// time it is opened in a host).

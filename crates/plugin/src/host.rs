@@ -17,6 +17,7 @@
 
 use crate::protocol::{read_frame, write_frame, FdReader, FromHost, Op, Reply, Request};
 use resmon_sdk::ffi;
+use resmon_task::lock;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::io::{BufReader, Write};
@@ -124,7 +125,7 @@ fn send(msg: &FromHost) {
             return;
         }
     };
-    let mut w = host().writer.lock().unwrap_or_else(|e| e.into_inner());
+    let mut w = lock(&host().writer);
     if w.write_all(&frame).is_err() {
         exit(0);
     }
@@ -218,7 +219,7 @@ pub fn run(library: &Path) -> ! {
 /// The function table for `type_name`, asked of the library once.
 fn table(type_name: &str) -> Result<&'static ffi::FunctionTable, String> {
     let h = host();
-    let mut tables = h.tables.lock().unwrap_or_else(|e| e.into_inner());
+    let mut tables = lock(&h.tables);
     if let Some(t) = tables.get(type_name) {
         return t.clone();
     }

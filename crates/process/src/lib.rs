@@ -23,6 +23,7 @@ use resmon_contract::{
     control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Resource,
     ResourceError, ResourceType,
 };
+use resmon_task::lock;
 use resmon_task::{CheckAbort, Container, Output, Reaper, SpawnSpec, TaskHandle};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -150,7 +151,7 @@ impl ProcessResource {
     }
 
     fn main(&self) -> Option<TaskHandle> {
-        self.main.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.main).clone()
     }
 
     fn spawn_main(&self) -> Result<TaskHandle, ResourceError> {
@@ -255,7 +256,7 @@ impl Resource for ProcessResource {
                 .map_err(|e| ResourceError::new(e.to_string()))?;
         }
         let main = self.spawn_main()?;
-        *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(main.clone());
+        *lock(&self.main) = Some(main.clone());
         self.watch(&main);
         if let Some(probe) = &self.params.readiness {
             self.wait_ready(probe, &main, ctx)?;
@@ -333,11 +334,7 @@ impl Resource for ProcessResource {
     }
 
     fn looks_alive(&self) -> bool {
-        self.main
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|m| !m.is_signaled())
+        lock(&self.main).as_ref().is_some_and(|m| !m.is_signaled())
     }
 
     fn cancel_check(&self) {
@@ -423,7 +420,7 @@ impl Resource for ProcessResource {
         self.shared.stopping.store(false, Ordering::Release);
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
         self.checks.reset();
-        *self.main.lock().unwrap_or_else(|e| e.into_inner()) = Some(main.clone());
+        *lock(&self.main) = Some(main.clone());
         self.watch(&main);
         // From now on their forks are followed, wherever they go.
         self.container.track_all();

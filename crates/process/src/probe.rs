@@ -15,6 +15,7 @@
 
 use crate::params::{Probe, ProbeKind, Tls};
 use resmon_contract::Scope;
+use resmon_task::lock;
 use resmon_task::{CheckAbort, Output, Reaper, SpawnSpec};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
@@ -65,7 +66,7 @@ fn aside(
     let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(probe)));
     let take = {
         let slot = slot.clone();
-        move || slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+        move || lock(&slot).take()
     };
     let spawned = std::thread::Builder::new()
         .name("resmon-probe".into())
@@ -78,7 +79,7 @@ fn aside(
         Ok(_) => rx,
         Err(e) => {
             tracing::warn!("no thread for a probe ({e}): it runs on the check's thread");
-            let probe = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let probe = lock(&slot).take();
             return probe.map_or_else(|| Err("probe: lost".into()), |p| p());
         }
     };

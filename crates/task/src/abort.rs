@@ -7,7 +7,7 @@
 //! the resource is started again ([`CheckAbort::reset`]). `cancel` only
 //! signals: it may run on the monitor's event loop.
 
-use crate::handle::lock;
+use crate::sync::lock;
 use crate::TaskHandle;
 use rustix::process::{kill_process_group, Pid, Signal};
 use std::sync::Mutex;

@@ -18,6 +18,7 @@
 //!   stay our descendants); one that also clears its environment and leaves
 //!   its process group escapes: that is the price of not having cgroups.
 
+use crate::sync::lock;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
@@ -33,7 +34,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::cgroup;
-use crate::handle::{lock, TaskCore, TaskHandle, TreeRecord};
+use crate::handle::{TaskCore, TaskHandle, TreeRecord};
 use crate::procfs;
 use crate::reaper::Reaper;
 use crate::tracker::tracker;

@@ -12,22 +12,17 @@
 //! * a *tree* task: everything in a [`Container`]. It is finished the first
 //!   time the container is seen empty; `terminate` kills the container.
 
+use crate::sync::lock;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use rustix::process::{pidfd_send_signal, Signal};
 use tokio::sync::watch;
 
 use crate::container::Container;
 use crate::{Rights, TaskError, STILL_ACTIVE};
-
-/// Locks a mutex, ignoring poisoning: every critical section in this crate
-/// leaves its data consistent even if a panic interrupts it.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The exit-code state shared by both kinds of task.
 pub(crate) struct TaskCore {

@@ -42,6 +42,7 @@ mod procfs;
 mod reaper;
 mod signal;
 mod spawn;
+mod sync;
 mod tracker;
 
 pub use abort::{Cancelled, CheckAbort, Watched};
@@ -51,6 +52,7 @@ pub use reaper::Reaper;
 pub use resmon_contract::STILL_ACTIVE;
 pub use signal::{parse_signal, signal_name};
 pub use spawn::{children_born_in_cgroup, raise_fd_limit, Output, SpawnSpec, MAX_ARG_STRLEN};
+pub use sync::lock;
 
 /// Whether forks are followed through the kernel's process connector, so
 /// that a process that leaves its resource's cgroup is still the

@@ -4,6 +4,7 @@
 //! environment carries its marker variable, plus all their descendants. The
 //! scan takes the `/proc` root as a parameter so it is tested on a fake tree.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
@@ -15,7 +16,7 @@ use std::time::Instant;
 use rustix::process::{pidfd_open, Pid, PidfdFlags, Signal};
 
 use crate::container::MARKER_VAR;
-use crate::handle::{lock, send_via_pidfd};
+use crate::handle::send_via_pidfd;
 
 /// The fields of `/proc/PID/stat` this crate uses.
 #[derive(Clone, Debug, PartialEq, Eq)]

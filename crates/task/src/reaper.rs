@@ -24,6 +24,7 @@
 //! while the pidfd is opened, and std's own clean-up `waitpid` of a child
 //! whose `exec` failed is never raced.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -37,7 +38,7 @@ use tokio::io::Interest;
 use tokio::runtime::Handle;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::handle::{lock, ProcessRecord, TaskHandle};
+use crate::handle::{ProcessRecord, TaskHandle};
 use crate::spawn::{self, SpawnSpec};
 
 /// Reaps every child of this process; see the module documentation.

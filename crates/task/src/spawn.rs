@@ -23,6 +23,7 @@
 //! Nothing here waits for the child: the [`Reaper`](crate::Reaper) owns
 //! every exit status.
 
+use crate::sync::lock;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -158,7 +159,7 @@ pub fn raise_fd_limit() -> io::Result<(u64, u64)> {
     }
     let before = lim.rlim_cur;
     {
-        let mut original = crate::handle::lock(&ORIGINAL_NOFILE);
+        let mut original = lock(&ORIGINAL_NOFILE);
         original.get_or_insert((lim.rlim_cur, lim.rlim_max));
     }
     if lim.rlim_cur < lim.rlim_max {
@@ -294,7 +295,7 @@ pub(crate) fn prepare(spec: &SpawnSpec) -> io::Result<Prepared> {
         cgroup_dir,
         new_session: spec.new_session,
         user: spec.user,
-        nofile: crate::handle::lock(&ORIGINAL_NOFILE).map(|(soft, hard)| libc::rlimit {
+        nofile: lock(&ORIGINAL_NOFILE).map(|(soft, hard)| libc::rlimit {
             rlim_cur: soft,
             rlim_max: hard,
         }),

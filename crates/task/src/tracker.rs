@@ -22,6 +22,7 @@
 //!   namespaces), nothing is tracked and the containers rely on the cgroup
 //!   and the marker scan alone.
 
+use crate::sync::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -29,7 +30,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use crate::handle::lock;
 use crate::procfs;
 
 /// How many forks of unknown parents are kept for a registration to claim.

@@ -2,6 +2,7 @@
 //! and the requests the API passes on to it.
 
 use resmon_cluster::BootInstant;
+use resmon_task::lock;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -88,7 +89,7 @@ struct PermitState {
 
 impl Permits {
     fn state(&self) -> std::sync::MutexGuard<'_, PermitState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Whether `group` may run at `now`.
