@@ -17,40 +17,7 @@ pub const MARK: &str = "BENCH_PEERS_MARK";
 /// The variable every program of this run inherits.
 pub const RUN: &str = "BENCH_PEERS_RUN";
 
-/// One line of `/proc/PID/stat`, as far as the benchmark needs it.
-#[derive(Clone, Copy, Debug)]
-pub struct Stat {
-    pub pid: u32,
-    pub state: char,
-    pub ppid: u32,
-    /// utime + stime, in clock ticks.
-    pub ticks: u64,
-}
-
-pub fn stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields follow the last ')'.
-    let (_, rest) = text.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
-    Some(Stat {
-        pid,
-        state: f.first()?.chars().next()?,
-        ppid: f.get(1)?.parse().ok()?,
-        ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
-    })
-}
-
-/// Every process now, zombies included.
-pub fn all() -> Vec<Stat> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(stat)
-        .collect()
-}
+pub use resmon_test_support::{all, stat, Stat};
 
 /// The value of `key` in the environment of `pid`, if it has one.
 pub fn env_value(pid: u32, key: &str) -> Option<String> {
@@ -148,7 +115,7 @@ pub fn supervisor_processes(root: u32) -> Vec<Stat> {
     for p in &procs {
         children.entry(p.ppid).or_default().push(p.pid);
     }
-    let by_pid: HashMap<u32, Stat> = procs.iter().map(|p| (p.pid, *p)).collect();
+    let by_pid: HashMap<u32, Stat> = procs.iter().map(|p| (p.pid, p.clone())).collect();
     let mut out = Vec::new();
     let mut todo = vec![root];
     while let Some(pid) = todo.pop() {
@@ -156,7 +123,7 @@ pub fn supervisor_processes(root: u32) -> Vec<Stat> {
         if s.state == 'Z' || env_value(pid, MARK).is_some() {
             continue;
         }
-        out.push(*s);
+        out.push(s.clone());
         todo.extend(children.get(&pid).into_iter().flatten());
     }
     out

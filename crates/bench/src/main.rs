@@ -230,50 +230,28 @@ fn kill(pid: u32, sig: rustix::process::Signal) {
 
 /// Whether every thread of `pid` is stopped (state `T`).
 fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+    let root = std::path::PathBuf::from(format!("/proc/{pid}/task"));
+    let Ok(tasks) = std::fs::read_dir(&root) else {
         return false;
     };
     tasks.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-        })
+        t.file_name()
+            .to_str()
+            .and_then(|tid| tid.parse().ok())
+            .and_then(|tid| resmon_test_support::stat_in(&root, tid))
+            .is_some_and(|s| s.state == 'T')
     })
-}
-
-/// `(pid, state char, ppid)` of every process.
-fn processes() -> Vec<(u32, char, u32)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut f = rest.split_whitespace();
-        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
-        let ppid = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        out.push((pid, state, ppid));
-    }
-    out
 }
 
 /// Live processes carrying the marker of resource `name` of monitor `m`.
 fn marked(m: &Monitor, name: &str) -> usize {
     let instance = std::fs::read_to_string(m.dir.path().join("state/instance")).unwrap_or_default();
     let entry = format!("RESMON_RESOURCE={}/{name}", instance.trim());
-    processes()
+    resmon_test_support::all()
         .into_iter()
-        .filter(|&(pid, state, _)| {
-            state != 'Z'
-                && std::fs::read(format!("/proc/{pid}/environ"))
+        .filter(|p| {
+            !p.is_dead()
+                && std::fs::read(format!("/proc/{}/environ", p.pid))
                     .map(|env| env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()))
                     .unwrap_or(false)
         })
@@ -524,9 +502,9 @@ autostart = false
         .await?;
         let took = t0.elapsed();
         let left = marked(&m, "tree");
-        let z = processes()
+        let z = resmon_test_support::all()
             .iter()
-            .filter(|&&(_, s, ppid)| s == 'Z' && ppid == m.pid())
+            .filter(|p| p.state == 'Z' && p.ppid == m.pid())
             .count();
         if i >= args.warmup {
             samples.push(took);
@@ -549,11 +527,7 @@ fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
 }
 
 fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `rest` starts at field 3.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    resmon_test_support::stat(pid).map(|s| s.ticks)
 }
 
 fn thread_count(pid: u32) -> u64 {
@@ -965,9 +939,7 @@ fn echo_worker() -> Result<()> {
     Ok(())
 }
 
-fn gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err()
-}
+use resmon_test_support::reaped as gone;
 
 /// The in-process side of `plugin`: the monitor's plugin client, used
 /// directly, against hosts running the real `resmon host`.

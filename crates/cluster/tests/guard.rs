@@ -277,16 +277,7 @@ async fn re_arming_keeps_the_resources_running(backend: Backend, test: &str) {
     assert!(client.take_fenced().unwrap().is_empty());
     // The guard runs in a session of its own, outside the resources.
     let pid = task.pid().unwrap();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let session: u32 = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .nth(3)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let session = resmon_test_support::stat(pid).unwrap().session;
     assert_eq!(session, pid, "the guard leads its own session");
     assert!(!fx.container.pids().contains(&pid));
     client.shutdown().unwrap();

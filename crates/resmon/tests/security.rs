@@ -301,18 +301,9 @@ fn start_through(cmd: Command, config: &str) -> Daemon {
     d
 }
 
-/// Field 22 of /proc/PID/stat (the start time in clock ticks). The command
-/// name (field 2) may hold spaces and parentheses: fields are counted after
-/// the last `)`.
+/// The start time of `pid` in clock ticks after boot.
 fn start_time(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let (_, rest) = stat.rsplit_once(')').unwrap();
-    // `rest` starts at field 3 (the state).
-    rest.split_whitespace()
-        .nth(22 - 3)
-        .unwrap()
-        .parse()
-        .unwrap()
+    resmon_test_support::stat(pid).unwrap().start_time
 }
 
 // ---------------------------------------------------------------------------
@@ -1325,11 +1316,7 @@ fn without_fork_tracking_an_orphan_that_left_does_not_outlive_the_monitor() {
         in_cgroup_root(child)
     });
     wait_for("the orphan to be the monitor's child", LONG, || {
-        std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_owned))
-                == Some(d.pid().to_string())
-        })
+        resmon_test_support::stat(child).is_some_and(|s| s.ppid == d.pid())
     });
     assert!(d.stop().success());
     assert!(!alive(child), "process {child} outlived the monitor");

@@ -5,15 +5,7 @@
 use resmon_task::{Output, Reaper, SpawnSpec};
 use std::time::{Duration, Instant};
 
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !matches!(
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.trim_start().chars().next()),
-            Some('Z' | 'X')
-        )
-    })
-}
+use resmon_test_support::alive;
 
 #[test]
 fn orphans_and_their_trees_are_killed_and_tasks_are_kept() {

@@ -342,18 +342,7 @@ pub fn signal(pid: u32, sig: i32) {
     let _ = rustix::process::kill_process(pid, sig);
 }
 
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            // The state follows the command name in parentheses.
-            let state = s
-                .rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some(Some('Z')) | Some(Some('X')))
-        }
-        Err(_) => false,
-    }
-}
+pub use resmon_test_support::alive;
 
 pub fn marked_processes(entry: &str) -> Vec<u32> {
     let mut out = Vec::new();

@@ -73,13 +73,10 @@ async fn kill_all_reaches_setsid_and_double_forked_descendants(backend: Backend,
     let pids = c.pids();
     assert!(pids.contains(&main.pid().unwrap()), "{pids:?}");
     // One of them escaped into a session of its own.
-    let sessions: std::collections::HashSet<String> = pids
+    let sessions: std::collections::HashSet<u32> = pids
         .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.split_whitespace().nth(3).unwrap().to_owned())
-        })
+        .filter_map(|&p| resmon_test_support::stat(p))
+        .map(|s| s.session)
         .collect();
     assert!(
         sessions.len() >= 2,

@@ -43,19 +43,10 @@ pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) ->
 
 /// The `(state, ppid, comm)` of a process, if it exists.
 pub fn proc_info(pid: u32) -> Option<(char, u32, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let comm = head.split_once(" (")?.1.to_owned();
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid, comm))
+    resmon_test_support::stat(pid).map(|s| (s.state, s.ppid, s.comm))
 }
 
-/// Whether `pid` is gone for good: no process, and no zombie either.
-pub fn reaped(pid: u32) -> bool {
-    proc_info(pid).is_none()
-}
+pub use resmon_test_support::reaped;
 
 /// Whether `pid` runs (exists and is not a zombie).
 pub fn running(pid: u32) -> bool {
