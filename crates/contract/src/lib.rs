@@ -28,6 +28,7 @@ mod name;
 mod policy;
 mod resource;
 mod state;
+pub mod table;
 
 pub use name::{check_name, NameError};
 pub use policy::{parse_duration, Policy, PolicyError, RestartAction};

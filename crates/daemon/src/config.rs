@@ -7,6 +7,7 @@
 use crate::access::{AccessConfig, Grant};
 use crate::cluster::config::{parse_cluster, parse_groups, ClusterConfig, GroupConfig};
 pub use resmon_contract::check_name;
+use resmon_contract::table::{self, POLICY_KEYS, RESOURCE_KEYS};
 use resmon_contract::{parse_duration, Policy, ResourceType, RestartAction};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -114,20 +115,24 @@ pub fn default_socket() -> PathBuf {
     }
 }
 
-const RESOURCE_KEYS: &[&str] = &["name", "type", "group", "depends_on", "autostart"];
-const POLICY_KEYS: &[&str] = &[
-    "looks_alive_interval",
-    "is_alive_interval",
-    "pending_timeout",
-    "terminate_timeout",
-    "deadlock_timeout",
-    "restart_action",
-    "restart_threshold",
-    "restart_period",
-    "restart_delay",
-    "retry_period_on_failure",
-    "separate_monitor",
-];
+/// What to say of a type name no type handles: the form it was probably
+/// meant to have (`"ocf"` -> `"ocf:PROVIDER:AGENT"`), a close name, or the
+/// list of types.
+pub fn unknown_type(type_name: &str, names: &[&str]) -> String {
+    let family = |n: &str| n.split(':').next().unwrap_or(n).to_owned();
+    let meant = names
+        .iter()
+        .find(|n| family(n) == family(type_name))
+        .copied()
+        .or_else(|| resmon_contract::table::suggest(type_name, names.iter().copied()));
+    match meant {
+        Some(m) => format!("unknown type {type_name:?}; did you mean {m:?}?"),
+        None => format!(
+            "unknown type {type_name:?}; the types are {}",
+            names.join(", ")
+        ),
+    }
+}
 
 impl Config {
     /// Reads and checks a config file.
@@ -154,15 +159,19 @@ impl Config {
         })?;
         let mut problems = Vec::new();
 
+        const SECTIONS: &[&str] = &[
+            "monitor", "api", "access", "defaults", "resource", "cluster", "group",
+        ];
         for key in doc.keys() {
-            if ![
-                "monitor", "api", "access", "defaults", "resource", "cluster", "group",
-            ]
-            .contains(&key.as_str())
-            {
-                problems.push(format!(
-                    "unknown section [{key}]: the sections are [monitor], [api], [access], [cluster], [defaults], [group.NAME] and [[resource]]"
-                ));
+            if !SECTIONS.contains(&key.as_str()) {
+                problems.push(match table::suggest(key, SECTIONS.iter().copied()) {
+                    Some("resource") => format!("unknown section [{key}]; did you mean [[resource]]?"),
+                    Some("group") => format!("unknown section [{key}]; did you mean [group.NAME]?"),
+                    Some(s) => format!("unknown section [{key}]; did you mean [{s}]?"),
+                    None => format!(
+                        "unknown section [{key}]: the sections are [monitor], [api], [access], [cluster], [defaults], [group.NAME] and [[resource]]"
+                    ),
+                });
             }
         }
         let cluster = doc
@@ -189,8 +198,8 @@ impl Config {
                 for key in t.keys() {
                     if !POLICY_KEYS.contains(&key.as_str()) {
                         problems.push(format!(
-                            "[defaults]: unknown property {key:?}; the properties are {}",
-                            POLICY_KEYS.join(", ")
+                            "[defaults]: {}",
+                            table::unknown_key(key, POLICY_KEYS, &[])
                         ));
                     }
                 }
@@ -304,13 +313,10 @@ impl Config {
             };
             if let Some(tn) = &type_name {
                 match types.iter().find(|ty| ty.handles(tn)) {
-                    None => {
-                        let known: Vec<&str> = types.iter().map(|t| t.name()).collect();
-                        problems.push(format!(
-                            "{here}: unknown type {tn:?}; the known types are {}",
-                            known.join(", ")
-                        ));
-                    }
+                    None => problems.push(format!(
+                        "{here}: {}",
+                        unknown_type(tn, &types.iter().map(|t| t.name()).collect::<Vec<_>>())
+                    )),
                     Some(ty) => {
                         for p in ty.validate(tn, &params) {
                             problems.push(format!("{here}: {p}"));
@@ -387,7 +393,8 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
                 problems.push("[monitor] state_dir: must be an absolute path".into())
             }
             (other, _) => problems.push(format!(
-                "[monitor]: unknown key {other:?}; the keys are socket, cgroups, state_dir"
+                "[monitor]: {}",
+                table::unknown_key(other, &["socket", "cgroups", "state_dir"], &[])
             )),
         }
     }
@@ -466,7 +473,8 @@ fn parse_api(
                 problems.push("[api] token: write tokens as [[api.token]] tables".into())
             }
             (other, _) => problems.push(format!(
-                "[api]: unknown key {other:?}; the keys are tcp and [[api.token]]"
+                "[api]: {} ([[api.token]] tables hold the tokens)",
+                table::unknown_key(other, &["tcp", "token"], &[])
             )),
         }
     }
@@ -528,7 +536,8 @@ fn parse_token(
     for k in t.keys() {
         if !["name", "token", "token_file", "rights"].contains(&k.as_str()) {
             problems.push(format!(
-                "{place}: unknown key {k:?}; the keys are name, token, token_file, rights"
+                "{place}: {}",
+                table::unknown_key(k, &["name", "token", "token_file", "rights"], &[])
             ));
         }
     }
@@ -559,7 +568,8 @@ fn parse_access(v: Option<&toml::Value>, problems: &mut Vec<String>) -> AccessCo
             "terminate" => &mut a.terminate,
             other => {
                 problems.push(format!(
-                    "[access]: unknown key {other:?}; the rights are query, control, terminate"
+                    "[access]: {} (the keys are the rights)",
+                    table::unknown_key(other, &["query", "control", "terminate"], &[])
                 ));
                 continue;
             }
@@ -745,9 +755,9 @@ restart_threshold = 4294967296
 "#,
         );
         for needle in [
-            "unknown section [monitr]",
+            "unknown section [monitr]; did you mean [monitor]?",
             "[defaults]: looks_alive_interval: must be more than zero",
-            "[defaults]: unknown property \"bogus\"",
+            "[defaults]: unknown key \"bogus\"; the keys are looks_alive_interval,",
             "resource \"a\" ([[resource]] #1): bad: not today",
             "resource \"a\" ([[resource]] #1): restart_threshold must be a whole number",
             "resource \"a\" ([[resource]] #2): the name is used by an earlier resource",

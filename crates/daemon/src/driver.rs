@@ -661,10 +661,9 @@ impl Driver {
         reply: oneshot::Sender<Result<Vec<u8>, OpError>>,
     ) {
         let Some(ty) = self.types.iter().find(|t| t.handles(&type_name)).cloned() else {
-            let known: Vec<&str> = self.types.iter().map(|t| t.name()).collect();
-            let _ = reply.send(Err(OpError::NotFound(format!(
-                "no resource type {type_name:?}; the types are {}",
-                known.join(", ")
+            let names: Vec<&str> = self.types.iter().map(|t| t.name()).collect();
+            let _ = reply.send(Err(OpError::NotFound(crate::config::unknown_type(
+                &type_name, &names,
             ))));
             return;
         };

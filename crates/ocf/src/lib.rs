@@ -24,6 +24,7 @@ pub mod meta;
 pub mod runner;
 
 use meta::MetaData;
+use resmon_contract::table;
 use resmon_contract::{
     control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Resource,
     ResourceError, ResourceType, Scope,
@@ -126,6 +127,8 @@ struct Settings {
 }
 
 const KEYS: &[&str] = &["params", "ocf_root", "check_level", "timeouts"];
+/// The actions resmon runs, and so the ones `timeouts` may name.
+const ACTIONS: &[&str] = &["start", "stop", "monitor", "validate-all"];
 
 /// The `ocf:PROVIDER:AGENT` resource type.
 pub struct OcfType {
@@ -188,11 +191,12 @@ impl OcfType {
         let mut errors = Vec::new();
         let (provider, agent) = parse_type(type_name).map_err(|e| vec![e])?;
         let obj = value.as_object().cloned().unwrap_or_default();
+        let monitor_keys: Vec<&str> = table::monitor_keys().collect();
         for k in obj.keys() {
             if !KEYS.contains(&k.as_str()) {
                 errors.push(format!(
-                    "unknown key {k:?} for an OCF resource; the keys are {} (agent parameters go in params = {{ ... }})",
-                    KEYS.join(", ")
+                    "{} (agent parameters go in params = {{ ... }})",
+                    table::unknown_key(k, KEYS, &monitor_keys)
                 ));
             }
         }
@@ -219,6 +223,14 @@ impl OcfType {
             None => {}
             Some(serde_json::Value::Object(t)) => {
                 for (action, v) in t {
+                    if !ACTIONS.contains(&action.as_str()) {
+                        let hint = match table::suggest(action, ACTIONS.iter().copied()) {
+                            Some(s) => format!("did you mean {s:?}?"),
+                            None => format!("the actions resmon runs are {}", ACTIONS.join(", ")),
+                        };
+                        errors.push(format!("timeouts > {action}: unknown action; {hint}"));
+                        continue;
+                    }
                     match v.as_str().map(resmon_contract::parse_duration) {
                         Some(Ok(d)) if !d.is_zero() => {
                             timeouts.insert(action.clone(), d);
@@ -286,10 +298,15 @@ impl OcfType {
         for k in params.keys() {
             if meta.parameter(k).is_none() {
                 let known: Vec<&str> = meta.parameters.iter().map(|p| p.name.as_str()).collect();
-                errors.push(format!(
-                    "params.{k}: {type_name} takes no such parameter; it takes {}",
-                    known.join(", ")
-                ));
+                errors.push(match table::suggest(k, known.iter().copied()) {
+                    Some(s) => format!(
+                        "params.{k}: {type_name} takes no such parameter; did you mean {s:?}?"
+                    ),
+                    None => format!(
+                        "params.{k}: {type_name} takes no such parameter; it takes {}",
+                        known.join(", ")
+                    ),
+                });
             }
         }
         if !errors.is_empty() {
@@ -312,7 +329,7 @@ impl OcfType {
 
 impl ResourceType for OcfType {
     fn name(&self) -> &str {
-        "ocf"
+        "ocf:PROVIDER:AGENT"
     }
 
     fn handles(&self, type_name: &str) -> bool {

@@ -113,9 +113,11 @@ impl ResourceType for Plugins {
     fn validate(&self, _type_name: &str, params: &serde_json::Value) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(o) = params.as_object() {
+            let monitor_keys: Vec<&str> = resmon_contract::table::monitor_keys().collect();
             for k in o.keys().filter(|k| !KEYS.contains(&k.as_str())) {
                 problems.push(format!(
-                    "unknown property {k:?}; a plugin resource takes library and params = {{ ... }}"
+                    "{} (the plugin's own settings go in params = {{ ... }})",
+                    resmon_contract::table::unknown_key(k, KEYS, &monitor_keys)
                 ));
             }
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// `command` is a string split like a shell would (no shell runs), or a list.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a command line: a string, or a list of strings")]
 enum CommandLine {
     Text(String),
     Argv(Vec<String>),
@@ -105,9 +105,12 @@ pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_millis(100);
 impl Params {
     /// Parses and checks everything; every problem is one message naming its field.
     pub fn parse(value: &serde_json::Value) -> Result<Params, Vec<String>> {
-        let raw: RawParams =
-            serde_json::from_value(value.clone()).map_err(|e| vec![e.to_string()])?;
-        let mut errors = Vec::new();
+        let also_known: Vec<&str> = resmon_contract::table::monitor_keys().collect();
+        let (raw, mut errors) =
+            resmon_contract::table::parse_table::<RawParams>(value, &also_known);
+        let Some(raw) = raw else {
+            return Err(errors);
+        };
         let argv = match command_argv(&raw.command, "command") {
             Ok(a) => a,
             Err(e) => {
@@ -117,10 +120,7 @@ impl Params {
         };
         if let Some(prog) = argv.first() {
             if find_program(prog).is_none() {
-                errors.push(format!(
-                    "command: program {prog:?} not found{}",
-                    if prog.contains('/') { "" } else { " in PATH" }
-                ));
+                errors.push(format!("command: {}", why_not_runnable(prog)));
             }
         }
         let mut environment = Vec::new();
@@ -212,6 +212,31 @@ fn command_argv(c: &CommandLine, field: &str) -> Result<Vec<String>, String> {
 }
 
 /// Resolves a program as `execvp` would: a path as it is, a bare name through `PATH`.
+/// Why `prog` cannot be run, for a program [`find_program`] did not find:
+/// missing, a directory, or a file without execute permission.
+fn why_not_runnable(prog: &str) -> String {
+    let why = |p: &Path| -> Option<String> {
+        let meta = std::fs::metadata(p).ok()?;
+        Some(if meta.is_dir() {
+            format!("{} is a directory, not a program", p.display())
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            format!(
+                "{} exists but is not executable (mode {:04o}): chmod +x it, or name the interpreter first",
+                p.display(),
+                meta.permissions().mode() & 0o7777
+            )
+        })
+    };
+    if prog.contains('/') {
+        return why(Path::new(prog)).unwrap_or_else(|| format!("program {prog:?} not found"));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .find_map(|d| why(&d.join(prog)))
+        .unwrap_or_else(|| format!("program {prog:?} not found in PATH"))
+}
+
 pub fn find_program(prog: &str) -> Option<PathBuf> {
     let is_exec =
         |p: &Path| p.is_file() && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok();

@@ -432,6 +432,56 @@ type = "nosuchtype"
         marked_processes("RESMON_RESOURCE=").len(),
         marker_before.len()
     );
+    // Misspelt keys, wrong types and names of the wrong form: every one is
+    // reported with its key path, and the closest key is suggested.
+    let exe = write(dir.path(), "not-executable.sh", "#!/bin/sh\n");
+    let file = write(
+        dir.path(),
+        "typos.toml",
+        &format!(
+            r#"
+[monitr]
+
+[[resource]]
+name = "web"
+type = "process"
+command = "sleep 100"
+dependson = ["x"]
+restart_treshold = 3
+environment = {{ PORT = 8080 }}
+probe = {{ type = "exec", command = ["true"], timout = "5s" }}
+
+[[resource]]
+name = "script"
+type = "process"
+command = "{}"
+
+[[resource]]
+name = "agent"
+type = "ocf"
+
+[[resource]]
+name = "proc"
+type = "proces"
+"#,
+            exe.display()
+        ),
+    );
+    let err = refused("check", &file, 2);
+    for needle in [
+        "8 problems",
+        "unknown section [monitr]; did you mean [monitor]?",
+        "resource \"web\" ([[resource]] #1): dependson: unknown key \"dependson\"; did you mean \"depends_on\"?",
+        "resource \"web\" ([[resource]] #1): restart_treshold: unknown key \"restart_treshold\"; did you mean \"restart_threshold\"?",
+        "resource \"web\" ([[resource]] #1): environment > PORT: invalid type: integer `8080`, expected a string",
+        "resource \"web\" ([[resource]] #1): probe > timout: unknown key \"timout\"; did you mean \"timeout\"?",
+        "resource \"script\" ([[resource]] #2): command: ",
+        "not-executable.sh exists but is not executable (mode 0644)",
+        "resource \"agent\" ([[resource]] #3): unknown type \"ocf\"; did you mean \"ocf:PROVIDER:AGENT\"?",
+        "resource \"proc\" ([[resource]] #4): unknown type \"proces\"; did you mean \"process\"?",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
     // A syntax error names its line.
     let file = write(dir.path(), "syntax.toml", "[[resource]\nname = 1\n");
     assert!(refused("check", &file, 2).contains("line 1"));

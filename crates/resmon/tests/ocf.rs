@@ -78,10 +78,20 @@ params = { cmdline_options = "x", bogus = "1" }
 [[resource]]
 name = "c"
 type = "ocf:heartbeat"
+
+[[resource]]
+name = "d"
+type = "ocf:heartbeat:Dummy"
+timeouts = { strat = "10s" }
+dependson = ["a"]
+params = { stat = "/run/x" }
 "#,
     );
     let err = refused("check", &file, 2);
     for needle in [
+        "resource \"d\" ([[resource]] #4): timeouts > strat: unknown action; did you mean \"start\"?",
+        "resource \"d\" ([[resource]] #4): unknown key \"dependson\"; did you mean \"depends_on\"?",
+        "resource \"d\" ([[resource]] #4): params.stat: ocf:heartbeat:Dummy takes no such parameter; did you mean \"state\"?",
         "resource \"a\" ([[resource]] #1): agent ocf:heartbeat:NoSuchAgent not found",
         "resource \"b\" ([[resource]] #2): params.binfile: required by ocf:heartbeat:anything",
         "params.bogus: ocf:heartbeat:anything takes no such parameter",

@@ -145,7 +145,7 @@ fn bad_plugin_configs_are_refused_with_the_place() {
         "resource \"a\"",
         "library \"/no/such/lib.so\" is not a file",
         "params must be a table",
-        "unknown property \"flavour\"",
+        "unknown key \"flavour\"; the keys are library, params (the plugin's own settings go in params = { ... })",
     ] {
         assert!(err.contains(want), "{want:?} missing from:\n{err}");
     }

@@ -31,7 +31,14 @@ pub struct GroupConfig {
     pub failback: bool,
 }
 
-const CLUSTER_KEYS: &str = "node, etcd, lease_ttl, key_prefix, fence_margin, watchdog";
+const CLUSTER_KEYS: &[&str] = &[
+    "node",
+    "etcd",
+    "lease_ttl",
+    "key_prefix",
+    "fence_margin",
+    "watchdog",
+];
 
 /// Reads `[cluster]`: the types of its keys here, their values by
 /// [`Settings::validate`]. Every problem is pushed onto `problems`.
@@ -95,7 +102,8 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
                     .into(),
             ),
             (other, _) => problems.push(format!(
-                "[cluster]: unknown key {other:?}; the keys are {CLUSTER_KEYS}"
+                "[cluster]: {}",
+                resmon_contract::table::unknown_key(other, CLUSTER_KEYS, &[])
             )),
         }
     }
@@ -172,7 +180,12 @@ pub fn parse_groups(v: &toml::Value, problems: &mut Vec<String>) -> BTreeMap<Str
                 ("failback", toml::Value::Boolean(b)) => g.failback = *b,
                 ("failback", _) => problems.push(format!("{here} failback: must be true or false")),
                 (other, _) => problems.push(format!(
-                    "{here}: unknown key {other:?}; the keys are preferred_nodes, failback"
+                    "{here}: {}",
+                    resmon_contract::table::unknown_key(
+                        other,
+                        &["preferred_nodes", "failback"],
+                        &[]
+                    )
                 )),
             }
         }
