@@ -39,9 +39,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use http_body_util::BodyExt;
+use resmon_client::wire::{EventRecord, OpReply, ResourceStatus, StatusReply};
+use resmon_client::Operation;
 use resmon_client::{Client, Method};
-use serde_json::Value;
+use resmon_contract::State;
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
@@ -168,27 +169,22 @@ impl Monitor {
         Client::new(&self.socket)
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
-        let (status, body) = self.client().call(Method::GET, path, None).await?;
-        if !status.is_success() {
-            bail!("GET {path}: {status}: {}", String::from_utf8_lossy(&body));
-        }
-        Ok(serde_json::from_slice(&body)?)
+    /// Online, offline or terminate, waiting for where it leads.
+    async fn operate(&self, name: &str, op: Operation) -> Result<OpReply> {
+        Ok(self.client().operate(name, op, true).await?)
     }
 
-    async fn post(&self, path: &str, body: Option<String>) -> Result<Value> {
-        let (status, reply) = self.client().call(Method::POST, path, body).await?;
-        if !status.is_success() {
-            bail!("POST {path}: {status}: {}", String::from_utf8_lossy(&reply));
-        }
-        Ok(serde_json::from_slice(&reply)?)
+    async fn resources(&self) -> Result<Vec<ResourceStatus>> {
+        Ok(self.client().status(None).await?.resources)
     }
 
-    async fn resources(&self) -> Result<Vec<Value>> {
-        Ok(self.get("/v1/resources").await?["resources"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default())
+    /// The first pid of resource `name`.
+    async fn pid_of(&self, name: &str) -> Result<Option<u32>> {
+        let reply = self.client().status(Some(name)).await?;
+        Ok(reply
+            .resources
+            .first()
+            .and_then(|r| r.pids.first().copied()))
     }
 }
 
@@ -283,28 +279,13 @@ async fn restart(bin: &Path, args: &Args) -> Result<()> {
 
 /// The monitor's events as they come (`GET /v1/events?follow=true`),
 /// starting with the history it keeps.
-async fn event_stream(m: &Monitor) -> Result<tokio::sync::mpsc::UnboundedReceiver<Value>> {
-    let (status, mut body) = m
-        .client()
-        .send(Method::GET, "/v1/events?follow=true", None)
-        .await?;
-    if !status.is_success() {
-        bail!("events: {status}");
-    }
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+async fn event_stream(m: &Monitor) -> Result<tokio::sync::mpsc::UnboundedReceiver<EventRecord>> {
+    let mut feed = m.client().events(true).await?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventRecord>();
     tokio::spawn(async move {
-        let mut buf = Vec::new();
-        while let Some(Ok(frame)) = body.frame().await {
-            if let Some(d) = frame.data_ref() {
-                buf.extend_from_slice(d);
-                while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=nl).collect();
-                    if let Ok(v) = serde_json::from_slice(&line) {
-                        if tx.send(v).is_err() {
-                            return;
-                        }
-                    }
-                }
+        while let Ok(Some(e)) = feed.next().await {
+            if tx.send(e).is_err() {
+                return;
             }
         }
     });
@@ -316,18 +297,16 @@ async fn event_stream(m: &Monitor) -> Result<tokio::sync::mpsc::UnboundedReceive
 /// [`event_stream`] that has seen svc's first start), for the measured runs.
 async fn restart_samples(
     m: &Monitor,
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<EventRecord>,
     warmup: usize,
     runs: usize,
 ) -> Result<Vec<Duration>> {
-    let online = |v: &Value| v["resource"] == "svc" && v["state"] == "online";
+    let online =
+        |e: &EventRecord| e.resource.as_deref() == Some("svc") && e.state == Some(State::Online);
     let deadline = Duration::from_secs(10);
     let mut samples = Vec::new();
     for i in 0..warmup + runs {
-        let r = m.get("/v1/resources/svc").await?;
-        let pid = r["resources"][0]["pids"][0]
-            .as_u64()
-            .context("no pid for svc")? as u32;
+        let pid = m.pid_of("svc").await?.context("no pid for svc")?;
         while rx.try_recv().is_ok() {}
         let t0 = Instant::now();
         kill(pid, rustix::process::Signal::KILL);
@@ -341,10 +320,9 @@ async fn restart_samples(
             }
         }
         let took = t0.elapsed();
-        let r = m.get("/v1/resources/svc").await?;
-        let new = r["resources"][0]["pids"][0].as_u64().unwrap_or(0) as u32;
-        if new == pid || new == 0 {
-            bail!("run {i}: no new pid after restart ({r})");
+        let new = m.pid_of("svc").await?;
+        if new.is_none_or(|n| n == pid) {
+            bail!("run {i}: no new pid after restart ({new:?})");
         }
         if i >= warmup {
             samples.push(took);
@@ -355,7 +333,7 @@ async fn restart_samples(
 
 /// Reads `rx` until resource `name` is reported online.
 async fn wait_online_event(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<EventRecord>,
     name: &str,
 ) -> Result<()> {
     loop {
@@ -363,7 +341,7 @@ async fn wait_online_event(
             .await
             .context("no online event within 10 s")?
             .context("event stream ended")?;
-        if v["resource"] == name && v["state"] == "online" {
+        if v.resource.as_deref() == Some(name) && v.state == Some(State::Online) {
             return Ok(());
         }
     }
@@ -483,7 +461,7 @@ autostart = false
     let mut survivors = 0;
     let mut zombies = 0;
     for i in 0..args.warmup + args.runs {
-        m.post("/v1/resources/tree/online?wait=true", None).await?;
+        m.operate("tree", Operation::Online).await?;
         let end = Instant::now() + Duration::from_secs(20);
         while marked(&m, "tree") < 100 {
             if Instant::now() > end {
@@ -495,11 +473,8 @@ autostart = false
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let t0 = Instant::now();
-        m.post(
-            "/v1/resources/tree/terminate?wait=true",
-            Some("{\"exit_code\": 1}".into()),
-        )
-        .await?;
+        m.operate("tree", Operation::Terminate { exit_code: 1 })
+            .await?;
         let took = t0.elapsed();
         let left = marked(&m, "tree");
         let z = resmon_test_support::all()
@@ -545,7 +520,7 @@ async fn idle(bin: &Path, args: &Args) -> Result<()> {
     let end = Instant::now() + Duration::from_secs(120);
     loop {
         let rs = m.resources().await?;
-        if rs.iter().filter(|r| r["state"] == "online").count() == args.resources {
+        if rs.iter().filter(|r| r.state == State::Online).count() == args.resources {
             break;
         }
         if Instant::now() > end {
@@ -566,7 +541,7 @@ async fn idle(bin: &Path, args: &Args) -> Result<()> {
     let rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
     let pss = proc_field(pid, "smaps_rollup", "Pss:").unwrap_or(0);
     let rs = m.resources().await?;
-    let online = rs.iter().filter(|r| r["state"] == "online").count();
+    let online = rs.iter().filter(|r| r.state == State::Online).count();
     println!(
         "idle: {} resources          online={online} cpu={cpu:.3}% of a core over {secs:.0} s  rss={:.1} MB  pss={:.1} MB  threads={}  (target < 1% and < 30 MB)",
         args.resources,
@@ -581,7 +556,7 @@ async fn wait_all_online(m: &Monitor, n: usize, limit: Duration) -> Result<()> {
     let end = Instant::now() + limit;
     loop {
         let rs = m.resources().await?;
-        if rs.len() == n && rs.iter().all(|r| r["state"] == "online") {
+        if rs.len() == n && rs.iter().all(|r| r.state == State::Online) {
             return Ok(());
         }
         if Instant::now() > end {
@@ -607,10 +582,8 @@ async fn api(bin: &Path, args: &Args) -> Result<()> {
         let t0 = Instant::now();
         let (status, body) = m.client().call(Method::GET, "/v1/resources", None).await?;
         let took = t0.elapsed();
-        let v: Value = serde_json::from_slice(&body)?;
-        if !status.is_success()
-            || v["resources"].as_array().map_or(0, Vec::len) != args.resources + 1
-        {
+        let listed = serde_json::from_slice::<StatusReply>(&body).map(|r| r.resources.len());
+        if !status.is_success() || listed.ok() != Some(args.resources + 1) {
             bail!("status did not list every resource");
         }
         if i >= args.warmup {
@@ -647,8 +620,8 @@ async fn api(bin: &Path, args: &Args) -> Result<()> {
     let mut round = Vec::new();
     for i in 0..args.warmup + args.runs {
         let t0 = Instant::now();
-        m.post("/v1/resources/flip/online?wait=true", None).await?;
-        m.post("/v1/resources/flip/offline?wait=true", None).await?;
+        m.operate("flip", Operation::Online).await?;
+        m.operate("flip", Operation::Offline).await?;
         if i >= args.warmup {
             round.push(t0.elapsed());
         }
@@ -666,7 +639,7 @@ async fn wait_all_online_but(m: &Monitor, n: usize) -> Result<()> {
     let end = Instant::now() + Duration::from_secs(120);
     loop {
         let rs = m.resources().await?;
-        if rs.iter().filter(|r| r["state"] == "online").count() == n {
+        if rs.iter().filter(|r| r.state == State::Online).count() == n {
             return Ok(());
         }
         if Instant::now() > end {
@@ -685,7 +658,8 @@ async fn adopt(bin: &Path, args: &Args) -> Result<()> {
     }
     let mut m = Monitor::start(bin, &config)?;
     wait_all_online(&m, 20, Duration::from_secs(30)).await?;
-    let pids = |rs: &[Value]| -> Vec<Value> { rs.iter().map(|r| r["pids"].clone()).collect() };
+    let pids =
+        |rs: &[ResourceStatus]| -> Vec<Vec<u32>> { rs.iter().map(|r| r.pids.clone()).collect() };
     let runs = (args.runs / 10).max(10);
     let mut samples = Vec::new();
     for _ in 0..runs {
@@ -1085,8 +1059,8 @@ restart_threshold = 1000
             dir.path().join("lock").display()
         ),
     )?;
-    let host_of = |rs: &[Value]| rs.first().and_then(|r| r["pids"][0].as_u64());
-    let online = |rs: &[Value]| rs.first().is_some_and(|r| r["state"] == "online");
+    let host_of = |rs: &[ResourceStatus]| rs.first().and_then(|r| r.pids.first().copied());
+    let online = |rs: &[ResourceStatus]| rs.first().is_some_and(|r| r.state == State::Online);
     let end = Instant::now() + Duration::from_secs(10);
     while !online(&m.resources().await?) {
         if Instant::now() > end {

@@ -1,7 +1,11 @@
 //! A client of the resmon local API: HTTP/1.1 over the monitor's Unix socket.
 //!
 //! One connection per request: the API is local and requests are few, so
-//! there is no pool to keep. Used by the `resmon` CLI and the benchmarks.
+//! there is no pool to keep. Each route has a typed method that returns
+//! the [`wire`] type the monitor sends; [`Client::call`] stays for
+//! requests of one's own. Used by the `resmon` CLI and the benchmarks.
+
+pub mod wire;
 
 pub use hyper::{Method, StatusCode};
 
@@ -9,8 +13,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
+use wire::{
+    CallsReply, ControlReply, ErrorReply, EventRecord, MoveBody, MoveReply, NodesReply, OpReply,
+    ReloadReport, StatusReply, TerminateBody,
+};
 
 /// Why a request did not get an answer.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +33,31 @@ pub enum ClientError {
     Impostor { path: PathBuf, uid: u32 },
     #[error("talking to the monitor at {path}: {message}")]
     Protocol { path: PathBuf, message: String },
+}
+
+/// Why an API request did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No answer (see [`ClientError`]).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The monitor answered with an error status and this message.
+    #[error("{message}")]
+    Refused { status: StatusCode, message: String },
+    /// The answer was not what this route sends.
+    #[error("unexpected answer from the monitor: {0}")]
+    Decode(String),
+}
+
+/// What an operation on a resource asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Online,
+    Offline,
+    /// Ends it now; its tasks report `exit_code` (0 to 255).
+    Terminate {
+        exit_code: i32,
+    },
 }
 
 pub struct Client {
@@ -105,5 +139,207 @@ impl Client {
             .map_err(|e| self.protocol(e))?
             .to_bytes();
         Ok((status, bytes))
+    }
+}
+
+impl Client {
+    /// A request whose success answer is a `T`.
+    async fn typed<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<T, ApiError> {
+        let (status, bytes) = self.call(method, path, body).await?;
+        if !status.is_success() {
+            return Err(refused(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
+    /// `GET /v1/resources`, or one resource's status when `name` is given.
+    pub async fn status(&self, name: Option<&str>) -> Result<StatusReply, ApiError> {
+        let path = match name {
+            Some(n) => format!("/v1/resources/{}", encode(n)),
+            None => "/v1/resources".to_owned(),
+        };
+        self.typed(Method::GET, &path, None).await
+    }
+
+    /// Online, offline or terminate; with `wait`, the answer comes once the
+    /// resource got where the operation leads (or failed on the way).
+    pub async fn operate(
+        &self,
+        name: &str,
+        op: Operation,
+        wait: bool,
+    ) -> Result<OpReply, ApiError> {
+        let (verb, body) = match op {
+            Operation::Online => ("online", None),
+            Operation::Offline => ("offline", None),
+            Operation::Terminate { exit_code } => {
+                ("terminate", Some(json(&TerminateBody { exit_code })?))
+            }
+        };
+        let path = format!("/v1/resources/{}/{verb}?wait={wait}", encode(name));
+        self.typed(Method::POST, &path, body).await
+    }
+
+    /// `resource_control`: `code` is a number or a known name; `input` is
+    /// JSON.
+    pub async fn control(
+        &self,
+        name: &str,
+        code: &str,
+        input: Option<String>,
+    ) -> Result<ControlReply, ApiError> {
+        let path = format!("/v1/resources/{}/control/{}", encode(name), encode(code));
+        self.typed(Method::POST, &path, input).await
+    }
+
+    /// `resource_type_control` of type `type_name`.
+    pub async fn type_control(
+        &self,
+        type_name: &str,
+        code: &str,
+        input: Option<String>,
+    ) -> Result<ControlReply, ApiError> {
+        let path = format!("/v1/types/{}/control/{}", encode(type_name), encode(code));
+        self.typed(Method::POST, &path, input).await
+    }
+
+    /// Re-reads the monitor's config and applies what changed.
+    pub async fn reload(&self) -> Result<ReloadReport, ApiError> {
+        self.typed(Method::POST, "/v1/reload", None).await
+    }
+
+    /// The entry-point calls in progress.
+    pub async fn calls(&self) -> Result<CallsReply, ApiError> {
+        self.typed(Method::GET, "/v1/calls", None).await
+    }
+
+    /// Cluster mode: the nodes and who owns which group.
+    pub async fn nodes(&self) -> Result<NodesReply, ApiError> {
+        self.typed(Method::GET, "/v1/nodes", None).await
+    }
+
+    /// Cluster mode: moves `group` to `node`.
+    pub async fn move_group(&self, group: &str, node: &str) -> Result<MoveReply, ApiError> {
+        let body = json(&MoveBody {
+            node: node.to_owned(),
+        })?;
+        let path = format!("/v1/groups/{}/move", encode(group));
+        self.typed(Method::POST, &path, Some(body)).await
+    }
+
+    /// The event feed: the history, then (with `follow`) new events as they
+    /// come, until the monitor's last one.
+    pub async fn events(&self, follow: bool) -> Result<Events, ApiError> {
+        let (status, body) = self
+            .send(Method::GET, &format!("/v1/events?follow={follow}"), None)
+            .await?;
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(refused(status, &bytes));
+        }
+        Ok(Events {
+            body,
+            pending: Vec::new(),
+        })
+    }
+}
+
+/// The event feed as it arrives: one JSON line per event.
+pub struct Events {
+    body: Body,
+    pending: Vec<u8>,
+}
+
+impl Events {
+    /// The next line (an event as JSON, without its newline); `None` once
+    /// the feed ended.
+    pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, ApiError> {
+        loop {
+            if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.pending.drain(..=nl).collect();
+                line.pop();
+                return Ok(Some(line));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(ApiError::Decode(format!("reading events: {e}"))),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.pending.extend_from_slice(data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next event, decoded.
+    pub async fn next(&mut self) -> Result<Option<EventRecord>, ApiError> {
+        match self.next_line().await? {
+            None => Ok(None),
+            Some(line) => serde_json::from_slice(&line)
+                .map(Some)
+                .map_err(|e| ApiError::Decode(e.to_string())),
+        }
+    }
+}
+
+/// An error answer: its `{"error": ...}` message, or the body as text.
+fn refused(status: StatusCode, body: &[u8]) -> ApiError {
+    let message = serde_json::from_slice::<ErrorReply>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    ApiError::Refused { status, message }
+}
+
+fn json(value: &impl serde::Serialize) -> Result<String, ApiError> {
+    serde_json::to_string(value).map_err(|e| ApiError::Decode(e.to_string()))
+}
+
+/// Percent-encodes a name for a URL path (names are checked by the
+/// monitor; this only keeps odd input from breaking the request line).
+pub fn encode(name: &str) -> String {
+    let mut out = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_encoded_for_a_path() {
+        assert_eq!(encode("web-1.a_b"), "web-1.a_b");
+        assert_eq!(encode("a b/c?"), "a%20b%2Fc%3F");
+    }
+
+    #[test]
+    fn an_error_answer_gives_its_message() {
+        match refused(StatusCode::CONFLICT, br#"{"error":"web failed: boom"}"#) {
+            ApiError::Refused { status, message } => {
+                assert_eq!(status, StatusCode::CONFLICT);
+                assert_eq!(message, "web failed: boom");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            refused(StatusCode::BAD_GATEWAY, b"plain"),
+            ApiError::Refused { message, .. } if message == "plain"
+        ));
     }
 }

@@ -19,7 +19,7 @@
 
 use crate::access::{Access, Right};
 use crate::cluster::view::{ClusterHandle, ClusterRequest, MoveBody};
-use crate::driver::{no_such, CallStatus, Msg, OpError, ResourceStatus};
+use crate::driver::{no_such, Msg, OpError, ResourceStatus};
 use crate::events::{EventBus, EventRecord};
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::Request;
@@ -30,26 +30,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
+pub use resmon_client::wire::{
+    CallsReply, ControlReply, ErrorReply, OpReply, ReloadReport, StatusReply, TerminateBody,
+};
 use resmon_core::{Command, Settled};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::sync::Arc;
 use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
-
-/// What a reload did.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct ReloadReport {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    /// Type or params changed: stopped and started anew.
-    pub restarted: Vec<String>,
-    /// Policy, group or dependencies changed: applied in place.
-    pub updated: Vec<String>,
-    pub notes: Vec<String>,
-}
 
 /// A reload request for the main loop; the answer is the report or the
 /// config's problems.
@@ -166,29 +157,6 @@ async fn authorize(AxState(st): AxState<ApiState>, req: Request, next: Next) -> 
     }
 }
 
-/// `{"resources": [...]}`.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct StatusReply {
-    pub resources: Vec<ResourceStatus>,
-    /// What is wrong with the monitor itself (absent when nothing is).
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub problems: Vec<String>,
-}
-
-/// The answer to an operation.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct OpReply {
-    pub resource: ResourceStatus,
-    /// Why what was done may not last (the state cannot be saved).
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub warnings: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize, Debug)]
-pub struct ErrorReply {
-    pub error: String,
-}
-
 #[derive(Deserialize, Default)]
 pub struct WaitQuery {
     #[serde(default)]
@@ -199,26 +167,6 @@ pub struct WaitQuery {
 pub struct FollowQuery {
     #[serde(default)]
     pub follow: bool,
-}
-
-#[derive(Deserialize, Serialize, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct TerminateBody {
-    #[serde(default = "default_exit_code")]
-    pub exit_code: i32,
-}
-
-/// No body is the same as `{}`: exit code 1, as the docs and the CLI say.
-impl Default for TerminateBody {
-    fn default() -> Self {
-        TerminateBody {
-            exit_code: default_exit_code(),
-        }
-    }
-}
-
-fn default_exit_code() -> i32 {
-    1
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -359,7 +307,7 @@ async fn move_group(
         return stopping();
     }
     match rx.await {
-        Ok(Ok(message)) => Json(serde_json::json!({ "message": message })).into_response(),
+        Ok(Ok(message)) => Json(resmon_client::wire::MoveReply { message }).into_response(),
         Ok(Err(e)) => error(StatusCode::CONFLICT, e),
         Err(_) => stopping(),
     }
@@ -374,16 +322,6 @@ async fn status_one(AxState(st): AxState<ApiState>, Path(name): Path<String>) ->
         return error(StatusCode::BAD_REQUEST, format!("bad resource name: {e}"));
     }
     ask_status(&st, Some(name)).await
-}
-
-/// The answer to a control code.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct ControlReply {
-    pub code: u32,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub name: Option<String>,
-    /// The output: JSON when it is JSON, else a string (lossy UTF-8).
-    pub output: serde_json::Value,
 }
 
 fn op_error(e: OpError) -> Response {
@@ -478,12 +416,6 @@ async fn reload(AxState(st): AxState<ApiState>) -> Response {
         Ok(Err(ReloadRefused::Invalid(problems))) => error(StatusCode::BAD_REQUEST, problems),
         Ok(Err(ReloadRefused::Stopping)) | Err(_) => stopping(),
     }
-}
-
-/// `{"calls": [...]}`.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct CallsReply {
-    pub calls: Vec<CallStatus>,
 }
 
 async fn calls(AxState(st): AxState<ApiState>) -> Response {

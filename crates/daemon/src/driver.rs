@@ -11,6 +11,7 @@
 
 use crate::cluster::view::Permits;
 use crate::events::EventBus;
+pub use resmon_client::wire::{CallStatus, ResourceStatus};
 use resmon_cluster::BootInstant;
 use resmon_contract::{
     control, CallContext, Completion, ControlError, EntryPoint, Resource, ResourceError,
@@ -19,7 +20,6 @@ use resmon_contract::{
 use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId};
 use resmon_task::lock;
 use resmon_task::Container;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -28,50 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-
-/// One resource as `status` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct ResourceStatus {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub type_name: String,
-    pub group: String,
-    pub state: State,
-    pub pids: Vec<u32>,
-    pub restarts: u32,
-    /// When it entered `state`, RFC 3339.
-    pub since: String,
-    /// Why it is in `state`.
-    pub reason: String,
-    /// More than the state says, from its type (e.g. `degraded`, `promoted`).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub detail: Option<String>,
-    /// The entry point in flight, if any.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub call: Option<String>,
-    /// Being terminated right now.
-    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
-    pub terminating: bool,
-    /// Whether it is meant to be online (an operator's online or autostart).
-    pub wanted_online: bool,
-    /// Cluster mode: the node that owns its group (`-`: none).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub owner: Option<String>,
-}
-
-/// An entry-point call in progress, for `resmon calls`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct CallStatus {
-    pub resource: String,
-    pub entry: String,
-    /// RFC 3339.
-    pub started: String,
-    pub elapsed_ms: u64,
-    /// When the monitor acts if it has not returned: RFC 3339.
-    pub deadline: String,
-    /// Negative once past the deadline.
-    pub remaining_ms: i64,
-}
 
 /// Why an operation on a resource did not succeed.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,9 +1,9 @@
 //! The event feed: every state change and monitor decision, numbered, kept
 //! in a bounded history and broadcast to followers.
 
+pub use resmon_client::wire::EventRecord;
 use resmon_contract::State;
 use resmon_task::lock;
-use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -11,39 +11,6 @@ use tokio::sync::broadcast;
 
 /// How many past events `events` (without `--follow`) can show.
 pub const HISTORY: usize = 1000;
-
-/// One entry of the event feed.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct EventRecord {
-    pub seq: u64,
-    /// RFC 3339, UTC.
-    pub time: String,
-    /// `state`, `terminate`, `force_kill`, `failover` or `monitor`.
-    pub kind: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub resource: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub group: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub state: Option<State>,
-    pub reason: String,
-    /// How many times it happened: a repeat of a recent event (the same
-    /// kind, resource and reason; never a state change) is counted here
-    /// instead of being added again.
-    #[serde(skip_serializing_if = "is_one", default = "one")]
-    pub count: u64,
-    /// When it last happened, once it repeated; RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub last_time: Option<String>,
-}
-
-fn is_one(n: &u64) -> bool {
-    *n == 1
-}
-
-fn one() -> u64 {
-    1
-}
 
 /// How far back a repeat is looked for.
 const REPEAT_WINDOW: usize = 32;

@@ -7,13 +7,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use resmon_client::{Client, ClientError, Method, StatusCode};
-use resmon_daemon::api::{
-    CallsReply, ControlReply, ErrorReply, OpReply, ReloadReport, StatusReply,
-};
-use resmon_daemon::cluster::view::NodesReply;
-use resmon_daemon::events::EventRecord;
-use resmon_daemon::ResourceStatus;
+use resmon_client::wire::{EventRecord, NodesReply, ResourceStatus};
+use resmon_client::{ApiError, Client, ClientError, Operation, StatusCode};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -166,25 +161,76 @@ enum AgentsCmd {
 }
 
 /// A failure with the exit code it maps to.
+/// The exit codes, the table of docs/cli.md ("Exit codes"), decided here
+/// and nowhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Exit {
+    /// Done.
+    Done = 0,
+    /// The operation failed.
+    Failed = 1,
+    /// Usage: a bad command, argument or config.
+    Usage = 2,
+    /// Cannot reach the monitor, or the socket's server is not trusted.
+    Unreachable = 3,
+    /// Access denied.
+    Denied = 4,
+}
+
+#[cfg(test)]
+impl Exit {
+    const ALL: [Exit; 5] = [
+        Exit::Done,
+        Exit::Failed,
+        Exit::Usage,
+        Exit::Unreachable,
+        Exit::Denied,
+    ];
+
+    /// How docs/cli.md's table begins the meaning of this code.
+    fn documented_as(self) -> &'static str {
+        match self {
+            Exit::Done => "done",
+            Exit::Failed => "the operation failed",
+            Exit::Usage => "usage",
+            Exit::Unreachable => "cannot reach the monitor",
+            Exit::Denied => "access denied",
+        }
+    }
+}
+
 struct Failure {
-    code: u8,
+    code: Exit,
     message: String,
 }
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match e {
-            ClientError::Unreachable { .. } | ClientError::Impostor { .. } => 3,
-            ClientError::Protocol { .. } => 1,
+            ClientError::Unreachable { .. } | ClientError::Impostor { .. } => Exit::Unreachable,
+            ClientError::Protocol { .. } => Exit::Failed,
         };
-        Failure {
-            code,
-            message: e.to_string(),
+        fail(code, e.to_string())
+    }
+}
+
+/// An API error's exit code: refused for want of a right (403), a bad
+/// request (400), or anything else that failed.
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Client(e) => e.into(),
+            ApiError::Refused { status, message } => match status {
+                StatusCode::FORBIDDEN => fail(Exit::Denied, format!("access denied: {message}")),
+                StatusCode::BAD_REQUEST => fail(Exit::Usage, message),
+                _ => fail(Exit::Failed, message),
+            },
+            ApiError::Decode(_) => fail(Exit::Failed, e.to_string()),
         }
     }
 }
 
-fn fail(code: u8, message: impl Into<String>) -> Failure {
+fn fail(code: Exit, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
@@ -231,35 +277,22 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("resmon: cannot start the runtime: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(Exit::Failed as u8);
         }
     };
     match rt.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(Exit::Done as u8),
         Err(f) => {
             if !f.message.is_empty() {
                 eprintln!("resmon: {}", f.message.trim_end());
             }
-            ExitCode::from(f.code)
+            ExitCode::from(f.code as u8)
         }
     }
 }
 
 fn socket_for(cli_socket: Option<PathBuf>) -> PathBuf {
     cli_socket.unwrap_or_else(resmon_daemon::config::default_socket)
-}
-
-/// Maps an API error answer to an exit code.
-fn api_error(status: StatusCode, body: &[u8]) -> Failure {
-    let msg = serde_json::from_slice::<ErrorReply>(body)
-        .map(|e| e.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
-    let code = match status {
-        StatusCode::FORBIDDEN => return fail(4, format!("access denied: {msg}")),
-        StatusCode::BAD_REQUEST => 2,
-        _ => 1,
-    };
-    fail(code, msg)
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
@@ -274,7 +307,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 resmon_daemon::check_config(&config).await
             };
-            let c = checked.map_err(|e| fail(2, e.to_string()))?;
+            let c = checked.map_err(|e| fail(Exit::Usage, e.to_string()))?;
             for w in resmon_daemon::unowned_warnings() {
                 eprintln!("warning: {w}");
             }
@@ -288,21 +321,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Status { name, json } => {
-            let client = Client::new(&socket_for(cli.socket));
-            let path = match &name {
-                Some(n) => format!("/v1/resources/{}", encode(n)),
-                None => "/v1/resources".to_string(),
-            };
-            let (status, body) = client.call(Method::GET, &path, None).await?;
-            if !status.is_success() {
-                return Err(api_error(status, &body));
-            }
+            let reply = client(cli.socket).status(name.as_deref()).await?;
             if json {
-                println!("{}", String::from_utf8_lossy(&body));
-                return Ok(());
+                return print_json(&reply, false);
             }
-            let reply: StatusReply = serde_json::from_slice(&body)
-                .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
             // What is wrong with the monitor itself heads the table.
             for p in &reply.problems {
                 println!("WARNING: {p}");
@@ -311,41 +333,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Nodes { json } => {
-            let client = Client::new(&socket_for(cli.socket));
-            let (status, body) = client.call(Method::GET, "/v1/nodes", None).await?;
-            if !status.is_success() {
-                return Err(api_error(status, &body));
-            }
+            let reply = client(cli.socket).nodes().await?;
             if json {
-                println!("{}", String::from_utf8_lossy(&body));
-                return Ok(());
+                return print_json(&reply, false);
             }
-            let r: NodesReply = serde_json::from_slice(&body)
-                .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
-            print_nodes(&r);
+            print_nodes(&reply);
             Ok(())
         }
         Cmd::Move { group, node } => {
-            let client = Client::new(&socket_for(cli.socket));
-            let body = serde_json::json!({ "node": node }).to_string();
-            let path = format!("/v1/groups/{}/move", encode(&group));
-            let (status, body) = client.call(Method::POST, &path, Some(body)).await?;
-            if !status.is_success() {
-                return Err(api_error(status, &body));
-            }
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            println!("{}", v["message"].as_str().unwrap_or("moving"));
+            let reply = client(cli.socket).move_group(&group, &node).await?;
+            println!("{}", reply.message);
             Ok(())
         }
-        Cmd::Online { name, wait } => operate(cli.socket, &name, "online", wait, None).await,
-        Cmd::Offline { name, wait } => operate(cli.socket, &name, "offline", wait, None).await,
+        Cmd::Online { name, wait } => operate(cli.socket, &name, Operation::Online, wait).await,
+        Cmd::Offline { name, wait } => operate(cli.socket, &name, Operation::Offline, wait).await,
         Cmd::Terminate {
             name,
             exit_code,
             no_wait,
         } => {
-            let body = serde_json::json!({ "exit_code": exit_code }).to_string();
-            operate(cli.socket, &name, "terminate", !no_wait, Some(body)).await
+            let op = Operation::Terminate { exit_code };
+            operate(cli.socket, &name, op, !no_wait).await
         }
         Cmd::Events { follow, json } => events(cli.socket, follow, json).await,
         Cmd::Agents {
@@ -354,27 +362,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             json,
         } => tokio::task::spawn_blocking(move || agents(show, &ocf_root, json))
             .await
-            .map_err(|e| fail(1, e.to_string()))?,
+            .map_err(|e| fail(Exit::Failed, e.to_string()))?,
         Cmd::Control { name, code, input } => {
-            let path = format!("/v1/resources/{}/control/{}", encode(&name), encode(&code));
-            control(cli.socket, path, input).await
+            let input = json_input(input)?;
+            let reply = client(cli.socket).control(&name, &code, input).await?;
+            print_json(&reply.output, true)
         }
         Cmd::TypeControl {
             type_name,
             code,
             input,
         } => {
-            let path = format!("/v1/types/{}/control/{}", encode(&type_name), encode(&code));
-            control(cli.socket, path, input).await
+            let input = json_input(input)?;
+            let reply = client(cli.socket)
+                .type_control(&type_name, &code, input)
+                .await?;
+            print_json(&reply.output, true)
         }
         Cmd::Reload => {
-            let client = Client::new(&socket_for(cli.socket));
-            let (status, body) = client.call(Method::POST, "/v1/reload", None).await?;
-            if !status.is_success() {
-                return Err(api_error(status, &body));
-            }
-            let r: ReloadReport = serde_json::from_slice(&body)
-                .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
+            let r = client(cli.socket).reload().await?;
             let list = |v: &[String]| {
                 if v.is_empty() {
                     "-".to_string()
@@ -392,17 +398,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Calls { json } => {
-            let client = Client::new(&socket_for(cli.socket));
-            let (status, body) = client.call(Method::GET, "/v1/calls", None).await?;
-            if !status.is_success() {
-                return Err(api_error(status, &body));
-            }
+            let reply = client(cli.socket).calls().await?;
             if json {
-                println!("{}", String::from_utf8_lossy(&body));
-                return Ok(());
+                return print_json(&reply, false);
             }
-            let reply: CallsReply = serde_json::from_slice(&body)
-                .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
             println!(
                 "{:<24} {:<18} {:>10} {:>12}  DEADLINE",
                 "RESOURCE", "ENTRY", "ELAPSED", "REMAINING"
@@ -418,24 +417,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-async fn control(
-    socket: Option<PathBuf>,
-    path: String,
-    input: Option<String>,
-) -> Result<(), Failure> {
+/// `--input`, checked to be JSON before it is sent.
+fn json_input(input: Option<String>) -> Result<Option<String>, Failure> {
     if let Some(i) = &input {
         if let Err(e) = serde_json::from_str::<serde_json::Value>(i) {
-            return Err(fail(2, format!("--input is not JSON: {e}")));
+            return Err(fail(Exit::Usage, format!("--input is not JSON: {e}")));
         }
     }
-    let client = Client::new(&socket_for(socket));
-    let (status, body) = client.call(Method::POST, &path, input).await?;
-    if !status.is_success() {
-        return Err(api_error(status, &body));
+    Ok(input)
+}
+
+/// Prints `value` as JSON on stdout: on one line as the API sends it
+/// (`--json`), or `pretty` for people (a control code's output).
+fn print_json(value: &impl serde::Serialize, pretty: bool) -> Result<(), Failure> {
+    let text = if pretty {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string(value)
     }
-    let reply: ControlReply = serde_json::from_slice(&body)
-        .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
-    let text = serde_json::to_string_pretty(&reply.output).unwrap_or_default();
+    .map_err(|e| fail(Exit::Failed, format!("printing the answer: {e}")))?;
     println!("{text}");
     Ok(())
 }
@@ -444,18 +444,19 @@ async fn control(
 fn agents(show: Option<AgentsCmd>, root: &std::path::Path, json: bool) -> Result<(), Failure> {
     match show {
         Some(AgentsCmd::Show { type_name }) => {
-            let (provider, agent) = resmon_ocf::parse_type(&type_name).map_err(|e| fail(2, e))?;
+            let (provider, agent) =
+                resmon_ocf::parse_type(&type_name).map_err(|e| fail(Exit::Usage, e))?;
             let path = resmon_ocf::agent_path(root, &provider, &agent);
             if !path.is_file() {
                 return Err(fail(
-                    1,
+                    Exit::Failed,
                     format!(
                         "no agent {type_name}: {} does not exist (resmon agents lists them)",
                         path.display()
                     ),
                 ));
             }
-            let m = resmon_ocf::read_meta_data(root, &path).map_err(|e| fail(1, e))?;
+            let m = resmon_ocf::read_meta_data(root, &path).map_err(|e| fail(Exit::Failed, e))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
                 return Ok(());
@@ -489,7 +490,7 @@ fn agents(show: Option<AgentsCmd>, root: &std::path::Path, json: bool) -> Result
             let list = resmon_ocf::list_agents(root);
             if list.is_empty() {
                 return Err(fail(
-                    1,
+                    Exit::Failed,
                     format!(
                         "no agents under {}/resource.d (Debian: apt-get install resource-agents)",
                         root.display()
@@ -546,7 +547,7 @@ fn agents(show: Option<AgentsCmd>, root: &std::path::Path, json: bool) -> Result
 async fn serve(config: PathBuf, socket: Option<PathBuf>) -> Result<(), Failure> {
     let mut c = resmon_daemon::check_config(&config)
         .await
-        .map_err(|e| fail(2, e.to_string()))?;
+        .map_err(|e| fail(Exit::Usage, e.to_string()))?;
     if let Some(s) = socket {
         c.monitor.socket = s;
     }
@@ -559,40 +560,22 @@ async fn serve(config: PathBuf, socket: Option<PathBuf>) -> Result<(), Failure> 
     resmon_daemon::serve(c)
         .await
         .context("the monitor stopped on an error")
-        .map_err(|e| fail(1, format!("{e:#}")))?;
+        .map_err(|e| fail(Exit::Failed, format!("{e:#}")))?;
     tracing::info!("monitor stopped: every resource is down; exiting 0");
     Ok(())
 }
 
-/// Percent-encodes a resource name for a URL path (names are checked by the
-/// monitor; this only keeps odd input from breaking the request line).
-fn encode(name: &str) -> String {
-    let mut out = String::new();
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+fn client(socket: Option<PathBuf>) -> Client {
+    Client::new(&socket_for(socket))
 }
 
 async fn operate(
     socket: Option<PathBuf>,
     name: &str,
-    verb: &str,
+    op: Operation,
     wait: bool,
-    body: Option<String>,
 ) -> Result<(), Failure> {
-    let client = Client::new(&socket_for(socket));
-    let path = format!("/v1/resources/{}/{verb}?wait={wait}", encode(name));
-    let (status, reply) = client.call(Method::POST, &path, body).await?;
-    if !status.is_success() {
-        return Err(api_error(status, &reply));
-    }
-    let reply: OpReply = serde_json::from_slice(&reply)
-        .map_err(|e| fail(1, format!("unexpected answer from the monitor: {e}")))?;
+    let reply = client(socket).operate(name, op, wait).await?;
     let r = reply.resource;
     println!("{}: {}", r.name, r.state);
     for w in &reply.warnings {
@@ -602,41 +585,21 @@ async fn operate(
 }
 
 async fn events(socket: Option<PathBuf>, follow: bool, json: bool) -> Result<(), Failure> {
-    use http_body_util::BodyExt;
-    let client = Client::new(&socket_for(socket));
-    let path = format!("/v1/events?follow={follow}");
-    let (status, mut body) = client.send(Method::GET, &path, None).await?;
-    if !status.is_success() {
-        let bytes = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        return Err(api_error(status, &bytes));
-    }
-    let mut pending = Vec::new();
+    let mut feed = client(socket).events(follow).await?;
     let stdout = std::io::stdout();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| fail(1, format!("reading events: {e}")))?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        pending.extend_from_slice(data);
-        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=nl).collect();
-            let mut out = stdout.lock();
-            let text = if json {
-                String::from_utf8_lossy(&line).trim_end().to_string()
-            } else {
-                match serde_json::from_slice::<EventRecord>(&line) {
-                    Ok(e) => format_event(&e),
-                    Err(_) => String::from_utf8_lossy(&line).trim_end().to_string(),
-                }
-            };
-            // A closed stdout (e.g. `| head`) ends the command quietly.
-            if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
-                return Ok(());
+    while let Some(line) = feed.next_line().await? {
+        let text = if json {
+            String::from_utf8_lossy(&line).into_owned()
+        } else {
+            match serde_json::from_slice::<EventRecord>(&line) {
+                Ok(e) => format_event(&e),
+                Err(_) => String::from_utf8_lossy(&line).into_owned(),
             }
+        };
+        // A closed stdout (e.g. `| head`) ends the command quietly.
+        let mut out = stdout.lock();
+        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            return Ok(());
         }
     }
     Ok(())
@@ -751,6 +714,40 @@ fn print_table(rs: &[ResourceStatus]) {
         let text = line(row.iter().map(String::as_str).collect(), &r.reason);
         if writeln!(out, "{text}").is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exit codes are the table of docs/cli.md, both ways.
+    #[test]
+    fn exit_codes_are_the_documented_ones() {
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/cli.md"))
+                .expect("docs/cli.md");
+        let section = doc
+            .split("\n## ")
+            .find(|s| s.starts_with("Exit codes"))
+            .expect("docs/cli.md has a section `## Exit codes`");
+        let rows: Vec<(u8, String)> = section
+            .lines()
+            .filter_map(|l| {
+                let mut cells = l.trim().trim_matches('|').split('|');
+                let code = cells.next()?.trim().parse().ok()?;
+                Some((code, cells.next()?.trim().to_owned()))
+            })
+            .collect();
+        assert_eq!(rows.len(), Exit::ALL.len(), "{rows:?}");
+        for e in Exit::ALL {
+            let row = rows.iter().find(|(c, _)| *c == e as u8);
+            assert!(
+                row.is_some_and(|(_, meaning)| meaning.starts_with(e.documented_as())),
+                "{e:?} ({}) is documented as {row:?}",
+                e as u8
+            );
         }
     }
 }

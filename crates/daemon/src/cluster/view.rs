@@ -1,52 +1,14 @@
 //! What the API shows of the cluster, kept up to date by the controller,
 //! and the requests the API passes on to it.
 
+pub use resmon_client::wire::{MoveBody, NodeView, NodesReply};
 use resmon_cluster::BootInstant;
 use resmon_task::lock;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
-/// One node as etcd knows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeView {
-    pub name: String,
-    /// Its key is there, bound to a lease etcd keeps alive. Nodes named
-    /// in `preferred_nodes` or seen before are listed when they are not.
-    pub live: bool,
-    /// The groups it owns.
-    pub groups: Vec<String>,
-}
-
-/// `GET /v1/nodes`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodesReply {
-    /// This node.
-    pub node: String,
-    /// Whether this node reaches etcd and holds its lease.
-    pub member: bool,
-    /// Why not, when it does not.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub problem: Option<String>,
-    /// Milliseconds this node may still run its groups without a renewal.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub may_run_for_ms: Option<u64>,
-    pub nodes: Vec<NodeView>,
-    /// Each configured group and its owner (`None`: nobody runs it).
-    pub owners: BTreeMap<String, Option<String>>,
-}
-
 /// What the controller last saw; read by the API without asking it.
 pub type SharedView = Arc<RwLock<NodesReply>>;
-
-/// `POST /v1/groups/{group}/move`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MoveBody {
-    /// The node to move to.
-    pub node: String,
-}
 
 /// Requests for the controller.
 pub enum ClusterRequest {
