@@ -32,12 +32,24 @@ const TYPE_CODES: &[(&str, u32)] = &[
     ("get_private_property_names", GET_PRIVATE_PROPERTY_NAMES),
 ];
 
+/// Why a control code could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CodeError {
+    #[error("bad control code {0:?}: not a hexadecimal number")]
+    BadHex(String),
+    #[error("unknown control code {code:?}: use a number or one of {}", known.join(", "))]
+    Unknown {
+        code: String,
+        known: Vec<&'static str>,
+    },
+}
+
 /// Parses a code written as a number (`4`, `0x4`) or a name (`get_state`).
-pub fn parse_code(text: &str, for_type: bool) -> Result<u32, String> {
+pub fn parse_code(text: &str, for_type: bool) -> Result<u32, CodeError> {
     let table = if for_type { TYPE_CODES } else { RESOURCE_CODES };
     let t = text.trim();
     if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        return u32::from_str_radix(hex, 16).map_err(|_| format!("bad control code {text:?}"));
+        return u32::from_str_radix(hex, 16).map_err(|_| CodeError::BadHex(text.to_owned()));
     }
     if let Ok(n) = t.parse::<u32>() {
         return Ok(n);
@@ -46,12 +58,9 @@ pub fn parse_code(text: &str, for_type: bool) -> Result<u32, String> {
         .iter()
         .find(|(name, _)| *name == t)
         .map(|&(_, c)| c)
-        .ok_or_else(|| {
-            let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
-            format!(
-                "unknown control code {text:?}: use a number or one of {}",
-                names.join(", ")
-            )
+        .ok_or_else(|| CodeError::Unknown {
+            code: text.to_owned(),
+            known: table.iter().map(|(n, _)| *n).collect(),
         })
 }
 
@@ -73,6 +82,7 @@ mod tests {
         assert_eq!(parse_code("get_type_info", true), Ok(GET_TYPE_INFO));
         assert!(parse_code("get_type_info", false)
             .unwrap_err()
+            .to_string()
             .contains("get_state"));
         assert!(parse_code("-1", false).is_err());
         assert_eq!(code_name(2, false), Some("get_common_properties"));

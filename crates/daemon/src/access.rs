@@ -234,8 +234,8 @@ impl Access {
         }
     }
 
-    /// `Ok` when `uid` holds `right`; else the message for the 403.
-    pub fn check(&self, uid: u32, right: Right) -> Result<(), String> {
+    /// `Ok` when `uid` holds `right`; else why not, for the 403.
+    pub fn check(&self, uid: u32, right: Right) -> Result<(), Denied> {
         if uid == 0 || uid == self.owner {
             return Ok(());
         }
@@ -248,12 +248,22 @@ impl Access {
         if grant.admits(&who) {
             Ok(())
         } else {
-            Err(format!(
-                "user {:?} (uid {uid}) does not hold the {right} right; grant it in the config's [access] {right} list",
-                who.name
-            ))
+            Err(Denied {
+                user: who.name,
+                uid,
+                right,
+            })
         }
     }
+}
+
+/// A local user who lacks a right.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("user {user:?} (uid {uid}) does not hold the {right} right; grant it in the config's [access] {right} list")]
+pub struct Denied {
+    pub user: String,
+    pub uid: u32,
+    pub right: Right,
 }
 
 /// Why a token was not accepted.
@@ -310,8 +320,10 @@ mod tests {
         let nobody = 65534;
         assert!(a.check(nobody, Right::Query).is_ok());
         let e = a.check(nobody, Right::Control).unwrap_err();
+        assert_eq!((e.uid, e.right), (nobody, Right::Control));
         assert!(
-            e.contains("\"nobody\" (uid 65534) does not hold the control right"),
+            e.to_string()
+                .contains("\"nobody\" (uid 65534) does not hold the control right"),
             "{e}"
         );
         assert!(a.check(nobody, Right::Terminate).is_err());

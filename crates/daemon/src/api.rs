@@ -148,7 +148,7 @@ async fn authorize(AxState(st): AxState<ApiState>, req: Request, next: Next) -> 
         };
     }
     let verdict = match caller.and_then(|c| c.uid) {
-        Some(uid) => access.check(uid, right),
+        Some(uid) => access.check(uid, right).map_err(|d| d.to_string()),
         None => Err("the caller's credentials are unknown".to_string()),
     };
     match verdict {
@@ -342,7 +342,7 @@ async fn run_control(
 ) -> Response {
     let code = match resmon_contract::control::parse_code(&code, for_type) {
         Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     if !body.is_empty() && serde_json::from_slice::<serde_json::Value>(&body).is_err() {
         return error(

@@ -185,7 +185,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(e) => tracing::warn!("cannot raise the descriptor limit: {e}"),
     }
-    workers::start().map_err(anyhow::Error::msg)?;
+    workers::start()?;
     let reaper = Reaper::get().context("becoming the reaper of resource processes")?;
     let types = resource_types(reaper);
     // Before anything answers or starts: a stop signal that arrives during

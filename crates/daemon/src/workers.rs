@@ -40,15 +40,23 @@ struct State {
     reported: Option<Instant>,
 }
 
-static POOL: OnceLock<Result<&'static Pool, String>> = OnceLock::new();
+/// The pool, or why its first worker could not be made.
+static POOL: OnceLock<Result<&'static Pool, (std::io::ErrorKind, String)>> = OnceLock::new();
 
 /// Starts the pool with its permanent worker. Call it once at start; an
 /// error means not even one thread could be made.
-pub fn start() -> Result<(), String> {
-    pool().map(|_| ())
+pub fn start() -> Result<(), NoThread> {
+    pool()
+        .map(|_| ())
+        .map_err(|(kind, why)| NoThread(std::io::Error::new(kind, why)))
 }
 
-fn pool() -> Result<&'static Pool, String> {
+/// Not even one worker thread could be made at start.
+#[derive(Debug, thiserror::Error)]
+#[error("starting the monitor's first worker thread: {0}")]
+pub struct NoThread(#[source] std::io::Error);
+
+fn pool() -> Result<&'static Pool, (std::io::ErrorKind, String)> {
     POOL.get_or_init(|| {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             state: Mutex::new(State::default()),
@@ -59,7 +67,7 @@ fn pool() -> Result<&'static Pool, String> {
             .name("resmon-worker".into())
             .spawn(move || work(pool, true))
             .map(|_| pool)
-            .map_err(|e| format!("starting the monitor's first worker thread: {e}"))
+            .map_err(|e| (e.kind(), e.to_string()))
     })
     .clone()
 }

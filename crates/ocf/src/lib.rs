@@ -46,7 +46,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 const META_DATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `ocf:PROVIDER:AGENT` split, with the names checked.
-pub fn parse_type(type_name: &str) -> Result<(String, String), String> {
+/// A type name that is not `ocf:PROVIDER:AGENT`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("type {0:?} is not of the form \"ocf:PROVIDER:AGENT\" (e.g. \"ocf:heartbeat:Dummy\")")]
+pub struct TypeNameError(pub String);
+
+pub fn parse_type(type_name: &str) -> Result<(String, String), TypeNameError> {
     let parts: Vec<&str> = type_name.split(':').collect();
     let ok = |s: &str| {
         !s.is_empty()
@@ -58,9 +63,7 @@ pub fn parse_type(type_name: &str) -> Result<(String, String), String> {
         ["ocf", provider, agent] if ok(provider) && ok(agent) => {
             Ok((provider.to_string(), agent.to_string()))
         }
-        _ => Err(format!(
-            "type {type_name:?} is not of the form \"ocf:PROVIDER:AGENT\" (e.g. \"ocf:heartbeat:Dummy\")"
-        )),
+        _ => Err(TypeNameError(type_name.to_owned())),
     }
 }
 
@@ -97,21 +100,37 @@ pub fn list_agents(root: &Path) -> Vec<(String, PathBuf)> {
 
 /// Reads an agent's meta-data with a plain child process, for tools that
 /// are not the monitor (no reaper runs there).
-pub fn read_meta_data(root: &Path, agent: &Path) -> Result<MetaData, String> {
+pub fn read_meta_data(root: &Path, agent: &Path) -> Result<MetaData, ReadMetaDataError> {
     let out = std::process::Command::new(agent)
         .arg("meta-data")
         .env("OCF_ROOT", root)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("running {} meta-data: {e}", agent.display()))?;
+        .map_err(|source| ReadMetaDataError::Run {
+            agent: agent.to_path_buf(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(format!(
-            "{} meta-data exited {}",
-            agent.display(),
-            out.status.code().unwrap_or(-1)
-        ));
+        return Err(ReadMetaDataError::Exit {
+            agent: agent.to_path_buf(),
+            code: out.status.code(),
+        });
     }
-    meta::parse(&String::from_utf8_lossy(&out.stdout))
+    Ok(meta::parse(&String::from_utf8_lossy(&out.stdout))?)
+}
+
+/// Why [`read_meta_data`] found nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadMetaDataError {
+    #[error("running {} meta-data: {source}", agent.display())]
+    Run {
+        agent: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} meta-data exited {}", agent.display(), code.map_or("on a signal".to_owned(), |c| c.to_string()))]
+    Exit { agent: PathBuf, code: Option<i32> },
+    #[error(transparent)]
+    Parse(#[from] meta::MetaDataError),
 }
 
 /// The checked type-specific config of one resource.
@@ -153,7 +172,7 @@ impl OcfType {
         }
         let result = self
             .meta_data_text(root, path)
-            .and_then(|t| meta::parse(&t))
+            .and_then(|t| meta::parse(&t).map_err(|e| e.to_string()))
             .map(Arc::new);
         lock(&self.meta).insert(path.to_path_buf(), result.clone());
         result
@@ -171,7 +190,7 @@ impl OcfType {
             scope: None,
             abort: None,
         };
-        let out = runner::run(&run, &self.reaper, &self.rt)?;
+        let out = runner::run(&run, &self.reaper, &self.rt).map_err(|e| e.to_string())?;
         if out.code == Some(runner::OCF_SUCCESS) {
             Ok(out.stdout)
         } else {
@@ -189,7 +208,7 @@ impl OcfType {
         value: &serde_json::Value,
     ) -> Result<(Settings, Arc<MetaData>), Vec<String>> {
         let mut errors = Vec::new();
-        let (provider, agent) = parse_type(type_name).map_err(|e| vec![e])?;
+        let (provider, agent) = parse_type(type_name).map_err(|e| vec![e.to_string()])?;
         let obj = value.as_object().cloned().unwrap_or_default();
         let monitor_keys: Vec<&str> = table::monitor_keys().collect();
         for k in obj.keys() {
@@ -455,7 +474,7 @@ impl OcfResource {
             scope,
             abort: (action == "monitor").then_some(&self.checks),
         };
-        runner::run(&run, &self.reaper, &self.rt).map_err(ResourceError::new)
+        runner::run(&run, &self.reaper, &self.rt).map_err(|e| ResourceError::new(e.to_string()))
     }
 
     /// `monitor` at `depth`; true when it says the resource runs.

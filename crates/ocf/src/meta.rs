@@ -69,22 +69,27 @@ fn text_of(node: roxmltree::Node, tag: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Why an agent's `meta-data` could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MetaDataError {
+    #[error("meta-data is not valid XML: {0}")]
+    Xml(#[from] roxmltree::Error),
+    #[error("meta-data has <{0}> at its root, not <resource-agent>")]
+    Root(String),
+}
+
 /// Parses the XML an agent prints for `meta-data`.
-pub fn parse(xml: &str) -> Result<MetaData, String> {
+pub fn parse(xml: &str) -> Result<MetaData, MetaDataError> {
     let doc = roxmltree::Document::parse_with_options(
         xml,
         roxmltree::ParsingOptions {
             allow_dtd: true,
             ..Default::default()
         },
-    )
-    .map_err(|e| format!("meta-data is not valid XML: {e}"))?;
+    )?;
     let root = doc.root_element();
     if !root.has_tag_name("resource-agent") {
-        return Err(format!(
-            "meta-data has <{}> at its root, not <resource-agent>",
-            root.tag_name().name()
-        ));
+        return Err(MetaDataError::Root(root.tag_name().name().to_owned()));
     }
     let mut parameters = Vec::new();
     if let Some(ps) = root.children().find(|c| c.has_tag_name("parameters")) {
@@ -175,8 +180,13 @@ mod tests {
 
     #[test]
     fn bad_meta_data_is_reported() {
-        assert!(parse("not xml").unwrap_err().contains("not valid XML"));
-        assert!(parse("<x/>").unwrap_err().contains("<x>"));
+        assert!(matches!(parse("not xml"), Err(MetaDataError::Xml(_))));
+        assert!(parse("not xml")
+            .unwrap_err()
+            .to_string()
+            .contains("not valid XML"));
+        assert_eq!(parse("<x/>").unwrap_err(), MetaDataError::Root("x".into()));
+        assert!(parse("<x/>").unwrap_err().to_string().contains("<x>"));
     }
 
     #[test]

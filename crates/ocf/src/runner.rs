@@ -79,13 +79,42 @@ pub struct Run<'a> {
     pub abort: Option<&'a CheckAbort>,
 }
 
+/// Why an action gave no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{step} for the output of {action}: {source}")]
+    Output {
+        step: &'static str,
+        action: String,
+        source: std::io::Error,
+    },
+    #[error("running {agent} {action}: {source}")]
+    Spawn {
+        agent: String,
+        action: String,
+        source: std::io::Error,
+    },
+    #[error("waiting for {action}: {source}")]
+    Wait {
+        action: String,
+        source: resmon_task::TaskError,
+    },
+    #[error("{action} cancelled: the resource is being stopped")]
+    Cancelled { action: String },
+}
+
 /// Runs an action and waits for it, at most `timeout`. Call it from a
 /// thread that may block (not from the event loop).
-pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<Outcome, String> {
-    let file = || {
-        tempfile::NamedTempFile::new()
-            .map_err(|e| format!("creating a file for the output of {}: {e}", r.action))
+pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<Outcome, RunError> {
+    let output = |step: &'static str| {
+        let action = r.action.to_owned();
+        move |source| RunError::Output {
+            step,
+            action,
+            source,
+        }
     };
+    let file = || tempfile::NamedTempFile::new().map_err(output("creating a file"));
     let (out, err) = (file()?, file()?);
     // The action writes to the files this monitor made, not to whatever a
     // path names by the time the child opens it.
@@ -93,7 +122,7 @@ pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<
         f.as_file()
             .try_clone()
             .map(|c| Output::Fd(std::sync::Arc::new(c.into())))
-            .map_err(|e| format!("duplicating the output file of {}: {e}", r.action))
+            .map_err(output("duplicating the file"))
     };
     let mut env = r.env.to_vec();
     env.push((
@@ -112,21 +141,28 @@ pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<
     if let Some(scope) = r.scope {
         spec.set_scope(scope);
     }
-    let task = reaper
-        .spawn(&spec)
-        .map_err(|e| format!("running {} {}: {e}", r.agent.display(), r.action))?;
+    let task = reaper.spawn(&spec).map_err(|source| RunError::Spawn {
+        agent: r.agent.display().to_string(),
+        action: r.action.to_owned(),
+        source,
+    })?;
     // A cancel kills it with its process group, which ends the wait.
     let watched = r.abort.map(|a| a.watch(&task));
+    let cancelled = || RunError::Cancelled {
+        action: r.action.to_owned(),
+    };
     if let Some(Err(_)) = watched {
-        return Err(format!(
-            "{} cancelled: the resource is being stopped",
-            r.action
-        ));
+        return Err(cancelled());
     }
     let waited = rt.block_on(async { tokio::time::timeout(r.timeout, task.wait()).await });
     let code = match waited {
         Ok(Ok(code)) => Some(code),
-        Ok(Err(e)) => return Err(format!("waiting for {}: {e}", r.action)),
+        Ok(Err(source)) => {
+            return Err(RunError::Wait {
+                action: r.action.to_owned(),
+                source,
+            })
+        }
         Err(_) => {
             // The action and everything in its process group.
             if let Some(pgid) = task
@@ -142,10 +178,7 @@ pub fn run(r: &Run<'_>, reaper: &Reaper, rt: &tokio::runtime::Handle) -> Result<
     };
     drop(watched);
     if r.abort.is_some_and(CheckAbort::is_cancelled) {
-        return Err(format!(
-            "{} cancelled: the resource is being stopped",
-            r.action
-        ));
+        return Err(cancelled());
     }
     let read = |f: &tempfile::NamedTempFile| std::fs::read_to_string(f.path()).unwrap_or_default();
     Ok(Outcome {

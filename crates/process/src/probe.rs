@@ -31,12 +31,43 @@ pub struct ProbeEnv<'a> {
     pub abort: Option<&'a CheckAbort>,
 }
 
-const CANCELLED: &str = "health check cancelled: the resource is being stopped";
+/// What a probe found wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("health check cancelled: the resource is being stopped")]
+    Cancelled,
+    #[error("probe: {0}")]
+    Lost(&'static str),
+    #[error("tcp probe: resolving {addr}: {source}")]
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("tcp probe: {0} resolved to nothing")]
+    Unresolved(String),
+    #[error("tcp probe: connecting to {addr}: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("http probe: GET {url}: {source}")]
+    Http { url: String, source: ureq::Error },
+    #[error("http probe: GET {url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("exec probe: {0}")]
+    Spawn(std::io::Error),
+    #[error("exec probe: {0}")]
+    Wait(resmon_task::TaskError),
+    #[error("exec probe {program:?} exited with {code}")]
+    Exited { program: String, code: i32 },
+    #[error("exec probe {program:?} did not finish within {timeout:?}")]
+    Timeout { program: String, timeout: Duration },
+}
 
 /// Runs a probe once. `Ok(())` is healthy; `Err` says what was wrong.
-pub fn run(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), String> {
+pub fn run(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), ProbeError> {
     if env.abort.is_some_and(CheckAbort::is_cancelled) {
-        return Err(CANCELLED.into());
+        return Err(ProbeError::Cancelled);
     }
     match &probe.kind {
         ProbeKind::Tcp(addr) => {
@@ -56,8 +87,8 @@ pub fn run(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), String> {
 /// thread can be made now, it runs here, bounded by its own timeout.
 fn aside(
     env: &ProbeEnv<'_>,
-    probe: impl FnOnce() -> Result<(), String> + Send + 'static,
-) -> Result<(), String> {
+    probe: impl FnOnce() -> Result<(), ProbeError> + Send + 'static,
+) -> Result<(), ProbeError> {
     let Some(abort) = env.abort else {
         return probe();
     };
@@ -80,33 +111,36 @@ fn aside(
         Err(e) => {
             tracing::warn!("no thread for a probe ({e}): it runs on the check's thread");
             let probe = lock(&slot).take();
-            return probe.map_or_else(|| Err("probe: lost".into()), |p| p());
+            return probe.map_or(Err(ProbeError::Lost("lost")), |p| p());
         }
     };
     env.rt.block_on(async {
         tokio::select! {
-            answer = probe => answer.unwrap_or_else(|_| Err("probe: its thread ended without an answer".into())),
-            () = abort.cancelled() => Err(CANCELLED.into()),
+            answer = probe => answer.unwrap_or(Err(ProbeError::Lost("its thread ended without an answer"))),
+            () = abort.cancelled() => Err(ProbeError::Cancelled),
         }
     })
 }
 
-fn tcp(addr: &str, timeout: Duration) -> Result<(), String> {
+fn tcp(addr: &str, timeout: Duration) -> Result<(), ProbeError> {
     let addrs: Vec<_> = addr
         .to_socket_addrs()
-        .map_err(|e| format!("tcp probe: resolving {addr}: {e}"))?
+        .map_err(|source| ProbeError::Resolve {
+            addr: addr.to_owned(),
+            source,
+        })?
         .collect();
-    let mut last = format!("tcp probe: {addr} resolved to nothing");
+    let mut last = ProbeError::Unresolved(addr.to_owned());
     for a in addrs {
         match TcpStream::connect_timeout(&a, timeout) {
             Ok(_) => return Ok(()),
-            Err(e) => last = format!("tcp probe: connecting to {a}: {e}"),
+            Err(source) => last = ProbeError::Connect { addr: a, source },
         }
     }
     Err(last)
 }
 
-fn http(url: &str, expect: Option<u16>, tls: &Tls, timeout: Duration) -> Result<(), String> {
+fn http(url: &str, expect: Option<u16>, tls: &Tls, timeout: Duration) -> Result<(), ProbeError> {
     let mut config = ureq::tls::TlsConfig::builder().disable_verification(!tls.verify);
     if let Some(pem) = &tls.roots {
         let roots: Vec<_> = ureq::tls::parse_pem(pem)
@@ -124,10 +158,10 @@ fn http(url: &str, expect: Option<u16>, tls: &Tls, timeout: Duration) -> Result<
         .tls_config(config.build())
         .build()
         .into();
-    let resp = agent
-        .get(url)
-        .call()
-        .map_err(|e| format!("http probe: GET {url}: {e}"))?;
+    let resp = agent.get(url).call().map_err(|source| ProbeError::Http {
+        url: url.to_owned(),
+        source,
+    })?;
     let status = resp.status().as_u16();
     let ok = match expect {
         Some(want) => status == want,
@@ -136,11 +170,14 @@ fn http(url: &str, expect: Option<u16>, tls: &Tls, timeout: Duration) -> Result<
     if ok {
         Ok(())
     } else {
-        Err(format!("http probe: GET {url} answered {status}"))
+        Err(ProbeError::Status {
+            url: url.to_owned(),
+            status,
+        })
     }
 }
 
-fn exec(argv: &[String], timeout: Duration, env: &ProbeEnv<'_>) -> Result<(), String> {
+fn exec(argv: &[String], timeout: Duration, env: &ProbeEnv<'_>) -> Result<(), ProbeError> {
     let mut spec = SpawnSpec {
         program: argv[0].clone(),
         args: argv[1..].to_vec(),
@@ -151,13 +188,10 @@ fn exec(argv: &[String], timeout: Duration, env: &ProbeEnv<'_>) -> Result<(), St
     };
     spec.set_scope(env.scope);
     spec.new_session = true;
-    let task = env
-        .reaper
-        .spawn(&spec)
-        .map_err(|e| format!("exec probe: {e}"))?;
+    let task = env.reaper.spawn(&spec).map_err(ProbeError::Spawn)?;
     // A cancel kills it (with its process group), which ends the wait.
     let _watched = match env.abort.map(|a| a.watch(&task)) {
-        Some(Err(_)) => return Err(CANCELLED.into()),
+        Some(Err(_)) => return Err(ProbeError::Cancelled),
         Some(Ok(w)) => Some(w),
         None => None,
     };
@@ -165,16 +199,19 @@ fn exec(argv: &[String], timeout: Duration, env: &ProbeEnv<'_>) -> Result<(), St
         .rt
         .block_on(async { tokio::time::timeout(timeout, task.wait()).await });
     match waited {
-        _ if env.abort.is_some_and(CheckAbort::is_cancelled) => Err(CANCELLED.into()),
+        _ if env.abort.is_some_and(CheckAbort::is_cancelled) => Err(ProbeError::Cancelled),
         Ok(Ok(0)) => Ok(()),
-        Ok(Ok(code)) => Err(format!("exec probe {:?} exited with {code}", argv[0])),
-        Ok(Err(e)) => Err(format!("exec probe: {e}")),
+        Ok(Ok(code)) => Err(ProbeError::Exited {
+            program: argv[0].clone(),
+            code,
+        }),
+        Ok(Err(e)) => Err(ProbeError::Wait(e)),
         Err(_) => {
             let _ = task.terminate(1);
-            Err(format!(
-                "exec probe {:?} did not finish within {timeout:?}",
-                argv[0]
-            ))
+            Err(ProbeError::Timeout {
+                program: argv[0].clone(),
+                timeout,
+            })
         }
     }
 }

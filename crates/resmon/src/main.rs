@@ -445,7 +445,7 @@ fn agents(show: Option<AgentsCmd>, root: &std::path::Path, json: bool) -> Result
     match show {
         Some(AgentsCmd::Show { type_name }) => {
             let (provider, agent) =
-                resmon_ocf::parse_type(&type_name).map_err(|e| fail(Exit::Usage, e))?;
+                resmon_ocf::parse_type(&type_name).map_err(|e| fail(Exit::Usage, e.to_string()))?;
             let path = resmon_ocf::agent_path(root, &provider, &agent);
             if !path.is_file() {
                 return Err(fail(
@@ -456,7 +456,8 @@ fn agents(show: Option<AgentsCmd>, root: &std::path::Path, json: bool) -> Result
                     ),
                 ));
             }
-            let m = resmon_ocf::read_meta_data(root, &path).map_err(|e| fail(Exit::Failed, e))?;
+            let m = resmon_ocf::read_meta_data(root, &path)
+                .map_err(|e| fail(Exit::Failed, e.to_string()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
                 return Ok(());

@@ -50,7 +50,7 @@ pub use container::{unowned_processes, Container, Containers, InstanceClaim, MAR
 pub use handle::TaskHandle;
 pub use reaper::Reaper;
 pub use resmon_contract::STILL_ACTIVE;
-pub use signal::{parse_signal, signal_name};
+pub use signal::{parse_signal, signal_name, SignalError};
 pub use spawn::{children_born_in_cgroup, raise_fd_limit, Output, SpawnSpec, MAX_ARG_STRLEN};
 pub use sync::lock;
 

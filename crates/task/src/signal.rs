@@ -7,12 +7,23 @@ use nix::sys::signal::Signal as Named;
 use rustix::process::Signal;
 use std::str::FromStr;
 
+/// Why a signal could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SignalError {
+    #[error("{0} is not a signal number")]
+    Number(i32),
+    #[error("unknown signal {0:?}: use a name such as \"SIGTERM\", \"SIGINT\", \"SIGQUIT\", \"SIGHUP\", or a number")]
+    Name(String),
+    #[error("{0} cannot be sent to a process")]
+    NotSendable(&'static str),
+}
+
 /// Parses a signal by name, with or without `SIG`, in any case, or by
 /// number: `"SIGTERM"`, `"term"`, `"15"`.
-pub fn parse_signal(text: &str) -> Result<Signal, String> {
+pub fn parse_signal(text: &str) -> Result<Signal, SignalError> {
     let t = text.trim();
     let named = match t.parse::<i32>() {
-        Ok(n) => Named::try_from(n).map_err(|_| format!("{n} is not a signal number")),
+        Ok(n) => Named::try_from(n).map_err(|_| SignalError::Number(n)),
         Err(_) => {
             let upper = t.to_ascii_uppercase();
             let full = if upper.starts_with("SIG") {
@@ -20,15 +31,10 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
             } else {
                 format!("SIG{upper}")
             };
-            Named::from_str(&full).map_err(|_| {
-                format!(
-                    "unknown signal {t:?}: use a name such as \"SIGTERM\", \"SIGINT\", \"SIGQUIT\", \"SIGHUP\", or a number"
-                )
-            })
+            Named::from_str(&full).map_err(|_| SignalError::Name(t.to_owned()))
         }
     }?;
-    Signal::from_named_raw(named as i32)
-        .ok_or_else(|| format!("{} cannot be sent to a process", named.as_str()))
+    Signal::from_named_raw(named as i32).ok_or(SignalError::NotSendable(named.as_str()))
 }
 
 /// The name of signal number `sig` (`SIGSEGV`), or `signal N` for a
@@ -56,7 +62,7 @@ mod tests {
             assert_eq!(parse_signal(text), Ok(want), "{text}");
         }
         for bad in ["", "SIGNOPE", "0", "65", "-1", "TERM!"] {
-            let e = parse_signal(bad).unwrap_err();
+            let e = parse_signal(bad).unwrap_err().to_string();
             assert!(e.contains("signal"), "{bad}: {e}");
         }
     }
