@@ -34,13 +34,12 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::cgroup;
-use crate::handle::{TaskCore, TaskHandle, TreeRecord};
+use crate::handle::{Record, TaskCore, TaskHandle};
 use crate::procfs;
 use crate::reaper::Reaper;
 use crate::tracker::tracker;
 
-/// The environment variable that marks a resource's processes.
-pub const MARKER_VAR: &str = "RESMON_RESOURCE";
+pub use crate::leaf::MARKER_VAR;
 
 /// Cgroups this process wrote `cgroup.kill` to since they were made, by any
 /// [`Container`] naming them (a resource type's and the monitor's are two):
@@ -660,7 +659,7 @@ impl Container {
             .iter()
             .filter_map(|&(pid, start)| {
                 let start = start?;
-                procfs::read_stat(Path::new("/proc"), pid)
+                procfs::read_stat(crate::leaf::proc_root(), pid)
                     .filter(|st| st.start_time == start && !st.is_dead())
                     .map(|_| (pid, start))
             })
@@ -681,7 +680,7 @@ impl Container {
                     out.retain(|(pid, _)| !now.contains(pid));
                 }
                 None => out.retain(|&(pid, _)| {
-                    let parent_known = procfs::read_stat(Path::new("/proc"), pid)
+                    let parent_known = procfs::read_stat(crate::leaf::proc_root(), pid)
                         .is_some_and(|st| known.contains(&st.ppid));
                     !self.carries_marker(pid) && !parent_known
                 }),
@@ -712,7 +711,12 @@ impl Container {
 
     /// Whether process `pid`'s environment holds this resource's marker.
     fn carries_marker(&self, pid: u32) -> bool {
-        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        std::fs::read(
+            crate::leaf::proc_root()
+                .join(pid.to_string())
+                .join("environ"),
+        )
+        .is_ok_and(|env| {
             procfs::environ_value(&env, &self.inner.marker.0)
                 == Some(self.inner.marker.1.as_bytes())
         })
@@ -844,7 +848,7 @@ impl Container {
         let index = procfs::index();
         // Read from /proc, not getpgrp/getsid: in a container both can be 0
         // (a session inherited from outside the pid namespace).
-        let me = procfs::read_stat(Path::new("/proc"), own_pid());
+        let me = procfs::read_stat(crate::leaf::proc_root(), own_pid());
         let own_pgrp = me.as_ref().map(|s| s.pgrp);
         let own_sid = me.as_ref().map(|s| s.session);
         for _ in 0..KILL_ROUNDS {
@@ -1036,7 +1040,7 @@ impl Container {
     /// reaping on this thread as they turn into zombies.
     async fn wait_reaped(&self) {
         let reaper = Reaper::running();
-        let proc_root = Path::new("/proc");
+        let proc_root = crate::leaf::proc_root();
         let mut rounds = 0u32;
         loop {
             if let Some(r) = &reaper {
@@ -1085,14 +1089,14 @@ impl Container {
     pub fn task(&self) -> TaskHandle {
         let mut slot = lock(&self.inner.tree);
         if let Some(record) = slot.upgrade() {
-            return TaskHandle::tree(record);
+            return TaskHandle::new(record);
         }
         let record = Arc::new(TreeRecord {
             container: self.clone(),
             core: TaskCore::new(),
         });
         *slot = Arc::downgrade(&record);
-        TaskHandle::tree(record)
+        TaskHandle::new(record)
     }
 
     /// Removes the cgroup directory (and any cgroups the resource made below
@@ -1152,6 +1156,56 @@ async fn watch_events(dir: &Path) -> io::Result<()> {
             Ok(Err(e)) => return Err(e),
             Err(_elapsed) => {}
         }
+    }
+}
+
+/// A task that is every process of a container: finished the first time
+/// the container is seen empty (a tree has no exit status of its own, so
+/// emptying by itself is success); killing it kills the container.
+pub(crate) struct TreeRecord {
+    container: Container,
+    core: TaskCore,
+}
+
+impl Record for TreeRecord {
+    fn core(&self) -> &TaskCore {
+        &self.core
+    }
+
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    fn kill(&self) -> io::Result<()> {
+        self.container.kill_all()
+    }
+
+    fn signal(&self, sig: Signal) -> io::Result<()> {
+        self.container.signal_all(sig)
+    }
+
+    fn refresh(&self) -> bool {
+        if self.core.is_finished() {
+            return true;
+        }
+        if self.container.is_empty() {
+            self.core.finish(0);
+            return true;
+        }
+        false
+    }
+
+    fn finished(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async {
+            tokio::select! {
+                () = self.core.finished() => {}
+                () = self.container.wait_empty() => self.core.finish(0),
+            }
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("container {}", self.container.name())
     }
 }
 

@@ -9,19 +9,22 @@
 //!   finishes the record when it reaps the process; `terminate` and `signal`
 //!   go through the pidfd, so once the process is reaped they reach nothing
 //!   (`ESRCH`, treated as success) instead of a process that reused the pid;
-//! * a *tree* task: everything in a [`Container`]. It is finished the first
-//!   time the container is seen empty; `terminate` kills the container.
+//! * a *tree* task: everything in a container (its record lives with the
+//!   container). It is finished the first time the container is seen
+//!   empty; `terminate` kills the container.
 
+use crate::leaf::send_via_pidfd;
 use crate::sync::lock;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use rustix::process::{pidfd_send_signal, Signal};
+use rustix::process::Signal;
 use tokio::sync::watch;
 
-use crate::container::Container;
 use crate::{Rights, TaskError, STILL_ACTIVE};
 
 /// The exit-code state shared by both kinds of task.
@@ -83,7 +86,7 @@ impl TaskCore {
         true
     }
 
-    async fn finished(&self) {
+    pub(crate) async fn finished(&self) {
         let mut rx = self.finished.subscribe();
         // The sender lives in `self`, so this only ends by seeing `true`.
         let _ = rx.wait_for(|done| *done).await;
@@ -119,46 +122,49 @@ impl ProcessRecord {
     }
 }
 
-/// Sends `sig` through a pidfd; a process that is already gone is success.
-pub(crate) fn send_via_pidfd(pidfd: impl AsFd, sig: Signal) -> io::Result<()> {
-    match pidfd_send_signal(pidfd, sig) {
-        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// A task that is every process of a container.
-pub(crate) struct TreeRecord {
-    pub(crate) container: Container,
-    pub(crate) core: TaskCore,
-}
-
-impl TreeRecord {
-    /// Finishes the task if the container is empty now; returns whether it is finished.
+/// What a [`TaskHandle`] is a handle on: the task's exit-code state and
+/// the ways to end it and to see that it ended. A process task is a
+/// [`ProcessRecord`]; a container's tree task is the container's own record
+/// (`container.rs`), so this module knows nothing of containers.
+pub(crate) trait Record: Send + Sync {
+    fn core(&self) -> &TaskCore;
+    /// The process id of a process task.
+    fn pid(&self) -> Option<u32>;
+    /// Kills the task; called once, by the terminate that chose the code.
+    fn kill(&self) -> io::Result<()>;
+    fn signal(&self, sig: Signal) -> io::Result<()>;
+    /// Finishes the task if it is over now; whether it is finished.
     fn refresh(&self) -> bool {
-        if self.core.is_finished() {
-            return true;
-        }
-        if self.container.is_empty() {
-            // A tree has no exit status of its own: emptying by itself is success.
-            self.core.finish(0);
-            return true;
-        }
-        false
+        self.core().is_finished()
     }
-
-    async fn finished(&self) {
-        tokio::select! {
-            () = self.core.finished() => {}
-            () = self.container.wait_empty() => self.core.finish(0),
-        }
+    /// Returns once the task is finished.
+    fn finished(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.core().finished())
     }
+    /// What the task is, for `Debug`.
+    fn describe(&self) -> String;
 }
 
-#[derive(Clone)]
-enum Task {
-    Process(Arc<ProcessRecord>),
-    Tree(Arc<TreeRecord>),
+impl Record for ProcessRecord {
+    fn core(&self) -> &TaskCore {
+        &self.core
+    }
+
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+
+    fn kill(&self) -> io::Result<()> {
+        self.send(Signal::KILL)
+    }
+
+    fn signal(&self, sig: Signal) -> io::Result<()> {
+        self.send(sig)
+    }
+
+    fn describe(&self) -> String {
+        format!("process {}", self.pid)
+    }
 }
 
 /// A handle on something the monitor can wait on and terminate: a process or
@@ -167,42 +173,26 @@ enum Task {
 /// its last handle is dropped.
 #[derive(Clone)]
 pub struct TaskHandle {
-    task: Task,
+    task: Arc<dyn Record>,
     rights: Rights,
 }
 
 impl fmt::Debug for TaskHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("TaskHandle");
-        match &self.task {
-            Task::Process(p) => d.field("pid", &p.pid),
-            Task::Tree(t) => d.field("container", &t.container.name()),
-        };
-        d.field("rights", &self.rights)
-            .field("signaled", &self.core().is_finished())
+        f.debug_struct("TaskHandle")
+            .field("task", &self.task.describe())
+            .field("rights", &self.rights)
+            .field("signaled", &self.task.core().is_finished())
             .finish()
     }
 }
 
 impl TaskHandle {
-    pub(crate) fn process(record: Arc<ProcessRecord>) -> Self {
+    /// A handle with every right on `record`.
+    pub(crate) fn new(record: Arc<dyn Record>) -> Self {
         TaskHandle {
-            task: Task::Process(record),
+            task: record,
             rights: Rights::all(),
-        }
-    }
-
-    pub(crate) fn tree(record: Arc<TreeRecord>) -> Self {
-        TaskHandle {
-            task: Task::Tree(record),
-            rights: Rights::all(),
-        }
-    }
-
-    fn core(&self) -> &TaskCore {
-        match &self.task {
-            Task::Process(p) => &p.core,
-            Task::Tree(t) => &t.core,
         }
     }
 
@@ -231,10 +221,7 @@ impl TaskHandle {
 
     /// The process id of a process task; `None` for a tree task.
     pub fn pid(&self) -> Option<u32> {
-        match &self.task {
-            Task::Process(p) => Some(p.pid),
-            Task::Tree(_) => None,
-        }
+        self.task.pid()
     }
 
     /// [`STILL_ACTIVE`] while the task runs. Once it finished: the code given
@@ -244,7 +231,7 @@ impl TaskHandle {
     pub fn exit_code(&self) -> Result<i32, TaskError> {
         self.check(Rights::QUERY)?;
         self.is_signaled();
-        Ok(self.core().exit_code())
+        Ok(self.task.core().exit_code())
     }
 
     /// Starts killing the task and returns at once: `SIGKILL` through the
@@ -253,17 +240,8 @@ impl TaskHandle {
     /// that already finished, succeed and change nothing. Needs `TERMINATE`.
     pub fn terminate(&self, code: i32) -> Result<(), TaskError> {
         self.check(Rights::TERMINATE)?;
-        match &self.task {
-            Task::Process(p) => {
-                if p.core.begin_terminate(code) {
-                    p.send(Signal::KILL)?;
-                }
-            }
-            Task::Tree(t) => {
-                if !t.refresh() && t.core.begin_terminate(code) {
-                    t.container.kill_all()?;
-                }
-            }
+        if !self.task.refresh() && self.task.core().begin_terminate(code) {
+            self.task.kill()?;
         }
         Ok(())
     }
@@ -273,10 +251,7 @@ impl TaskHandle {
     /// Needs `TERMINATE`.
     pub fn signal(&self, sig: Signal) -> Result<(), TaskError> {
         self.check(Rights::TERMINATE)?;
-        match &self.task {
-            Task::Process(p) => p.send(sig)?,
-            Task::Tree(t) => t.container.signal_all(sig)?,
-        }
+        self.task.signal(sig)?;
         Ok(())
     }
 
@@ -286,19 +261,13 @@ impl TaskHandle {
     /// runtime needs I/O and time enabled (see [`Container::wait_empty`]).
     pub async fn wait(&self) -> Result<i32, TaskError> {
         self.check(Rights::SYNCHRONIZE)?;
-        match &self.task {
-            Task::Process(p) => p.core.finished().await,
-            Task::Tree(t) => t.finished().await,
-        }
-        Ok(self.core().exit_code())
+        self.task.finished().await;
+        Ok(self.task.core().exit_code())
     }
 
     /// Whether the task finished: a process exited and was reaped, or a
     /// container was seen empty. Once true it stays true.
     pub fn is_signaled(&self) -> bool {
-        match &self.task {
-            Task::Process(p) => p.core.is_finished(),
-            Task::Tree(t) => t.refresh(),
-        }
+        self.task.refresh()
     }
 }

@@ -36,8 +36,11 @@
 
 mod abort;
 mod cgroup;
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+mod clone3;
 mod container;
 mod handle;
+mod leaf;
 mod procfs;
 mod reaper;
 mod signal;
@@ -64,7 +67,7 @@ pub fn follows_forks() -> bool {
 /// When process `pid` started (field 22 of `/proc/PID/stat`, in clock
 /// ticks since boot): with the pid, it names one process for good.
 pub fn process_start_time(pid: u32) -> Option<u64> {
-    procfs::read_stat(std::path::Path::new("/proc"), pid).map(|s| s.start_time)
+    procfs::read_stat(crate::leaf::proc_root(), pid).map(|s| s.start_time)
 }
 
 bitflags::bitflags! {

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use rustix::process::{pidfd_open, Pid, PidfdFlags, Signal};
 
-use crate::container::MARKER_VAR;
-use crate::handle::send_via_pidfd;
+use crate::leaf::send_via_pidfd;
+use crate::leaf::MARKER_VAR;
 
 /// The fields of `/proc/PID/stat` this crate uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,7 +300,7 @@ impl ProcIndex {
 /// container.
 pub(crate) fn index() -> &'static ProcIndex {
     static INDEX: OnceLock<ProcIndex> = OnceLock::new();
-    INDEX.get_or_init(|| ProcIndex::new("/proc", MARKER_VAR, std::process::id()))
+    INDEX.get_or_init(|| ProcIndex::new(crate::leaf::proc_root(), MARKER_VAR, std::process::id()))
 }
 
 /// A pidfd for `pid`; `None` if no such process is left.
@@ -327,7 +327,7 @@ pub(crate) fn signal_checked(pid: u32, start_time: Option<u64>, sig: Signal) -> 
         return Ok(());
     };
     if let Some(t) = start_time {
-        if read_stat(Path::new("/proc"), pid).map(|s| s.start_time) != Some(t) {
+        if read_stat(crate::leaf::proc_root(), pid).map(|s| s.start_time) != Some(t) {
             return Ok(());
         }
     }

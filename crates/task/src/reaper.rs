@@ -153,7 +153,7 @@ impl Reaper {
         };
         drop(prepared);
         self.watch_exit(Arc::clone(&record));
-        Ok(TaskHandle::process(record))
+        Ok(TaskHandle::new(record))
     }
 
     /// A handle on a running process that is not our child: one a previous
@@ -171,7 +171,7 @@ impl Reaper {
         let p = Pid::from_raw(pid as i32).ok_or_else(gone)?;
         let pidfd = pidfd_open(p, PidfdFlags::empty()).map_err(|_| gone())?;
         // Checked after the pidfd pins the process, so the check holds.
-        let stat = crate::procfs::read_stat(std::path::Path::new("/proc"), pid).ok_or_else(gone)?;
+        let stat = crate::procfs::read_stat(crate::leaf::proc_root(), pid).ok_or_else(gone)?;
         if stat.start_time != start_time || stat.is_dead() {
             return Err(gone());
         }
@@ -200,7 +200,7 @@ impl Reaper {
                 ),
             }
         });
-        Ok(TaskHandle::process(record))
+        Ok(TaskHandle::new(record))
     }
 
     /// Kills every child of this process that is not a task it spawned or

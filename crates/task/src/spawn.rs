@@ -666,8 +666,8 @@ fn start(
         Some(dir) => {
             // SAFETY: all-zero is a valid clone_args (no flags, no pointers).
             let mut ca: libc::clone_args = unsafe { std::mem::zeroed() };
-            ca.flags =
-                (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64 | CLONE_INTO_CGROUP;
+            ca.flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD) as u64
+                | crate::clone3::CLONE_INTO_CGROUP;
             if new_cgroup_ns() {
                 ca.flags |= libc::CLONE_NEWCGROUP as u64;
             }
@@ -679,7 +679,7 @@ fn start(
             // SAFETY: as for `clone` below: `child` runs on `stack`, which
             // outlives it (CLONE_VFORK), and only reads `args`; the kernel
             // stores the pidfd at `pidfd`.
-            let ret = unsafe { clone3_run(&ca, child, arg) };
+            let ret = unsafe { crate::clone3::clone3_run(&ca, child, arg) };
             if ret < 0 {
                 // SAFETY: restores this thread's mask as it was.
                 unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
@@ -745,59 +745,6 @@ static NEW_CGROUP_NS: AtomicU8 = AtomicU8::new(0);
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 fn new_cgroup_ns() -> bool {
     NEW_CGROUP_NS.load(Ordering::Relaxed) != 2 && rustix::process::geteuid().is_root()
-}
-
-/// `CLONE_INTO_CGROUP` (Linux 5.7): the child starts in `clone_args.cgroup`.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// `clone3` whose child runs `f(arg)` on the stack `args` gives and exits
-/// with its result, as glibc's `clone` wrapper does for `clone` (glibc
-/// offers no `clone3` wrapper). Returns the child's pid, or `-errno`.
-///
-/// # Safety
-///
-/// As for `clone` with `CLONE_VM`: `args` must name a stack that stays
-/// valid while the child runs on it, and `f` may only make system calls
-/// and read memory that stays unchanged meanwhile (the parent is suspended
-/// with `CLONE_VFORK`).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-unsafe fn clone3_run(
-    args: &libc::clone_args,
-    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
-    arg: *mut libc::c_void,
-) -> libc::c_long {
-    let ret: libc::c_long;
-    // SAFETY: the caller's contract above. In the parent the syscall
-    // returns the pid or -errno in rax and clobbers rcx and r11; the child
-    // returns 0 on the new stack (the kernel sets rsp to its top, 16-byte
-    // aligned, so the call below enters `f` aligned as the ABI wants), with
-    // r12 and r13 as the parent had them, and never comes back here: it
-    // ends in `exit`.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            "test rax, rax",
-            "jnz 2f",
-            "mov rdi, r12",
-            "call r13",
-            "mov edi, eax",
-            "mov eax, {exit}",
-            "syscall",
-            "ud2",
-            "2:",
-            exit = const libc::SYS_exit,
-            inlateout("rax") libc::SYS_clone3 => ret,
-            in("rdi") args as *const libc::clone_args,
-            in("rsi") std::mem::size_of::<libc::clone_args>(),
-            in("r12") arg,
-            in("r13") f,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
-    }
-    ret
 }
 
 /// The longest single argument or environment string `execve` takes,

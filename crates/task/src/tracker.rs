@@ -26,7 +26,6 @@ use crate::sync::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -50,7 +49,8 @@ struct State {
 
 impl State {
     fn add(&mut self, pid: u32, key: Arc<str>) {
-        let Some(start) = procfs::read_stat(Path::new("/proc"), pid).map(|s| s.start_time) else {
+        let Some(start) = procfs::read_stat(crate::leaf::proc_root(), pid).map(|s| s.start_time)
+        else {
             return;
         };
         self.by_key.entry(key.clone()).or_default().insert(pid);
@@ -218,7 +218,7 @@ impl Tracker {
         let mut out = Vec::new();
         for pid in candidates {
             let start = state.members.get(&pid).map(|m| m.1);
-            match (start, procfs::read_stat(Path::new("/proc"), pid)) {
+            match (start, procfs::read_stat(crate::leaf::proc_root(), pid)) {
                 (Some(start), Some(st)) if st.start_time == start && !st.is_dead() => {
                     out.push((pid, start))
                 }
