@@ -31,8 +31,10 @@
 //!   provider that goes down takes its dependents offline, and they come
 //!   back with it.
 
+mod lifecycle;
 mod monitor;
 
+pub use lifecycle::{start_from, Earlier, StartFrom};
 pub use monitor::{
     later, Action, CallOutcome, Command, Event, Monitor, Notice, Reconfigured, ResId, ResourceSpec,
     ResourceView, Settled, SpecError, TermReason,

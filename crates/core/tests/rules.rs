@@ -1153,3 +1153,35 @@ fn a_waiting_command_ends_where_its_goal_is_reached_or_cannot_be() {
         );
     }
 }
+
+#[test]
+fn what_an_earlier_run_left_starts_as_it_was_wanted() {
+    use resmon_core::{start_from, Earlier, StartFrom::*};
+    let e = |wanted_online, was_online, can_reattach| {
+        Some(Earlier {
+            wanted_online,
+            was_online,
+            can_reattach,
+        })
+    };
+    // (earlier, autostart, cluster) -> start
+    let rows = [
+        (e(true, true, true), false, false, Reattach),
+        (e(true, true, false), false, false, Lost),
+        (e(true, false, false), false, false, Online), // it was on its way up
+        (e(false, false, false), true, false, Offline), // an operator took it down
+        (e(false, true, true), true, false, Offline),
+        (None, true, false, Online),
+        (None, false, false, Offline),
+        // Cluster mode keeps nothing: a group runs once its node took it.
+        (e(true, true, true), true, true, Offline),
+        (None, true, true, Offline),
+    ];
+    for (earlier, autostart, cluster, want) in rows {
+        assert_eq!(
+            start_from(earlier, autostart, cluster),
+            want,
+            "{earlier:?}, autostart {autostart}, cluster {cluster}"
+        );
+    }
+}

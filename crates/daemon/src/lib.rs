@@ -30,7 +30,7 @@ use config::{CgroupMode, Config, ResourceConfig};
 use driver::{Driver, Msg, Slot};
 use events::EventBus;
 use resmon_contract::{LogLevel, Notice, Notifier, OpenContext, ResourceType, State};
-use resmon_core::{Command, Event, Monitor, ResId, ResourceSpec};
+use resmon_core::{Command, Event, Monitor, ResId, ResourceSpec, StartFrom};
 use resmon_process::ProcessType;
 use resmon_task::lock;
 use resmon_task::{Containers, Reaper};
@@ -425,18 +425,19 @@ async fn run(
             .resources
             .get(&r.name)
             .filter(|s| s.fingerprint == fingerprint);
-        let start = match before {
-            // A node runs a group only once it took it in etcd: nothing of
-            // an earlier run is kept.
-            _ if config.cluster.is_some() => Start::Offline,
-            Some(b) if b.wanted_online => match &b.saved {
-                Some(blob) => Start::Reattach(blob.clone()),
-                None if b.state == State::Online => Start::Lost,
-                None => Start::Online,
+        let earlier = before.map(|b| resmon_core::Earlier {
+            wanted_online: b.wanted_online,
+            was_online: b.state == State::Online,
+            can_reattach: b.saved.is_some(),
+        });
+        let start = match resmon_core::start_from(earlier, r.autostart, config.cluster.is_some()) {
+            StartFrom::Reattach => match before.and_then(|b| b.saved.clone()) {
+                Some(blob) => Start::Reattach(blob),
+                None => Start::Lost,
             },
-            Some(_) => Start::Offline,
-            None if r.autostart => Start::Online,
-            None => Start::Offline,
+            StartFrom::Lost => Start::Lost,
+            StartFrom::Online => Start::Online,
+            StartFrom::Offline => Start::Offline,
         };
         let (slot, failed) = open_slot(
             id,

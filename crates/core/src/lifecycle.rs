@@ -1,0 +1,44 @@
+//! Lifecycle rules around the monitor's own start: what becomes of each
+//! resource that an earlier run of the monitor may have left running.
+
+/// What the earlier run saved of a resource whose type and parameters are
+/// the same now (a changed one is a new resource).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Earlier {
+    /// An operator's online or autostart wanted it online.
+    pub wanted_online: bool,
+    /// It was `online` when the state was saved.
+    pub was_online: bool,
+    /// Its type saved what it needs to find it running again.
+    pub can_reattach: bool,
+}
+
+/// How a resource starts when the monitor starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The earlier run left it running: find it and watch it again.
+    Reattach,
+    /// It was online but nothing says how to find it: its processes died
+    /// while no monitor watched, which is a failure.
+    Lost,
+    /// Bring it online.
+    Online,
+    /// Leave it offline.
+    Offline,
+}
+
+/// The start decision. In cluster mode nothing of an earlier run is kept:
+/// a node runs a group only once it took it in etcd. Otherwise what was
+/// wanted before is what comes back; a resource the earlier run did not
+/// know (or knew with another type or parameters) starts if `autostart`.
+pub fn start_from(earlier: Option<Earlier>, autostart: bool, cluster: bool) -> StartFrom {
+    match earlier {
+        _ if cluster => StartFrom::Offline,
+        Some(e) if e.wanted_online && e.can_reattach => StartFrom::Reattach,
+        Some(e) if e.wanted_online && e.was_online => StartFrom::Lost,
+        Some(e) if e.wanted_online => StartFrom::Online,
+        Some(_) => StartFrom::Offline,
+        None if autostart => StartFrom::Online,
+        None => StartFrom::Offline,
+    }
+}
