@@ -47,7 +47,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub type ReloadRequest = oneshot::Sender<Result<ReloadReport, ReloadRefused>>;
 
 /// Why a reload changed nothing.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum ReloadRefused {
     /// The new config's problems.
     Invalid(String),

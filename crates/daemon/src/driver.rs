@@ -271,7 +271,8 @@ impl Driver {
                 slot.name.clone(),
                 crate::state::SavedResource {
                     fingerprint: slot.fingerprint.clone(),
-                    wanted_online: wanted.map_or(v.wants_online, |w| w[id]),
+                    wanted_online: wanted
+                        .map_or(v.wants_online, |w| w.get(id).copied().unwrap_or(false)),
                     state: v.state,
                     restarts: v.restarts,
                     saved: if wanted.is_some() {

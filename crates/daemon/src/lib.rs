@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 mod driver;
 pub mod events;
+mod handoff;
 pub mod listener;
 pub mod private_dir;
 mod reopen;
@@ -583,10 +584,15 @@ async fn run(
         int: mut sigint,
         hup: mut sighup,
     } = signals;
-    let mut config = config;
-    let mut replacing: Vec<Replacing> = Vec::new();
-    let mut released: std::collections::HashSet<ResId> = std::collections::HashSet::new();
-    let mut retired_pending = false;
+    // Reloads, replacements and releases run off the loop (see handoff).
+    let (mut handoff, mut jobs) = handoff::Handoff::new(
+        config,
+        types,
+        containers.clone(),
+        tx.clone(),
+        bus.clone(),
+        access.clone(),
+    );
     let mut stopping: Option<Vec<bool>> = None;
     // Snapshots are taken here and written off the event loop (fsync can
     // be slow); numbered, so a late write never replaces a newer one.
@@ -609,7 +615,7 @@ async fn run(
     // off the restart's way), once the last write finished.
     let mut writing = Some(save(&mut driver, None));
     let mut dirty_since: Option<tokio::time::Instant> = None;
-    while !(stopping.is_some() && driver.all_down()) {
+    while !(stopping.is_some() && driver.all_down() && handoff.idle()) {
         if writing.as_ref().is_some_and(|w| w.is_finished()) {
             writing = None;
         }
@@ -628,12 +634,14 @@ async fn run(
         // flight (its end wakes the loop), or it would fire every turn.
         let save_timer = save_at.filter(|_| writing.is_none() && stopping.is_none());
         let mut reload_request = None;
+        let mut job = None;
         let signal = tokio::select! {
             biased;
             _ = sigterm.recv() => Some("SIGTERM"),
             _ = sigint.recv() => Some("SIGINT"),
             _ = sighup.recv() => { reload_request = Some(None); None }
             Some(reply) = reload_rx.recv() => { reload_request = Some(Some(reply)); None }
+            Some(done) = jobs.recv() => { job = Some(done); None }
             _ = driver.turn(&mut rx) => None,
             _ = async { if let Some(w) = writing.as_mut() { let _ = w.await; } else { std::future::pending::<()>().await } } => None,
             _ = async { match save_timer { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending::<()>().await } } => None,
@@ -646,70 +654,15 @@ async fn run(
                 stopping = Some(driver.wanted());
             }
             stop(&mut driver, first, &bus, signal);
+            handoff.stop();
         }
         if let Some(reply) = reload_request {
-            let result = if stopping.is_some() {
-                Err(api::ReloadRefused::Stopping)
-            } else {
-                let mut ctx = Reload {
-                    config: &mut config,
-                    types: &types,
-                    containers: &containers,
-                    tx: &tx,
-                    bus: &bus,
-                    access: &access,
-                    replacing: &mut replacing,
-                    released: &released,
-                };
-                reload(&mut ctx, &mut driver)
-                    .await
-                    .map_err(api::ReloadRefused::Invalid)
-            };
-            retired_pending |= result.as_ref().is_ok_and(|r| !r.removed.is_empty());
-            match &result {
-                Ok(r) => bus.publish(
-                    "monitor",
-                    None,
-                    None,
-                    None,
-                    format!(
-                        "reloaded {}: added {:?}, removed {:?}, restarted {:?}, updated {:?}{}",
-                        config.file.display(),
-                        r.added,
-                        r.removed,
-                        r.restarted,
-                        r.updated,
-                        r.notes.iter().map(|n| format!("; {n}")).collect::<String>()
-                    ),
-                ),
-                Err(api::ReloadRefused::Invalid(e)) => bus.publish(
-                    "monitor",
-                    None,
-                    None,
-                    None,
-                    format!("reload refused; the running configuration stays: {e}"),
-                ),
-                Err(api::ReloadRefused::Stopping) => {}
-            }
-            if let Some(reply) = reply {
-                let _ = reply.send(result);
-            }
+            handoff.request_reload(reply, stopping.is_some());
         }
-        if !replacing.is_empty() {
-            finish_replacing(
-                &mut driver,
-                &mut replacing,
-                &config,
-                &types,
-                &containers,
-                &tx,
-                &bus,
-            )
-            .await;
+        if let Some(job) = job {
+            handoff.finished(job, &mut driver);
         }
-        if retired_pending {
-            retired_pending = release_retired(&driver, &mut released).await;
-        }
+        handoff.step(&driver);
     }
 
     // Everything is down; make sure of it, then release. A resource is
@@ -871,249 +824,6 @@ fn start_cluster(
     .map_err(anyhow::Error::msg)?;
     tokio::spawn(controller.run(requests, failovers, stop));
     Ok(stop_tx)
-}
-
-/// A resource whose type or params changed in a reload: taken offline, then
-/// opened anew with its new config, then brought back with whatever was
-/// wanted online before.
-struct Replacing {
-    id: ResId,
-    wanted_before: Vec<bool>,
-}
-
-struct Reload<'a> {
-    config: &'a mut Config,
-    types: &'a [Arc<dyn ResourceType>],
-    containers: &'a Containers,
-    tx: &'a mpsc::UnboundedSender<Msg>,
-    bus: &'a EventBus,
-    access: &'a std::sync::RwLock<Arc<access::Access>>,
-    replacing: &'a mut Vec<Replacing>,
-    /// Removed resources whose container is released.
-    released: &'a std::collections::HashSet<ResId>,
-}
-
-fn spec_of(r: &ResourceConfig) -> ResourceSpec {
-    ResourceSpec {
-        name: r.name.clone(),
-        group: r.group.clone(),
-        depends_on: r.depends_on.clone(),
-        policy: r.policy.clone(),
-    }
-}
-
-/// Re-reads the config file and applies what changed. An invalid file is
-/// refused whole and nothing changes.
-async fn reload(ctx: &mut Reload<'_>, driver: &mut Driver) -> Result<api::ReloadReport, String> {
-    let new = load_config(ctx.config.file.clone(), ctx.types.to_vec())
-        .await
-        .map_err(|e| e.to_string())?;
-    if ctx.config.cluster.is_some() || new.cluster.is_some() {
-        let shape = |c: &Config| {
-            c.resources
-                .iter()
-                .map(|r| {
-                    (
-                        r.name.clone(),
-                        r.group.clone(),
-                        r.type_name.clone(),
-                        r.params.clone(),
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-        if ctx.config.cluster != new.cluster
-            || ctx.config.groups != new.groups
-            || shape(ctx.config) != shape(&new)
-        {
-            return Err(
-                "in cluster mode, [cluster], [group.NAME] and the resources and their groups, types and parameters change only at the next start (restart the node; its groups fail over meanwhile)"
-                    .into(),
-            );
-        }
-    }
-    let mut report = api::ReloadReport::default();
-    let m = (&ctx.config.monitor, &new.monitor);
-    if m.0.socket != m.1.socket || m.0.state_dir != m.1.state_dir || m.0.cgroups != m.1.cgroups {
-        report
-            .notes
-            .push("[monitor] changes take effect at the next start".into());
-    }
-    if ctx.config.api != new.api {
-        report
-            .notes
-            .push("[api] tcp changes take effect at the next start; tokens apply now".into());
-    }
-    let old: std::collections::HashMap<&str, &ResourceConfig> = ctx
-        .config
-        .resources
-        .iter()
-        .map(|r| (r.name.as_str(), r))
-        .collect();
-    let mut added = Vec::new();
-    for r in &new.resources {
-        match old.get(r.name.as_str()) {
-            None => added.push(r),
-            Some(o) if o.type_name != r.type_name || o.params != r.params => {
-                report.restarted.push(r.name.clone())
-            }
-            Some(o)
-                if o.policy != r.policy
-                    || o.group != r.group
-                    || o.depends_on != r.depends_on
-                    || o.autostart != r.autostart =>
-            {
-                report.updated.push(r.name.clone())
-            }
-            Some(_) => {}
-        }
-    }
-    let names: std::collections::HashSet<&str> =
-        new.resources.iter().map(|r| r.name.as_str()).collect();
-    report.removed = ctx
-        .config
-        .resources
-        .iter()
-        .filter(|r| !names.contains(r.name.as_str()))
-        .map(|r| r.name.clone())
-        .collect();
-    // A resource removed by an earlier reload keeps its container until it
-    // is down and released: one added back under its name would share it,
-    // and the old one's stop and cleanup would kill the new one.
-    let stopping: Vec<&str> = added
-        .iter()
-        .filter(|r| {
-            driver.slots().iter().enumerate().any(|(id, s)| {
-                s.name == r.name && driver.is_retired(id) && !ctx.released.contains(&id)
-            })
-        })
-        .map(|r| r.name.as_str())
-        .collect();
-    if !stopping.is_empty() {
-        return Err(format!(
-            "{}: removed by an earlier reload and still stopping; reload again once it is gone (its stop takes at most its pending_timeout and terminate_timeout)",
-            stopping
-                .iter()
-                .map(|n| format!("resource {n:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    // The core gives added resources the next ids, in config order. One
-    // that does not open is added all the same, failed with the reason.
-    let mut slots = Vec::new();
-    for (k, r) in added.iter().enumerate() {
-        let ty = ctx
-            .types
-            .iter()
-            .find(|t| t.handles(&r.type_name))
-            .expect("types were checked with the config");
-        let id = driver.slots().len() + k;
-        slots.push(open_slot(id, r, ty, ctx.containers, true, ctx.tx, ctx.bus).await);
-    }
-    let (added_ids, _retired) =
-        match driver.reconfigure(new.resources.iter().map(spec_of).collect()) {
-            Ok(done) => done,
-            Err(e) => {
-                for (s, _) in &slots {
-                    let _ = s.container.remove();
-                }
-                return Err(e.to_string());
-            }
-        };
-    for ((id, (slot, failed)), r) in added_ids.into_iter().zip(slots).zip(&added) {
-        driver.push_slot(slot);
-        report.added.push(r.name.clone());
-        match failed {
-            Some(why) => open_failed(driver, ctx.bus, id, why, r.autostart),
-            None if r.autostart => driver.feed(Event::Command(id, Command::Online)),
-            None => {}
-        }
-    }
-    for name in &report.restarted {
-        if let Some(id) = driver.id(name) {
-            let wanted_before = driver.wanted();
-            driver.feed(Event::Command(id, Command::Offline));
-            ctx.replacing.push(Replacing { id, wanted_before });
-        }
-    }
-    *ctx.access.write().unwrap_or_else(|e| e.into_inner()) =
-        Arc::new(access::Access::new(new.access.clone()));
-    *ctx.config = new;
-    Ok(report)
-}
-
-/// Opens anew, with their new config, the replaced resources that are down
-/// now, and brings back what was wanted.
-async fn finish_replacing(
-    driver: &mut Driver,
-    replacing: &mut Vec<Replacing>,
-    config: &Config,
-    types: &[Arc<dyn ResourceType>],
-    containers: &Containers,
-    tx: &mpsc::UnboundedSender<Msg>,
-    bus: &EventBus,
-) {
-    let mut i = 0;
-    while i < replacing.len() {
-        let id = replacing[i].id;
-        if !driver.is_settled_down(id) {
-            i += 1;
-            continue;
-        }
-        let done = replacing.swap_remove(i);
-        let name = driver.slots()[id].name.clone();
-        let Some(r) = config.resources.iter().find(|r| r.name == name) else {
-            continue;
-        };
-        let ty = types
-            .iter()
-            .find(|t| t.handles(&r.type_name))
-            .expect("types were checked with the config");
-        let old = driver.slots()[id].resource.clone();
-        let _ = crate::workers::spawn(move || old.close()).await;
-        let (slot, failed) = open_slot(id, r, ty, containers, true, tx, bus).await;
-        driver.replace_resource(id, slot.resource, slot.fingerprint);
-        // One that does not open with its new config is failed, wanted
-        // online as it was; the rest come back as they were.
-        if let Some(why) = &failed {
-            let wanted = done.wanted_before.get(id).copied().unwrap_or(false);
-            open_failed(
-                driver,
-                bus,
-                id,
-                format!("with its new config: {why}"),
-                wanted,
-            );
-        }
-        for (rid, wanted) in done.wanted_before.iter().enumerate() {
-            if *wanted && !driver.is_retired(rid) && !(rid == id && failed.is_some()) {
-                driver.feed(Event::Command(rid, Command::Online));
-            }
-        }
-    }
-}
-
-/// Closes retired resources once they are down and removes their
-/// containers. Returns whether some are still on their way down.
-async fn release_retired(driver: &Driver, released: &mut std::collections::HashSet<ResId>) -> bool {
-    let mut pending = false;
-    for id in 0..driver.slots().len() {
-        if released.contains(&id) || !driver.is_retired(id) {
-            continue;
-        }
-        if !driver.is_settled_down(id) {
-            pending = true;
-            continue;
-        }
-        released.insert(id);
-        let slot = &driver.slots()[id];
-        let resource = slot.resource.clone();
-        let _ = crate::workers::spawn(move || resource.close()).await;
-        kill_and_wait(&slot.container).await;
-        let _ = slot.container.remove();
-    }
-    pending
 }
 
 /// A stop signal: the first takes everything offline, a later one

@@ -404,8 +404,10 @@ impl ResourceType for OcfType {
             checks: CheckAbort::default(),
             params: ctx.params,
         };
-        // validate-all refuses a resource the agent cannot run.
-        let out = r.action("validate-all", r.validate_timeout, &[], None)?;
+        // validate-all refuses a resource the agent cannot run. It runs in
+        // the resource's container like every action, so a stop of the
+        // monitor (or of a reload that opens it) can kill it there.
+        let out = r.action("validate-all", r.validate_timeout, &[], Some(&r.scope))?;
         match out.code {
             Some(runner::OCF_SUCCESS) | Some(runner::OCF_ERR_UNIMPLEMENTED) => {}
             _ => {

@@ -231,3 +231,175 @@ fn a_resource_added_back_while_its_old_self_stops_is_refused_until_it_is_gone() 
     d.ok(&["online", "grace", "--wait"]);
     assert_eq!(d.state("a"), "online");
 }
+
+/// An agent whose `validate-all` says it started (a file) and then waits
+/// for the test to open its gate (a FIFO), for as long as a minute.
+fn gated_agent(work: &std::path::Path) -> std::path::PathBuf {
+    let root = work.join("ocf");
+    let dir = root.join("resource.d/test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = dir.join("Gated");
+    std::fs::write(
+        &agent,
+        r#"#!/bin/sh
+case "$1" in
+meta-data) cat <<'XML'
+<?xml version="1.0"?>
+<resource-agent name="Gated" version="1.0">
+<version>1.0</version>
+<shortdesc lang="en">validate-all waits for a gate</shortdesc>
+<longdesc lang="en">Test agent.</longdesc>
+<parameters>
+<parameter name="gate" required="1"><shortdesc lang="en">FIFO</shortdesc><content type="string"/></parameter>
+<parameter name="state" required="1"><shortdesc lang="en">State file</shortdesc><content type="string"/></parameter>
+</parameters>
+<actions>
+<action name="start" timeout="5s"/><action name="stop" timeout="5s"/>
+<action name="monitor" timeout="5s"/><action name="meta-data" timeout="5s"/>
+<action name="validate-all" timeout="60s"/>
+</actions>
+</resource-agent>
+XML
+  exit 0;;
+validate-all) touch "$OCF_RESKEY_gate.waiting"; read x < "$OCF_RESKEY_gate"; exit 0;;
+start) touch "$OCF_RESKEY_state"; exit 0;;
+stop) rm -f "$OCF_RESKEY_state"; exit 0;;
+monitor) [ -f "$OCF_RESKEY_state" ] || exit 7; exit 0;;
+*) exit 3;;
+esac
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    root
+}
+
+#[test]
+fn the_monitor_answers_while_a_reload_waits_for_an_agent() {
+    let work = tempfile::tempdir().unwrap();
+    let root = gated_agent(work.path());
+    let gate = work.path().join("gate");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&gate)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let d = Daemon::start(&res("a", "sleep 1000", ""));
+    d.wait_state("a", "online", LONG);
+    rewrite(
+        &d,
+        &format!(
+            "{}[[resource]]\nname = \"gated\"\ntype = \"ocf:test:Gated\"\nocf_root = \"{}\"\nparams = {{ gate = \"{}\", state = \"{}\" }}\n",
+            res("a", "sleep 1000", ""),
+            root.display(),
+            gate.display(),
+            work.path().join("state").display()
+        ),
+    );
+    let socket = d.socket.clone();
+    let reload = std::thread::spawn(move || {
+        std::process::Command::new(BIN)
+            .args(["--socket"])
+            .arg(&socket)
+            .arg("reload")
+            .output()
+            .unwrap()
+    });
+    let waiting = work.path().join("gate.waiting");
+    wait_for("validate-all to wait at its gate", LONG, || {
+        waiting.exists()
+    });
+    // The reload waits for the agent; the monitor does not. `timeout`
+    // bounds the answer so that a monitor that waits fails here.
+    for args in [
+        &["status"][..],
+        &["offline", "a", "--wait"],
+        &["online", "a", "--wait"],
+    ] {
+        let out = std::process::Command::new("timeout")
+            .arg("10")
+            .arg(BIN)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "resmon {args:?} while the reload waits: {out:?}"
+        );
+    }
+    assert!(
+        !reload.is_finished(),
+        "the reload did not wait for the agent"
+    );
+    // Open the gate: the reload ends and adds the resource.
+    std::fs::write(&gate, "go\n").unwrap();
+    let out = reload.join().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("added:     gated"),
+        "{out:?}"
+    );
+    d.wait_state("gated", "online", LONG);
+}
+
+#[test]
+fn a_stop_does_not_wait_for_an_agent_that_a_reload_waits_for() {
+    let work = tempfile::tempdir().unwrap();
+    let root = gated_agent(work.path());
+    let gate = work.path().join("gate");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&gate)
+        .status()
+        .unwrap()
+        .success());
+    let mut d = Daemon::start(&res("a", "sleep 1000", ""));
+    d.wait_state("a", "online", LONG);
+    rewrite(
+        &d,
+        &format!(
+            "{}[[resource]]\nname = \"gated\"\ntype = \"ocf:test:Gated\"\nocf_root = \"{}\"\nparams = {{ gate = \"{}\", state = \"{}\" }}\n",
+            res("a", "sleep 1000", ""),
+            root.display(),
+            gate.display(),
+            work.path().join("state").display()
+        ),
+    );
+    let socket = d.socket.clone();
+    let reload = std::thread::spawn(move || {
+        std::process::Command::new(BIN)
+            .args(["--socket"])
+            .arg(&socket)
+            .arg("reload")
+            .output()
+            .unwrap()
+    });
+    wait_for("validate-all to wait at its gate", LONG, || {
+        work.path().join("gate.waiting").exists()
+    });
+    let agent = root.join("resource.d/test/Gated");
+    let agents = || {
+        resmon_test_support::all()
+            .into_iter()
+            .filter(|p| !p.is_dead())
+            .filter(|p| {
+                std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*agent.to_string_lossy()))
+            })
+            .map(|p| p.pid)
+            .collect::<Vec<_>>()
+    };
+    let waiting = agents();
+    assert!(!waiting.is_empty(), "no agent found waiting");
+    // The agent would wait a minute (its validate-all timeout); the stop
+    // kills it, and the monitor exits within Daemon::stop's deadline.
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log());
+    assert!(
+        waiting.iter().all(|&p| !alive(p)),
+        "{waiting:?} outlived the monitor"
+    );
+    let out = reload.join().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+}
