@@ -274,16 +274,24 @@ esac
     root
 }
 
-#[test]
-fn the_monitor_answers_while_a_reload_waits_for_an_agent() {
-    let work = tempfile::tempdir().unwrap();
-    let root = gated_agent(work.path());
-    let gate = work.path().join("gate");
-    let made = std::process::Command::new("mkfifo")
+/// A monitor running `a`, and a reload under way that adds a `Gated`
+/// resource whose validate-all waits at its gate: returns the monitor, the
+/// `resmon reload` in flight, the agent's file and the gate.
+fn reload_waiting_at_a_gate(
+    work: &std::path::Path,
+) -> (
+    Daemon,
+    std::thread::JoinHandle<std::process::Output>,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let root = gated_agent(work);
+    let gate = work.join("gate");
+    assert!(std::process::Command::new("mkfifo")
         .arg(&gate)
         .status()
-        .unwrap();
-    assert!(made.success());
+        .unwrap()
+        .success());
     let d = Daemon::start(&res("a", "sleep 1000", ""));
     d.wait_state("a", "online", LONG);
     rewrite(
@@ -293,7 +301,7 @@ fn the_monitor_answers_while_a_reload_waits_for_an_agent() {
             res("a", "sleep 1000", ""),
             root.display(),
             gate.display(),
-            work.path().join("state").display()
+            work.join("state").display()
         ),
     );
     let socket = d.socket.clone();
@@ -305,10 +313,16 @@ fn the_monitor_answers_while_a_reload_waits_for_an_agent() {
             .output()
             .unwrap()
     });
-    let waiting = work.path().join("gate.waiting");
     wait_for("validate-all to wait at its gate", LONG, || {
-        waiting.exists()
+        work.join("gate.waiting").exists()
     });
+    (d, reload, root.join("resource.d/test/Gated"), gate)
+}
+
+#[test]
+fn the_monitor_answers_while_a_reload_waits_for_an_agent() {
+    let work = tempfile::tempdir().unwrap();
+    let (d, reload, _, gate) = reload_waiting_at_a_gate(work.path());
     // The reload waits for the agent; the monitor does not. `timeout`
     // bounds the answer so that a monitor that waits fails here.
     for args in [
@@ -347,38 +361,7 @@ fn the_monitor_answers_while_a_reload_waits_for_an_agent() {
 #[test]
 fn a_stop_does_not_wait_for_an_agent_that_a_reload_waits_for() {
     let work = tempfile::tempdir().unwrap();
-    let root = gated_agent(work.path());
-    let gate = work.path().join("gate");
-    assert!(std::process::Command::new("mkfifo")
-        .arg(&gate)
-        .status()
-        .unwrap()
-        .success());
-    let mut d = Daemon::start(&res("a", "sleep 1000", ""));
-    d.wait_state("a", "online", LONG);
-    rewrite(
-        &d,
-        &format!(
-            "{}[[resource]]\nname = \"gated\"\ntype = \"ocf:test:Gated\"\nocf_root = \"{}\"\nparams = {{ gate = \"{}\", state = \"{}\" }}\n",
-            res("a", "sleep 1000", ""),
-            root.display(),
-            gate.display(),
-            work.path().join("state").display()
-        ),
-    );
-    let socket = d.socket.clone();
-    let reload = std::thread::spawn(move || {
-        std::process::Command::new(BIN)
-            .args(["--socket"])
-            .arg(&socket)
-            .arg("reload")
-            .output()
-            .unwrap()
-    });
-    wait_for("validate-all to wait at its gate", LONG, || {
-        work.path().join("gate.waiting").exists()
-    });
-    let agent = root.join("resource.d/test/Gated");
+    let (mut d, reload, agent, _) = reload_waiting_at_a_gate(work.path());
     let agents = || {
         resmon_test_support::all()
             .into_iter()
@@ -402,4 +385,8 @@ fn a_stop_does_not_wait_for_an_agent_that_a_reload_waits_for() {
     );
     let out = reload.join().unwrap();
     assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the monitor is stopping"),
+        "{out:?}"
+    );
 }
