@@ -45,11 +45,19 @@ pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 }
 
 /// `unknown key "X"`, with `; did you mean "Y"?` when a key of `known` or
-/// `also` is close, else the list of `known`.
+/// `also` is close, else the list of both: `known` (the table's own keys)
+/// first, then `also` (those someone else reads in the same table).
 pub fn unknown_key(key: &str, known: &[&str], also: &[&str]) -> String {
     match suggest(key, known.iter().chain(also).copied()) {
         Some(s) => format!("unknown key {key:?}; did you mean {s:?}?"),
-        None => format!("unknown key {key:?}; the keys are {}", known.join(", ")),
+        None if also.is_empty() => {
+            format!("unknown key {key:?}; the keys are {}", known.join(", "))
+        }
+        None => format!(
+            "unknown key {key:?}; the keys are {}, and those of every resource: {}",
+            known.join(", "),
+            also.join(", ")
+        ),
     }
 }
 
@@ -217,7 +225,7 @@ mod tests {
                 "environment > PORT: invalid type: integer `8080`, expected a string",
                 "probe > timout: unknown key \"timout\"; did you mean \"timeout\"?",
                 "restart_treshold: unknown key \"restart_treshold\"; did you mean \"restart_threshold\"?",
-                "zzz: unknown key \"zzz\"; the keys are command, environment, probe",
+                "zzz: unknown key \"zzz\"; the keys are command, environment, probe, and those of every resource: depends_on, restart_threshold",
             ]
         );
         // What is left is read: the good variable stays.

@@ -145,7 +145,7 @@ fn bad_plugin_configs_are_refused_with_the_place() {
         "resource \"a\"",
         "library \"/no/such/lib.so\" is not a file",
         "params must be a table",
-        "unknown key \"flavour\"; the keys are library, params (the plugin's own settings go in params = { ... })",
+        "unknown key \"flavour\"; the keys are library, params, and those of every resource: name, type, group, depends_on, autostart, looks_alive_interval,",
     ] {
         assert!(err.contains(want), "{want:?} missing from:\n{err}");
     }
