@@ -31,7 +31,9 @@ mod state;
 pub mod table;
 
 pub use name::{check_name, NameError};
-pub use policy::{parse_duration, Policy, PolicyError, RestartAction};
+pub use policy::{
+    duration_value, parse_duration, DurationError, Policy, PolicyError, RestartAction,
+};
 pub use resource::{
     CallContext, Completion, ControlError, FencingToken, LogLevel, Notice, Notifier, OpenContext,
     Resource, ResourceError, ResourceType, Scope, StatusSink, FENCING_TOKEN_VAR,

@@ -68,6 +68,35 @@ impl Default for Policy {
 #[error("{0}")]
 pub struct PolicyError(pub String);
 
+/// Why a duration-valued key was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{key}: write durations as strings, e.g. {key} = \"5s\"")]
+    NotAString { key: String },
+    #[error("{key}: must be more than zero")]
+    Zero { key: String },
+    #[error("{key}: {source}")]
+    Parse { key: String, source: PolicyError },
+}
+
+/// The value of the duration-valued key `key` of a config: `text` is the
+/// value when it is a string. One rule and one wording for every duration
+/// of the config (policy keys, probes, `[cluster]`, OCF timeouts); zero is
+/// refused unless `zero_ok`.
+pub fn duration_value(
+    key: &str,
+    text: Option<&str>,
+    zero_ok: bool,
+) -> Result<Duration, DurationError> {
+    let key = || key.to_owned();
+    let text = text.ok_or_else(|| DurationError::NotAString { key: key() })?;
+    match parse_duration(text) {
+        Ok(d) if d.is_zero() && !zero_ok => Err(DurationError::Zero { key: key() }),
+        Ok(d) => Ok(d),
+        Err(source) => Err(DurationError::Parse { key: key(), source }),
+    }
+}
+
 /// Parses a duration written as a string such as `"300ms"`, `"5s"`, `"15m"`,
 /// `"1h"` or `"1m 30s"`. A bare number is refused: the unit must be explicit.
 pub fn parse_duration(text: &str) -> Result<Duration, PolicyError> {

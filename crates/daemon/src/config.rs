@@ -8,7 +8,7 @@ use crate::access::{AccessConfig, Grant};
 use crate::cluster::config::{parse_cluster, parse_groups, ClusterConfig, GroupConfig};
 pub use resmon_contract::check_name;
 use resmon_contract::table::{self, POLICY_KEYS, RESOURCE_KEYS};
-use resmon_contract::{parse_duration, Policy, ResourceType, RestartAction};
+use resmon_contract::{duration_value, Policy, ResourceType, RestartAction};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -587,28 +587,10 @@ fn parse_access(v: Option<&toml::Value>, problems: &mut Vec<String>) -> AccessCo
 fn apply_policy(p: &mut Policy, t: &toml::Table, place: &str, problems: &mut Vec<String>) {
     for (key, value) in t {
         let key = key.as_str();
-        let dur = |problems: &mut Vec<String>| match value {
-            toml::Value::String(s) => match parse_duration(s) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    problems.push(format!("{place}: {key}: {e}"));
-                    None
-                }
-            },
-            _ => {
-                problems.push(format!(
-                    "{place}: {key}: write durations as strings, e.g. {key} = \"5s\""
-                ));
-                None
-            }
-        };
         if let Some(&(_, field, zero_ok)) = DURATIONS.iter().find(|(k, _, _)| *k == key) {
-            match dur(problems) {
-                Some(d) if d.is_zero() && !zero_ok => {
-                    problems.push(format!("{place}: {key}: must be more than zero"))
-                }
-                Some(d) => *field(p) = d,
-                None => {}
+            match duration_value(key, value.as_str(), zero_ok) {
+                Ok(d) => *field(p) = d,
+                Err(e) => problems.push(format!("{place}: {e}")),
             }
             continue;
         }

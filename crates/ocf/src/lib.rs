@@ -250,17 +250,12 @@ impl OcfType {
                         errors.push(format!("timeouts > {action}: unknown action; {hint}"));
                         continue;
                     }
-                    match v.as_str().map(resmon_contract::parse_duration) {
-                        Some(Ok(d)) if !d.is_zero() => {
+                    let key = format!("timeouts > {action}");
+                    match resmon_contract::duration_value(&key, v.as_str(), false) {
+                        Ok(d) => {
                             timeouts.insert(action.clone(), d);
                         }
-                        Some(Ok(_)) => {
-                            errors.push(format!("timeouts.{action}: must be more than zero"))
-                        }
-                        Some(Err(e)) => errors.push(format!("timeouts.{action}: {e}")),
-                        None => errors.push(format!(
-                            "timeouts.{action}: write it as a string, e.g. \"20s\""
-                        )),
+                        Err(e) => errors.push(e.to_string()),
                     }
                 }
             }

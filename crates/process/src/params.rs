@@ -1,6 +1,6 @@
 //! The parameters of a `process` resource, parsed and checked before anything starts.
 
-use resmon_contract::parse_duration;
+use resmon_contract::duration_value;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -283,17 +283,9 @@ fn read_roots(path: &std::path::Path) -> Result<Vec<u8>, String> {
 fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Probe> {
     let mut dur = |v: &Option<String>, name: &str, default: Duration| match v {
         None => Some(default),
-        Some(t) => match parse_duration(t) {
-            Ok(d) if d.is_zero() && name == "timeout" => {
-                errors.push(format!("{field}.{name}: must be more than zero"));
-                None
-            }
-            Ok(d) => Some(d),
-            Err(e) => {
-                errors.push(format!("{field}.{name}: {e}"));
-                None
-            }
-        },
+        Some(t) => duration_value(&format!("{field} > {name}"), Some(t), name != "timeout")
+            .map_err(|e| errors.push(e.to_string()))
+            .ok(),
     };
     let timeout = dur(&p.timeout, "timeout", DEFAULT_PROBE_TIMEOUT)?;
     let interval = dur(&p.interval, "interval", DEFAULT_READINESS_INTERVAL)?;
@@ -312,7 +304,7 @@ fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Pr
                     Some(path) => match read_roots(path) {
                         Ok(pem) => Some(pem),
                         Err(e) => {
-                            errors.push(format!("{field}.ca_file: {e}"));
+                            errors.push(format!("{field} > ca_file: {e}"));
                             return None;
                         }
                     },
@@ -328,7 +320,7 @@ fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Pr
             }
             Some(url) => {
                 errors.push(format!(
-                    "{field}.url: {url:?} must start with http:// or https://"
+                    "{field} > url: {url:?} must start with http:// or https://"
                 ));
                 return None;
             }
@@ -347,7 +339,7 @@ fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Pr
                 ProbeKind::Tcp(a.clone())
             }
             Some(a) => {
-                errors.push(format!("{field}.address: {a:?} is not HOST:PORT"));
+                errors.push(format!("{field} > address: {a:?} is not HOST:PORT"));
                 return None;
             }
             None => {
@@ -358,10 +350,13 @@ fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Pr
             }
         },
         "exec" => match &p.command {
-            Some(c) => match command_argv(c, &format!("{field}.command")) {
+            Some(c) => match command_argv(c, &format!("{field} > command")) {
                 Ok(argv) => {
                     if find_program(&argv[0]).is_none() {
-                        errors.push(format!("{field}.command: program {:?} not found", argv[0]));
+                        errors.push(format!(
+                            "{field} > command: program {:?} not found",
+                            argv[0]
+                        ));
                         return None;
                     }
                     ProbeKind::Exec(argv)
@@ -378,7 +373,7 @@ fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Pr
         },
         other => {
             errors.push(format!(
-                "{field}.type: unknown probe type {other:?}: use \"exec\", \"tcp\" or \"http\""
+                "{field} > type: unknown probe type {other:?}: use \"exec\", \"tcp\" or \"http\""
             ));
             return None;
         }
@@ -450,8 +445,8 @@ mod tests {
             "command: program \"no-such-program-xyz\" not found in PATH",
             "working_directory: /no/such/dir",
             "stop_signal: unknown signal",
-            "probe.type: unknown probe type \"smoke\"",
-            "readiness.url",
+            "probe > type: unknown probe type \"smoke\"",
+            "readiness > url",
             "stdout: \"relative.log\"",
             "user: no such user",
         ] {
@@ -497,7 +492,7 @@ mod tests {
         }))
         .unwrap_err();
         assert!(
-            e[0].starts_with("probe.timeout: duration \"5\" has no unit"),
+            e[0].starts_with("probe > timeout: duration \"5\" has no unit"),
             "{e:?}"
         );
     }

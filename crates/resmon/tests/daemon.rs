@@ -880,7 +880,7 @@ probe = { type = "http", url = "https://127.0.0.1:1/", ca_file = "/no/such/ca.pe
         "{err}"
     );
     assert!(
-        err.contains("probe.ca_file: /no/such/ca.pem: No such file"),
+        err.contains("probe > ca_file: /no/such/ca.pem: No such file"),
         "{err}"
     );
 }

@@ -4,7 +4,7 @@
 
 use crate::config::check_name;
 use resmon_cluster::Settings;
-use resmon_contract::parse_duration;
+use resmon_contract::duration_value;
 use std::collections::BTreeMap;
 
 /// `[cluster]`: how this node takes part, as `resmon-cluster` checks it
@@ -54,18 +54,11 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
     let mut key_prefix = None;
     let mut margin = None;
     let mut watchdog = None;
-    let duration = |k: &str, v: &toml::Value, problems: &mut Vec<String>| match v {
-        toml::Value::String(s) => match parse_duration(s) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                problems.push(format!("[cluster] {k}: {e}"));
-                None
-            }
-        },
-        _ => {
-            problems.push(format!("[cluster] {k}: must be a duration such as \"3s\""));
-            None
-        }
+    // Their bounds are the settings' to judge.
+    let duration = |k: &str, v: &toml::Value, problems: &mut Vec<String>| {
+        duration_value(k, v.as_str(), true)
+            .map_err(|e| problems.push(format!("[cluster] {e}")))
+            .ok()
     };
     for (k, v) in t {
         match (k.as_str(), v) {
