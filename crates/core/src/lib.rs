@@ -34,7 +34,7 @@
 mod lifecycle;
 mod monitor;
 
-pub use lifecycle::{start_from, Earlier, StartFrom};
+pub use lifecycle::{start_from, Earlier, SaveSchedule, StartFrom};
 pub use monitor::{
     later, Action, CallOutcome, Command, Event, Monitor, Notice, Reconfigured, ResId, ResourceSpec,
     ResourceView, Settled, SpecError, TermReason,

@@ -42,3 +42,57 @@ pub fn start_from(earlier: Option<Earlier>, autostart: bool, cluster: bool) -> S
         None => StartFrom::Offline,
     }
 }
+
+/// When the monitor writes its state: one write at a time, `settle` after
+/// the state first changed since the last write began (a crash and its
+/// restart make one write, not three, and the fsync stays off the
+/// restart's way), and none while the monitor stops (the last one is
+/// written at the very end, with what was wanted before the stop).
+#[derive(Clone, Debug)]
+pub struct SaveSchedule {
+    settle: std::time::Duration,
+    dirty_since: Option<tokio::time::Instant>,
+    writing: bool,
+}
+
+impl SaveSchedule {
+    pub fn new(settle: std::time::Duration) -> SaveSchedule {
+        SaveSchedule {
+            settle,
+            dirty_since: None,
+            writing: false,
+        }
+    }
+
+    /// The state changed at `now`.
+    pub fn changed(&mut self, now: tokio::time::Instant) {
+        self.dirty_since.get_or_insert(now);
+    }
+
+    /// A write started outside the schedule (the one at a stop).
+    pub fn started(&mut self) {
+        self.writing = true;
+        self.dirty_since = None;
+    }
+
+    /// The write in flight ended.
+    pub fn finished(&mut self) {
+        self.writing = false;
+    }
+
+    /// Whether to start a write at `now`; if so it counts as started.
+    pub fn due(&mut self, now: tokio::time::Instant, stopping: bool) -> bool {
+        let due = self.wake_at(stopping).is_some_and(|t| t <= now);
+        if due {
+            self.started();
+        }
+        due
+    }
+
+    /// When the loop must wake up to start the next write: not while one
+    /// is in flight (its end wakes the loop), nor while stopping.
+    pub fn wake_at(&self, stopping: bool) -> Option<tokio::time::Instant> {
+        let at = crate::later(self.dirty_since?, self.settle);
+        (!self.writing && !stopping).then_some(at)
+    }
+}

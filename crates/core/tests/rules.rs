@@ -1185,3 +1185,33 @@ fn what_an_earlier_run_left_starts_as_it_was_wanted() {
         );
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_state_is_written_once_it_settles_one_write_at_a_time_and_not_while_stopping() {
+    use resmon_core::SaveSchedule;
+    let settle = Duration::from_millis(20);
+    let mut s = SaveSchedule::new(settle);
+    let t0 = Instant::now();
+    assert_eq!(s.wake_at(false), None, "nothing changed, nothing to write");
+    // A crash and its restart: three changes, one write, `settle` after the first.
+    s.changed(t0);
+    s.changed(t0 + Duration::from_millis(5));
+    s.changed(t0 + Duration::from_millis(15));
+    assert_eq!(s.wake_at(false), Some(t0 + settle));
+    assert!(!s.due(t0 + Duration::from_millis(19), false));
+    assert!(s.due(t0 + settle, false));
+    // One at a time: a change during the write waits for its end.
+    s.changed(t0 + Duration::from_millis(25));
+    assert_eq!(s.wake_at(false), None);
+    assert!(!s.due(t0 + Duration::from_millis(100), false));
+    s.finished();
+    assert_eq!(s.wake_at(false), Some(t0 + Duration::from_millis(45)));
+    // Stopping: the schedule writes nothing (the stop writes at the end).
+    assert_eq!(s.wake_at(true), None);
+    assert!(!s.due(t0 + Duration::from_secs(1), true));
+    assert!(s.due(t0 + Duration::from_secs(1), false));
+    // A change at the end of time cannot overflow the deadline.
+    let mut far = SaveSchedule::new(Duration::MAX);
+    far.changed(t0);
+    assert!(far.wake_at(false).is_some());
+}

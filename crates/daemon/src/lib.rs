@@ -610,29 +610,24 @@ async fn run(
             None => {}
         })
     };
-    // One write at a time, STATE_SETTLE after the state first changed (a
-    // crash and its restart make one write, not three, and the fsync stays
-    // off the restart's way), once the last write finished.
+    // When to write is the core's rule (SaveSchedule); the write itself
+    // runs off the loop.
+    let mut schedule = resmon_core::SaveSchedule::new(STATE_SETTLE);
+    schedule.started();
     let mut writing = Some(save(&mut driver, None));
-    let mut dirty_since: Option<tokio::time::Instant> = None;
     while !(stopping.is_some() && driver.all_down() && handoff.idle()) {
         if writing.as_ref().is_some_and(|w| w.is_finished()) {
             writing = None;
+            schedule.finished();
         }
+        let now = tokio::time::Instant::now();
         if driver.state_dirty() {
-            dirty_since.get_or_insert_with(tokio::time::Instant::now);
+            schedule.changed(now);
         }
-        let save_at = dirty_since.map(|t| t + STATE_SETTLE);
-        if writing.is_none()
-            && stopping.is_none()
-            && save_at.is_some_and(|t| t <= tokio::time::Instant::now())
-        {
+        if schedule.due(now, stopping.is_some()) {
             writing = Some(save(&mut driver, None));
-            dirty_since = None;
         }
-        // Wakes the loop for the delayed write; not while a write is in
-        // flight (its end wakes the loop), or it would fire every turn.
-        let save_timer = save_at.filter(|_| writing.is_none() && stopping.is_none());
+        let save_timer = schedule.wake_at(stopping.is_some());
         let mut reload_request = None;
         let mut job = None;
         let signal = tokio::select! {
