@@ -20,6 +20,15 @@ pub enum State {
 }
 
 impl State {
+    /// Every state.
+    pub const ALL: [State; 5] = [
+        State::Offline,
+        State::OnlinePending,
+        State::Online,
+        State::OfflinePending,
+        State::Failed,
+    ];
+
     /// The name used in the CLI, the API and the config.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -168,13 +177,7 @@ mod tests {
 
     #[test]
     fn state_names_round_trip_through_json() {
-        for s in [
-            State::Offline,
-            State::OnlinePending,
-            State::Online,
-            State::OfflinePending,
-            State::Failed,
-        ] {
+        for s in State::ALL {
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(json, format!("\"{}\"", s.as_str()));
             assert_eq!(serde_json::from_str::<State>(&json).unwrap(), s);
@@ -185,13 +188,7 @@ mod tests {
     fn a_stop_always_ends_down_and_nothing_leaves_a_pending_state_sideways() {
         // Every state can reach `offline`; a pending state only moves on to
         // where its call leads, or down.
-        for s in [
-            State::Offline,
-            State::OnlinePending,
-            State::Online,
-            State::OfflinePending,
-            State::Failed,
-        ] {
+        for s in State::ALL {
             let mut seen = vec![s];
             let mut i = 0;
             while i < seen.len() {
