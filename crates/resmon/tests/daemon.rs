@@ -245,9 +245,14 @@ restart_threshold = 1
 restart_delay = "0s"
 "#
     ));
+    // Failed twice, and its terminate done (status omits `terminating`
+    // once it is): only then is nothing of it left.
     wait_for("the probe to fail it twice", LONG, || {
         let r = d.resource("svc");
-        r["state"] == "failed" && r["restarts"] == 1 && r["call"].is_null()
+        r["state"] == "failed"
+            && r["restarts"] == 1
+            && r["call"].is_null()
+            && r["terminating"].is_null()
     });
     assert!(d.marked("svc").is_empty());
     // The event feed says why.
