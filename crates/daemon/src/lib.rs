@@ -19,6 +19,7 @@ mod handoff;
 pub mod listener;
 pub mod private_dir;
 mod reopen;
+mod running;
 mod socket;
 pub mod state;
 mod wire_errors;
@@ -213,9 +214,6 @@ fn log_notice(resource: &str, level: LogLevel, message: &str) {
     }
 }
 
-/// How long after a change the state is written.
-const STATE_SETTLE: Duration = Duration::from_millis(20);
-
 /// How a resource starts, decided from the saved state and the config.
 enum Start {
     /// A previous run left it running: watch it again.
@@ -341,7 +339,7 @@ fn open_failed(driver: &mut Driver, bus: &EventBus, id: ResId, why: String, want
 }
 
 /// The signals the monitor answers, installed once at start.
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
@@ -395,7 +393,7 @@ async fn run(
         let _ = c.remove();
     }
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let (tx, rx) = mpsc::unbounded_channel::<Msg>();
 
     let specs: Vec<ResourceSpec> = config
         .resources
@@ -472,7 +470,7 @@ async fn run(
     let access = Arc::new(std::sync::RwLock::new(Arc::new(access::Access::new(
         config.access.clone(),
     ))));
-    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel::<api::ReloadRequest>();
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel::<api::ReloadRequest>();
     let api = api::router(api::ApiState {
         tx: tx.clone(),
         bus: bus.clone(),
@@ -579,13 +577,8 @@ async fn run(
         driver.feed(event);
     }
 
-    let Signals {
-        term: mut sigterm,
-        int: mut sigint,
-        hup: mut sighup,
-    } = signals;
     // Reloads, replacements and releases run off the loop (see handoff).
-    let (mut handoff, mut jobs) = handoff::Handoff::new(
+    let handoff = handoff::Handoff::new(
         config,
         types,
         containers.clone(),
@@ -593,78 +586,15 @@ async fn run(
         bus.clone(),
         access.clone(),
     );
-    let mut stopping: Option<Vec<bool>> = None;
-    // Snapshots are taken here and written off the event loop (fsync can
-    // be slow); numbered, so a late write never replaces a newer one.
-    let mut seq = 0u64;
-    let mut save = |driver: &mut Driver, wanted: Option<&[bool]>| {
-        seq += 1;
-        let (snapshot, dir, n) = (driver.snapshot(wanted), state_dir.clone(), seq);
-        let bus = bus.clone();
-        crate::workers::spawn(move || match dir.save_in_order(n, &snapshot) {
-            Some(Some(why)) => bus.publish("monitor", None, None, None, why),
-            Some(None) => {
-                tracing::info!("the state is saved again in {}", dir.path().display());
-                bus.publish("monitor", None, None, None, "the state is saved again");
-            }
-            None => {}
-        })
-    };
-    // When to write is the core's rule (SaveSchedule); the write itself
-    // runs off the loop.
-    let mut schedule = resmon_core::SaveSchedule::new(STATE_SETTLE);
-    schedule.started();
-    let mut writing = Some(save(&mut driver, None));
-    while !(stopping.is_some() && driver.all_down() && handoff.idle()) {
-        if writing.as_ref().is_some_and(|w| w.is_finished()) {
-            writing = None;
-            schedule.finished();
-        }
-        let now = tokio::time::Instant::now();
-        if driver.state_dirty() {
-            schedule.changed(now);
-        }
-        if schedule.due(now, stopping.is_some()) {
-            writing = Some(save(&mut driver, None));
-        }
-        let save_timer = schedule.wake_at(stopping.is_some());
-        let mut reload_request = None;
-        let mut job = None;
-        let signal = tokio::select! {
-            biased;
-            _ = sigterm.recv() => Some("SIGTERM"),
-            _ = sigint.recv() => Some("SIGINT"),
-            _ = sighup.recv() => { reload_request = Some(None); None }
-            Some(reply) = reload_rx.recv() => { reload_request = Some(Some(reply)); None }
-            Some(done) = jobs.recv() => { job = Some(done); None }
-            _ = driver.turn(&mut rx) => None,
-            _ = async { if let Some(w) = writing.as_mut() { let _ = w.await; } else { std::future::pending::<()>().await } } => None,
-            _ = async { match save_timer { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending::<()>().await } } => None,
-        };
-        if let Some(signal) = signal {
-            let first = stopping.is_none();
-            if first {
-                // What was wanted before the stop is what the next start brings back.
-                save(&mut driver, None);
-                stopping = Some(driver.wanted());
-            }
-            stop(&mut driver, first, &bus, signal);
-            handoff.stop();
-        }
-        if let Some(reply) = reload_request {
-            handoff.request_reload(reply, stopping.is_some());
-        }
-        if let Some(job) = job {
-            handoff.finished(job, &mut driver);
-        }
-        handoff.step(&driver);
+    let mut d = running::Running::new(driver, rx, bus, state_dir, handoff, reload_rx, signals);
+    while !d.finished() {
+        d.turn().await;
     }
-
     // Everything is down; make sure of it, then release. A resource is
     // closed only once it is down (`close` terminates one that is not).
-    for (id, slot) in driver.slots().iter().enumerate() {
+    for (id, slot) in d.driver.slots().iter().enumerate() {
         let resource = slot.resource.clone();
-        let down = driver.is_down(id);
+        let down = d.driver.is_down(id);
         let _ = crate::workers::spawn(move || {
             if !down {
                 resource.terminate(1);
@@ -675,9 +605,9 @@ async fn run(
     }
     // What is left (a process of a resource that ignored its stop and
     // outlived `close`) is killed; one look finds it for all of them.
-    let names: Vec<&str> = driver.slots().iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<&str> = d.driver.slots().iter().map(|s| s.name.as_str()).collect();
     let occupied = containers.occupied(&names);
-    for (slot, occupied) in driver.slots().iter().zip(occupied) {
+    for (slot, occupied) in d.driver.slots().iter().zip(occupied) {
         if occupied {
             kill_and_wait(&slot.container).await;
         }
@@ -701,7 +631,7 @@ async fn run(
                         tracing::warn!("leaving the cluster took longer than {CLUSTER_STOP_LIMIT:?}: stopping without it; this node's lease expires in etcd");
                         break;
                     }
-                    _ = driver.turn(&mut rx) => {}
+                    _ = d.driver.turn(&mut d.rx) => {}
                 }
             }
         }
@@ -715,8 +645,8 @@ async fn run(
             tracing::warn!("killed {n} orphaned process(es) that had left their resources");
         }
     }
-    let _ = save(&mut driver, stopping.as_deref()).await;
-    bus.finish("monitor stopped");
+    d.save_final().await;
+    d.bus.finish("monitor stopped");
     // The connections finish what they are answering (a terminate that was
     // carried out says so, an event stream ends with the last event), with
     // the driver still answering them; new requests to bring something
@@ -741,7 +671,7 @@ async fn run(
                 aborts.iter().for_each(|a| a.abort());
                 break;
             }
-            _ = driver.turn(&mut rx) => {}
+            _ = d.driver.turn(&mut d.rx) => {}
         }
     }
     Ok(())
@@ -823,7 +753,7 @@ fn start_cluster(
 
 /// A stop signal: the first takes everything offline, a later one
 /// terminates everything at once.
-fn stop(driver: &mut Driver, first: bool, bus: &EventBus, signal: &str) {
+pub(crate) fn stop(driver: &mut Driver, first: bool, bus: &EventBus, signal: &str) {
     if first {
         tracing::info!("{signal}: taking every resource offline, then stopping");
         bus.publish(
