@@ -10,7 +10,7 @@ pub mod wire;
 pub use hyper::{Method, StatusCode};
 
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+pub use hyper::body::Bytes;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -143,6 +143,20 @@ impl Client {
 }
 
 impl Client {
+    /// A request's success answer as the monitor sent it.
+    async fn answer(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Bytes, ApiError> {
+        let (status, bytes) = self.call(method, path, body).await?;
+        if !status.is_success() {
+            return Err(refused(status, &bytes));
+        }
+        Ok(bytes)
+    }
+
     /// A request whose success answer is a `T`.
     async fn typed<T: DeserializeOwned>(
         &self,
@@ -150,20 +164,20 @@ impl Client {
         path: &str,
         body: Option<String>,
     ) -> Result<T, ApiError> {
-        let (status, bytes) = self.call(method, path, body).await?;
-        if !status.is_success() {
-            return Err(refused(status, &bytes));
-        }
+        let bytes = self.answer(method, path, body).await?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
     }
 
     /// `GET /v1/resources`, or one resource's status when `name` is given.
     pub async fn status(&self, name: Option<&str>) -> Result<StatusReply, ApiError> {
-        let path = match name {
-            Some(n) => format!("/v1/resources/{}", encode(n)),
-            None => "/v1/resources".to_owned(),
-        };
-        self.typed(Method::GET, &path, None).await
+        self.typed(Method::GET, &status_path(name), None).await
+    }
+
+    /// [`status`](Self::status)'s answer as the JSON the monitor sent, for
+    /// tools that pass it on (`resmon status --json`): not decoded and
+    /// encoded again, which costs a millisecond at a thousand resources.
+    pub async fn status_json(&self, name: Option<&str>) -> Result<Bytes, ApiError> {
+        self.answer(Method::GET, &status_path(name), None).await
     }
 
     /// Online, offline or terminate; with `wait`, the answer comes once the
@@ -289,6 +303,13 @@ impl Events {
                 .map(Some)
                 .map_err(|e| ApiError::Decode(e.to_string())),
         }
+    }
+}
+
+fn status_path(name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("/v1/resources/{}", encode(n)),
+        None => "/v1/resources".to_owned(),
     }
 }
 

@@ -321,10 +321,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Cmd::Status { name, json } => {
-            let reply = client(cli.socket).status(name.as_deref()).await?;
+            let client = client(cli.socket);
             if json {
-                return print_json(&reply, false);
+                // As the monitor sent it: scripts read it, and a thousand
+                // resources need not be decoded to be printed.
+                let body = client.status_json(name.as_deref()).await?;
+                println!("{}", String::from_utf8_lossy(&body).trim_end());
+                return Ok(());
             }
+            let reply = client.status(name.as_deref()).await?;
             // What is wrong with the monitor itself heads the table.
             for p in &reply.problems {
                 println!("WARNING: {p}");
