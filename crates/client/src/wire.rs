@@ -198,3 +198,10 @@ pub struct MoveReply {
     /// What was done, for people.
     pub message: String,
 }
+
+/// The answer to `GET /healthz` and `GET /readyz` when all is well.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HealthReply {
+    /// `ok` or `stopping` (`/healthz`), `ready` (`/readyz`).
+    pub status: String,
+}

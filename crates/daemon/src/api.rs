@@ -31,7 +31,8 @@ use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
 pub use resmon_client::wire::{
-    CallsReply, ControlReply, ErrorReply, OpReply, ReloadReport, StatusReply, TerminateBody,
+    CallsReply, ControlReply, ErrorReply, HealthReply, OpReply, ReloadReport, StatusReply,
+    TerminateBody,
 };
 use resmon_core::{Command, Settled};
 use serde::Deserialize;
@@ -189,8 +190,66 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             authorize,
         ))
+        // For load balancers and orchestrators: no right needed.
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// How long `/healthz` and `/readyz` wait for the event loop's answer.
+const HEALTH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Asks the event loop how it is; `None` when it does not answer within
+/// [`HEALTH_LIMIT`] (or is gone).
+async fn ask_health(st: &ApiState) -> Option<crate::driver::Health> {
+    let (reply, answer) = oneshot::channel();
+    st.tx.send(Msg::Health { reply }).ok()?;
+    tokio::time::timeout(HEALTH_LIMIT, answer).await.ok()?.ok()
+}
+
+/// `GET /healthz`: 200 while the monitor's event loop turns (also while it
+/// stops), 503 when it does not answer within 2 s.
+async fn healthz(AxState(st): AxState<ApiState>) -> Response {
+    match ask_health(&st).await {
+        Some(h) => Json(HealthReply {
+            status: if h.stopping { "stopping" } else { "ok" }.into(),
+        })
+        .into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the monitor's event loop did not answer within 2 s",
+        ),
+    }
+}
+
+/// `GET /readyz`: 200 once start-up and adoption are done (and, in cluster
+/// mode, the node is a member), 503 with the reason before, while stopping,
+/// or when the loop does not answer.
+async fn readyz(AxState(st): AxState<ApiState>) -> Response {
+    let not = |why: String| error(StatusCode::SERVICE_UNAVAILABLE, why);
+    let Some(h) = ask_health(&st).await else {
+        return not("the monitor's event loop did not answer within 2 s".into());
+    };
+    if h.stopping {
+        return not("the monitor is stopping".into());
+    }
+    if !h.ready {
+        return not("the monitor is starting".into());
+    }
+    if let Some(c) = &st.cluster {
+        let view = c.view.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if !view.member {
+            return not(format!(
+                "not a cluster member: {}",
+                view.problem.as_deref().unwrap_or("not joined")
+            ));
+        }
+    }
+    Json(HealthReply {
+        status: "ready".into(),
+    })
+    .into_response()
 }
 
 /// Every error answer is `{"error": "..."}`, also those the HTTP layer

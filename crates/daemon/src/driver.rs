@@ -59,6 +59,10 @@ pub enum Msg {
     Calls {
         reply: oneshot::Sender<Vec<CallStatus>>,
     },
+    /// `/healthz` and `/readyz`: the loop answers, so it turns.
+    Health {
+        reply: oneshot::Sender<Health>,
+    },
     Event(Event),
     Status {
         name: Option<String>,
@@ -69,6 +73,13 @@ pub enum Msg {
         command: Command,
         reply: oneshot::Sender<Result<ResourceStatus, OpError>>,
     },
+}
+
+/// What the event loop says of itself when asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub ready: bool,
+    pub stopping: bool,
 }
 
 /// What the driver knows of one resource besides its core state.
@@ -172,6 +183,8 @@ pub struct Driver {
     just_ticked: bool,
     /// Something the state file records changed since it was last written.
     state_dirty: bool,
+    /// Start-up (opening and adoption) is done.
+    ready: bool,
     /// Cluster mode: where `restart_then_failover` sends a group to move.
     failover: Option<mpsc::UnboundedSender<String>>,
     /// Cluster mode: the groups this node may bring online now.
@@ -231,6 +244,7 @@ impl Driver {
             queue: VecDeque::new(),
             just_ticked: false,
             state_dirty: false,
+            ready: false,
             failover: None,
             permits: None,
         }
@@ -371,6 +385,12 @@ impl Driver {
         Ok((r.added, r.retired))
     }
 
+    /// Start-up is done: every resource was opened, and adopted or started
+    /// as the earlier run left it (what `/readyz` waits for).
+    pub fn set_ready(&mut self) {
+        self.ready = true;
+    }
+
     /// Adds the slot of a resource added by [`reconfigure`](Self::reconfigure).
     pub fn push_slot(&mut self, slot: Slot) {
         self.slots.push(slot);
@@ -424,6 +444,12 @@ impl Driver {
             } => self.type_control(type_name, code, input, reply),
             Msg::Calls { reply } => {
                 let _ = reply.send(self.calls());
+            }
+            Msg::Health { reply } => {
+                let _ = reply.send(Health {
+                    ready: self.ready,
+                    stopping: self.core.is_shutting_down(),
+                });
             }
             Msg::Event(e) => self.feed(e),
             Msg::Status { name, reply } => {

@@ -576,6 +576,7 @@ async fn run(
         };
         driver.feed(event);
     }
+    driver.set_ready();
 
     // Reloads, replacements and releases run off the loop (see handoff).
     let handoff = handoff::Handoff::new(

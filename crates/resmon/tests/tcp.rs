@@ -116,3 +116,55 @@ fn tcp_config_mistakes_are_refused() {
         );
     }
 }
+
+#[test]
+fn health_and_readiness_need_no_token_and_say_when_the_monitor_stops() {
+    let port = free_port();
+    let work = tempfile::tempdir().unwrap();
+    let trapped = work.path().join("trapped");
+    let mut d = Daemon::start_with(
+        &format!(
+            r#"
+[api]
+tcp = "127.0.0.1:{port}"
+
+[[api.token]]
+name = "reader"
+token = "{READ}"
+rights = ["query"]
+
+[[resource]]
+name = "stubborn"
+type = "process"
+command = ["sh", "-c", "trap '' TERM; touch {}; exec sleep 1000"]
+pending_timeout = "600s"
+"#,
+            trapped.display()
+        ),
+        "",
+    );
+    d.wait_state("stubborn", "online", LONG);
+    wait_for("the service to ignore SIGTERM", LONG, || trapped.exists());
+    // No token, and no right: still answered.
+    let (code, body) = http(port, "GET", "/healthz", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.ends_with("{\"status\":\"ok\"}"), "{body}");
+    let (code, body) = http(port, "GET", "/readyz", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.ends_with("{\"status\":\"ready\"}"), "{body}");
+    // Everything else still wants a token.
+    assert_eq!(http(port, "GET", "/v1/resources", None).0, 401);
+    // Stopping: the service ignores SIGTERM, so the stop takes a while.
+    // Alive, not ready.
+    signal(d.pid(), libc_sig::TERM);
+    wait_for("readyz to say the monitor is stopping", LONG, || {
+        let (code, body) = http(port, "GET", "/readyz", None);
+        code == 503 && body.contains("the monitor is stopping")
+    });
+    let (code, body) = http(port, "GET", "/healthz", None);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.ends_with("{\"status\":\"stopping\"}"), "{body}");
+    // A second signal terminates it at once.
+    let status = d.stop();
+    assert!(status.success(), "{status}\n{}", d.log());
+}
