@@ -32,20 +32,19 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, Strin
     (code, answer)
 }
 
+/// `[api]` with the TCP listener on `port` and a query-only token.
+fn tcp_with_reader(port: u16) -> String {
+    format!(
+        "\n[api]\ntcp = \"127.0.0.1:{port}\"\n\n[[api.token]]\nname = \"reader\"\ntoken = \"{READ}\"\nrights = [\"query\"]\n"
+    )
+}
+
 #[test]
 fn tokens_carry_their_rights_over_tcp() {
     let port = free_port();
     let d = Daemon::start_with(
         &format!(
-            r#"
-[api]
-tcp = "127.0.0.1:{port}"
-
-[[api.token]]
-name = "reader"
-token = "{READ}"
-rights = ["query"]
-
+            r#"{}
 [[api.token]]
 name = "ops"
 token = "{OPS}"
@@ -55,7 +54,8 @@ rights = ["query", "control", "terminate"]
 name = "svc"
 type = "process"
 command = "sleep 1000"
-"#
+"#,
+            tcp_with_reader(port)
         ),
         "",
     );
@@ -124,21 +124,14 @@ fn health_and_readiness_need_no_token_and_say_when_the_monitor_stops() {
     let trapped = work.path().join("trapped");
     let mut d = Daemon::start_with(
         &format!(
-            r#"
-[api]
-tcp = "127.0.0.1:{port}"
-
-[[api.token]]
-name = "reader"
-token = "{READ}"
-rights = ["query"]
-
+            r#"{}
 [[resource]]
 name = "stubborn"
 type = "process"
 command = ["sh", "-c", "trap '' TERM; touch {}; exec sleep 1000"]
 pending_timeout = "600s"
 "#,
+            tcp_with_reader(port),
             trapped.display()
         ),
         "",
