@@ -153,6 +153,14 @@ impl Handoff {
         if self.reloading.is_some() || self.queued.is_empty() {
             return;
         }
+        // Asked for before the stop, while another reload ran: answered
+        // now, not read and thrown away.
+        if self.stopping {
+            for reply in std::mem::take(&mut self.queued).into_iter().flatten() {
+                let _ = reply.send(Err(ReloadRefused::Stopping));
+            }
+            return;
+        }
         self.reloading = Some(std::mem::take(&mut self.queued));
         let (file, types) = (self.config.file.clone(), self.types.clone());
         self.spawn(async move {
