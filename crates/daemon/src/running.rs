@@ -49,7 +49,6 @@ pub struct Running {
 }
 
 impl Running {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         driver: Driver,
         rx: mpsc::UnboundedReceiver<Msg>,
