@@ -147,6 +147,9 @@ impl Snapshot {
 struct Verdict {
     start_time: u64,
     mark: Option<Arc<[u8]>>,
+    /// Whether it is to be believed from now on: a marker found is; no
+    /// marker is only once two reads in two scans agree.
+    confirmed: bool,
 }
 
 #[derive(Default)]
@@ -256,17 +259,24 @@ impl ProcIndex {
             if stat.is_dead() {
                 continue;
             }
-            let (mark, settled) = match old.remove(&pid) {
-                Some(v) if v.start_time == stat.start_time => (v.mark, true),
-                _ => match fs::read(self.root.join(pid.to_string()).join("environ")) {
+            let prior = old.remove(&pid).filter(|v| v.start_time == stat.start_time);
+            let (mark, settled, confirmed) = match prior {
+                Some(v) if v.confirmed => (v.mark, true, true),
+                prior => match fs::read(self.root.join(pid.to_string()).join("environ")) {
                     // Empty in the middle of an exec (the new environment is
                     // put in place after PF_FORKNOEXEC is cleared): read
                     // again next time, like one that could not be read.
-                    Ok(env) if !env.is_empty() => (
-                        environ_value(&env, &self.var).map(Arc::from),
-                        !stat.forked_no_exec,
-                    ),
-                    _ => (None, false),
+                    Ok(env) if !env.is_empty() => {
+                        let mark = environ_value(&env, &self.var).map(Arc::from);
+                        // Inside an exec a read can also give something that
+                        // is neither environment, with PF_FORKNOEXEC already
+                        // clear (seen here: a marked process read unmarked,
+                        // then kept unmarked for good). A marker found is
+                        // believed; its absence once a second read agrees.
+                        let confirmed = mark.is_some() || prior.is_some_and(|p| p.mark.is_none());
+                        (mark, !stat.forked_no_exec, confirmed)
+                    }
+                    _ => (None, false, false),
                 },
             };
             if settled {
@@ -275,6 +285,7 @@ impl ProcIndex {
                     Verdict {
                         start_time: stat.start_time,
                         mark: mark.clone(),
+                        confirmed,
                     },
                 );
             }
@@ -469,6 +480,26 @@ mod tests {
         assert_eq!(pids(index.snapshot().marked_tree(b"1/r")), vec![30]);
         fs::write(fake.0.path().join("31/environ"), b"M=1/r\0").unwrap();
         assert_eq!(pids(index.snapshot().marked_tree(b"1/r")), vec![30, 31]);
+    }
+
+    #[test]
+    fn no_marker_is_believed_only_once_two_reads_agree() {
+        let fake = FakeProc::new();
+        // Read inside an exec: an environment, but not the process's own.
+        fake.add(40, 1, 'D', b"OTHER=1\0");
+        let index = fake.index();
+        assert!(index.snapshot().marked_tree(b"1/r").is_empty());
+        // Its own environment is in place by the next scan: it is read
+        // again, and found.
+        fake.add(40, 1, 'S', b"M=1/r\0");
+        assert_eq!(pids(index.snapshot().marked_tree(b"1/r")), vec![40]);
+
+        // A process without the marker read twice is not read again.
+        fake.add(41, 1, 'S', b"OTHER=1\0");
+        index.snapshot();
+        index.snapshot();
+        fs::write(fake.0.path().join("41/environ"), b"M=1/r\0").unwrap();
+        assert_eq!(pids(index.snapshot().marked_tree(b"1/r")), vec![40]);
     }
 
     #[test]
