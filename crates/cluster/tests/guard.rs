@@ -134,7 +134,51 @@ impl Fixture {
             container,
             _main: main,
         };
-        eventually("two sleeps", || fx.container.pids().len() == 2).await;
+        let last = std::sync::Mutex::new(Vec::new());
+        let report = || {
+            let pids = fx.container.pids();
+            let n = pids.len();
+            *last.lock().unwrap() = pids;
+            n == 2
+        };
+        let start = Instant::now();
+        while !report() {
+            let pids = last.lock().unwrap().clone();
+            let described: Vec<String> = pids
+                .iter()
+                .map(|&p| {
+                    let cmd = std::fs::read(format!("/proc/{p}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                        .unwrap_or_default();
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                    format!("{p} [{cmd}] {stat}")
+                })
+                .collect();
+            if start.elapsed() >= DEADLINE {
+                let main = fx._main.pid().unwrap_or(0);
+                let env = |p: u32| {
+                    std::fs::read(format!("/proc/{p}/environ"))
+                        .map(|e| {
+                            e.split(|&b| b == 0)
+                                .filter(|kv| kv.starts_with(b"RESMON_RESOURCE="))
+                                .map(|kv| String::from_utf8_lossy(kv).into_owned())
+                                .collect::<Vec<_>>()
+                        })
+                        .unwrap_or_default()
+                };
+                let family: Vec<String> = resmon_test_support::all()
+                    .into_iter()
+                    .filter(|s| s.pid == main || s.ppid == main)
+                    .map(|s| format!("{s:?} env {:?}", env(s.pid)))
+                    .collect();
+                panic!(
+                    "timed out waiting for two sleeps; the container lists {described:#?}; main {main} and its children: {family:#?}; marker {:?}",
+                    fx.container.scope()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         Some(fx)
     }
 
