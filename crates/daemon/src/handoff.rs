@@ -518,7 +518,10 @@ impl Handoff {
 }
 
 /// The type that handles `r` (the config check made sure there is one).
-fn type_of(types: &[Arc<dyn ResourceType>], r: &ResourceConfig) -> Arc<dyn ResourceType> {
+pub(crate) fn type_of(
+    types: &[Arc<dyn ResourceType>],
+    r: &ResourceConfig,
+) -> Arc<dyn ResourceType> {
     types
         .iter()
         .find(|t| t.handles(&r.type_name))
@@ -526,7 +529,8 @@ fn type_of(types: &[Arc<dyn ResourceType>], r: &ResourceConfig) -> Arc<dyn Resou
         .expect("types were checked with the config")
 }
 
-pub fn spec_of(r: &ResourceConfig) -> ResourceSpec {
+/// What the core knows of a configured resource.
+pub(crate) fn spec_of(r: &ResourceConfig) -> ResourceSpec {
     ResourceSpec {
         name: r.name.clone(),
         group: r.group.clone(),

@@ -32,7 +32,7 @@ use config::{CgroupMode, Config, ResourceConfig};
 use driver::{Driver, Msg, Slot};
 use events::EventBus;
 use resmon_contract::{LogLevel, Notice, Notifier, OpenContext, ResourceType, State};
-use resmon_core::{Command, Event, Monitor, ResId, ResourceSpec, StartFrom};
+use resmon_core::{Command, Event, Monitor, ResId, StartFrom};
 use resmon_process::ProcessType;
 use resmon_task::lock;
 use resmon_task::{Containers, Reaper};
@@ -90,10 +90,7 @@ pub async fn validate_config(path: &Path) -> Result<Config, config::ConfigError>
     });
     let mut problems = Vec::new();
     for r in &config.resources {
-        let Some(ty) = types.iter().find(|t| t.handles(&r.type_name)).cloned() else {
-            continue;
-        };
-        if let Err(why) = validate_one(r, ty, &containers).await {
+        if let Err(why) = validate_one(r, handoff::type_of(&types, r), &containers).await {
             problems.push(format!("resource {:?}: {why}", r.name));
         }
     }
@@ -395,16 +392,7 @@ async fn run(
 
     let (tx, rx) = mpsc::unbounded_channel::<Msg>();
 
-    let specs: Vec<ResourceSpec> = config
-        .resources
-        .iter()
-        .map(|r| ResourceSpec {
-            name: r.name.clone(),
-            group: r.group.clone(),
-            depends_on: r.depends_on.clone(),
-            policy: r.policy.clone(),
-        })
-        .collect();
+    let specs = config.resources.iter().map(handoff::spec_of).collect();
     let core = Monitor::new(specs, tokio::time::Instant::now())
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))?;
 
@@ -414,10 +402,7 @@ async fn run(
     let mut slots = Vec::new();
     let mut starts = Vec::new();
     for (id, r) in config.resources.iter().enumerate() {
-        let ty = types
-            .iter()
-            .find(|t| t.handles(&r.type_name))
-            .expect("types were checked with the config");
+        let ty = &handoff::type_of(&types, r);
         let fingerprint = state::fingerprint(&r.type_name, &r.params);
         // Only a resource whose type and params did not change is adopted.
         let before = saved
