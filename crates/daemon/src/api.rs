@@ -200,6 +200,9 @@ pub fn router(state: ApiState) -> Router {
 /// How long `/healthz` and `/readyz` wait for the event loop's answer.
 const HEALTH_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// What `/healthz` and `/readyz` say when the loop does not answer.
+const LOOP_SILENT: &str = "the monitor's event loop did not answer within 2 s";
+
 /// Asks the event loop how it is; `None` when it does not answer within
 /// [`HEALTH_LIMIT`] (or is gone).
 async fn ask_health(st: &ApiState) -> Option<crate::driver::Health> {
@@ -216,10 +219,7 @@ async fn healthz(AxState(st): AxState<ApiState>) -> Response {
             status: if h.stopping { "stopping" } else { "ok" }.into(),
         })
         .into_response(),
-        None => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the monitor's event loop did not answer within 2 s",
-        ),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, LOOP_SILENT),
     }
 }
 
@@ -229,7 +229,7 @@ async fn healthz(AxState(st): AxState<ApiState>) -> Response {
 async fn readyz(AxState(st): AxState<ApiState>) -> Response {
     let not = |why: String| error(StatusCode::SERVICE_UNAVAILABLE, why);
     let Some(h) = ask_health(&st).await else {
-        return not("the monitor's event loop did not answer within 2 s".into());
+        return not(LOOP_SILENT.into());
     };
     if h.stopping {
         return not("the monitor is stopping".into());
@@ -238,7 +238,7 @@ async fn readyz(AxState(st): AxState<ApiState>) -> Response {
         return not("the monitor is starting".into());
     }
     if let Some(c) = &st.cluster {
-        let view = c.view.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let view = c.view.read().unwrap_or_else(|e| e.into_inner());
         if !view.member {
             return not(format!(
                 "not a cluster member: {}",
