@@ -196,7 +196,7 @@ impl Containers {
             .flatten()
             .map(|e| e.path())
             .filter(|dir| dir != root)
-            .filter_map(|dir| unowned_root(&dir).map(|n| (dir, n)))
+            .filter_map(|dir| unowned_root(&dir).map(|pids| (dir, pids.len())))
             .collect()
     }
 
@@ -389,10 +389,10 @@ impl Containers {
     }
 }
 
-/// How many processes `dir` holds if it is a monitor's root cgroup
-/// (`resmon.*`) that holds some while no running monitor holds its lock
-/// (a running monitor keeps it locked for as long as it runs).
-fn unowned_root(dir: &Path) -> Option<usize> {
+/// The processes `dir` holds if it is a monitor's root cgroup (`resmon.*`)
+/// that holds some while no running monitor holds its lock (a running
+/// monitor keeps it locked for as long as it runs).
+fn unowned_root(dir: &Path) -> Option<Vec<u32>> {
     let name = dir.file_name()?.to_string_lossy();
     if !name.starts_with("resmon.") || !cgroup::populated(dir).unwrap_or(false) {
         return None;
@@ -407,7 +407,7 @@ fn unowned_root(dir: &Path) -> Option<usize> {
     )
     .ok()?;
     rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockShared).ok()?;
-    Some(cgroup::all_procs(dir).len())
+    Some(cgroup::all_procs(dir))
 }
 
 /// Processes of monitors that are not running, found anywhere on the
@@ -432,9 +432,13 @@ pub fn unowned_processes() -> Vec<String> {
             if seen > 100_000 {
                 break;
             }
-            if let Some(n) = unowned_root(&dir) {
-                cgroup_pids.extend(cgroup::all_procs(&dir));
-                out.push(format!("cgroup {} holds {n} process(es)", dir.display()));
+            if let Some(pids) = unowned_root(&dir) {
+                out.push(format!(
+                    "cgroup {} holds {} process(es)",
+                    dir.display(),
+                    pids.len()
+                ));
+                cgroup_pids.extend(pids);
                 continue;
             }
             if depth >= 16 {
