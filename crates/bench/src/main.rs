@@ -97,6 +97,12 @@ enum Scenario {
     EchoWorker,
     /// Restart latency with and without a connection flood.
     Flood,
+    /// `/metrics`: scrape latency at `--resources` and ten times as many,
+    /// CPU per scrape, and idle CPU with and without a scrape a second.
+    Metrics,
+    /// The dashboard in headless Chromium: what its first load transfers,
+    /// and how long it takes to show `--resources` resources.
+    Dashboard,
     /// Internal: the unprivileged client of `flood`.
     #[value(hide = true)]
     FloodWorker,
@@ -552,6 +558,201 @@ async fn idle(bin: &Path, args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// One scrape of `/metrics`, checked to list `n` resources; its size.
+async fn scrape(m: &Monitor, n: usize) -> Result<usize> {
+    let (status, body) = m.client().call(Method::GET, "/metrics", None).await?;
+    let want = format!("resmon_resources_configured {n}\n");
+    if !status.is_success() || !String::from_utf8_lossy(&body).contains(&want) {
+        bail!("GET /metrics answered {status} without {want:?}");
+    }
+    Ok(body.len())
+}
+
+/// The monitor's CPU use over `window`, in % of a core, scraping it once a
+/// second meanwhile when `scraping`.
+async fn cpu_over(m: &Monitor, n: usize, window: Duration, scraping: bool) -> Result<f64> {
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    let pid = m.pid();
+    let t0 = Instant::now();
+    let c0 = cpu_ticks(pid).context("reading the monitor's CPU time")?;
+    let mut next = t0;
+    while t0.elapsed() < window {
+        if scraping && Instant::now() >= next {
+            scrape(m, n).await?;
+            next += Duration::from_secs(1);
+        }
+        let left = window.saturating_sub(t0.elapsed());
+        tokio::time::sleep(left.min(next.saturating_duration_since(Instant::now()))).await;
+    }
+    let c1 = cpu_ticks(pid).context("reading the monitor's CPU time")?;
+    Ok((c1 - c0) as f64 / hz / t0.elapsed().as_secs_f64() * 100.0)
+}
+
+async fn metrics(bin: &Path, args: &Args) -> Result<()> {
+    for n in [args.resources, args.resources * 10] {
+        let mut config = String::from("[defaults]\nlooks_alive_interval = \"1s\"\n");
+        for i in 0..n {
+            config.push_str(&format!(
+                "\n[[resource]]\nname = \"idle{i}\"\ntype = \"process\"\ncommand = \"sleep 100000\"\nstdout = \"null\"\n"
+            ));
+        }
+        let m = Monitor::start(bin, &config)?;
+        wait_all_online(&m, n, Duration::from_secs(600)).await?;
+        // Start-up's worker threads settle first.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut samples = Vec::new();
+        let mut size = 0;
+        for i in 0..args.warmup + args.runs {
+            let t0 = Instant::now();
+            size = scrape(&m, n).await?;
+            if i >= args.warmup {
+                samples.push(t0.elapsed());
+            }
+        }
+        report(
+            &format!("metrics: scrape ({n})"),
+            samples,
+            &format!(
+                "({} KB; target p99 <= 5 ms at 1,000 resources)",
+                size / 1024
+            ),
+        );
+        // CPU per scrape, over many back to back (a tick is 10 ms).
+        let hz = rustix::param::clock_ticks_per_second() as f64;
+        let rounds = 500;
+        let c0 = cpu_ticks(m.pid()).context("reading the monitor's CPU time")?;
+        for _ in 0..rounds {
+            scrape(&m, n).await?;
+        }
+        let c1 = cpu_ticks(m.pid()).context("reading the monitor's CPU time")?;
+        let per = (c1 - c0) as f64 / hz / f64::from(rounds) * 1e3;
+        println!(
+            "metrics: cpu per scrape ({n})   {per:.3} ms of the monitor's CPU (over {rounds} scrapes): a scrape a second costs {:.3}% of a core",
+            per / 10.0
+        );
+        if n == args.resources {
+            let window = Duration::from_secs(args.window);
+            let quiet = cpu_over(&m, n, window, false).await?;
+            let scraped = cpu_over(&m, n, window, true).await?;
+            println!(
+                "metrics: idle ({n})            cpu={quiet:.3}% of a core without scrapes, {scraped:.3}% with a scrape a second (+{:.3}%; target < 0.1%), {}s each",
+                scraped - quiet,
+                args.window
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Rows the dashboard shows now.
+async fn rows_shown(c: &resmon_test_support::browser::fantoccini::Client) -> Result<u64> {
+    let n = c
+        .execute(
+            "return document.querySelectorAll('#resources .row:not(.head)').length",
+            vec![],
+        )
+        .await?;
+    Ok(n.as_u64().unwrap_or(0))
+}
+
+async fn dashboard(bin: &Path, args: &Args) -> Result<()> {
+    use resmon_test_support::browser::{chromedriver, sign_in, Browser};
+    if chromedriver().is_none() {
+        bail!("chromedriver is not installed (apt-get install chromium chromium-driver)");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let token = "bench-dashboard-token-0123456789";
+    let n = args.resources;
+    let mut config = format!(
+        "[api]\ntcp = \"127.0.0.1:{port}\"\n[[api.token]]\nname = \"bench\"\ntoken = \"{token}\"\nrights = [\"query\", \"control\", \"terminate\"]\n"
+    );
+    for i in 0..n {
+        config.push_str(&format!(
+            "\n[[resource]]\nname = \"idle{i}\"\ntype = \"process\"\ncommand = \"sleep 100000\"\nstdout = \"null\"\n"
+        ));
+    }
+    let m = Monitor::start(bin, &config)?;
+    wait_all_online(&m, n, Duration::from_secs(600)).await?;
+    let profile = tempfile::tempdir()?;
+    let browser = Browser::start(profile.path()).context("starting chromedriver")?;
+    let c = browser.client().await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let shown = |c| async move {
+        let end = Instant::now() + Duration::from_secs(60);
+        while rows_shown(c).await? < n as u64 {
+            if Instant::now() > end {
+                bail!("the dashboard never showed {n} resources");
+            }
+        }
+        Ok(())
+    };
+    // First load: the page, then the token typed in.
+    c.goto(&url).await?;
+    sign_in(&c, token).await;
+    shown(&c).await?;
+    let sizes = c
+        .execute(
+            "return performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))\
+             .map(e => [new URL(e.name).pathname, e.transferSize, e.decodedBodySize])",
+            vec![],
+        )
+        .await?;
+    let mut assets = (0, 0);
+    let mut data = (0, 0);
+    for e in sizes.as_array().cloned().unwrap_or_default() {
+        let path = e[0].as_str().unwrap_or_default().to_owned();
+        let (wire, body) = (e[1].as_u64().unwrap_or(0), e[2].as_u64().unwrap_or(0));
+        let sum = if path.starts_with("/v1/") {
+            &mut data
+        } else {
+            &mut assets
+        };
+        sum.0 += wire;
+        sum.1 += body;
+    }
+    println!(
+        "dashboard: first load         page {:.1} KB on the wire ({:.1} KB of files), API data {:.1} KB for {n} resources",
+        assets.0 as f64 / 1024.0,
+        assets.1 as f64 / 1024.0,
+        data.0 as f64 / 1024.0,
+    );
+    // Loads with the token kept in the tab: from navigation to every row.
+    let mut samples = Vec::new();
+    let mut painted = Vec::new();
+    for i in 0..args.warmup.min(3) + args.runs.min(30) {
+        let t0 = Instant::now();
+        c.goto(&url).await?;
+        shown(&c).await?;
+        // The page marks the frame after its first full list.
+        let drawn = c
+            .execute(
+                "const m = performance.getEntriesByName('resmon:rows-drawn'); \
+                 return m.length ? m[0].startTime : null",
+                vec![],
+            )
+            .await?;
+        if i >= args.warmup.min(3) {
+            samples.push(t0.elapsed());
+            let ms = drawn.as_f64().context("the page marked no drawn rows")?;
+            painted.push(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    report(
+        &format!("dashboard: show {n}"),
+        painted,
+        "(from navigation to the first frame with every row, as the page measures it)",
+    );
+    report(
+        &format!("dashboard: show {n} (driver)"),
+        samples,
+        "(the same seen through WebDriver: goto, then polling the rows)",
+    );
+    c.close().await?;
+    Ok(())
+}
+
 async fn wait_all_online(m: &Monitor, n: usize, limit: Duration) -> Result<()> {
     let end = Instant::now() + limit;
     loop {
@@ -874,6 +1075,12 @@ async fn async_main(args: Args) -> Result<()> {
     }
     if want(Scenario::Adopt) {
         adopt(&bin, &args).await?;
+    }
+    if want(Scenario::Metrics) {
+        metrics(&bin, &args).await?;
+    }
+    if want(Scenario::Dashboard) {
+        dashboard(&bin, &args).await?;
     }
     if want(Scenario::Plugin) {
         plugin(&bin, &args).await?;

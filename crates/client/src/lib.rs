@@ -168,6 +168,12 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
     }
 
+    /// `GET /metrics`: every series, in the Prometheus text format.
+    pub async fn metrics(&self) -> Result<String, ApiError> {
+        let bytes = self.answer(Method::GET, "/metrics", None).await?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| ApiError::Decode(e.to_string()))
+    }
+
     /// `GET /v1/resources`, or one resource's status when `name` is given.
     pub async fn status(&self, name: Option<&str>) -> Result<StatusReply, ApiError> {
         self.typed(Method::GET, &status_path(name), None).await

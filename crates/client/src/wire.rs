@@ -13,6 +13,9 @@ pub struct ResourceStatus {
     #[serde(rename = "type")]
     pub type_name: String,
     pub group: String,
+    /// The resources it needs online first.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub depends_on: Vec<String>,
     pub state: State,
     pub pids: Vec<u32>,
     pub restarts: u32,
@@ -34,6 +37,16 @@ pub struct ResourceStatus {
     /// Cluster mode: the node that owns its group (`-`: none).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub owner: Option<String>,
+}
+
+/// `GET /v1/whoami`: who the monitor takes the caller for, and the rights
+/// it holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WhoAmIReply {
+    /// `token "NAME"` on TCP, `uid N (USER)` on the Unix socket.
+    pub caller: String,
+    /// `query`, `control`, `terminate`: those it holds.
+    pub rights: Vec<String>,
 }
 
 /// An entry-point call in progress, for `resmon calls`.

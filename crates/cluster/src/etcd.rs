@@ -32,7 +32,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -376,6 +376,11 @@ struct Control {
     /// Test hook: send no renewals while set.
     paused: AtomicBool,
     stop: Notify,
+    /// Renewals etcd acknowledged.
+    renewals: AtomicU64,
+    /// Keep-alive streams that ended with renewals unanswered, or could
+    /// not be opened: each a renewal that failed.
+    renewal_failures: AtomicU64,
 }
 
 /// This node as a member of the cluster. Dropping it stops the renewals
@@ -543,6 +548,15 @@ impl Member {
     /// The lease's state, updated on every acknowledged renewal and on loss.
     pub fn lease_state(&self) -> watch::Receiver<LeaseState> {
         self.state.clone()
+    }
+
+    /// Renewals acknowledged, and renewals that failed, since the member
+    /// joined.
+    pub fn renewals(&self) -> (u64, u64) {
+        (
+            self.control.renewals.load(Ordering::Relaxed),
+            self.control.renewal_failures.load(Ordering::Relaxed),
+        )
     }
 
     /// Test hook: stops sending renewals (as a frozen monitor would) until
@@ -895,6 +909,9 @@ impl Keeper {
             match self.stream().await {
                 StreamEnd::Done => return,
                 StreamEnd::Reconnect(why) => {
+                    self.control
+                        .renewal_failures
+                        .fetch_add(1, Ordering::Relaxed);
                     self.clock.abandon_pending();
                     tracing::warn!(
                         "etcd at {}: lease {:x} keep-alive: {why}; reconnecting",
@@ -990,6 +1007,7 @@ impl Keeper {
             Ok(Err(e)) => return StreamEnd::Reconnect(e.to_string()),
             Err(_) => return StreamEnd::Reconnect(format!("no answer within {wait:?}")),
         };
+        self.control.renewals.fetch_add(1, Ordering::Relaxed);
         if self.clock.acked(first, self.ttl) == Ack::Lost {
             self.publish();
             return StreamEnd::Done;
@@ -1029,6 +1047,7 @@ impl Keeper {
                 answer = answers.message() => match answer {
                     Ok(Some(resp)) => {
                         let Some(id) = pending.pop_front() else { continue };
+                        self.control.renewals.fetch_add(1, Ordering::Relaxed);
                         let ack = self.clock.acked(id, resp.ttl());
                         self.publish();
                         if ack == Ack::Lost {

@@ -286,6 +286,14 @@ pub trait Resource: Send + Sync {
         Vec::new()
     }
 
+    /// The exit code of the resource's main process when it last ended
+    /// (128 + the signal's number when a signal ended it, or the code a
+    /// terminate chose), for status and metrics. `None` until one ended,
+    /// and for types without a main process.
+    fn exit_code(&self) -> Option<i32> {
+        None
+    }
+
     /// More about its state than the state names say (e.g. `degraded`,
     /// `promoted`), for status displays.
     fn detail(&self) -> Option<String> {

@@ -36,6 +36,6 @@ mod monitor;
 
 pub use lifecycle::{start_from, Earlier, SaveSchedule, StartFrom};
 pub use monitor::{
-    later, Action, CallOutcome, Command, Event, Monitor, Notice, Reconfigured, ResId, ResourceSpec,
-    ResourceView, Settled, SpecError, TermReason,
+    later, Action, CallOutcome, Command, Event, FailureClass, Monitor, Notice, Reconfigured, ResId,
+    ResourceSpec, ResourceView, Rung, Settled, SpecError, TermReason,
 };

@@ -178,6 +178,81 @@ pub enum Action {
     Failover { group: String },
     /// Publish a state change.
     Notify(Notice),
+    /// The resource failed (its [`Action::Notify`] says why): for counting
+    /// failures by class.
+    Failed { id: ResId, class: FailureClass },
+    /// A stop ended: the resource is down, `rung` of the termination ladder
+    /// ended it, `took` after its first rung began.
+    Stopped {
+        id: ResId,
+        rung: Rung,
+        took: Duration,
+    },
+}
+
+/// The rung of the termination ladder that ended a stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rung {
+    /// `offline` returned (or completed) successfully.
+    Offline,
+    /// `terminate` returned and the resource's processes were gone within
+    /// `terminate_timeout`.
+    Terminate,
+    /// The monitor killed the resource's whole process tree.
+    Forced,
+}
+
+impl Rung {
+    pub const ALL: [Rung; 3] = [Rung::Offline, Rung::Terminate, Rung::Forced];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rung::Offline => "offline",
+            Rung::Terminate => "terminate",
+            Rung::Forced => "forced",
+        }
+    }
+}
+
+/// What kind of failure a resource had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureClass {
+    /// `online` returned or completed with an error.
+    Online,
+    /// An `online` made no progress within `pending_timeout`, or a check
+    /// did not return within `deadlock_timeout`.
+    Timeout,
+    /// A health check said no, or failed.
+    Health,
+    /// The resource reported its failure itself (its main process exited,
+    /// its plugin host died), and `is_alive` confirmed it.
+    Notice,
+    /// It died while no monitor watched it.
+    Lost,
+    /// Its type could not open it.
+    Open,
+}
+
+impl FailureClass {
+    pub const ALL: [FailureClass; 6] = [
+        FailureClass::Online,
+        FailureClass::Timeout,
+        FailureClass::Health,
+        FailureClass::Notice,
+        FailureClass::Lost,
+        FailureClass::Open,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Online => "online",
+            FailureClass::Timeout => "timeout",
+            FailureClass::Health => "health",
+            FailureClass::Notice => "notice",
+            FailureClass::Lost => "lost",
+            FailureClass::Open => "open",
+        }
+    }
 }
 
 /// A state change, for the event feed.
@@ -260,6 +335,10 @@ struct Res {
     check_now: bool,
     /// Why the last cheap check or notice suspected a failure.
     suspicion: String,
+    /// The suspicion came from the resource's own failure notice.
+    suspicion_noticed: bool,
+    /// When the stop under way began (its first rung).
+    stop_started: Option<Instant>,
     looks_alive_at: Option<Instant>,
     is_alive_at: Option<Instant>,
     restart_at: Option<Instant>,
@@ -293,6 +372,8 @@ impl Res {
             terminating: None,
             check_now: false,
             suspicion: String::new(),
+            suspicion_noticed: false,
+            stop_started: None,
             looks_alive_at: None,
             is_alive_at: None,
             restart_at: None,
@@ -453,6 +534,15 @@ impl Monitor {
             in_flight_seq: r.in_flight.as_ref().map(|c| c.seq),
             terminate: r.terminating.as_ref().map(|t| (t.started, t.deadline)),
         }
+    }
+
+    /// While restarts of the resource count against `restart_threshold`
+    /// (its last restart was within `restart_period` of `now`): when that
+    /// ends. `None` when none counts now.
+    pub fn restart_window_end(&self, id: ResId, now: Instant) -> Option<Instant> {
+        let r = &self.res[id];
+        let end = later(*r.restart_times.back()?, r.spec.policy.restart_period);
+        (end > now).then_some(end)
     }
 
     /// Whether [`Event::Shutdown`] came: nothing is brought online any more.
@@ -757,6 +847,7 @@ impl Monitor {
                         self.fail(
                             now,
                             id,
+                            FailureClass::Lost,
                             "its processes died while no monitor watched".into(),
                             &mut out,
                         );
@@ -777,6 +868,10 @@ impl Monitor {
                     r.want = if wanted { Want::Online } else { Want::Offline };
                     r.retry_at = wanted.then(|| later(now, retry));
                     self.set_state(now, id, State::Failed, &reason, &mut out);
+                    out.push(Action::Failed {
+                        id,
+                        class: FailureClass::Open,
+                    });
                 }
             }
             Event::Shutdown => {
@@ -897,8 +992,15 @@ impl Monitor {
                         r.looks_alive_at = Some(later(now, r.spec.policy.looks_alive_interval));
                         r.check_now = true;
                         r.suspicion = "looks_alive returned false".into();
+                        r.suspicion_noticed = false;
                     }
-                    other => self.fail(now, id, format!("looks_alive: {}", describe(&other)), out),
+                    other => self.fail(
+                        now,
+                        id,
+                        FailureClass::Health,
+                        format!("looks_alive: {}", describe(&other)),
+                        out,
+                    ),
                 }
             }
             EntryPoint::IsAlive => {
@@ -908,16 +1010,29 @@ impl Monitor {
                         let r = &mut self.res[id];
                         r.check_now = false;
                         r.suspicion.clear();
+                        r.suspicion_noticed = false;
                         r.is_alive_at = Some(later(now, r.spec.policy.is_alive_interval));
                     }
                     CallOutcome::Alive(false) => {
-                        let why = match std::mem::take(&mut self.res[id].suspicion).as_str() {
+                        let r = &mut self.res[id];
+                        let class = if std::mem::take(&mut r.suspicion_noticed) {
+                            FailureClass::Notice
+                        } else {
+                            FailureClass::Health
+                        };
+                        let why = match std::mem::take(&mut r.suspicion).as_str() {
                             "" => "is_alive returned false".to_string(),
                             r => format!("is_alive returned false ({r})"),
                         };
-                        self.fail(now, id, why, out)
+                        self.fail(now, id, class, why, out)
                     }
-                    other => self.fail(now, id, format!("is_alive: {}", describe(&other)), out),
+                    other => self.fail(
+                        now,
+                        id,
+                        FailureClass::Health,
+                        format!("is_alive: {}", describe(&other)),
+                        out,
+                    ),
                 }
             }
             _ => self.res[id].in_flight = None,
@@ -947,10 +1062,12 @@ impl Monitor {
                 self.set_state(now, id, State::Online, "online", out);
             }
             (EntryPoint::Online, other) => {
-                self.fail(now, id, format!("online failed: {}", describe(&other)), out)
+                let why = format!("online failed: {}", describe(&other));
+                self.fail(now, id, FailureClass::Online, why, out)
             }
             (EntryPoint::Offline, CallOutcome::Done) => {
-                self.set_state(now, id, State::Offline, "offline", out)
+                self.set_state(now, id, State::Offline, "offline", out);
+                self.stopped(now, id, Rung::Offline, out);
             }
             (EntryPoint::Offline, other) => {
                 let why = format!("offline failed: {}", describe(&other));
@@ -971,9 +1088,11 @@ impl Monitor {
                 // Same answer as a looks_alive that said no: is_alive at once.
                 r.check_now = true;
                 r.suspicion = reason;
+                r.suspicion_noticed = true;
             }
             State::OnlinePending => {
-                self.fail(now, id, format!("while coming online: {reason}"), out)
+                let why = format!("while coming online: {reason}");
+                self.fail(now, id, FailureClass::Notice, why, out)
             }
             _ => {}
         }
@@ -985,6 +1104,11 @@ impl Monitor {
         }
         let Some(t) = self.res[id].terminating.take() else {
             return;
+        };
+        let rung = if t.forced {
+            Rung::Forced
+        } else {
+            Rung::Terminate
         };
         match t.reason {
             TermReason::Failure => {
@@ -1012,6 +1136,7 @@ impl Monitor {
                 self.set_state(now, id, State::Offline, &why, out)
             }
         }
+        self.stopped(now, id, rung, out);
     }
 
     fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -1067,7 +1192,7 @@ impl Monitor {
                         self.res[id].reason = why;
                         self.start_terminate(now, id, TermReason::Offline, 1, out);
                     } else {
-                        self.fail(now, id, why, out);
+                        self.fail(now, id, FailureClass::Timeout, why, out);
                     }
                 }
                 continue;
@@ -1124,6 +1249,7 @@ impl Monitor {
         }
         if going_offline {
             self.res[id].check_now = false;
+            self.res[id].stop_started.get_or_insert(now);
             self.call(now, id, EntryPoint::Offline, out);
             self.set_state(now, id, State::OfflinePending, "going offline", out);
             return;
@@ -1172,8 +1298,16 @@ impl Monitor {
     }
 
     /// Marks the resource failed and terminates it.
-    fn fail(&mut self, now: Instant, id: ResId, why: String, out: &mut Vec<Action>) {
+    fn fail(
+        &mut self,
+        now: Instant,
+        id: ResId,
+        class: FailureClass,
+        why: String,
+        out: &mut Vec<Action>,
+    ) {
         self.set_state(now, id, State::Failed, &why, out);
+        out.push(Action::Failed { id, class });
         self.start_terminate(now, id, TermReason::Failure, 1, out);
     }
 
@@ -1194,6 +1328,7 @@ impl Monitor {
             out.push(Action::CancelCheck { id, seq: c.seq });
         }
         r.check_now = false;
+        r.stop_started.get_or_insert(now);
         r.terminating = Some(Terminating {
             seq,
             started: now,
@@ -1203,6 +1338,16 @@ impl Monitor {
             forced: false,
         });
         out.push(Action::Terminate { id, exit_code, seq });
+    }
+
+    /// A stop ended by `rung`.
+    fn stopped(&mut self, now: Instant, id: ResId, rung: Rung, out: &mut Vec<Action>) {
+        let started = self.res[id].stop_started.take().unwrap_or(now);
+        out.push(Action::Stopped {
+            id,
+            rung,
+            took: now.saturating_duration_since(started),
+        });
     }
 
     /// The restart policy, once a failed resource is down.

@@ -1,13 +1,16 @@
 //! Random event sequences on random dependency graphs: whatever happens, the
 //! incremental bookkeeping agrees with a full scan, a resource never has two
-//! serialized calls in flight, and nothing is brought online before its
-//! providers are.
+//! serialized calls in flight, nothing is brought online before its
+//! providers are, and every stop and failure the core reports is one the
+//! states show.
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestCaseError;
 use resmon_contract::{EntryPoint, Policy, RestartAction, State, ALLOWED_TRANSITIONS};
-use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId, ResourceSpec};
+use resmon_core::{
+    Action, CallOutcome, Command, Event, FailureClass, Monitor, ResId, ResourceSpec, Rung,
+};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -69,18 +72,20 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
     #[test]
     fn bookkeeping_and_ordering_hold(deps in graph(), kind in 0..6u8, ops in proptest::collection::vec(op(), 1..80)) {
-        run(deps, kind, ops, &mut HashSet::new())?;
+        run(deps, kind, ops, &mut HashSet::new(), &mut Seen::default())?;
     }
 }
 
 /// The simulation both tests run: random commands, answers, notices and
 /// time on a random dependency graph, with every invariant checked after
-/// each event. Each state change seen is added to `moves`.
+/// each event. Each state change seen is added to `moves`, each stop's
+/// rung and failure's class to `seen`.
 fn run(
     deps: Vec<Vec<usize>>,
     kind: u8,
     ops: Vec<Op>,
     moves: &mut HashSet<(State, State)>,
+    seen: &mut Seen,
 ) -> Result<(), TestCaseError> {
     {
         let n = deps.len();
@@ -211,6 +216,25 @@ fn run(
                         states[notice.id] = notice.state;
                     }
                     Action::Failover { .. } => {}
+                    Action::Stopped { id, rung, .. } => {
+                        prop_assert!(
+                            states[id].is_down(),
+                            "r{id} reported stopped by {rung:?} while {}",
+                            states[id]
+                        );
+                        seen.rungs.insert(rung);
+                    }
+                    Action::Failed { id, class } => {
+                        prop_assert_eq!(
+                            states[id],
+                            State::Failed,
+                            "r{} reported failed ({:?}) while {}",
+                            id,
+                            class,
+                            states[id]
+                        );
+                        seen.classes.insert(class);
+                    }
                 }
             }
             m.check_settled(now);
@@ -219,15 +243,33 @@ fn run(
     Ok(())
 }
 
+/// The stop rungs and failure classes the runs reached.
+#[derive(Default)]
+struct Seen {
+    rungs: HashSet<Rung>,
+    classes: HashSet<FailureClass>,
+}
+
 #[test]
 fn every_allowed_transition_is_taken() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let strategy = (graph(), 0..6u8, proptest::collection::vec(op(), 1..80));
     let mut moves = HashSet::new();
+    let mut seen = Seen::default();
     for _ in 0..400 {
         let (deps, kind, ops) = strategy.new_tree(&mut runner).unwrap().current();
-        run(deps, kind, ops, &mut moves).unwrap();
+        run(deps, kind, ops, &mut moves, &mut seen).unwrap();
     }
+    let rungs: Vec<_> = Rung::ALL
+        .iter()
+        .filter(|r| !seen.rungs.contains(r))
+        .collect();
+    assert!(rungs.is_empty(), "no stop ended by {rungs:?}");
+    let classes: Vec<_> = FailureClass::ALL
+        .iter()
+        .filter(|c| !seen.classes.contains(c))
+        .collect();
+    assert!(classes.is_empty(), "no failure of class {classes:?}");
     let missing: Vec<_> = ALLOWED_TRANSITIONS
         .iter()
         .filter(|&&(from, to, _)| !moves.contains(&(from, to)))

@@ -59,6 +59,8 @@ struct Sim {
     /// Pending calls the test may finish by hand: id -> seq.
     pending: HashMap<ResId, u64>,
     trace: Vec<Line>,
+    /// Stops with their rung, failures with their class.
+    ends: Vec<String>,
 }
 
 fn spec(name: &str, deps: &[&str], policy: Policy) -> ResourceSpec {
@@ -83,6 +85,7 @@ impl Sim {
             behaviour: vec![Behaviour::default(); n],
             pending: HashMap::new(),
             trace: Vec::new(),
+            ends: Vec::new(),
         }
     }
 
@@ -182,6 +185,15 @@ impl Sim {
                 );
             }
             Action::Failover { group } => self.log(format!("failover {group}")),
+            Action::Stopped { id, rung, took } => {
+                let n = self.name(id);
+                self.ends
+                    .push(format!("{n} stopped by {} in {took:?}", rung.as_str()));
+            }
+            Action::Failed { id, class } => {
+                let n = self.name(id);
+                self.ends.push(format!("{n} failed: {}", class.as_str()));
+            }
             Action::Notify(n) => {
                 let name = self.name(n.id);
                 self.log(format!("{name} {}", n.state));
@@ -1214,4 +1226,106 @@ async fn the_state_is_written_once_it_settles_one_write_at_a_time_and_not_while_
     let mut far = SaveSchedule::new(Duration::MAX);
     far.changed(t0);
     assert!(far.wake_at(false).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_stop_names_the_rung_that_ended_it_and_how_long_it_took() {
+    // (how offline answers, whether terminate works, what is reported)
+    let rows = [
+        (Answer::Done, true, "r stopped by offline in 0ns"),
+        (Answer::Error, true, "r stopped by terminate in 0ns"),
+        // pending_timeout 5 s, then terminate_timeout 2 s, then the kill.
+        (Answer::Hang, true, "r stopped by terminate in 5s"),
+        (Answer::Hang, false, "r stopped by forced in 7s"),
+    ];
+    for (offline, terminate_works, want) in rows {
+        let mut p = policy();
+        p.pending_timeout = 5 * S;
+        p.terminate_timeout = 2 * S;
+        let b = Behaviour {
+            offline: offline.clone(),
+            terminate_works,
+            ..Default::default()
+        };
+        let mut sim = Sim::one(p, b);
+        sim.online("r");
+        sim.run_for(S).await;
+        sim.cmd("r", Command::Offline);
+        sim.run_for(10 * S).await;
+        assert_eq!(sim.state("r"), State::Offline, "{offline:?}");
+        assert_eq!(sim.ends, [want], "{offline:?} {terminate_works}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_failure_has_its_class_and_its_terminate_is_a_stop() {
+    let notice = |sim: &mut Sim| {
+        let id = sim.m.id("r").unwrap();
+        sim.feed(Event::FailureNotice {
+            id,
+            reason: "main process exited".into(),
+        });
+    };
+    let health = |_: &mut Sim| {};
+    // (behaviour, what happens once online, what is reported)
+    type Then = fn(&mut Sim);
+    let rows: [(Behaviour, Then, &[&str]); 4] = [
+        (
+            Behaviour {
+                online: Answer::Error,
+                ..Default::default()
+            },
+            health,
+            &["r failed: online", "r stopped by terminate in 0ns"],
+        ),
+        (
+            Behaviour {
+                online: Answer::Hang,
+                ..Default::default()
+            },
+            health,
+            &["r failed: timeout", "r stopped by terminate in 0ns"],
+        ),
+        (
+            Behaviour {
+                is_alive: false,
+                ..Default::default()
+            },
+            health,
+            &["r failed: health", "r stopped by terminate in 0ns"],
+        ),
+        (
+            Behaviour {
+                is_alive: false,
+                ..Default::default()
+            },
+            notice,
+            &["r failed: notice", "r stopped by terminate in 0ns"],
+        ),
+    ];
+    for (b, then, want) in rows {
+        let mut p = policy();
+        p.pending_timeout = 5 * S;
+        p.is_alive_interval = 30 * S;
+        p.restart_action = RestartAction::None;
+        let mut sim = Sim::one(p, b);
+        sim.online("r");
+        then(&mut sim);
+        sim.run_for(40 * S).await;
+        assert_eq!(sim.ends, want);
+    }
+    // Died while no monitor watched; could not be opened.
+    let mut sim = Sim::one(policy(), Behaviour::default());
+    sim.feed(Event::Adopted {
+        id: 0,
+        alive: false,
+    });
+    assert_eq!(sim.ends[0], "r failed: lost");
+    let mut sim = Sim::one(policy(), Behaviour::default());
+    sim.feed(Event::OpenFailed {
+        id: 0,
+        reason: "no such agent".into(),
+        want_online: true,
+    });
+    assert_eq!(sim.ends, ["r failed: open"]);
 }

@@ -215,16 +215,10 @@ impl Access {
     /// `Ok` when the bearer token `presented` carries `right`; else the
     /// message for the 401/403. Tokens are compared in constant time.
     pub fn check_token(&self, presented: Option<&str>, right: Right) -> Result<(), TokenDenied> {
-        use subtle::ConstantTimeEq;
         let Some(presented) = presented else {
             return Err(TokenDenied::Missing);
         };
-        let token = self
-            .config
-            .tokens
-            .iter()
-            .find(|t| bool::from(t.secret.as_bytes().ct_eq(presented.as_bytes())));
-        match token {
+        match self.token(presented) {
             None => Err(TokenDenied::Unknown),
             Some(t) if t.rights.contains(&right) => Ok(()),
             Some(t) => Err(TokenDenied::Lacks(format!(
@@ -232,6 +226,16 @@ impl Access {
                 t.name
             ))),
         }
+    }
+
+    /// The configured token whose secret is `presented` (compared in
+    /// constant time).
+    pub fn token(&self, presented: &str) -> Option<&Token> {
+        use subtle::ConstantTimeEq;
+        self.config
+            .tokens
+            .iter()
+            .find(|t| bool::from(t.secret.as_bytes().ct_eq(presented.as_bytes())))
     }
 
     /// `Ok` when `uid` holds `right`; else why not, for the 403.

@@ -12,6 +12,8 @@
 //! | `GET /v1/calls` | entry-point calls in progress |
 //! | `POST /v1/reload` | re-read the config file and apply what changed |
 //! | `GET /v1/events?follow=true` | the event feed as JSON lines |
+//! | `GET /metrics` | every metric series, Prometheus text or OpenMetrics (`docs/metrics.md`) |
+//! | `GET /healthz`, `GET /readyz` | liveness and readiness, no right needed |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 404 (no such
 //! resource), 409 (the operation failed: the resource failed while we
@@ -32,7 +34,7 @@ use axum::serve::IncomingStream;
 use axum::{Json, Router};
 pub use resmon_client::wire::{
     CallsReply, ControlReply, ErrorReply, HealthReply, OpReply, ReloadReport, StatusReply,
-    TerminateBody,
+    TerminateBody, WhoAmIReply,
 };
 use resmon_core::{Command, Settled};
 use serde::Deserialize;
@@ -68,6 +70,8 @@ pub struct ApiState {
     /// What is wrong with the monitor itself now (e.g. its state cannot be
     /// saved): shown with `status` and with every operation's answer.
     pub problems: Problems,
+    /// The per-resource series of the last `/metrics`.
+    pub metrics: Arc<resmon_metrics::Cache>,
 }
 
 /// See [`ApiState::problems`].
@@ -128,11 +132,7 @@ async fn authorize(AxState(st): AxState<ApiState>, req: Request, next: Next) -> 
     let caller = req.extensions().get::<ConnectInfo<Caller>>().map(|c| c.0);
     let access = st.access.read().unwrap_or_else(|e| e.into_inner()).clone();
     if caller.is_some_and(|c| c.tcp) {
-        let presented = req
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+        let presented = bearer(req.headers());
         return match access.check_token(presented, right) {
             Ok(()) => next.run(req).await,
             Err(crate::access::TokenDenied::Lacks(why)) => {
@@ -158,6 +158,51 @@ async fn authorize(AxState(st): AxState<ApiState>, req: Request, next: Next) -> 
     }
 }
 
+/// The bearer token of a request, if it shows one.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// `GET /v1/whoami`: the caller as the monitor sees it, and its rights
+/// (the dashboard shows only the buttons they allow).
+async fn whoami(
+    AxState(st): AxState<ApiState>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let access = st.access.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let (who, rights): (String, Vec<Right>) = if caller.tcp {
+        match bearer(&headers).and_then(|t| access.token(t)) {
+            Some(t) => (format!("token {:?}", t.name), t.rights.clone()),
+            None => return error(StatusCode::UNAUTHORIZED, "no valid token"),
+        }
+    } else {
+        let Some(uid) = caller.uid else {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the caller's credentials are unknown",
+            );
+        };
+        let rights = Right::ALL
+            .into_iter()
+            .filter(|&r| access.check(uid, r).is_ok())
+            .collect();
+        (format!("uid {uid}"), rights)
+    };
+    Json(WhoAmIReply {
+        caller: who,
+        rights: Right::ALL
+            .into_iter()
+            .filter(|r| rights.contains(r))
+            .map(|r| r.as_str().to_owned())
+            .collect(),
+    })
+    .into_response()
+}
+
 #[derive(Deserialize, Default)]
 pub struct WaitQuery {
     #[serde(default)]
@@ -180,11 +225,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources/{name}/control/{code}", post(control))
         .route("/v1/types/{name}/control/{code}", post(type_control))
         .route("/v1/calls", get(calls))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/nodes", get(nodes))
         .route("/v1/groups/{group}/move", post(move_group))
         .route("/v1/reload", post(reload))
         .route("/v1/events", get(events))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md") })
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            resmon_metrics::global().api_request("unmatched", 404);
+            error(StatusCode::NOT_FOUND, "no such endpoint; see docs/api.md")
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -193,8 +243,81 @@ pub fn router(state: ApiState) -> Router {
         // For load balancers and orchestrators: no right needed.
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(crate::dashboard::routes())
+        .route_layer(axum::middleware::from_fn(count_request))
         .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Counts each answered request by its route's pattern (never the path,
+/// which holds names) and status.
+async fn count_request(
+    path: Option<axum::extract::MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = path.map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    resmon_metrics::global().api_request(&route, resp.status().as_u16());
+    resp
+}
+
+/// `GET /metrics`: the event loop fills in what its state says now (the
+/// resources' rows only when they changed since the cached ones), and the
+/// series are encoded here, off the loop.
+async fn metrics(AxState(st): AxState<ApiState>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = resmon_metrics::Format::from_accept(accept);
+    let (reply, answer) = oneshot::channel();
+    let sent = tokio::time::Instant::now();
+    let known = st.metrics.known();
+    if st.tx.send(Msg::Metrics { sent, known, reply }).is_err() {
+        return stopping();
+    }
+    let Ok(mut scrape) = answer.await else {
+        return stopping();
+    };
+    if let Some(c) = &st.cluster {
+        scrape.cluster = Some(c.metrics());
+    }
+    match st.metrics.encode_parts(format, scrape) {
+        Ok(parts) => {
+            let len = parts.resources.len() + parts.rest.len();
+            let chunks = [
+                bytes::Bytes::from_owner(Shared(parts.resources)),
+                bytes::Bytes::from(parts.rest),
+            ];
+            let body = axum::body::Body::from_stream(futures_util::stream::iter(
+                chunks.map(Ok::<_, std::convert::Infallible>),
+            ));
+            (
+                [
+                    (
+                        axum::http::header::CONTENT_TYPE,
+                        format.content_type().to_owned(),
+                    ),
+                    (axum::http::header::CONTENT_LENGTH, len.to_string()),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the metrics failed: {e}"),
+        ),
+    }
+}
+
+/// Cached text, sent without a copy.
+struct Shared(Arc<String>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// How long `/healthz` and `/readyz` wait for the event loop's answer.

@@ -17,7 +17,7 @@ use resmon_contract::{
     control, CallContext, Completion, ControlError, EntryPoint, Resource, ResourceError,
     ResourceType, State, StatusSink,
 };
-use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId};
+use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId, Rung};
 use resmon_task::lock;
 use resmon_task::Container;
 use std::collections::HashMap;
@@ -62,6 +62,15 @@ pub enum Msg {
     /// `/healthz` and `/readyz`: the loop answers, so it turns.
     Health {
         reply: oneshot::Sender<Health>,
+    },
+    /// `/metrics`: what the monitor's state says now; `sent` is when the
+    /// request was sent, to tell how long it waited for the loop.
+    /// `known`: the generation of the rows the asker has; none are sent
+    /// back while it is the current one.
+    Metrics {
+        sent: Instant,
+        known: Option<u64>,
+        reply: oneshot::Sender<resmon_metrics::Scrape>,
     },
     Event(Event),
     Status {
@@ -185,6 +194,9 @@ pub struct Driver {
     state_dirty: bool,
     /// Start-up (opening and adoption) is done.
     ready: bool,
+    /// Bumped whenever a resource's metric rows change (a state, restarts,
+    /// the restart window, a reload), so that `/metrics` re-reads them.
+    metrics_generation: u64,
     /// Cluster mode: where `restart_then_failover` sends a group to move.
     failover: Option<mpsc::UnboundedSender<String>>,
     /// Cluster mode: the groups this node may bring online now.
@@ -245,6 +257,7 @@ impl Driver {
             just_ticked: false,
             state_dirty: false,
             ready: false,
+            metrics_generation: 0,
             failover: None,
             permits: None,
         }
@@ -382,6 +395,7 @@ impl Driver {
         }
         self.drain();
         self.state_dirty = true;
+        self.metrics_generation += 1;
         Ok((r.added, r.retired))
     }
 
@@ -393,6 +407,7 @@ impl Driver {
 
     /// Adds the slot of a resource added by [`reconfigure`](Self::reconfigure).
     pub fn push_slot(&mut self, slot: Slot) {
+        self.metrics_generation += 1;
         self.slots.push(slot);
     }
 
@@ -407,6 +422,7 @@ impl Driver {
         slot.resource = resource;
         slot.fingerprint = fingerprint;
         self.state_dirty = true;
+        self.metrics_generation += 1;
     }
 
     pub fn is_retired(&self, id: ResId) -> bool {
@@ -450,6 +466,9 @@ impl Driver {
                     ready: self.ready,
                     stopping: self.core.is_shutting_down(),
                 });
+            }
+            Msg::Metrics { sent, known, reply } => {
+                let _ = reply.send(self.scrape(sent, known));
             }
             Msg::Event(e) => self.feed(e),
             Msg::Status { name, reply } => {
@@ -495,6 +514,7 @@ impl Driver {
             name: slot.name.clone(),
             type_name: slot.type_name.clone(),
             group: v.spec.group.clone(),
+            depends_on: v.spec.depends_on.clone(),
             state: v.state,
             pids: slot.resource.pids(),
             restarts: v.restarts,
@@ -508,13 +528,87 @@ impl Driver {
         }
     }
 
-    fn wall(&self, t: Instant) -> String {
-        let at = if t >= self.epoch.0 {
+    /// Who a resource is, for its metric series.
+    fn who(&self, id: ResId) -> resmon_metrics::Who {
+        let slot = &self.slots[id];
+        resmon_metrics::Who {
+            resource: slot.name.clone(),
+            group: self.core.view(id).spec.group.clone(),
+            type_name: slot.type_name.clone(),
+        }
+    }
+
+    /// What `/metrics` reads of the monitor's state now; the resources'
+    /// rows only when the asker's generation (`known`) is not the current.
+    fn scrape(&self, sent: Instant, known: Option<u64>) -> resmon_metrics::Scrape {
+        let now = Instant::now();
+        let live = || (0..self.slots.len()).filter(|&id| !self.core.is_retired(id));
+        let rows = (known != Some(self.metrics_generation)).then(|| {
+            let mut valid_until: Option<Instant> = None;
+            let resources = live()
+                .map(|id| {
+                    let v = self.core.view(id);
+                    let window_end = self.core.restart_window_end(id, now);
+                    if let Some(end) = window_end {
+                        valid_until = Some(valid_until.map_or(end, |u| u.min(end)));
+                    }
+                    let online_since = (v.state == State::Online).then(|| {
+                        self.wall_time(v.since)
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64())
+                    });
+                    resmon_metrics::ResourceRow {
+                        who: self.who(id),
+                        state: v.state.as_str(),
+                        restarts: u64::from(v.restarts),
+                        in_restart_window: window_end.is_some(),
+                        online_since,
+                    }
+                })
+                .collect();
+            resmon_metrics::Rows {
+                generation: self.metrics_generation,
+                valid_until: valid_until.map(Instant::into_std),
+                state_names: State::ALL.iter().map(|s| s.as_str()).collect(),
+                resources,
+            }
+        });
+        let exit_codes = live()
+            .filter_map(|id| Some((self.who(id), self.slots[id].resource.exit_code()?)))
+            .collect();
+        let calls = self
+            .calls()
+            .into_iter()
+            .map(|c| resmon_metrics::CallRow {
+                type_name: self
+                    .core
+                    .id(&c.resource)
+                    .map(|id| self.slots[id].type_name.clone())
+                    .unwrap_or_default(),
+                resource: c.resource,
+                entry: c.entry,
+                seconds_left: c.remaining_ms as f64 / 1000.0,
+            })
+            .collect();
+        resmon_metrics::Scrape {
+            rows,
+            exit_codes,
+            calls,
+            loop_lag: now.saturating_duration_since(sent),
+            cluster: None,
+        }
+    }
+
+    fn wall_time(&self, t: Instant) -> SystemTime {
+        if t >= self.epoch.0 {
             self.epoch.1 + (t - self.epoch.0)
         } else {
             self.epoch.1 - (self.epoch.0 - t)
-        };
-        humantime::format_rfc3339_millis(at).to_string()
+        }
+    }
+
+    fn wall(&self, t: Instant) -> String {
+        humantime::format_rfc3339_millis(self.wall_time(t)).to_string()
     }
 
     /// Every entry-point call in progress, oldest first.
@@ -707,12 +801,15 @@ impl Driver {
                     &format!("terminate (exit code {exit_code}): {why}"),
                 );
                 let cheap = resource.terminate_is_cheap();
+                let type_name = self.slots[id].type_name.clone();
                 let terminate = move || {
+                    let started = Instant::now();
                     if let Err(p) =
                         std::panic::catch_unwind(AssertUnwindSafe(|| resource.terminate(exit_code)))
                     {
                         tracing::error!("terminate panicked: {}", panic_text(p));
                     }
+                    resmon_metrics::global().call("terminate", &type_name, started.elapsed());
                 };
                 // A terminate that only signals runs here: handing it to a
                 // worker thread and back would cost two wake-ups on the
@@ -766,8 +863,35 @@ impl Driver {
                     "past its restart threshold; no other node to move to: the group stays failed until retry_period_on_failure",
                 );
             }
+            Action::Failed { id, class } => {
+                self.metrics_generation += 1;
+                resmon_metrics::global().failure(&self.who(id), class.as_str());
+            }
+            Action::Stopped { id, rung, took } => {
+                // A failure's restart window begins when it is down.
+                self.metrics_generation += 1;
+                let who = self.who(id);
+                resmon_metrics::global().stop(&who, rung.as_str(), took);
+                // The terminate rungs end once the container is empty; an
+                // offline ends when the type says so, which is checked.
+                if rung == Rung::Offline {
+                    let container = self.slots[id].container.clone();
+                    crate::workers::spawn(move || {
+                        let left = container.pids();
+                        if !left.is_empty() {
+                            tracing::warn!(
+                                resource = %who.resource,
+                                "{} processes still ran after offline returned: {left:?}",
+                                left.len()
+                            );
+                            resmon_metrics::global().survivors(&who, left.len() as u64);
+                        }
+                    });
+                }
+            }
             Action::Notify(n) => {
                 self.state_dirty = true;
+                self.metrics_generation += 1;
                 let v = self.core.view(n.id);
                 tracing::info!(resource = %v.spec.name, state = %n.state, "{}", n.reason);
                 self.publish("state", n.id, Some(n.state), &n.reason);
@@ -778,7 +902,9 @@ impl Driver {
     fn call(&mut self, id: ResId, entry: EntryPoint, seq: u64) {
         let slot = &self.slots[id];
         if entry == EntryPoint::LooksAlive && slot.cheap_looks_alive {
+            let started = Instant::now();
             let alive = slot.resource.looks_alive();
+            resmon_metrics::global().call(entry.as_str(), &slot.type_name, started.elapsed());
             self.queue.push_back(Event::Returned {
                 id,
                 seq,
@@ -788,6 +914,7 @@ impl Driver {
         }
         let resource = slot.resource.clone();
         let lane = slot.lane.clone();
+        let type_name = slot.type_name.clone();
         let tx = self.tx.clone();
         // Cluster mode: `online` only while the node owns the group and its
         // lease lives, checked just before the call.
@@ -821,9 +948,12 @@ impl Driver {
             }
             };
             let outcome = lane.run(entry, seq, || {
-                std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
+                let started = Instant::now();
+                let out = std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
                     CallOutcome::Error(format!("{entry} panicked: {}", panic_text(p)))
-                })
+                });
+                resmon_metrics::global().call(entry.as_str(), &type_name, started.elapsed());
+                out
             });
             // A cancelled check never started: the core forgot it already.
             if let Some(outcome) = outcome {

@@ -13,6 +13,7 @@ pub mod access;
 pub mod api;
 pub mod cluster;
 pub mod config;
+mod dashboard;
 mod driver;
 pub mod events;
 mod handoff;
@@ -451,6 +452,8 @@ async fn run(
                 ..Default::default()
             })),
             requests: cluster_requests_tx,
+            meter: Arc::default(),
+            permits: Arc::default(),
         });
     let access = Arc::new(std::sync::RwLock::new(Arc::new(access::Access::new(
         config.access.clone(),
@@ -466,6 +469,7 @@ async fn run(
             let dir = state_dir.clone();
             Arc::new(move || dir.problem().into_iter().collect())
         },
+        metrics: Arc::default(),
     });
     let shutdown = listener::Shutdown::default();
     let tcp_server = match config.api.tcp {
@@ -720,19 +724,10 @@ fn start_cluster(
         .collect();
     let (failover_tx, failovers) = mpsc::unbounded_channel();
     driver.send_failovers_to(failover_tx);
-    let permits = Arc::new(cluster::view::Permits::default());
-    driver.gate_online(permits.clone());
+    driver.gate_online(handle.permits.clone());
     let (stop_tx, stop) = mpsc::unbounded_channel();
-    let controller = Controller::new(
-        c.clone(),
-        groups,
-        tx.clone(),
-        bus.clone(),
-        handle.view.clone(),
-        guard,
-        permits,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let controller = Controller::new(c.clone(), groups, tx.clone(), bus.clone(), handle, guard)
+        .map_err(anyhow::Error::msg)?;
     tokio::spawn(controller.run(requests, failovers, stop));
     Ok(stop_tx)
 }

@@ -109,6 +109,10 @@ impl Resource for Reopening {
         self.opened().map(|r| r.pids()).unwrap_or_default()
     }
 
+    fn exit_code(&self) -> Option<i32> {
+        self.opened().and_then(|r| r.exit_code())
+    }
+
     fn detail(&self) -> Option<String> {
         self.opened().and_then(|r| r.detail())
     }

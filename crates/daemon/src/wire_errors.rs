@@ -44,9 +44,17 @@ fn meaning(status: u16) -> &'static str {
     }
 }
 
+/// The longest head of an answer the server makes itself.
+const HEAD_AT_MOST: usize = 4096;
+
 /// `buf` rewritten with a JSON body, when it is one whole bodiless error
 /// answer of the server.
 fn rewrite(buf: &[u8]) -> Option<Vec<u8>> {
+    // Every write passes here: a body's bytes (a large `/metrics` answer
+    // comes in many writes) are let through without a scan.
+    if buf.len() > HEAD_AT_MOST || !buf.starts_with(b"HTTP/1.") {
+        return None;
+    }
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     if end + 4 != buf.len() {
         return None;
@@ -130,8 +138,25 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for JsonErrors<Io> {
 
     // Not vectored: the server then hands each answer over in one buffer,
     // which is what `rewrite` looks at.
+    /// Many buffers at once (a head and its body's chunks, written without
+    /// copying them together) pass through; one buffer alone may be an
+    /// answer to rewrite, and a rewrite under way goes on with its buffer.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        match (filled.next(), filled.next()) {
+            (None, _) => Poll::Ready(Ok(0)),
+            (Some(first), _) if self.pending.is_some() => self.poll_write(cx, first),
+            (Some(only), None) => self.poll_write(cx, only),
+            _ => Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs),
+        }
+    }
+
     fn is_write_vectored(&self) -> bool {
-        false
+        self.inner.is_write_vectored()
     }
 }
 

@@ -116,6 +116,7 @@ fn path() -> impl Strategy<Value = String> {
         Just("types".to_string()),
         Just("events".to_string()),
         Just("calls".to_string()),
+        Just("metrics".to_string()),
         "[a-zA-Z0-9%._~-]{0,10}",
     ];
     (proptest::collection::vec(seg, 0..6), "(\\?[a-z=&]{0,12})?")
@@ -144,6 +145,7 @@ proptest! {
                 reload,
                 cluster: None,
                 problems: Arc::new(Vec::new),
+                metrics: Arc::default(),
             });
             let Ok(mut req) = Request::builder().method(m).uri(p.as_str()).body(Body::from(body)) else {
                 return StatusCode::BAD_REQUEST;

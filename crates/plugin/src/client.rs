@@ -23,6 +23,7 @@ use resmon_contract::{
     control, CallContext, Completion, ControlError, FencingToken, LogLevel, Notifier, OpenContext,
     Policy, Resource, ResourceError, ResourceType,
 };
+use resmon_metrics::HostEnd;
 use resmon_sdk::ffi;
 use resmon_task::lock;
 use resmon_task::{Output, Reaper, SpawnSpec, TaskHandle, STILL_ACTIVE};
@@ -205,7 +206,7 @@ impl ResourceType for Plugins {
                     let why = format!(
                         "resource_type_control of {type_name:?} did not return within {timeout:?} (deadlock_timeout)"
                     );
-                    host.kill(why.clone(), 0);
+                    host.kill_as(HostEnd::Hang, why.clone(), 0);
                     Err(why)
                 }
             }
@@ -283,6 +284,7 @@ impl Pool {
             .name("plugin-host".into())
             .spawn(move || read_loop(h, reader))
             .map_err(failed)?;
+        resmon_metrics::global().host_started();
         tracing::info!("started {}", host.label);
         Ok(host)
     }
@@ -298,6 +300,9 @@ struct Calls {
     gone: Option<String>,
     /// Why the monitor killed it, and for which resource.
     killed: Option<(String, u64)>,
+    /// How it ends, when the monitor ended it: a call hung in it, or its
+    /// last resource was closed.
+    end: Option<HostEnd>,
 }
 
 impl Calls {
@@ -431,7 +436,8 @@ impl Host {
             Ok(Some(_)) => {}
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                 (c.on_hung)(self);
-                self.kill(
+                self.kill_as(
+                    HostEnd::Hang,
                     format!(
                         "{} did not return within {:?} of being cancelled",
                         c.entry, c.grace
@@ -513,6 +519,12 @@ impl Host {
 
     /// Kills the host and every process of its group. `rid` is the resource
     /// it is killed for (0: none).
+    /// Kills it, saying how its end is to be counted.
+    fn kill_as(&self, end: HostEnd, why: String, rid: u64) {
+        lock(&self.calls).end.get_or_insert(end);
+        self.kill(why, rid);
+    }
+
     fn kill(&self, why: String, rid: u64) {
         {
             let mut c = lock(&self.calls);
@@ -600,6 +612,7 @@ fn read_loop(host: Arc<Host>, stream: UnixStream) {
     let exit = host.exit_text();
     let (waiting, killed, reason, in_calls) = {
         let mut c = lock(&host.calls);
+        resmon_metrics::global().host_ended(c.end.unwrap_or(HostEnd::Crash));
         let reason = match &c.killed {
             Some((k, _)) => format!("{k}; the monitor killed its host"),
             None => format!("its host died: {exit}"),
@@ -824,7 +837,8 @@ impl Shared {
             Err(CallError::Timeout) => {
                 let why = format!("{entry} did not return within {timeout:?} ({limit})");
                 self.make_culprit(host, &why);
-                host.kill(
+                host.kill_as(
+                    HostEnd::Hang,
                     format!(
                         "{entry} of {:?} did not return within {timeout:?} ({limit})",
                         self.name
@@ -838,6 +852,7 @@ impl Shared {
 
     fn make_culprit(&self, host: &Host, why: &str) {
         if !self.separate.swap(true, Ordering::AcqRel) {
+            resmon_metrics::global().culprit();
             self.notifier.log(
                 LogLevel::Error,
                 format!(
@@ -1068,7 +1083,7 @@ impl Resource for PluginResource {
             .as_ref()
             .is_some_and(|h| Arc::ptr_eq(h, &host));
         if empty && !shared {
-            host.kill("its resource was closed".into(), 0);
+            host.kill_as(HostEnd::Closed, "its resource was closed".into(), 0);
         }
     }
 

@@ -25,7 +25,7 @@ use resmon_contract::{
 };
 use resmon_task::lock;
 use resmon_task::{CheckAbort, Container, Output, Reaper, SpawnSpec, TaskHandle};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +62,7 @@ impl ResourceType for ProcessType {
                 stopping: AtomicBool::new(false),
                 spawning: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
+                last_exit: AtomicI64::new(NO_EXIT),
             }),
             params,
             raw_params: ctx.params.clone(),
@@ -102,6 +103,9 @@ impl ResourceType for ProcessType {
     }
 }
 
+/// [`Shared::last_exit`] before a main process ended.
+const NO_EXIT: i64 = i64::MIN;
+
 struct Shared {
     name: String,
     notifier: Notifier,
@@ -112,6 +116,9 @@ struct Shared {
     spawning: AtomicBool,
     /// Counts starts, so a watcher of an old main process stays quiet.
     generation: AtomicU64,
+    /// The exit code of the last main process that ended; [`NO_EXIT`]
+    /// before one did. An atomic: `/metrics` reads it of every resource.
+    last_exit: AtomicI64,
 }
 
 struct ProcessResource {
@@ -203,6 +210,9 @@ impl ProcessResource {
         let task = task.clone();
         self.rt.spawn(async move {
             let code = task.wait().await;
+            if let Ok(c) = code {
+                shared.last_exit.store(i64::from(c), Ordering::Release);
+            }
             if shared.stopping.load(Ordering::Acquire)
                 || shared.generation.load(Ordering::Acquire) != generation
             {
@@ -433,5 +443,9 @@ impl Resource for ProcessResource {
             .and_then(|m| m.pid())
             .into_iter()
             .collect()
+    }
+
+    fn exit_code(&self) -> Option<i32> {
+        i32::try_from(self.shared.last_exit.load(Ordering::Acquire)).ok()
     }
 }

@@ -69,6 +69,21 @@ pub fn run(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), ProbeError> {
     if env.abort.is_some_and(CheckAbort::is_cancelled) {
         return Err(ProbeError::Cancelled);
     }
+    let started = std::time::Instant::now();
+    let out = run_once(probe, env);
+    // A cancelled probe said nothing of the service.
+    if !matches!(out, Err(ProbeError::Cancelled)) {
+        let kind = match probe.kind {
+            ProbeKind::Tcp(_) => "tcp",
+            ProbeKind::Http { .. } => "http",
+            ProbeKind::Exec(_) => "exec",
+        };
+        resmon_metrics::global().probe(kind, started.elapsed(), out.is_ok());
+    }
+    out
+}
+
+fn run_once(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), ProbeError> {
     match &probe.kind {
         ProbeKind::Tcp(addr) => {
             let (addr, timeout) = (addr.clone(), probe.timeout);

@@ -115,6 +115,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print every metric series (the Prometheus text of `GET /metrics`).
+    Metrics,
     /// List the installed OCF resource agents, or show one's parameters.
     Agents {
         #[command(subcommand)]
@@ -400,6 +402,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             for n in &r.notes {
                 println!("note: {n}");
             }
+            Ok(())
+        }
+        Cmd::Metrics => {
+            print!("{}", client(cli.socket).metrics().await?);
             Ok(())
         }
         Cmd::Calls { json } => {

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(20);
@@ -12,24 +11,12 @@ const READ: &str = "read-only-token-0123456789";
 const OPS: &str = "operations-token-0123456789";
 
 fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let auth = token
         .map(|t| format!("authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    let code = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, answer)
+    http_on(s, method, path, &auth)
 }
 
 /// `[api]` with the TCP listener on `port` and a query-only token.

@@ -2,7 +2,11 @@
 //! a process's `stat` line, whether it is alive, and every process of the
 //! machine. The monitor has its own reader (`resmon-task`'s `procfs`,
 //! with start times pinned for pid reuse); this one serves code that
-//! watches the monitor from outside, and depends on nothing.
+//! watches the monitor from outside, and depends on nothing. With the
+//! `browser` feature, also a headless Chromium to drive the dashboard.
+
+#[cfg(feature = "browser")]
+pub mod browser;
 
 use std::path::Path;
 

@@ -12,7 +12,7 @@
 //! fail, they are taken offline.
 
 use crate::cluster::config::{ClusterConfig, GroupConfig};
-use crate::cluster::view::{ClusterRequest, NodeView, Permits, SharedView};
+use crate::cluster::view::{ClusterHandle, ClusterRequest, Meter, NodeView, Permits, SharedView};
 use crate::driver::{Msg, ResourceStatus};
 use crate::events::EventBus;
 use resmon_cluster::clock::BootInstant;
@@ -21,6 +21,7 @@ use resmon_cluster::guard::GuardClient;
 use resmon_cluster::Settings;
 use resmon_contract::{Scope, State};
 use resmon_core::{Command, Event, ResId};
+use resmon_task::lock;
 use resmon_task::Container;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -108,6 +109,10 @@ pub struct Controller {
     /// Every node this one knows of (configured or seen live), so that
     /// `resmon nodes` lists the dead ones too.
     known: std::collections::BTreeSet<String>,
+    /// What `/metrics` reads of the cluster side.
+    meter: Arc<std::sync::Mutex<Meter>>,
+    /// Renewals of the members before the current one.
+    renewals_before: (u64, u64),
 }
 
 /// How often the controller looks at etcd and its lease.
@@ -119,10 +124,14 @@ impl Controller {
         groups: Vec<GroupResources>,
         tx: mpsc::UnboundedSender<Msg>,
         bus: EventBus,
-        view: SharedView,
+        handle: &ClusterHandle,
         guard: GuardClient,
-        permits: Arc<Permits>,
     ) -> Result<Controller, String> {
+        let (view, meter, permits) = (
+            handle.view.clone(),
+            handle.meter.clone(),
+            handle.permits.clone(),
+        );
         let settings = cfg.settings.clone();
         let (guard_tx, guard_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -158,6 +167,8 @@ impl Controller {
             guard: guard_tx,
             armed: None,
             last_snapshot: None,
+            meter,
+            renewals_before: (0, 0),
         })
     }
 
@@ -205,20 +216,26 @@ impl Controller {
             self.join().await;
         }
         let Some(member) = &self.member else {
-            self.fence_all("this node is not a member of the cluster");
+            self.fence_all("not_member", "this node is not a member of the cluster");
             self.feed_guard();
             return;
         };
+        let (ok, failed) = member.renewals();
+        lock(&self.meter).renewals = (self.renewals_before.0 + ok, self.renewals_before.1 + failed);
         let lease = member.lease_state().borrow().clone();
         let deadline = lease.may_run_until;
         if let Some(why) = lease.lost.clone() {
-            self.fence_all(&format!("the node's lease is gone: {why}"));
+            self.fence_all("lease_lost", &format!("the node's lease is gone: {why}"));
+            self.renewals_before = lock(&self.meter).renewals;
             self.member = None;
             self.feed_guard();
             return;
         }
         let Some(deadline) = deadline.filter(|d| !d.has_passed()) else {
-            self.fence_all("no renewal of the node's lease was acknowledged in time");
+            self.fence_all(
+                "lease_expired",
+                "no renewal of the node's lease was acknowledged in time",
+            );
             self.feed_guard();
             return;
         };
@@ -294,7 +311,7 @@ impl Controller {
                             format!("its owner key now names {} (token {})", o.node, o.token)
                         }
                     };
-                    self.fence_group(g, &msg);
+                    self.fence_group(g, "owner_changed", &msg);
                     return;
                 }
             }
@@ -333,6 +350,7 @@ impl Controller {
                 match m.release(&own).await {
                     Ok(_) => {
                         self.set_tokens(g, None);
+                        resmon_metrics::global().ownership_change(false);
                         self.groups[g].phase = Phase::Free;
                         self.groups[g].failover = false;
                         self.publish(
@@ -385,6 +403,7 @@ impl Controller {
                 self.groups[g].unowned_since = None;
                 self.groups[g].failover = false;
                 self.set_tokens(g, Some(token));
+                resmon_metrics::global().ownership_change(true);
                 // The guard holds the deadline before anything starts.
                 self.feed_guard();
                 self.publish(
@@ -425,10 +444,13 @@ impl Controller {
 
     /// Kills the group's resources now and forgets the ownership (the key
     /// is gone, or will be with the lease).
-    fn fence_group(&mut self, g: usize, why: &str) {
+    /// `cause` names why, for `resmon_cluster_fences_total`.
+    fn fence_group(&mut self, g: usize, cause: &str, why: &str) {
         if let Phase::Free = self.groups[g].phase {
             return;
         }
+        resmon_metrics::global().fence(cause);
+        resmon_metrics::global().ownership_change(false);
         self.groups[g].phase = Phase::Free;
         self.groups[g].failover = false;
         self.permits.revoke(&self.groups[g].res.name);
@@ -436,9 +458,9 @@ impl Controller {
         self.set_tokens(g, None);
     }
 
-    fn fence_all(&mut self, why: &str) {
+    fn fence_all(&mut self, cause: &str, why: &str) {
         for g in 0..self.groups.len() {
-            self.fence_group(g, why);
+            self.fence_group(g, cause, why);
         }
         self.update_view(None);
     }
@@ -447,6 +469,12 @@ impl Controller {
         for r in &self.groups[g].res.resources {
             r.container.fencing().set(token);
         }
+        let name = &self.groups[g].res.name;
+        let mut meter = lock(&self.meter);
+        match token {
+            Some(t) => meter.tokens.insert(name.clone(), t),
+            None => meter.tokens.remove(name),
+        };
     }
 
     /// Whether every resource of the group is down, with no call running.
@@ -514,6 +542,7 @@ impl Controller {
                 GuardOrder::Disarm
             }
         };
+        lock(&self.meter).guard_armed = matches!(order, GuardOrder::Arm(..));
         let _ = self.guard.send(order);
     }
 

@@ -20,16 +20,49 @@ pub enum ClusterRequest {
     },
 }
 
+/// What `/metrics` reads of the cluster side, kept by the controller.
+#[derive(Debug, Default)]
+pub struct Meter {
+    /// The fencing token of each group this node owns.
+    pub tokens: std::collections::BTreeMap<String, i64>,
+    /// The fence guard holds a deadline for the owned groups.
+    pub guard_armed: bool,
+    /// Lease renewals acknowledged and failed, over every membership of
+    /// this run.
+    pub renewals: (u64, u64),
+}
+
 /// How the API reaches the cluster side; `None` on a single node.
 #[derive(Clone)]
 pub struct ClusterHandle {
     pub view: SharedView,
     pub requests: mpsc::UnboundedSender<ClusterRequest>,
+    pub meter: Arc<std::sync::Mutex<Meter>>,
+    /// The lease deadline every `online` is checked against.
+    pub permits: Arc<Permits>,
 }
 
 impl ClusterHandle {
     pub fn snapshot(&self) -> NodesReply {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The cluster's series for `/metrics`.
+    pub fn metrics(&self) -> resmon_metrics::ClusterRow {
+        let member = self.view.read().unwrap_or_else(|e| e.into_inner()).member;
+        let m = lock(&self.meter);
+        resmon_metrics::ClusterRow {
+            member,
+            lease_seconds_left: self.permits.lease_left().map(|d| d.as_secs_f64()),
+            owned: m
+                .tokens
+                .iter()
+                .map(|(g, t)| (g.clone(), u64::try_from(*t).unwrap_or(0)))
+                .collect(),
+            guard_armed: m.guard_armed,
+            renewals: m.renewals.0,
+            renewal_failures: m.renewals.1,
+        }
     }
 }
 
@@ -58,6 +91,11 @@ impl Permits {
     pub fn allows(&self, group: &str, now: BootInstant) -> bool {
         let s = self.state();
         s.until.is_some_and(|until| now < until) && s.groups.contains(group)
+    }
+
+    /// How long the lease lets this node run its groups without a renewal.
+    pub fn lease_left(&self) -> Option<std::time::Duration> {
+        self.state().until.map(|u| u.remaining())
     }
 
     pub fn set_until(&self, until: Option<BootInstant>) {

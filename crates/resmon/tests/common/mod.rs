@@ -487,3 +487,26 @@ pub fn processes_mapping(path: &Path) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Sends one HTTP/1.1 request without a body on `stream` (`headers`: whole
+/// lines, each ending in CRLF) and returns the status and the whole answer.
+pub fn http_on(
+    mut stream: impl std::io::Read + std::io::Write,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (u16, String) {
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: x\r\n{headers}content-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, answer)
+}
