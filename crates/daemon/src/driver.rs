@@ -104,6 +104,8 @@ pub struct Slot {
     /// The "should terminate" flag of the calls now in flight.
     pub cancel: Arc<AtomicBool>,
     pub cheap_looks_alive: bool,
+    /// Its type's call-duration histograms.
+    pub timers: resmon_metrics::CallTimers,
 }
 
 /// The serialized entry points of one resource: one runs at a time, and
@@ -801,7 +803,7 @@ impl Driver {
                     &format!("terminate (exit code {exit_code}): {why}"),
                 );
                 let cheap = resource.terminate_is_cheap();
-                let type_name = self.slots[id].type_name.clone();
+                let timers = self.slots[id].timers.clone();
                 let terminate = move || {
                     let started = Instant::now();
                     if let Err(p) =
@@ -809,7 +811,7 @@ impl Driver {
                     {
                         tracing::error!("terminate panicked: {}", panic_text(p));
                     }
-                    resmon_metrics::global().call("terminate", &type_name, started.elapsed());
+                    timers.observe("terminate", started.elapsed());
                 };
                 // A terminate that only signals runs here: handing it to a
                 // worker thread and back would cost two wake-ups on the
@@ -904,7 +906,7 @@ impl Driver {
         if entry == EntryPoint::LooksAlive && slot.cheap_looks_alive {
             let started = Instant::now();
             let alive = slot.resource.looks_alive();
-            resmon_metrics::global().call(entry.as_str(), &slot.type_name, started.elapsed());
+            slot.timers.observe(entry.as_str(), started.elapsed());
             self.queue.push_back(Event::Returned {
                 id,
                 seq,
@@ -914,7 +916,7 @@ impl Driver {
         }
         let resource = slot.resource.clone();
         let lane = slot.lane.clone();
-        let type_name = slot.type_name.clone();
+        let timers = slot.timers.clone();
         let tx = self.tx.clone();
         // Cluster mode: `online` only while the node owns the group and its
         // lease lives, checked just before the call.
@@ -952,7 +954,7 @@ impl Driver {
                 let out = std::panic::catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|p| {
                     CallOutcome::Error(format!("{entry} panicked: {}", panic_text(p)))
                 });
-                resmon_metrics::global().call(entry.as_str(), &type_name, started.elapsed());
+                timers.observe(entry.as_str(), started.elapsed());
                 out
             });
             // A cancelled check never started: the core forgot it already.
@@ -1204,6 +1206,7 @@ mod tests {
             lane: Arc::default(),
             cancel: Arc::new(AtomicBool::new(false)),
             cheap_looks_alive: false,
+            timers: resmon_metrics::global().call_timers("recorder"),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let bus = EventBus::new();

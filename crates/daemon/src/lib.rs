@@ -273,6 +273,7 @@ async fn open_slot(
         lane: Arc::default(),
         cancel: Arc::new(AtomicBool::new(false)),
         cheap_looks_alive: ty.looks_alive_is_cheap(),
+        timers: resmon_metrics::global().call_timers(&r.type_name),
     };
     let container = match containers.adopt(&r.name) {
         Ok(c) => c,

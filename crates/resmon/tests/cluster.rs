@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{serve, wait_for, BIN};
+use common::{http_on, serve, wait_for, BIN};
 use resmon_cluster::BootInstant;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -784,6 +784,26 @@ fn nodes_moves_failback_and_failover() {
     assert_eq!(v["nodes"].as_array().unwrap().len(), 3, "{v}");
     assert_eq!(v["owners"]["alpha"], "n0", "{v}");
     assert_eq!(v["owners"]["beta"], "n2", "{v}");
+    // n0, owner of alpha, in its metrics: a member with its lease renewed,
+    // the fence guard armed, alpha's fencing token, gamma given up.
+    let text = String::from_utf8_lossy(&c.nodes[0].cli(&["metrics"]).stdout).to_string();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(value("resmon_cluster_member"), 1.0);
+    assert_eq!(value("resmon_cluster_fence_guard_armed"), 1.0);
+    assert_eq!(value("resmon_cluster_groups_owned"), 1.0, "alpha");
+    assert!(value(r#"resmon_cluster_fencing_token{group="alpha"}"#) > 0.0);
+    assert!(value("resmon_cluster_lease_left_seconds") > 0.0);
+    assert!(value("resmon_cluster_lease_renewals_total") > 0.0);
+    assert!(value(r#"resmon_cluster_ownership_changes_total{change="acquired"}"#) >= 2.0);
+    assert!(value(r#"resmon_cluster_ownership_changes_total{change="released"}"#) >= 1.0);
+    // Ready, as a member.
+    let unix = std::os::unix::net::UnixStream::connect(c.nodes[0].socket()).unwrap();
+    let (code, answer) = http_on(unix, "GET", "/readyz", "");
+    assert_eq!(code, 200, "{answer}");
     let table = String::from_utf8_lossy(&c.nodes[1].cli(&["nodes"]).stdout).to_string();
     assert!(table.contains("NODE") && table.contains("alpha"), "{table}");
     let status = String::from_utf8_lossy(&c.nodes[1].cli(&["status"]).stdout).to_string();

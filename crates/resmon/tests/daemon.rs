@@ -295,6 +295,17 @@ is_alive_interval = "300ms"
     });
     assert_eq!(d.state("web"), "online");
     assert_eq!(d.resource("web")["restarts"], 0);
+    // The probes are in the metrics: timed, none failed.
+    let text = d.ok(&["metrics"]);
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"resmon_probe_duration_seconds_count{probe="http"} "#))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(count.is_some_and(|n| n >= 3), "{text}");
+    assert!(
+        !text.contains(r#"resmon_probe_failures_total{probe="http"}"#),
+        "{text}"
+    );
     let pid = d.pids("web")[0];
     d.ok(&["offline", "web", "--wait"]);
     assert!(!alive(pid));

@@ -375,6 +375,31 @@ fn a_hung_terminate_gets_its_host_killed() {
     s.wait_reason("terminate did not return within 200ms (terminate_timeout)");
     s.d.wait_state("culprit", "offline", LONG);
     s.wait_bystander_moved();
+    // The metrics tell the same: the stop needed the forced rung, a host
+    // was replaced for a hang, and the culprit got a host of its own.
+    let text = s.d.ok(&["metrics"]);
+    let value = |name: &str, has: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && has.iter().all(|h| l.contains(h)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let culprit = [r#"resource="culprit""#];
+    assert_eq!(
+        value("resmon_stops_total{", &[culprit[0], r#"rung="forced""#]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("resmon_stops_total{", &[culprit[0], r#"rung="offline""#]),
+        0.0
+    );
+    assert!(
+        value("resmon_plugin_host_restarts_total{", &[r#"cause="hang""#]) >= 1.0,
+        "{text}"
+    );
+    assert!(value("resmon_plugin_culprits_total", &[]) >= 1.0, "{text}");
+    assert!(value("resmon_plugin_hosts", &[]) >= 1.0, "{text}");
     s.finish();
 }
 
