@@ -219,16 +219,19 @@ impl Daemon {
         self.resource(name)["state"].as_str().unwrap().to_string()
     }
 
+    /// Waits until `name` is in `state`. A resource not listed yet (a
+    /// reload that adds it is still being applied) is waited for too.
     pub fn wait_state(&self, name: &str, state: &str, limit: Duration) {
         let end = Instant::now() + limit;
         loop {
-            let r = self.resource(name);
-            if r["state"] == state {
+            let r = self.status().into_iter().find(|r| r["name"] == name);
+            if r.as_ref().is_some_and(|r| r["state"] == state) {
                 return;
             }
             assert!(
                 Instant::now() < end,
-                "{name} never became {state}; now {r}\n--- daemon log ---\n{}",
+                "{name} never became {state}; now {}\n--- daemon log ---\n{}",
+                r.map_or_else(|| "not listed".to_string(), |r| r.to_string()),
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(10));
