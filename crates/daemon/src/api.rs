@@ -282,8 +282,16 @@ async fn metrics(AxState(st): AxState<ApiState>, headers: axum::http::HeaderMap)
     if let Some(c) = &st.cluster {
         scrape.cluster = Some(c.metrics());
     }
-    match st.metrics.encode_parts(format, scrape) {
-        Ok(parts) => {
+    // Encoding the rows after a change is milliseconds of work for
+    // thousands of resources: never on the thread of the event loop.
+    let cache = st.metrics.clone();
+    let encoded = crate::workers::spawn(move || cache.encode_parts(format, scrape)).await;
+    match encoded {
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the metrics failed: {e}"),
+        ),
+        Ok(Ok(parts)) => {
             let len = parts.resources.len() + parts.rest.len();
             let chunks = [
                 bytes::Bytes::from_owner(Shared(parts.resources)),
@@ -304,7 +312,7 @@ async fn metrics(AxState(st): AxState<ApiState>, headers: axum::http::HeaderMap)
             )
                 .into_response()
         }
-        Err(e) => error(
+        Ok(Err(e)) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("encoding the metrics failed: {e}"),
         ),
