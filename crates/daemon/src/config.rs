@@ -54,6 +54,43 @@ pub struct MonitorConfig {
     pub cgroups: CgroupMode,
     /// Where the monitor keeps what it needs to survive its own restart.
     pub state_dir: PathBuf,
+    /// How the monitor writes its own log to stderr.
+    pub log_format: LogFormat,
+}
+
+/// `[monitor] log_format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Lines for people; coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    fn parse(s: &str) -> Option<LogFormat> {
+        match s {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
+
+/// The `[monitor] log_format` of the config file at `path`, read before
+/// anything else so that the monitor logs in it from its first line; the
+/// default when the file or the setting is missing or wrong (the full
+/// load reports those).
+pub fn log_format_of(path: &Path) -> LogFormat {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| {
+            let f = t.get("monitor")?.get("log_format")?.as_str()?.to_owned();
+            LogFormat::parse(&f)
+        })
+        .unwrap_or_default()
 }
 
 /// One checked `[[resource]]`.
@@ -373,6 +410,7 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
         socket: default_socket(),
         cgroups: CgroupMode::Auto,
         state_dir: crate::state::default_state_dir(),
+        log_format: LogFormat::Text,
     };
     let Some(v) = v else { return m };
     let Some(t) = v.as_table() else {
@@ -392,9 +430,19 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
             ("state_dir", _) => {
                 problems.push("[monitor] state_dir: must be an absolute path".into())
             }
+            ("log_format", toml::Value::String(s)) if LogFormat::parse(s).is_some() => {
+                m.log_format = LogFormat::parse(s).unwrap_or_default()
+            }
+            ("log_format", _) => {
+                problems.push("[monitor] log_format: use \"text\" or \"json\"".into())
+            }
             (other, _) => problems.push(format!(
                 "[monitor]: {}",
-                table::unknown_key(other, &["socket", "cgroups", "state_dir"], &[])
+                table::unknown_key(
+                    other,
+                    &["socket", "cgroups", "state_dir", "log_format"],
+                    &[]
+                )
             )),
         }
     }

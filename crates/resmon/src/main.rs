@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use resmon_client::wire::{EventRecord, NodesReply, ResourceStatus};
 use resmon_client::{ApiError, Client, ClientError, Operation, StatusCode};
+use resmon_daemon::config::LogFormat;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -262,13 +263,11 @@ fn main() -> ExitCode {
         };
         return ExitCode::from(code as u8);
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RESMON_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let format = match &cli.command {
+        Cmd::Serve { config } => resmon_daemon::config::log_format_of(config),
+        _ => LogFormat::Text,
+    };
+    init_logging(format);
     // One thread runs the monitor's event loop, its timers and the API:
     // nothing there blocks (entry points run on the blocking pool), and a
     // single thread saves a cross-thread wake-up on every health-check tick.
@@ -291,6 +290,63 @@ fn main() -> ExitCode {
             ExitCode::from(f.code as u8)
         }
     }
+}
+
+/// The monitor's own log, on stderr: text (coloured only on a terminal)
+/// or JSON lines as `[monitor] log_format` says; under systemd, whose
+/// journal reads stderr, straight to the journal with its fields.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("RESMON_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let mut journal_error = None;
+    if stderr_is_the_journal() {
+        match tracing_journald::layer() {
+            Ok(journal) => {
+                tracing_subscriber::registry()
+                    .with(filter())
+                    .with(journal.with_syslog_identifier("resmon".into()))
+                    .init();
+                return;
+            }
+            Err(e) => journal_error = Some(e),
+        }
+    }
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter())
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter())
+            .init(),
+    }
+    if let Some(e) = journal_error {
+        tracing::warn!("JOURNAL_STREAM names stderr but the journal cannot be reached ({e}): logging to stderr");
+    }
+}
+
+/// Whether stderr is the stream systemd's journal reads: `JOURNAL_STREAM`
+/// (`DEVICE:INODE`) names it, as systemd sets for a service.
+fn stderr_is_the_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let Ok(st) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    dev.parse::<u64>().is_ok_and(|d| d == st.st_dev)
+        && ino.parse::<u64>().is_ok_and(|i| i == st.st_ino)
 }
 
 fn socket_for(cli_socket: Option<PathBuf>) -> PathBuf {
