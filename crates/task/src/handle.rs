@@ -125,7 +125,7 @@ impl ProcessRecord {
 /// What a [`TaskHandle`] is a handle on: the task's exit-code state and
 /// the ways to end it and to see that it ended. A process task is a
 /// [`ProcessRecord`]; a container's tree task is the container's own record
-/// (`container.rs`), so this module knows nothing of containers.
+/// (`container/`), so this module knows nothing of containers.
 pub(crate) trait Record: Send + Sync {
     fn core(&self) -> &TaskCore;
     /// The process id of a process task.

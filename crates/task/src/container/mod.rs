@@ -17,19 +17,25 @@
 //!   double-fork keep the marker (and, as the monitor is a child subreaper,
 //!   stay our descendants); one that also clears its environment and leaves
 //!   its process group escapes: that is the price of not having cgroups.
+//!
+//! Each backend's mechanics (finding, signalling, killing, waiting) are a
+//! file of their own, `cgroup_tree.rs` and `marked.rs`; this file holds
+//! what both share (the processes seen, those that escaped, waiting for
+//! reaping) and picks the backend in each operation.
+
+mod cgroup_tree;
+mod marked;
 
 use crate::sync::lock;
 use std::collections::HashSet;
-use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use resmon_contract::{FencingToken, Scope};
-use rustix::process::{getpid, kill_process_group, Pid, Signal};
+use rustix::process::{getpid, Pid, Signal};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
@@ -40,15 +46,6 @@ use crate::reaper::Reaper;
 use crate::tracker::tracker;
 
 pub use crate::leaf::MARKER_VAR;
-
-/// Cgroups this process wrote `cgroup.kill` to since they were made, by any
-/// [`Container`] naming them (a resource type's and the monitor's are two):
-/// the first `wait_empty` that sees one empty renews it.
-static KILLED: std::sync::LazyLock<Mutex<HashSet<PathBuf>>> =
-    std::sync::LazyLock::new(|| Mutex::new(HashSet::new()));
-
-/// How many scan-and-kill rounds `kill_all` makes without cgroups.
-const KILL_ROUNDS: usize = 50;
 
 #[derive(Debug)]
 enum Backend {
@@ -602,17 +599,9 @@ impl Container {
     /// the resource's are included, with their start times (see
     /// [`tracker`](crate::tracker)).
     fn processes(&self) -> Vec<(u32, Option<u64>)> {
-        let mut own: Vec<(u32, Option<u64>)> = match &self.inner.cgroup {
-            Some(dir) => cgroup::all_procs(dir)
-                .into_iter()
-                .map(|pid| (pid, None))
-                .collect(),
-            None => procfs::index()
-                .snapshot()
-                .marked_tree(self.inner.marker.1.as_bytes())
-                .into_iter()
-                .map(|s| (s.pid, Some(s.start_time)))
-                .collect(),
+        let mut own = match &self.inner.cgroup {
+            Some(dir) => Container::cgroup_processes(dir),
+            None => self.marked_processes(),
         };
         let known: Vec<u32> = own.iter().map(|p| p.0).collect();
         own.extend(
@@ -713,19 +702,6 @@ impl Container {
         }
     }
 
-    /// Whether process `pid`'s environment holds this resource's marker.
-    fn carries_marker(&self, pid: u32) -> bool {
-        std::fs::read(
-            crate::leaf::proc_root()
-                .join(pid.to_string())
-                .join("environ"),
-        )
-        .is_ok_and(|env| {
-            procfs::environ_value(&env, &self.inner.marker.0)
-                == Some(self.inner.marker.1.as_bytes())
-        })
-    }
-
     /// Processes found outside the resource's cgroup (or marker) since the
     /// last call, for the resource to report: they left, and are stopped
     /// and waited for with the rest all the same.
@@ -766,46 +742,12 @@ impl Container {
         let mut first_error = None;
         let procs = self.stop_set();
         self.remember(&procs);
-        match &self.inner.cgroup {
-            // Each pid pinned by a pidfd, then kept only if a second look
-            // still lists it: a pid that was reused meanwhile by a process
-            // elsewhere is not signalled. No /proc reads, so the signals go
-            // out in one quick loop instead of one by one as the first
-            // signalled processes die.
-            Some(dir) => {
-                let mut pinned: Vec<(u32, OwnedFd)> = Vec::with_capacity(procs.len());
-                for &(pid, _) in &procs {
-                    match procfs::pidfd(pid) {
-                        Ok(Some(fd)) => pinned.push((pid, fd)),
-                        Ok(None) => {}
-                        Err(e) => {
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-                let mut still = cgroup::all_procs(dir);
-                still.sort_unstable();
-                for (pid, fd) in &pinned {
-                    if still.binary_search(pid).is_ok() {
-                        if let Err(e) = procfs::send_pinned(*pid, fd, sig) {
-                            first_error.get_or_insert(e);
-                        }
-                    }
-                }
-                // Those that left the cgroup, checked by start time.
-                for &(pid, start) in procs.iter().filter(|p| p.1.is_some()) {
-                    if let Err(e) = procfs::signal_checked(pid, start, sig) {
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            None => {
-                for (pid, start) in procs {
-                    if let Err(e) = procfs::signal_checked(pid, start, sig) {
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
+        let outcome = match &self.inner.cgroup {
+            Some(dir) => self.cgroup_signal(dir, &procs, sig),
+            None => self.marked_signal(procs, sig),
+        };
+        if let Err(e) = outcome {
+            first_error.get_or_insert(e);
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -819,113 +761,15 @@ impl Container {
     /// uninterruptible sleep can outlive them; it dies when it wakes).
     pub fn kill_all(&self) -> io::Result<()> {
         match &self.inner.cgroup {
-            Some(dir) => {
-                // Remembered so that `wait_empty` can wait for their reaping.
-                let mut procs = self.stop_set();
-                // Found outside the cgroup before (through a parent link
-                // since cut): killed too.
-                for (pid, start) in self.remembered_alive() {
-                    if !procs.iter().any(|p| p.0 == pid) {
-                        procs.push((pid, Some(start)));
-                    }
-                }
-                self.remember(&procs);
-                lock(&KILLED).insert(dir.clone());
-                let killed = match cgroup::write_file(&dir.join("cgroup.kill"), "1") {
-                    // A removed cgroup was empty.
-                    Err(e) if cgroup::is_gone(&e) => Ok(()),
-                    other => other,
-                };
-                // Those that left the cgroup die with it.
-                for &(pid, start) in procs.iter().filter(|p| p.1.is_some()) {
-                    if let Err(e) = procfs::signal_checked(pid, start, Signal::KILL) {
-                        tracing::warn!("killing resource {:?}: {e}", self.inner.name);
-                    }
-                }
-                killed
-            }
-            None => self.kill_all_by_scan(),
+            Some(dir) => self.cgroup_kill(dir),
+            None => self.marked_kill(),
         }
-    }
-
-    fn kill_all_by_scan(&self) -> io::Result<()> {
-        let index = procfs::index();
-        // Read from /proc, not getpgrp/getsid: in a container both can be 0
-        // (a session inherited from outside the pid namespace).
-        let me = procfs::read_stat(crate::leaf::proc_root(), own_pid());
-        let own_pgrp = me.as_ref().map(|s| s.pgrp);
-        let own_sid = me.as_ref().map(|s| s.session);
-        for _ in 0..KILL_ROUNDS {
-            let procs = index.snapshot().marked_tree(self.inner.marker.1.as_bytes());
-            let known: Vec<u32> = procs.iter().map(|p| p.pid).collect();
-            let escaped = self.escapees(&known);
-            for &(pid, start) in &escaped {
-                let _ = procfs::signal_checked(pid, Some(start), Signal::KILL);
-            }
-            self.remember(
-                &escaped
-                    .iter()
-                    .map(|&(pid, start)| (pid, Some(start)))
-                    .collect::<Vec<_>>(),
-            );
-            if procs.is_empty() && escaped.is_empty() {
-                return Ok(());
-            }
-            self.remember(
-                &procs
-                    .iter()
-                    .map(|p| (p.pid, Some(p.start_time)))
-                    .collect::<Vec<_>>(),
-            );
-            for p in &procs {
-                if let Err(e) = procfs::signal_checked(p.pid, Some(p.start_time), Signal::KILL) {
-                    tracing::warn!("killing resource {:?}: {e}", self.inner.name);
-                }
-            }
-            // Also kill the process groups, which catch members that lost the
-            // marker. Only groups that are the resource's own: led by one of
-            // its processes, or in a session one of them created.
-            let mut groups: Vec<u32> = procs
-                .iter()
-                .filter(|p| {
-                    p.pgrp > 1
-                        && Some(p.pgrp) != own_pgrp
-                        && (Some(p.session) != own_sid || procs.iter().any(|q| q.pid == p.pgrp))
-                })
-                .map(|p| p.pgrp)
-                .collect();
-            groups.sort_unstable();
-            groups.dedup();
-            for pgrp in groups.into_iter().filter_map(|g| Pid::from_raw(g as i32)) {
-                // Errors are ignored: ESRCH means the group is gone, and its
-                // members found by the scan were signalled one by one above.
-                let _ = kill_process_group(pgrp, Signal::KILL);
-            }
-            // Give the kernel a moment to carry the kills out before re-scanning.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        tracing::warn!(
-            "resource {:?}: processes still found after {KILL_ROUNDS} kill rounds",
-            self.inner.name
-        );
-        Ok(())
     }
 
     /// Whether no process of the resource is left.
     pub fn is_empty(&self) -> bool {
         match &self.inner.cgroup {
-            Some(dir) => match cgroup::populated(dir) {
-                // Empty, and nothing of it left elsewhere.
-                Ok(populated) => {
-                    !populated
-                        && self.escapees(&[]).is_empty()
-                        && (tracker().is_active() || self.remembered_alive().is_empty())
-                }
-                Err(e) => {
-                    tracing::warn!("{e}");
-                    false
-                }
-            },
+            Some(dir) => self.cgroup_is_empty(dir),
             None => self.pids().is_empty(),
         }
     }
@@ -951,53 +795,15 @@ impl Container {
         self.wait_unpopulated().await;
         self.wait_reaped().await;
         if let Some(dir) = &self.inner.cgroup {
-            let killed = lock(&KILLED).remove(dir);
-            if killed {
-                if let Err(e) = cgroup::renew(dir) {
-                    // Something was started meanwhile: the next spawn joins
-                    // by cgroup.procs instead.
-                    tracing::debug!("renewing {}: {e}", dir.display());
-                    if !dir.is_dir() {
-                        tracing::warn!("renewing {}: {e}", dir.display());
-                    }
-                }
-            }
+            cgroup_tree::renew_if_killed(dir);
         }
     }
 
     async fn wait_unpopulated(&self) {
-        if let Some(dir) = &self.inner.cgroup {
-            match watch_events(dir).await {
-                // Empty: what is left of it is outside, if anything.
-                Ok(()) => {
-                    return self
-                        .wait_exits(|| {
-                            let mut left = self.escapees(&[]);
-                            if !tracker().is_active() {
-                                left.extend(self.remembered_alive());
-                            }
-                            left
-                        })
-                        .await
-                }
-                Err(e) => tracing::warn!("watching {}: {e}; polling instead", dir.display()),
-            }
+        match &self.inner.cgroup {
+            Some(dir) => self.cgroup_wait_unpopulated(dir).await,
+            None => self.marked_wait_gone().await,
         }
-        if self.inner.cgroup.is_some() {
-            let mut delay = Duration::from_millis(2);
-            while !self.is_empty() {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(100));
-            }
-            return;
-        }
-        self.wait_exits(|| {
-            self.processes()
-                .into_iter()
-                .map(|(pid, start)| (pid, start.unwrap_or(0)))
-                .collect()
-        })
-        .await
     }
 
     /// Waits until `find` finds nothing: for the exit of every process it
@@ -1119,48 +925,6 @@ fn own_pid() -> u32 {
 
 fn pid_u32(pid: Option<Pid>) -> Option<u32> {
     pid.and_then(|p| u32::try_from(p.as_raw_nonzero().get()).ok())
-}
-
-/// Waits for `populated 0` in `dir/cgroup.events`.
-async fn watch_events(dir: &Path) -> io::Result<()> {
-    let path = dir.join("cgroup.events");
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if cgroup::is_gone(&e) => return Ok(()),
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("opening {}: {e}", path.display()),
-            ))
-        }
-    };
-    // SAFETY: the AsyncFd owns the File, so the descriptor stays open and
-    // names the same file description for the AsyncFd's whole life.
-    let events = unsafe { AsyncFd::register_with_interest(file, Interest::PRIORITY) }
-        .map_err(|e| e.into_parts().1)?;
-    let mut buf = [0_u8; 256];
-    loop {
-        // Read first, then sleep: a change after the read raises a new edge.
-        match events.get_ref().read_at(&mut buf, 0) {
-            Ok(n) => {
-                if cgroup::parse_populated(&String::from_utf8_lossy(&buf[..n])) == Some(false) {
-                    return Ok(());
-                }
-            }
-            Err(e) if cgroup::is_gone(&e) => return Ok(()),
-            Err(e) => {
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("reading {}: {e}", path.display()),
-                ))
-            }
-        }
-        match tokio::time::timeout(Duration::from_secs(1), events.ready(Interest::PRIORITY)).await {
-            Ok(Ok(mut guard)) => guard.clear_ready(),
-            Ok(Err(e)) => return Err(e),
-            Err(_elapsed) => {}
-        }
-    }
 }
 
 /// A task that is every process of a container: finished the first time
