@@ -431,6 +431,16 @@ impl Driver {
         self.core.is_retired(id)
     }
 
+    /// A removed resource was released: its recorded series go too (one
+    /// added back under its name later starts its counts afresh).
+    pub fn forget_metrics(&self, id: ResId) {
+        resmon_metrics::global().forget(
+            &self.who(id),
+            &Rung::ALL.map(Rung::as_str),
+            &resmon_core::FailureClass::ALL.map(resmon_core::FailureClass::as_str),
+        );
+    }
+
     /// Whether nothing of the resource runs or is in flight.
     pub fn is_settled_down(&self, id: ResId) -> bool {
         let v = self.core.view(id);

@@ -208,6 +208,7 @@ impl Handoff {
             Job::Released(id) => {
                 self.releasing.remove(&id);
                 self.released.insert(id);
+                driver.forget_metrics(id);
             }
         }
     }

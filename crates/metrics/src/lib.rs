@@ -176,6 +176,20 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Drops every series recorded of a resource that is gone for good (a
+    /// reload removed it and it is released): `rungs` and `classes` are
+    /// every rung and failure class it may have been counted under.
+    pub fn forget(&self, who: &Who, rungs: &[&str], classes: &[&str]) {
+        for rung in rungs {
+            self.stops.remove(&Who::owned(who.labels_and("rung", rung)));
+        }
+        for class in classes {
+            self.failures
+                .remove(&Who::owned(who.labels_and("class", class)));
+        }
+        self.survivors.remove(&Who::owned(who.labels()));
+    }
+
     /// Processes of the resource were still running after its stop ended.
     pub fn survivors(&self, who: &Who, n: u64) {
         self.survivors

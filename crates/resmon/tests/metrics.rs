@@ -248,3 +248,37 @@ command = "sleep 1000"
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not hold the query right"), "{err}");
 }
+
+#[test]
+fn a_removed_resource_leaves_no_series_once_released() {
+    let svc = |name: &str| {
+        format!("\n[[resource]]\nname = \"{name}\"\ntype = \"process\"\ncommand = \"sleep 1000\"\n")
+    };
+    let d = Daemon::start(&format!("{}{}", svc("keep"), svc("gone")));
+    d.wait_state("keep", "online", LONG);
+    d.wait_state("gone", "online", LONG);
+    // A stop of `gone` is counted under its name.
+    d.ok(&["offline", "gone", "--wait"]);
+    d.ok(&["online", "gone", "--wait"]);
+    let text = d.ok(&["metrics"]);
+    assert!(
+        text.contains(r#"resmon_stops_total{resource="gone""#),
+        "{text}"
+    );
+    // The reload removes it: once stopped and released, nothing of it is left.
+    let config = std::fs::read_to_string(d.config_file()).unwrap();
+    let without = config.replace(&svc("gone"), "");
+    assert_ne!(config, without);
+    std::fs::write(d.config_file(), without).unwrap();
+    d.ok(&["reload"]);
+    let mut text = String::new();
+    wait_for("the removed resource's series to go", LONG, || {
+        text = d.ok(&["metrics"]);
+        !text.contains(r#"resource="gone""#)
+    });
+    assert!(
+        text.contains(r#"resmon_resource_state{resource="keep""#),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "resmon_resources_configured"), Some(1.0));
+}
