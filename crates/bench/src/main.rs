@@ -515,13 +515,22 @@ fn thread_count(pid: u32) -> u64 {
     proc_field(pid, "status", "Threads:").unwrap_or(0)
 }
 
+/// `n` idle `process` resources, `idle0`, `idle1`..., their output dropped.
+fn sleepers(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "\n[[resource]]\nname = \"idle{i}\"\ntype = \"process\"\ncommand = \"sleep 100000\"\nstdout = \"null\"\n"
+            )
+        })
+        .collect()
+}
+
 async fn idle(bin: &Path, args: &Args) -> Result<()> {
-    let mut config = String::from("[defaults]\nlooks_alive_interval = \"1s\"\n");
-    for i in 0..args.resources {
-        config.push_str(&format!(
-            "\n[[resource]]\nname = \"idle{i}\"\ntype = \"process\"\ncommand = \"sleep 100000\"\nstdout = \"null\"\n"
-        ));
-    }
+    let config = format!(
+        "[defaults]\nlooks_alive_interval = \"1s\"\n{}",
+        sleepers(args.resources)
+    );
     let m = Monitor::start(bin, &config)?;
     let end = Instant::now() + Duration::from_secs(120);
     loop {
@@ -590,12 +599,7 @@ async fn cpu_over(m: &Monitor, n: usize, window: Duration, scraping: bool) -> Re
 
 async fn metrics(bin: &Path, args: &Args) -> Result<()> {
     for n in [args.resources, args.resources * 10] {
-        let mut config = String::from("[defaults]\nlooks_alive_interval = \"1s\"\n");
-        for i in 0..n {
-            config.push_str(&format!(
-                "\n[[resource]]\nname = \"idle{i}\"\ntype = \"process\"\ncommand = \"sleep 100000\"\nstdout = \"null\"\n"
-            ));
-        }
+        let config = format!("[defaults]\nlooks_alive_interval = \"1s\"\n{}", sleepers(n));
         let m = Monitor::start(bin, &config)?;
         wait_all_online(&m, n, Duration::from_secs(600)).await?;
         // Start-up's worker threads settle first.
@@ -668,11 +672,7 @@ async fn dashboard(bin: &Path, args: &Args) -> Result<()> {
     let mut config = format!(
         "[api]\ntcp = \"127.0.0.1:{port}\"\n[[api.token]]\nname = \"bench\"\ntoken = \"{token}\"\nrights = [\"query\", \"control\", \"terminate\"]\n"
     );
-    for i in 0..n {
-        config.push_str(&format!(
-            "\n[[resource]]\nname = \"idle{i}\"\ntype = \"process\"\ncommand = \"sleep 100000\"\nstdout = \"null\"\n"
-        ));
-    }
+    config.push_str(&sleepers(n));
     let m = Monitor::start(bin, &config)?;
     wait_all_online(&m, n, Duration::from_secs(600)).await?;
     let profile = tempfile::tempdir()?;

@@ -548,7 +548,7 @@ pub fn encode(format: Format, scrape: Scrape) -> Result<String, std::fmt::Error>
 }
 
 /// Writes one family of constant gauges.
-fn gauges<S, N>(
+pub(crate) fn gauges<S, N>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

@@ -6,7 +6,6 @@
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 use std::sync::Mutex;
@@ -70,6 +69,7 @@ fn open_fds() -> Option<usize> {
     }
 }
 
+/// One gauge without labels.
 fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
     enc: &mut DescriptorEncoder,
     name: &str,
@@ -77,8 +77,13 @@ fn gauge<N: prometheus_client::encoding::EncodeGaugeValue>(
     unit: Option<&Unit>,
     value: N,
 ) -> Result<(), std::fmt::Error> {
-    let help = format!("{help}.");
-    ConstGauge::new(value).encode(enc.encode_descriptor(name, &help, unit, MetricType::Gauge)?)
+    crate::gauges(
+        enc,
+        name,
+        help,
+        unit,
+        std::iter::once(([("", ""); 0], value)),
+    )
 }
 
 impl Collector for Process {

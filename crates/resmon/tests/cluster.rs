@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{http_on, serve, wait_for, BIN};
+use common::{http_on, sample, serve, wait_for, BIN};
 use resmon_cluster::BootInstant;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -787,11 +787,8 @@ fn nodes_moves_failback_and_failover() {
     // n0, owner of alpha, in its metrics: a member with its lease renewed,
     // the fence guard armed, alpha's fencing token, gamma given up.
     let text = String::from_utf8_lossy(&c.nodes[0].cli(&["metrics"]).stdout).to_string();
-    let value = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-    };
+    let value =
+        |series: &str| sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
     assert_eq!(value("resmon_cluster_member"), 1.0);
     assert_eq!(value("resmon_cluster_fence_guard_armed"), 1.0);
     assert_eq!(value("resmon_cluster_groups_owned"), 1.0, "alpha");

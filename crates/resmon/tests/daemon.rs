@@ -297,11 +297,11 @@ is_alive_interval = "300ms"
     assert_eq!(d.resource("web")["restarts"], 0);
     // The probes are in the metrics: timed, none failed.
     let text = d.ok(&["metrics"]);
-    let count = text
-        .lines()
-        .find_map(|l| l.strip_prefix(r#"resmon_probe_duration_seconds_count{probe="http"} "#))
-        .and_then(|n| n.parse::<u64>().ok());
-    assert!(count.is_some_and(|n| n >= 3), "{text}");
+    let count = sample(
+        &text,
+        r#"resmon_probe_duration_seconds_count{probe="http"}"#,
+    );
+    assert!(count.is_some_and(|n| n >= 3.0), "{text}");
     assert!(
         !text.contains(r#"resmon_probe_failures_total{probe="http"}"#),
         "{text}"

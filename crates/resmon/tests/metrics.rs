@@ -13,14 +13,6 @@ const LONG: Duration = Duration::from_secs(20);
 const NOBODY: u32 = 65534;
 const READ: &str = "read-only-token-0123456789";
 
-/// The value of the sample `series` (name and labels, exactly as written),
-/// if the text has it.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn labels(resource: &str) -> String {
     format!(r#"resource="{resource}",group="{resource}",type="process""#)
 }

@@ -491,6 +491,14 @@ pub fn processes_mapping(path: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// The value of the metric sample `series` (its name and labels, exactly
+/// as `/metrics` writes them), if the text has it.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Sends one HTTP/1.1 request without a body on `stream` (`headers`: whole
 /// lines, each ending in CRLF) and returns the status and the whole answer.
 pub fn http_on(
