@@ -1105,7 +1105,11 @@ impl Monitor {
         let Some(t) = self.res[id].terminating.take() else {
             return;
         };
-        let rung = if t.forced {
+        // A terminate reported at or past its deadline did not finish in
+        // time: what ended it was a guard of the type's own (a plugin host
+        // killed for the hang), the forced rung even when the monitor's
+        // tick for the same deadline has not come yet.
+        let rung = if t.forced || now >= t.deadline {
             Rung::Forced
         } else {
             Rung::Terminate

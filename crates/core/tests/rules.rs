@@ -61,6 +61,8 @@ struct Sim {
     trace: Vec<Line>,
     /// Stops with their rung, failures with their class.
     ends: Vec<String>,
+    /// The seq of the last `terminate` that has not reported.
+    terminating: HashMap<ResId, u64>,
 }
 
 fn spec(name: &str, deps: &[&str], policy: Policy) -> ResourceSpec {
@@ -86,6 +88,7 @@ impl Sim {
             pending: HashMap::new(),
             trace: Vec::new(),
             ends: Vec::new(),
+            terminating: HashMap::new(),
         }
     }
 
@@ -165,6 +168,8 @@ impl Sim {
                 self.log(format!("terminate {n} {exit_code}"));
                 if self.behaviour[id].terminate_works {
                     self.feed(Event::Terminated { id, seq });
+                } else {
+                    self.terminating.insert(id, seq);
                 }
             }
             Action::ForceKill { id, seq, .. } => {
@@ -543,6 +548,37 @@ async fn terminate_past_its_timeout_escalates_to_a_forced_kill() {
     assert_eq!(sim.times("terminate r"), vec![60_000]);
     assert_eq!(sim.times("force-kill r"), vec![60_300]);
     assert_eq!(sim.state("r"), State::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_terminate_that_returns_at_its_deadline_counts_as_forced() {
+    // A plugin's terminate that hangs is ended by its client killing the
+    // host at the same terminate_timeout: the stop took the forced rung
+    // whether that report or the monitor's own tick comes first.
+    for (late, want) in [
+        (MS, "r stopped by terminate in 6.999s"),
+        (Duration::ZERO, "r stopped by forced in 7s"),
+    ] {
+        let mut p = policy();
+        p.pending_timeout = 5 * S;
+        p.terminate_timeout = 2 * S;
+        let b = Behaviour {
+            offline: Answer::Hang,
+            terminate_works: false,
+            ..Default::default()
+        };
+        let mut sim = Sim::one(p, b);
+        sim.online("r");
+        sim.cmd("r", Command::Offline);
+        sim.run_for(5 * S).await;
+        let id = sim.m.id("r").unwrap();
+        let seq = sim.terminating[&id];
+        tokio::time::sleep(2 * S - late).await;
+        sim.feed(Event::Terminated { id, seq });
+        assert_eq!(sim.state("r"), State::Offline);
+        assert_eq!(sim.count("force-kill r"), 0, "no tick came");
+        assert_eq!(sim.ends, [want]);
+    }
 }
 
 #[tokio::test(start_paused = true)]
