@@ -34,7 +34,7 @@
 mod lifecycle;
 mod monitor;
 
-pub use lifecycle::{start_from, Earlier, SaveSchedule, StartFrom};
+pub use lifecycle::{start_from, Earlier, Life, SaveSchedule, StartFrom};
 pub use monitor::{
     later, Action, CallOutcome, Command, Event, FailureClass, Monitor, Notice, Reconfigured, ResId,
     ResourceSpec, ResourceView, Rung, Settled, SpecError, TermReason,

@@ -1,5 +1,46 @@
-//! Lifecycle rules around the monitor's own start: what becomes of each
+//! Lifecycle rules around the entry points: where a resource is in its
+//! type's hands ([`Life`]), and what becomes at the monitor's start of each
 //! resource that an earlier run of the monitor may have left running.
+
+/// Where a resource is in its type's hands. Entry points are called only
+/// while it is [`Open`](Life::Open); the steps between are the core's
+/// [`Action::Open`](crate::Action::Open), [`Action::Reattach`](crate::Action::Reattach)
+/// and [`Action::Close`](crate::Action::Close), carried out off the event loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Life {
+    /// Not opened, or its open failed: the next start of it opens it first.
+    Closed,
+    /// Its `open` is running.
+    Opening,
+    /// Opened at the monitor's start; what the earlier run left of it is
+    /// being found again.
+    Reattaching,
+    /// Opened: entry points may be called.
+    Open,
+    /// Its `close` is running: to be opened again with a new config, or
+    /// released for good.
+    Closing,
+    /// Removed by a reload, closed, and its container gone.
+    Released,
+}
+
+impl Life {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Life::Closed => "closed",
+            Life::Opening => "opening",
+            Life::Reattaching => "reattaching",
+            Life::Open => "open",
+            Life::Closing => "closing",
+            Life::Released => "released",
+        }
+    }
+
+    /// Whether an open, reattach or close of it is out.
+    pub fn is_busy(self) -> bool {
+        matches!(self, Life::Opening | Life::Reattaching | Life::Closing)
+    }
+}
 
 /// What the earlier run saved of a resource whose type and parameters are
 /// the same now (a changed one is a new resource).

@@ -1,5 +1,6 @@
 //! The monitor state machine over all resources and groups.
 
+use crate::lifecycle::{Life, StartFrom};
 use resmon_contract::{EntryPoint, Policy, RestartAction, State};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -17,6 +18,9 @@ pub struct ResourceSpec {
     /// Names of the providers this resource depends on (same group).
     pub depends_on: Vec<String>,
     pub policy: Policy,
+    /// Brought online once opened when a reload adds it (at the monitor's
+    /// start, [`crate::start_from`] decides).
+    pub autostart: bool,
 }
 
 /// A set of specs that cannot form a monitor.
@@ -122,22 +126,25 @@ pub enum Event {
     Tick,
     /// Take everything offline (the daemon is stopping).
     Shutdown,
-    /// At start: the resource is wanted online and a previous run of the
-    /// monitor left it running (`alive`), now watched again; or it should
-    /// have been running but died while no monitor watched (`!alive`), which
-    /// is a failure under the restart policy.
+    /// The answer to [`Action::Reattach`]: what the earlier run left of the
+    /// resource runs (`alive`) and is watched again; or it died while no
+    /// monitor watched (`!alive`), which is a failure under the restart
+    /// policy.
     Adopted {
         id: ResId,
         alive: bool,
     },
-    /// The resource's `open` failed (at start or when a reload added or
-    /// replaced it): it is `failed` with the reason and nothing runs. Its
-    /// next `online` (an operator's, or after `retry_period_on_failure`
-    /// when `want_online`) tries the open again.
-    OpenFailed {
+    /// The answer to [`Action::Open`]. An open that failed leaves the
+    /// resource `failed` with the reason and nothing running; its next
+    /// start (an operator's online, or the retry after
+    /// `retry_period_on_failure` when it is wanted online) opens it again.
+    Opened {
         id: ResId,
-        reason: String,
-        want_online: bool,
+        result: Result<(), String>,
+    },
+    /// The answer to [`Action::Close`].
+    Closed {
+        id: ResId,
     },
 }
 
@@ -178,6 +185,18 @@ pub enum Action {
     Failover { group: String },
     /// Publish a state change.
     Notify(Notice),
+    /// Open the resource with its type (its current config), in its
+    /// container; `fresh`: kill whatever runs in the container first (an
+    /// earlier run's leftovers, when nothing of it is to be reattached).
+    /// Feed [`Event::Opened`]. No entry point is called meanwhile.
+    Open { id: ResId, fresh: bool },
+    /// At the monitor's start, once opened: find what the earlier run left
+    /// of the resource (its saved state) and feed [`Event::Adopted`].
+    Reattach { id: ResId },
+    /// Close the opened resource (it is down): to open it again with a new
+    /// config, or (`release`) for good, when a reload removed it: then its
+    /// container is emptied and removed too. Feed [`Event::Closed`].
+    Close { id: ResId, release: bool },
     /// The resource failed (its [`Action::Notify`] says why): for counting
     /// failures by class.
     Failed { id: ResId, class: FailureClass },
@@ -289,12 +308,30 @@ pub struct ResourceView<'a> {
     pub in_flight_seq: Option<u64>,
     /// While terminating: when it started and when the forced kill is due.
     pub terminate: Option<(Instant, Instant)>,
+    /// Where it is in its type's hands.
+    pub life: Life,
+    /// Its start at the monitor's start (open, then reattach or online) is
+    /// not carried out yet.
+    pub starting: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Want {
     Online,
     Offline,
+}
+
+/// What becomes of a resource once its open succeeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    /// Nothing: it stays as it is wanted.
+    Stay,
+    /// Bring it online (a start's decision, or `autostart` on a reload).
+    Online,
+    /// Find what the earlier run left of it ([`Action::Reattach`]).
+    Reattach,
+    /// It was online, but nothing says how to find it: a failure.
+    Lost,
 }
 
 #[derive(Clone, Debug)]
@@ -347,6 +384,18 @@ struct Res {
     restart_granted: bool,
     restart_times: VecDeque<Instant>,
     restarts: u32,
+    life: Life,
+    then: Then,
+    /// A reload changed its type or parameters: once down, it is closed
+    /// and opened again with the new config.
+    reopen: bool,
+    /// After that reopen: the resources wanted online before the reload,
+    /// which are brought back.
+    restore: Vec<ResId>,
+    /// The close out is a release (see [`Action::Close`]).
+    releasing: bool,
+    /// See [`ResourceView::starting`].
+    starting: bool,
 }
 
 impl Res {
@@ -381,7 +430,18 @@ impl Res {
             restart_granted: false,
             restart_times: VecDeque::new(),
             restarts: 0,
+            life: Life::Closed,
+            then: Then::Stay,
+            reopen: false,
+            restore: Vec::new(),
+            releasing: false,
+            starting: false,
         }
+    }
+
+    /// Whether nothing of it runs or is in flight.
+    fn at_rest(&self) -> bool {
+        self.state.is_down() && self.in_flight.is_none() && self.terminating.is_none()
     }
 }
 
@@ -415,6 +475,8 @@ pub struct Monitor {
     /// Every resource's next deadline, ordered.
     timers: BTreeSet<(Instant, ResId)>,
     timer_of: Vec<Option<Instant>>,
+    /// Resources whose start is not carried out yet.
+    starting: usize,
 }
 
 impl Monitor {
@@ -502,7 +564,45 @@ impl Monitor {
             is_touched: vec![false; n],
             timers: BTreeSet::new(),
             timer_of: vec![None; n],
+            starting: 0,
         })
+    }
+
+    /// The monitor's start: opens every resource, and once each is open
+    /// starts it as `from` (the [`crate::start_from`] decision, by id)
+    /// says: reattached, lost, brought online, or left offline. Resources
+    /// not listed are opened when first wanted online.
+    pub fn start(&mut self, now: Instant, from: &[StartFrom]) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (id, &f) in from.iter().enumerate().take(self.res.len()) {
+            let r = &mut self.res[id];
+            if r.life != Life::Closed || r.starting {
+                continue;
+            }
+            r.then = match f {
+                StartFrom::Reattach => Then::Reattach,
+                StartFrom::Lost => Then::Lost,
+                StartFrom::Online => Then::Online,
+                StartFrom::Offline => Then::Stay,
+            };
+            r.starting = true;
+            r.life = Life::Opening;
+            self.starting += 1;
+            out.push(Action::Open {
+                id,
+                fresh: f != StartFrom::Reattach,
+            });
+            self.mark(id);
+        }
+        self.reconcile(now, &mut out);
+        self.refresh_timers();
+        out
+    }
+
+    /// Whether every start of [`start`](Self::start) is carried out (what
+    /// `/readyz` waits for).
+    pub fn is_started(&self) -> bool {
+        self.starting == 0
     }
 
     pub fn len(&self) -> usize {
@@ -524,7 +624,7 @@ impl Monitor {
             state: r.state,
             since: r.since,
             restarts: r.restarts,
-            wants_online: r.want == Want::Online,
+            wants_online: self.wants_online(id),
             terminating: r.terminating.is_some(),
             reason: &r.reason,
             in_flight: r
@@ -533,6 +633,8 @@ impl Monitor {
                 .map(|c| (c.entry, c.started, call_deadline(c, &r.spec.policy))),
             in_flight_seq: r.in_flight.as_ref().map(|c| c.seq),
             terminate: r.terminating.as_ref().map(|t| (t.started, t.deadline)),
+            life: r.life,
+            starting: r.starting,
         }
     }
 
@@ -554,11 +656,10 @@ impl Monitor {
         self.res[id].state
     }
 
-    /// True once every resource is down and nothing is in flight.
+    /// True once every resource is down and nothing is in flight (no
+    /// entry point, and no open, reattach or close).
     pub fn all_down(&self) -> bool {
-        self.res
-            .iter()
-            .all(|r| r.state.is_down() && r.in_flight.is_none() && r.terminating.is_none())
+        self.res.iter().all(|r| r.at_rest() && !r.life.is_busy())
     }
 
     /// Whether the resource was removed by [`reconfigure`](Self::reconfigure).
@@ -568,15 +669,19 @@ impl Monitor {
 
     /// Applies a new set of specs to a running monitor (a reload). A spec
     /// whose name is known updates that resource in place (policy, group,
-    /// dependencies); a new name adds a resource, `offline` and not wanted
-    /// yet; a known name missing from `specs` retires that resource: it is
-    /// taken offline and then ignored. Returns the ids added and retired,
-    /// and the actions to carry out. The specs must be valid as a whole
-    /// (as [`Monitor::new`] checks); on error nothing changes.
+    /// dependencies); a new name adds a resource, which is opened and, if
+    /// `autostart`, brought online; a known name missing from `specs`
+    /// retires that resource: it is taken offline, closed and released.
+    /// A known name in `replace` (its type or parameters changed) is taken
+    /// offline, closed and opened again, and then what was wanted online
+    /// before comes back. Returns the ids added and retired, and the
+    /// actions to carry out. The specs must be valid as a whole (as
+    /// [`Monitor::new`] checks); on error nothing changes.
     pub fn reconfigure(
         &mut self,
         now: Instant,
         specs: Vec<ResourceSpec>,
+        replace: &[String],
     ) -> Result<Reconfigured, SpecError> {
         Monitor::new(specs.clone(), now)?;
         let mut added = Vec::new();
@@ -654,6 +759,37 @@ impl Monitor {
             self.res[id].providers = providers;
         }
         let mut out = Vec::new();
+        for &id in &added {
+            let r = &mut self.res[id];
+            r.then = if r.spec.autostart && !self.shutting_down {
+                Then::Online
+            } else {
+                Then::Stay
+            };
+            r.life = Life::Opening;
+            out.push(Action::Open { id, fresh: true });
+        }
+        let wanted: Vec<ResId> = (0..self.res.len())
+            .filter(|&id| !self.res[id].retired && self.wants_online(id))
+            .collect();
+        for name in replace {
+            let Some(id) = self.id(name).filter(|id| !added.contains(id)) else {
+                continue;
+            };
+            // Never opened, or its open failed: its next open takes the new
+            // config anyway.
+            if self.res[id].life == Life::Closed {
+                continue;
+            }
+            let r = &mut self.res[id];
+            r.reopen = true;
+            for &w in &wanted {
+                if !r.restore.contains(&w) {
+                    r.restore.push(w);
+                }
+            }
+            self.command(now, id, Command::Offline, &mut out);
+        }
         for id in 0..self.res.len() {
             self.mark(id);
         }
@@ -795,7 +931,8 @@ impl Monitor {
             | Event::FailureNotice { id, .. }
             | Event::Terminated { id, .. }
             | Event::Adopted { id, .. }
-            | Event::OpenFailed { id, .. } => self.mark(*id),
+            | Event::Opened { id, .. }
+            | Event::Closed { id } => self.mark(*id),
             Event::Tick => {}
             Event::Shutdown => {
                 for id in 0..self.res.len() {
@@ -830,50 +967,14 @@ impl Monitor {
             Event::Terminated { id, seq } => self.terminated(now, id, seq, &mut out),
             Event::Tick => self.tick(now, &mut out),
             Event::Adopted { id, alive } => {
-                let r = &mut self.res[id];
-                if r.state == State::Offline && r.in_flight.is_none() && !self.shutting_down {
-                    r.want = Want::Online;
-                    if alive {
-                        r.looks_alive_at = Some(later(now, r.spec.policy.looks_alive_interval));
-                        r.is_alive_at = Some(later(now, r.spec.policy.is_alive_interval));
-                        self.set_state(
-                            now,
-                            id,
-                            State::Online,
-                            "adopted after a monitor restart",
-                            &mut out,
-                        );
-                    } else {
-                        self.fail(
-                            now,
-                            id,
-                            FailureClass::Lost,
-                            "its processes died while no monitor watched".into(),
-                            &mut out,
-                        );
-                    }
+                if self.res[id].life == Life::Reattaching {
+                    self.res[id].life = Life::Open;
+                    self.adopted(now, id, alive, &mut out);
+                    self.started_one(id);
                 }
             }
-            Event::OpenFailed {
-                id,
-                reason,
-                want_online,
-            } => {
-                let retry = self.res[id].spec.policy.retry_period_on_failure;
-                let r = &mut self.res[id];
-                if r.state.is_down() && r.in_flight.is_none() && r.terminating.is_none() {
-                    r.restart_granted = false;
-                    r.restart_at = None;
-                    let wanted = want_online && !self.shutting_down;
-                    r.want = if wanted { Want::Online } else { Want::Offline };
-                    r.retry_at = wanted.then(|| later(now, retry));
-                    self.set_state(now, id, State::Failed, &reason, &mut out);
-                    out.push(Action::Failed {
-                        id,
-                        class: FailureClass::Open,
-                    });
-                }
-            }
+            Event::Opened { id, result } => self.opened(now, id, result, &mut out),
+            Event::Closed { id } => self.closed(id, &mut out),
             Event::Shutdown => {
                 self.shutting_down = true;
                 for id in 0..self.res.len() {
@@ -896,6 +997,180 @@ impl Monitor {
         self.reconcile(now, &mut out);
         self.refresh_timers();
         out
+    }
+
+    /// What the earlier run left is watched again (`alive`), or it died
+    /// while no monitor watched: a failure under the restart policy.
+    fn adopted(&mut self, now: Instant, id: ResId, alive: bool, out: &mut Vec<Action>) {
+        let r = &mut self.res[id];
+        if r.state != State::Offline || r.in_flight.is_some() || self.shutting_down {
+            return;
+        }
+        // A reload replaced it during the start: watched until it is down,
+        // then opened anew (and brought back).
+        if !r.reopen {
+            r.want = Want::Online;
+        }
+        if alive {
+            r.looks_alive_at = Some(later(now, r.spec.policy.looks_alive_interval));
+            r.is_alive_at = Some(later(now, r.spec.policy.is_alive_interval));
+            self.set_state(
+                now,
+                id,
+                State::Online,
+                "adopted after a monitor restart",
+                out,
+            );
+        } else {
+            let why = "its processes died while no monitor watched".into();
+            self.fail(now, id, FailureClass::Lost, why, out);
+        }
+    }
+
+    /// Whether the resource is wanted online; one whose start or open is
+    /// still out counts as it will be.
+    fn wants_online(&self, id: ResId) -> bool {
+        let r = &self.res[id];
+        r.want == Want::Online || r.then != Then::Stay || r.life == Life::Reattaching
+    }
+
+    /// The start of [`start`](Self::start) for `id` is carried out.
+    fn started_one(&mut self, id: ResId) {
+        if std::mem::take(&mut self.res[id].starting) {
+            self.starting -= 1;
+        }
+    }
+
+    fn opened(
+        &mut self,
+        now: Instant,
+        id: ResId,
+        result: Result<(), String>,
+        out: &mut Vec<Action>,
+    ) {
+        if self.res[id].life != Life::Opening {
+            return; // nothing asked for it
+        }
+        let r = &mut self.res[id];
+        let then = std::mem::replace(&mut r.then, Then::Stay);
+        let failed = result.is_err();
+        r.life = if failed { Life::Closed } else { Life::Open };
+        // An open that a reload overtook is closed and opened anew before
+        // what was wanted comes back; one that failed is opened with the new
+        // config anyway.
+        if failed {
+            r.reopen = false;
+        }
+        let restore = if r.reopen {
+            Vec::new()
+        } else {
+            std::mem::take(&mut r.restore)
+        };
+        // What was wanted before a replacement comes back (a provider that
+        // does not open stays failed, and its dependents wait for it).
+        for &w in &restore {
+            if !self.res[w].retired {
+                self.command(now, w, Command::Online, out);
+            }
+        }
+        match result {
+            Err(why) => {
+                let want_online = then != Then::Stay
+                    || self.res[id].want == Want::Online
+                    || restore.contains(&id);
+                self.open_failed(now, id, why, want_online, out);
+            }
+            Ok(()) => match then {
+                Then::Reattach if !self.shutting_down => {
+                    self.res[id].life = Life::Reattaching;
+                    out.push(Action::Reattach { id });
+                    return;
+                }
+                Then::Lost => self.adopted(now, id, false, out),
+                Then::Online => self.command(now, id, Command::Online, out),
+                Then::Reattach | Then::Stay => {}
+            },
+        }
+        self.started_one(id);
+    }
+
+    /// An open failed: `failed` with the reason, nothing runs; wanted
+    /// online, it is opened again after `retry_period_on_failure`.
+    fn open_failed(
+        &mut self,
+        now: Instant,
+        id: ResId,
+        reason: String,
+        want_online: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let retry = self.res[id].spec.policy.retry_period_on_failure;
+        let wanted = want_online && !self.shutting_down;
+        let r = &mut self.res[id];
+        r.restart_granted = false;
+        r.restart_at = None;
+        r.want = if wanted { Want::Online } else { Want::Offline };
+        r.retry_at = wanted.then(|| later(now, retry));
+        self.set_state(now, id, State::Failed, &reason, out);
+        out.push(Action::Failed {
+            id,
+            class: FailureClass::Open,
+        });
+    }
+
+    fn closed(&mut self, id: ResId, out: &mut Vec<Action>) {
+        let r = &mut self.res[id];
+        if r.life != Life::Closing {
+            return;
+        }
+        if std::mem::take(&mut r.releasing) {
+            r.life = Life::Released;
+            return;
+        }
+        r.life = Life::Closed;
+        // Retired meanwhile: its next step releases it.
+        if std::mem::take(&mut r.reopen) && !r.retired && !self.shutting_down {
+            r.life = Life::Opening;
+            out.push(Action::Open { id, fresh: true });
+        }
+    }
+
+    /// The lifecycle's part of a step: closes what is to be released or
+    /// opened anew once it is down, opens what is wanted and not open.
+    /// True when entry points must wait (it is not open).
+    fn life_step(&mut self, id: ResId, out: &mut Vec<Action>) -> bool {
+        let shutting_down = self.shutting_down;
+        let r = &mut self.res[id];
+        let close = |r: &mut Res, out: &mut Vec<Action>| {
+            r.life = Life::Closing;
+            r.releasing = r.retired;
+            out.push(Action::Close {
+                id,
+                release: r.retired,
+            });
+        };
+        match r.life {
+            Life::Open => {
+                if (r.retired || r.reopen) && r.at_rest() {
+                    close(r, out);
+                    return true;
+                }
+                false
+            }
+            Life::Closed => {
+                if r.retired {
+                    close(r, out);
+                } else if !shutting_down
+                    && r.want == Want::Online
+                    && (r.state == State::Offline || r.restart_granted)
+                {
+                    r.life = Life::Opening;
+                    out.push(Action::Open { id, fresh: true });
+                }
+                true
+            }
+            Life::Opening | Life::Reattaching | Life::Closing | Life::Released => true,
+        }
     }
 
     fn command(&mut self, now: Instant, id: ResId, cmd: Command, out: &mut Vec<Action>) {
@@ -1232,11 +1507,11 @@ impl Monitor {
     }
 
     fn step(&mut self, now: Instant, id: ResId, out: &mut Vec<Action>) {
-        let held = self.wanted_online(id);
-        let r = &self.res[id];
-        if r.terminating.is_some() {
+        if self.res[id].terminating.is_some() || self.life_step(id, out) {
             return;
         }
+        let held = self.wanted_online(id);
+        let r = &self.res[id];
         // Taken offline now: nothing of it is needed any more.
         let going_offline = r.state == State::Online
             && !held

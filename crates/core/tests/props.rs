@@ -1,8 +1,10 @@
-//! Random event sequences on random dependency graphs: whatever happens, the
+//! Random event sequences on random dependency graphs, from a random start
+//! and through reloads that replace resources: whatever happens, the
 //! incremental bookkeeping agrees with a full scan, a resource never has two
-//! serialized calls in flight, nothing is brought online before its
-//! providers are, and every stop and failure the core reports is one the
-//! states show.
+//! serialized calls in flight, no entry point is called on a resource that
+//! is not open, nothing is opened or closed twice at once or closed while
+//! anything of it runs, nothing is brought online before its providers are,
+//! and every stop and failure the core reports is one the states show.
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -10,6 +12,7 @@ use proptest::test_runner::TestCaseError;
 use resmon_contract::{EntryPoint, Policy, RestartAction, State, ALLOWED_TRANSITIONS};
 use resmon_core::{
     Action, CallOutcome, Command, Event, FailureClass, Monitor, ResId, ResourceSpec, Rung,
+    StartFrom,
 };
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -22,8 +25,10 @@ enum Op {
     Notice(usize),
     Finish(usize),
     Advance(u64),
-    OpenFailed(usize, bool),
+    Opened(usize, bool),
     Adopted(usize, bool),
+    Closed(usize),
+    Replace(usize),
     Shutdown,
 }
 
@@ -34,10 +39,19 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (0..6usize).prop_map(Op::Notice),
         8 => (0..6usize).prop_map(Op::Finish),
         8 => (0..4000u64).prop_map(Op::Advance),
-        8 => (0..6usize, any::<bool>()).prop_map(|(i, w)| Op::OpenFailed(i, w)),
+        // Most opens succeed: the rest of the rules are reached behind them.
+        12 => (0..6usize, 0..4u8).prop_map(|(i, k)| Op::Opened(i, k != 0)),
         8 => (0..6usize, any::<bool>()).prop_map(|(i, a)| Op::Adopted(i, a)),
+        8 => (0..6usize).prop_map(Op::Closed),
+        2 => (0..6usize).prop_map(Op::Replace),
         1 => Just(Op::Shutdown),
     ]
+}
+
+/// How each resource starts (one of `StartFrom`, or 4: never started, so
+/// opened when first wanted online).
+fn starts() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(0..5u8, 6)
 }
 
 fn graph() -> impl Strategy<Value = Vec<Vec<usize>>> {
@@ -71,8 +85,8 @@ fn policy(kind: u8) -> Policy {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
     #[test]
-    fn bookkeeping_and_ordering_hold(deps in graph(), kind in 0..6u8, ops in proptest::collection::vec(op(), 1..80)) {
-        run(deps, kind, ops, &mut HashSet::new(), &mut Seen::default())?;
+    fn bookkeeping_and_ordering_hold(deps in graph(), kind in 0..6u8, starts in starts(), ops in proptest::collection::vec(op(), 1..80)) {
+        run(deps, kind, starts, ops, &mut HashSet::new(), &mut Seen::default())?;
     }
 }
 
@@ -83,6 +97,7 @@ proptest! {
 fn run(
     deps: Vec<Vec<usize>>,
     kind: u8,
+    starts: Vec<u8>,
     ops: Vec<Op>,
     moves: &mut HashSet<(State, State)>,
     seen: &mut Seen,
@@ -97,10 +112,26 @@ fn run(
                 group: "g".into(),
                 depends_on: d.iter().map(|p| format!("r{p}")).collect(),
                 policy: policy(kind),
+                autostart: false,
             })
             .collect();
         let mut now = Instant::now();
-        let mut m = Monitor::new(specs, now).unwrap();
+        let mut m = Monitor::new(specs.clone(), now).unwrap();
+        let from: Vec<StartFrom> = starts
+            .iter()
+            .take(n)
+            .map_while(|s| match s {
+                0 => Some(StartFrom::Reattach),
+                1 => Some(StartFrom::Lost),
+                2 => Some(StartFrom::Online),
+                3 => Some(StartFrom::Offline),
+                _ => None,
+            })
+            .collect();
+        // Opens, reattaches and closes out, as the daemon would hold them.
+        let mut life_ops: HashMap<ResId, &'static str> = HashMap::new();
+        let mut opened = vec![false; n];
+        let mut pending = m.start(now, &from);
         // Outstanding serialized calls and terminations, as the daemon would hold them.
         let mut calls: HashMap<ResId, (EntryPoint, u64)> = HashMap::new();
         let mut terms: HashMap<ResId, u64> = HashMap::new();
@@ -146,19 +177,52 @@ fn run(
                     };
                     Event::Terminated { id, seq }
                 }
-                Op::OpenFailed(i, want_online) => Event::OpenFailed {
-                    id: i % n,
-                    reason: "open failed".into(),
-                    want_online,
-                },
-                Op::Adopted(i, alive) => Event::Adopted { id: i % n, alive },
+                Op::Opened(i, ok) => {
+                    let id = i % n;
+                    if life_ops.get(&id) != Some(&"open") {
+                        continue;
+                    }
+                    life_ops.remove(&id);
+                    opened[id] = ok;
+                    Event::Opened {
+                        id,
+                        result: if ok {
+                            Ok(())
+                        } else {
+                            Err("open failed".into())
+                        },
+                    }
+                }
+                Op::Adopted(i, alive) => {
+                    let id = i % n;
+                    if life_ops.get(&id) != Some(&"reattach") {
+                        continue;
+                    }
+                    life_ops.remove(&id);
+                    Event::Adopted { id, alive }
+                }
+                Op::Closed(i) => {
+                    let id = i % n;
+                    if life_ops.get(&id) != Some(&"close") {
+                        continue;
+                    }
+                    life_ops.remove(&id);
+                    Event::Closed { id }
+                }
+                Op::Replace(i) => {
+                    let replace = [format!("r{}", i % n)];
+                    let r = m.reconfigure(now, specs.clone(), &replace).unwrap();
+                    pending.extend(r.actions);
+                    Event::Tick
+                }
                 Op::Shutdown => Event::Shutdown,
                 Op::Advance(ms) => {
                     now += Duration::from_millis(ms);
                     Event::Tick
                 }
             };
-            let mut actions = m.handle(now, event);
+            let mut actions = std::mem::take(&mut pending);
+            actions.extend(m.handle(now, event));
             // Due deadlines are handled the way the daemon does; a tick
             // must move them, or the daemon would spin.
             for _ in 0..50 {
@@ -190,7 +254,42 @@ fn run(
                                 );
                             }
                         }
+                        prop_assert!(opened[id], "{entry} called on r{id}, which is not open");
+                        prop_assert!(
+                            !life_ops.contains_key(&id),
+                            "{entry} called on r{id} while its {} is out",
+                            life_ops[&id]
+                        );
                         calls.insert(id, (entry, seq));
+                    }
+                    Action::Open { id, .. }
+                    | Action::Reattach { id }
+                    | Action::Close { id, .. } => {
+                        let what = match a {
+                            Action::Open { .. } => "open",
+                            Action::Reattach { .. } => "reattach",
+                            _ => "close",
+                        };
+                        prop_assert!(
+                            !life_ops.contains_key(&id),
+                            "{what} of r{id} while its {} is out",
+                            life_ops[&id]
+                        );
+                        prop_assert!(
+                            (what == "open") != opened[id],
+                            "{what} of r{id}, which is {}open",
+                            if opened[id] { "" } else { "not " }
+                        );
+                        if what == "close" {
+                            prop_assert!(
+                                !calls.contains_key(&id) && !terms.contains_key(&id),
+                                "close of r{id} while {:?} / {:?} runs",
+                                calls.get(&id),
+                                terms.get(&id)
+                            );
+                            opened[id] = false;
+                        }
+                        life_ops.insert(id, what);
                     }
                     Action::Terminate { id, seq, .. } | Action::ForceKill { id, seq, .. } => {
                         calls.remove(&id);
@@ -253,12 +352,17 @@ struct Seen {
 #[test]
 fn every_allowed_transition_is_taken() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let strategy = (graph(), 0..6u8, proptest::collection::vec(op(), 1..80));
+    let strategy = (
+        graph(),
+        0..6u8,
+        starts(),
+        proptest::collection::vec(op(), 1..80),
+    );
     let mut moves = HashSet::new();
     let mut seen = Seen::default();
     for _ in 0..400 {
-        let (deps, kind, ops) = strategy.new_tree(&mut runner).unwrap().current();
-        run(deps, kind, ops, &mut moves, &mut seen).unwrap();
+        let (deps, kind, starts, ops) = strategy.new_tree(&mut runner).unwrap().current();
+        run(deps, kind, starts, ops, &mut moves, &mut seen).unwrap();
     }
     let rungs: Vec<_> = Rung::ALL
         .iter()

@@ -4,7 +4,9 @@
 //! resource would.
 
 use resmon_contract::{EntryPoint, Policy, RestartAction, State};
-use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId, ResourceSpec};
+use resmon_core::{
+    Action, CallOutcome, Command, Event, Life, Monitor, ResId, ResourceSpec, StartFrom,
+};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -24,6 +26,12 @@ struct Behaviour {
     terminate_works: bool,
     /// `is_alive` never returns (a hung probe).
     is_alive_hangs: bool,
+    /// `open` fails with this.
+    open_error: Option<String>,
+    /// `open` does not answer until the test says so.
+    open_hangs: bool,
+    /// What a reattach finds: the earlier run's processes alive.
+    reattach_alive: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +53,9 @@ impl Default for Behaviour {
             is_alive: true,
             terminate_works: true,
             is_alive_hangs: false,
+            open_error: None,
+            open_hangs: false,
+            reattach_alive: true,
         }
     }
 }
@@ -71,6 +82,7 @@ fn spec(name: &str, deps: &[&str], policy: Policy) -> ResourceSpec {
         group: "g".into(),
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
         policy,
+        autostart: false,
     }
 }
 
@@ -203,7 +215,55 @@ impl Sim {
                 let name = self.name(n.id);
                 self.log(format!("{name} {}", n.state));
             }
+            Action::Open { id, fresh } => {
+                let n = self.name(id);
+                self.log(format!("open {n}{}", if fresh { "" } else { " keeping" }));
+                let b = &self.behaviour[id];
+                if !b.open_hangs {
+                    let result = b.open_error.clone().map_or(Ok(()), Err);
+                    self.feed(Event::Opened { id, result });
+                }
+            }
+            Action::Reattach { id } => {
+                let n = self.name(id);
+                self.log(format!("reattach {n}"));
+                let alive = self.behaviour[id].reattach_alive;
+                self.feed(Event::Adopted { id, alive });
+            }
+            Action::Close { id, release } => {
+                let n = self.name(id);
+                self.log(format!("{} {n}", if release { "release" } else { "close" }));
+                self.feed(Event::Closed { id });
+            }
         }
+    }
+
+    /// The monitor's start, each resource as `from` says.
+    fn start(&mut self, from: &[StartFrom]) {
+        for a in self.m.start(Instant::now(), from) {
+            self.act(a);
+        }
+        self.m.check_settled(Instant::now());
+    }
+
+    /// A reload to `specs`, replacing the resources named in `replace`.
+    fn reconfigure(
+        &mut self,
+        specs: Vec<ResourceSpec>,
+        replace: &[&str],
+    ) -> resmon_core::Reconfigured {
+        let replace: Vec<String> = replace.iter().map(|r| r.to_string()).collect();
+        let mut r = self.m.reconfigure(Instant::now(), specs, &replace).unwrap();
+        self.behaviour.resize(self.m.len(), Behaviour::default());
+        for a in std::mem::take(&mut r.actions) {
+            self.act(a);
+        }
+        self.m.check_settled(Instant::now());
+        r
+    }
+
+    fn life(&self, id: ResId) -> Life {
+        self.m.view(id).life
     }
 
     fn cmd(&mut self, name: &str, c: Command) {
@@ -392,11 +452,9 @@ async fn a_failed_open_is_a_failed_resource_that_online_opens_again() {
     p.retry_period_on_failure = 100 * S;
     let mut sim = Sim::new(vec![spec("bad", &[], p), spec("good", &[], policy())]);
     let bad = sim.m.id("bad").unwrap();
-    sim.feed(Event::OpenFailed {
-        id: bad,
-        reason: "open failed: validate-all exited 5".into(),
-        want_online: true,
-    });
+    sim.behaviour[bad].open_error = Some("open failed: validate-all exited 5".into());
+    sim.start(&[StartFrom::Online, StartFrom::Offline]);
+    assert!(sim.m.is_started());
     sim.online("good");
     assert_eq!(sim.state("bad"), State::Failed);
     assert_eq!(sim.m.view(bad).reason, "open failed: validate-all exited 5");
@@ -407,21 +465,27 @@ async fn a_failed_open_is_a_failed_resource_that_online_opens_again() {
         "nothing runs, nothing to terminate"
     );
     assert_eq!(sim.count("terminate bad"), 0);
-    // Tried again after retry_period_on_failure, like any failed resource.
+    // Opened again after retry_period_on_failure, like any failed
+    // resource, and brought online once it opens.
+    sim.behaviour[bad].open_error = None;
     sim.run_for(100 * S).await;
+    assert_eq!(sim.times("open bad"), vec![0, 100_000]);
     assert_eq!(sim.times("call bad online"), vec![100_000]);
+    assert_eq!(sim.state("bad"), State::Online);
     // Not wanted: it stays failed until an operator's online.
-    let mut sim = Sim::one(policy(), Behaviour::default());
-    let id = sim.m.id("r").unwrap();
-    sim.feed(Event::OpenFailed {
-        id,
-        reason: "open failed".into(),
-        want_online: false,
-    });
+    let b = Behaviour {
+        open_error: Some("open failed".into()),
+        ..Default::default()
+    };
+    let mut sim = Sim::one(policy(), b);
+    sim.start(&[StartFrom::Offline]);
     sim.run_for(7200 * S).await;
+    assert_eq!(sim.count("open r"), 1);
     assert_eq!(sim.count("call r"), 0);
     assert_eq!(sim.state("r"), State::Failed);
+    sim.behaviour[0].open_error = None;
     sim.online("r");
+    assert_eq!(sim.times("open r"), vec![0, 7_200_000]);
     assert_eq!(sim.times("call r online"), vec![7_200_000]);
     assert_eq!(sim.state("r"), State::Online);
 }
@@ -1001,23 +1065,16 @@ async fn reconfigure_adds_retires_and_updates_in_place() {
     sim.online("b");
     let mut fast = policy();
     fast.looks_alive_interval = S;
-    let resmon_core::Reconfigured {
-        added,
-        retired,
-        actions,
-    } = sim
-        .m
-        .reconfigure(
-            Instant::now(),
-            vec![spec("a", &[], fast), spec("c", &["a"], policy())],
-        )
-        .unwrap();
-    sim.behaviour.resize(sim.m.len(), Behaviour::default());
-    for a in actions {
-        sim.act(a);
-    }
-    sim.m.check_settled(Instant::now());
+    let resmon_core::Reconfigured { added, retired, .. } =
+        sim.reconfigure(vec![spec("a", &[], fast), spec("c", &["a"], policy())], &[]);
     assert_eq!(added, vec![2]);
+    assert_eq!(sim.count("open c"), 1, "an added one is opened at once");
+    assert_eq!(
+        sim.count("release b"),
+        1,
+        "a retired one is released once down"
+    );
+    assert_eq!(sim.life(1), Life::Released);
     assert_eq!(retired, vec![1]);
     assert!(sim.m.is_retired(1));
     assert_eq!(
@@ -1058,7 +1115,7 @@ fn reconfigure_refuses_bad_specs_and_changes_nothing() {
     let now = Instant::now();
     let mut m = Monitor::new(vec![spec("a", &[], policy())], now).unwrap();
     let err = m
-        .reconfigure(now, vec![spec("a", &["zz"], policy())])
+        .reconfigure(now, vec![spec("a", &["zz"], policy())], &[])
         .unwrap_err();
     assert!(err.to_string().contains("\"zz\""));
     assert_eq!(m.id("a"), Some(0));
@@ -1352,16 +1409,230 @@ async fn each_failure_has_its_class_and_its_terminate_is_a_stop() {
     }
     // Died while no monitor watched; could not be opened.
     let mut sim = Sim::one(policy(), Behaviour::default());
-    sim.feed(Event::Adopted {
-        id: 0,
-        alive: false,
-    });
+    sim.start(&[StartFrom::Lost]);
     assert_eq!(sim.ends[0], "r failed: lost");
-    let mut sim = Sim::one(policy(), Behaviour::default());
-    sim.feed(Event::OpenFailed {
-        id: 0,
-        reason: "no such agent".into(),
-        want_online: true,
-    });
+    let b = Behaviour {
+        open_error: Some("no such agent".into()),
+        ..Default::default()
+    };
+    let mut sim = Sim::one(policy(), b);
+    sim.start(&[StartFrom::Online]);
     assert_eq!(sim.ends, ["r failed: open"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_start_opens_every_resource_at_once_then_starts_each_as_decided() {
+    let names = ["kept", "died", "new", "idle", "lost"];
+    let from = [
+        StartFrom::Reattach,
+        StartFrom::Reattach,
+        StartFrom::Online,
+        StartFrom::Offline,
+        StartFrom::Lost,
+    ];
+    let mut p = policy();
+    p.restart_delay = Duration::ZERO;
+    let mut sim = Sim::new(names.iter().map(|n| spec(n, &[], p.clone())).collect());
+    for b in &mut sim.behaviour {
+        b.open_hangs = true;
+    }
+    sim.behaviour[1].reattach_alive = false;
+    sim.start(&from);
+    // Every open is out at once; what is reattached keeps its container.
+    assert_eq!(
+        sim.texts(),
+        [
+            "open kept keeping",
+            "open died keeping",
+            "open new",
+            "open idle",
+            "open lost"
+        ]
+    );
+    assert!(!sim.m.is_started());
+    let wanted: Vec<bool> = (0..5).map(|id| sim.m.view(id).wants_online).collect();
+    assert_eq!(wanted, [true, true, true, false, true], "as it will be");
+    assert!(!sim.m.all_down(), "a stop waits for the opens out");
+    for id in 0..5 {
+        assert_eq!(sim.life(id), Life::Opening);
+        sim.feed(Event::Opened { id, result: Ok(()) });
+    }
+    assert!(sim.m.is_started());
+    assert_eq!(sim.state("kept"), State::Online);
+    assert_eq!(sim.m.view(0).reason, "adopted after a monitor restart");
+    assert_eq!(
+        sim.count("call kept online"),
+        0,
+        "adopted, not started again"
+    );
+    // Died while no monitor watched: a failure, restarted by the policy.
+    sim.run_for(S).await;
+    assert_eq!(sim.count("call died online"), 1);
+    assert_eq!(sim.state("died"), State::Online);
+    assert_eq!(sim.state("new"), State::Online);
+    assert_eq!(sim.state("idle"), State::Offline);
+    assert_eq!(sim.count("call idle"), 0);
+    assert_eq!(sim.count("reattach lost"), 0, "nothing says how to find it");
+    assert_eq!(sim.count("call lost online"), 1);
+    assert_eq!(
+        sim.ends,
+        [
+            "died failed: lost",
+            "died stopped by terminate in 0ns",
+            "lost failed: lost",
+            "lost stopped by terminate in 0ns"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replaced_resource_is_closed_once_down_then_opened_anew_and_what_was_wanted_comes_back() {
+    let specs = || vec![spec("db", &[], policy()), spec("app", &["db"], policy())];
+    let mut sim = Sim::new(specs());
+    sim.start(&[StartFrom::Online, StartFrom::Online]);
+    assert_eq!(sim.state("app"), State::Online);
+    sim.trace.clear();
+    sim.reconfigure(specs(), &["db"]);
+    let steps: Vec<String> = sim
+        .texts()
+        .into_iter()
+        .filter(|l| ["call", "close", "open"].iter().any(|p| l.starts_with(p)))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "call app offline",
+            "call db offline",
+            "close db",
+            "open db",
+            "call db online",
+            "call app online"
+        ]
+    );
+    assert_eq!(sim.state("db"), State::Online);
+    assert_eq!(sim.state("app"), State::Online);
+    assert_eq!(sim.life(0), Life::Open);
+
+    // A new config that does not open: failed, opened again after
+    // retry_period_on_failure; its dependent waits for it.
+    let mut p = policy();
+    p.retry_period_on_failure = 30 * S;
+    let specs = || vec![spec("db", &[], p.clone()), spec("app", &["db"], policy())];
+    let mut sim = Sim::new(specs());
+    sim.start(&[StartFrom::Online, StartFrom::Online]);
+    sim.behaviour[0].open_error = Some("open failed: no such file".into());
+    sim.reconfigure(specs(), &["db"]);
+    assert_eq!(sim.state("db"), State::Failed);
+    assert_eq!(sim.m.view(0).reason, "open failed: no such file");
+    assert_eq!(sim.state("app"), State::Offline);
+    assert!(sim.m.view(1).wants_online, "app still wants to come back");
+    sim.behaviour[0].open_error = None;
+    sim.run_for(30 * S).await;
+    assert_eq!(sim.times("open db"), vec![0, 0, 30_000]);
+    assert_eq!(sim.state("db"), State::Online);
+    assert_eq!(sim.state("app"), State::Online);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resource_removed_while_it_opens_is_released_once_the_open_answers() {
+    let b = Behaviour {
+        open_hangs: true,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(policy(), b);
+    sim.start(&[StartFrom::Online]);
+    sim.reconfigure(vec![], &[]);
+    assert_eq!(sim.count("release r"), 0, "not while its open runs");
+    assert!(!sim.m.all_down());
+    sim.feed(Event::Opened {
+        id: 0,
+        result: Ok(()),
+    });
+    assert_eq!(sim.count("call r"), 0, "removed: nothing starts it");
+    assert_eq!(sim.count("release r"), 1);
+    assert_eq!(sim.life(0), Life::Released);
+    assert!(sim.m.all_down());
+    // Replaced while it opens: the open with the old config is closed,
+    // and the new one opened.
+    let b = Behaviour {
+        open_hangs: true,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(policy(), b);
+    sim.start(&[StartFrom::Online]);
+    sim.reconfigure(vec![spec("r", &[], policy())], &["r"]);
+    sim.behaviour[0].open_hangs = false;
+    sim.feed(Event::Opened {
+        id: 0,
+        result: Ok(()),
+    });
+    assert_eq!(sim.texts()[..3], ["open r", "close r", "open r"]);
+    assert_eq!(
+        sim.state("r"),
+        State::Online,
+        "wanted before, so brought back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_while_resources_open_starts_none_of_them() {
+    let b = Behaviour {
+        open_hangs: true,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(policy(), b);
+    sim.start(&[StartFrom::Reattach]);
+    sim.feed(Event::Shutdown);
+    assert!(!sim.m.all_down(), "the open is still out");
+    sim.feed(Event::Opened {
+        id: 0,
+        result: Ok(()),
+    });
+    assert_eq!(sim.count("reattach r"), 0);
+    assert_eq!(sim.count("call r"), 0);
+    assert_eq!(sim.state("r"), State::Offline);
+    assert!(sim.m.is_started() && sim.m.all_down());
+    // An online asked for while stopping does not open anything.
+    let mut sim = Sim::one(policy(), Behaviour::default());
+    sim.feed(Event::Shutdown);
+    sim.online("r");
+    assert_eq!(sim.count("open r"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resource_replaced_while_it_is_reattached_is_replaced_once_found() {
+    let b = Behaviour {
+        open_hangs: true,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(policy(), b);
+    sim.start(&[StartFrom::Reattach]);
+    sim.reconfigure(vec![spec("r", &[], policy())], &["r"]);
+    sim.behaviour[0].open_hangs = false;
+    // Found running: watched, taken offline with the old config, closed,
+    // opened with the new one, and brought back as it was wanted.
+    sim.feed(Event::Opened {
+        id: 0,
+        result: Ok(()),
+    });
+    let steps: Vec<String> = sim
+        .texts()
+        .into_iter()
+        .filter(|l| !l.contains("pending"))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "open r keeping",
+            "reattach r",
+            "r online",
+            "call r offline",
+            "r offline",
+            "close r",
+            "open r",
+            "call r online",
+            "r online"
+        ]
+    );
+    assert!(sim.m.is_started());
 }

@@ -670,15 +670,7 @@ fn apply_policy(p: &mut Policy, t: &toml::Table, place: &str, problems: &mut Vec
 }
 
 fn check_dependencies(resources: &[ResourceConfig]) -> Vec<String> {
-    let specs = resources
-        .iter()
-        .map(|r| resmon_core::ResourceSpec {
-            name: r.name.clone(),
-            group: r.group.clone(),
-            depends_on: r.depends_on.clone(),
-            policy: r.policy.clone(),
-        })
-        .collect();
+    let specs = resources.iter().map(crate::handoff::spec_of).collect();
     match resmon_core::Monitor::new(specs, tokio::time::Instant::now()) {
         Ok(_) => Vec::new(),
         Err(e) => e.0,

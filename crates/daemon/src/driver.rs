@@ -10,7 +10,9 @@
 //! `process` type), which is called inline to keep 1,000 resources cheap.
 
 use crate::cluster::view::Permits;
+use crate::config::ResourceConfig;
 use crate::events::EventBus;
+use crate::opening;
 pub use resmon_client::wire::{CallStatus, ResourceStatus};
 use resmon_cluster::BootInstant;
 use resmon_contract::{
@@ -19,7 +21,7 @@ use resmon_contract::{
 };
 use resmon_core::{Action, CallOutcome, Command, Event, Monitor, ResId, Rung};
 use resmon_task::lock;
-use resmon_task::Container;
+use resmon_task::{Container, Containers};
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -73,6 +75,15 @@ pub enum Msg {
         reply: oneshot::Sender<resmon_metrics::Scrape>,
     },
     Event(Event),
+    /// An [`Action::Open`] was carried out.
+    Opened {
+        id: ResId,
+        opened: opening::Opened,
+    },
+    /// An [`Action::Close`] was carried out.
+    Closed {
+        id: ResId,
+    },
     Status {
         name: Option<String>,
         reply: oneshot::Sender<Result<Vec<ResourceStatus>, String>>,
@@ -95,10 +106,17 @@ pub struct Health {
 pub struct Slot {
     pub name: String,
     pub type_name: String,
-    /// Type and params: what makes it the same resource after a restart.
+    /// Type and params of the opened resource: what makes it the same
+    /// resource after a restart.
     pub fingerprint: String,
+    /// The config its next open uses (a reload that changes its type or
+    /// parameters puts the new one here).
+    pub config: ResourceConfig,
+    /// An [`opening::NotOpen`] until its type opened it.
     pub resource: Arc<dyn Resource>,
     pub container: Container,
+    /// Why its container could not be made (it is a stand-in meanwhile).
+    pub container_error: Option<String>,
     /// Serializes entry points (all but `terminate`).
     pub lane: Arc<Lane>,
     /// The "should terminate" flag of the calls now in flight.
@@ -106,6 +124,39 @@ pub struct Slot {
     pub cheap_looks_alive: bool,
     /// Its type's call-duration histograms.
     pub timers: resmon_metrics::CallTimers,
+}
+
+impl Slot {
+    /// The slot of a configured resource, not opened yet, in its container.
+    pub fn new(
+        r: &ResourceConfig,
+        types: &[Arc<dyn ResourceType>],
+        containers: &Containers,
+    ) -> Slot {
+        let (container, container_error) = opening::container_of(containers, &r.name);
+        Slot {
+            name: r.name.clone(),
+            type_name: r.type_name.clone(),
+            fingerprint: crate::state::fingerprint(&r.type_name, &r.params),
+            config: r.clone(),
+            resource: Arc::new(opening::NotOpen),
+            container,
+            container_error,
+            lane: Arc::default(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            cheap_looks_alive: type_of(types, &r.type_name)
+                .is_some_and(|t| t.looks_alive_is_cheap()),
+            timers: resmon_metrics::global().call_timers(&r.type_name),
+        }
+    }
+}
+
+/// The type that handles `type_name` (the config check made sure there is one).
+pub(crate) fn type_of(
+    types: &[Arc<dyn ResourceType>],
+    type_name: &str,
+) -> Option<Arc<dyn ResourceType>> {
+    types.iter().find(|t| t.handles(type_name)).cloned()
 }
 
 /// The serialized entry points of one resource: one runs at a time, and
@@ -194,8 +245,15 @@ pub struct Driver {
     just_ticked: bool,
     /// Something the state file records changed since it was last written.
     state_dirty: bool,
-    /// Start-up (opening and adoption) is done.
-    ready: bool,
+    /// Where resource containers are made.
+    containers: Arc<Containers>,
+    /// At the monitor's start: which containers held processes (one look
+    /// for all, instead of one per open).
+    occupied: Vec<bool>,
+    /// What the earlier run saved of each resource, used while its start
+    /// is not carried out (to reattach it, and in the state written
+    /// meanwhile).
+    earlier: HashMap<ResId, crate::state::SavedResource>,
     /// Bumped whenever a resource's metric rows change (a state, restarts,
     /// the restart window, a reload), so that `/metrics` re-reads them.
     metrics_generation: u64,
@@ -245,11 +303,15 @@ impl Driver {
         types: Vec<Arc<dyn ResourceType>>,
         tx: mpsc::UnboundedSender<Msg>,
         bus: EventBus,
+        containers: Arc<Containers>,
     ) -> Self {
         Driver {
             core,
             slots,
             types,
+            containers,
+            occupied: Vec::new(),
+            earlier: HashMap::new(),
             controls: Arc::new(Mutex::new(HashMap::new())),
             next_control: 0,
             tx,
@@ -258,7 +320,6 @@ impl Driver {
             queue: VecDeque::new(),
             just_ticked: false,
             state_dirty: false,
-            ready: false,
             metrics_generation: 0,
             failover: None,
             permits: None,
@@ -296,6 +357,16 @@ impl Driver {
                 continue;
             }
             let v = self.core.view(id);
+            // Not started yet: what the earlier run saved still holds.
+            if let Some(before) = self.earlier.get(&id).filter(|_| v.starting) {
+                let mut before = before.clone();
+                if let Some(w) = wanted {
+                    before.wanted_online = w.get(id).copied().unwrap_or(false);
+                    before.saved = None;
+                }
+                out.resources.insert(slot.name.clone(), before);
+                continue;
+            }
             out.resources.insert(
                 slot.name.clone(),
                 crate::state::SavedResource {
@@ -357,10 +428,6 @@ impl Driver {
         &self.slots
     }
 
-    pub fn group_of(&self, id: ResId) -> String {
-        self.core.view(id).spec.group.clone()
-    }
-
     pub fn all_down(&self) -> bool {
         self.core.all_down()
     }
@@ -384,14 +451,47 @@ impl Driver {
         }
     }
 
-    /// Applies new specs (a reload): see [`Monitor::reconfigure`]. The
-    /// caller adds a slot for every id returned as added, in order, before
-    /// anything else happens to them.
+    /// The monitor's start: every resource is opened at once, off the
+    /// loop, and then started as `from` says (see [`Monitor::start`]).
+    /// `occupied`: which containers held processes; `earlier`: what the
+    /// earlier run saved of each.
+    pub fn start(
+        &mut self,
+        from: &[resmon_core::StartFrom],
+        occupied: Vec<bool>,
+        earlier: HashMap<ResId, crate::state::SavedResource>,
+    ) {
+        self.occupied = occupied;
+        self.earlier = earlier;
+        let actions = self.core.start(Instant::now(), from);
+        for a in actions {
+            self.act(a);
+        }
+        self.drain();
+    }
+
+    /// Applies a reload: see [`Monitor::reconfigure`]. `resources` is the
+    /// new config's; `replace` names those whose type or parameters changed
+    /// (opened anew with their new config once down).
     pub fn reconfigure(
         &mut self,
-        specs: Vec<resmon_core::ResourceSpec>,
+        resources: &[ResourceConfig],
+        replace: &[String],
     ) -> Result<(Vec<ResId>, Vec<ResId>), resmon_core::SpecError> {
-        let r = self.core.reconfigure(Instant::now(), specs)?;
+        let specs = resources.iter().map(crate::handoff::spec_of).collect();
+        let r = self.core.reconfigure(Instant::now(), specs, replace)?;
+        // The slots first: the core's actions (their opens) name them.
+        for &id in &r.added {
+            let name = &self.core.view(id).spec.name;
+            if let Some(c) = resources.iter().find(|c| &c.name == name) {
+                self.slots.push(Slot::new(c, &self.types, &self.containers));
+            }
+        }
+        for c in resources {
+            if let Some(id) = self.core.id(&c.name) {
+                self.slots[id].config = c.clone();
+            }
+        }
         for a in r.actions {
             self.act(a);
         }
@@ -401,30 +501,22 @@ impl Driver {
         Ok((r.added, r.retired))
     }
 
-    /// Start-up is done: every resource was opened, and adopted or started
-    /// as the earlier run left it (what `/readyz` waits for).
-    pub fn set_ready(&mut self) {
-        self.ready = true;
+    /// Whether a removed resource was closed and its container removed.
+    pub fn is_released(&self, id: ResId) -> bool {
+        self.core.view(id).life == resmon_core::Life::Released
     }
 
-    /// Adds the slot of a resource added by [`reconfigure`](Self::reconfigure).
-    pub fn push_slot(&mut self, slot: Slot) {
-        self.metrics_generation += 1;
-        self.slots.push(slot);
-    }
-
-    /// Puts a new resource object (new params) in place of a down one.
-    pub fn replace_resource(
-        &mut self,
-        id: ResId,
-        resource: Arc<dyn Resource>,
-        fingerprint: String,
-    ) {
-        let slot = &mut self.slots[id];
-        slot.resource = resource;
-        slot.fingerprint = fingerprint;
-        self.state_dirty = true;
-        self.metrics_generation += 1;
+    /// The monitor is stopping: what the opens out run (an agent's
+    /// validate-all) is killed, so that they end now, failed, instead of
+    /// at their timeouts.
+    pub fn kill_opens(&self) {
+        for (id, slot) in self.slots.iter().enumerate() {
+            if self.core.view(id).life == resmon_core::Life::Opening {
+                if let Err(e) = slot.container.kill_all() {
+                    tracing::warn!(resource = %slot.name, "killing what its open runs: {e}");
+                }
+            }
+        }
     }
 
     pub fn is_retired(&self, id: ResId) -> bool {
@@ -439,12 +531,6 @@ impl Driver {
             &Rung::ALL.map(Rung::as_str),
             &resmon_core::FailureClass::ALL.map(resmon_core::FailureClass::as_str),
         );
-    }
-
-    /// Whether nothing of the resource runs or is in flight.
-    pub fn is_settled_down(&self, id: ResId) -> bool {
-        let v = self.core.view(id);
-        v.state.is_down() && v.in_flight.is_none() && !v.terminating
     }
 
     pub fn id(&self, name: &str) -> Option<ResId> {
@@ -475,7 +561,7 @@ impl Driver {
             }
             Msg::Health { reply } => {
                 let _ = reply.send(Health {
-                    ready: self.ready,
+                    ready: self.core.is_started(),
                     stopping: self.core.is_shutting_down(),
                 });
             }
@@ -483,6 +569,16 @@ impl Driver {
                 let _ = reply.send(self.scrape(sent, known));
             }
             Msg::Event(e) => self.feed(e),
+            Msg::Opened { id, opened } => self.opened(id, opened),
+            Msg::Closed { id } => {
+                let slot = &mut self.slots[id];
+                slot.resource = Arc::new(opening::NotOpen);
+                if self.core.is_retired(id) {
+                    self.forget_metrics(id);
+                }
+                self.metrics_generation += 1;
+                self.feed(Event::Closed { id });
+            }
             Msg::Status { name, reply } => {
                 let out = match name {
                     None => Ok((0..self.slots.len())
@@ -533,7 +629,17 @@ impl Driver {
             since: humantime::format_rfc3339_millis(since).to_string(),
             reason: v.reason.to_string(),
             detail: slot.resource.detail(),
-            call: v.in_flight.map(|(e, _, _)| e.as_str().to_string()),
+            // An open, reattach or close out shows as the call in flight.
+            call: v
+                .in_flight
+                .map(|(e, _, _)| e.as_str())
+                .or(match v.life {
+                    resmon_core::Life::Opening => Some("open"),
+                    resmon_core::Life::Reattaching => Some("reattach"),
+                    resmon_core::Life::Closing => Some("close"),
+                    _ => None,
+                })
+                .map(str::to_string),
             terminating: v.terminating,
             wanted_online: v.wants_online,
             owner: None,
@@ -782,9 +888,86 @@ impl Driver {
             .publish(kind, Some(&v.spec.name), Some(&v.spec.group), state, reason);
     }
 
+    /// An open came back: the resource goes in its slot, then the core
+    /// hears of it.
+    fn opened(&mut self, id: ResId, opened: opening::Opened) {
+        let slot = &mut self.slots[id];
+        if let Some(c) = opened.container {
+            slot.container = c;
+            slot.container_error = None;
+        }
+        let result = match opened.result {
+            Ok((resource, fingerprint)) => {
+                slot.resource = resource;
+                slot.fingerprint = fingerprint;
+                self.state_dirty = true;
+                Ok(())
+            }
+            Err(why) => {
+                tracing::error!(resource = %slot.name, "{why}; it stays failed until its next online");
+                Err(why)
+            }
+        };
+        if let Err(why) = &result {
+            self.publish("log", id, None, why);
+        }
+        self.feed(Event::Opened { id, result });
+    }
+
     fn act(&mut self, action: Action) {
         match action {
             Action::Call { id, entry, seq } => self.call(id, entry, seq),
+            Action::Open { id, fresh } => {
+                let slot = &self.slots[id];
+                // At the start, one look found which containers held
+                // processes; later opens look for themselves.
+                let kill_first = fresh && self.occupied.get(id).copied().unwrap_or(true);
+                if let Some(o) = self.occupied.get_mut(id) {
+                    *o = true;
+                }
+                let job = opening::OpenJob {
+                    config: slot.config.clone(),
+                    ty: type_of(&self.types, &slot.config.type_name),
+                    container: slot.container.clone(),
+                    remake: slot
+                        .container_error
+                        .is_some()
+                        .then(|| self.containers.clone()),
+                    kill_first,
+                    changed: slot.fingerprint
+                        != crate::state::fingerprint(&slot.config.type_name, &slot.config.params),
+                    notifier: opening::notifier(id, &slot.config, &self.tx, &self.bus),
+                };
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let opened = opening::open(job).await;
+                    let _ = tx.send(Msg::Opened { id, opened });
+                });
+            }
+            Action::Reattach { id } => {
+                let slot = &self.slots[id];
+                let blob = self.earlier.get(&id).and_then(|e| e.saved.clone());
+                let (name, resource, container) = (
+                    slot.name.clone(),
+                    slot.resource.clone(),
+                    slot.container.clone(),
+                );
+                let notifier = opening::notifier(id, &slot.config, &self.tx, &self.bus);
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let alive = opening::reattach(name, resource, blob, container, notifier).await;
+                    let _ = tx.send(Msg::Event(Event::Adopted { id, alive }));
+                });
+            }
+            Action::Close { id, release } => {
+                let slot = &self.slots[id];
+                let (resource, container) = (slot.resource.clone(), slot.container.clone());
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    opening::close(resource, container, release).await;
+                    let _ = tx.send(Msg::Closed { id });
+                });
+            }
             Action::CancelCheck { id, seq } => {
                 let slot = &self.slots[id];
                 slot.lane.give_up(Some(seq), Instant::now());
@@ -1049,7 +1232,6 @@ mod tests {
 
     use super::*;
     use resmon_contract::Policy;
-    use resmon_core::ResourceSpec;
     use resmon_task::Containers;
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
@@ -1194,34 +1376,54 @@ mod tests {
         bus: EventBus,
     }
 
+    /// The type whose `open` gives the recorder.
+    struct RecorderType {
+        rec: Arc<Record>,
+        script: Vec<Online>,
+    }
+
+    impl ResourceType for RecorderType {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+
+        fn validate(&self, _type_name: &str, _params: &serde_json::Value) -> Vec<String> {
+            Vec::new()
+        }
+
+        fn open(
+            &self,
+            _ctx: resmon_contract::OpenContext,
+        ) -> Result<Box<dyn Resource>, ResourceError> {
+            Ok(Box::new(Recorder {
+                rec: self.rec.clone(),
+                script: self.script.clone(),
+            }))
+        }
+    }
+
     fn harness(policy: Policy, script: Vec<Online>) -> Harness {
         let rec = Arc::new(Record::default());
-        let spec = ResourceSpec {
-            name: "r".into(),
-            group: "g".into(),
-            depends_on: vec![],
-            policy,
-        };
-        let core = Monitor::new(vec![spec], Instant::now()).unwrap();
-        let container = Containers::process_groups().create("r").unwrap();
-        let slot = Slot {
+        let config = ResourceConfig {
             name: "r".into(),
             type_name: "recorder".into(),
-            fingerprint: String::new(),
-            resource: Arc::new(Recorder {
-                rec: rec.clone(),
-                script,
-            }),
-            container,
-            lane: Arc::default(),
-            cancel: Arc::new(AtomicBool::new(false)),
-            cheap_looks_alive: false,
-            timers: resmon_metrics::global().call_timers("recorder"),
+            group: "g".into(),
+            depends_on: vec![],
+            autostart: false,
+            policy,
+            params: serde_json::Value::Null,
         };
+        let core = Monitor::new(vec![crate::handoff::spec_of(&config)], Instant::now()).unwrap();
+        let types: Vec<Arc<dyn ResourceType>> = vec![Arc::new(RecorderType {
+            rec: rec.clone(),
+            script,
+        })];
+        let containers = Arc::new(Containers::process_groups());
+        let slot = Slot::new(&config, &types, &containers);
         let (tx, rx) = mpsc::unbounded_channel();
         let bus = EventBus::new();
         Harness {
-            driver: Driver::new(core, vec![slot], Vec::new(), tx, bus.clone()),
+            driver: Driver::new(core, vec![slot], types, tx, bus.clone(), containers),
             rx,
             rec,
             bus,

@@ -18,8 +18,8 @@ mod driver;
 pub mod events;
 mod handoff;
 pub mod listener;
+mod opening;
 pub mod private_dir;
-mod reopen;
 mod running;
 mod socket;
 pub mod state;
@@ -32,14 +32,13 @@ use anyhow::Context;
 use config::{CgroupMode, Config, ResourceConfig};
 use driver::{Driver, Msg, Slot};
 use events::EventBus;
-use resmon_contract::{LogLevel, Notice, Notifier, OpenContext, ResourceType, State};
-use resmon_core::{Command, Event, Monitor, ResId, StartFrom};
+use resmon_contract::{LogLevel, Notice, Notifier, ResourceType, State};
+use resmon_core::{Command, Event, Monitor};
 use resmon_process::ProcessType;
 use resmon_task::lock;
 use resmon_task::{Containers, Reaper};
 use state::StateDir;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UnixListener;
@@ -91,7 +90,14 @@ pub async fn validate_config(path: &Path) -> Result<Config, config::ConfigError>
     });
     let mut problems = Vec::new();
     for r in &config.resources {
-        if let Err(why) = validate_one(r, handoff::type_of(&types, r), &containers).await {
+        let Some(ty) = driver::type_of(&types, &r.type_name) else {
+            problems.push(format!(
+                "resource {:?}: no resource type {:?}",
+                r.name, r.type_name
+            ));
+            continue;
+        };
+        if let Err(why) = validate_one(r, ty, &containers).await {
             problems.push(format!("resource {:?}: {why}", r.name));
         }
     }
@@ -117,7 +123,7 @@ async fn validate_one(
         .map_err(|e| format!("creating a container to open it in: {e}"))?;
     let logged = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let log = logged.clone();
-    let ctx = open_context(
+    let ctx = opening::open_context(
         r,
         &container,
         Notifier::new(move |notice| {
@@ -131,7 +137,7 @@ async fn validate_one(
         .map_err(|e| e.to_string())
         .and_then(|o| o.map_err(|e| e.to_string()));
     // Whatever the open started goes with the container.
-    kill_and_wait(&container).await;
+    opening::kill_and_wait(&container).await;
     if let Err(e) = container.remove() {
         tracing::warn!("removing the scratch container of {:?}: {e}", r.name);
     }
@@ -203,140 +209,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     result
 }
 
-fn log_notice(resource: &str, level: LogLevel, message: &str) {
-    match level {
-        LogLevel::Error => tracing::error!(resource, "{message}"),
-        LogLevel::Warn => tracing::warn!(resource, "{message}"),
-        LogLevel::Info => tracing::info!(resource, "{message}"),
-        LogLevel::Debug => tracing::debug!(resource, "{message}"),
-    }
-}
-
-/// How a resource starts, decided from the saved state and the config.
-enum Start {
-    /// A previous run left it running: watch it again.
-    Reattach(serde_json::Value),
-    /// Bring it online.
-    Online,
-    /// Wanted online, but its processes died while no monitor watched.
-    Lost,
-    /// Leave it offline.
-    Offline,
-    /// Its `open` failed (why, and whether it was to start).
-    OpenFailed(String, bool),
-}
-
-/// What a resource's `open` is given: its config, its container's scope,
-/// and where its notices go.
-fn open_context(
-    r: &ResourceConfig,
-    container: &resmon_task::Container,
-    notifier: Notifier,
-) -> OpenContext {
-    OpenContext {
-        name: r.name.clone(),
-        type_name: r.type_name.clone(),
-        policy: r.policy.clone(),
-        params: r.params.clone(),
-        scope: container.scope(),
-        notifier,
-    }
-}
-
-async fn kill_and_wait(container: &resmon_task::Container) {
-    if !container.is_empty() {
-        let _ = container.kill_all();
-        let _ = tokio::time::timeout(Duration::from_secs(5), container.wait_empty()).await;
-    }
-}
-
-/// Opens one configured resource: its container (killing whatever runs in
-/// it when `kill_leftovers`), then the type's `open`. A resource that does
-/// not open is still a slot, with the reason: it is `failed` and its next
-/// `online` tries again ([`reopen::Reopening`]); the monitor and every
-/// other resource go on.
-async fn open_slot(
-    id: ResId,
-    r: &ResourceConfig,
-    ty: &Arc<dyn ResourceType>,
-    containers: &Containers,
-    kill_leftovers: bool,
-    tx: &mpsc::UnboundedSender<Msg>,
-    bus: &EventBus,
-) -> (Slot, Option<String>) {
-    let slot = |resource: Arc<dyn resmon_contract::Resource>, container| Slot {
-        name: r.name.clone(),
-        type_name: r.type_name.clone(),
-        fingerprint: state::fingerprint(&r.type_name, &r.params),
-        resource,
-        container,
-        lane: Arc::default(),
-        cancel: Arc::new(AtomicBool::new(false)),
-        cheap_looks_alive: ty.looks_alive_is_cheap(),
-        timers: resmon_metrics::global().call_timers(&r.type_name),
-    };
-    let container = match containers.adopt(&r.name) {
-        Ok(c) => c,
-        Err(e) => {
-            // Nothing can run without its container: every online says so.
-            let why = format!("opening its container: {e}");
-            let broken = Arc::new(reopen::Reopening::broken(why.clone()));
-            return (slot(broken, containers.unopened(&r.name)), Some(why));
-        }
-    };
-    if kill_leftovers {
-        // Changed, unwanted or unknown: nothing of before may stay.
-        kill_and_wait(&container).await;
-    }
-    let notice_tx = tx.clone();
-    let (bus, name, group) = (bus.clone(), r.name.clone(), r.group.clone());
-    let ctx = open_context(
-        r,
-        &container,
-        Notifier::new(move |notice| match notice {
-            Notice::Failed(reason) => {
-                let _ = notice_tx.send(Msg::Event(Event::FailureNotice { id, reason }));
-            }
-            Notice::Log(level, message) => {
-                log_notice(&name, level, &message);
-                bus.publish("log", Some(&name), Some(&group), None, message);
-            }
-        }),
-    );
-    // `open` may run programs (an agent's validate-all): not on the event loop.
-    let opener = ty.clone();
-    let first = ctx.clone();
-    let opened = crate::workers::spawn(move || opener.open(first))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|o| o.map_err(|e| e.to_string()));
-    match opened {
-        Ok(resource) => (slot(Arc::from(resource), container), None),
-        Err(e) => {
-            let reopening = Arc::new(reopen::Reopening::new(ty.clone(), ctx));
-            (
-                slot(reopening, container),
-                Some(format!("open failed: {e}")),
-            )
-        }
-    }
-}
-
-/// Says why a resource did not open, and makes it `failed` in the core.
-fn open_failed(driver: &mut Driver, bus: &EventBus, id: ResId, why: String, want_online: bool) {
-    let (name, group) = {
-        let v = driver.slots().get(id).map(|s| s.name.clone());
-        (v.unwrap_or_default(), driver.group_of(id))
-    };
-    tracing::error!(resource = %name, "{why}; it stays failed until its next online");
-    bus.publish("log", Some(&name), Some(&group), None, why.clone());
-    driver.feed(Event::OpenFailed {
-        id,
-        reason: why,
-        want_online,
-    });
-}
-
 /// The signals the monitor answers, installed once at start.
 pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
@@ -388,7 +260,7 @@ async fn run(
     let names: Vec<&str> = config.resources.iter().map(|r| r.name.as_str()).collect();
     for c in containers.leftovers(&names) {
         tracing::info!("removing what an earlier run left of {:?}", c.name());
-        kill_and_wait(&c).await;
+        opening::kill_and_wait(&c).await;
         let _ = c.remove();
     }
 
@@ -398,49 +270,37 @@ async fn run(
     let core = Monitor::new(specs, tokio::time::Instant::now())
         .map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))?;
 
-    // One look for all of them: without cgroups, asking each container
-    // would scan /proc once per resource.
-    let occupied = containers.occupied(&names);
-    let mut slots = Vec::new();
-    let mut starts = Vec::new();
+    // Each resource gets its slot and container now; the opens run off
+    // the loop once it turns (see `Driver::start`).
+    let slots: Vec<Slot> = config
+        .resources
+        .iter()
+        .map(|r| Slot::new(r, &types, &containers))
+        .collect();
+    let mut earlier = std::collections::HashMap::new();
+    let mut from = Vec::new();
     for (id, r) in config.resources.iter().enumerate() {
-        let ty = &handoff::type_of(&types, r);
-        let fingerprint = state::fingerprint(&r.type_name, &r.params);
         // Only a resource whose type and params did not change is adopted.
         let before = saved
             .resources
             .get(&r.name)
-            .filter(|s| s.fingerprint == fingerprint);
-        let earlier = before.map(|b| resmon_core::Earlier {
-            wanted_online: b.wanted_online,
-            was_online: b.state == State::Online,
-            can_reattach: b.saved.is_some(),
-        });
-        let start = match resmon_core::start_from(earlier, r.autostart, config.cluster.is_some()) {
-            StartFrom::Reattach => match before.and_then(|b| b.saved.clone()) {
-                Some(blob) => Start::Reattach(blob),
-                None => Start::Lost,
-            },
-            StartFrom::Lost => Start::Lost,
-            StartFrom::Online => Start::Online,
-            StartFrom::Offline => Start::Offline,
-        };
-        let (slot, failed) = open_slot(
-            id,
-            r,
-            ty,
-            &containers,
-            occupied[id] && !matches!(start, Start::Reattach(_)),
-            &tx,
-            &bus,
-        )
-        .await;
-        slots.push(slot);
-        starts.push(match failed {
-            Some(why) => Start::OpenFailed(why, !matches!(start, Start::Offline)),
-            None => start,
-        });
+            .filter(|s| s.fingerprint == slots[id].fingerprint);
+        from.push(resmon_core::start_from(
+            before.map(|b| resmon_core::Earlier {
+                wanted_online: b.wanted_online,
+                was_online: b.state == State::Online,
+                can_reattach: b.saved.is_some(),
+            }),
+            r.autostart,
+            config.cluster.is_some(),
+        ));
+        if let Some(b) = before {
+            earlier.insert(id, b.clone());
+        }
     }
+    // One look for all of them: without cgroups, asking each container
+    // would scan /proc once per resource.
+    let occupied = containers.occupied(&names);
 
     let (cluster_requests_tx, cluster_requests) = mpsc::unbounded_channel();
     let cluster_handle = config
@@ -495,7 +355,14 @@ async fn run(
         shutdown.clone(),
     ));
 
-    let mut driver = Driver::new(core, slots, types.clone(), tx.clone(), bus.clone());
+    let mut driver = Driver::new(
+        core,
+        slots,
+        types.clone(),
+        tx.clone(),
+        bus.clone(),
+        containers.clone(),
+    );
     let cluster_stop: Option<ClusterStop> = match (&config.cluster, &cluster_handle) {
         // The config check refuses [cluster] in such a build; this is the
         // last line of defence.
@@ -531,59 +398,21 @@ async fn run(
             containers.backend_description()
         ),
     );
-    for (id, start) in starts.into_iter().enumerate() {
-        let event = match start {
-            Start::Online => Event::Command(id, Command::Online),
-            Start::Offline => continue,
-            Start::OpenFailed(why, want_online) => {
-                open_failed(&mut driver, &bus, id, why, want_online);
-                continue;
-            }
-            Start::Lost => Event::Adopted { id, alive: false },
-            Start::Reattach(blob) => {
-                let slot = &driver.slots()[id];
-                let resource = slot.resource.clone();
-                let attached = crate::workers::spawn(move || resource.reattach(&blob))
-                    .await
-                    .unwrap_or_else(|e| Err(resmon_contract::ResourceError::new(e.to_string())));
-                match attached {
-                    Ok(true) => Event::Adopted { id, alive: true },
-                    Ok(false) => Event::Adopted { id, alive: false },
-                    Err(e) => {
-                        tracing::warn!(resource = %slot.name, "cannot adopt it: {e}");
-                        bus.publish(
-                            "log",
-                            Some(&slot.name),
-                            None,
-                            None,
-                            format!("cannot adopt it: {e}"),
-                        );
-                        kill_and_wait(&slot.container).await;
-                        Event::Adopted { id, alive: false }
-                    }
-                }
-            }
-        };
-        driver.feed(event);
-    }
-    driver.set_ready();
+    driver.start(&from, occupied, earlier);
 
-    // Reloads, replacements and releases run off the loop (see handoff).
-    let handoff = handoff::Handoff::new(
-        config,
-        types,
-        containers.clone(),
-        tx.clone(),
-        bus.clone(),
-        access.clone(),
-    );
+    // Reloads run off the loop (see handoff).
+    let handoff = handoff::Handoff::new(config, types, bus.clone(), access.clone());
     let mut d = running::Running::new(driver, rx, bus, state_dir, handoff, reload_rx, signals);
     while !d.finished() {
         d.turn().await;
     }
     // Everything is down; make sure of it, then release. A resource is
     // closed only once it is down (`close` terminates one that is not).
+    // One released by a reload is gone already.
     for (id, slot) in d.driver.slots().iter().enumerate() {
+        if d.driver.is_released(id) {
+            continue;
+        }
         let resource = slot.resource.clone();
         let down = d.driver.is_down(id);
         let _ = crate::workers::spawn(move || {
@@ -598,9 +427,12 @@ async fn run(
     // outlived `close`) is killed; one look finds it for all of them.
     let names: Vec<&str> = d.driver.slots().iter().map(|s| s.name.as_str()).collect();
     let occupied = containers.occupied(&names);
-    for (slot, occupied) in d.driver.slots().iter().zip(occupied) {
+    for (id, (slot, occupied)) in d.driver.slots().iter().zip(occupied).enumerate() {
+        if d.driver.is_released(id) {
+            continue;
+        }
         if occupied {
-            kill_and_wait(&slot.container).await;
+            opening::kill_and_wait(&slot.container).await;
         }
         if let Err(e) = slot.container.remove() {
             tracing::warn!(resource = %slot.name, "removing its container: {e}");

@@ -116,7 +116,6 @@ impl Running {
             Woke::Job(job) => self.handoff.finished(*job, &mut self.driver),
             Woke::Other => {}
         }
-        self.handoff.step(&self.driver);
     }
 
     /// Ends a finished write, and starts one when the schedule says so.
@@ -135,7 +134,7 @@ impl Running {
     }
 
     /// A stop signal: the first takes everything offline (and kills what
-    /// handed-off opens run), a later one terminates everything at once.
+    /// the opens out run), a later one terminates everything at once.
     fn stop(&mut self, signal: &str) {
         let first = self.stopping.is_none();
         if first {
@@ -144,6 +143,7 @@ impl Running {
             self.stopping = Some(self.driver.wanted());
         }
         crate::stop(&mut self.driver, first, &self.bus, signal);
+        self.driver.kill_opens();
         self.handoff.stop();
     }
 

@@ -274,17 +274,12 @@ esac
     root
 }
 
-/// A monitor running `a`, and a reload under way that adds a `Gated`
-/// resource whose validate-all waits at its gate: returns the monitor, the
-/// `resmon reload` in flight, the agent's file and the gate.
-fn reload_waiting_at_a_gate(
+/// A monitor running `a`, and a reload that added a `Gated` resource
+/// whose open (its validate-all) waits at its gate: returns the monitor,
+/// the agent's file and the gate.
+fn open_waiting_at_a_gate(
     work: &std::path::Path,
-) -> (
-    Daemon,
-    std::thread::JoinHandle<std::process::Output>,
-    std::path::PathBuf,
-    std::path::PathBuf,
-) {
+) -> (Daemon, std::path::PathBuf, std::path::PathBuf) {
     let root = gated_agent(work);
     let gate = work.join("gate");
     assert!(std::process::Command::new("mkfifo")
@@ -304,26 +299,22 @@ fn reload_waiting_at_a_gate(
             work.join("state").display()
         ),
     );
-    let socket = d.socket.clone();
-    let reload = std::thread::spawn(move || {
-        std::process::Command::new(BIN)
-            .args(["--socket"])
-            .arg(&socket)
-            .arg("reload")
-            .output()
-            .unwrap()
-    });
+    // The reload answers once the config is read and applied; the open
+    // runs after it, off the monitor's loop.
+    let out = d.ok(&["reload"]);
+    assert!(out.contains("added:     gated"), "{out}");
     wait_for("validate-all to wait at its gate", LONG, || {
         work.join("gate.waiting").exists()
     });
-    (d, reload, root.join("resource.d/test/Gated"), gate)
+    assert_eq!(d.resource("gated")["call"], "open");
+    (d, root.join("resource.d/test/Gated"), gate)
 }
 
 #[test]
-fn the_monitor_answers_while_a_reload_waits_for_an_agent() {
+fn the_monitor_answers_while_an_added_resource_waits_for_its_agent() {
     let work = tempfile::tempdir().unwrap();
-    let (d, reload, _, gate) = reload_waiting_at_a_gate(work.path());
-    // The reload waits for the agent; the monitor does not. `timeout`
+    let (d, _, gate) = open_waiting_at_a_gate(work.path());
+    // The open waits for the agent; the monitor does not. `timeout`
     // bounds the answer so that a monitor that waits fails here.
     for args in [
         &["status"][..],
@@ -340,28 +331,20 @@ fn the_monitor_answers_while_a_reload_waits_for_an_agent() {
             .unwrap();
         assert!(
             out.status.success(),
-            "resmon {args:?} while the reload waits: {out:?}"
+            "resmon {args:?} while the open waits: {out:?}"
         );
     }
-    assert!(
-        !reload.is_finished(),
-        "the reload did not wait for the agent"
-    );
-    // Open the gate: the reload ends and adds the resource.
+    assert_eq!(d.resource("gated")["call"], "open", "still opening");
+    assert_eq!(d.state("gated"), "offline");
+    // Open the gate: the open ends and the resource comes online.
     std::fs::write(&gate, "go\n").unwrap();
-    let out = reload.join().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("added:     gated"),
-        "{out:?}"
-    );
     d.wait_state("gated", "online", LONG);
 }
 
 #[test]
-fn a_stop_does_not_wait_for_an_agent_that_a_reload_waits_for() {
+fn a_stop_does_not_wait_for_an_agent_that_an_open_waits_for() {
     let work = tempfile::tempdir().unwrap();
-    let (mut d, reload, agent, _) = reload_waiting_at_a_gate(work.path());
+    let (mut d, agent, _) = open_waiting_at_a_gate(work.path());
     let agents = || {
         resmon_test_support::all()
             .into_iter()
@@ -383,10 +366,52 @@ fn a_stop_does_not_wait_for_an_agent_that_a_reload_waits_for() {
         waiting.iter().all(|&p| !alive(p)),
         "{waiting:?} outlived the monitor"
     );
-    let out = reload.join().unwrap();
-    assert!(!out.status.success(), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("the monitor is stopping"),
-        "{out:?}"
-    );
+}
+
+#[test]
+fn the_start_opens_every_resource_at_once_and_answers_meanwhile() {
+    let work = tempfile::tempdir().unwrap();
+    let root = gated_agent(work.path());
+    let mut config = res("a", "sleep 1000", "");
+    for i in 0..3 {
+        let gate = work.path().join(format!("gate{i}"));
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&gate)
+            .status()
+            .unwrap()
+            .success());
+        config += &format!(
+            "[[resource]]\nname = \"g{i}\"\ntype = \"ocf:test:Gated\"\nocf_root = \"{}\"\nparams = {{ gate = \"{}\", state = \"{}\" }}\n",
+            root.display(),
+            gate.display(),
+            work.path().join(format!("state{i}")).display()
+        );
+    }
+    let d = Daemon::start(&config);
+    // Every validate-all waits at its gate at the same time: the opens run
+    // side by side, not one after another.
+    wait_for("every open to wait at its gate", LONG, || {
+        (0..3).all(|i| work.path().join(format!("gate{i}.waiting")).exists())
+    });
+    // Meanwhile the monitor answers, starts what is open, and is not ready.
+    d.wait_state("a", "online", LONG);
+    for i in 0..3 {
+        let r = d.resource(&format!("g{i}"));
+        assert_eq!(r["call"], "open", "{r}");
+        assert_eq!(r["wanted_online"], true, "{r}");
+    }
+    let readyz = || {
+        let unix = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        http_on(unix, "GET", "/readyz", "")
+    };
+    let (code, answer) = readyz();
+    assert_eq!(code, 503, "{answer}");
+    assert!(answer.contains("the monitor is starting"), "{answer}");
+    for i in 0..3 {
+        std::fs::write(work.path().join(format!("gate{i}")), "go\n").unwrap();
+    }
+    for i in 0..3 {
+        d.wait_state(&format!("g{i}"), "online", LONG);
+    }
+    wait_for("readyz to say ready", LONG, || readyz().0 == 200);
 }
