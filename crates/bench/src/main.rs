@@ -286,7 +286,13 @@ async fn restart(bin: &Path, args: &Args) -> Result<()> {
 /// The monitor's events as they come (`GET /v1/events?follow=true`),
 /// starting with the history it keeps.
 async fn event_stream(m: &Monitor) -> Result<tokio::sync::mpsc::UnboundedReceiver<EventRecord>> {
-    let mut feed = m.client().events(true).await?;
+    let mut feed = m
+        .client()
+        .events(&resmon_client::EventsQuery {
+            follow: true,
+            ..Default::default()
+        })
+        .await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<EventRecord>();
     tokio::spawn(async move {
         while let Ok(Some(e)) = feed.next().await {

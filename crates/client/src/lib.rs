@@ -252,12 +252,18 @@ impl Client {
         self.typed(Method::POST, &path, Some(body)).await
     }
 
-    /// The event feed: the history, then (with `follow`) new events as they
-    /// come, until the monitor's last one.
-    pub async fn events(&self, follow: bool) -> Result<Events, ApiError> {
-        let (status, body) = self
-            .send(Method::GET, &format!("/v1/events?follow={follow}"), None)
-            .await?;
+    /// The event feed: the history (earlier runs' too, from the journal),
+    /// then (with `follow`) new events as they come, until the monitor's
+    /// last one.
+    pub async fn events(&self, q: &EventsQuery) -> Result<Events, ApiError> {
+        let mut path = format!("/v1/events?follow={}", q.follow);
+        if let Some(since) = &q.since {
+            path += &format!("&since={}", encode(since));
+        }
+        if let Some(r) = &q.resource {
+            path += &format!("&resource={}", encode(r));
+        }
+        let (status, body) = self.send(Method::GET, &path, None).await?;
         if !status.is_success() {
             let bytes = body
                 .collect()
@@ -271,6 +277,17 @@ impl Client {
             pending: Vec::new(),
         })
     }
+}
+
+/// What of the event feed to get.
+#[derive(Clone, Debug, Default)]
+pub struct EventsQuery {
+    /// Go on with new events as they happen.
+    pub follow: bool,
+    /// Only events since then: an RFC 3339 time, or a duration ago ("1h").
+    pub since: Option<String>,
+    /// Only events of this resource.
+    pub resource: Option<String>,
 }
 
 /// The event feed as it arrives: one JSON line per event.

@@ -97,6 +97,25 @@ pub fn duration_value(
     }
 }
 
+/// Parses a size written as a string such as `"10MiB"`, `"512 KiB"` or
+/// `"1GB"` (a bare number is bytes), for the size-valued keys of a config.
+/// Zero is refused: a file that may hold nothing holds nothing useful.
+pub fn parse_size(text: &str) -> Result<u64, PolicyError> {
+    let t = text.trim();
+    let n = t
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| {
+            PolicyError(format!(
+                "bad size {text:?} ({e}): write a number with a unit, e.g. \"10MiB\", \"512KiB\", \"1GiB\""
+            ))
+        })?
+        .as_u64();
+    if n == 0 {
+        return Err(PolicyError(format!("size {text:?} must be more than 0")));
+    }
+    Ok(n)
+}
+
 /// Parses a duration written as a string such as `"300ms"`, `"5s"`, `"15m"`,
 /// `"1h"` or `"1m 30s"`. A bare number is refused: the unit must be explicit.
 pub fn parse_duration(text: &str) -> Result<Duration, PolicyError> {
@@ -135,6 +154,18 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_size("10MiB").unwrap(), 10 << 20);
+        assert_eq!(parse_size("512 KiB").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        for bad in ["", "ten", "0", "0MiB", "-1MiB", "10 parsecs"] {
+            let e = parse_size(bad).unwrap_err().0;
+            assert!(e.contains(bad) || bad.is_empty(), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn durations_are_bounded() {

@@ -39,6 +39,7 @@ pub use resmon_client::wire::{
 use resmon_core::{Command, Settled};
 use serde::Deserialize;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -72,7 +73,13 @@ pub struct ApiState {
     pub problems: Problems,
     /// The per-resource series of the last `/metrics`.
     pub metrics: Arc<resmon_metrics::Cache>,
+    /// Where `/v1/events` reads the history of earlier runs; `None` when
+    /// the journal could not be opened.
+    pub journal: Option<crate::journal::Reader>,
 }
+
+/// The most events `/v1/events?since=` sends of the past.
+const EVENTS_SINCE_LIMIT: usize = 100_000;
 
 /// See [`ApiState::problems`].
 pub type Problems = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
@@ -131,30 +138,70 @@ async fn authorize(AxState(st): AxState<ApiState>, req: Request, next: Next) -> 
     let right = right_for(req.method(), req.uri().path());
     let caller = req.extensions().get::<ConnectInfo<Caller>>().map(|c| c.0);
     let access = st.access.read().unwrap_or_else(|e| e.into_inner()).clone();
+    // Who asked for a change, and whether it was let through, goes to the
+    // event journal.
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let record = |who: &str, denied: Option<&str>| {
+        if right == Right::Query {
+            return;
+        }
+        let reason = match denied {
+            None => format!("{what} by {who}"),
+            Some(why) => format!("{what} by {who} refused: {why}"),
+        };
+        st.bus.publish("request", None, None, None, reason);
+    };
     if caller.is_some_and(|c| c.tcp) {
         let presented = bearer(req.headers());
+        let who = presented
+            .and_then(|t| access.token(t))
+            .map_or("an unknown token".to_string(), |t| {
+                format!("token {:?}", t.name)
+            });
         return match access.check_token(presented, right) {
-            Ok(()) => next.run(req).await,
+            Ok(()) => {
+                record(&who, None);
+                next.run(req).await
+            }
             Err(crate::access::TokenDenied::Lacks(why)) => {
+                record(&who, Some(&why.to_string()));
                 error(StatusCode::FORBIDDEN, format!("access denied: {why}"))
             }
-            Err(_) => (
-                StatusCode::UNAUTHORIZED,
-                [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
-                Json(ErrorReply {
-                    error: "a valid bearer token is required (Authorization: Bearer TOKEN)".into(),
-                }),
-            )
-                .into_response(),
+            Err(_) => {
+                record(&who, Some("no valid token"));
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                    Json(ErrorReply {
+                        error: "a valid bearer token is required (Authorization: Bearer TOKEN)"
+                            .into(),
+                    }),
+                )
+                    .into_response()
+            }
         };
     }
-    let verdict = match caller.and_then(|c| c.uid) {
+    let uid = caller.and_then(|c| c.uid);
+    let who = uid.map_or(
+        "an unknown caller".to_string(),
+        |u| match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(u)) {
+            Ok(Some(user)) => format!("uid {u} ({})", user.name),
+            _ => format!("uid {u}"),
+        },
+    );
+    let verdict = match uid {
         Some(uid) => access.check(uid, right).map_err(|d| d.to_string()),
         None => Err("the caller's credentials are unknown".to_string()),
     };
     match verdict {
-        Ok(()) => next.run(req).await,
-        Err(why) => error(StatusCode::FORBIDDEN, format!("access denied: {why}")),
+        Ok(()) => {
+            record(&who, None);
+            next.run(req).await
+        }
+        Err(why) => {
+            record(&who, Some(&why));
+            error(StatusCode::FORBIDDEN, format!("access denied: {why}"))
+        }
     }
 }
 
@@ -213,6 +260,17 @@ pub struct WaitQuery {
 pub struct FollowQuery {
     #[serde(default)]
     pub follow: bool,
+}
+
+/// `GET /v1/events`' query.
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    pub follow: bool,
+    /// Only events since then: an RFC 3339 time, or a duration ago ("1h").
+    pub since: Option<String>,
+    /// Only events of this resource.
+    pub resource: Option<String>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -755,17 +813,65 @@ async fn operate(st: &ApiState, name: String, command: Command, wait: bool) -> R
     }
 }
 
-async fn events(AxState(st): AxState<ApiState>, Query(q): Query<FollowQuery>) -> Response {
-    let (history, rx) = st.bus.subscribe();
+/// When `since` (an RFC 3339 time, or a duration ago such as `1h`) is.
+fn since_time(since: &str) -> Result<SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(since) {
+        return Ok(t);
+    }
+    let ago = resmon_contract::parse_duration(since).map_err(|_| {
+        format!("since={since:?}: give a time such as \"2026-12-07T10:00:00Z\" or a duration ago such as \"1h\" or \"30m\"")
+    })?;
+    Ok(SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(SystemTime::UNIX_EPOCH))
+}
+
+async fn events(AxState(st): AxState<ApiState>, Query(q): Query<EventsQuery>) -> Response {
+    let since = match q.since.as_deref().map(since_time).transpose() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if let Some(r) = &q.resource {
+        if let Err(e) = crate::config::check_name(r) {
+            return error(StatusCode::BAD_REQUEST, format!("bad resource name: {e}"));
+        }
+    }
+    let filter = crate::journal::Filter {
+        since,
+        resource: q.resource.clone(),
+        // With a time, all of it since; without, the last events as before.
+        limit: if since.is_some() {
+            EVENTS_SINCE_LIMIT
+        } else {
+            crate::events::HISTORY
+        },
+    };
+    let (memory, rx) = st.bus.subscribe();
+    let ended = st
+        .bus
+        .last()
+        .is_some_and(|l| memory.last().is_some_and(|e| e.seq == l));
+    // Earlier runs' events come from the journal, read off the loop.
+    let history = match st.journal.clone() {
+        Some(reader) => {
+            let f = filter.clone();
+            let read = crate::workers::spawn(move || reader.read(&f)).await;
+            let (journal, damaged) = read.unwrap_or_default();
+            if damaged > 0 {
+                tracing::warn!(
+                    "the event journal has {damaged} damaged record(s); they were skipped"
+                );
+            }
+            crate::journal::join(journal, memory, &filter)
+        }
+        None => crate::journal::join(Vec::new(), memory, &filter),
+    };
+    let resource = q.resource.clone();
     let line = |e: &EventRecord| {
         let mut s = serde_json::to_string(e).unwrap_or_default();
         s.push('\n');
         axum::body::Bytes::from(s)
     };
-    let ended = st
-        .bus
-        .last()
-        .is_some_and(|l| history.last().is_some_and(|e| e.seq == l));
     let past: Vec<Result<axum::body::Bytes, std::convert::Infallible>> =
         history.iter().map(|e| Ok(line(e))).collect();
     let past = futures_util::stream::iter(past);
@@ -778,6 +884,7 @@ async fn events(AxState(st): AxState<ApiState>, Query(q): Query<FollowQuery>) ->
     let bus = st.bus.clone();
     let live = futures_util::stream::unfold((rx, false), move |(mut rx, done)| {
         let bus = bus.clone();
+        let resource = resource.clone();
         async move {
             if done {
                 return None;
@@ -786,6 +893,14 @@ async fn events(AxState(st): AxState<ApiState>, Query(q): Query<FollowQuery>) ->
                 match rx.recv().await {
                     Ok(e) => {
                         let last = bus.last() == Some(e.seq);
+                        // The monitor's last event ends every stream.
+                        if !last
+                            && resource
+                                .as_deref()
+                                .is_some_and(|r| e.resource.as_deref() != Some(r))
+                        {
+                            continue;
+                        }
                         return Some((Ok(line(&e)), (rx, last)));
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,

@@ -56,7 +56,16 @@ pub struct MonitorConfig {
     pub state_dir: PathBuf,
     /// How the monitor writes its own log to stderr.
     pub log_format: LogFormat,
+    /// The event journal in the state directory: how large its file grows
+    /// before it is rotated, and how many rotated files are kept.
+    pub journal: resmon_journal::Options,
 }
+
+/// The event journal's bounds when `[monitor]` does not set them.
+pub const JOURNAL_DEFAULT: resmon_journal::Options = resmon_journal::Options {
+    max_size: 10 << 20,
+    keep: 5,
+};
 
 /// `[monitor] log_format`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -411,6 +420,7 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
         cgroups: CgroupMode::Auto,
         state_dir: crate::state::default_state_dir(),
         log_format: LogFormat::Text,
+        journal: JOURNAL_DEFAULT,
     };
     let Some(v) = v else { return m };
     let Some(t) = v.as_table() else {
@@ -436,11 +446,34 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
             ("log_format", _) => {
                 problems.push("[monitor] log_format: use \"text\" or \"json\"".into())
             }
+            ("journal_max_size", v) => {
+                let size = match v {
+                    toml::Value::String(s) => resmon_contract::parse_size(s).map_err(|e| e.0),
+                    toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+                    _ => Err("must be a size such as \"10MiB\"".to_string()),
+                };
+                match size {
+                    Ok(n) => m.journal.max_size = n,
+                    Err(e) => problems.push(format!("[monitor] journal_max_size: {e}")),
+                }
+            }
+            ("journal_keep", v) => match v.as_integer().map(u32::try_from) {
+                Some(Ok(n)) if n <= 1000 => m.journal.keep = n,
+                _ => problems
+                    .push("[monitor] journal_keep: must be a whole number from 0 to 1000".into()),
+            },
             (other, _) => problems.push(format!(
                 "[monitor]: {}",
                 table::unknown_key(
                     other,
-                    &["socket", "cgroups", "state_dir", "log_format"],
+                    &[
+                        "socket",
+                        "cgroups",
+                        "state_dir",
+                        "log_format",
+                        "journal_max_size",
+                        "journal_keep"
+                    ],
                     &[]
                 )
             )),

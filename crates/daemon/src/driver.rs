@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -533,6 +533,7 @@ impl Driver {
         );
     }
 
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
     pub fn id(&self, name: &str) -> Option<ResId> {
         self.core.id(name)
     }
@@ -1067,6 +1068,17 @@ impl Driver {
                 self.metrics_generation += 1;
                 let who = self.who(id);
                 resmon_metrics::global().stop(&who, rung.as_str(), took);
+                let took_ms = Duration::from_millis(took.as_millis().min(u64::MAX.into()) as u64);
+                self.publish(
+                    "stopped",
+                    id,
+                    None,
+                    &format!(
+                        "the {} rung ended the stop after {}",
+                        rung.as_str(),
+                        humantime::format_duration(took_ms)
+                    ),
+                );
                 // The terminate rungs end once the container is empty; an
                 // offline ends when the type says so, which is checked.
                 if rung == Rung::Offline {

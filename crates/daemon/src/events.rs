@@ -1,5 +1,6 @@
 //! The event feed: every state change and monitor decision, numbered, kept
-//! in a bounded history and broadcast to followers.
+//! in a bounded history, broadcast to followers, and appended to the
+//! durable [`journal`](crate::journal) when there is one.
 
 pub use resmon_client::wire::EventRecord;
 use resmon_contract::State;
@@ -27,6 +28,7 @@ struct Inner {
     history: VecDeque<EventRecord>,
     /// The `seq` of the last event there will be: the monitor stopped.
     last: Option<u64>,
+    journal: Option<crate::journal::Sink>,
 }
 
 impl Default for EventBus {
@@ -43,6 +45,7 @@ impl EventBus {
                 next: 1,
                 history: VecDeque::with_capacity(HISTORY),
                 last: None,
+                journal: None,
             })),
             tx,
         }
@@ -63,6 +66,30 @@ impl EventBus {
     /// Nothing is published after it.
     pub fn finish(&self, reason: impl Into<String>) {
         self.publish_as("monitor", None, None, None, reason.into(), true);
+    }
+
+    /// From now on every event also goes to the journal; numbering goes on
+    /// after `last`, the journal's last `seq`, so it grows across monitor
+    /// restarts.
+    pub fn attach_journal(&self, sink: crate::journal::Sink, last: Option<u64>) {
+        let mut inner = lock(&self.inner);
+        if let Some(last) = last {
+            inner.next = inner.next.max(last.saturating_add(1));
+        }
+        inner.journal = Some(sink);
+    }
+
+    /// Stops sending to the journal (its writer then finishes).
+    pub fn detach_journal(&self) {
+        lock(&self.inner).journal = None;
+    }
+
+    /// Events that never reached the journal.
+    pub fn journal_dropped(&self) -> u64 {
+        lock(&self.inner)
+            .journal
+            .as_ref()
+            .map_or(0, |j| j.dropped())
     }
 
     /// The `seq` of the last event, once [`finish`](Self::finish) published it.
@@ -100,9 +127,14 @@ impl EventBus {
             if let Some(e) = repeat {
                 e.count = e.count.saturating_add(1);
                 e.last_time = Some(time);
-                // Followers hear of it at 2, 4, 8, ... repeats, not each time.
+                // Followers (and the journal) hear of it at 2, 4, 8, ...
+                // repeats, not each time.
                 if e.count.is_power_of_two() {
-                    let _ = self.tx.send(e.clone());
+                    let e = e.clone();
+                    if let Some(j) = &inner.journal {
+                        j.send(&e);
+                    }
+                    let _ = self.tx.send(e);
                 }
                 return;
             }
@@ -126,6 +158,9 @@ impl EventBus {
             inner.history.pop_front();
         }
         inner.history.push_back(rec.clone());
+        if let Some(j) = &inner.journal {
+            j.send(&rec);
+        }
         // Sent under the lock, so followers see events in `seq` order.
         let _ = self.tx.send(rec);
     }

@@ -17,6 +17,7 @@ mod dashboard;
 mod driver;
 pub mod events;
 mod handoff;
+pub mod journal;
 pub mod listener;
 mod opening;
 pub mod private_dir;
@@ -224,6 +225,23 @@ async fn run(
 ) -> anyhow::Result<()> {
     let bus = EventBus::new();
     let state_dir = Arc::new(StateDir::open(&config.monitor.state_dir)?);
+    // Before the first event: every event goes to the journal, numbered on
+    // from the last one an earlier run wrote. Without it the monitor runs
+    // on, with the history in memory only.
+    let (journal_writer, journal_reader) =
+        match journal::start(state_dir.fd(), config.monitor.journal) {
+            Ok((sink, writer, last)) => {
+                bus.attach_journal(sink, last);
+                (Some(writer), journal::Reader::new(state_dir.fd()).ok())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot open the event journal in {}: {e}; events are kept in memory only",
+                    state_dir.path().display()
+                );
+                (None, None)
+            }
+        };
     let saved = state_dir.load().unwrap_or_default();
     let instance = state_dir.instance().to_string();
     let containers = Arc::new(
@@ -327,10 +345,19 @@ async fn run(
         reload: reload_tx,
         cluster: cluster_handle.clone(),
         problems: {
-            let dir = state_dir.clone();
-            Arc::new(move || dir.problem().into_iter().collect())
+            let (dir, bus) = (state_dir.clone(), bus.clone());
+            Arc::new(move || {
+                let dropped = bus.journal_dropped();
+                dir.problem()
+                    .into_iter()
+                    .chain((dropped > 0).then(|| {
+                        format!("{dropped} event(s) could not be written to the event journal (see the monitor's log)")
+                    }))
+                    .collect()
+            })
         },
         metrics: Arc::default(),
+        journal: journal_reader,
     });
     let shutdown = listener::Shutdown::default();
     let tcp_server = match config.api.tcp {
@@ -470,6 +497,11 @@ async fn run(
     }
     d.save_final().await;
     d.bus.finish("monitor stopped");
+    // The journal gets everything up to the last event, durably.
+    d.bus.detach_journal();
+    if let Some(w) = journal_writer {
+        let _ = workers::spawn(move || w.finish(Duration::from_secs(2))).await;
+    }
     // The connections finish what they are answering (a terminate that was
     // carried out says so, an event stream ends with the last event), with
     // the driver still answering them; new requests to bring something

@@ -129,6 +129,11 @@ impl StateDir {
         &self.dir
     }
 
+    /// The directory's descriptor: files in it are opened relative to it.
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
     /// The saved state, if any. A file that cannot be read or understood
     /// is reported and ignored: the monitor then starts its resources
     /// afresh, after killing what the earlier run left.

@@ -146,6 +146,7 @@ proptest! {
                 cluster: None,
                 problems: Arc::new(Vec::new),
                 metrics: Arc::default(),
+                journal: None,
             });
             let Ok(mut req) = Request::builder().method(m).uri(p.as_str()).body(Body::from(body)) else {
                 return StatusCode::BAD_REQUEST;

@@ -129,11 +129,19 @@ enum Cmd {
         #[arg(long, global = true)]
         json: bool,
     },
-    /// Print the event feed.
+    /// Print the event history and feed, from the durable journal (earlier
+    /// runs of the monitor too).
     Events {
         /// Keep printing new events as they happen.
         #[arg(long)]
         follow: bool,
+        /// Only events since then: a duration ago ("1h", "30m") or a time
+        /// ("2026-12-07T10:00:00Z"). Without it, the last 1,000 events.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only events of this resource.
+        #[arg(long, value_name = "NAME")]
+        resource: Option<String>,
         /// Print events as JSON lines.
         #[arg(long)]
         json: bool,
@@ -418,7 +426,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let op = Operation::Terminate { exit_code };
             operate(cli.socket, &name, op, !no_wait).await
         }
-        Cmd::Events { follow, json } => events(cli.socket, follow, json).await,
+        Cmd::Events {
+            follow,
+            since,
+            resource,
+            json,
+        } => {
+            let q = resmon_client::EventsQuery {
+                follow,
+                since,
+                resource,
+            };
+            events(cli.socket, &q, json).await
+        }
         Cmd::Agents {
             show,
             ocf_root,
@@ -652,8 +672,12 @@ async fn operate(
     Ok(())
 }
 
-async fn events(socket: Option<PathBuf>, follow: bool, json: bool) -> Result<(), Failure> {
-    let mut feed = client(socket).events(follow).await?;
+async fn events(
+    socket: Option<PathBuf>,
+    q: &resmon_client::EventsQuery,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut feed = client(socket).events(q).await?;
     let stdout = std::io::stdout();
     while let Some(line) = feed.next_line().await? {
         let text = if json {
