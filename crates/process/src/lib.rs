@@ -219,9 +219,10 @@ impl ProcessResource {
                 return;
             }
             let pid = task.pid().unwrap_or(0);
-            let how = match code {
-                Ok(c) => format!("exited with code {c}"),
-                Err(e) => format!("could not be waited for: {e}"),
+            let how = match (code, task.ended()) {
+                (Ok(_), Some(ended)) => ended.to_string(),
+                (Ok(c), None) => format!("exited with code {c}"),
+                (Err(e), _) => format!("could not be waited for: {e}"),
             };
             shared.notifier.failed(format!("main process {pid} {how}"));
         });
@@ -240,9 +241,12 @@ impl ProcessResource {
                 return Err(ResourceError::new("cancelled by terminate"));
             }
             if main.is_signaled() {
-                let code = main.exit_code().unwrap_or(-1);
+                let how = main.ended().map_or_else(
+                    || format!("exited with code {}", main.exit_code().unwrap_or(-1)),
+                    |e| e.to_string(),
+                );
                 return Err(ResourceError::new(format!(
-                    "main process exited with code {code} before it was ready"
+                    "main process {how} before it was ready"
                 )));
             }
             match probe::run(probe, &self.probe_env(false)) {

@@ -158,3 +158,27 @@ fn the_journal_is_bounded_by_its_rotation() {
     let last = events(&d, &["--resource", "a"]);
     assert_eq!(last.last().unwrap()["state"], "online");
 }
+
+#[test]
+fn every_death_of_a_main_process_is_recorded_with_its_code_or_signal() {
+    let exits = "[[resource]]\nname = \"exits\"\ntype = \"process\"\ncommand = \"sh -c 'sleep 0.2; exit 3'\"\nrestart_action = \"none\"\n";
+    let d = Daemon::start(&format!("{}{exits}", sleeper("a")));
+    d.wait_state("a", "online", LONG);
+    let pid = d.pids("a")[0];
+    signal(pid, libc_sig::KILL);
+    d.wait_state("exits", "failed", LONG);
+    wait_for("a's death in the journal", LONG, || {
+        events(&d, &["--resource", "a"]).iter().any(|e| {
+            reason(e).contains(&format!(
+                "main process {pid} was killed by SIGKILL (exit code 137)"
+            ))
+        })
+    });
+    let exits = events(&d, &["--resource", "exits"]);
+    assert!(
+        exits
+            .iter()
+            .any(|e| reason(e).contains("exited with code 3")),
+        "{exits:#?}"
+    );
+}

@@ -39,6 +39,41 @@ struct Codes {
     terminate_code: Option<i32>,
     /// What the task ended with on its own (exit status, 128 + signal).
     exit: Option<i32>,
+    /// How a process task ended on its own, when its wait status said.
+    ended: Option<Ended>,
+}
+
+/// How a process ended on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+}
+
+impl Ended {
+    /// The exit code it stands for: the status, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            Ended::Exited(c) => c,
+            Ended::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Ended::Exited(c) => write!(f, "exited with code {c}"),
+            Ended::Signaled(s) => write!(
+                f,
+                "was killed by {} (exit code {})",
+                crate::signal_name(s),
+                128 + s
+            ),
+        }
+    }
 }
 
 impl TaskCore {
@@ -60,6 +95,18 @@ impl TaskCore {
             codes.exit = Some(exit);
         }
         self.finished.send_replace(true);
+    }
+
+    /// [`finish`](Self::finish) with how a process ended.
+    pub(crate) fn finish_as(&self, ended: Ended) {
+        lock(&self.codes).ended.get_or_insert(ended);
+        self.finish(ended.code());
+    }
+
+    /// How the task ended on its own, once finished.
+    fn ended(&self) -> Option<Ended> {
+        let codes = lock(&self.codes);
+        codes.exit.and(codes.ended)
     }
 
     pub(crate) fn is_finished(&self) -> bool {
@@ -259,6 +306,12 @@ impl TaskHandle {
     /// container is empty) and returns its exit code. Every waiter is
     /// released at once. Needs `SYNCHRONIZE`. For a tree task the caller's
     /// runtime needs I/O and time enabled (see [`Container::wait_empty`]).
+    /// How a process task ended on its own (exit status or signal), once
+    /// it finished; `None` while it runs, and for a container.
+    pub fn ended(&self) -> Option<Ended> {
+        self.task.core().ended()
+    }
+
     pub async fn wait(&self) -> Result<i32, TaskError> {
         self.check(Rights::SYNCHRONIZE)?;
         self.task.finished().await;

@@ -50,7 +50,7 @@ mod tracker;
 
 pub use abort::{Cancelled, CheckAbort, Watched};
 pub use container::{unowned_processes, Container, Containers, InstanceClaim, MARKER_VAR};
-pub use handle::TaskHandle;
+pub use handle::{Ended, TaskHandle};
 pub use reaper::Reaper;
 pub use resmon_contract::STILL_ACTIVE;
 pub use signal::{parse_signal, signal_name, SignalError};

@@ -24,6 +24,7 @@
 //! while the pidfd is opened, and std's own clean-up `waitpid` of a child
 //! whose `exec` failed is never raced.
 
+use crate::handle::Ended;
 use crate::sync::lock;
 use std::collections::HashMap;
 use std::io;
@@ -301,7 +302,7 @@ fn reap_zombies(tasks: &Tasks) {
             let status = waitpid(pid, Some(WaitPidFlag::WNOHANG));
             record
                 .core
-                .finish(status.ok().and_then(exit_code).unwrap_or(128));
+                .finish(status.ok().and_then(ended).map_or(128, Ended::code));
             continue;
         }
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
@@ -323,9 +324,9 @@ fn reap_record(record: &ProcessRecord) -> bool {
     loop {
         match waitid(Id::PIDFd(record.pidfd.as_fd()), flags) {
             Ok(status) => {
-                return match exit_code(status) {
-                    Some(code) => {
-                        record.core.finish(code);
+                return match ended(status) {
+                    Some(e) => {
+                        record.core.finish_as(e);
                         true
                     }
                     None => false,
@@ -340,12 +341,11 @@ fn reap_record(record: &ProcessRecord) -> bool {
     }
 }
 
-/// The exit code of a wait status: the exit status, or 128 + the signal
-/// number for a process killed by a signal.
-fn exit_code(status: WaitStatus) -> Option<i32> {
+/// How a wait status says the process ended.
+fn ended(status: WaitStatus) -> Option<Ended> {
     match status {
-        WaitStatus::Exited(_, code) => Some(code),
-        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        WaitStatus::Exited(_, code) => Some(Ended::Exited(code)),
+        WaitStatus::Signaled(_, sig, _) => Some(Ended::Signaled(sig as i32)),
         _ => None,
     }
 }
@@ -369,11 +369,10 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_shell_convention() {
         let pid = NixPid::from_raw(42);
-        assert_eq!(exit_code(WaitStatus::Exited(pid, 3)), Some(3));
-        assert_eq!(
-            exit_code(WaitStatus::Signaled(pid, NixSignal::SIGKILL, false)),
-            Some(137)
-        );
-        assert_eq!(exit_code(WaitStatus::StillAlive), None);
+        assert_eq!(ended(WaitStatus::Exited(pid, 3)), Some(Ended::Exited(3)));
+        let killed = ended(WaitStatus::Signaled(pid, NixSignal::SIGKILL, false)).unwrap();
+        assert_eq!((killed, killed.code()), (Ended::Signaled(9), 137));
+        assert_eq!(killed.to_string(), "was killed by SIGKILL (exit code 137)");
+        assert_eq!(ended(WaitStatus::StillAlive), None);
     }
 }
