@@ -1152,6 +1152,7 @@ fn plugin_worker(args: &Args) -> Result<()> {
             }),
             scope: Scope::default(),
             notifier: Notifier::none(),
+            log: Default::default(),
         })
         .map_err(|e| anyhow::anyhow!("open: {e}"))?;
     let ctx = CallContext::new(Default::default(), std::sync::Arc::new(NoSink));

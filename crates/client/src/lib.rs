@@ -252,18 +252,25 @@ impl Client {
         self.typed(Method::POST, &path, Some(body)).await
     }
 
-    /// The event feed: the history (earlier runs' too, from the journal),
-    /// then (with `follow`) new events as they come, until the monitor's
-    /// last one.
-    pub async fn events(&self, q: &EventsQuery) -> Result<Events, ApiError> {
-        let mut path = format!("/v1/events?follow={}", q.follow);
+    /// A resource's captured output, one JSON line per line of it
+    /// (`{"time", "stream", "text"}`), then (with `follow`) new ones.
+    pub async fn logs(&self, name: &str, q: &LogsQuery) -> Result<Events, ApiError> {
+        let mut path = format!("/v1/resources/{}/logs?follow={}", encode(name), q.follow);
+        if let Some(n) = q.lines {
+            path += &format!("&lines={n}");
+        }
         if let Some(since) = &q.since {
             path += &format!("&since={}", encode(since));
         }
-        if let Some(r) = &q.resource {
-            path += &format!("&resource={}", encode(r));
+        if let Some(s) = &q.stream {
+            path += &format!("&stream={}", encode(s));
         }
-        let (status, body) = self.send(Method::GET, &path, None).await?;
+        self.stream(&path).await
+    }
+
+    /// A JSON-lines answer, as it arrives.
+    async fn stream(&self, path: &str) -> Result<Events, ApiError> {
+        let (status, body) = self.send(Method::GET, path, None).await?;
         if !status.is_success() {
             let bytes = body
                 .collect()
@@ -277,6 +284,33 @@ impl Client {
             pending: Vec::new(),
         })
     }
+
+    /// The event feed: the history (earlier runs' too, from the journal),
+    /// then (with `follow`) new events as they come, until the monitor's
+    /// last one.
+    pub async fn events(&self, q: &EventsQuery) -> Result<Events, ApiError> {
+        let mut path = format!("/v1/events?follow={}", q.follow);
+        if let Some(since) = &q.since {
+            path += &format!("&since={}", encode(since));
+        }
+        if let Some(r) = &q.resource {
+            path += &format!("&resource={}", encode(r));
+        }
+        self.stream(&path).await
+    }
+}
+
+/// What of a resource's log to get.
+#[derive(Clone, Debug, Default)]
+pub struct LogsQuery {
+    /// The last this many lines (the monitor's default: 100).
+    pub lines: Option<usize>,
+    /// Only lines since then: an RFC 3339 time, or a duration ago ("1h").
+    pub since: Option<String>,
+    /// Only `stdout` or `stderr`.
+    pub stream: Option<String>,
+    /// Go on with new lines as they are written.
+    pub follow: bool,
 }
 
 /// What of the event feed to get.

@@ -35,8 +35,9 @@ pub use policy::{
     duration_value, parse_duration, parse_size, DurationError, Policy, PolicyError, RestartAction,
 };
 pub use resource::{
-    CallContext, Completion, ControlError, FencingToken, LogLevel, Notice, Notifier, OpenContext,
-    Resource, ResourceError, ResourceType, Scope, StatusSink, FENCING_TOKEN_VAR,
+    CallContext, Completion, ControlError, FencingToken, LogLevel, LogMode, LogSettings, Notice,
+    Notifier, OpenContext, Resource, ResourceError, ResourceType, Scope, StatusSink,
+    FENCING_TOKEN_VAR,
 };
 pub use state::{EntryPoint, State, ALLOWED_TRANSITIONS};
 

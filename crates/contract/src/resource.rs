@@ -198,6 +198,60 @@ pub struct OpenContext {
     pub params: serde_json::Value,
     pub scope: Scope,
     pub notifier: Notifier,
+    /// Where the resource's output goes (`log = ...`).
+    pub log: LogSettings,
+}
+
+/// Where a resource's output goes: `log = "file" | "journal" | "inherit" |
+/// "null"`, per resource or in `[defaults]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogMode {
+    /// Captured, line by line with a timestamp and the stream, into the
+    /// resource's log in the log directory (`resmon logs` reads it).
+    #[default]
+    File,
+    /// To the systemd journal, with the resource's name as its identifier.
+    Journal,
+    /// The monitor's own stdout and stderr.
+    Inherit,
+    /// Thrown away.
+    Null,
+}
+
+impl LogMode {
+    pub fn parse(s: &str) -> Option<LogMode> {
+        Some(match s {
+            "file" => LogMode::File,
+            "journal" => LogMode::Journal,
+            "inherit" => LogMode::Inherit,
+            "null" => LogMode::Null,
+            _ => return None,
+        })
+    }
+}
+
+/// A resource's log settings, as the monitor resolved them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    pub mode: LogMode,
+    /// The monitor's log directory (`[monitor] log_dir`): the resource's
+    /// log is `NAME.log` in it.
+    pub dir: std::path::PathBuf,
+    /// The size at which the log is rotated (`log_max_size`).
+    pub max_size: u64,
+    /// How many rotated files are kept (`log_keep`).
+    pub keep: u32,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            mode: LogMode::File,
+            dir: std::path::PathBuf::new(),
+            max_size: 10 << 20,
+            keep: 5,
+        }
+    }
 }
 
 /// A kind of resource: the code that knows how to drive it.

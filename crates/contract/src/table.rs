@@ -28,8 +28,16 @@ pub const POLICY_KEYS: &[&str] = &[
 /// Every key the monitor reads in a `[[resource]]` table: what a type
 /// that does not know a key suggests from, beside its own.
 pub fn monitor_keys() -> impl Iterator<Item = &'static str> {
-    RESOURCE_KEYS.iter().chain(POLICY_KEYS).copied()
+    RESOURCE_KEYS
+        .iter()
+        .chain(POLICY_KEYS)
+        .chain(LOG_KEYS)
+        .copied()
 }
+
+/// Where a resource's output goes (`docs/configuration.md`), in
+/// `[[resource]]` tables and in `[defaults]`.
+pub const LOG_KEYS: &[&str] = &["log", "log_max_size", "log_keep"];
 
 /// The candidate closest to `word` if it is close enough to be what was
 /// meant: at most one edit (insertion, deletion, substitution or swap of

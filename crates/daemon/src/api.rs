@@ -76,6 +76,8 @@ pub struct ApiState {
     /// Where `/v1/events` reads the history of earlier runs; `None` when
     /// the journal could not be opened.
     pub journal: Option<crate::journal::Reader>,
+    /// The log directory, where resources' relays write their output.
+    pub logs: Option<Arc<rustix::fd::OwnedFd>>,
 }
 
 /// The most events `/v1/events?since=` sends of the past.
@@ -280,6 +282,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources/{name}/online", post(online))
         .route("/v1/resources/{name}/offline", post(offline))
         .route("/v1/resources/{name}/terminate", post(terminate))
+        .route("/v1/resources/{name}/logs", get(logs))
         .route("/v1/resources/{name}/control/{code}", post(control))
         .route("/v1/types/{name}/control/{code}", post(type_control))
         .route("/v1/calls", get(calls))
@@ -473,7 +476,7 @@ async fn json_errors(resp: Response) -> Response {
     out
 }
 
-fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(ErrorReply { error: msg.into() })).into_response()
 }
 
@@ -570,6 +573,43 @@ async fn status_one(AxState(st): AxState<ApiState>, Path(name): Path<String>) ->
         return error(StatusCode::BAD_REQUEST, format!("bad resource name: {e}"));
     }
     ask_status(&st, Some(name)).await
+}
+
+/// `GET /v1/resources/{name}/logs` (see [`crate::logs`]).
+async fn logs(
+    AxState(st): AxState<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<crate::logs::LogsQuery>,
+) -> Response {
+    if let Err(e) = crate::config::check_name(&name) {
+        return error(StatusCode::BAD_REQUEST, format!("bad resource name: {e}"));
+    }
+    match status_of(&st, &name).await {
+        Ok(_) => crate::logs::answer(&st, name, q).await,
+        Err(answer) => answer,
+    }
+}
+
+/// One resource's status from the loop; `Err` is the answer to send
+/// instead (404, or 503 while the monitor stops).
+async fn status_of(st: &ApiState, name: &str) -> Result<ResourceStatus, Response> {
+    let (reply, answer) = oneshot::channel();
+    if st
+        .tx
+        .send(Msg::Status {
+            name: Some(name.to_string()),
+            reply,
+        })
+        .is_err()
+    {
+        return Err(stopping());
+    }
+    match answer.await {
+        Ok(Ok(mut s)) if !s.is_empty() => Ok(s.remove(0)),
+        Ok(Ok(_)) => Err(error(StatusCode::NOT_FOUND, no_such(name))),
+        Ok(Err(e)) => Err(error(StatusCode::NOT_FOUND, e)),
+        Err(_) => Err(stopping()),
+    }
 }
 
 fn op_error(e: OpError) -> Response {
@@ -794,27 +834,15 @@ async fn operate(st: &ApiState, name: String, command: Command, wait: bool) -> R
                 Err(broadcast::error::RecvError::Closed) => return stopping(),
             }
         }
-        let (reply, answer) = oneshot::channel();
-        if st
-            .tx
-            .send(Msg::Status {
-                name: Some(name.clone()),
-                reply,
-            })
-            .is_err()
-        {
-            return stopping();
-        }
-        status = match answer.await {
-            Ok(Ok(mut s)) if !s.is_empty() => s.remove(0),
-            Ok(_) => return error(StatusCode::NOT_FOUND, no_such(&name)),
-            Err(_) => return stopping(),
+        status = match status_of(st, &name).await {
+            Ok(s) => s,
+            Err(answer) => return answer,
         };
     }
 }
 
 /// When `since` (an RFC 3339 time, or a duration ago such as `1h`) is.
-fn since_time(since: &str) -> Result<SystemTime, String> {
+pub(crate) fn since_time(since: &str) -> Result<SystemTime, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(since) {
         return Ok(t);
     }

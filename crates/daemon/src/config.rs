@@ -7,8 +7,9 @@
 use crate::access::{AccessConfig, Grant};
 use crate::cluster::config::{parse_cluster, parse_groups, ClusterConfig, GroupConfig};
 pub use resmon_contract::check_name;
-use resmon_contract::table::{self, POLICY_KEYS, RESOURCE_KEYS};
+use resmon_contract::table::{self, LOG_KEYS, POLICY_KEYS, RESOURCE_KEYS};
 use resmon_contract::{duration_value, Policy, ResourceType, RestartAction};
+use resmon_contract::{LogMode, LogSettings};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,9 @@ pub struct MonitorConfig {
     /// The event journal in the state directory: how large its file grows
     /// before it is rotated, and how many rotated files are kept.
     pub journal: resmon_journal::Options,
+    /// Where resources' captured output goes (`NAME.log`); by default
+    /// `logs` in the state directory.
+    pub log_dir: PathBuf,
 }
 
 /// The event journal's bounds when `[monitor]` does not set them.
@@ -114,6 +118,8 @@ pub struct ResourceConfig {
     pub policy: Policy,
     /// The type-specific rest of the table.
     pub params: serde_json::Value,
+    /// Where its output goes.
+    pub log: LogSettings,
 }
 
 /// `[api]`: the optional TCP listener.
@@ -238,18 +244,24 @@ impl Config {
         let api = parse_api(doc.get("api"), &mut access, &mut problems);
 
         let mut defaults = Policy::default();
+        let mut log_defaults = LogSettings {
+            dir: monitor.log_dir.clone(),
+            ..LogSettings::default()
+        };
         match doc.get("defaults") {
             None => {}
             Some(toml::Value::Table(t)) => {
+                let known: Vec<&str> = POLICY_KEYS.iter().chain(LOG_KEYS).copied().collect();
                 for key in t.keys() {
-                    if !POLICY_KEYS.contains(&key.as_str()) {
+                    if !known.contains(&key.as_str()) {
                         problems.push(format!(
                             "[defaults]: {}",
-                            table::unknown_key(key, POLICY_KEYS, &[])
+                            table::unknown_key(key, &known, &[])
                         ));
                     }
                 }
                 apply_policy(&mut defaults, t, "[defaults]", &mut problems);
+                apply_log(&mut log_defaults, t, "[defaults]", &mut problems);
             }
             Some(_) => problems.push("[defaults] must be a table".into()),
         }
@@ -344,9 +356,14 @@ impl Config {
             };
             let mut policy = defaults.clone();
             apply_policy(&mut policy, t, &here, &mut problems);
+            let mut log = log_defaults.clone();
+            apply_log(&mut log, t, &here, &mut problems);
             let mut params = toml::Table::new();
             for (k, v) in t {
-                if !RESOURCE_KEYS.contains(&k.as_str()) && !POLICY_KEYS.contains(&k.as_str()) {
+                if !RESOURCE_KEYS.contains(&k.as_str())
+                    && !POLICY_KEYS.contains(&k.as_str())
+                    && !LOG_KEYS.contains(&k.as_str())
+                {
                     params.insert(k.clone(), v.clone());
                 }
             }
@@ -380,6 +397,7 @@ impl Config {
                         autostart,
                         policy,
                         params,
+                        log,
                     });
                 }
             }
@@ -421,6 +439,7 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
         state_dir: crate::state::default_state_dir(),
         log_format: LogFormat::Text,
         journal: JOURNAL_DEFAULT,
+        log_dir: PathBuf::new(),
     };
     let Some(v) = v else { return m };
     let Some(t) = v.as_table() else {
@@ -457,6 +476,10 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
                     Err(e) => problems.push(format!("[monitor] journal_max_size: {e}")),
                 }
             }
+            ("log_dir", toml::Value::String(s)) if s.starts_with('/') => {
+                m.log_dir = PathBuf::from(s)
+            }
+            ("log_dir", _) => problems.push("[monitor] log_dir: must be an absolute path".into()),
             ("journal_keep", v) => match v.as_integer().map(u32::try_from) {
                 Some(Ok(n)) if n <= 1000 => m.journal.keep = n,
                 _ => problems
@@ -472,12 +495,16 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
                         "state_dir",
                         "log_format",
                         "journal_max_size",
-                        "journal_keep"
+                        "journal_keep",
+                        "log_dir"
                     ],
                     &[]
                 )
             )),
         }
+    }
+    if m.log_dir.as_os_str().is_empty() {
+        m.log_dir = m.state_dir.join("logs");
     }
     m
 }
@@ -698,6 +725,37 @@ fn apply_policy(p: &mut Policy, t: &toml::Table, place: &str, problems: &mut Vec
                 None => problems.push(format!("{place}: separate_monitor must be true or false")),
             },
             _ => {}
+        }
+    }
+}
+
+/// The `log`, `log_max_size` and `log_keep` keys of a table.
+fn apply_log(l: &mut LogSettings, t: &toml::Table, place: &str, problems: &mut Vec<String>) {
+    if let Some(v) = t.get("log") {
+        match v.as_str().and_then(LogMode::parse) {
+            Some(m) => l.mode = m,
+            None => problems.push(format!(
+                "{place}: log: use \"file\", \"journal\", \"inherit\" or \"null\""
+            )),
+        }
+    }
+    if let Some(v) = t.get("log_max_size") {
+        let size = match v {
+            toml::Value::String(s) => resmon_contract::parse_size(s).map_err(|e| e.0),
+            toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+            _ => Err("must be a size such as \"10MiB\"".to_string()),
+        };
+        match size {
+            Ok(n) => l.max_size = n,
+            Err(e) => problems.push(format!("{place}: log_max_size: {e}")),
+        }
+    }
+    if let Some(v) = t.get("log_keep") {
+        match v.as_integer().map(u32::try_from) {
+            Some(Ok(n)) if n <= 1000 => l.keep = n,
+            _ => problems.push(format!(
+                "{place}: log_keep: must be a whole number from 0 to 1000"
+            )),
         }
     }
 }

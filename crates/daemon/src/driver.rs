@@ -1424,6 +1424,7 @@ mod tests {
             autostart: false,
             policy,
             params: serde_json::Value::Null,
+            log: Default::default(),
         };
         let core = Monitor::new(vec![crate::handoff::spec_of(&config)], Instant::now()).unwrap();
         let types: Vec<Arc<dyn ResourceType>> = vec![Arc::new(RecorderType {

@@ -213,7 +213,7 @@ impl Handoff {
         for r in &new.resources {
             match old.get(r.name.as_str()) {
                 None => added.push(r),
-                Some(o) if o.type_name != r.type_name || o.params != r.params => {
+                Some(o) if o.type_name != r.type_name || o.params != r.params || o.log != r.log => {
                     report.restarted.push(r.name.clone())
                 }
                 Some(o)

@@ -19,6 +19,7 @@ pub mod events;
 mod handoff;
 pub mod journal;
 pub mod listener;
+mod logs;
 mod opening;
 pub mod private_dir;
 mod running;
@@ -28,6 +29,8 @@ mod wire_errors;
 pub mod workers;
 
 pub use driver::ResourceStatus;
+/// The log relay that `resmon log-relay` runs.
+pub use resmon_process::relay;
 
 use anyhow::Context;
 use config::{CgroupMode, Config, ResourceConfig};
@@ -50,7 +53,12 @@ use tokio::sync::mpsc;
 pub fn resource_types(reaper: Arc<Reaper>) -> Vec<Arc<dyn ResourceType>> {
     let rt = tokio::runtime::Handle::current();
     vec![
-        Arc::new(ProcessType::new(reaper.clone(), rt.clone())),
+        // Log relays run this very binary (`resmon log-relay`).
+        Arc::new(ProcessType::new(
+            reaper.clone(),
+            rt.clone(),
+            "/proc/self/exe".into(),
+        )),
         Arc::new(resmon_ocf::OcfType::new(reaper.clone(), rt)),
         // Hosts run this very binary (`resmon host`), even after an upgrade
         // replaced the file on disk.
@@ -243,6 +251,9 @@ async fn run(
             }
         };
     let saved = state_dir.load().unwrap_or_default();
+    // Where log relays write: private to the monitor's user, like the state.
+    let log_dir = private_dir::open_private(&config.monitor.log_dir)
+        .map_err(|e| anyhow::anyhow!("[monitor] log_dir: the log directory {e}"))?;
     let instance = state_dir.instance().to_string();
     let containers = Arc::new(
         match config.monitor.cgroups {
@@ -358,6 +369,7 @@ async fn run(
         },
         metrics: Arc::default(),
         journal: journal_reader,
+        logs: Some(Arc::new(log_dir)),
     });
     let shutdown = listener::Shutdown::default();
     let tcp_server = match config.api.tcp {

@@ -60,6 +60,7 @@ pub fn open_context(r: &ResourceConfig, container: &Container, notifier: Notifie
         params: r.params.clone(),
         scope: container.scope(),
         notifier,
+        log: r.log.clone(),
     }
 }
 

@@ -147,6 +147,7 @@ proptest! {
                 problems: Arc::new(Vec::new),
                 metrics: Arc::default(),
                 journal: None,
+                logs: None,
             });
             let Ok(mut req) = Request::builder().method(m).uri(p.as_str()).body(Body::from(body)) else {
                 return StatusCode::BAD_REQUEST;

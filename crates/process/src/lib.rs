@@ -16,12 +16,13 @@
 
 mod params;
 mod probe;
+pub mod relay;
 
 pub use params::{find_program, Params, Probe, ProbeKind, Stream};
 
 use resmon_contract::{
-    control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Resource,
-    ResourceError, ResourceType,
+    control, CallContext, Completion, ControlError, LogLevel, LogMode, LogSettings, Notifier,
+    OpenContext, Resource, ResourceError, ResourceType,
 };
 use resmon_task::lock;
 use resmon_task::{CheckAbort, Container, Output, Reaper, SpawnSpec, TaskHandle};
@@ -33,13 +34,16 @@ use std::time::Duration;
 pub struct ProcessType {
     reaper: Arc<Reaper>,
     rt: tokio::runtime::Handle,
+    /// The program that runs `log-relay` (the monitor's own binary).
+    relay: std::path::PathBuf,
 }
 
 impl ProcessType {
     /// `rt` runs the watchers of main processes; entry points themselves run
-    /// on the caller's thread.
-    pub fn new(reaper: Arc<Reaper>, rt: tokio::runtime::Handle) -> Self {
-        ProcessType { reaper, rt }
+    /// on the caller's thread. `relay` is the program whose
+    /// [`relay::SUBCOMMAND`] captures output into a resource's log.
+    pub fn new(reaper: Arc<Reaper>, rt: tokio::runtime::Handle, relay: std::path::PathBuf) -> Self {
+        ProcessType { reaper, rt, relay }
     }
 }
 
@@ -66,6 +70,8 @@ impl ResourceType for ProcessType {
             }),
             params,
             raw_params: ctx.params.clone(),
+            log: ctx.log.clone(),
+            relay: self.relay.clone(),
             scope: ctx.scope.clone(),
             container,
             reaper: self.reaper.clone(),
@@ -126,6 +132,9 @@ struct ProcessResource {
     params: Params,
     /// The params as configured, for `get_private_properties`.
     raw_params: serde_json::Value,
+    /// Where output goes when a stream is not set otherwise.
+    log: LogSettings,
+    relay: std::path::PathBuf,
     scope: resmon_contract::Scope,
     container: Container,
     reaper: Arc<Reaper>,
@@ -138,10 +147,28 @@ struct ProcessResource {
 
 fn output(s: &Stream) -> Output {
     match s {
-        Stream::Inherit => Output::Inherit,
+        Stream::Inherit | Stream::Log => Output::Inherit,
         Stream::Null => Output::Null,
         Stream::File(p) => Output::File(p.clone()),
     }
+}
+
+/// A connection to the systemd journal's stream socket that takes what is
+/// written to it as log lines of `identifier` at `priority`.
+fn journal_stream(identifier: &str, priority: u8) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect("/run/systemd/journal/stdout")?;
+    // Identifier, unit, priority, level prefix, and no forwarding.
+    write!(s, "{identifier}\n\n{priority}\n0\n0\n0\n0\n")?;
+    s.shutdown(std::net::Shutdown::Read)?;
+    Ok(s.into())
+}
+
+/// A pipe whose read end is at its end at once (the relay's input for a
+/// stream that is not captured).
+fn ended_pipe() -> std::io::Result<std::os::fd::OwnedFd> {
+    let (read, _write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    Ok(read)
 }
 
 impl ProcessResource {
@@ -161,8 +188,92 @@ impl ProcessResource {
         lock(&self.main).clone()
     }
 
+    /// Where the service's stdout and stderr go: a stream the params leave
+    /// to `log` follows it; with `log = "file"` such streams go through
+    /// pipes to a relay started here, in the resource's scope.
+    fn outputs(&self) -> Result<(Output, Output), ResourceError> {
+        let p = &self.params;
+        let mut mode = self.log.mode;
+        if mode == LogMode::Journal {
+            // Each stream a connection of the journal's own, as systemd
+            // gives a service; without a journal, captured as with "file".
+            let streams = [(&p.stdout, 6), (&p.stderr, 3)].map(|(s, priority)| {
+                if *s == Stream::Log {
+                    journal_stream(&self.shared.name, priority).map(|fd| Output::Fd(Arc::new(fd)))
+                } else {
+                    Ok(output(s))
+                }
+            });
+            match streams {
+                [Ok(out), Ok(err)] => return Ok((out, err)),
+                [Err(e), _] | [_, Err(e)] => {
+                    self.shared.notifier.log(
+                        LogLevel::Warn,
+                        format!("log = \"journal\": the systemd journal cannot be reached ({e}); its output goes to its log file instead"),
+                    );
+                    mode = LogMode::File;
+                }
+            }
+        }
+        let captured = |s: &Stream| *s == Stream::Log && mode == LogMode::File;
+        if !captured(&p.stdout) && !captured(&p.stderr) {
+            let by_log = |s: &Stream| match (s, mode) {
+                (Stream::Log, LogMode::Null) => Output::Null,
+                (Stream::Log, _) => Output::Inherit,
+                (s, _) => output(s),
+            };
+            return Ok((by_log(&p.stdout), by_log(&p.stderr)));
+        }
+        let failed = |e: std::io::Error| {
+            ResourceError::new(format!("capturing its output into its log: {e}"))
+        };
+        let mut relay_in = Vec::new();
+        let mut outs = Vec::new();
+        for s in [&p.stdout, &p.stderr] {
+            if captured(s) {
+                let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| failed(e.into()))?;
+                relay_in.push(read);
+                outs.push(Output::Fd(Arc::new(write)));
+            } else {
+                relay_in.push(ended_pipe().map_err(failed)?);
+                outs.push(output(s));
+            }
+        }
+        let args = relay::Args {
+            dir: self.log.dir.clone(),
+            name: self.shared.name.clone(),
+            options: resmon_journal::Options {
+                max_size: self.log.max_size,
+                keep: self.log.keep,
+            },
+            max_line: relay::MAX_LINE,
+        };
+        let mut ins = relay_in.into_iter();
+        let (Some(out_read), Some(err_read)) = (ins.next(), ins.next()) else {
+            return Err(ResourceError::new("capturing its output: no pipes"));
+        };
+        let mut spec = SpawnSpec {
+            program: self.relay.to_string_lossy().into_owned(),
+            args: args.to_argv(),
+            new_session: true,
+            stdin: Some(Arc::new(out_read)),
+            stdout: Output::Fd(Arc::new(err_read)),
+            stderr: Output::Inherit,
+            ..Default::default()
+        };
+        spec.set_scope(&self.scope);
+        self.reaper
+            .spawn(&spec)
+            .map_err(|e| ResourceError::new(format!("starting its log relay: {e}")))?;
+        let err = outs.pop().unwrap_or_default();
+        let out = outs.pop().unwrap_or_default();
+        Ok((out, err))
+    }
+
     fn spawn_main(&self) -> Result<TaskHandle, ResourceError> {
         let p = &self.params;
+        let (stdout, stderr) = self.outputs()?;
         let mut spec = SpawnSpec {
             program: p.argv[0].clone(),
             args: p.argv[1..].to_vec(),
@@ -170,8 +281,8 @@ impl ProcessResource {
             cwd: p.working_directory.clone(),
             user: p.user,
             new_session: true,
-            stdout: output(&p.stdout),
-            stderr: output(&p.stderr),
+            stdout,
+            stderr,
             ..Default::default()
         };
         spec.set_scope(&self.scope);

@@ -79,6 +79,8 @@ pub struct Probe {
 /// Where a stream of the process goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stream {
+    /// As the resource's `log` setting says (the default).
+    Log,
     Inherit,
     Null,
     File(PathBuf),
@@ -387,7 +389,8 @@ fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Pr
 
 fn parse_stream(v: Option<&str>, field: &str, errors: &mut Vec<String>) -> Stream {
     match v {
-        None | Some("inherit") => Stream::Inherit,
+        None => Stream::Log,
+        Some("inherit") => Stream::Inherit,
         Some("null") => Stream::Null,
         Some(path) if path.starts_with('/') => Stream::File(PathBuf::from(path)),
         Some(other) => {
@@ -409,7 +412,7 @@ mod tests {
         let p = Params::parse(&json!({"command": "sleep '10'"})).unwrap();
         assert_eq!(p.argv, ["sleep", "10"]);
         assert_eq!(p.stop_signal, rustix::process::Signal::TERM);
-        assert_eq!(p.stdout, Stream::Inherit);
+        assert_eq!(p.stdout, Stream::Log);
     }
 
     #[test]

@@ -153,6 +153,47 @@ enum Cmd {
         #[arg(long)]
         library: PathBuf,
     },
+    /// Print a resource's captured output (its log), also after it stopped
+    /// and across monitor restarts.
+    Logs {
+        /// The resource.
+        name: String,
+        /// Keep printing new lines as they are written.
+        #[arg(long)]
+        follow: bool,
+        /// The last N lines [default: 100; all with --since].
+        #[arg(long, short = 'n', value_name = "N")]
+        lines: Option<usize>,
+        /// Only lines since then: a duration ago ("1h") or a time.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only this stream.
+        #[arg(long, value_parser = ["stdout", "stderr"])]
+        stream: Option<String>,
+        /// Print JSON lines ({"time", "stream", "text"}).
+        #[arg(long)]
+        json: bool,
+    },
+    /// A resource's log relay: started by the monitor, never by hand. It
+    /// reads the service's stdout on fd 0 and its stderr on fd 1.
+    #[command(hide = true, name = "log-relay")]
+    LogRelay {
+        /// The log directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The resource, whose log is NAME.log.
+        #[arg(long)]
+        name: String,
+        /// Rotate past this many bytes.
+        #[arg(long)]
+        max_size: u64,
+        /// Rotated files to keep.
+        #[arg(long)]
+        keep: u32,
+        /// Split lines longer than this.
+        #[arg(long)]
+        max_line: usize,
+    },
     /// The fence guard of a cluster node: started by the monitor, never by hand.
     #[command(hide = true, name = "fence-guard")]
     FenceGuard {
@@ -254,6 +295,26 @@ fn main() -> ExitCode {
         // No runtime, no logger: the host is a plain process of worker
         // threads, talking to the monitor over its stdin.
         resmon_plugin::host::run(library);
+    }
+    if let Cmd::LogRelay {
+        dir,
+        name,
+        max_size,
+        keep,
+        max_line,
+    } = &cli.command
+    {
+        // A plain blocking process: it must keep working with no monitor.
+        let args = resmon_daemon::relay::Args {
+            dir: dir.clone(),
+            name: name.clone(),
+            options: resmon_daemon::relay::Options {
+                max_size: *max_size,
+                keep: *keep,
+            },
+            max_line: *max_line,
+        };
+        return ExitCode::from(resmon_daemon::relay::run(&args) as u8);
     }
     if let Cmd::FenceGuard { watchdog } = &cli.command {
         // No runtime either: a small blocking process that must keep
@@ -363,7 +424,7 @@ fn socket_for(cli_socket: Option<PathBuf>) -> PathBuf {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Cmd::Host { .. } | Cmd::FenceGuard { .. } => {
+        Cmd::Host { .. } | Cmd::FenceGuard { .. } | Cmd::LogRelay { .. } => {
             unreachable!("handled before the runtime starts")
         }
         Cmd::Serve { config } => serve(config, cli.socket).await,
@@ -425,6 +486,22 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             let op = Operation::Terminate { exit_code };
             operate(cli.socket, &name, op, !no_wait).await
+        }
+        Cmd::Logs {
+            name,
+            follow,
+            lines,
+            since,
+            stream,
+            json,
+        } => {
+            let q = resmon_client::LogsQuery {
+                lines,
+                since,
+                stream,
+                follow,
+            };
+            logs(cli.socket, &name, &q, json).await
         }
         Cmd::Events {
             follow,
@@ -691,6 +768,46 @@ async fn events(
         // A closed stdout (e.g. `| head`) ends the command quietly.
         let mut out = stdout.lock();
         if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+async fn logs(
+    socket: Option<PathBuf>,
+    name: &str,
+    q: &resmon_client::LogsQuery,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut feed = client(socket).logs(name, q).await?;
+    let stdout = std::io::stdout();
+    // A line longer than 64 KiB comes in pieces: printed as one.
+    let mut open = false;
+    while let Some(line) = feed.next_line().await? {
+        let text = if json {
+            format!("{}\n", String::from_utf8_lossy(&line))
+        } else {
+            match serde_json::from_slice::<serde_json::Value>(&line) {
+                Ok(v) => {
+                    let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                    let head = if open {
+                        String::new()
+                    } else {
+                        format!("{} {}: ", field("time"), field("stream"))
+                    };
+                    open = v["continues"].as_bool().unwrap_or(false);
+                    format!("{head}{}{}", field("text"), if open { "" } else { "\n" })
+                }
+                Err(_) => format!("{}\n", String::from_utf8_lossy(&line)),
+            }
+        };
+        let mut out = stdout.lock();
+        if out
+            .write_all(text.as_bytes())
+            .and_then(|_| out.flush())
+            .is_err()
+        {
             return Ok(());
         }
     }

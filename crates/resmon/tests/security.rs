@@ -688,6 +688,36 @@ fn a_state_directory_another_user_owns_is_refused() {
 }
 
 #[test]
+fn a_log_directory_another_user_owns_is_refused() {
+    let test = "a_log_directory_another_user_owns_is_refused";
+    if !attack_possible(test) {
+        return;
+    }
+    // nobody owns the log directory and plants the service's log as a
+    // link to a root file, hoping the relay appends the service's output
+    // to it (or truncates it at a rotation).
+    let tmp = open_tempdir();
+    let secret = secret(tmp.path());
+    let run = mkdir(tmp.path(), "run", 0o755, false);
+    let logs = mkdir(tmp.path(), "logs", 0o755, true);
+    nobody_ok(&format!(
+        "ln -s {secret} {logs}/svc.log && ln -s {secret} {logs}/svc.1.log",
+        secret = secret.display(),
+        logs = logs.display()
+    ));
+    write_config(
+        tmp.path(),
+        &run.join("resmon.sock"),
+        &tmp.path().join("state"),
+        &format!("log_dir = \"{}\"\n\n{SLEEPER}", logs.display()),
+    );
+    let (_, err) = serve_refused(tmp.path());
+    assert!(err.contains("[monitor] log_dir"), "{err}");
+    assert!(err.contains("owned by uid 65534"), "{err}");
+    assert_secret_intact(&secret);
+}
+
+#[test]
 fn a_symlinked_state_directory_is_not_followed() {
     let test = "a_symlinked_state_directory_is_not_followed";
     if !attack_possible(test) {
@@ -807,6 +837,11 @@ fn a_forged_instance_does_not_take_over_a_running_monitor() {
     let a = Daemon::start(SLEEPER);
     a.wait_state("svc", "online", LONG);
     let pids = a.pids("svc");
+    // The service and its log relay.
+    wait_for("the service and its relay", LONG, || {
+        a.marked("svc").len() == 2
+    });
+    let marked = a.marked("svc");
     let instance = a.instance();
 
     // A second monitor whose state directory names A's instance.
@@ -824,7 +859,11 @@ fn a_forged_instance_does_not_take_over_a_running_monitor() {
     let r = a.resource("svc");
     assert_eq!(r["state"], "online", "{r}");
     assert_eq!(a.pids("svc"), pids);
-    assert_eq!(a.marked("svc"), pids, "only A's service carries the marker");
+    assert_eq!(
+        a.marked("svc"),
+        marked,
+        "only A's processes carry the marker"
+    );
     a.ok(&["online", "svc", "--wait"]);
     a.ok(&["status"]);
     assert!(
