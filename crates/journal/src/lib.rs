@@ -16,6 +16,8 @@
 //! Files are opened relative to the directory's descriptor and never
 //! through a symbolic link.
 
+pub mod output;
+
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use std::fs::File;

@@ -26,8 +26,8 @@ pub mod runner;
 use meta::MetaData;
 use resmon_contract::table;
 use resmon_contract::{
-    control, CallContext, Completion, ControlError, LogLevel, Notifier, OpenContext, Resource,
-    ResourceError, ResourceType, Scope,
+    control, CallContext, Completion, ControlError, LogLevel, LogMode, Notifier, OpenContext,
+    Resource, ResourceError, ResourceType, Scope,
 };
 use resmon_task::lock;
 use resmon_task::{CheckAbort, Container, Reaper};
@@ -376,6 +376,7 @@ impl ResourceType for OcfType {
                 .or_else(|| meta.timeout(action))
                 .unwrap_or(DEFAULT_TIMEOUT)
         };
+        let log_name = ctx.name.clone();
         let r = OcfResource {
             name: ctx.name,
             type_name: ctx.type_name,
@@ -398,6 +399,16 @@ impl ResourceType for OcfType {
             detail: Mutex::new(None),
             checks: CheckAbort::default(),
             params: ctx.params,
+            log: (ctx.log.mode == LogMode::File).then(|| {
+                resmon_journal::output::ResourceLog::new(
+                    ctx.log.dir.clone(),
+                    &log_name,
+                    resmon_journal::Options {
+                        max_size: ctx.log.max_size,
+                        keep: ctx.log.keep,
+                    },
+                )
+            }),
         };
         // validate-all refuses a resource the agent cannot run. It runs in
         // the resource's container like every action, so a stop of the
@@ -451,6 +462,8 @@ struct OcfResource {
     /// Cuts a `monitor` short when a stop comes.
     checks: CheckAbort,
     params: serde_json::Value,
+    /// Where what its actions print goes (`log = "file"`).
+    log: Option<resmon_journal::output::ResourceLog>,
 }
 
 impl OcfResource {
@@ -471,7 +484,17 @@ impl OcfResource {
             scope,
             abort: (action == "monitor").then_some(&self.checks),
         };
-        runner::run(&run, &self.reaper, &self.rt).map_err(|e| ResourceError::new(e.to_string()))
+        let out = runner::run(&run, &self.reaper, &self.rt)
+            .map_err(|e| ResourceError::new(e.to_string()))?;
+        if let Some(log) = &self.log {
+            for (stream, text) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+                if !text.trim().is_empty() {
+                    let lines: String = text.lines().map(|l| format!("{action}: {l}\n")).collect();
+                    log.append(stream, &lines);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `monitor` at `depth`; true when it says the resource runs.

@@ -151,6 +151,16 @@ impl ResourceType for Plugins {
             policy: ctx.policy,
             fencing: ctx.scope.fencing,
             notifier: ctx.notifier,
+            log: (ctx.log.mode == resmon_contract::LogMode::File).then(|| {
+                resmon_journal::output::ResourceLog::new(
+                    ctx.log.dir.clone(),
+                    &ctx.name,
+                    resmon_journal::Options {
+                        max_size: ctx.log.max_size,
+                        keep: ctx.log.keep,
+                    },
+                )
+            }),
             pool: self.pool(&library),
             remote: Mutex::new(None),
             pending: Mutex::new(None),
@@ -595,7 +605,17 @@ fn read_loop(host: Arc<Host>, stream: UnixStream) {
                 level,
                 message,
             })) => match host.member(rid) {
-                Some(m) => m.notifier.log(log_level(level), message),
+                Some(m) => {
+                    let level = log_level(level);
+                    if let Some(log) = &m.log {
+                        let stream = match level {
+                            LogLevel::Error | LogLevel::Warn => "stderr",
+                            LogLevel::Info | LogLevel::Debug => "stdout",
+                        };
+                        log.append(stream, &format!("{level:?}: {message}").to_lowercase());
+                    }
+                    m.notifier.log(level, message)
+                }
                 None => tracing::info!(host = %host.label, "{message}"),
             },
             Ok(None) => break None,
@@ -722,6 +742,8 @@ struct Shared {
     /// The group's fencing token in cluster mode, passed with `online`.
     fencing: FencingToken,
     notifier: Notifier,
+    /// Where its log lines go too (`log = "file"`).
+    log: Option<resmon_journal::output::ResourceLog>,
     pool: Arc<Pool>,
     /// Gets a host of its own: configured, or since it hung or crashed one.
     separate: AtomicBool,

@@ -71,7 +71,8 @@ impl ResourceType for ProcessType {
             params,
             raw_params: ctx.params.clone(),
             log: ctx.log.clone(),
-            relay: self.relay.clone(),
+            relay_exe: self.relay.clone(),
+            relay: Mutex::new(None),
             scope: ctx.scope.clone(),
             container,
             reaper: self.reaper.clone(),
@@ -134,7 +135,10 @@ struct ProcessResource {
     raw_params: serde_json::Value,
     /// Where output goes when a stream is not set otherwise.
     log: LogSettings,
-    relay: std::path::PathBuf,
+    /// The program that runs the log relay.
+    relay_exe: std::path::PathBuf,
+    /// The running log relay and the write ends of its pipes.
+    relay: Mutex<Option<Relay>>,
     scope: resmon_contract::Scope,
     container: Container,
     reaper: Arc<Reaper>,
@@ -164,11 +168,14 @@ fn journal_stream(identifier: &str, priority: u8) -> std::io::Result<std::os::fd
     Ok(s.into())
 }
 
-/// A pipe whose read end is at its end at once (the relay's input for a
-/// stream that is not captured).
-fn ended_pipe() -> std::io::Result<std::os::fd::OwnedFd> {
-    let (read, _write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    Ok(read)
+/// How long `close` waits for the log relay to drain and exit.
+const RELAY_DRAIN: Duration = Duration::from_secs(2);
+
+/// A resource's log relay, and the write ends of the pipes it drains.
+struct Relay {
+    task: TaskHandle,
+    out: Arc<std::os::fd::OwnedFd>,
+    err: Arc<std::os::fd::OwnedFd>,
 }
 
 impl ProcessResource {
@@ -224,22 +231,37 @@ impl ProcessResource {
             };
             return Ok((by_log(&p.stdout), by_log(&p.stderr)));
         }
+        let (out, err) = self.relay()?;
+        let pick = |s: &Stream, pipe: Arc<std::os::fd::OwnedFd>| {
+            if captured(s) {
+                Output::Fd(pipe)
+            } else {
+                output(s)
+            }
+        };
+        Ok((pick(&p.stdout, out), pick(&p.stderr, err)))
+    }
+
+    /// The write ends of the pipes the resource's log relay drains: the
+    /// running relay's, or a new relay's. The relay runs beside the
+    /// resource, not in its scope: it is not stopped with the service, and
+    /// a restart reuses it (no process to start, none to wait for). Its
+    /// pipes stay open here until `close`, and in the service while it
+    /// runs; once both are gone it has drained everything and exits.
+    fn relay(
+        &self,
+    ) -> Result<(Arc<std::os::fd::OwnedFd>, Arc<std::os::fd::OwnedFd>), ResourceError> {
+        let mut relay = lock(&self.relay);
+        if let Some(r) = relay.as_ref().filter(|r| !r.task.is_signaled()) {
+            return Ok((r.out.clone(), r.err.clone()));
+        }
         let failed = |e: std::io::Error| {
             ResourceError::new(format!("capturing its output into its log: {e}"))
         };
-        let mut relay_in = Vec::new();
-        let mut outs = Vec::new();
-        for s in [&p.stdout, &p.stderr] {
-            if captured(s) {
-                let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                    .map_err(|e| failed(e.into()))?;
-                relay_in.push(read);
-                outs.push(Output::Fd(Arc::new(write)));
-            } else {
-                relay_in.push(ended_pipe().map_err(failed)?);
-                outs.push(output(s));
-            }
-        }
+        let pipe = || {
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| failed(e.into()))
+        };
+        let ((out_read, out_write), (err_read, err_write)) = (pipe()?, pipe()?);
         let args = relay::Args {
             dir: self.log.dir.clone(),
             name: self.shared.name.clone(),
@@ -249,12 +271,8 @@ impl ProcessResource {
             },
             max_line: relay::MAX_LINE,
         };
-        let mut ins = relay_in.into_iter();
-        let (Some(out_read), Some(err_read)) = (ins.next(), ins.next()) else {
-            return Err(ResourceError::new("capturing its output: no pipes"));
-        };
-        let mut spec = SpawnSpec {
-            program: self.relay.to_string_lossy().into_owned(),
+        let spec = SpawnSpec {
+            program: self.relay_exe.to_string_lossy().into_owned(),
             args: args.to_argv(),
             new_session: true,
             stdin: Some(Arc::new(out_read)),
@@ -262,13 +280,18 @@ impl ProcessResource {
             stderr: Output::Inherit,
             ..Default::default()
         };
-        spec.set_scope(&self.scope);
-        self.reaper
+        let task = self
+            .reaper
             .spawn(&spec)
             .map_err(|e| ResourceError::new(format!("starting its log relay: {e}")))?;
-        let err = outs.pop().unwrap_or_default();
-        let out = outs.pop().unwrap_or_default();
-        Ok((out, err))
+        let r = Relay {
+            task,
+            out: Arc::new(out_write),
+            err: Arc::new(err_write),
+        };
+        let pipes = (r.out.clone(), r.err.clone());
+        *relay = Some(r);
+        Ok(pipes)
     }
 
     fn spawn_main(&self) -> Result<TaskHandle, ResourceError> {
@@ -501,6 +524,18 @@ impl Resource for ProcessResource {
     fn close(&self) {
         if self.looks_alive() {
             self.terminate(1);
+        }
+        // Its pipes close here: the relay drains what is left and exits,
+        // or is killed if something of the service still holds them.
+        let Some(Relay { task, out, err }) = lock(&self.relay).take() else {
+            return;
+        };
+        drop((out, err));
+        let drained = self
+            .rt
+            .block_on(async { tokio::time::timeout(RELAY_DRAIN, task.wait()).await.is_ok() });
+        if !drained {
+            let _ = task.terminate(1);
         }
     }
 

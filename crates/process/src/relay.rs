@@ -1,20 +1,23 @@
 //! The log relay: captures a service's output into its resource's log.
 //!
 //! A `process` resource with `log = "file"` gets one relay process (the
-//! monitor's own binary, `resmon log-relay`), started in the resource's
-//! cgroup just before the service. The service writes into two pipes; the
-//! relay holds their read ends (its fd 0 is the service's stdout, its fd 1
-//! the service's stderr) and appends each line, with a timestamp and the
-//! stream, to the resource's journal (`NAME.log` in the log directory; see
-//! `resmon-journal` for the format and rotation).
+//! monitor's own binary, `resmon log-relay`), started before its first
+//! service beside the resource, not in its cgroup: a stop of the service,
+//! forced or not, leaves it, and a restart reuses it, so a restart starts
+//! no extra process and waits for none. The service writes into two pipes;
+//! the relay holds their read ends (its fd 0 is the service's stdout, its
+//! fd 1 the service's stderr) and appends each line, with a timestamp and
+//! the stream, to the resource's log (`NAME.log` in the log directory; see
+//! `resmon_journal::output` for the format and rotation).
 //!
 //! So the service never waits for the disk (only for the pipe, which the
 //! relay drains), rotation never loses a line, and the capture survives a
-//! restart of the monitor: the relay, not the monitor, holds the pipes. It
-//! exits once every process holding their write ends is gone. It ignores
-//! the stop signals the resource's processes get, so it drains the last
-//! words of a stopping service; the forced kill of the resource takes it
-//! too.
+//! restart of the monitor: the relay, not the monitor, reads the pipes. It
+//! exits once every holder of their write ends is gone: the monitor's copy
+//! goes when the resource is closed (which then waits for the relay to
+//! drain, and kills it if something still holds them), the service's when
+//! its processes end. It ignores the usual stop signals, so a signal sent
+//! to a whole session or group does not cut a service's last words.
 //!
 //! A line longer than `max_line` is split into records whose stream ends in
 //! `+` (the line continues in the next). When a record cannot be written
@@ -64,42 +67,7 @@ impl Args {
     }
 }
 
-/// One record's payload: `TIME STREAM TEXT`.
-pub fn payload(time: SystemTime, stream: &str, text: &[u8]) -> Vec<u8> {
-    let mut out = format!("{} {stream} ", humantime::format_rfc3339_millis(time)).into_bytes();
-    // Invalid UTF-8 is kept readable; a newline cannot be in `text`.
-    out.extend_from_slice(String::from_utf8_lossy(text).as_bytes());
-    out
-}
-
-/// A record read back: when, which stream (`stdout`, `stderr`, or
-/// `resmon` for the relay's own notes), whether the line goes on in the
-/// next record, and the text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Line {
-    pub time: String,
-    pub stream: String,
-    pub continues: bool,
-    pub text: String,
-}
-
-impl Line {
-    pub fn parse(payload: &[u8]) -> Option<Line> {
-        let s = std::str::from_utf8(payload).ok()?;
-        let (time, rest) = s.split_once(' ')?;
-        let (stream, text) = rest.split_once(' ').unwrap_or((rest, ""));
-        let (stream, continues) = match stream.strip_suffix('+') {
-            Some(s) => (s, true),
-            None => (stream, false),
-        };
-        Some(Line {
-            time: time.to_owned(),
-            stream: stream.to_owned(),
-            continues,
-            text: text.to_owned(),
-        })
-    }
-}
+pub use resmon_journal::output::{payload, Line};
 
 /// The name of the file that counts a resource's dropped lines.
 pub fn dropped_file(name: &str) -> String {
@@ -288,7 +256,8 @@ fn relay(args: &Args) -> io::Result<()> {
             }
         }
     }
-    let _ = sink.writer.sync();
+    // No sync at the end: what was written survives the relay in the page
+    // cache, and a restart waits for the relay to be gone.
     Ok(())
 }
 
@@ -406,14 +375,5 @@ mod tests {
         // Every piece of a long line is there: nothing is lost.
         let joined: String = lines(&dir)[2..5].iter().map(|l| l.text.as_str()).collect();
         assert_eq!(joined, "abcdefghijklmnopqrs");
-    }
-
-    #[test]
-    fn a_record_reads_back() {
-        let p = payload(SystemTime::UNIX_EPOCH, "stderr", b"it broke: \xff");
-        let l = Line::parse(&p).unwrap();
-        assert_eq!(l.time, "1970-01-01T00:00:00.000Z");
-        assert_eq!((l.stream.as_str(), l.continues), ("stderr", false));
-        assert_eq!(l.text, "it broke: \u{fffd}");
     }
 }

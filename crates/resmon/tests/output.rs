@@ -249,3 +249,44 @@ fn inherit_and_null_send_output_elsewhere() {
     let refused = check_refuses(&res("bad", "sleep 1", "log = \"syslog\""));
     assert!(refused.contains("log: use \"file\""), "{refused}");
 }
+
+/// The log relays of resource `name`, by their command lines.
+fn relays(name: &str) -> Vec<u32> {
+    resmon_test_support::all()
+        .into_iter()
+        .filter(|p| !p.is_dead())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid)).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                c.contains("log-relay") && c.contains(&format!("--name {name} "))
+            })
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+#[test]
+fn a_restart_keeps_the_relay_and_a_stop_ends_it() {
+    let mut d = Daemon::start(&res(
+        "crashy",
+        "sh -c 'echo up; exec sleep 1000'",
+        "restart_delay = \"0s\"",
+    ));
+    d.wait_state("crashy", "online", LONG);
+    let relay = relays("crashy");
+    assert_eq!(relay.len(), 1, "one relay per resource");
+    let pid = d.pids("crashy")[0];
+    signal(pid, libc_sig::KILL);
+    wait_for("the restart", LONG, || {
+        d.pids("crashy").first().is_some_and(|&p| p != pid) && d.state("crashy") == "online"
+    });
+    assert_eq!(relays("crashy"), relay, "the restart reused the relay");
+    wait_for("both starts' lines", LONG, || {
+        texts(&logs(&d, &["crashy"]), "stdout") == ["up", "up"]
+    });
+    assert!(d.stop().success());
+    assert!(
+        relays("crashy").is_empty(),
+        "the relay outlived the monitor"
+    );
+}
