@@ -151,6 +151,9 @@ impl Slot {
     }
 }
 
+/// How many opens run at once.
+const OPENS_AT_ONCE: usize = 16;
+
 /// The type that handles `type_name` (the config check made sure there is one).
 pub(crate) fn type_of(
     types: &[Arc<dyn ResourceType>],
@@ -247,6 +250,10 @@ pub struct Driver {
     state_dirty: bool,
     /// Where resource containers are made.
     containers: Arc<Containers>,
+    /// Bounds the opens that run at once: a thousand at the start would
+    /// each take a worker thread, and fork an agent's validate-all, at the
+    /// same moment, for no gain.
+    opens: Arc<tokio::sync::Semaphore>,
     /// At the monitor's start: which containers held processes (one look
     /// for all, instead of one per open).
     occupied: Vec<bool>,
@@ -310,6 +317,7 @@ impl Driver {
             slots,
             types,
             containers,
+            opens: Arc::new(tokio::sync::Semaphore::new(OPENS_AT_ONCE)),
             occupied: Vec::new(),
             earlier: HashMap::new(),
             controls: Arc::new(Mutex::new(HashMap::new())),
@@ -939,8 +947,10 @@ impl Driver {
                         != crate::state::fingerprint(&slot.config.type_name, &slot.config.params),
                     notifier: opening::notifier(id, &slot.config, &self.tx, &self.bus),
                 };
-                let tx = self.tx.clone();
+                let (tx, opens) = (self.tx.clone(), self.opens.clone());
                 tokio::spawn(async move {
+                    // The semaphore is never closed.
+                    let _turn = opens.acquire().await;
                     let opened = opening::open(job).await;
                     let _ = tx.send(Msg::Opened { id, opened });
                 });

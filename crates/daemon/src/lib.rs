@@ -53,17 +53,39 @@ use tokio::sync::mpsc;
 pub fn resource_types(reaper: Arc<Reaper>) -> Vec<Arc<dyn ResourceType>> {
     let rt = tokio::runtime::Handle::current();
     vec![
-        // Log relays run this very binary (`resmon log-relay`).
         Arc::new(ProcessType::new(
             reaper.clone(),
             rt.clone(),
-            "/proc/self/exe".into(),
+            relay_program(),
         )),
         Arc::new(resmon_ocf::OcfType::new(reaper.clone(), rt)),
         // Hosts run this very binary (`resmon host`), even after an upgrade
         // replaced the file on disk.
         Arc::new(resmon_plugin::Plugins::new("/proc/self/exe".into(), reaper)),
     ]
+}
+
+/// The log relay's program: `resmon-log-relay` beside this binary, or this
+/// binary's own `log-relay` (bigger, so it costs more per resource) when
+/// the install lacks it.
+fn relay_program() -> (std::path::PathBuf, Vec<String>) {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(resmon_process::relay::PROGRAM)))
+        .filter(|p| rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok());
+    match beside {
+        Some(p) => (p, Vec::new()),
+        None => {
+            tracing::debug!(
+                "no {} beside resmon: log relays run resmon log-relay",
+                resmon_process::relay::PROGRAM
+            );
+            (
+                "/proc/self/exe".into(),
+                vec![resmon_process::relay::SUBCOMMAND.into()],
+            )
+        }
+    }
 }
 
 /// Checks a config file as `serve` would, starting nothing. Types may run

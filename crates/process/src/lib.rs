@@ -34,15 +34,20 @@ use std::time::Duration;
 pub struct ProcessType {
     reaper: Arc<Reaper>,
     rt: tokio::runtime::Handle,
-    /// The program that runs `log-relay` (the monitor's own binary).
-    relay: std::path::PathBuf,
+    /// The program that runs a log relay, and the arguments before the
+    /// relay's own.
+    relay: (std::path::PathBuf, Vec<String>),
 }
 
 impl ProcessType {
     /// `rt` runs the watchers of main processes; entry points themselves run
-    /// on the caller's thread. `relay` is the program whose
-    /// [`relay::SUBCOMMAND`] captures output into a resource's log.
-    pub fn new(reaper: Arc<Reaper>, rt: tokio::runtime::Handle, relay: std::path::PathBuf) -> Self {
+    /// on the caller's thread. `relay` is the program (and its first
+    /// arguments) that runs a log relay (see [`relay`]).
+    pub fn new(
+        reaper: Arc<Reaper>,
+        rt: tokio::runtime::Handle,
+        relay: (std::path::PathBuf, Vec<String>),
+    ) -> Self {
         ProcessType { reaper, rt, relay }
     }
 }
@@ -135,8 +140,8 @@ struct ProcessResource {
     raw_params: serde_json::Value,
     /// Where output goes when a stream is not set otherwise.
     log: LogSettings,
-    /// The program that runs the log relay.
-    relay_exe: std::path::PathBuf,
+    /// The program that runs the log relay, and its first arguments.
+    relay_exe: (std::path::PathBuf, Vec<String>),
     /// The running log relay and the write ends of its pipes.
     relay: Mutex<Option<Relay>>,
     scope: resmon_contract::Scope,
@@ -272,8 +277,14 @@ impl ProcessResource {
             max_line: relay::MAX_LINE,
         };
         let spec = SpawnSpec {
-            program: self.relay_exe.to_string_lossy().into_owned(),
-            args: args.to_argv(),
+            program: self.relay_exe.0.to_string_lossy().into_owned(),
+            args: self
+                .relay_exe
+                .1
+                .iter()
+                .cloned()
+                .chain(args.to_argv())
+                .collect(),
             new_session: true,
             stdin: Some(Arc::new(out_read)),
             stdout: Output::Fd(Arc::new(err_read)),

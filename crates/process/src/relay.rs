@@ -33,8 +33,16 @@ use std::io;
 use std::path::Path;
 use std::time::SystemTime;
 
-/// The hidden subcommand of the monitor's binary that runs a relay.
+/// The relay's own program, installed beside `resmon`: small, since a
+/// monitor runs one per captured resource.
+pub const PROGRAM: &str = "resmon-log-relay";
+
+/// The hidden subcommand of the monitor's binary that runs a relay too,
+/// for an install that lacks [`PROGRAM`].
 pub const SUBCOMMAND: &str = "log-relay";
+
+/// How much a relay reads at a time.
+const READ_SIZE: usize = 8 * 1024;
 
 /// The longest line kept as one record.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -52,7 +60,6 @@ impl Args {
     /// The command line that runs a relay with these arguments.
     pub fn to_argv(&self) -> Vec<String> {
         vec![
-            SUBCOMMAND.into(),
             "--dir".into(),
             self.dir.to_string_lossy().into_owned(),
             "--name".into(),
@@ -221,7 +228,9 @@ fn relay(args: &Args) -> io::Result<()> {
             partial: Vec::new(),
         },
     ];
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small: a monitor runs one relay per captured resource, and this
+    // buffer is most of what a relay costs in memory of its own.
+    let mut buf = vec![0u8; READ_SIZE];
     while inputs.iter().any(|i| i.fd.is_some()) {
         let mut fds: Vec<rustix::event::PollFd<'_>> = inputs
             .iter()

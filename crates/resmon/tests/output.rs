@@ -290,3 +290,69 @@ fn a_restart_keeps_the_relay_and_a_stop_ends_it() {
         "the relay outlived the monitor"
     );
 }
+
+#[test]
+fn what_an_agents_actions_print_goes_to_its_log() {
+    let work = tempfile::tempdir().unwrap();
+    let root = test_agent(
+        work.path(),
+        "Talk",
+        r#"#!/bin/sh
+case "$1" in
+meta-data) cat <<'XML'
+<?xml version="1.0"?>
+<resource-agent name="Talk" version="1.0">
+<version>1.0</version>
+<shortdesc lang="en">says what it does</shortdesc>
+<longdesc lang="en">Test agent.</longdesc>
+<parameters>
+<parameter name="state" required="1"><shortdesc lang="en">State file</shortdesc><content type="string"/></parameter>
+</parameters>
+<actions>
+<action name="start" timeout="5s"/><action name="stop" timeout="5s"/>
+<action name="monitor" timeout="5s"/><action name="meta-data" timeout="5s"/>
+<action name="validate-all" timeout="5s"/>
+</actions>
+</resource-agent>
+XML
+  exit 0;;
+start) echo "starting for real"; echo "a warning" >&2; touch "$OCF_RESKEY_state"; exit 0;;
+stop) rm -f "$OCF_RESKEY_state"; exit 0;;
+monitor) [ -f "$OCF_RESKEY_state" ] || exit 7; exit 0;;
+validate-all) exit 0;;
+*) exit 3;;
+esac
+"#,
+    );
+    let d = Daemon::start(&format!(
+        "[[resource]]\nname = \"talk\"\ntype = \"ocf:test:Talk\"\nocf_root = \"{}\"\nparams = {{ state = \"{}\" }}\n",
+        root.display(),
+        work.path().join("state").display()
+    ));
+    d.wait_state("talk", "online", LONG);
+    let lines = logs(&d, &["talk"]);
+    assert_eq!(
+        texts(&lines, "stdout"),
+        ["start: starting for real"],
+        "{lines:?}"
+    );
+    assert_eq!(texts(&lines, "stderr"), ["start: a warning"], "{lines:?}");
+}
+
+#[test]
+fn without_its_relay_program_the_monitor_relays_with_itself() {
+    // An install of resmon alone, without resmon-log-relay beside it.
+    let alone = tempfile::tempdir().unwrap();
+    let bin = alone.path().join("resmon");
+    std::fs::copy(BIN, &bin).unwrap();
+    let mut d = Daemon::prepare(
+        &res("solo", "sh -c 'echo still captured; exec sleep 1000'", ""),
+        "",
+    );
+    d.launch_with(Command::new(&bin));
+    d.wait_state("solo", "online", LONG);
+    wait_for("the line in its log", LONG, || {
+        texts(&logs(&d, &["solo"]), "stdout") == ["still captured"]
+    });
+    assert_eq!(relays("solo").len(), 1);
+}

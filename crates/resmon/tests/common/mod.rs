@@ -521,3 +521,15 @@ pub fn http_on(
         .unwrap_or(0);
     (code, answer)
 }
+
+/// Writes an executable OCF agent `resource.d/test/NAME` under `ROOT`
+/// (`work/ocf`), with `script` as its body; returns the OCF root.
+pub fn test_agent(work: &Path, name: &str, script: &str) -> PathBuf {
+    let root = work.join("ocf");
+    let dir = root.join("resource.d/test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = dir.join(name);
+    std::fs::write(&agent, script).unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    root
+}
