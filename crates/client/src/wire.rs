@@ -37,6 +37,10 @@ pub struct ResourceStatus {
     /// Cluster mode: the node that owns its group (`-`: none).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub owner: Option<String>,
+    /// Lines of its output its log could not take (a full disk); absent
+    /// while none were lost.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub output_dropped: u64,
 }
 
 /// `GET /v1/whoami`: who the monitor takes the caller for, and the rights
@@ -195,6 +199,10 @@ pub struct EventRecord {
     /// When it last happened, once it repeated; RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_time: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_one(n: &u64) -> bool {

@@ -348,6 +348,12 @@ pub trait Resource: Send + Sync {
         None
     }
 
+    /// Lines of its output that could not be written to its log (a full
+    /// disk), as far as it knows; cheap, for status and metrics.
+    fn output_dropped(&self) -> u64 {
+        0
+    }
+
     /// More about its state than the state names say (e.g. `degraded`,
     /// `promoted`), for status displays.
     fn detail(&self) -> Option<String> {

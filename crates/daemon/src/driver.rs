@@ -652,6 +652,7 @@ impl Driver {
             terminating: v.terminating,
             wanted_online: v.wants_online,
             owner: None,
+            output_dropped: slot.resource.output_dropped(),
         }
     }
 
@@ -703,6 +704,12 @@ impl Driver {
         let exit_codes = live()
             .filter_map(|id| Some((self.who(id), self.slots[id].resource.exit_code()?)))
             .collect();
+        let output_dropped = live()
+            .filter_map(|id| {
+                let n = self.slots[id].resource.output_dropped();
+                (n > 0).then(|| (self.who(id), n))
+            })
+            .collect();
         let calls = self
             .calls()
             .into_iter()
@@ -720,6 +727,7 @@ impl Driver {
         resmon_metrics::Scrape {
             rows,
             exit_codes,
+            output_dropped,
             calls,
             loop_lag: now.saturating_duration_since(sent),
             cluster: None,

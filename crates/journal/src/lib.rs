@@ -49,6 +49,9 @@ pub struct Writer {
     file: File,
     size: u64,
     line: Vec<u8>,
+    /// A write failed (a full disk) and may have left part of a line: the
+    /// next append ends it first.
+    torn: bool,
 }
 
 fn open_at(dir: BorrowedFd<'_>, file: &str, flags: OFlags) -> io::Result<File> {
@@ -83,6 +86,7 @@ impl Writer {
             file,
             size,
             line: Vec::new(),
+            torn: false,
         })
     }
 
@@ -102,10 +106,20 @@ impl Writer {
         self.line.extend_from_slice(payload);
         self.line.push(b'\n');
         let len = self.line.len() as u64;
+        if self.torn {
+            // An empty line where nothing was left: the reader skips it.
+            self.file.write_all(b"\n")?;
+            self.size += 1;
+            self.torn = false;
+        }
         if self.size > 0 && self.size.saturating_add(len) > self.options.max_size {
             self.rotate()?;
         }
-        self.file.write_all(&self.line)?;
+        if let Err(e) = self.file.write_all(&self.line) {
+            self.torn = true;
+            self.size = self.file.metadata().map_or(self.size, |m| m.len());
+            return Err(e);
+        }
         self.size += len;
         Ok(())
     }

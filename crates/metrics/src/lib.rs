@@ -396,6 +396,9 @@ pub struct Scrape {
     /// The exit code of each resource whose main process ended once. Read
     /// at every scrape: a process may end a moment after its state changed.
     pub exit_codes: Vec<(Who, i32)>,
+    /// Lines of output each resource's log could not take, where any were
+    /// lost. Read at every scrape.
+    pub output_dropped: Vec<(Who, u64)>,
     pub calls: Vec<CallRow>,
     /// How long the scrape's request waited for the event loop.
     pub loop_lag: Duration,
@@ -638,6 +641,15 @@ impl Collector for Present {
             None,
             s.exit_codes.iter().map(|(who, code)| (who.labels(), *code)),
         )?;
+        gauges(
+            &mut enc,
+            "resmon_output_dropped_lines",
+            "Lines of the resource's output its log could not take (a full disk), as its log relay counted them",
+            None,
+            s.output_dropped
+                .iter()
+                .map(|(who, n)| (who.labels(), i64::try_from(*n).unwrap_or(i64::MAX))),
+        )?;
         let mut in_flight: Vec<([(&str, &str); 2], i64)> = Vec::new();
         for c in &s.calls {
             let labels = [("entry", c.entry.as_str()), ("type", c.type_name.as_str())];
@@ -770,6 +782,7 @@ mod tests {
         Scrape {
             rows: Some(rows(1, "online")),
             exit_codes: vec![(who("web"), 3)],
+            output_dropped: vec![(who("web"), 12)],
             calls: vec![CallRow {
                 resource: "web".into(),
                 entry: "is_alive".into(),
@@ -809,6 +822,7 @@ mod tests {
         for line in [
             r#"resmon_resource_restarts_total{resource="web",group="g",type="process"} 2"#,
             r#"resmon_resource_last_exit_code{resource="web",group="g",type="process"} 3"#,
+            r#"resmon_output_dropped_lines{resource="web",group="g",type="process"} 12"#,
             r#"resmon_resource_in_restart_window{resource="web",group="g",type="process"} 1"#,
             r#"resmon_resource_online_since_timestamp_seconds{resource="web",group="g",type="process"} 1700000000.5"#,
             r#"resmon_call_escalation_seconds{resource="web",entry="is_alive",type="process"} -1.5"#,

@@ -54,7 +54,8 @@ fn everything() -> String {
                 online_since: Some(1.0),
             }],
         }),
-        exit_codes: vec![(who, 1)],
+        exit_codes: vec![(who.clone(), 1)],
+        output_dropped: vec![(who, 5)],
         calls: vec![CallRow {
             resource: "web".into(),
             entry: "is_alive".into(),

@@ -78,6 +78,7 @@ impl ResourceType for ProcessType {
             log: ctx.log.clone(),
             relay_exe: self.relay.clone(),
             relay: Mutex::new(None),
+            dropped: Mutex::new(None),
             scope: ctx.scope.clone(),
             container,
             reaper: self.reaper.clone(),
@@ -144,6 +145,8 @@ struct ProcessResource {
     relay_exe: (std::path::PathBuf, Vec<String>),
     /// The running log relay and the write ends of its pipes.
     relay: Mutex<Option<Relay>>,
+    /// The relay's count of dropped lines, opened at its first read.
+    dropped: Mutex<Option<std::os::fd::OwnedFd>>,
     scope: resmon_contract::Scope,
     container: Container,
     reaper: Arc<Reaper>,
@@ -548,6 +551,24 @@ impl Resource for ProcessResource {
         if !drained {
             let _ = task.terminate(1);
         }
+    }
+
+    fn output_dropped(&self) -> u64 {
+        if self.log.mode != LogMode::File {
+            return 0;
+        }
+        let mut fd = lock(&self.dropped);
+        if fd.is_none() {
+            *fd = rustix::fs::open(
+                self.log.dir.join(relay::dropped_file(&self.shared.name)),
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .ok();
+        }
+        fd.as_ref().map_or(0, relay::read_dropped)
     }
 
     fn persist(&self) -> Option<serde_json::Value> {

@@ -91,8 +91,13 @@ pub fn dropped(dir: BorrowedFd<'_>, name: &str) -> u64 {
     ) else {
         return 0;
     };
+    read_dropped(&fd)
+}
+
+/// The count in an open `NAME.dropped` file.
+pub fn read_dropped(fd: &OwnedFd) -> u64 {
     let mut buf = [0u8; 20];
-    let n = rustix::io::pread(&fd, &mut buf, 0).unwrap_or(0);
+    let n = rustix::io::pread(fd, &mut buf, 0).unwrap_or(0);
     std::str::from_utf8(&buf[..n])
         .ok()
         .and_then(|s| s.trim().parse().ok())

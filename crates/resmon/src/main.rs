@@ -920,7 +920,11 @@ fn print_table(rs: &[ResourceStatus]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", line(head.clone(), "REASON"));
     for (row, r) in rows.iter().zip(rs) {
-        let text = line(row.iter().map(String::as_str).collect(), &r.reason);
+        let reason = match r.output_dropped {
+            0 => r.reason.clone(),
+            n => format!("{} ({n} lines of output could not be logged)", r.reason),
+        };
+        let text = line(row.iter().map(String::as_str).collect(), &reason);
         if writeln!(out, "{text}").is_err() {
             return;
         }

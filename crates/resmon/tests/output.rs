@@ -356,3 +356,59 @@ fn without_its_relay_program_the_monitor_relays_with_itself() {
     });
     assert_eq!(relays("solo").len(), 1);
 }
+
+#[test]
+fn a_full_disk_drops_lines_says_so_and_the_service_runs_on() {
+    if !rustix::process::geteuid().is_root() {
+        skip(
+            "a_full_disk_drops_lines_says_so_and_the_service_runs_on",
+            "needs root for a mount namespace",
+        );
+        return;
+    }
+    let mut d = Daemon::prepare(
+        &res(
+            "chatty",
+            "sh -c 'i=0; while :; do echo line $i; i=$((i+1)); sleep 0.01; done'",
+            "",
+        ),
+        "",
+    );
+    // The state directory, and the logs in it, are a small tmpfs of the
+    // monitor's own mount namespace, which the test fills and empties.
+    let state = d.dir.path().join("state");
+    d.launch_on_tmpfs(&state, "256k");
+    d.wait_state("chatty", "online", LONG);
+    let pid = d.pids("chatty")[0];
+    let fill = state.join("fill");
+    let in_its_namespace = |script: &str| {
+        Command::new("nsenter")
+            .args(["-t", &d.pid().to_string(), "-m", "sh", "-c", script, "x"])
+            .arg(&fill)
+            .output()
+            .unwrap()
+    };
+    in_its_namespace("cat /dev/zero > \"$1\"");
+    wait_for("the dropped lines to show in status", LONG, || {
+        d.resource("chatty")["output_dropped"].as_u64() > Some(0)
+    });
+    let metrics = d.ok(&["metrics"]);
+    let dropped = sample(
+        &metrics,
+        r#"resmon_output_dropped_lines{resource="chatty",group="chatty",type="process"}"#,
+    );
+    assert!(dropped > Some(0.0), "{metrics}");
+    assert!(d
+        .ok(&["status"])
+        .contains("lines of output could not be logged"));
+    // The service never waited for the disk.
+    assert_eq!(d.pids("chatty"), [pid]);
+    assert_eq!(d.state("chatty"), "online");
+    // Room again: the log says how many went, and goes on.
+    assert!(in_its_namespace("rm -f \"$1\"").status.success());
+    wait_for("the note in the log", LONG, || {
+        logs(&d, &["chatty", "--lines", "100000"]).iter().any(|l| {
+            l["stream"] == "resmon" && l["text"].as_str().unwrap().contains("line(s) were dropped")
+        })
+    });
+}

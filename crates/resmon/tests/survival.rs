@@ -138,13 +138,7 @@ fn a_state_that_cannot_be_saved_is_shown_and_said() {
     // The state directory is a small tmpfs of the monitor's own mount
     // namespace, which the test fills up and empties again.
     let state = d.dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg("mount -t tmpfs -o size=256k,mode=0700 resmon-test \"$0\" && exec \"$@\"")
-        .arg(&state)
-        .arg(BIN);
-    d.launch_with(cmd);
+    d.launch_on_tmpfs(&state, "256k");
     d.wait_state("a", "online", LONG);
     let fill = state.join("fill");
     let in_its_namespace = |script: &str| {

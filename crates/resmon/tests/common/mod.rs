@@ -101,6 +101,21 @@ impl Daemon {
         }
     }
 
+    /// Launches the monitor in a mount namespace of its own in which `dir`
+    /// (created here) is a tmpfs of `size` (e.g. `"256k"`), for a test
+    /// that fills it.
+    pub fn launch_on_tmpfs(&mut self, dir: &Path, size: &str) {
+        std::fs::create_dir(dir).unwrap();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs -o size={size},mode=0700 resmon-test \"$0\" && exec \"$@\""
+            ))
+            .arg(dir)
+            .arg(BIN);
+        self.launch_with(cmd);
+    }
+
     /// Kills the monitor with SIGKILL: no cleanup, its resources keep running.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");
