@@ -241,6 +241,9 @@ pub struct LogSettings {
     pub max_size: u64,
     /// How many rotated files are kept (`log_keep`).
     pub keep: u32,
+    /// The longest line kept as one record; a longer one is split
+    /// (`log_max_line`).
+    pub max_line: usize,
 }
 
 impl Default for LogSettings {
@@ -250,6 +253,7 @@ impl Default for LogSettings {
             dir: std::path::PathBuf::new(),
             max_size: 10 << 20,
             keep: 5,
+            max_line: 64 << 10,
         }
     }
 }

@@ -37,7 +37,7 @@ pub fn monitor_keys() -> impl Iterator<Item = &'static str> {
 
 /// Where a resource's output goes (`docs/configuration.md`), in
 /// `[[resource]]` tables and in `[defaults]`.
-pub const LOG_KEYS: &[&str] = &["log", "log_max_size", "log_keep"];
+pub const LOG_KEYS: &[&str] = &["log", "log_max_size", "log_keep", "log_max_line"];
 
 /// The candidate closest to `word` if it is close enough to be what was
 /// meant: at most one edit (insertion, deletion, substitution or swap of

@@ -750,6 +750,22 @@ fn apply_log(l: &mut LogSettings, t: &toml::Table, place: &str, problems: &mut V
             Err(e) => problems.push(format!("{place}: log_max_size: {e}")),
         }
     }
+    if let Some(v) = t.get("log_max_line") {
+        let size = match v {
+            toml::Value::String(s) => resmon_contract::parse_size(s).map_err(|e| e.0),
+            toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
+            _ => Err("must be a size such as \"64KiB\"".to_string()),
+        };
+        match size.and_then(|n| {
+            usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= 16 << 20)
+                .ok_or_else(|| "must be at most 16MiB".to_string())
+        }) {
+            Ok(n) => l.max_line = n,
+            Err(e) => problems.push(format!("{place}: log_max_line: {e}")),
+        }
+    }
     if let Some(v) = t.get("log_keep") {
         match v.as_integer().map(u32::try_from) {
             Some(Ok(n)) if n <= 1000 => l.keep = n,

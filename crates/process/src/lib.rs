@@ -277,7 +277,7 @@ impl ProcessResource {
                 max_size: self.log.max_size,
                 keep: self.log.keep,
             },
-            max_line: relay::MAX_LINE,
+            max_line: self.log.max_line,
         };
         let spec = SpawnSpec {
             program: self.relay_exe.0.to_string_lossy().into_owned(),

@@ -248,6 +248,29 @@ fn inherit_and_null_send_output_elsewhere() {
     }
     let refused = check_refuses(&res("bad", "sleep 1", "log = \"syslog\""));
     assert!(refused.contains("log: use \"file\""), "{refused}");
+    let refused = check_refuses(&res("bad", "sleep 1", "log_max_line = \"1TiB\""));
+    assert!(
+        refused.contains("log_max_line: must be at most 16MiB"),
+        "{refused}"
+    );
+
+    // A smaller limit splits sooner, still losing nothing.
+    let d = Daemon::start(&res(
+        "narrow",
+        "sh -c 'head -c 3000 /dev/zero | tr \"\\000\" y; echo; exec sleep 1000'",
+        "log_max_line = \"1KiB\"",
+    ));
+    d.wait_state("narrow", "online", LONG);
+    wait_for("the whole line", LONG, || {
+        texts(&logs(&d, &["narrow"]), "stdout").concat() == "y".repeat(3000)
+    });
+    let pieces = texts(&logs(&d, &["narrow"]), "stdout");
+    assert!(
+        pieces.iter().all(|p| p.len() <= 1024),
+        "{:?}",
+        pieces.iter().map(String::len).collect::<Vec<_>>()
+    );
+    assert_eq!(pieces.len(), 3);
 }
 
 /// The log relays of resource `name`, by their command lines.
