@@ -1,8 +1,14 @@
 //! The configuration file: parse, then validate everything, then build.
 //!
-//! Parsing turns TOML into raw tables; validation checks every section and
-//! every resource and collects *all* problems, each naming the file, the
-//! resource and the field, before the monitor starts anything.
+//! Parsing turns each of the monitor's own sections (`[monitor]`, `[api]`
+//! and its `[[api.token]]`s, `[access]`, `[cluster]`) into a typed raw
+//! struct (`section`: an unknown key is named with the closest known
+//! one, a value of the wrong type by its key, and the rest is read on);
+//! validation then judges the values, and building makes the config.
+//! Resources are read key by key, since their tables mix the monitor's
+//! keys with their type's, which the type checks. *All* problems are
+//! collected, each naming the file, the section or resource and the
+//! field, before the monitor starts anything.
 
 use crate::access::{AccessConfig, Grant};
 use crate::cluster::config::{parse_cluster, parse_groups, ClusterConfig, GroupConfig};
@@ -10,6 +16,7 @@ pub use resmon_contract::check_name;
 use resmon_contract::table::{self, LOG_KEYS, POLICY_KEYS, RESOURCE_KEYS};
 use resmon_contract::{duration_value, Policy, ResourceType, RestartAction};
 use resmon_contract::{LogMode, LogSettings};
+use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -432,7 +439,71 @@ impl Config {
     }
 }
 
+/// A config section as written: each key read into its type, nothing
+/// judged yet. Every problem (an unknown key, with the closest known one;
+/// a value of the wrong type, named by its key) is pushed onto `problems`
+/// with the section's place; the rest of the section is still read. `None`
+/// when the section is absent or not a table.
+pub(crate) fn section<T: serde::de::DeserializeOwned>(
+    v: Option<&toml::Value>,
+    place: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let v = v?;
+    if !v.is_table() {
+        problems.push(format!("{place} must be a table"));
+        return None;
+    }
+    let json = match serde_json::to_value(v) {
+        Ok(j) => j,
+        Err(e) => {
+            problems.push(format!("{place}: {e}"));
+            return None;
+        }
+    };
+    let (raw, found) = table::parse_table::<T>(&json, &[]);
+    // `[monitor] socket: ...` after a header; `[[api.token]] #1: ...` else.
+    let sep = if place.ends_with(']') { " " } else { ": " };
+    problems.extend(found.into_iter().map(|p| format!("{place}{sep}{p}")));
+    raw
+}
+
+/// A size written as a string (`"10MiB"`) or a number of bytes.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "must be a size such as \"10MiB\", or a number of bytes"
+)]
+enum RawSize {
+    Text(String),
+    Bytes(u64),
+}
+
+impl RawSize {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            RawSize::Text(s) => resmon_contract::parse_size(s).map_err(|e| e.0),
+            RawSize::Bytes(0) => Err("must be more than 0".into()),
+            RawSize::Bytes(n) => Ok(*n),
+        }
+    }
+}
+
+/// `[monitor]` as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitor {
+    socket: Option<String>,
+    cgroups: Option<String>,
+    state_dir: Option<String>,
+    log_format: Option<String>,
+    journal_max_size: Option<RawSize>,
+    journal_keep: Option<u32>,
+    log_dir: Option<String>,
+}
+
 fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> MonitorConfig {
+    let raw: RawMonitor = section(v, "[monitor]", problems).unwrap_or_default();
     let mut m = MonitorConfig {
         socket: default_socket(),
         cgroups: CgroupMode::Auto,
@@ -441,67 +512,37 @@ fn parse_monitor(v: Option<&toml::Value>, problems: &mut Vec<String>) -> Monitor
         journal: JOURNAL_DEFAULT,
         log_dir: PathBuf::new(),
     };
-    let Some(v) = v else { return m };
-    let Some(t) = v.as_table() else {
-        problems.push("[monitor] must be a table".into());
-        return m;
+    let mut absolute = |key: &str, value: Option<String>, into: &mut PathBuf| match value {
+        Some(s) if s.starts_with('/') => *into = PathBuf::from(s),
+        Some(_) => problems.push(format!("[monitor] {key}: must be an absolute path")),
+        None => {}
     };
-    for (k, v) in t {
-        match (k.as_str(), v) {
-            ("socket", toml::Value::String(s)) if s.starts_with('/') => m.socket = PathBuf::from(s),
-            ("socket", _) => problems.push("[monitor] socket: must be an absolute path".into()),
-            ("cgroups", toml::Value::String(s)) if s == "auto" => m.cgroups = CgroupMode::Auto,
-            ("cgroups", toml::Value::String(s)) if s == "off" => m.cgroups = CgroupMode::Off,
-            ("cgroups", _) => problems.push("[monitor] cgroups: use \"auto\" or \"off\"".into()),
-            ("state_dir", toml::Value::String(s)) if s.starts_with('/') => {
-                m.state_dir = PathBuf::from(s)
-            }
-            ("state_dir", _) => {
-                problems.push("[monitor] state_dir: must be an absolute path".into())
-            }
-            ("log_format", toml::Value::String(s)) if LogFormat::parse(s).is_some() => {
-                m.log_format = LogFormat::parse(s).unwrap_or_default()
-            }
-            ("log_format", _) => {
-                problems.push("[monitor] log_format: use \"text\" or \"json\"".into())
-            }
-            ("journal_max_size", v) => {
-                let size = match v {
-                    toml::Value::String(s) => resmon_contract::parse_size(s).map_err(|e| e.0),
-                    toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
-                    _ => Err("must be a size such as \"10MiB\"".to_string()),
-                };
-                match size {
-                    Ok(n) => m.journal.max_size = n,
-                    Err(e) => problems.push(format!("[monitor] journal_max_size: {e}")),
-                }
-            }
-            ("log_dir", toml::Value::String(s)) if s.starts_with('/') => {
-                m.log_dir = PathBuf::from(s)
-            }
-            ("log_dir", _) => problems.push("[monitor] log_dir: must be an absolute path".into()),
-            ("journal_keep", v) => match v.as_integer().map(u32::try_from) {
-                Some(Ok(n)) if n <= 1000 => m.journal.keep = n,
-                _ => problems
-                    .push("[monitor] journal_keep: must be a whole number from 0 to 1000".into()),
-            },
-            (other, _) => problems.push(format!(
-                "[monitor]: {}",
-                table::unknown_key(
-                    other,
-                    &[
-                        "socket",
-                        "cgroups",
-                        "state_dir",
-                        "log_format",
-                        "journal_max_size",
-                        "journal_keep",
-                        "log_dir"
-                    ],
-                    &[]
-                )
-            )),
+    absolute("socket", raw.socket, &mut m.socket);
+    absolute("state_dir", raw.state_dir, &mut m.state_dir);
+    absolute("log_dir", raw.log_dir, &mut m.log_dir);
+    match raw.cgroups.as_deref() {
+        None | Some("auto") => {}
+        Some("off") => m.cgroups = CgroupMode::Off,
+        Some(_) => problems.push("[monitor] cgroups: use \"auto\" or \"off\"".into()),
+    }
+    if let Some(f) = raw.log_format {
+        match LogFormat::parse(&f) {
+            Some(f) => m.log_format = f,
+            None => problems.push("[monitor] log_format: use \"text\" or \"json\"".into()),
         }
+    }
+    if let Some(size) = raw.journal_max_size {
+        match size.bytes() {
+            Ok(n) => m.journal.max_size = n,
+            Err(e) => problems.push(format!("[monitor] journal_max_size: {e}")),
+        }
+    }
+    match raw.journal_keep {
+        Some(n) if n <= 1000 => m.journal.keep = n,
+        Some(_) => {
+            problems.push("[monitor] journal_keep: must be a whole number from 0 to 1000".into())
+        }
+        None => {}
     }
     if m.log_dir.as_os_str().is_empty() {
         m.log_dir = m.state_dir.join("logs");
@@ -530,60 +571,67 @@ const DURATIONS: &[(&str, DurationField, bool)] = &[
     ),
 ];
 
+/// `[api]` as written.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    tcp: Option<RawTcp>,
+    /// `[[api.token]]` tables, each read on its own (see [`RawToken`]).
+    token: Option<Vec<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "use true, false or \"HOST:PORT\"")]
+enum RawTcp {
+    On(bool),
+    At(String),
+}
+
+/// One `[[api.token]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: Option<String>,
+    token: Option<String>,
+    token_file: Option<String>,
+    rights: Option<Vec<String>>,
+}
+
 fn parse_api(
     v: Option<&toml::Value>,
     access: &mut AccessConfig,
     problems: &mut Vec<String>,
 ) -> ApiConfig {
+    let raw: RawApi = section(v, "[api]", problems).unwrap_or_default();
     let mut api = ApiConfig::default();
-    let Some(v) = v else { return api };
-    let Some(t) = v.as_table() else {
-        problems.push("[api] must be a table".into());
-        return api;
-    };
-    for (k, v) in t {
-        match (k.as_str(), v) {
-            ("tcp", toml::Value::Boolean(false)) => api.tcp = None,
-            ("tcp", toml::Value::Boolean(true)) => {
-                api.tcp = Some(std::net::SocketAddr::from((
-                    [127, 0, 0, 1],
-                    DEFAULT_TCP_PORT,
-                )))
-            }
-            ("tcp", toml::Value::String(s)) => {
-                match s.parse::<std::net::SocketAddr>() {
-                    Ok(a) => {
-                        if !a.ip().is_loopback() {
-                            tracing::warn!("[api] tcp listens on {a}, beyond this machine: use TLS in front of it");
-                        }
-                        api.tcp = Some(a)
-                    }
-                    Err(_) => problems.push(format!(
-                    "[api] tcp: {s:?} is not an address such as \"127.0.0.1:{DEFAULT_TCP_PORT}\""
-                )),
+    match raw.tcp {
+        None | Some(RawTcp::On(false)) => {}
+        Some(RawTcp::On(true)) => {
+            api.tcp = Some(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                DEFAULT_TCP_PORT,
+            )))
+        }
+        Some(RawTcp::At(s)) => match s.parse::<std::net::SocketAddr>() {
+            Ok(a) => {
+                if !a.ip().is_loopback() {
+                    tracing::warn!(
+                        "[api] tcp listens on {a}, beyond this machine: use TLS in front of it"
+                    );
                 }
+                api.tcp = Some(a)
             }
-            ("tcp", _) => problems.push("[api] tcp: use true, false or \"HOST:PORT\"".into()),
-            ("token", toml::Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    let place = format!("[[api.token]] #{}", i + 1);
-                    match item.as_table() {
-                        Some(t) => {
-                            if let Some(tok) = parse_token(t, &place, problems) {
-                                access.tokens.push(tok);
-                            }
-                        }
-                        None => problems.push(format!("{place}: must be a table")),
-                    }
-                }
-            }
-            ("token", _) => {
-                problems.push("[api] token: write tokens as [[api.token]] tables".into())
-            }
-            (other, _) => problems.push(format!(
-                "[api]: {} ([[api.token]] tables hold the tokens)",
-                table::unknown_key(other, &["tcp", "token"], &[])
+            Err(_) => problems.push(format!(
+                "[api] tcp: {s:?} is not an address such as \"127.0.0.1:{DEFAULT_TCP_PORT}\""
             )),
+        },
+    }
+    for (i, t) in raw.token.iter().flatten().enumerate() {
+        let place = format!("[[api.token]] #{}", i + 1);
+        if let Some(t) = section::<RawToken>(Some(t), &place, problems) {
+            if let Some(tok) = token_of(t, &place, problems) {
+                access.tokens.push(tok);
+            }
         }
     }
     if api.tcp.is_some() && access.tokens.is_empty() {
@@ -593,22 +641,15 @@ fn parse_api(
     api
 }
 
-fn parse_token(
-    t: &toml::Table,
-    place: &str,
-    problems: &mut Vec<String>,
-) -> Option<crate::access::Token> {
+fn token_of(t: RawToken, place: &str, problems: &mut Vec<String>) -> Option<crate::access::Token> {
     let before = problems.len();
-    let name = match t.get("name").and_then(|v| v.as_str()) {
-        Some(n) => n.to_string(),
-        None => {
-            problems.push(format!("{place}: name is missing"));
-            String::new()
-        }
-    };
-    let secret = match (t.get("token"), t.get("token_file")) {
-        (Some(toml::Value::String(s)), None) => s.clone(),
-        (None, Some(toml::Value::String(f))) => match std::fs::read_to_string(f) {
+    let name = t.name.unwrap_or_else(|| {
+        problems.push(format!("{place}: name is missing"));
+        String::new()
+    });
+    let secret = match (t.token, t.token_file) {
+        (Some(s), None) => s,
+        (None, Some(f)) => match std::fs::read_to_string(&f) {
             Ok(s) => s.trim().to_string(),
             Err(e) => {
                 problems.push(format!("{place}: token_file {f}: {e}"));
@@ -626,13 +667,13 @@ fn parse_token(
         problems.push(format!("{place}: the token must be at least 16 characters"));
     }
     let mut rights = Vec::new();
-    match t.get("rights").and_then(|v| v.as_array()) {
+    match t.rights {
         Some(list) => {
             for r in list {
-                match r.as_str().and_then(crate::access::Right::parse) {
+                match crate::access::Right::parse(&r) {
                     Some(r) => rights.push(r),
                     None => problems.push(format!(
-                        "{place}: rights: {r} is not one of \"query\", \"control\", \"terminate\""
+                        "{place}: rights: {r:?} is not one of \"query\", \"control\", \"terminate\""
                     )),
                 }
             }
@@ -641,14 +682,6 @@ fn parse_token(
             "{place}: rights must be a list, e.g. [\"query\", \"control\"]"
         )),
     }
-    for k in t.keys() {
-        if !["name", "token", "token_file", "rights"].contains(&k.as_str()) {
-            problems.push(format!(
-                "{place}: {}",
-                table::unknown_key(k, &["name", "token", "token_file", "rights"], &[])
-            ));
-        }
-    }
     (problems.len() == before).then_some(crate::access::Token {
         name,
         secret,
@@ -656,37 +689,34 @@ fn parse_token(
     })
 }
 
+/// `[access]` as written: the users, `@groups` or `*` holding each right.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    query: Option<UserList>,
+    control: Option<UserList>,
+    terminate: Option<UserList>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "must be a list of user names, \"@group\" names or \"*\""
+)]
+enum UserList {
+    List(Vec<String>),
+}
+
 fn parse_access(v: Option<&toml::Value>, problems: &mut Vec<String>) -> AccessConfig {
+    let raw: RawAccess = section(v, "[access]", problems).unwrap_or_default();
     let mut a = AccessConfig::default();
-    let Some(v) = v else { return a };
-    let Some(t) = v.as_table() else {
-        problems.push("[access] must be a table".into());
-        return a;
-    };
-    for (k, v) in t {
-        let list: Option<Vec<String>> = v.as_array().and_then(|items| {
-            items
-                .iter()
-                .map(|i| i.as_str().map(str::to_string))
-                .collect()
-        });
-        let slot = match k.as_str() {
-            "query" => &mut a.query,
-            "control" => &mut a.control,
-            "terminate" => &mut a.terminate,
-            other => {
-                problems.push(format!(
-                    "[access]: {} (the keys are the rights)",
-                    table::unknown_key(other, &["query", "control", "terminate"], &[])
-                ));
-                continue;
-            }
-        };
-        match list {
-            Some(list) => *slot = Grant::parse(&list, k, problems),
-            None => problems.push(format!(
-                "[access] {k}: must be a list of user names, \"@group\" names or \"*\""
-            )),
+    for (key, list, slot) in [
+        ("query", raw.query, &mut a.query),
+        ("control", raw.control, &mut a.control),
+        ("terminate", raw.terminate, &mut a.terminate),
+    ] {
+        if let Some(UserList::List(list)) = list {
+            *slot = Grant::parse(&list, key, problems);
         }
     }
     a
@@ -893,6 +923,44 @@ restart_threshold = 4294967296
             "[[resource]] #3: name is missing",
             "resource \"c\" ([[resource]] #4): terminate_timeout: write durations as strings",
             "resource \"d\" ([[resource]] #5): restart_threshold 4294967296 is too large: at most 4294967295",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_monitors_own_sections_report_every_problem_with_its_place() {
+        let text = problems(
+            r#"
+[monitor]
+socket = "relative.sock"
+sokcet = "/x"
+journal_keep = "five"
+journal_max_size = "lots"
+cgroups = "maybe"
+[api]
+tcp = 8080
+[[api.token]]
+name = "ops"
+token = "short"
+rightz = ["query"]
+[access]
+query = "*"
+contrl = ["root"]
+"#,
+        );
+        for needle in [
+            "[monitor] socket: must be an absolute path",
+            "[monitor] sokcet: unknown key \"sokcet\"; did you mean \"socket\"?",
+            "[monitor] journal_keep: invalid type: string \"five\", expected u32",
+            "[monitor] journal_max_size: bad size \"lots\"",
+            "[monitor] cgroups: use \"auto\" or \"off\"",
+            "[api] tcp: use true, false or \"HOST:PORT\"",
+            "[[api.token]] #1: rightz: unknown key \"rightz\"; did you mean \"rights\"?",
+            "[[api.token]] #1: rights must be a list",
+            "[[api.token]] #1: the token must be at least 16 characters",
+            "[access] query: must be a list of user names",
+            "[access] contrl: unknown key \"contrl\"; did you mean \"control\"?",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

@@ -31,14 +31,36 @@ pub struct GroupConfig {
     pub failback: bool,
 }
 
-const CLUSTER_KEYS: &[&str] = &[
-    "node",
-    "etcd",
-    "lease_ttl",
-    "key_prefix",
-    "fence_margin",
-    "watchdog",
-];
+/// `[cluster]` as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    node: Option<String>,
+    etcd: Option<Vec<RawUrl>>,
+    lease_ttl: Option<String>,
+    fence_margin: Option<String>,
+    key_prefix: Option<String>,
+    watchdog: Option<RawWatchdog>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(
+    untagged,
+    expecting = "must be a URL such as \"http://127.0.0.1:2379\""
+)]
+enum RawUrl {
+    Url(String),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(
+    untagged,
+    expecting = "false (the default), true for /dev/watchdog, or a device path"
+)]
+enum RawWatchdog {
+    On(bool),
+    Device(String),
+}
 
 /// Reads `[cluster]`: the types of its keys here, their values by
 /// [`Settings::validate`]. Every problem is pushed onto `problems`.
@@ -48,58 +70,33 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
         return None;
     };
     let before = problems.len();
-    let mut node = None;
-    let mut endpoints = None;
-    let mut lease_ttl = None;
-    let mut key_prefix = None;
-    let mut margin = None;
-    let mut watchdog = None;
+    let raw: RawCluster = crate::config::section(Some(v), "[cluster]", problems)?;
     // Their bounds are the settings' to judge.
-    let duration = |k: &str, v: &toml::Value, problems: &mut Vec<String>| {
-        duration_value(k, v.as_str(), true)
+    let duration = |k: &str, v: Option<String>, problems: &mut Vec<String>| {
+        let v = v?;
+        duration_value(k, Some(&v), true)
             .map_err(|e| problems.push(format!("[cluster] {e}")))
             .ok()
     };
-    for (k, v) in t {
-        match (k.as_str(), v) {
-            ("node", toml::Value::String(s)) => node = Some(s.clone()),
-            ("node", _) => problems.push("[cluster] node: must be a string".into()),
-            ("etcd", toml::Value::Array(a)) => {
-                let mut urls = Vec::new();
-                for (i, e) in a.iter().enumerate() {
-                    match e.as_str() {
-                        Some(u) => urls.push(u.to_owned()),
-                        None => problems.push(format!(
-                            "[cluster] etcd[{i}]: must be a URL such as \"http://127.0.0.1:2379\""
-                        )),
-                    }
-                }
-                endpoints = Some(urls);
-            }
-            ("etcd", _) => problems.push(
-                "[cluster] etcd: must be a list of URLs, e.g. [\"http://127.0.0.1:2379\"]".into(),
-            ),
-            ("lease_ttl", v) => lease_ttl = duration(k, v, problems),
-            ("fence_margin", v) => margin = duration(k, v, problems),
-            ("key_prefix", toml::Value::String(s)) => key_prefix = Some(s.clone()),
-            ("key_prefix", _) => {
-                problems.push("[cluster] key_prefix: must be a string such as \"/resmon\"".into())
-            }
-            ("watchdog", toml::Value::Boolean(false)) => watchdog = None,
-            ("watchdog", toml::Value::Boolean(true)) => watchdog = Some("/dev/watchdog".into()),
-            ("watchdog", toml::Value::String(s)) if s.starts_with('/') => {
-                watchdog = Some(s.clone())
-            }
-            ("watchdog", _) => problems.push(
+    let node = raw.node;
+    let endpoints = raw
+        .etcd
+        .map(|urls| urls.into_iter().map(|RawUrl::Url(u)| u).collect::<Vec<_>>());
+    let lease_ttl = duration("lease_ttl", raw.lease_ttl, problems);
+    let margin = duration("fence_margin", raw.fence_margin, problems);
+    let key_prefix = raw.key_prefix;
+    let watchdog = match raw.watchdog {
+        None | Some(RawWatchdog::On(false)) => None,
+        Some(RawWatchdog::On(true)) => Some("/dev/watchdog".into()),
+        Some(RawWatchdog::Device(d)) if d.starts_with('/') => Some(d),
+        Some(RawWatchdog::Device(_)) => {
+            problems.push(
                 "[cluster] watchdog: false (the default), true for /dev/watchdog, or a device path"
                     .into(),
-            ),
-            (other, _) => problems.push(format!(
-                "[cluster]: {}",
-                resmon_contract::table::unknown_key(other, CLUSTER_KEYS, &[])
-            )),
+            );
+            None
         }
-    }
+    };
     if !t.contains_key("node") {
         problems.push("[cluster] node is missing: this node's name, e.g. node = \"n1\"".into());
     }
@@ -249,7 +246,7 @@ mod tests {
             p.contains("endpoint \"127.0.0.1:2379\": must start with http://"),
             "{p}"
         );
-        assert!(p.contains("etcd[1]: must be a URL"), "{p}");
+        assert!(p.contains("[cluster] etcd > 1: must be a URL"), "{p}");
         assert!(p.contains("whole number of seconds"), "{p}");
         let p = cluster("[cluster]\nnode = \"n\"\netcd = [\"https://e:2379\"]\n")
             .unwrap_err()
