@@ -78,7 +78,7 @@ impl ResourceType for ProcessType {
             log: ctx.log.clone(),
             relay_exe: self.relay.clone(),
             relay: Mutex::new(None),
-            dropped: Mutex::new(None),
+            dropped: Mutex::new(Dropped::default()),
             scope: ctx.scope.clone(),
             container,
             reaper: self.reaper.clone(),
@@ -145,8 +145,9 @@ struct ProcessResource {
     relay_exe: (std::path::PathBuf, Vec<String>),
     /// The running log relay and the write ends of its pipes.
     relay: Mutex<Option<Relay>>,
-    /// The relay's count of dropped lines, opened at its first read.
-    dropped: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// The relay's count of dropped lines: its file (opened at the first
+    /// read), and the count as last read, and when.
+    dropped: Mutex<Dropped>,
     scope: resmon_contract::Scope,
     container: Container,
     reaper: Arc<Reaper>,
@@ -174,6 +175,17 @@ fn journal_stream(identifier: &str, priority: u8) -> std::io::Result<std::os::fd
     write!(s, "{identifier}\n\n{priority}\n0\n0\n0\n0\n")?;
     s.shutdown(std::net::Shutdown::Read)?;
     Ok(s.into())
+}
+
+/// How long a read of the relay's dropped-line count stands.
+const DROPPED_FRESH: Duration = Duration::from_secs(1);
+
+/// See [`ProcessResource::dropped`].
+#[derive(Default)]
+struct Dropped {
+    fd: Option<std::os::fd::OwnedFd>,
+    count: u64,
+    at: Option<std::time::Instant>,
 }
 
 /// How long `close` waits for the log relay to drain and exit.
@@ -557,9 +569,14 @@ impl Resource for ProcessResource {
         if self.log.mode != LogMode::File {
             return 0;
         }
-        let mut fd = lock(&self.dropped);
-        if fd.is_none() {
-            *fd = rustix::fs::open(
+        // Status and metrics ask of every resource: the file is read at
+        // most once a second.
+        let mut d = lock(&self.dropped);
+        if d.at.is_some_and(|at| at.elapsed() < DROPPED_FRESH) {
+            return d.count;
+        }
+        if d.fd.is_none() {
+            d.fd = rustix::fs::open(
                 self.log.dir.join(relay::dropped_file(&self.shared.name)),
                 rustix::fs::OFlags::RDONLY
                     | rustix::fs::OFlags::NOFOLLOW
@@ -568,7 +585,9 @@ impl Resource for ProcessResource {
             )
             .ok();
         }
-        fd.as_ref().map_or(0, relay::read_dropped)
+        d.count = d.fd.as_ref().map_or(0, relay::read_dropped);
+        d.at = Some(std::time::Instant::now());
+        d.count
     }
 
     fn persist(&self) -> Option<serde_json::Value> {
