@@ -174,6 +174,20 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell's completion script for resmon, e.g.
+    /// `source <(resmon completions bash)`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (resmon.1 and one per command, resmon-status.1
+    /// ...) into DIR, or print resmon.1 without --dir.
+    Man {
+        /// Where to write the pages.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// A resource's log relay: started by the monitor, never by hand. It
     /// reads the service's stdout on fd 0 and its stderr on fd 1.
     #[command(hide = true, name = "log-relay")]
@@ -424,6 +438,12 @@ fn socket_for(cli_socket: Option<PathBuf>) -> PathBuf {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "resmon", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man { dir } => man_pages(dir.as_deref()),
         Cmd::Host { .. } | Cmd::FenceGuard { .. } | Cmd::LogRelay { .. } => {
             unreachable!("handled before the runtime starts")
         }
@@ -812,6 +832,29 @@ async fn logs(
         }
     }
     Ok(())
+}
+
+/// Writes resmon.1 and a page per visible command into `dir` (created if
+/// missing), or resmon.1 to stdout.
+fn man_pages(dir: Option<&std::path::Path>) -> Result<(), Failure> {
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let io = |e: std::io::Error| fail(Exit::Failed, format!("writing the manual pages: {e}"));
+    let Some(dir) = dir else {
+        return clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .map_err(io);
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let write = |name: String, page: clap::Command| -> Result<(), Failure> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out).map_err(io)?;
+        std::fs::write(dir.join(format!("{name}.1")), out).map_err(io)
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("resmon-{}", sub.get_name());
+        write(name.clone(), sub.clone().name(name))?;
+    }
+    write("resmon".into(), cmd)
 }
 
 fn format_event(e: &EventRecord) -> String {
