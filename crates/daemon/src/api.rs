@@ -142,11 +142,12 @@ async fn authorize(AxState(st): AxState<ApiState>, req: Request, next: Next) -> 
     let access = st.access.read().unwrap_or_else(|e| e.into_inner()).clone();
     // Who asked for a change, and whether it was let through, goes to the
     // event journal.
-    let what = format!("{} {}", req.method(), req.uri().path());
+    // Not for reads: they are most requests, and change nothing.
+    let what = (right != Right::Query).then(|| format!("{} {}", req.method(), req.uri().path()));
     let record = |who: &str, denied: Option<&str>| {
-        if right == Right::Query {
+        let Some(what) = &what else {
             return;
-        }
+        };
         let reason = match denied {
             None => format!("{what} by {who}"),
             Some(why) => format!("{what} by {who} refused: {why}"),

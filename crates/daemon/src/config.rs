@@ -480,6 +480,14 @@ enum RawSize {
 }
 
 impl RawSize {
+    /// The size a config value says, or why it says none.
+    fn of(v: &toml::Value) -> Result<u64, String> {
+        v.clone()
+            .try_into::<RawSize>()
+            .map_err(|_| "must be a size such as \"10MiB\", or a number of bytes".to_string())?
+            .bytes()
+    }
+
     fn bytes(&self) -> Result<u64, String> {
         match self {
             RawSize::Text(s) => resmon_contract::parse_size(s).map_err(|e| e.0),
@@ -770,23 +778,13 @@ fn apply_log(l: &mut LogSettings, t: &toml::Table, place: &str, problems: &mut V
         }
     }
     if let Some(v) = t.get("log_max_size") {
-        let size = match v {
-            toml::Value::String(s) => resmon_contract::parse_size(s).map_err(|e| e.0),
-            toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
-            _ => Err("must be a size such as \"10MiB\"".to_string()),
-        };
-        match size {
+        match RawSize::of(v) {
             Ok(n) => l.max_size = n,
             Err(e) => problems.push(format!("{place}: log_max_size: {e}")),
         }
     }
     if let Some(v) = t.get("log_max_line") {
-        let size = match v {
-            toml::Value::String(s) => resmon_contract::parse_size(s).map_err(|e| e.0),
-            toml::Value::Integer(n) if *n > 0 => Ok(*n as u64),
-            _ => Err("must be a size such as \"64KiB\"".to_string()),
-        };
-        match size.and_then(|n| {
+        match RawSize::of(v).and_then(|n| {
             usize::try_from(n)
                 .ok()
                 .filter(|&n| n <= 16 << 20)

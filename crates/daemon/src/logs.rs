@@ -175,7 +175,7 @@ pub async fn answer(st: &ApiState, name: String, q: LogsQuery) -> Response {
             let skip = lines.len().saturating_sub(limit);
             lines.drain(..skip);
             // Lines the relay could not write are said, not hidden.
-            let lost = dropped(&dir, &name);
+            let lost = resmon_process::relay::dropped(dir.as_fd(), &name);
             if lost > 0 {
                 lines.push(Line {
                     time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -232,9 +232,4 @@ pub async fn answer(st: &ApiState, name: String, q: LogsQuery) -> Response {
     );
     use futures_util::StreamExt;
     (headers, axum::body::Body::from_stream(past.chain(live))).into_response()
-}
-
-/// The lines a relay counted as dropped for `name`.
-pub fn dropped(dir: &OwnedFd, name: &str) -> u64 {
-    resmon_process::relay::dropped(dir.as_fd(), name)
 }

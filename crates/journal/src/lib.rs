@@ -32,6 +32,16 @@ pub struct Options {
     pub keep: u32,
 }
 
+/// Opens the directory journals live in, never through a symbolic link
+/// at its last step.
+pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// The name of file `n` of journal `name`: 0 is the current one.
 pub fn file_name(name: &str, n: u32) -> String {
     if n == 0 {

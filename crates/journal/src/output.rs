@@ -97,12 +97,7 @@ impl ResourceLog {
     }
 
     fn open(&self) -> std::io::Result<Writer> {
-        use rustix::fs::{Mode, OFlags};
-        let dir = rustix::fs::open(
-            &self.dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let dir = crate::open_dir(&self.dir)?;
         Writer::open(rustix::fd::AsFd::as_fd(&dir), &self.name, self.options)
     }
 }

@@ -30,7 +30,6 @@ use resmon_journal::Writer;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 use std::io;
-use std::path::Path;
 use std::time::SystemTime;
 
 /// The relay's own program, installed beside `resmon`: small, since a
@@ -188,16 +187,8 @@ fn ignore(sig: i32) {
     }
 }
 
-fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
-}
-
 fn relay(args: &Args) -> io::Result<()> {
-    let dir = open_dir(&args.dir)?;
+    let dir = resmon_journal::open_dir(&args.dir)?;
     let writer = Writer::open(dir.as_fd(), &args.name, args.options)?;
     let counter = rustix::fs::openat(
         dir.as_fd(),
@@ -362,7 +353,7 @@ mod tests {
     #[test]
     fn lines_are_split_at_newlines_and_long_ones_in_pieces() {
         let t = tempfile::tempdir().unwrap();
-        let dir = open_dir(t.path()).unwrap();
+        let dir = resmon_journal::open_dir(t.path()).unwrap();
         let mut s = sink(&dir);
         let mut input = Input {
             fd: None,
