@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
 use wire::{
-    CallsReply, ControlReply, ErrorReply, EventRecord, MoveBody, MoveReply, NodesReply, OpReply,
-    ReloadReport, StatusReply, TerminateBody,
+    CallsReply, ControlReply, ErrorReply, EventRecord, MaintenanceBody, MoveBody, MoveReply,
+    NodesReply, OpReply, ReloadReport, StatusReply, TerminateBody,
 };
 
 /// Why a request did not get an answer.
@@ -58,6 +58,10 @@ pub enum Operation {
     Terminate {
         exit_code: i32,
     },
+    /// Offline (with its dependents), then back with them.
+    Restart,
+    /// Maintenance on or off.
+    Maintenance(bool),
 }
 
 pub struct Client {
@@ -200,9 +204,26 @@ impl Client {
             Operation::Terminate { exit_code } => {
                 ("terminate", Some(json(&TerminateBody { exit_code })?))
             }
+            Operation::Restart => ("restart", None),
+            Operation::Maintenance(on) => ("maintenance", Some(json(&MaintenanceBody { on })?)),
         };
         let path = format!("/v1/resources/{}/{verb}?wait={wait}", encode(name));
         self.typed(Method::POST, &path, body).await
+    }
+
+    /// Maintenance on or off for every resource of `group`, or (none) for
+    /// every resource.
+    pub async fn maintenance(
+        &self,
+        group: Option<&str>,
+        on: bool,
+    ) -> Result<StatusReply, ApiError> {
+        let path = match group {
+            Some(g) => format!("/v1/groups/{}/maintenance", encode(g)),
+            None => "/v1/maintenance".to_string(),
+        };
+        let body = json(&MaintenanceBody { on })?;
+        self.typed(Method::POST, &path, Some(body)).await
     }
 
     /// `resource_control`: `code` is a number or a known name; `input` is

@@ -34,6 +34,22 @@ pub struct ResourceStatus {
     pub terminating: bool,
     /// Whether it is meant to be online (an operator's online or autostart).
     pub wanted_online: bool,
+    /// In maintenance: its checks run and are reported, no failure acts.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub maintenance: bool,
+    /// Whether it is ready, for a resource with readiness checks that is
+    /// online.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ready: Option<bool>,
+    /// A failed resource's next attempt (restart or retry), RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub next_attempt: Option<String>,
+    /// Failed `is_alive` answers in a row, short of `failure_threshold`.
+    #[serde(skip_serializing_if = "is_zero_u32", default)]
+    pub health_failures: u32,
+    /// A restart is under way.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub restarting: bool,
     /// Cluster mode: the node that owns its group (`-`: none).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub owner: Option<String>,
@@ -100,6 +116,13 @@ pub struct OpReply {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct ErrorReply {
     pub error: String,
+}
+
+/// `POST .../maintenance`: on or off.
+#[derive(Deserialize, Serialize, Debug, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceBody {
+    pub on: bool,
 }
 
 /// `POST /v1/resources/{name}/terminate`: the exit code its tasks report.
@@ -225,4 +248,8 @@ pub struct MoveReply {
 pub struct HealthReply {
     /// `ok` or `stopping` (`/healthz`), `ready` (`/readyz`).
     pub status: String,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }

@@ -32,7 +32,8 @@ pub mod table;
 
 pub use name::{check_name, NameError};
 pub use policy::{
-    duration_value, parse_duration, parse_size, DurationError, Policy, PolicyError, RestartAction,
+    duration_value, parse_duration, parse_size, Backoff, DurationError, Policy, PolicyError,
+    RestartAction,
 };
 pub use resource::{
     CallContext, Completion, ControlError, FencingToken, LogLevel, LogMode, LogSettings, Notice,

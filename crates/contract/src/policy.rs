@@ -43,6 +43,58 @@ pub struct Policy {
     pub restart_delay: Duration,
     pub retry_period_on_failure: Duration,
     pub separate_monitor: bool,
+    /// Consecutive failed `is_alive` answers (and readiness checks) before
+    /// the resource is failed (made not ready).
+    pub failure_threshold: u32,
+    /// Consecutive passed checks that clear a run of failures (and make a
+    /// resource ready).
+    pub success_threshold: u32,
+    /// Each restart's delay is the one before times this, up to
+    /// `restart_delay_max`; 1 keeps `restart_delay` as it is.
+    pub restart_backoff: Backoff,
+    pub restart_delay_max: Duration,
+}
+
+/// The factor by which restart delays grow: 1 to 100, kept in thousandths
+/// so that a policy compares and hashes exactly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(into = "f64")]
+pub struct Backoff(u32);
+
+impl Backoff {
+    pub const NONE: Backoff = Backoff(1000);
+
+    /// A factor from 1.0 to 100.0, to the thousandth.
+    pub fn new(factor: f64) -> Result<Backoff, PolicyError> {
+        if !(1.0..=100.0).contains(&factor) {
+            return Err(PolicyError(format!(
+                "restart_backoff {factor} must be from 1.0 (no growth) to 100.0"
+            )));
+        }
+        Ok(Backoff((factor * 1000.0).round() as u32))
+    }
+
+    pub fn factor(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
+
+    /// `base` grown `steps` times, at most `max`.
+    pub fn delay(self, base: Duration, steps: u32, max: Duration) -> Duration {
+        if self == Backoff::NONE || steps == 0 {
+            return base;
+        }
+        let grown = base.as_secs_f64() * self.factor().powf(f64::from(steps.min(10_000)));
+        if !grown.is_finite() || grown >= max.as_secs_f64() {
+            return max.max(base);
+        }
+        Duration::try_from_secs_f64(grown).unwrap_or(max).max(base)
+    }
+}
+
+impl From<Backoff> for f64 {
+    fn from(b: Backoff) -> f64 {
+        b.factor()
+    }
 }
 
 impl Default for Policy {
@@ -59,6 +111,10 @@ impl Default for Policy {
             restart_delay: Duration::from_millis(500),
             retry_period_on_failure: Duration::from_secs(3600),
             separate_monitor: false,
+            failure_threshold: 1,
+            success_threshold: 1,
+            restart_backoff: Backoff::NONE,
+            restart_delay_max: Duration::from_secs(300),
         }
     }
 }
@@ -224,6 +280,27 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn backoff_grows_the_delay_up_to_its_bound() {
+        let b = Backoff::new(2.0).unwrap();
+        let s = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        let got: Vec<u64> = (0..9).map(|k| b.delay(s, k, max).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(b.delay(s, u32::MAX, max), max);
+        assert_eq!(Backoff::NONE.delay(s, 50, max), s);
+        assert_eq!(b.delay(Duration::ZERO, 5, max), Duration::ZERO);
+        // A base above the bound is never cut below itself.
+        assert_eq!(
+            b.delay(Duration::from_secs(90), 1, max),
+            Duration::from_secs(90)
+        );
+        for bad in [0.5, 0.0, -2.0, 101.0, f64::NAN, f64::INFINITY] {
+            assert!(Backoff::new(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Backoff::new(1.5).unwrap().factor(), 1.5);
     }
 
     #[test]

@@ -152,6 +152,9 @@ pub enum Notice {
     /// A message for operators (the event feed and the monitor's log), e.g.
     /// why a probe failed.
     Log(LogLevel, String),
+    /// One readiness check of the online resource passed, or did not
+    /// (`detail` says why); the monitor's thresholds decide when it counts.
+    Readiness { ready: bool, detail: String },
 }
 
 /// A resource's line to the monitor, given to `open`.
@@ -182,6 +185,14 @@ impl Notifier {
     /// Reports a message for operators.
     pub fn log(&self, level: LogLevel, message: impl Into<String>) {
         (self.0)(Notice::Log(level, message.into()))
+    }
+
+    /// Reports one readiness check's answer.
+    pub fn readiness(&self, ready: bool, detail: impl Into<String>) {
+        (self.0)(Notice::Readiness {
+            ready,
+            detail: detail.into(),
+        })
     }
 }
 

@@ -23,6 +23,10 @@ pub const POLICY_KEYS: &[&str] = &[
     "restart_delay",
     "retry_period_on_failure",
     "separate_monitor",
+    "failure_threshold",
+    "success_threshold",
+    "restart_backoff",
+    "restart_delay_max",
 ];
 
 /// Every key the monitor reads in a `[[resource]]` table: what a type

@@ -26,10 +26,23 @@
 //!   `restart_delay`; past it the resource stays failed, its group is failed
 //!   over (`restart_then_failover`), and it is tried again after
 //!   `retry_period_on_failure`.
+//! * Thresholds: `failure_threshold` failed `is_alive` answers in a row fail
+//!   the resource (each one short of it is reported); `success_threshold`
+//!   passes in a row clear a run. A failure the resource reported itself is
+//!   never held back.
+//! * Back-off: each restart's delay grows by `restart_backoff` up to
+//!   `restart_delay_max`, and starts over once the resource stayed online
+//!   for `restart_period`.
 //! * Dependencies: a resource comes online only once all its providers are
-//!   online and goes offline only once all its dependents are down; a
-//!   provider that goes down takes its dependents offline, and they come
-//!   back with it.
+//!   online (and ready, for those with readiness checks) and goes offline
+//!   only once all its dependents are down; a provider that goes down takes
+//!   its dependents offline, and they come back with it. Readiness gates
+//!   starts only: not ready stops nothing.
+//! * Maintenance: checks run and are reported, but no failure acts (no
+//!   terminate, restart or failover, and a provider going down does not
+//!   take it down) until it ends, when the resource is checked at once.
+//! * Restart: an operator's restart takes a resource down with its
+//!   dependents, then brings back those that were wanted online.
 
 mod lifecycle;
 mod monitor;

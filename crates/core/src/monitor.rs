@@ -21,6 +21,9 @@ pub struct ResourceSpec {
     /// Brought online once opened when a reload adds it (at the monitor's
     /// start, [`crate::start_from`] decides).
     pub autostart: bool,
+    /// It reports readiness ([`Event::Readiness`]): once online it is not
+    /// ready until its checks pass, and its dependents wait for that.
+    pub readiness: bool,
 }
 
 /// A set of specs that cannot form a monitor.
@@ -42,6 +45,16 @@ pub enum Command {
     Offline,
     /// End the resource now; its tasks report `exit_code`.
     Terminate { exit_code: i32 },
+    /// Take it offline (its dependents first), then bring it and the
+    /// dependents that were wanted online back; a resource that is down is
+    /// just brought online.
+    Restart,
+    /// Maintenance on or off. While on, health checks still run and are
+    /// reported, but no failure they find acts: no terminate, no restart,
+    /// no failover, and a provider going down does not take it down;
+    /// operator commands act as always. Turned off, it is checked at once
+    /// and what is found is acted on.
+    Maintenance(bool),
 }
 
 /// Where an operator's command ended, for a caller that waits on it.
@@ -62,13 +75,20 @@ impl Command {
     /// termination is in progress). `wanted_online` says whether the
     /// monitor still means to bring it online.
     pub fn settled(self, state: State, busy: bool, wanted_online: bool) -> Option<Settled> {
+        if let Command::Maintenance(_) = self {
+            return Some(Settled::Done); // applied at once
+        }
         if busy {
             return None;
         }
         match (self, state) {
-            (Command::Online, State::Online) => Some(Settled::Done),
-            (Command::Online | Command::Offline, State::Failed) => Some(Settled::Failed),
-            (Command::Online, State::Offline) if !wanted_online => Some(Settled::Abandoned),
+            (Command::Online | Command::Restart, State::Online) => Some(Settled::Done),
+            (Command::Online | Command::Offline | Command::Restart, State::Failed) => {
+                Some(Settled::Failed)
+            }
+            (Command::Online | Command::Restart, State::Offline) if !wanted_online => {
+                Some(Settled::Abandoned)
+            }
             (Command::Offline, State::Offline) => Some(Settled::Done),
             (Command::Terminate { .. }, s) if s.is_down() => Some(Settled::Done),
             _ => None,
@@ -146,6 +166,13 @@ pub enum Event {
     Closed {
         id: ResId,
     },
+    /// One readiness check of an online resource passed (`ready`) or not;
+    /// `detail` says why not. Thresholds decide when it is ready or not.
+    Readiness {
+        id: ResId,
+        ready: bool,
+        detail: String,
+    },
 }
 
 /// Why a resource is being terminated; decides the state it ends in.
@@ -206,6 +233,13 @@ pub enum Action {
         id: ResId,
         rung: Rung,
         took: Duration,
+    },
+    /// An online resource became ready, or stopped being ready: for the
+    /// event feed. Its state does not change.
+    Readiness {
+        id: ResId,
+        ready: bool,
+        reason: String,
     },
 }
 
@@ -313,6 +347,18 @@ pub struct ResourceView<'a> {
     /// Its start at the monitor's start (open, then reattach or online) is
     /// not carried out yet.
     pub starting: bool,
+    /// In maintenance ([`Command::Maintenance`]).
+    pub maintenance: bool,
+    /// Whether it is ready: `None` while it is not online or has no
+    /// readiness checks.
+    pub ready: Option<bool>,
+    /// When it is next tried: a restart, or the retry after
+    /// `retry_period_on_failure`.
+    pub next_attempt: Option<Instant>,
+    /// Failed `is_alive` answers in a row, short of `failure_threshold`.
+    pub health_failures: u32,
+    /// A [`Command::Restart`] is under way.
+    pub restarting: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -396,6 +442,23 @@ struct Res {
     releasing: bool,
     /// See [`ResourceView::starting`].
     starting: bool,
+    maintenance: bool,
+    /// In maintenance, a check found a failure that nothing acted on.
+    flagged: bool,
+    /// `is_alive` answers in a row: failed (short of the threshold), and
+    /// passed since the last failure.
+    health_fails: u32,
+    health_passes: u32,
+    /// Meaningful while online with readiness checks.
+    ready: bool,
+    ready_fails: u32,
+    ready_passes: u32,
+    /// Restarts since it last stayed online for `restart_period`: how often
+    /// `restart_backoff` has grown the delay.
+    backoff_steps: u32,
+    /// A [`Command::Restart`] takes it down; then these come back.
+    restarting: bool,
+    bring_back: Vec<ResId>,
 }
 
 impl Res {
@@ -436,7 +499,33 @@ impl Res {
             restore: Vec::new(),
             releasing: false,
             starting: false,
+            maintenance: false,
+            flagged: false,
+            health_fails: 0,
+            health_passes: 0,
+            ready: false,
+            ready_fails: 0,
+            ready_passes: 0,
+            backoff_steps: 0,
+            restarting: false,
+            bring_back: Vec::new(),
         }
+    }
+
+    /// Whether a resource online in maintenance stays up whatever its
+    /// checks or providers say.
+    fn kept_by_maintenance(&self) -> bool {
+        self.maintenance && self.want == Want::Online && self.state == State::Online
+    }
+
+    /// Readiness starts over (it came online, or went down).
+    fn reset_checks(&mut self) {
+        self.health_fails = 0;
+        self.health_passes = 0;
+        self.ready = !self.spec.readiness;
+        self.ready_fails = 0;
+        self.ready_passes = 0;
+        self.flagged = false;
     }
 
     /// Whether nothing of it runs or is in flight.
@@ -635,6 +724,15 @@ impl Monitor {
             terminate: r.terminating.as_ref().map(|t| (t.started, t.deadline)),
             life: r.life,
             starting: r.starting,
+            maintenance: r.maintenance,
+            ready: (r.spec.readiness && r.state == State::Online).then_some(r.ready),
+            next_attempt: if r.state == State::Failed {
+                r.restart_at.or(r.retry_at)
+            } else {
+                None
+            },
+            health_failures: r.health_fails,
+            restarting: r.restarting,
         }
     }
 
@@ -932,7 +1030,8 @@ impl Monitor {
             | Event::Terminated { id, .. }
             | Event::Adopted { id, .. }
             | Event::Opened { id, .. }
-            | Event::Closed { id } => self.mark(*id),
+            | Event::Closed { id }
+            | Event::Readiness { id, .. } => self.mark(*id),
             Event::Tick => {}
             Event::Shutdown => {
                 for id in 0..self.res.len() {
@@ -975,6 +1074,7 @@ impl Monitor {
             }
             Event::Opened { id, result } => self.opened(now, id, result, &mut out),
             Event::Closed { id } => self.closed(id, &mut out),
+            Event::Readiness { id, ready, detail } => self.readiness(id, ready, detail, &mut out),
             Event::Shutdown => {
                 self.shutting_down = true;
                 for id in 0..self.res.len() {
@@ -983,6 +1083,7 @@ impl Monitor {
                     r.restart_at = None;
                     r.retry_at = None;
                     r.restart_granted = false;
+                    r.restarting = false;
                     // Nothing waits for an online that is no longer wanted.
                     if r.in_flight
                         .as_ref()
@@ -1187,6 +1288,7 @@ impl Monitor {
                     if r.state == State::Failed && r.restart_at.is_none() {
                         // An operator's online is a fresh start.
                         r.restart_times.clear();
+                        r.backoff_steps = 0;
                         r.retry_at = None;
                         r.restart_granted = true;
                     }
@@ -1204,17 +1306,21 @@ impl Monitor {
                     r.restart_at = None;
                     r.retry_at = None;
                     r.restart_granted = false;
+                    r.restarting = false;
                     if r.state == State::Failed && r.terminating.is_none() {
                         self.set_state(now, i, State::Offline, "taken offline by operator", out);
                     }
                 }
             }
+            Command::Restart => self.restart(now, id, out),
+            Command::Maintenance(on) => self.maintenance(now, id, on, out),
             Command::Terminate { exit_code } => {
                 let r = &mut self.res[id];
                 r.want = Want::Offline;
                 r.restart_at = None;
                 r.retry_at = None;
                 r.restart_granted = false;
+                r.restarting = false;
                 if r.terminating.is_some() {
                     return; // the first terminate wins
                 }
@@ -1232,6 +1338,103 @@ impl Monitor {
                 }
                 self.start_terminate(now, id, TermReason::Operator, exit_code, out);
             }
+        }
+    }
+
+    /// [`Command::Restart`]: down with its dependents, then back with
+    /// those that were wanted online.
+    fn restart(&mut self, now: Instant, id: ResId, out: &mut Vec<Action>) {
+        if self.shutting_down || self.res[id].retired {
+            return;
+        }
+        if self.res[id].at_rest() {
+            return self.command(now, id, Command::Online, out);
+        }
+        let mut back: Vec<ResId> = self
+            .closure(id, |r| &r.dependents)
+            .into_iter()
+            .filter(|&d| d != id && self.wants_online(d))
+            .collect();
+        back.insert(0, id);
+        self.command(now, id, Command::Offline, out);
+        let r = &mut self.res[id];
+        r.restarting = true;
+        r.bring_back = back;
+    }
+
+    /// [`Command::Maintenance`].
+    fn maintenance(&mut self, now: Instant, id: ResId, on: bool, out: &mut Vec<Action>) {
+        let r = &mut self.res[id];
+        if std::mem::replace(&mut r.maintenance, on) == on {
+            return;
+        }
+        if on {
+            // A restart decided before is not carried out meanwhile; the
+            // policy decides again once maintenance ends.
+            if r.restart_at.take().is_some() {
+                r.restart_times.pop_back();
+                r.backoff_steps = r.backoff_steps.saturating_sub(1);
+            }
+            return;
+        }
+        // Checked at once; what it finds is acted on.
+        r.flagged = false;
+        r.health_fails = 0;
+        r.health_passes = 0;
+        let (state, at_rest) = (r.state, r.at_rest());
+        if state == State::Online && r.terminating.is_none() {
+            r.check_now = true;
+        } else if state == State::Failed
+            && at_rest
+            && r.want == Want::Online
+            && r.restart_at.is_none()
+            && r.retry_at.is_none()
+            && !r.restart_granted
+        {
+            self.restart_policy(now, id, out);
+        }
+    }
+
+    /// One readiness check's answer; the thresholds decide.
+    fn readiness(&mut self, id: ResId, ok: bool, detail: String, out: &mut Vec<Action>) {
+        let r = &mut self.res[id];
+        if !r.spec.readiness || r.state != State::Online || r.terminating.is_some() {
+            return;
+        }
+        let p = &r.spec.policy;
+        let (fails, passes) = (p.failure_threshold.max(1), p.success_threshold.max(1));
+        if ok {
+            r.ready_fails = 0;
+            r.ready_passes = r.ready_passes.saturating_add(1);
+            if r.ready || r.ready_passes < passes {
+                return;
+            }
+            r.ready = true;
+            out.push(Action::Readiness {
+                id,
+                ready: true,
+                reason: "ready".into(),
+            });
+        } else {
+            r.ready_passes = 0;
+            r.ready_fails = r.ready_fails.saturating_add(1);
+            if !r.ready || r.ready_fails < fails {
+                return;
+            }
+            r.ready = false;
+            let reason = match detail.as_str() {
+                "" => "not ready".to_string(),
+                d => format!("not ready: {d}"),
+            };
+            out.push(Action::Readiness {
+                id,
+                ready: false,
+                reason,
+            });
+        }
+        // Dependents waiting to start look again.
+        for i in 0..self.res[id].dependents.len() {
+            self.mark(self.res[id].dependents[i]);
         }
     }
 
@@ -1287,7 +1490,21 @@ impl Monitor {
                         r.suspicion.clear();
                         r.suspicion_noticed = false;
                         r.is_alive_at = Some(later(now, r.spec.policy.is_alive_interval));
+                        if r.health_fails > 0 || r.flagged {
+                            r.health_passes = r.health_passes.saturating_add(1);
+                            if r.health_passes >= r.spec.policy.success_threshold.max(1) {
+                                r.health_fails = 0;
+                                r.health_passes = 0;
+                                let why = if std::mem::take(&mut r.flagged) {
+                                    "maintenance: is_alive passes again"
+                                } else {
+                                    "is_alive passes again"
+                                };
+                                self.set_state(now, id, State::Online, why, out);
+                            }
+                        }
                     }
+                    CallOutcome::Alive(false) if self.below_threshold(now, id, out) => {}
                     CallOutcome::Alive(false) => {
                         let r = &mut self.res[id];
                         let class = if std::mem::take(&mut r.suspicion_noticed) {
@@ -1301,6 +1518,7 @@ impl Monitor {
                         };
                         self.fail(now, id, class, why, out)
                     }
+                    other if self.below_threshold(now, id, out) => drop(other),
                     other => self.fail(
                         now,
                         id,
@@ -1312,6 +1530,29 @@ impl Monitor {
             }
             _ => self.res[id].in_flight = None,
         }
+    }
+
+    /// A failed `is_alive` that `failure_threshold` does not count as a
+    /// failure yet: reported, and checked again at `is_alive_interval` (or
+    /// sooner, when `looks_alive` says no). A failure the resource
+    /// reported itself is never held back.
+    fn below_threshold(&mut self, now: Instant, id: ResId, out: &mut Vec<Action>) -> bool {
+        let r = &mut self.res[id];
+        r.health_passes = 0;
+        r.health_fails = r.health_fails.saturating_add(1);
+        let threshold = r.spec.policy.failure_threshold.max(1);
+        if r.suspicion_noticed || r.health_fails >= threshold {
+            return false;
+        }
+        r.check_now = false;
+        r.suspicion.clear();
+        r.is_alive_at = Some(later(now, r.spec.policy.is_alive_interval));
+        let why = format!(
+            "is_alive returned false ({} of failure_threshold {threshold})",
+            r.health_fails
+        );
+        self.set_state(now, id, State::Online, &why, out);
+        true
     }
 
     fn finish_pending(
@@ -1392,16 +1633,7 @@ impl Monitor {
         match t.reason {
             TermReason::Failure => {
                 // Already `failed`; now the restart policy applies.
-                let before = self.res[id].reason.clone();
-                self.after_failure(now, id, out);
-                let r = &self.res[id];
-                if r.reason != before {
-                    out.push(Action::Notify(Notice {
-                        id,
-                        state: r.state,
-                        reason: r.reason.clone(),
-                    }));
-                }
+                self.restart_policy(now, id, out);
             }
             TermReason::Offline => self.set_state(
                 now,
@@ -1484,6 +1716,7 @@ impl Monitor {
             if due(r.retry_at) {
                 r.retry_at = None;
                 r.restart_times.clear();
+                r.backoff_steps = 0;
                 r.restart_granted = true;
             }
             if r.state == State::Online {
@@ -1510,12 +1743,28 @@ impl Monitor {
         if self.res[id].terminating.is_some() || self.life_step(id, out) {
             return;
         }
-        let held = self.wanted_online(id);
+        let r = &self.res[id];
+        if r.restarting && r.at_rest() {
+            // Down: what the restart took down comes back.
+            let back = std::mem::take(&mut self.res[id].bring_back);
+            self.res[id].restarting = false;
+            for b in back {
+                if !self.res[b].retired {
+                    self.command(now, b, Command::Online, out);
+                }
+            }
+        }
+        let held = self.wanted_online(id) || self.res[id].kept_by_maintenance();
         let r = &self.res[id];
         // Taken offline now: nothing of it is needed any more.
         let going_offline = r.state == State::Online
             && !held
             && r.dependents.iter().all(|&d| self.res[d].state.is_down());
+        // Its providers are ready too: it may start.
+        let may_start = held
+            && r.providers
+                .iter()
+                .all(|&p| self.res[p].ready || !self.res[p].spec.readiness);
         if let Some(c) = &r.in_flight {
             if !(going_offline && c.entry.is_health_check()) {
                 return;
@@ -1536,11 +1785,11 @@ impl Monitor {
         let r = &self.res[id];
         match r.state {
             State::Online if r.check_now => self.call(now, id, EntryPoint::IsAlive, out),
-            State::Offline if held => {
+            State::Offline if may_start => {
                 self.call(now, id, EntryPoint::Online, out);
                 self.set_state(now, id, State::OnlinePending, "coming online", out);
             }
-            State::Failed if held && r.restart_granted => {
+            State::Failed if may_start && r.restart_granted => {
                 // The grant is used up: a failure of this start must earn a new one.
                 self.res[id].restart_granted = false;
                 self.res[id].restarts += 1;
@@ -1585,6 +1834,28 @@ impl Monitor {
         why: String,
         out: &mut Vec<Action>,
     ) {
+        let r = &mut self.res[id];
+        if r.maintenance && r.state == State::Online && r.terminating.is_none() {
+            // Seen and reported; nothing acts on it until maintenance ends.
+            if let Some(c) = r.in_flight.take_if(|c| c.entry.is_health_check()) {
+                out.push(Action::CancelCheck { id, seq: c.seq });
+            }
+            r.check_now = false;
+            r.suspicion.clear();
+            r.suspicion_noticed = false;
+            r.flagged = true;
+            r.health_passes = 0;
+            r.is_alive_at = Some(later(now, r.spec.policy.is_alive_interval));
+            let why = format!("maintenance: {why}; no action taken");
+            return self.set_state(now, id, State::Online, &why, out);
+        }
+        // Online for a whole restart_period: restarts start over from
+        // restart_delay.
+        if r.state == State::Online
+            && now.saturating_duration_since(r.since) >= r.spec.policy.restart_period
+        {
+            r.backoff_steps = 0;
+        }
         self.set_state(now, id, State::Failed, &why, out);
         out.push(Action::Failed { id, class });
         self.start_terminate(now, id, TermReason::Failure, 1, out);
@@ -1629,6 +1900,21 @@ impl Monitor {
         });
     }
 
+    /// [`after_failure`](Self::after_failure), with a notice when it
+    /// changed the reason (what it decided: no restart, past the threshold).
+    fn restart_policy(&mut self, now: Instant, id: ResId, out: &mut Vec<Action>) {
+        let before = self.res[id].reason.clone();
+        self.after_failure(now, id, out);
+        let r = &self.res[id];
+        if r.reason != before {
+            out.push(Action::Notify(Notice {
+                id,
+                state: r.state,
+                reason: r.reason.clone(),
+            }));
+        }
+    }
+
     /// The restart policy, once a failed resource is down.
     fn after_failure(&mut self, now: Instant, id: ResId, out: &mut Vec<Action>) {
         if self.shutting_down || self.res[id].want == Want::Offline {
@@ -1640,6 +1926,10 @@ impl Monitor {
             r.reason = format!("{} (restart_action = none)", r.reason);
             return;
         }
+        if r.maintenance {
+            r.reason = format!("{} (maintenance: not restarted)", r.reason);
+            return;
+        }
         while r
             .restart_times
             .front()
@@ -1649,7 +1939,11 @@ impl Monitor {
         }
         if (r.restart_times.len() as u32) < p.restart_threshold {
             r.restart_times.push_back(now);
-            r.restart_at = Some(later(now, p.restart_delay));
+            let delay =
+                p.restart_backoff
+                    .delay(p.restart_delay, r.backoff_steps, p.restart_delay_max);
+            r.backoff_steps = r.backoff_steps.saturating_add(1);
+            r.restart_at = Some(later(now, delay));
             return;
         }
         r.reason = format!(
@@ -1687,6 +1981,9 @@ impl Monitor {
         );
         let neighbours: Vec<ResId> = r.providers.iter().chain(&r.dependents).copied().collect();
         let r = &mut self.res[id];
+        if (state == State::Online) != (r.state == State::Online) {
+            r.reset_checks();
+        }
         r.state = state;
         r.since = now;
         r.reason = why.to_string();

@@ -4,7 +4,9 @@
 //! serialized calls in flight, no entry point is called on a resource that
 //! is not open, nothing is opened or closed twice at once or closed while
 //! anything of it runs, nothing is brought online before its providers are,
-//! and every stop and failure the core reports is one the states show.
+//! and every stop and failure the core reports is one the states show. A
+//! resource in maintenance that is online is never terminated or restarted
+//! by anything but an operator's command.
 
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -29,12 +31,14 @@ enum Op {
     Adopted(usize, bool),
     Closed(usize),
     Replace(usize),
+    Ready(usize, bool),
     Shutdown,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0..6usize, 0..3u8).prop_map(|(i, c)| Op::Cmd(i, c)),
+        10 => (0..6usize, 0..6u8).prop_map(|(i, c)| Op::Cmd(i, c)),
+        6 => (0..6usize, any::<bool>()).prop_map(|(i, r)| Op::Ready(i, r)),
         8 => (0..6usize, 0..5u8).prop_map(|(i, a)| Op::Answer(i, a)),
         8 => (0..6usize).prop_map(Op::Notice),
         8 => (0..6usize).prop_map(Op::Finish),
@@ -79,6 +83,10 @@ fn policy(kind: u8) -> Policy {
         restart_delay: Duration::from_millis(u64::from(kind) * 100),
         retry_period_on_failure: Duration::from_secs(5),
         separate_monitor: false,
+        failure_threshold: 1 + u32::from(kind % 3),
+        success_threshold: 1 + u32::from(kind % 2),
+        restart_backoff: resmon_contract::Backoff::new(1.0 + f64::from(kind % 3)).unwrap(),
+        restart_delay_max: Duration::from_millis(700),
     }
 }
 
@@ -113,6 +121,7 @@ fn run(
                 depends_on: d.iter().map(|p| format!("r{p}")).collect(),
                 policy: policy(kind),
                 autostart: false,
+                readiness: (i + usize::from(kind)) % 2 == 0,
             })
             .collect();
         let mut now = Instant::now();
@@ -137,16 +146,31 @@ fn run(
         let mut terms: HashMap<ResId, u64> = HashMap::new();
         // Each resource's state as its notices told it.
         let mut states = vec![State::Offline; n];
+        let mut maintenance = vec![false; n];
         for op in ops {
+            // Whether an operator (or a reload) asked for what follows.
+            let operator = matches!(op, Op::Cmd(..) | Op::Replace(_) | Op::Shutdown);
+            let before = states.clone();
+            let wanted: Vec<bool> = (0..n).map(|id| m.view(id).wants_online).collect();
             let event = match op {
                 Op::Cmd(i, c) => Event::Command(
                     i % n,
                     match c {
                         0 => Command::Online,
                         1 => Command::Offline,
-                        _ => Command::Terminate { exit_code: 3 },
+                        2 => Command::Terminate { exit_code: 3 },
+                        3 => Command::Restart,
+                        m => {
+                            maintenance[i % n] = m == 4;
+                            Command::Maintenance(m == 4)
+                        }
                     },
                 ),
+                Op::Ready(i, ready) => Event::Readiness {
+                    id: i % n,
+                    ready,
+                    detail: String::new(),
+                },
                 Op::Answer(i, a) => {
                     let id = i % n;
                     let Some(&(entry, seq)) = calls.get(&id) else {
@@ -236,6 +260,23 @@ fn run(
                 "a due deadline does not move"
             );
             for a in actions {
+                // Maintenance: no failure acts on a resource that was online.
+                let kept = |id: ResId| {
+                    !operator && maintenance[id] && wanted[id] && before[id] == State::Online
+                };
+                match &a {
+                    Action::Terminate { id, .. } => {
+                        prop_assert!(!kept(*id), "r{id} in maintenance terminated")
+                    }
+                    Action::Call {
+                        id,
+                        entry: EntryPoint::Offline,
+                        ..
+                    } => {
+                        prop_assert!(!kept(*id), "r{id} in maintenance taken offline")
+                    }
+                    _ => {}
+                }
                 match a {
                     Action::Call { id, entry, seq } => {
                         prop_assert!(
@@ -314,7 +355,7 @@ fn run(
                         moves.insert((before, notice.state));
                         states[notice.id] = notice.state;
                     }
-                    Action::Failover { .. } => {}
+                    Action::Failover { .. } | Action::Readiness { .. } => {}
                     Action::Stopped { id, rung, .. } => {
                         prop_assert!(
                             states[id].is_down(),

@@ -83,6 +83,7 @@ fn spec(name: &str, deps: &[&str], policy: Policy) -> ResourceSpec {
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
         policy,
         autostart: false,
+        readiness: false,
     }
 }
 
@@ -214,6 +215,10 @@ impl Sim {
             Action::Notify(n) => {
                 let name = self.name(n.id);
                 self.log(format!("{name} {}", n.state));
+            }
+            Action::Readiness { id, ready, .. } => {
+                let n = self.name(id);
+                self.log(format!("{n} {}", if ready { "ready" } else { "not ready" }));
             }
             Action::Open { id, fresh } => {
                 let n = self.name(id);
@@ -1249,6 +1254,20 @@ fn a_waiting_command_ends_where_its_goal_is_reached_or_cannot_be() {
         (term, Offline, true, false, None), // its tree is still being killed
         (term, OfflinePending, false, false, None),
         (term, Online, false, false, None),
+        // A restart is busy until it is back (the driver counts
+        // `restarting` as busy), then ends as an online does.
+        (Command::Restart, Online, true, true, None),
+        (Command::Restart, Online, false, true, Some(Done)),
+        (Command::Restart, Failed, false, true, Some(Settled::Failed)),
+        (Command::Restart, Offline, false, false, Some(Abandoned)),
+        (Command::Maintenance(true), Online, true, true, Some(Done)),
+        (
+            Command::Maintenance(false),
+            Failed,
+            false,
+            false,
+            Some(Done),
+        ),
     ];
     for &(cmd, state, busy, wanted, want) in rows {
         assert_eq!(
@@ -1635,4 +1654,289 @@ async fn a_resource_replaced_while_it_is_reattached_is_replaced_once_found() {
         ]
     );
     assert!(sim.m.is_started());
+}
+
+/// Fails `r` as its own failure notice would (its process died).
+fn die(sim: &mut Sim, name: &str) {
+    let id = sim.m.id(name).unwrap();
+    sim.feed(Event::FailureNotice {
+        id,
+        reason: "died".into(),
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn maintenance_reports_failures_acts_on_none_and_acts_once_it_ends() {
+    let mut p = policy();
+    p.looks_alive_interval = S;
+    p.is_alive_interval = 10 * S;
+    p.restart_delay = Duration::ZERO;
+    let mut sim = Sim::one(p, Behaviour::default());
+    sim.online("r");
+    let id = sim.m.id("r").unwrap();
+    sim.cmd("r", Command::Maintenance(true));
+    assert!(sim.m.view(id).maintenance);
+    // The checks fail: a notice, then every looks_alive says no.
+    sim.behaviour[0].is_alive = false;
+    sim.behaviour[0].looks_alive = false;
+    die(&mut sim, "r");
+    sim.run_for(30 * S).await;
+    assert!(sim.count("call r is_alive") >= 30, "checks still run");
+    assert_eq!(sim.count("terminate r"), 0, "nothing acts");
+    assert_eq!(sim.count("call r online"), 1, "no restart");
+    assert_eq!(sim.state("r"), State::Online);
+    assert!(sim.ends.is_empty(), "no failure counted: {:?}", sim.ends);
+    let reason = sim.m.view(id).reason.to_string();
+    assert_eq!(
+        reason,
+        "maintenance: is_alive returned false (looks_alive returned false); no action taken"
+    );
+    // Reported as it changes (the notice, then looks_alive), not at every check.
+    let notices = sim.texts().iter().filter(|t| *t == "r online").count();
+    assert_eq!(notices, 3, "{:?}", sim.texts());
+    // Operator commands still act.
+    sim.cmd("r", Command::Offline);
+    assert_eq!(sim.state("r"), State::Offline);
+    sim.online("r");
+    assert_eq!(sim.state("r"), State::Online);
+    // Off: checked at once, and the failure is acted on.
+    sim.run_for(1500 * MS).await;
+    let t = sim.ms();
+    sim.cmd("r", Command::Maintenance(false));
+    assert_eq!(*sim.times("call r is_alive").last().unwrap(), t);
+    assert_eq!(sim.times("terminate r"), vec![t]);
+    sim.behaviour[0].is_alive = true;
+    sim.behaviour[0].looks_alive = true;
+    sim.run_for(S).await;
+    assert_eq!(sim.times("call r online").last(), Some(&t), "restarted");
+    assert_eq!(sim.state("r"), State::Online);
+}
+
+#[tokio::test(start_paused = true)]
+async fn maintenance_holds_a_planned_restart_and_a_dependent_whose_provider_fails() {
+    let mut p = policy();
+    p.restart_delay = 5 * S;
+    let mut sim = Sim::new(vec![spec("db", &[], p.clone()), spec("app", &["db"], p)]);
+    sim.online("app");
+    sim.cmd("app", Command::Maintenance(true));
+    // The provider fails: the dependent in maintenance stays up.
+    sim.behaviour[0].is_alive = false;
+    die(&mut sim, "db");
+    sim.behaviour[0].is_alive = true;
+    assert_eq!(sim.state("db"), State::Failed);
+    assert_eq!(sim.state("app"), State::Online);
+    assert_eq!(sim.count("call app offline"), 0);
+    sim.run_for(6 * S).await;
+    assert_eq!(sim.state("db"), State::Online, "the provider is restarted");
+    // A failure whose restart is planned, then maintenance: held.
+    sim.cmd("app", Command::Maintenance(false));
+    sim.behaviour[1].is_alive = false;
+    die(&mut sim, "app");
+    sim.behaviour[1].is_alive = true;
+    assert_eq!(sim.state("app"), State::Failed);
+    let id = sim.m.id("app").unwrap();
+    assert!(sim.m.view(id).next_attempt.is_some());
+    sim.cmd("app", Command::Maintenance(true));
+    assert_eq!(sim.m.view(id).next_attempt, None);
+    sim.run_for(60 * S).await;
+    assert_eq!(
+        sim.count("call app online"),
+        1,
+        "not restarted in maintenance"
+    );
+    let t = sim.ms();
+    sim.cmd("app", Command::Maintenance(false));
+    sim.run_for(6 * S).await;
+    assert_eq!(
+        sim.times("call app online")[1],
+        t + 5000,
+        "the policy decides again"
+    );
+    assert_eq!(sim.m.view(id).restarts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_threshold_counts_failed_is_alive_answers_in_a_row() {
+    // (failure_threshold, success_threshold, is_alive answers every 10 s) ->
+    // the answer (1-based) at which it fails, or none
+    let rows: &[(u32, u32, &[bool], Option<usize>)] = &[
+        (1, 1, &[true, false], Some(2)),
+        (3, 1, &[false, false, true, false, false, false], Some(6)),
+        (3, 1, &[false, false, true, false, false, true], None),
+        // Two passes needed to clear a run: one pass between does not.
+        (3, 2, &[false, true, false, false], Some(4)),
+        (3, 2, &[false, true, true, false, false], None),
+    ];
+    for (n, &(fails, passes, answers, fails_at)) in rows.iter().enumerate() {
+        let mut p = policy();
+        p.is_alive_interval = 10 * S;
+        p.looks_alive_interval = 100 * S;
+        p.failure_threshold = fails;
+        p.success_threshold = passes;
+        p.restart_action = RestartAction::None;
+        let mut sim = Sim::one(p, Behaviour::default());
+        sim.online("r");
+        let mut failed = None;
+        for (i, &ok) in answers.iter().enumerate() {
+            sim.behaviour[0].is_alive = ok;
+            sim.run_for(10 * S).await;
+            if failed.is_none() && sim.state("r") == State::Failed {
+                failed = Some(i + 1);
+            }
+        }
+        assert_eq!(failed, fails_at, "row {n}: {:?}", sim.texts());
+        assert_eq!(sim.count("call r is_alive"), answers.len(), "row {n}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_below_the_threshold_is_reported_and_a_notice_is_never_held_back() {
+    let mut p = policy();
+    p.is_alive_interval = 10 * S;
+    p.failure_threshold = 3;
+    let b = Behaviour {
+        is_alive: false,
+        ..Default::default()
+    };
+    let mut sim = Sim::one(p, b);
+    sim.online("r");
+    sim.run_for(10 * S).await;
+    let id = sim.m.id("r").unwrap();
+    assert_eq!(sim.state("r"), State::Online);
+    assert_eq!(
+        sim.m.view(id).reason,
+        "is_alive returned false (1 of failure_threshold 3)"
+    );
+    assert_eq!(sim.m.view(id).health_failures, 1);
+    // The resource says itself it failed: at once.
+    die(&mut sim, "r");
+    assert_eq!(sim.state("r"), State::Failed);
+    assert_eq!(sim.times("terminate r"), vec![10_000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_backoff_grows_the_delay_to_its_bound_and_resets_after_a_quiet_period() {
+    let mut p = policy();
+    p.restart_action = RestartAction::Restart;
+    p.restart_threshold = 100;
+    p.restart_delay = S;
+    p.restart_backoff = resmon_contract::Backoff::new(2.0).unwrap();
+    p.restart_delay_max = 5 * S;
+    p.restart_period = 60 * S;
+    let mut sim = Sim::one(p, Behaviour::default());
+    sim.online("r");
+    let id = sim.m.id("r").unwrap();
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        let t = sim.ms();
+        sim.behaviour[0].is_alive = false;
+        die(&mut sim, "r");
+        sim.behaviour[0].is_alive = true;
+        let next = sim.m.view(id).next_attempt.unwrap();
+        sim.run_for(10 * S).await;
+        let online = *sim.times("call r online").last().unwrap();
+        assert_eq!(
+            (next - sim.start).as_millis(),
+            online,
+            "status shows the attempt"
+        );
+        delays.push(online - t);
+    }
+    assert_eq!(delays, [1000, 2000, 4000, 5000, 5000]);
+    // Online for restart_period: the next restart starts over.
+    sim.run_for(60 * S).await;
+    let t = sim.ms();
+    sim.behaviour[0].is_alive = false;
+    die(&mut sim, "r");
+    sim.behaviour[0].is_alive = true;
+    sim.run_for(10 * S).await;
+    assert_eq!(*sim.times("call r online").last().unwrap() - t, 1000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_gates_dependents_and_restarts_nothing() {
+    let mut p = policy();
+    p.failure_threshold = 2;
+    p.success_threshold = 2;
+    let mut db = spec("db", &[], p.clone());
+    db.readiness = true;
+    let mut sim = Sim::new(vec![db, spec("app", &["db"], p)]);
+    sim.online("app");
+    let db = sim.m.id("db").unwrap();
+    assert_eq!(sim.state("db"), State::Online);
+    assert_eq!(sim.m.view(db).ready, Some(false));
+    assert_eq!(sim.state("app"), State::Offline, "waits for db to be ready");
+    let ready = |sim: &mut Sim, ok: bool| {
+        sim.feed(Event::Readiness {
+            id: db,
+            ready: ok,
+            detail: "connection refused".into(),
+        })
+    };
+    ready(&mut sim, true);
+    assert_eq!(sim.state("app"), State::Offline, "success_threshold 2");
+    ready(&mut sim, true);
+    assert_eq!(sim.m.view(db).ready, Some(true));
+    assert_eq!(sim.state("app"), State::Online);
+    // Not ready: reported once failure_threshold is reached, nothing stops.
+    ready(&mut sim, false);
+    assert_eq!(sim.m.view(db).ready, Some(true));
+    ready(&mut sim, false);
+    ready(&mut sim, false);
+    assert_eq!(sim.m.view(db).ready, Some(false));
+    assert_eq!(sim.count("db not ready"), 1);
+    assert_eq!(sim.state("app"), State::Online, "a dependent up stays up");
+    assert_eq!(sim.count("terminate"), 0);
+    assert_eq!(sim.count("call db offline"), 0);
+    // Offline and online again: not ready until its checks pass again.
+    sim.cmd("db", Command::Offline);
+    assert_eq!(sim.m.view(db).ready, None);
+    sim.online("app");
+    assert_eq!(sim.m.view(db).ready, Some(false));
+    assert_eq!(sim.state("app"), State::Offline);
+    assert_eq!(sim.count("db ready"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_takes_a_resource_down_with_its_dependents_and_brings_back_what_was_up() {
+    let p = policy();
+    let mut sim = Sim::new(vec![
+        spec("db", &[], p.clone()),
+        spec("app", &["db"], p.clone()),
+        spec("cron", &["db"], p),
+    ]);
+    sim.online("app");
+    sim.trace.clear();
+    let db = sim.m.id("db").unwrap();
+    sim.cmd("db", Command::Restart);
+    assert_eq!(
+        sim.texts()
+            .into_iter()
+            .filter(|t| t.starts_with("call"))
+            .collect::<Vec<_>>(),
+        [
+            "call app offline",
+            "call db offline",
+            "call db online",
+            "call app online"
+        ],
+        "cron was not wanted online and stays down"
+    );
+    assert_eq!(sim.state("cron"), State::Offline);
+    assert!(!sim.m.view(db).restarting);
+    // A restart of a resource that is down brings it online.
+    sim.cmd("cron", Command::Offline);
+    sim.cmd("app", Command::Offline);
+    sim.cmd("db", Command::Offline);
+    sim.cmd("app", Command::Restart);
+    assert_eq!(sim.state("app"), State::Online);
+    // An offline during a restart wins.
+    sim.behaviour[db].offline = Answer::PendingForever;
+    sim.cmd("db", Command::Restart);
+    assert!(sim.m.view(db).restarting);
+    sim.cmd("db", Command::Offline);
+    assert!(!sim.m.view(db).restarting);
+    sim.run_for(200 * S).await;
+    assert_eq!(sim.state("db"), State::Offline);
+    assert_eq!(sim.state("app"), State::Offline);
 }

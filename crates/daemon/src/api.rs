@@ -33,8 +33,8 @@ use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
 pub use resmon_client::wire::{
-    CallsReply, ControlReply, ErrorReply, HealthReply, OpReply, ReloadReport, StatusReply,
-    TerminateBody, WhoAmIReply,
+    CallsReply, ControlReply, ErrorReply, HealthReply, MaintenanceBody, OpReply, ReloadReport,
+    StatusReply, TerminateBody, WhoAmIReply,
 };
 use resmon_core::{Command, Settled};
 use serde::Deserialize;
@@ -283,6 +283,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources/{name}/online", post(online))
         .route("/v1/resources/{name}/offline", post(offline))
         .route("/v1/resources/{name}/terminate", post(terminate))
+        .route("/v1/resources/{name}/restart", post(restart))
+        .route("/v1/resources/{name}/maintenance", post(maintenance_one))
+        .route("/v1/groups/{group}/maintenance", post(maintenance_group))
+        .route("/v1/maintenance", post(maintenance_all))
         .route("/v1/resources/{name}/logs", get(logs))
         .route("/v1/resources/{name}/control/{code}", post(control))
         .route("/v1/types/{name}/control/{code}", post(type_control))
@@ -734,6 +738,73 @@ async fn offline(
     operate(&st, name, Command::Offline, q.wait).await
 }
 
+async fn restart(
+    AxState(st): AxState<ApiState>,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Response {
+    operate(&st, name, Command::Restart, q.wait).await
+}
+
+/// A maintenance request's body: `{"on": true}` or `{"on": false}`; the
+/// 400 answer otherwise.
+fn maintenance_body(body: &[u8]) -> Result<bool, Box<Response>> {
+    serde_json::from_slice::<MaintenanceBody>(body)
+        .map(|b| b.on)
+        .map_err(|e| {
+            Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!("maintenance body: {e}; expected {{\"on\": true}} or {{\"on\": false}}"),
+            ))
+        })
+}
+
+async fn maintenance_one(
+    AxState(st): AxState<ApiState>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    match maintenance_body(&body) {
+        Ok(on) => operate(&st, name, Command::Maintenance(on), false).await,
+        Err(answer) => *answer,
+    }
+}
+
+async fn maintenance_group(
+    AxState(st): AxState<ApiState>,
+    Path(group): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(e) = crate::config::check_name(&group) {
+        return error(StatusCode::BAD_REQUEST, format!("bad group name: {e}"));
+    }
+    maintenance_many(&st, Some(group), &body).await
+}
+
+async fn maintenance_all(AxState(st): AxState<ApiState>, body: axum::body::Bytes) -> Response {
+    maintenance_many(&st, None, &body).await
+}
+
+async fn maintenance_many(st: &ApiState, group: Option<String>, body: &[u8]) -> Response {
+    let on = match maintenance_body(body) {
+        Ok(on) => on,
+        Err(answer) => return *answer,
+    };
+    let (reply, answer) = oneshot::channel();
+    if st.tx.send(Msg::Maintenance { group, on, reply }).is_err() {
+        return stopping();
+    }
+    match answer.await {
+        Ok(Ok(resources)) => Json(StatusReply {
+            resources,
+            problems: (st.problems)(),
+        })
+        .into_response(),
+        Ok(Err(e)) => op_error(e),
+        Err(_) => stopping(),
+    }
+}
+
 async fn terminate(
     AxState(st): AxState<ApiState>,
     Path(name): Path<String>,
@@ -777,7 +848,7 @@ async fn terminate(
 /// Whether `s` is where `command` ends (the core's rule), and whether that
 /// is a success.
 fn settled(command: Command, s: &ResourceStatus) -> Option<Result<(), String>> {
-    let busy = s.call.is_some() || s.terminating;
+    let busy = s.call.is_some() || s.terminating || s.restarting;
     Some(match command.settled(s.state, busy, s.wanted_online)? {
         Settled::Done => Ok(()),
         Settled::Failed => Err(format!("{} failed: {}", s.name, s.reason)),

@@ -363,6 +363,7 @@ impl Config {
             };
             let mut policy = defaults.clone();
             apply_policy(&mut policy, t, &here, &mut problems);
+            check_backoff(&policy, &here, &mut problems);
             let mut log = log_defaults.clone();
             apply_log(&mut log, t, &here, &mut problems);
             let mut params = toml::Table::new();
@@ -572,6 +573,7 @@ const DURATIONS: &[(&str, DurationField, bool)] = &[
     ("deadlock_timeout", |p| &mut p.deadlock_timeout, false),
     ("restart_period", |p| &mut p.restart_period, false),
     ("restart_delay", |p| &mut p.restart_delay, true),
+    ("restart_delay_max", |p| &mut p.restart_delay_max, false),
     (
         "retry_period_on_failure",
         |p| &mut p.retry_period_on_failure,
@@ -762,8 +764,53 @@ fn apply_policy(p: &mut Policy, t: &toml::Table, place: &str, problems: &mut Vec
                 Some(b) => p.separate_monitor = b,
                 None => problems.push(format!("{place}: separate_monitor must be true or false")),
             },
+            "failure_threshold" | "success_threshold" => {
+                match value.as_integer().map(u32::try_from) {
+                    Some(Ok(n)) if n >= 1 => {
+                        if key == "failure_threshold" {
+                            p.failure_threshold = n
+                        } else {
+                            p.success_threshold = n
+                        }
+                    }
+                    _ => problems.push(format!(
+                        "{place}: {key} must be a whole number from 1 to {}",
+                        u32::MAX
+                    )),
+                }
+            }
+            "restart_backoff" => {
+                let factor = value
+                    .as_float()
+                    .or_else(|| value.as_integer().map(|n| n as f64));
+                match factor.map(resmon_contract::Backoff::new) {
+                    Some(Ok(b)) => p.restart_backoff = b,
+                    Some(Err(e)) => problems.push(format!("{place}: {e}")),
+                    None => problems.push(format!(
+                        "{place}: restart_backoff must be a number, e.g. 2.0"
+                    )),
+                }
+            }
             _ => {}
         }
+    }
+}
+
+/// A growing restart delay needs one to grow from, and a bound above it.
+fn check_backoff(p: &Policy, place: &str, problems: &mut Vec<String>) {
+    if p.restart_backoff == resmon_contract::Backoff::NONE {
+        return;
+    }
+    if p.restart_delay.is_zero() {
+        problems.push(format!(
+            "{place}: restart_backoff multiplies restart_delay, which is 0s: give restart_delay a start, e.g. \"1s\""
+        ));
+    } else if p.restart_delay_max < p.restart_delay {
+        problems.push(format!(
+            "{place}: restart_delay_max ({}) is less than restart_delay ({}): the delay could never grow",
+            humantime::format_duration(p.restart_delay_max),
+            humantime::format_duration(p.restart_delay)
+        ));
     }
 }
 
@@ -881,6 +928,64 @@ group = "g"
         assert_eq!(b.group, "g");
         assert_eq!(a.params, serde_json::json!({"extra": {"x": 1}}));
         assert!(a.autostart);
+    }
+
+    #[test]
+    fn thresholds_and_backoff_are_read_and_checked() {
+        let c = parse(
+            r#"
+[defaults]
+failure_threshold = 3
+restart_delay = "1s"
+restart_backoff = 2
+[[resource]]
+name = "a"
+type = "lenient"
+success_threshold = 2
+restart_backoff = 1.5
+restart_delay_max = "2m"
+"#,
+        )
+        .unwrap();
+        let p = &c.resources[0].policy;
+        assert_eq!((p.failure_threshold, p.success_threshold), (3, 2));
+        assert_eq!(p.restart_backoff.factor(), 1.5);
+        assert_eq!(p.restart_delay_max, Duration::from_secs(120));
+        let text = problems(
+            r#"
+[[resource]]
+name = "a"
+type = "lenient"
+failure_threshold = 0
+success_threshold = "two"
+restart_backoff = 0.5
+[[resource]]
+name = "b"
+type = "lenient"
+restart_backoff = 2.0
+restart_delay = "0s"
+[[resource]]
+name = "c"
+type = "lenient"
+restart_backoff = 2.0
+restart_delay = "10s"
+restart_delay_max = "5s"
+[[resource]]
+name = "d"
+type = "lenient"
+restart_backoff = "fast"
+"#,
+        );
+        for needle in [
+            "resource \"a\" ([[resource]] #1): failure_threshold must be a whole number from 1 to 4294967295",
+            "resource \"a\" ([[resource]] #1): success_threshold must be a whole number from 1",
+            "resource \"a\" ([[resource]] #1): restart_backoff 0.5 must be from 1.0 (no growth) to 100.0",
+            "resource \"b\" ([[resource]] #2): restart_backoff multiplies restart_delay, which is 0s",
+            "resource \"c\" ([[resource]] #3): restart_delay_max (5s) is less than restart_delay (10s)",
+            "resource \"d\" ([[resource]] #4): restart_backoff must be a number, e.g. 2.0",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
     }
 
     #[test]

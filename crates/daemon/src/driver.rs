@@ -93,6 +93,13 @@ pub enum Msg {
         command: Command,
         reply: oneshot::Sender<Result<ResourceStatus, OpError>>,
     },
+    /// Maintenance on or off for a whole group, or (`group` none) for
+    /// every resource.
+    Maintenance {
+        group: Option<String>,
+        on: bool,
+        reply: oneshot::Sender<Result<Vec<ResourceStatus>, OpError>>,
+    },
 }
 
 /// What the event loop says of itself when asked.
@@ -383,6 +390,7 @@ impl Driver {
                         .map_or(v.wants_online, |w| w.get(id).copied().unwrap_or(false)),
                     state: v.state,
                     restarts: v.restarts,
+                    maintenance: v.maintenance,
                     saved: if wanted.is_some() {
                         None
                     } else {
@@ -470,7 +478,15 @@ impl Driver {
         earlier: HashMap<ResId, crate::state::SavedResource>,
     ) {
         self.occupied = occupied;
+        // Maintenance outlives the monitor: the restarted one keeps it.
+        for (&id, e) in &earlier {
+            if e.maintenance && id < self.slots.len() {
+                self.queue
+                    .push_back(Event::Command(id, Command::Maintenance(true)));
+            }
+        }
         self.earlier = earlier;
+        self.drain();
         let actions = self.core.start(Instant::now(), from);
         for a in actions {
             self.act(a);
@@ -612,15 +628,60 @@ impl Driver {
                     Some(_) if command == Command::Online && self.core.is_shutting_down() => {
                         Err(OpError::Stopping)
                     }
+                    Some(_) if command == Command::Restart && self.core.is_shutting_down() => {
+                        Err(OpError::Stopping)
+                    }
                     Some(id) => {
                         self.state_dirty = true;
-                        self.feed(Event::Command(id, command));
+                        match command {
+                            Command::Maintenance(on) => self.maintenance(id, on),
+                            _ => self.feed(Event::Command(id, command)),
+                        }
                         Ok(self.status(id))
                     }
                 };
                 let _ = reply.send(out);
             }
+            Msg::Maintenance { group, on, reply } => {
+                let ids: Vec<ResId> = (0..self.slots.len())
+                    .filter(|&id| !self.core.is_retired(id))
+                    .filter(|&id| {
+                        group
+                            .as_ref()
+                            .is_none_or(|g| &self.core.view(id).spec.group == g)
+                    })
+                    .collect();
+                let out = match (&group, ids.is_empty()) {
+                    (Some(g), true) => Err(OpError::NotFound(format!(
+                        "no group {g:?}: `resmon status` lists every resource with its group"
+                    ))),
+                    _ => {
+                        self.state_dirty = true;
+                        for &id in &ids {
+                            self.maintenance(id, on);
+                        }
+                        Ok(ids.iter().map(|&id| self.status(id)).collect())
+                    }
+                };
+                let _ = reply.send(out);
+            }
         }
+    }
+
+    /// Maintenance on or off for one resource, in the event feed when it
+    /// changes.
+    fn maintenance(&mut self, id: ResId, on: bool) {
+        if self.core.view(id).maintenance == on {
+            return;
+        }
+        self.feed(Event::Command(id, Command::Maintenance(on)));
+        let why = if on {
+            "maintenance on: its checks run and are reported, but no failure acts"
+        } else {
+            "maintenance off: checked at once"
+        };
+        self.publish("maintenance", id, None, why);
+        self.metrics_generation += 1;
     }
 
     pub fn status(&self, id: ResId) -> ResourceStatus {
@@ -651,6 +712,11 @@ impl Driver {
                 .map(str::to_string),
             terminating: v.terminating,
             wanted_online: v.wants_online,
+            maintenance: v.maintenance,
+            ready: v.ready,
+            next_attempt: v.next_attempt.map(|t| self.wall(t)),
+            health_failures: v.health_failures,
+            restarting: v.restarting,
             owner: None,
             output_dropped: slot.resource.output_dropped(),
         }
@@ -691,6 +757,8 @@ impl Driver {
                         restarts: u64::from(v.restarts),
                         in_restart_window: window_end.is_some(),
                         online_since,
+                        ready: v.ready,
+                        maintenance: v.maintenance,
                     }
                 })
                 .collect();
@@ -818,6 +886,10 @@ impl Driver {
                 "restart_delay": dur(p.restart_delay),
                 "retry_period_on_failure": dur(p.retry_period_on_failure),
                 "separate_monitor": p.separate_monitor,
+                "failure_threshold": p.failure_threshold,
+                "success_threshold": p.success_threshold,
+                "restart_backoff": p.restart_backoff.factor(),
+                "restart_delay_max": dur(p.restart_delay_max),
             })),
             control::GET_CHARACTERISTICS => Some(serde_json::json!({
                 "type": slot.type_name,
@@ -1113,6 +1185,12 @@ impl Driver {
                         }
                     });
                 }
+            }
+            Action::Readiness { id, ready, reason } => {
+                self.metrics_generation += 1;
+                let v = self.core.view(id);
+                tracing::info!(resource = %v.spec.name, ready, "{reason}");
+                self.publish(if ready { "ready" } else { "not_ready" }, id, None, &reason);
             }
             Action::Notify(n) => {
                 self.state_dirty = true;

@@ -286,5 +286,8 @@ pub(crate) fn spec_of(r: &ResourceConfig) -> ResourceSpec {
         depends_on: r.depends_on.clone(),
         policy: r.policy.clone(),
         autostart: r.autostart,
+        // Only a type that reports readiness takes the key (`process`);
+        // the others refuse it as unknown.
+        readiness: r.params.get("readiness").is_some(),
     }
 }

@@ -230,6 +230,13 @@ pub fn notifier(
             log_notice(&name, level, &message);
             bus.publish("log", Some(&name), Some(&group), None, message);
         }
+        Notice::Readiness { ready, detail } => {
+            let _ = tx.send(crate::driver::Msg::Event(resmon_core::Event::Readiness {
+                id,
+                ready,
+                detail,
+            }));
+        }
     })
 }
 

@@ -45,6 +45,9 @@ pub struct SavedResource {
     pub wanted_online: bool,
     pub state: State,
     pub restarts: u32,
+    /// In maintenance: it stays so across a restart of the monitor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maintenance: bool,
     /// What its type needs to find it running again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saved: Option<serde_json::Value>,
@@ -254,6 +257,7 @@ mod tests {
                     wanted_online: true,
                     state: State::Online,
                     restarts: 2,
+                    maintenance: true,
                     saved: Some(serde_json::json!({"pid": 42})),
                 },
             );

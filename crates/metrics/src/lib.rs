@@ -346,6 +346,10 @@ pub struct ResourceRow {
     pub in_restart_window: bool,
     /// While online: since when, in seconds since the Unix epoch.
     pub online_since: Option<f64>,
+    /// While online with readiness checks: whether it is ready.
+    pub ready: Option<bool>,
+    /// In maintenance.
+    pub maintenance: bool,
 }
 
 /// An entry-point call in flight.
@@ -623,6 +627,22 @@ impl Collector for Resources {
             Some(&Unit::Seconds),
             res.iter()
                 .filter_map(|r| Some((r.who.labels(), r.online_since?))),
+        )?;
+        gauges(
+            &mut enc,
+            "resmon_resource_ready",
+            "While online with a readiness probe: 1 when ready, 0 when not (its dependents wait)",
+            None,
+            res.iter()
+                .filter_map(|r| Some((r.who.labels(), i64::from(r.ready?)))),
+        )?;
+        gauges(
+            &mut enc,
+            "resmon_resource_maintenance",
+            "1 while the resource is in maintenance: its checks run, no failure acts",
+            None,
+            res.iter()
+                .map(|r| (r.who.labels(), i64::from(r.maintenance))),
         )
     }
 }
@@ -774,6 +794,8 @@ mod tests {
                 restarts: 2,
                 in_restart_window: true,
                 online_since: Some(1_700_000_000.5),
+                ready: Some(false),
+                maintenance: true,
             }],
         }
     }
@@ -824,6 +846,8 @@ mod tests {
             r#"resmon_resource_last_exit_code{resource="web",group="g",type="process"} 3"#,
             r#"resmon_output_dropped_lines{resource="web",group="g",type="process"} 12"#,
             r#"resmon_resource_in_restart_window{resource="web",group="g",type="process"} 1"#,
+            r#"resmon_resource_ready{resource="web",group="g",type="process"} 0"#,
+            r#"resmon_resource_maintenance{resource="web",group="g",type="process"} 1"#,
             r#"resmon_resource_online_since_timestamp_seconds{resource="web",group="g",type="process"} 1700000000.5"#,
             r#"resmon_call_escalation_seconds{resource="web",entry="is_alive",type="process"} -1.5"#,
             r#"resmon_calls_in_flight{entry="is_alive",type="process"} 1"#,

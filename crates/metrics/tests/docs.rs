@@ -52,6 +52,8 @@ fn everything() -> String {
                 restarts: 1,
                 in_restart_window: true,
                 online_since: Some(1.0),
+                ready: Some(true),
+                maintenance: false,
             }],
         }),
         exit_codes: vec![(who.clone(), 1)],

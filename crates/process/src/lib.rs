@@ -2,7 +2,11 @@
 //!
 //! * `online` spawns the command in the resource's scope (its own session and
 //!   process group, and its cgroup when the monitor has one for it) and, when
-//!   a `readiness` probe is given, waits until that probe passes.
+//!   a `startup` probe is given, waits until that probe passes (within its
+//!   `deadline`).
+//! * A `readiness` probe is checked all along while it is online; each
+//!   answer goes to the monitor, which reports ready and not ready and
+//!   starts the resource's dependents only once it is ready.
 //! * `looks_alive` is "the main process lives". It is answered from memory:
 //!   the main process's pidfd is watched, and its death is reported to the
 //!   monitor at once through the [`Notifier`], not at the next poll.
@@ -107,6 +111,7 @@ impl ResourceType for ProcessType {
                 "stop_signal",
                 "probe",
                 "readiness",
+                "startup",
                 "stdout",
                 "stderr"
             ]))
@@ -388,14 +393,68 @@ impl ProcessResource {
         });
     }
 
-    fn wait_ready(
+    /// Checks readiness all along while this start's main process runs:
+    /// every answer goes to the monitor, whose thresholds decide. Ends with
+    /// the start (an offline, a terminate, the next start).
+    fn watch_readiness(&self) {
+        let Some(probe) = self.params.readiness.clone() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let generation = shared.generation.load(Ordering::Acquire);
+        let (user, scope, reaper, rt) = (
+            self.params.user,
+            self.scope.clone(),
+            self.reaper.clone(),
+            self.rt.clone(),
+        );
+        let current = move |s: &Shared| {
+            !s.stopping.load(Ordering::Acquire)
+                && s.generation.load(Ordering::Acquire) == generation
+        };
+        self.rt.spawn(async move {
+            let probe = Arc::new(probe);
+            while current(&shared) {
+                let (p, scope, reaper, rt) =
+                    (probe.clone(), scope.clone(), reaper.clone(), rt.clone());
+                let answer = tokio::task::spawn_blocking(move || {
+                    let env = probe::ProbeEnv {
+                        user,
+                        scope: &scope,
+                        reaper: &reaper,
+                        rt: &rt,
+                        abort: None,
+                    };
+                    probe::run(&p, &env).map_err(|e| e.to_string())
+                })
+                .await;
+                if !current(&shared) {
+                    break;
+                }
+                match answer {
+                    Ok(Ok(())) => shared.notifier.readiness(true, ""),
+                    Ok(Err(e)) => shared.notifier.readiness(false, e),
+                    // No thread for it now: said, and tried again.
+                    Err(e) => shared
+                        .notifier
+                        .readiness(false, format!("readiness probe: {e}")),
+                }
+                tokio::time::sleep(probe.interval).await;
+            }
+        });
+    }
+
+    /// `online` waits for the startup probe: within its `deadline`, each
+    /// attempt a checkpoint (so `pending_timeout` does not cut it short);
+    /// without one, bounded by `pending_timeout`.
+    fn wait_started(
         &self,
         probe: &Probe,
         main: &TaskHandle,
         ctx: &CallContext,
     ) -> Result<(), ResourceError> {
-        // No checkpoint per attempt: a service that never gets ready must
-        // run into pending_timeout.
+        let started = std::time::Instant::now();
+        let mut attempts: u32 = 0;
         loop {
             if ctx.should_terminate() {
                 return Err(ResourceError::new("cancelled by terminate"));
@@ -409,9 +468,22 @@ impl ProcessResource {
                     "main process {how} before it was ready"
                 )));
             }
-            match probe::run(probe, &self.probe_env(false)) {
+            let last = match probe::run(probe, &self.probe_env(false)) {
                 Ok(()) => return Ok(()),
-                Err(e) => tracing::debug!(resource = %self.shared.name, "not ready yet: {e}"),
+                Err(e) => e,
+            };
+            tracing::debug!(resource = %self.shared.name, "not started yet: {last}");
+            if let Some(deadline) = probe.deadline {
+                if started.elapsed() >= deadline {
+                    return Err(ResourceError::new(format!(
+                        "the startup probe did not pass within its deadline of {}: {last}",
+                        humantime::format_duration(deadline)
+                    )));
+                }
+                attempts = attempts.saturating_add(1);
+                if ctx.checkpoint(attempts) {
+                    return Err(ResourceError::new("cancelled by terminate"));
+                }
             }
             std::thread::sleep(probe.interval);
         }
@@ -432,9 +504,10 @@ impl Resource for ProcessResource {
         let main = self.spawn_main()?;
         *lock(&self.main) = Some(main.clone());
         self.watch(&main);
-        if let Some(probe) = &self.params.readiness {
-            self.wait_ready(probe, &main, ctx)?;
+        if let Some(probe) = &self.params.startup {
+            self.wait_started(probe, &main, ctx)?;
         }
+        self.watch_readiness();
         Ok(Completion::Done)
     }
 
@@ -633,6 +706,7 @@ impl Resource for ProcessResource {
         self.checks.reset();
         *lock(&self.main) = Some(main.clone());
         self.watch(&main);
+        self.watch_readiness();
         // From now on their forks are followed, wherever they go.
         self.container.track_all();
         Ok(true)

@@ -25,6 +25,7 @@ struct RawParams {
     stop_signal: Option<String>,
     probe: Option<RawProbe>,
     readiness: Option<RawProbe>,
+    startup: Option<RawProbe>,
     stdout: Option<String>,
     stderr: Option<String>,
 }
@@ -42,6 +43,7 @@ struct RawProbe {
     expect_status: Option<u16>,
     tls_verify: Option<bool>,
     ca_file: Option<PathBuf>,
+    deadline: Option<String>,
 }
 
 /// A health probe.
@@ -72,8 +74,11 @@ pub struct Tls {
 pub struct Probe {
     pub kind: ProbeKind,
     pub timeout: Duration,
-    /// For readiness: the pause between attempts.
+    /// For readiness and startup: the pause between attempts.
     pub interval: Duration,
+    /// For startup: how long `online` waits for the probe to pass (`None`:
+    /// as long as `pending_timeout` allows).
+    pub deadline: Option<Duration>,
 }
 
 /// Where a stream of the process goes.
@@ -96,13 +101,18 @@ pub struct Params {
     pub user: Option<(u32, u32)>,
     pub stop_signal: rustix::process::Signal,
     pub probe: Option<Probe>,
+    /// Checked all along while online: the monitor's thresholds turn its
+    /// answers into ready or not ready.
     pub readiness: Option<Probe>,
+    /// `online` waits until it passes once.
+    pub startup: Option<Probe>,
     pub stdout: Stream,
     pub stderr: Stream,
 }
 
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_millis(100);
+pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_STARTUP_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Params {
     /// Parses and checks everything; every problem is one message naming its field.
@@ -178,6 +188,10 @@ impl Params {
             .readiness
             .as_ref()
             .and_then(|p| parse_probe(p, "readiness", &mut errors));
+        let startup = raw
+            .startup
+            .as_ref()
+            .and_then(|p| parse_probe(p, "startup", &mut errors));
         let stdout = parse_stream(raw.stdout.as_deref(), "stdout", &mut errors);
         let stderr = parse_stream(raw.stderr.as_deref(), "stderr", &mut errors);
         if !errors.is_empty() {
@@ -191,6 +205,7 @@ impl Params {
             stop_signal,
             probe,
             readiness,
+            startup,
             stdout,
             stderr,
         })
@@ -290,7 +305,26 @@ fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Pr
             .ok(),
     };
     let timeout = dur(&p.timeout, "timeout", DEFAULT_PROBE_TIMEOUT)?;
-    let interval = dur(&p.interval, "interval", DEFAULT_READINESS_INTERVAL)?;
+    let default_interval = if field == "startup" {
+        DEFAULT_STARTUP_INTERVAL
+    } else {
+        DEFAULT_READINESS_INTERVAL
+    };
+    let interval = dur(&p.interval, "interval", default_interval)?;
+    let deadline = match (&p.deadline, field) {
+        (None, _) => None,
+        (Some(d), "startup") => Some(
+            duration_value("startup > deadline", Some(d), false)
+                .map_err(|e| errors.push(e.to_string()))
+                .ok()?,
+        ),
+        (Some(_), _) => {
+            errors.push(format!(
+                "{field} > deadline: only a startup probe has a deadline"
+            ));
+            return None;
+        }
+    };
     let kind = match p.kind.as_str() {
         "http" => match &p.url {
             Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
@@ -384,6 +418,7 @@ fn parse_probe(p: &RawProbe, field: &str, errors: &mut Vec<String>) -> Option<Pr
         kind,
         timeout,
         interval,
+        deadline,
     })
 }
 
@@ -429,6 +464,33 @@ mod tests {
         assert_eq!(r.kind, ProbeKind::Tcp("127.0.0.1:1".into()));
         assert_eq!(r.timeout, DEFAULT_PROBE_TIMEOUT);
         assert_eq!(p.stop_signal, rustix::process::Signal::INT);
+    }
+
+    #[test]
+    fn a_startup_probe_has_a_deadline_and_the_others_none() {
+        let p = Params::parse(&json!({
+            "command": "sleep 1",
+            "startup": {"type": "tcp", "address": "127.0.0.1:1", "deadline": "90s"},
+            "readiness": {"type": "tcp", "address": "127.0.0.1:1"},
+        }))
+        .unwrap();
+        let s = p.startup.unwrap();
+        assert_eq!(s.deadline, Some(Duration::from_secs(90)));
+        assert_eq!(s.interval, DEFAULT_STARTUP_INTERVAL);
+        assert_eq!(p.readiness.unwrap().interval, DEFAULT_READINESS_INTERVAL);
+        let e = Params::parse(&json!({
+            "command": "sleep 1",
+            "startup": {"type": "tcp", "address": "127.0.0.1:1", "deadline": "0s"},
+            "readiness": {"type": "tcp", "address": "127.0.0.1:1", "deadline": "5s"},
+        }))
+        .unwrap_err();
+        assert_eq!(
+            e,
+            [
+                "readiness > deadline: only a startup probe has a deadline",
+                "startup > deadline: must be more than zero"
+            ]
+        );
     }
 
     #[test]

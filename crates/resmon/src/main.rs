@@ -78,6 +78,31 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
+    /// Take a resource offline with its dependents, then bring it back with
+    /// the dependents that were online (a resource that is down is just
+    /// brought online).
+    Restart {
+        /// The resource.
+        name: String,
+        /// Return once it is back online (exit 1 if it fails instead).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Maintenance mode: health checks still run and are reported, but no
+    /// failure acts (no terminate, restart or failover) until it is off.
+    Maintenance {
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        /// The resource (or give --group or --all).
+        #[arg(required_unless_present_any = ["group", "all"], conflicts_with_all = ["group", "all"])]
+        name: Option<String>,
+        /// Every resource of this group.
+        #[arg(long, conflicts_with = "all")]
+        group: Option<String>,
+        /// Every resource.
+        #[arg(long)]
+        all: bool,
+    },
     /// End a resource now: its whole process tree is killed.
     Terminate {
         name: String,
@@ -499,6 +524,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Online { name, wait } => operate(cli.socket, &name, Operation::Online, wait).await,
         Cmd::Offline { name, wait } => operate(cli.socket, &name, Operation::Offline, wait).await,
+        Cmd::Restart { name, wait } => operate(cli.socket, &name, Operation::Restart, wait).await,
+        Cmd::Maintenance {
+            mode,
+            name,
+            group,
+            all: _,
+        } => {
+            let on = mode == "on";
+            if let Some(name) = name {
+                return operate(cli.socket, &name, Operation::Maintenance(on), false).await;
+            }
+            let reply = client(cli.socket).maintenance(group.as_deref(), on).await?;
+            for r in &reply.resources {
+                println!(
+                    "{}: {}{}",
+                    r.name,
+                    r.state,
+                    if r.maintenance { ", maintenance" } else { "" }
+                );
+            }
+            Ok(())
+        }
         Cmd::Terminate {
             name,
             exit_code,
@@ -762,7 +809,12 @@ async fn operate(
 ) -> Result<(), Failure> {
     let reply = client(socket).operate(name, op, wait).await?;
     let r = reply.resource;
-    println!("{}: {}", r.name, r.state);
+    println!(
+        "{}: {}{}",
+        r.name,
+        r.state,
+        if r.maintenance { ", maintenance" } else { "" }
+    );
     for w in &reply.warnings {
         eprintln!("resmon: warning: {w}");
     }
@@ -931,12 +983,19 @@ fn print_table(rs: &[ResourceStatus]) {
             if owners {
                 row.push(r.owner.clone().unwrap_or_else(|| "-".into()));
             }
-            row.extend([
-                r.state.to_string(),
-                pids,
-                r.restarts.to_string(),
-                r.since.clone(),
-            ]);
+            // What else holds of it, after its state.
+            let mut state = r.state.to_string();
+            for (on, flag) in [
+                (r.maintenance, "maintenance"),
+                (r.ready == Some(false), "not-ready"),
+                (r.restarting, "restarting"),
+            ] {
+                if on {
+                    state.push(',');
+                    state.push_str(flag);
+                }
+            }
+            row.extend([state, pids, r.restarts.to_string(), r.since.clone()]);
             row
         })
         .collect();
@@ -963,10 +1022,13 @@ fn print_table(rs: &[ResourceStatus]) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", line(head.clone(), "REASON"));
     for (row, r) in rows.iter().zip(rs) {
-        let reason = match r.output_dropped {
+        let mut reason = match r.output_dropped {
             0 => r.reason.clone(),
             n => format!("{} ({n} lines of output could not be logged)", r.reason),
         };
+        if let Some(t) = &r.next_attempt {
+            reason.push_str(&format!(" (next attempt at {t})"));
+        }
         let text = line(row.iter().map(String::as_str).collect(), &reason);
         if writeln!(out, "{text}").is_err() {
             return;

@@ -278,7 +278,7 @@ name = "web"
 type = "process"
 command = ["python3", "-u", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
 stderr = "{access}"
-readiness = {{ type = "tcp", address = "127.0.0.1:{port}" }}
+startup = {{ type = "tcp", address = "127.0.0.1:{port}" }}
 probe = {{ type = "http", url = "http://127.0.0.1:{port}/", timeout = "2s" }}
 is_alive_interval = "300ms"
 "#,
@@ -840,7 +840,7 @@ s.serve_forever()
 """]
 working_directory = "{dir}"
 stderr = "{log}"
-readiness = {{ type = "tcp", address = "127.0.0.1:{port}" }}
+startup = {{ type = "tcp", address = "127.0.0.1:{port}" }}
 
 {}{}{}"#,
         checked("self_signed", ", tls_verify = false"),
