@@ -222,6 +222,10 @@ pub struct EventRecord {
     /// When it last happened, once it repeated; RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub last_time: Option<String>,
+    /// A resource that failed: the exit code of its main process when it
+    /// last ended (`process` resources), if it did.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exit_code: Option<i32>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -151,6 +151,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `[group.NAME]` tables (groups without one use the defaults).
     pub groups: BTreeMap<String, GroupConfig>,
+    /// `[[alert]]` hooks.
+    pub alerts: Vec<crate::alerts::AlertConfig>,
 }
 
 impl Config {
@@ -219,16 +221,17 @@ impl Config {
         let mut problems = Vec::new();
 
         const SECTIONS: &[&str] = &[
-            "monitor", "api", "access", "defaults", "resource", "cluster", "group",
+            "monitor", "api", "access", "defaults", "resource", "cluster", "group", "alert",
         ];
         for key in doc.keys() {
             if !SECTIONS.contains(&key.as_str()) {
                 problems.push(match table::suggest(key, SECTIONS.iter().copied()) {
                     Some("resource") => format!("unknown section [{key}]; did you mean [[resource]]?"),
                     Some("group") => format!("unknown section [{key}]; did you mean [group.NAME]?"),
+                    Some("alert") => format!("unknown section [{key}]; did you mean [[alert]]?"),
                     Some(s) => format!("unknown section [{key}]; did you mean [{s}]?"),
                     None => format!(
-                        "unknown section [{key}]: the sections are [monitor], [api], [access], [cluster], [defaults], [group.NAME] and [[resource]]"
+                        "unknown section [{key}]: the sections are [monitor], [api], [access], [cluster], [defaults], [group.NAME], [[resource]] and [[alert]]"
                     ),
                 });
             }
@@ -425,6 +428,7 @@ impl Config {
                 ));
             }
         }
+        let alerts = parse_alerts(doc.get("alert"), &resources, &mut problems);
         if !problems.is_empty() {
             return Err(fail(problems));
         }
@@ -436,6 +440,7 @@ impl Config {
             resources,
             cluster,
             groups,
+            alerts,
         })
     }
 }
@@ -697,6 +702,143 @@ fn token_of(t: RawToken, place: &str, problems: &mut Vec<String>) -> Option<crat
         secret,
         rights,
     })
+}
+
+/// One `[[alert]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlert {
+    name: Option<String>,
+    command: Option<serde_json::Value>,
+    url: Option<String>,
+    on: Option<Vec<String>>,
+    resources: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
+    timeout: Option<String>,
+    user: Option<String>,
+    retries: Option<u32>,
+    queue: Option<u32>,
+}
+
+fn parse_alerts(
+    v: Option<&toml::Value>,
+    resources: &[ResourceConfig],
+    problems: &mut Vec<String>,
+) -> Vec<crate::alerts::AlertConfig> {
+    use crate::alerts::{AlertConfig, DEFAULT_ON, KINDS};
+    let items = match v {
+        None => return Vec::new(),
+        Some(toml::Value::Array(items)) => items.clone(),
+        Some(_) => {
+            problems.push("alert must be written as [[alert]] tables".into());
+            return Vec::new();
+        }
+    };
+    let mut out: Vec<AlertConfig> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let mut place = format!("[[alert]] #{}", i + 1);
+        let Some(raw) = section::<RawAlert>(Some(item), &place, problems) else {
+            continue;
+        };
+        let before = problems.len();
+        let name = match raw.name {
+            None => {
+                problems.push(format!("{place}: name is missing"));
+                String::new()
+            }
+            Some(n) => {
+                place = format!("alert {n:?} ({place})");
+                if let Err(e) = check_name(&n) {
+                    problems.push(format!("{place}: {e}"));
+                } else if out.iter().any(|a| a.name == n) {
+                    problems.push(format!("{place}: the name is used by an earlier alert"));
+                }
+                n
+            }
+        };
+        let command = raw.command.as_ref().and_then(|c| {
+            resmon_process::command_of(c, "command")
+                .map_err(|e| problems.push(format!("{place}: {e}")))
+                .ok()
+        });
+        if let Some(url) = &raw.url {
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                problems.push(format!(
+                    "{place}: url {url:?} must start with http:// or https://"
+                ));
+            }
+        }
+        if raw.command.is_none() && raw.url.is_none() && problems.len() == before {
+            problems.push(format!(
+                "{place}: give command = [\"PROGRAM\", ...] or url = \"http://...\" (or both)"
+            ));
+        }
+        let on = raw
+            .on
+            .unwrap_or_else(|| DEFAULT_ON.iter().map(|s| s.to_string()).collect());
+        if on.is_empty() {
+            problems.push(format!(
+                "{place}: on: give at least one kind, e.g. [\"failed\"]"
+            ));
+        }
+        for kind in &on {
+            if !KINDS.contains(&kind.as_str()) {
+                problems.push(format!(
+                    "{place}: on: {}",
+                    table::unknown_key(kind, KINDS, &[]).replacen("key", "kind", 1)
+                ));
+            }
+        }
+        let names = raw.resources.unwrap_or_default();
+        for n in &names {
+            if !resources.iter().any(|r| &r.name == n) {
+                problems.push(format!("{place}: resources: {n:?} is not a resource"));
+            }
+        }
+        let groups = raw.groups.unwrap_or_default();
+        for g in &groups {
+            if !resources.iter().any(|r| &r.group == g) {
+                problems.push(format!("{place}: groups: no resource is in group {g:?}"));
+            }
+        }
+        let timeout = match raw.timeout {
+            None => crate::alerts::DEFAULT_TIMEOUT,
+            Some(t) => duration_value("timeout", Some(&t), false).unwrap_or_else(|e| {
+                problems.push(format!("{place}: {e}"));
+                crate::alerts::DEFAULT_TIMEOUT
+            }),
+        };
+        let user = raw.user.and_then(|u| {
+            resmon_process::resolve_user(&u)
+                .map_err(|e| problems.push(format!("{place}: user: {e}")))
+                .ok()
+        });
+        let retries = raw.retries.unwrap_or(crate::alerts::DEFAULT_RETRIES);
+        if retries > 100 {
+            problems.push(format!("{place}: retries: at most 100"));
+        }
+        let queue = raw
+            .queue
+            .map_or(crate::alerts::DEFAULT_QUEUE, |q| q as usize);
+        if !(1..=1_000_000).contains(&queue) {
+            problems.push(format!("{place}: queue: from 1 to 1000000 alerts"));
+        }
+        if problems.len() == before {
+            out.push(AlertConfig {
+                name,
+                command,
+                url: raw.url,
+                on,
+                resources: names,
+                groups,
+                timeout,
+                user,
+                retries,
+                queue,
+            });
+        }
+    }
+    out
 }
 
 /// `[access]` as written: the users, `@groups` or `*` holding each right.

@@ -1197,7 +1197,11 @@ impl Driver {
                 self.metrics_generation += 1;
                 let v = self.core.view(n.id);
                 tracing::info!(resource = %v.spec.name, state = %n.state, "{}", n.reason);
-                self.publish("state", n.id, Some(n.state), &n.reason);
+                let exit_code = (n.state == State::Failed)
+                    .then(|| self.slots[n.id].resource.exit_code())
+                    .flatten();
+                self.bus
+                    .publish_state(&v.spec.name, &v.spec.group, n.state, &n.reason, exit_code);
             }
         }
     }

@@ -59,13 +59,34 @@ impl EventBus {
         state: Option<State>,
         reason: impl Into<String>,
     ) {
-        self.publish_as(kind, resource, group, state, reason.into(), false);
+        self.publish_as(draft(kind, resource, group, state, reason.into()), false);
+    }
+
+    /// A resource's state change, with its main process's last exit code
+    /// when it failed.
+    pub fn publish_state(
+        &self,
+        resource: &str,
+        group: &str,
+        state: State,
+        reason: &str,
+        exit_code: Option<i32>,
+    ) {
+        let mut rec = draft(
+            "state",
+            Some(resource),
+            Some(group),
+            Some(state),
+            reason.into(),
+        );
+        rec.exit_code = exit_code;
+        self.publish_as(rec, false);
     }
 
     /// Publishes the last event: followers get it and their stream ends.
     /// Nothing is published after it.
     pub fn finish(&self, reason: impl Into<String>) {
-        self.publish_as("monitor", None, None, None, reason.into(), true);
+        self.publish_as(draft("monitor", None, None, None, reason.into()), true);
     }
 
     /// From now on every event also goes to the journal; numbering goes on
@@ -97,32 +118,25 @@ impl EventBus {
         lock(&self.inner).last
     }
 
-    fn publish_as(
-        &self,
-        kind: &str,
-        resource: Option<&str>,
-        group: Option<&str>,
-        state: Option<State>,
-        reason: String,
-        last: bool,
-    ) {
+    /// Numbers, times and sends `rec` (a [`draft`]).
+    fn publish_as(&self, mut rec: EventRecord, last: bool) {
         let mut inner = lock(&self.inner);
         if inner.last.is_some() {
             return;
         }
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        if kind != "state" && !last {
+        if rec.kind != "state" && !last {
             let repeat = inner
                 .history
                 .iter_mut()
                 .rev()
                 .take(REPEAT_WINDOW)
                 .find(|e| {
-                    e.kind == kind
-                        && e.resource.as_deref() == resource
-                        && e.group.as_deref() == group
-                        && e.state == state
-                        && e.reason == reason
+                    e.kind == rec.kind
+                        && e.resource == rec.resource
+                        && e.group == rec.group
+                        && e.state == rec.state
+                        && e.reason == rec.reason
                 });
             if let Some(e) = repeat {
                 e.count = e.count.saturating_add(1);
@@ -139,17 +153,8 @@ impl EventBus {
                 return;
             }
         }
-        let rec = EventRecord {
-            seq: inner.next,
-            time,
-            kind: kind.to_string(),
-            resource: resource.map(str::to_string),
-            group: group.map(str::to_string),
-            state,
-            reason,
-            count: 1,
-            last_time: None,
-        };
+        rec.seq = inner.next;
+        rec.time = time;
         if last {
             inner.last = Some(rec.seq);
         }
@@ -171,6 +176,28 @@ impl EventBus {
         let inner = lock(&self.inner);
         let rx = self.tx.subscribe();
         (inner.history.iter().cloned().collect(), rx)
+    }
+}
+
+/// An event as published, before it is numbered and timed.
+fn draft(
+    kind: &str,
+    resource: Option<&str>,
+    group: Option<&str>,
+    state: Option<State>,
+    reason: String,
+) -> EventRecord {
+    EventRecord {
+        seq: 0,
+        time: String::new(),
+        kind: kind.to_string(),
+        resource: resource.map(str::to_string),
+        group: group.map(str::to_string),
+        state,
+        reason,
+        count: 1,
+        last_time: None,
+        exit_code: None,
     }
 }
 

@@ -277,6 +277,7 @@ mod tests {
             reason: format!("e{seq}"),
             count,
             last_time: (count > 1).then(|| "2026-12-07T10:05:00Z".into()),
+            exit_code: None,
         }
     }
 

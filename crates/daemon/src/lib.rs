@@ -10,6 +10,7 @@
 //! resource runs. A second stop signal terminates everything at once.
 
 pub mod access;
+pub mod alerts;
 pub mod api;
 pub mod cluster;
 pub mod config;
@@ -315,6 +316,16 @@ async fn run(
         let _ = c.remove();
     }
 
+    // Alert hooks hear everything from here on.
+    let node = match &config.cluster {
+        Some(c) => c.settings.node.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
+    let alerts = alerts::Alerts::start(&config.alerts, &bus, &containers, &node);
+    let alerts_dropped = Arc::new(alerts.dropped_reader());
+
     let (tx, rx) = mpsc::unbounded_channel::<Msg>();
 
     let specs = config.resources.iter().map(handoff::spec_of).collect();
@@ -386,6 +397,7 @@ async fn run(
                     .chain((dropped > 0).then(|| {
                         format!("{dropped} event(s) could not be written to the event journal (see the monitor's log)")
                     }))
+                    .chain(alerts_dropped())
                     .collect()
             })
         },
@@ -520,6 +532,7 @@ async fn run(
             }
         }
     }
+    alerts.stop().await;
     containers.cleanup();
     // The last net: an orphan of a resource that left both its cgroup and
     // the fork tracking (a monitor without root) was re-parented to us.

@@ -116,6 +116,7 @@ pub struct Metrics {
     api_requests: Family<Labels<2>, Counter>,
     ownership_changes: Family<Labels<1>, Counter>,
     fences: Family<Labels<1>, Counter>,
+    alerts: Family<Labels<2>, Counter>,
 }
 
 impl Default for Metrics {
@@ -134,6 +135,7 @@ impl Default for Metrics {
             api_requests: Family::default(),
             ownership_changes: Family::default(),
             fences: Family::default(),
+            alerts: Family::default(),
         }
     }
 }
@@ -262,6 +264,14 @@ impl Metrics {
             .inc();
     }
 
+    /// Alert hook `name`: `n` alerts `delivered`, `failed` (given up
+    /// after its retries) or `dropped` (its queue was full).
+    pub fn alert(&self, name: &str, result: &str, n: u64) {
+        self.alerts
+            .get_or_create(&[("alert", name.to_owned()), ("result", result.to_owned())])
+            .inc_by(n);
+    }
+
     fn register(&self, reg: &mut Registry) {
         reg.register_with_unit(
             "resmon_call_duration",
@@ -320,6 +330,11 @@ impl Metrics {
             "resmon_api_requests",
             "API requests answered, by route and HTTP status",
             self.api_requests.clone(),
+        );
+        reg.register(
+            "resmon_alerts",
+            "Alerts of each [[alert]] hook, by result: delivered, failed (given up after its retries) or dropped (its queue was full)",
+            self.alerts.clone(),
         );
         reg.register(
             "resmon_cluster_ownership_changes",

@@ -22,7 +22,7 @@ mod params;
 mod probe;
 pub mod relay;
 
-pub use params::{find_program, Params, Probe, ProbeKind, Stream};
+pub use params::{command_of, find_program, resolve_user, Params, Probe, ProbeKind, Stream};
 
 use resmon_contract::{
     control, CallContext, Completion, ControlError, LogLevel, LogMode, LogSettings, Notifier,

@@ -212,6 +212,20 @@ impl Params {
     }
 }
 
+/// A command line as `command` takes it (a list, or a string split like a
+/// shell would), for other parts of a config that run a program (e.g. an
+/// alert hook): its argv, or what is wrong with it, naming `field`. The
+/// program must exist.
+pub fn command_of(value: &serde_json::Value, field: &str) -> Result<Vec<String>, String> {
+    let c: CommandLine = serde_json::from_value(value.clone())
+        .map_err(|_| format!("{field}: must be a list of strings or a command line string"))?;
+    let argv = command_argv(&c, field)?;
+    if find_program(&argv[0]).is_none() {
+        return Err(format!("{field}: {}", why_not_runnable(&argv[0])));
+    }
+    Ok(argv)
+}
+
 fn command_argv(c: &CommandLine, field: &str) -> Result<Vec<String>, String> {
     let argv = match c {
         CommandLine::Argv(v) => v.clone(),
@@ -267,7 +281,9 @@ pub fn find_program(prog: &str) -> Option<PathBuf> {
         .find(|p| is_exec(p))
 }
 
-fn resolve_user(name: &str) -> Result<(u32, u32), String> {
+/// The (uid, gid) of a user name or uid, which the monitor must be able to
+/// run as (it runs as root, or as that user).
+pub fn resolve_user(name: &str) -> Result<(u32, u32), String> {
     let user = if let Ok(uid) = name.parse::<u32>() {
         nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
     } else {
