@@ -11,6 +11,11 @@
 //!   service runs, in its scope) and waits for it, then sends `stop_signal`
 //!   to every process of the resource and waits until none is left; the
 //!   monitor terminates it after `pending_timeout`, a hung hook with it.
+//! * `reload` (`resmon reload-resource`) runs `reload_command` as the
+//!   service runs, killed past the limit the monitor gives (the resource's
+//!   `pending_timeout`), or without one sends `reload_signal` to the main
+//!   process; `signal` sends an operator's signal to the main process or to
+//!   every process of the resource. Neither changes a pid.
 //! * `terminate` kills the whole tree at once: the cgroup (`cgroup.kill`), or
 //!   where there is none every process carrying the resource's marker and all
 //!   their descendants, so children that double-forked or called `setsid` go
@@ -28,6 +33,7 @@ use resmon_contract::{
 };
 use resmon_task::lock;
 use resmon_task::{CheckAbort, Container, Output, Reaper, SpawnSpec, TaskHandle};
+use rustix::process::Signal;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -456,6 +462,23 @@ impl ProcessResource {
         })
     }
 
+    /// The main process while it runs, for an operator's request.
+    fn running_main(&self) -> Result<TaskHandle, ControlError> {
+        self.main()
+            .filter(|m| !m.is_signaled())
+            .ok_or_else(|| ControlError::Failed("its main process is not running".into()))
+    }
+
+    /// Sends `sig` to the main process, through its pidfd.
+    fn signal_main(&self, main: &TaskHandle, sig: Signal) -> Result<String, ControlError> {
+        let name = resmon_task::signal_name(sig.as_raw());
+        let pid = main.pid().unwrap_or(0);
+        main.signal(sig).map_err(|e| {
+            ControlError::Failed(format!("sending {name} to main process {pid}: {e}"))
+        })?;
+        Ok(format!("sent {name} to main process {pid}"))
+    }
+
     /// Tells the event feed of processes found outside the resource's
     /// cgroup: a service tried to escape its stop (they are stopped anyway).
     fn report_escaped(&self) {
@@ -649,6 +672,47 @@ impl Resource for ProcessResource {
             }
             _ => Err(ControlError::NotSupported),
         }
+    }
+
+    fn reload(&self, limit: Duration) -> Result<String, ControlError> {
+        // The command when there is one; the signal only without it.
+        let argv = match (&self.params.reload_command, self.params.reload_signal) {
+            (Some(argv), _) => argv,
+            (None, Some(sig)) => return self.signal_main(&self.running_main()?, sig),
+            (None, None) => {
+                return Err(ControlError::InvalidInput(format!(
+                    "resource {} has no reload_signal or reload_command",
+                    self.shared.name
+                )))
+            }
+        };
+        self.running_main()?;
+        let terminated = || self.shared.terminated.load(Ordering::SeqCst);
+        match self.run_hook("reload_command", argv, Some(limit), terminated) {
+            Ok(()) => Ok("reload_command exited with code 0".into()),
+            Err(HookError::Terminated) => Err(ControlError::Failed(
+                "reload_command: the resource was terminated meanwhile".into(),
+            )),
+            Err(HookError::Failed(why)) => Err(ControlError::Failed(why)),
+        }
+    }
+
+    fn signal(&self, signal: i32, all: bool) -> Result<String, ControlError> {
+        let sig = Signal::from_named_raw(signal).ok_or_else(|| {
+            ControlError::InvalidInput(format!("{signal} is not a signal that can be sent"))
+        })?;
+        if !all {
+            return self.signal_main(&self.running_main()?, sig);
+        }
+        let name = resmon_task::signal_name(signal);
+        if self.container.is_empty() {
+            return Err(ControlError::Failed("no process of it runs".into()));
+        }
+        self.container
+            .signal_all(sig)
+            .map_err(|e| ControlError::Failed(format!("sending {name}: {e}")))?;
+        self.report_escaped();
+        Ok(format!("sent {name} to every process of the resource"))
     }
 
     fn close(&self) {
