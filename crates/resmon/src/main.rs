@@ -88,6 +88,21 @@ enum Cmd {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Make a running resource take its configuration again, without a restart.
+    ///
+    /// A process resource runs its reload_command (killed past its
+    /// pending_timeout), else sends its reload_signal to its main process;
+    /// its pids stay the same. Other types do not support it.
+    ReloadResource { name: String },
+    /// Send a signal to a resource's main process (or to all of its processes).
+    Signal {
+        name: String,
+        /// A name (`SIGHUP`, `HUP`, `hup`) or a number (`1`).
+        signal: String,
+        /// Send it to every process of the resource.
+        #[arg(long)]
+        all: bool,
+    },
     /// Send a control code to a resource (resource_control).
     Control {
         name: String,
@@ -543,6 +558,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => tokio::task::spawn_blocking(move || agents(show, &ocf_root, json))
             .await
             .map_err(|e| fail(Exit::Failed, e.to_string()))?,
+        Cmd::ReloadResource { name } => {
+            let r = client(cli.socket).reload_resource(&name).await?;
+            println!("{}: {}", r.resource, r.message);
+            Ok(())
+        }
+        Cmd::Signal { name, signal, all } => {
+            let r = client(cli.socket).signal(&name, &signal, all).await?;
+            println!("{}: {}", r.resource, r.message);
+            Ok(())
+        }
         Cmd::Control { name, code, input } => {
             let input = json_input(input)?;
             let reply = client(cli.socket).control(&name, &code, input).await?;
