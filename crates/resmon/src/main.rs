@@ -65,6 +65,7 @@ enum Cmd {
     /// online on the node).
     Move { group: String, node: String },
     /// Bring a resource online (its providers first).
+    #[command(visible_alias = "start")]
     Online {
         name: String,
         /// Return once it is online (exit 1 if it fails instead).
@@ -72,6 +73,7 @@ enum Cmd {
         wait: bool,
     },
     /// Take a resource offline (its dependents first).
+    #[command(visible_alias = "stop")]
     Offline {
         name: String,
         /// Return once it is offline.

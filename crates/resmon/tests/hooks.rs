@@ -1,7 +1,8 @@
 //! Stop and reload hooks of `process` resources, through a real monitor and
 //! the real CLI: `stop_command` runs before `stop_signal`, as the service
 //! runs, and a hung one is ended at `pending_timeout`; `reload-resource`
-//! and `signal` reach the running service without a restart.
+//! and `signal` reach the running service without a restart; `start` and
+//! `stop` are `online` and `offline`.
 //!
 //! The services are shell scripts that write what happens to them, one
 //! line per event, into a file the test reads.
@@ -377,6 +378,19 @@ fn types_without_reload_or_signal_say_so() {
         let want = format!("{op} is not supported by type ocf:heartbeat:Dummy (resource dummy)");
         fails(&d, args, 2, &want);
     }
+}
+
+#[test]
+fn start_and_stop_are_online_and_offline() {
+    let (d, _, file) = start("");
+    let said = d.ok(&["stop", "web", "--wait"]);
+    assert_eq!(said.trim(), "web: offline");
+    assert_eq!(lines(&file), ["started", "sigterm"]);
+    let said = d.ok(&["start", "web", "--wait"]);
+    assert_eq!(said.trim(), "web: online");
+    let help = d.ok(&["--help"]);
+    assert!(help.contains("[alias: start]"), "{help}");
+    assert!(help.contains("[alias: stop]"), "{help}");
 }
 
 #[test]
