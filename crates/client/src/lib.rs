@@ -17,8 +17,8 @@ use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
 use tokio::net::UnixStream;
 use wire::{
-    CallsReply, ControlReply, ErrorReply, EventRecord, MaintenanceBody, MoveBody, MoveReply,
-    NodesReply, OpReply, ReloadReport, StatusReply, TerminateBody,
+    ActedReply, CallsReply, ControlReply, ErrorReply, EventRecord, MaintenanceBody, MoveBody,
+    MoveReply, NodesReply, OpReply, ReloadReport, StatusReply, TerminateBody,
 };
 
 /// Why a request did not get an answer.
@@ -247,6 +247,29 @@ impl Client {
     ) -> Result<ControlReply, ApiError> {
         let path = format!("/v1/types/{}/control/{}", encode(type_name), encode(code));
         self.typed(Method::POST, &path, input).await
+    }
+
+    /// Makes resource `name` take its configuration again without a
+    /// restart: its `reload_command`, else its `reload_signal`.
+    pub async fn reload_resource(&self, name: &str) -> Result<ActedReply, ApiError> {
+        let path = format!("/v1/resources/{}/reload", encode(name));
+        self.typed(Method::POST, &path, None).await
+    }
+
+    /// Sends `signal` (a name such as `SIGHUP` or `HUP`, or a number) to
+    /// resource `name`'s main process, or with `all` to every process of it.
+    pub async fn signal(
+        &self,
+        name: &str,
+        signal: &str,
+        all: bool,
+    ) -> Result<ActedReply, ApiError> {
+        let path = format!(
+            "/v1/resources/{}/signal/{}?all={all}",
+            encode(name),
+            encode(signal)
+        );
+        self.typed(Method::POST, &path, None).await
     }
 
     /// Re-reads the monitor's config and applies what changed.

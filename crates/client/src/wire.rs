@@ -156,6 +156,15 @@ pub struct ControlReply {
     pub output: serde_json::Value,
 }
 
+/// The answer to a request that acts on a running resource at once
+/// (`POST /v1/resources/{name}/reload`, `.../signal/{signal}`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ActedReply {
+    pub resource: String,
+    /// What was done, for people (e.g. `sent SIGHUP to main process 4242`).
+    pub message: String,
+}
+
 /// `{"calls": [...]}`.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct CallsReply {

@@ -347,6 +347,27 @@ pub trait Resource: Send + Sync {
         Err(ControlError::NotSupported)
     }
 
+    /// Makes the running resource take its configuration again without a
+    /// restart (`resmon reload-resource`): its processes stay. Called on
+    /// its lane, serialized with the other entry points (never with
+    /// `terminate`), while it is online; `limit` is how long it may take
+    /// (the resource's `pending_timeout`). Returns what was done, for the
+    /// operator. [`ControlError::NotSupported`]: its type cannot reload;
+    /// [`ControlError::InvalidInput`]: this resource is not set up for it
+    /// (the message says what is missing).
+    fn reload(&self, _limit: std::time::Duration) -> Result<String, ControlError> {
+        Err(ControlError::NotSupported)
+    }
+
+    /// Sends signal number `signal` to the resource's main process, or
+    /// with `all` to every process of it (`resmon signal`). Like
+    /// `terminate` it only signals, and it may run beside every entry point
+    /// but `open` and `close`: a stop that hangs can still be signalled.
+    /// Returns what was done, with the errors of [`reload`](Self::reload).
+    fn signal(&self, _signal: i32, _all: bool) -> Result<String, ControlError> {
+        Err(ControlError::NotSupported)
+    }
+
     /// Releases the resource. The monitor terminates it first if it is not offline.
     fn close(&self) {}
 

@@ -7,6 +7,8 @@
 //! | `POST /v1/resources/{name}/online?wait=true` | bring online (providers first) |
 //! | `POST /v1/resources/{name}/offline?wait=true` | take offline (dependents first) |
 //! | `POST /v1/resources/{name}/terminate?wait=true` | terminate; body `{"exit_code": N}` |
+//! | `POST /v1/resources/{name}/reload` | the resource takes its configuration again, without a restart |
+//! | `POST /v1/resources/{name}/signal/{signal}?all=true` | a signal to its main process (or every process) |
 //! | `POST /v1/resources/{name}/control/{code}` | `resource_control` |
 //! | `POST /v1/types/{type}/control/{code}` | `resource_type_control` |
 //! | `GET /v1/calls` | entry-point calls in progress |
@@ -33,8 +35,8 @@ use axum::routing::{get, post};
 use axum::serve::IncomingStream;
 use axum::{Json, Router};
 pub use resmon_client::wire::{
-    CallsReply, ControlReply, ErrorReply, HealthReply, MaintenanceBody, OpReply, ReloadReport,
-    StatusReply, TerminateBody, WhoAmIReply,
+    ActedReply, CallsReply, ControlReply, ErrorReply, HealthReply, MaintenanceBody, OpReply,
+    ReloadReport, StatusReply, TerminateBody, WhoAmIReply,
 };
 use resmon_core::{Command, Settled};
 use serde::Deserialize;
@@ -259,6 +261,14 @@ pub struct WaitQuery {
     pub wait: bool,
 }
 
+/// `POST /v1/resources/{name}/signal/{signal}`'s query.
+#[derive(Deserialize, Default)]
+pub struct SignalQuery {
+    /// To every process of the resource, not only its main process.
+    #[serde(default)]
+    pub all: bool,
+}
+
 #[derive(Deserialize, Default)]
 pub struct FollowQuery {
     #[serde(default)]
@@ -288,6 +298,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/groups/{group}/maintenance", post(maintenance_group))
         .route("/v1/maintenance", post(maintenance_all))
         .route("/v1/resources/{name}/logs", get(logs))
+        .route("/v1/resources/{name}/reload", post(reload_resource))
+        .route("/v1/resources/{name}/signal/{signal}", post(signal))
         .route("/v1/resources/{name}/control/{code}", post(control))
         .route("/v1/types/{name}/control/{code}", post(type_control))
         .route("/v1/calls", get(calls))
@@ -697,6 +709,56 @@ async fn type_control(
     body: axum::body::Bytes,
 ) -> Response {
     run_control(&st, name, code, body, true).await
+}
+
+/// `POST /v1/resources/{name}/reload`.
+async fn reload_resource(AxState(st): AxState<ApiState>, Path(name): Path<String>) -> Response {
+    act(&st, name, |name, reply| Msg::Reload { name, reply }).await
+}
+
+/// `POST /v1/resources/{name}/signal/{signal}`: a signal that cannot be
+/// read is refused here, and nothing is sent.
+async fn signal(
+    AxState(st): AxState<ApiState>,
+    Path((name, signal)): Path<(String, String)>,
+    Query(q): Query<SignalQuery>,
+) -> Response {
+    let signal = match resmon_task::parse_signal(&signal) {
+        Ok(s) => s.as_raw(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad signal: {e}")),
+    };
+    act(&st, name, |name, reply| Msg::Signal {
+        name,
+        signal,
+        all: q.all,
+        reply,
+    })
+    .await
+}
+
+/// Asks the driver to act on resource `name` at once (`msg` makes the
+/// request); the answer says what was done.
+async fn act(
+    st: &ApiState,
+    name: String,
+    msg: impl FnOnce(String, oneshot::Sender<Result<String, OpError>>) -> Msg,
+) -> Response {
+    if let Err(e) = crate::config::check_name(&name) {
+        return error(StatusCode::BAD_REQUEST, format!("bad resource name: {e}"));
+    }
+    let (reply, answer) = oneshot::channel();
+    if st.tx.send(msg(name.clone(), reply)).is_err() {
+        return stopping();
+    }
+    match answer.await {
+        Ok(Ok(message)) => Json(ActedReply {
+            resource: name,
+            message,
+        })
+        .into_response(),
+        Ok(Err(e)) => op_error(e),
+        Err(_) => stopping(),
+    }
 }
 
 async fn reload(AxState(st): AxState<ApiState>) -> Response {

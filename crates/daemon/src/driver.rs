@@ -58,6 +58,20 @@ pub enum Msg {
         input: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, OpError>>,
     },
+    /// `reload-resource`: the resource's `reload`, on its lane; the
+    /// answer says what was done.
+    Reload {
+        name: String,
+        reply: oneshot::Sender<Result<String, OpError>>,
+    },
+    /// `signal`: the resource's `signal` (a signal number), beside its
+    /// lane; the answer says what was done.
+    Signal {
+        name: String,
+        signal: i32,
+        all: bool,
+        reply: oneshot::Sender<Result<String, OpError>>,
+    },
     Calls {
         reply: oneshot::Sender<Vec<CallStatus>>,
     },
@@ -237,8 +251,10 @@ impl Lane {
     }
 }
 
-/// A control call in progress: resource, code, start, deadline.
-type ControlCall = (ResId, u32, Instant, Instant);
+/// A call the driver runs on a resource's lane besides the core's entry
+/// points (a control code, a reload): resource, what `calls` lists it as,
+/// start, deadline.
+type ControlCall = (ResId, &'static str, Instant, Instant);
 
 pub struct Driver {
     core: Monitor,
@@ -569,12 +585,26 @@ impl Driver {
                 code,
                 input,
                 reply,
-            } => match self.core.id(&name) {
-                None => {
-                    let _ = reply.send(Err(OpError::NotFound(no_such(&name))));
+            } => {
+                if let Some((id, reply)) = self.named(&name, reply) {
+                    self.control(id, code, input, reply);
                 }
-                Some(id) => self.control(id, code, input, reply),
-            },
+            }
+            Msg::Reload { name, reply } => {
+                if let Some((id, reply)) = self.named(&name, reply) {
+                    self.reload(id, reply);
+                }
+            }
+            Msg::Signal {
+                name,
+                signal,
+                all,
+                reply,
+            } => {
+                if let Some((id, reply)) = self.named(&name, reply) {
+                    self.signal(id, signal, all, reply);
+                }
+            }
             Msg::TypeControl {
                 type_name,
                 code,
@@ -854,8 +884,8 @@ impl Driver {
             }
         }
         let controls = lock(&self.controls);
-        for &(id, _code, started, deadline) in controls.values() {
-            add(id, "resource_control", started, deadline);
+        for &(id, entry, started, deadline) in controls.values() {
+            add(id, entry, started, deadline);
         }
         drop(controls);
         out.sort_by_key(|(started, _)| *started);
@@ -900,8 +930,52 @@ impl Driver {
         }
     }
 
-    /// Runs `resource_control` on the resource's lane (serialized with its
-    /// other entry points, never with `terminate`).
+    /// The resource named `name`, with the `reply` to its request; when
+    /// there is none, the reply says so.
+    fn named<T>(
+        &self,
+        name: &str,
+        reply: oneshot::Sender<Result<T, OpError>>,
+    ) -> Option<(ResId, oneshot::Sender<Result<T, OpError>>)> {
+        match self.core.id(name) {
+            Some(id) => Some((id, reply)),
+            None => {
+                let _ = reply.send(Err(OpError::NotFound(no_such(name))));
+                None
+            }
+        }
+    }
+
+    /// Runs `job` on the resource's lane, serialized with its other entry
+    /// points (never with `terminate`), on a worker thread; `calls` lists
+    /// it as `entry` while it runs. `done` gets its result there.
+    fn on_lane<T: 'static>(
+        &mut self,
+        id: ResId,
+        entry: &'static str,
+        job: impl FnOnce(&dyn Resource) -> Result<T, ControlError> + Send + 'static,
+        done: impl FnOnce(Result<T, ControlError>) + Send + 'static,
+    ) {
+        let slot = &self.slots[id];
+        let (resource, lane) = (slot.resource.clone(), slot.lane.clone());
+        let key = self.next_control;
+        self.next_control += 1;
+        let started = Instant::now();
+        let deadline = resmon_core::later(started, self.core.view(id).spec.policy.deadlock_timeout);
+        let controls = self.controls.clone();
+        lock(&controls).insert(key, (id, entry, started, deadline));
+        crate::workers::spawn(move || {
+            let out = {
+                // Listed by `calls` from `controls`, not as the lane's call.
+                let _turn = lane.turn();
+                guarded(|| job(&*resource))
+            };
+            lock(&controls).remove(&key);
+            done(out);
+        });
+    }
+
+    /// Runs `resource_control` on the resource's lane.
     fn control(
         &mut self,
         id: ResId,
@@ -913,28 +987,101 @@ impl Driver {
             .default_control(id, code)
             .map(|v| serde_json::to_vec(&v).unwrap_or_default());
         let slot = &self.slots[id];
-        let (resource, lane) = (slot.resource.clone(), slot.lane.clone());
         let what = format!("resource {:?} (type {})", slot.name, slot.type_name);
-        let key = self.next_control;
-        self.next_control += 1;
-        let started = Instant::now();
-        let deadline = resmon_core::later(started, self.core.view(id).spec.policy.deadlock_timeout);
-        let controls = self.controls.clone();
-        lock(&controls).insert(key, (id, code, started, deadline));
-        crate::workers::spawn(move || {
-            let out = {
-                // Listed by `calls` from `controls`, not as the lane's call.
-                let _turn = lane.turn();
-                std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    resource.resource_control(code, &input)
-                }))
-                .unwrap_or_else(|p| {
-                    Err(ControlError::Failed(format!("panicked: {}", panic_text(p))))
-                })
+        self.on_lane(
+            id,
+            "resource_control",
+            move |r| r.resource_control(code, &input),
+            move |out| {
+                let _ = reply.send(control_result(out, default, code, &what));
+            },
+        );
+    }
+
+    /// `reload-resource`: the type's `reload` on the resource's lane,
+    /// bounded by its `pending_timeout`; only an online resource is
+    /// reloaded.
+    fn reload(&mut self, id: ResId, reply: oneshot::Sender<Result<String, OpError>>) {
+        let v = self.core.view(id);
+        if v.state != State::Online || v.life != resmon_core::Life::Open {
+            let _ = reply.send(Err(OpError::Failed(format!(
+                "resource {} is {}, not online: only an online resource can be reloaded",
+                v.spec.name, v.state
+            ))));
+            return;
+        }
+        let limit = v.spec.policy.pending_timeout;
+        let done = self.request_done(id, "reload", reply);
+        self.on_lane(id, "reload", move |r| r.reload(limit), done);
+    }
+
+    /// `signal`: the type's `signal`, on a worker thread but not on the
+    /// lane (it only signals, like `terminate`): a stop that hangs can
+    /// still be signalled. Only while something of the resource runs.
+    fn signal(
+        &mut self,
+        id: ResId,
+        signal: i32,
+        all: bool,
+        reply: oneshot::Sender<Result<String, OpError>>,
+    ) {
+        let v = self.core.view(id);
+        let running = matches!(
+            v.state,
+            State::OnlinePending | State::Online | State::OfflinePending
+        );
+        if !running || v.life != resmon_core::Life::Open {
+            let _ = reply.send(Err(OpError::Failed(format!(
+                "resource {} is {}: no process of it runs to be signalled",
+                v.spec.name, v.state
+            ))));
+            return;
+        }
+        let resource = self.slots[id].resource.clone();
+        let done = self.request_done(id, "signal", reply);
+        crate::workers::spawn(move || done(guarded(|| resource.signal(signal, all))));
+    }
+
+    /// What an operator's request `op` (`reload`, `signal`) of resource
+    /// `id` answers once its type returned, as an [`OpError`] when it did
+    /// not succeed; what it did, or why it failed, also goes to the event
+    /// feed.
+    fn request_done(
+        &self,
+        id: ResId,
+        op: &'static str,
+        reply: oneshot::Sender<Result<String, OpError>>,
+    ) -> impl FnOnce(Result<String, ControlError>) + Send + 'static {
+        let slot = &self.slots[id];
+        let (name, type_name) = (slot.name.clone(), slot.type_name.clone());
+        let group = self.core.view(id).spec.group.clone();
+        let bus = self.bus.clone();
+        move |out| {
+            let out = match out {
+                Ok(done) => {
+                    tracing::info!(resource = %name, "{op}: {done}");
+                    bus.publish(
+                        "log",
+                        Some(&name),
+                        Some(&group),
+                        None,
+                        format!("{op}: {done}"),
+                    );
+                    Ok(done)
+                }
+                Err(ControlError::NotSupported) => Err(OpError::BadRequest(format!(
+                    "{op} is not supported by type {type_name} (resource {name})"
+                ))),
+                Err(ControlError::InvalidInput(why)) => Err(OpError::BadRequest(why)),
+                Err(ControlError::Failed(why)) => {
+                    let why = format!("{op} of resource {name}: {why}");
+                    tracing::warn!(resource = %name, "{why}");
+                    bus.publish("log", Some(&name), Some(&group), None, why.clone());
+                    Err(OpError::Failed(why))
+                }
             };
-            lock(&controls).remove(&key);
-            let _ = reply.send(control_result(out, default, code, &what));
-        });
+            let _ = reply.send(out);
+        }
     }
 
     fn type_control(
@@ -963,10 +1110,7 @@ impl Driver {
         });
         let what = format!("resource type {type_name:?}");
         crate::workers::spawn(move || {
-            let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                ty.resource_type_control(&type_name, code, &input)
-            }))
-            .unwrap_or_else(|p| Err(ControlError::Failed(format!("panicked: {}", panic_text(p)))));
+            let out = guarded(|| ty.resource_type_control(&type_name, code, &input));
             let _ = reply.send(control_result(out, default, code, &what));
         });
     }
@@ -1268,6 +1412,12 @@ impl Driver {
             }
         });
     }
+}
+
+/// A call into a type that may panic: a panic is its failure.
+fn guarded<T>(call: impl FnOnce() -> Result<T, ControlError>) -> Result<T, ControlError> {
+    std::panic::catch_unwind(AssertUnwindSafe(call))
+        .unwrap_or_else(|p| Err(ControlError::Failed(format!("panicked: {}", panic_text(p)))))
 }
 
 /// A type's answer to a control code, with the monitor's default handling

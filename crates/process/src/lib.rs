@@ -11,8 +11,15 @@
 //!   the main process's pidfd is watched, and its death is reported to the
 //!   monitor at once through the [`Notifier`], not at the next poll.
 //! * `is_alive` runs the optional `probe` (`exec`, `tcp` or `http`).
-//! * `offline` sends `stop_signal` to every process of the resource and waits
-//!   until none is left; the monitor terminates it after `pending_timeout`.
+//! * `offline` runs the `stop_command` hook when there is one (as the
+//!   service runs, in its scope) and waits for it, then sends `stop_signal`
+//!   to every process of the resource and waits until none is left; the
+//!   monitor terminates it after `pending_timeout`, a hung hook with it.
+//! * `reload` (`resmon reload-resource`) runs `reload_command` as the
+//!   service runs, killed past the limit the monitor gives (the resource's
+//!   `pending_timeout`), or without one sends `reload_signal` to the main
+//!   process; `signal` sends an operator's signal to the main process or to
+//!   every process of the resource. Neither changes a pid.
 //! * `terminate` kills the whole tree at once: the cgroup (`cgroup.kill`), or
 //!   where there is none every process carrying the resource's marker and all
 //!   their descendants, so children that double-forked or called `setsid` go
@@ -30,6 +37,7 @@ use resmon_contract::{
 };
 use resmon_task::lock;
 use resmon_task::{CheckAbort, Container, Output, Reaper, SpawnSpec, TaskHandle};
+use rustix::process::Signal;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,6 +81,7 @@ impl ResourceType for ProcessType {
                 name: ctx.name,
                 notifier: ctx.notifier,
                 stopping: AtomicBool::new(false),
+                terminated: AtomicBool::new(false),
                 spawning: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
                 last_exit: AtomicI64::new(NO_EXIT),
@@ -109,6 +118,9 @@ impl ResourceType for ProcessType {
                 "working_directory",
                 "user",
                 "stop_signal",
+                "stop_command",
+                "reload_signal",
+                "reload_command",
                 "probe",
                 "readiness",
                 "startup",
@@ -121,6 +133,23 @@ impl ResourceType for ProcessType {
     }
 }
 
+/// How a hook (`stop_command`, `reload_command`) did not succeed.
+enum HookError {
+    /// A terminate came: the hook dies with the rest of the resource.
+    Terminated,
+    /// It could not start, failed, or ran past its limit.
+    Failed(String),
+}
+
+/// How a finished process ended: its exit status, or the signal that
+/// killed it.
+fn ended(task: &TaskHandle) -> String {
+    task.ended().map_or_else(
+        || format!("exited with code {}", task.exit_code().unwrap_or(-1)),
+        |e| e.to_string(),
+    )
+}
+
 /// [`Shared::last_exit`] before a main process ended.
 const NO_EXIT: i64 = i64::MIN;
 
@@ -129,6 +158,9 @@ struct Shared {
     notifier: Notifier,
     /// Set by offline/terminate: the main process's exit is then expected.
     stopping: AtomicBool,
+    /// Set by terminate, cleared by online and reattach: a hook
+    /// (`stop_command`, `reload_command`) starts nothing once it is set.
+    terminated: AtomicBool,
     /// Set while the main process is being spawned: `terminate` then kills
     /// the container even if it looks empty.
     spawning: AtomicBool,
@@ -325,12 +357,15 @@ impl ProcessResource {
         Ok(pipes)
     }
 
-    fn spawn_main(&self) -> Result<TaskHandle, ResourceError> {
+    /// A process of the service: `argv` as its user, with its environment,
+    /// working directory and output, in its own session and the
+    /// resource's scope.
+    fn service_spec(&self, argv: &[String]) -> Result<SpawnSpec, ResourceError> {
         let p = &self.params;
         let (stdout, stderr) = self.outputs()?;
         let mut spec = SpawnSpec {
-            program: p.argv[0].clone(),
-            args: p.argv[1..].to_vec(),
+            program: argv[0].clone(),
+            args: argv[1..].to_vec(),
             env: p.environment.clone(),
             cwd: p.working_directory.clone(),
             user: p.user,
@@ -340,19 +375,113 @@ impl ProcessResource {
             ..Default::default()
         };
         spec.set_scope(&self.scope);
-        // With `terminate`, a handshake on two flags (both SeqCst): either
-        // this sees `stopping` and starts nothing, or `terminate` sees
-        // `spawning` and kills the container, catching the new process.
+        Ok(spec)
+    }
+
+    /// Spawns `spec` unless `halted` is set. With `terminate`, a handshake
+    /// on two flags (both SeqCst): either this sees `halted` (which
+    /// `terminate` sets first) and starts nothing, or `terminate` sees
+    /// `spawning` and kills the container, catching the new process.
+    fn spawn_scoped(
+        &self,
+        spec: &SpawnSpec,
+        halted: &AtomicBool,
+    ) -> Result<TaskHandle, ResourceError> {
         self.shared.spawning.store(true, Ordering::SeqCst);
-        let spawned = if self.shared.stopping.load(Ordering::SeqCst) {
+        let spawned = if halted.load(Ordering::SeqCst) {
             Err(ResourceError::new("terminated while starting"))
         } else {
             self.reaper
-                .spawn(&spec)
-                .map_err(|e| ResourceError::new(format!("starting {:?}: {e}", p.argv[0])))
+                .spawn(spec)
+                .map_err(|e| ResourceError::new(format!("starting {:?}: {e}", spec.program)))
         };
         self.shared.spawning.store(false, Ordering::SeqCst);
         spawned
+    }
+
+    fn spawn_main(&self) -> Result<TaskHandle, ResourceError> {
+        let spec = self.service_spec(&self.params.argv)?;
+        self.spawn_scoped(&spec, &self.shared.stopping)
+    }
+
+    /// Runs a hook (`key` names it) as the service runs (see
+    /// [`service_spec`](Self::service_spec)) and waits until it exits,
+    /// `limit` passes (it is then killed), or `give_up` turns true (a
+    /// terminate came, which kills it with the rest of the resource).
+    fn run_hook(
+        &self,
+        key: &str,
+        argv: &[String],
+        limit: Option<Duration>,
+        give_up: impl Fn() -> bool,
+    ) -> Result<(), HookError> {
+        let failed = |e: ResourceError| HookError::Failed(format!("{key}: {e}"));
+        let task = self.spawn_scoped(
+            &self.service_spec(argv).map_err(failed)?,
+            &self.shared.terminated,
+        );
+        let task = match task {
+            Err(_) if self.shared.terminated.load(Ordering::SeqCst) => {
+                return Err(HookError::Terminated)
+            }
+            t => t.map_err(failed)?,
+        };
+        let exited = async {
+            match limit {
+                Some(limit) => tokio::time::timeout(limit, task.wait()).await.ok(),
+                None => Some(task.wait().await),
+            }
+        };
+        match self.wait_unless(exited, give_up) {
+            None => Err(HookError::Terminated),
+            Some(Some(Ok(0))) => Ok(()),
+            Some(Some(Ok(_))) => Err(HookError::Failed(format!("{key} {}", ended(&task)))),
+            Some(Some(Err(e))) => Err(HookError::Failed(format!("{key}: {e}"))),
+            Some(None) => {
+                let _ = task.terminate(1);
+                Err(HookError::Failed(format!(
+                    "{key} did not finish within {:?}; it was killed",
+                    limit.unwrap_or_default()
+                )))
+            }
+        }
+    }
+
+    /// Waits for `done` on the resource's runtime, looking at `give_up`
+    /// every 100 ms; `None` once that says to stop waiting.
+    fn wait_unless<T>(
+        &self,
+        done: impl std::future::Future<Output = T>,
+        give_up: impl Fn() -> bool,
+    ) -> Option<T> {
+        self.rt.block_on(async {
+            tokio::pin!(done);
+            loop {
+                if let Ok(out) = tokio::time::timeout(Duration::from_millis(100), &mut done).await {
+                    return Some(out);
+                }
+                if give_up() {
+                    return None;
+                }
+            }
+        })
+    }
+
+    /// The main process while it runs, for an operator's request.
+    fn running_main(&self) -> Result<TaskHandle, ControlError> {
+        self.main()
+            .filter(|m| !m.is_signaled())
+            .ok_or_else(|| ControlError::Failed("its main process is not running".into()))
+    }
+
+    /// Sends `sig` to the main process, through its pidfd.
+    fn signal_main(&self, main: &TaskHandle, sig: Signal) -> Result<String, ControlError> {
+        let name = resmon_task::signal_name(sig.as_raw());
+        let pid = main.pid().unwrap_or(0);
+        main.signal(sig).map_err(|e| {
+            ControlError::Failed(format!("sending {name} to main process {pid}: {e}"))
+        })?;
+        Ok(format!("sent {name} to main process {pid}"))
     }
 
     /// Tells the event feed of processes found outside the resource's
@@ -460,12 +589,9 @@ impl ProcessResource {
                 return Err(ResourceError::new("cancelled by terminate"));
             }
             if main.is_signaled() {
-                let how = main.ended().map_or_else(
-                    || format!("exited with code {}", main.exit_code().unwrap_or(-1)),
-                    |e| e.to_string(),
-                );
                 return Err(ResourceError::new(format!(
-                    "main process {how} before it was ready"
+                    "main process {} before it was ready",
+                    ended(main)
                 )));
             }
             let last = match probe::run(probe, &self.probe_env(false)) {
@@ -493,6 +619,7 @@ impl ProcessResource {
 impl Resource for ProcessResource {
     fn online(&self, ctx: &CallContext) -> Result<Completion, ResourceError> {
         self.shared.stopping.store(false, Ordering::Release);
+        self.shared.terminated.store(false, Ordering::SeqCst);
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
         self.checks.reset();
         if !self.container.is_empty() {
@@ -513,6 +640,20 @@ impl Resource for ProcessResource {
 
     fn offline(&self, ctx: &CallContext) -> Result<Completion, ResourceError> {
         self.shared.stopping.store(true, Ordering::Release);
+        let cancelled = || ResourceError::new("cancelled by terminate");
+        if let Some(argv) = &self.params.stop_command {
+            // Part of the offline, so bounded by pending_timeout with it: a
+            // hook that hangs is ended by terminate, in the resource's
+            // scope with everything else of it.
+            match self.run_hook("stop_command", argv, None, || ctx.should_terminate()) {
+                Ok(()) => {}
+                Err(HookError::Terminated) => return Err(cancelled()),
+                Err(HookError::Failed(why)) => self.shared.notifier.log(
+                    LogLevel::Warn,
+                    format!("{why}; sending stop_signal all the same"),
+                ),
+            }
+        }
         self.container
             .signal_all(self.params.stop_signal)
             .map_err(|e| ResourceError::new(format!("sending the stop signal: {e}")))?;
@@ -529,28 +670,14 @@ impl Resource for ProcessResource {
                 let _ = main.wait().await;
             }
         };
-        let emptied = self.rt.block_on(async {
-            tokio::pin!(gone);
-            loop {
-                if tokio::time::timeout(Duration::from_millis(100), &mut gone)
-                    .await
-                    .is_ok()
-                {
-                    return true;
-                }
-                if ctx.should_terminate() {
-                    return false;
-                }
-            }
-        });
-        if emptied {
-            Ok(Completion::Done)
-        } else {
-            Err(ResourceError::new("cancelled by terminate"))
+        match self.wait_unless(gone, || ctx.should_terminate()) {
+            Some(()) => Ok(Completion::Done),
+            None => Err(cancelled()),
         }
     }
 
     fn terminate(&self, exit_code: i32) {
+        self.shared.terminated.store(true, Ordering::SeqCst);
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.container.note_tree();
         if let Some(main) = self.main() {
@@ -618,6 +745,47 @@ impl Resource for ProcessResource {
             }
             _ => Err(ControlError::NotSupported),
         }
+    }
+
+    fn reload(&self, limit: Duration) -> Result<String, ControlError> {
+        // The command when there is one; the signal only without it.
+        let argv = match (&self.params.reload_command, self.params.reload_signal) {
+            (Some(argv), _) => argv,
+            (None, Some(sig)) => return self.signal_main(&self.running_main()?, sig),
+            (None, None) => {
+                return Err(ControlError::InvalidInput(format!(
+                    "resource {} has no reload_signal or reload_command",
+                    self.shared.name
+                )))
+            }
+        };
+        self.running_main()?;
+        let terminated = || self.shared.terminated.load(Ordering::SeqCst);
+        match self.run_hook("reload_command", argv, Some(limit), terminated) {
+            Ok(()) => Ok("reload_command exited with code 0".into()),
+            Err(HookError::Terminated) => Err(ControlError::Failed(
+                "reload_command: the resource was terminated meanwhile".into(),
+            )),
+            Err(HookError::Failed(why)) => Err(ControlError::Failed(why)),
+        }
+    }
+
+    fn signal(&self, signal: i32, all: bool) -> Result<String, ControlError> {
+        let sig = Signal::from_named_raw(signal).ok_or_else(|| {
+            ControlError::InvalidInput(format!("{signal} is not a signal that can be sent"))
+        })?;
+        if !all {
+            return self.signal_main(&self.running_main()?, sig);
+        }
+        let name = resmon_task::signal_name(signal);
+        if self.container.is_empty() {
+            return Err(ControlError::Failed("no process of it runs".into()));
+        }
+        self.container
+            .signal_all(sig)
+            .map_err(|e| ControlError::Failed(format!("sending {name}: {e}")))?;
+        self.report_escaped();
+        Ok(format!("sent {name} to every process of the resource"))
     }
 
     fn close(&self) {
@@ -702,6 +870,7 @@ impl Resource for ProcessResource {
             )));
         }
         self.shared.stopping.store(false, Ordering::Release);
+        self.shared.terminated.store(false, Ordering::SeqCst);
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
         self.checks.reset();
         *lock(&self.main) = Some(main.clone());

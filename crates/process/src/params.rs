@@ -23,6 +23,9 @@ struct RawParams {
     working_directory: Option<PathBuf>,
     user: Option<String>,
     stop_signal: Option<String>,
+    stop_command: Option<CommandLine>,
+    reload_signal: Option<String>,
+    reload_command: Option<CommandLine>,
     probe: Option<RawProbe>,
     readiness: Option<RawProbe>,
     startup: Option<RawProbe>,
@@ -100,6 +103,15 @@ pub struct Params {
     /// (uid, gid) to run as.
     pub user: Option<(u32, u32)>,
     pub stop_signal: rustix::process::Signal,
+    /// Runs first when the resource goes offline, as the service runs
+    /// (its user, environment, directory, output, scope); then
+    /// `stop_signal` is sent.
+    pub stop_command: Option<Vec<String>>,
+    /// What `resmon reload-resource` sends the main process when there is
+    /// no `reload_command`.
+    pub reload_signal: Option<rustix::process::Signal>,
+    /// What `resmon reload-resource` runs, as the service runs.
+    pub reload_command: Option<Vec<String>>,
     pub probe: Option<Probe>,
     /// Checked all along while online: the monitor's thresholds turn its
     /// answers into ready or not ready.
@@ -123,18 +135,11 @@ impl Params {
         let Some(raw) = raw else {
             return Err(errors);
         };
-        let argv = match command_argv(&raw.command, "command") {
-            Ok(a) => a,
-            Err(e) => {
-                errors.push(e);
-                Vec::new()
-            }
-        };
-        if let Some(prog) = argv.first() {
-            if find_program(prog).is_none() {
-                errors.push(format!("command: {}", why_not_runnable(prog)));
-            }
-        }
+        let argv = program_argv(&raw.command, "command", &mut errors).unwrap_or_default();
+        let mut hook =
+            |c: Option<&CommandLine>, key| c.and_then(|c| program_argv(c, key, &mut errors));
+        let stop_command = hook(raw.stop_command.as_ref(), "stop_command");
+        let reload_command = hook(raw.reload_command.as_ref(), "reload_command");
         let mut environment = Vec::new();
         for (k, v) in raw.environment {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
@@ -168,18 +173,10 @@ impl Params {
                 }
             },
         };
-        let stop_signal = match raw
-            .stop_signal
-            .as_deref()
-            .map(resmon_task::parse_signal)
-            .transpose()
-        {
-            Ok(s) => s.unwrap_or(rustix::process::Signal::TERM),
-            Err(e) => {
-                errors.push(format!("stop_signal: {e}"));
-                rustix::process::Signal::TERM
-            }
-        };
+        let stop_signal = signal_param(raw.stop_signal.as_deref(), "stop_signal", &mut errors)
+            .unwrap_or(rustix::process::Signal::TERM);
+        let reload_signal =
+            signal_param(raw.reload_signal.as_deref(), "reload_signal", &mut errors);
         let probe = raw
             .probe
             .as_ref()
@@ -203,6 +200,9 @@ impl Params {
             working_directory: raw.working_directory,
             user,
             stop_signal,
+            stop_command,
+            reload_signal,
+            reload_command,
             probe,
             readiness,
             startup,
@@ -219,11 +219,31 @@ impl Params {
 pub fn command_of(value: &serde_json::Value, field: &str) -> Result<Vec<String>, String> {
     let c: CommandLine = serde_json::from_value(value.clone())
         .map_err(|_| format!("{field}: must be a list of strings or a command line string"))?;
-    let argv = command_argv(&c, field)?;
+    let mut errors = Vec::new();
+    program_argv(&c, field, &mut errors).ok_or_else(|| errors.join("; "))
+}
+
+/// A command line that must name a program that can be run, as `command`
+/// does; `None` with its problem added to `errors`.
+fn program_argv(c: &CommandLine, field: &str, errors: &mut Vec<String>) -> Option<Vec<String>> {
+    let argv = command_argv(c, field).map_err(|e| errors.push(e)).ok()?;
     if find_program(&argv[0]).is_none() {
-        return Err(format!("{field}: {}", why_not_runnable(&argv[0])));
+        errors.push(format!("{field}: {}", why_not_runnable(&argv[0])));
+        return None;
     }
-    Ok(argv)
+    Some(argv)
+}
+
+/// A signal given by name or number; `None` when not given, or with its
+/// problem added to `errors`.
+fn signal_param(
+    v: Option<&str>,
+    field: &str,
+    errors: &mut Vec<String>,
+) -> Option<rustix::process::Signal> {
+    resmon_task::parse_signal(v?)
+        .map_err(|e| errors.push(format!("{field}: {e}")))
+        .ok()
 }
 
 fn command_argv(c: &CommandLine, field: &str) -> Result<Vec<String>, String> {
@@ -534,6 +554,72 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(errs.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn stop_and_reload_hooks_parse_like_command() {
+        let p = Params::parse(&json!({"command": "sleep 1"})).unwrap();
+        assert_eq!(
+            (p.stop_command, p.reload_command, p.reload_signal),
+            (None, None, None)
+        );
+        let p = Params::parse(&json!({
+            "command": "sleep 1",
+            "stop_command": "sh -c 'echo bye'",
+            "reload_command": ["kill", "-HUP", "1"],
+            "reload_signal": "hup",
+        }))
+        .unwrap();
+        assert_eq!(p.stop_command.unwrap(), ["sh", "-c", "echo bye"]);
+        assert_eq!(p.reload_command.unwrap(), ["kill", "-HUP", "1"]);
+        assert_eq!(p.reload_signal, Some(rustix::process::Signal::HUP));
+        let p = Params::parse(&json!({"command": "sleep 1", "reload_signal": "10"})).unwrap();
+        assert_eq!(p.reload_signal, Some(rustix::process::Signal::USR1));
+    }
+
+    #[test]
+    fn every_bad_hook_is_named_with_its_key() {
+        for (key, value, want) in [
+            ("stop_command", json!(""), "stop_command: is empty"),
+            ("stop_command", json!([]), "stop_command: is empty"),
+            (
+                "stop_command",
+                json!("no-such-program-xyz now"),
+                "stop_command: program \"no-such-program-xyz\" not found in PATH",
+            ),
+            (
+                "stop_command",
+                json!("sh -c 'x"),
+                "stop_command: unbalanced quotes",
+            ),
+            ("stop_command", json!(5), "stop_command: "),
+            (
+                "reload_command",
+                json!(["sh", "a\u{0}b"]),
+                "reload_command: contains a NUL byte",
+            ),
+            (
+                "reload_command",
+                json!(["/no/such/prog"]),
+                "reload_command: program \"/no/such/prog\" not found",
+            ),
+            ("reload_command", json!({"x": 1}), "reload_command: "),
+            (
+                "reload_signal",
+                json!("SIGFOO"),
+                "reload_signal: unknown signal \"SIGFOO\"",
+            ),
+            (
+                "reload_signal",
+                json!("0"),
+                "reload_signal: 0 is not a signal number",
+            ),
+            ("reload_signal", json!(1), "reload_signal: "),
+        ] {
+            let e = Params::parse(&json!({"command": "sleep 1", key: value})).unwrap_err();
+            assert_eq!(e.len(), 1, "{key} = {value}: {e:?}");
+            assert!(e[0].starts_with(want), "{key} = {value}: {e:?}");
+        }
     }
 
     #[test]

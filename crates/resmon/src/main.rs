@@ -65,6 +65,7 @@ enum Cmd {
     /// online on the node).
     Move { group: String, node: String },
     /// Bring a resource online (its providers first).
+    #[command(visible_alias = "start")]
     Online {
         name: String,
         /// Return once it is online (exit 1 if it fails instead).
@@ -72,6 +73,7 @@ enum Cmd {
         wait: bool,
     },
     /// Take a resource offline (its dependents first).
+    #[command(visible_alias = "stop")]
     Offline {
         name: String,
         /// Return once it is offline.
@@ -112,6 +114,21 @@ enum Cmd {
         /// Return as soon as termination has started.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Make a running resource take its configuration again, without a restart.
+    ///
+    /// A process resource runs its reload_command (killed past its
+    /// pending_timeout), else sends its reload_signal to its main process;
+    /// its pids stay the same. Other types do not support it.
+    ReloadResource { name: String },
+    /// Send a signal to a resource's main process (or to all of its processes).
+    Signal {
+        name: String,
+        /// A name (`SIGHUP`, `HUP`, `hup`) or a number (`1`).
+        signal: String,
+        /// Send it to every process of the resource.
+        #[arg(long)]
+        all: bool,
     },
     /// Send a control code to a resource (resource_control).
     Control {
@@ -590,6 +607,16 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => tokio::task::spawn_blocking(move || agents(show, &ocf_root, json))
             .await
             .map_err(|e| fail(Exit::Failed, e.to_string()))?,
+        Cmd::ReloadResource { name } => {
+            let r = client(cli.socket).reload_resource(&name).await?;
+            println!("{}: {}", r.resource, r.message);
+            Ok(())
+        }
+        Cmd::Signal { name, signal, all } => {
+            let r = client(cli.socket).signal(&name, &signal, all).await?;
+            println!("{}: {}", r.resource, r.message);
+            Ok(())
+        }
         Cmd::Control { name, code, input } => {
             let input = json_input(input)?;
             let reply = client(cli.socket).control(&name, &code, input).await?;

@@ -521,6 +521,17 @@ fn the_quickstart_example_runs_as_written() {
     d.wait_state("heartbeat", "online", LONG);
     let out = d.ok(&["status"]);
     assert!(out.contains("web") && out.contains("online"), "{out}");
+    // Its heartbeat rereads on reload-resource, and says so, same pid.
+    let pids = d.pids("heartbeat");
+    d.ok(&["reload-resource", "heartbeat"]);
+    wait_for("the heartbeat to say it reloaded", LONG, || {
+        d.ok(&["logs", "heartbeat"]).contains("heartbeat: reloaded")
+    });
+    assert_eq!(d.pids("heartbeat"), pids);
+    d.ok(&["stop", "heartbeat", "--wait"]);
+    wait_for("its stop_command's words in its log", LONG, || {
+        d.ok(&["logs", "heartbeat"]).contains("heartbeat: stopping")
+    });
 }
 
 #[test]
