@@ -24,12 +24,14 @@
 //! * Every entry point should return within 300 ms.
 
 pub mod control;
+mod limits;
 mod name;
 mod policy;
 mod resource;
 mod state;
 pub mod table;
 
+pub use limits::{LimitValue, Limits, LIMIT_KEYS};
 pub use name::{check_name, NameError};
 pub use policy::{
     duration_value, parse_duration, parse_size, Backoff, DurationError, Policy, PolicyError,

@@ -36,6 +36,7 @@ pub fn monitor_keys() -> impl Iterator<Item = &'static str> {
         .iter()
         .chain(POLICY_KEYS)
         .chain(LOG_KEYS)
+        .chain(crate::LIMIT_KEYS)
         .copied()
 }
 

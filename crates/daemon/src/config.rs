@@ -14,6 +14,7 @@ use crate::access::{AccessConfig, Grant};
 use crate::cluster::config::{parse_cluster, parse_groups, ClusterConfig, GroupConfig};
 pub use resmon_contract::check_name;
 use resmon_contract::table::{self, LOG_KEYS, POLICY_KEYS, RESOURCE_KEYS};
+use resmon_contract::LIMIT_KEYS;
 use resmon_contract::{duration_value, Policy, ResourceType, RestartAction};
 use resmon_contract::{LogMode, LogSettings};
 use serde::Deserialize;
@@ -127,6 +128,8 @@ pub struct ResourceConfig {
     pub params: serde_json::Value,
     /// Where its output goes.
     pub log: LogSettings,
+    /// What its cgroup allows it.
+    pub limits: resmon_contract::Limits,
 }
 
 /// `[api]`: the optional TCP listener.
@@ -254,6 +257,7 @@ impl Config {
         let api = parse_api(doc.get("api"), &mut access, &mut problems);
 
         let mut defaults = Policy::default();
+        let mut limit_defaults = resmon_contract::Limits::default();
         let mut log_defaults = LogSettings {
             dir: monitor.log_dir.clone(),
             ..LogSettings::default()
@@ -261,7 +265,12 @@ impl Config {
         match doc.get("defaults") {
             None => {}
             Some(toml::Value::Table(t)) => {
-                let known: Vec<&str> = POLICY_KEYS.iter().chain(LOG_KEYS).copied().collect();
+                let known: Vec<&str> = POLICY_KEYS
+                    .iter()
+                    .chain(LOG_KEYS)
+                    .chain(LIMIT_KEYS)
+                    .copied()
+                    .collect();
                 for key in t.keys() {
                     if !known.contains(&key.as_str()) {
                         problems.push(format!(
@@ -272,6 +281,7 @@ impl Config {
                 }
                 apply_policy(&mut defaults, t, "[defaults]", &mut problems);
                 apply_log(&mut log_defaults, t, "[defaults]", &mut problems);
+                apply_limits(&mut limit_defaults, t, "[defaults]", &mut problems);
             }
             Some(_) => problems.push("[defaults] must be a table".into()),
         }
@@ -369,11 +379,14 @@ impl Config {
             check_backoff(&policy, &here, &mut problems);
             let mut log = log_defaults.clone();
             apply_log(&mut log, t, &here, &mut problems);
+            let mut limits = limit_defaults.clone();
+            apply_limits(&mut limits, t, &here, &mut problems);
             let mut params = toml::Table::new();
             for (k, v) in t {
                 if !RESOURCE_KEYS.contains(&k.as_str())
                     && !POLICY_KEYS.contains(&k.as_str())
                     && !LOG_KEYS.contains(&k.as_str())
+                    && !LIMIT_KEYS.contains(&k.as_str())
                 {
                     params.insert(k.clone(), v.clone());
                 }
@@ -409,6 +422,7 @@ impl Config {
                         policy,
                         params,
                         log,
+                        limits,
                     });
                 }
             }
@@ -953,6 +967,26 @@ fn check_backoff(p: &Policy, place: &str, problems: &mut Vec<String>) {
             humantime::format_duration(p.restart_delay_max),
             humantime::format_duration(p.restart_delay)
         ));
+    }
+}
+
+/// The limit keys of a table (`memory_max`, `cpu_max`, ...).
+fn apply_limits(
+    l: &mut resmon_contract::Limits,
+    t: &toml::Table,
+    place: &str,
+    problems: &mut Vec<String>,
+) {
+    for &key in LIMIT_KEYS {
+        let value = match t.get(key) {
+            None => continue,
+            Some(toml::Value::String(s)) => resmon_contract::LimitValue::Text(s.clone()),
+            Some(toml::Value::Integer(n)) => resmon_contract::LimitValue::Int(*n),
+            Some(_) => resmon_contract::LimitValue::Text(String::new()),
+        };
+        if let Err(e) = l.set(key, &value) {
+            problems.push(format!("{place}: {e}"));
+        }
     }
 }
 

@@ -518,6 +518,9 @@ impl Driver {
         resources: &[ResourceConfig],
         replace: &[String],
     ) -> Result<(Vec<ResId>, Vec<ResId>), resmon_core::SpecError> {
+        // Limits that cannot be had refuse the reload, before anything changes.
+        crate::limits_possible(resources, &self.containers)
+            .map_err(|e| resmon_core::SpecError(vec![e]))?;
         let specs = resources.iter().map(crate::handoff::spec_of).collect();
         let r = self.core.reconfigure(Instant::now(), specs, replace)?;
         // The slots first: the core's actions (their opens) name them.
@@ -529,7 +532,20 @@ impl Driver {
         }
         for c in resources {
             if let Some(id) = self.core.id(&c.name) {
-                self.slots[id].config = c.clone();
+                let slot = &mut self.slots[id];
+                // New limits apply in place: the resource keeps running.
+                if slot.config.limits != c.limits && !r.added.contains(&id) {
+                    let (container, limits) = (slot.container.clone(), c.limits.clone());
+                    let (bus, name, group) = (self.bus.clone(), c.name.clone(), c.group.clone());
+                    crate::workers::spawn(move || {
+                        let said = match container.apply_limits(&limits) {
+                            Ok(()) => "limits changed in place".to_string(),
+                            Err(e) => format!("its new limits could not be set: {e}"),
+                        };
+                        bus.publish("log", Some(&name), Some(&group), None, said);
+                    });
+                }
+                slot.config = c.clone();
             }
         }
         for a in r.actions {
@@ -1169,7 +1185,13 @@ impl Driver {
                     kill_first,
                     changed: slot.fingerprint
                         != crate::state::fingerprint(&slot.config.type_name, &slot.config.params),
-                    notifier: opening::notifier(id, &slot.config, &self.tx, &self.bus),
+                    notifier: opening::notifier(
+                        id,
+                        &slot.config,
+                        &slot.container,
+                        &self.tx,
+                        &self.bus,
+                    ),
                 };
                 let (tx, opens) = (self.tx.clone(), self.opens.clone());
                 tokio::spawn(async move {
@@ -1187,7 +1209,8 @@ impl Driver {
                     slot.resource.clone(),
                     slot.container.clone(),
                 );
-                let notifier = opening::notifier(id, &slot.config, &self.tx, &self.bus);
+                let notifier =
+                    opening::notifier(id, &slot.config, &slot.container, &self.tx, &self.bus);
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     let alive = opening::reattach(name, resource, blob, container, notifier).await;
@@ -1675,6 +1698,7 @@ mod tests {
             policy,
             params: serde_json::Value::Null,
             log: Default::default(),
+            limits: Default::default(),
         };
         let core = Monitor::new(vec![crate::handoff::spec_of(&config)], Instant::now()).unwrap();
         let types: Vec<Arc<dyn ResourceType>> = vec![Arc::new(RecorderType {

@@ -121,6 +121,9 @@ pub async fn validate_config(path: &Path) -> Result<Config, config::ConfigError>
         CgroupMode::Off => Containers::process_groups(),
     });
     let mut problems = Vec::new();
+    if let Err(e) = limits_possible(&config.resources, &containers) {
+        problems.push(e);
+    }
     for r in &config.resources {
         let Some(ty) = driver::type_of(&types, &r.type_name) else {
             problems.push(format!(
@@ -142,6 +145,31 @@ pub async fn validate_config(path: &Path) -> Result<Config, config::ConfigError>
             problems,
         })
     }
+}
+
+/// Whether the limits `resources` set can be had here: their cgroup v2
+/// controllers are enabled for resources' cgroups, or what is missing,
+/// naming a resource that needs it.
+fn limits_possible(resources: &[ResourceConfig], containers: &Containers) -> Result<(), String> {
+    let mut needed: Vec<&str> = Vec::new();
+    for r in resources {
+        for c in r.limits.controllers() {
+            if !needed.contains(&c) {
+                needed.push(c);
+            }
+        }
+    }
+    containers.enable_controllers(&needed).map_err(|e| {
+        let who: Vec<&str> = resources
+            .iter()
+            .filter(|r| !r.limits.is_empty())
+            .map(|r| r.name.as_str())
+            .collect();
+        format!(
+            "resource(s) {} set limits (memory_max, cpu_max, ...), which cannot be had here: {e}",
+            who.join(", ")
+        )
+    })
 }
 
 /// Opens and closes one resource for [`validate_config`].
@@ -307,6 +335,9 @@ async fn run(
         tracing::warn!("{why}");
         bus.publish("monitor", None, None, None, why);
     }
+
+    limits_possible(&config.resources, &containers)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config.file.display()))?;
 
     // What an earlier run left for resources no longer configured goes.
     let names: Vec<&str> = config.resources.iter().map(|r| r.name.as_str()).collect();

@@ -157,6 +157,13 @@ pub async fn open(job: OpenJob) -> Opened {
             ))),
         };
     };
+    // What runs in it from now on runs within its limits.
+    if let Err(e) = container.apply_limits(&r.limits) {
+        return Opened {
+            container: made,
+            result: Err(failed(format!("setting its limits: {e}"))),
+        };
+    }
     let ctx = open_context(&r, &container, notifier);
     let fingerprint = crate::state::fingerprint(&r.type_name, &r.params);
     let opened = crate::workers::spawn(move || ty.open(ctx))
@@ -216,12 +223,23 @@ pub async fn close(resource: Arc<dyn Resource>, container: Container, release: b
 pub fn notifier(
     id: resmon_core::ResId,
     r: &ResourceConfig,
+    container: &Container,
     tx: &tokio::sync::mpsc::UnboundedSender<crate::driver::Msg>,
     bus: &crate::events::EventBus,
 ) -> Notifier {
     let (tx, bus, name, group) = (tx.clone(), bus.clone(), r.name.clone(), r.group.clone());
+    // OOM kills seen so far: a failure after a new one says so.
+    let oom = container.clone();
+    let seen = std::sync::atomic::AtomicU64::new(oom.oom_kills().unwrap_or(0));
     Notifier::new(move |notice| match notice {
-        Notice::Failed(reason) => {
+        Notice::Failed(mut reason) => {
+            if let Some(n) = oom.oom_kills() {
+                if n > seen.swap(n, std::sync::atomic::Ordering::AcqRel) {
+                    reason.push_str(
+                        "; the kernel's OOM killer killed it: it went past its memory_max (memory.events oom_kill)",
+                    );
+                }
+            }
             let _ = tx.send(crate::driver::Msg::Event(
                 resmon_core::Event::FailureNotice { id, reason },
             ));

@@ -41,6 +41,7 @@ fn everything() -> String {
     m.api_request("/metrics", 200);
     m.ownership_change(true);
     m.fence("lease_lost");
+    m.alert("pager", "delivered", 1);
     let scrape = Scrape {
         rows: Some(Rows {
             generation: 1,

@@ -373,6 +373,56 @@ impl Containers {
         Ok(self.container(resource_name, cgroup))
     }
 
+    /// Makes the cgroup v2 `controllers` (`memory`, `cpu`, `pids`, `io`)
+    /// work in every resource's cgroup: enabled in the root's
+    /// `cgroup.subtree_control`, and first in its parent's when the root
+    /// does not have one. What cannot be had is said, with why: no cgroups
+    /// at all, or a controller the cgroup resmon runs in does not offer (a
+    /// host that binds it to a cgroup v1 hierarchy, a service manager that
+    /// does not delegate it).
+    pub fn enable_controllers(&self, controllers: &[&str]) -> Result<(), String> {
+        if controllers.is_empty() {
+            return Ok(());
+        }
+        let root = match &self.backend {
+            Backend::Cgroup { root } => root,
+            Backend::ProcessGroups { reason } => {
+                return Err(format!(
+                    "limits need cgroup v2, and resources run in process groups here ({reason})"
+                ))
+            }
+        };
+        let available = |dir: &Path| -> Vec<String> {
+            std::fs::read_to_string(dir.join("cgroup.controllers"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        let parent = root.parent().unwrap_or(root);
+        for &c in controllers {
+            if !available(root).iter().any(|a| a == c) {
+                // The parent holds the monitor itself: it takes a controller
+                // for its children only where the kernel allows (no process
+                // of its own, or the root of the hierarchy).
+                let _ =
+                    cgroup::write_file(&parent.join("cgroup.subtree_control"), &format!("+{c}"));
+            }
+            if !available(root).iter().any(|a| a == c) {
+                let offered = available(parent);
+                return Err(format!(
+                    "the {c} controller is not available to {}: {} offers [{}]; on a host whose cgroup v1 hierarchies hold it, or under a service manager that does not delegate it (systemd: Delegate=yes), cgroup v2 limits cannot be set",
+                    root.display(),
+                    parent.join("cgroup.controllers").display(),
+                    offered.join(" ")
+                ));
+            }
+            cgroup::write_file(&root.join("cgroup.subtree_control"), &format!("+{c}"))
+                .map_err(|e| format!("enabling the {c} controller: {e}"))?;
+        }
+        Ok(())
+    }
+
     /// Removes the root cgroup; do it after removing the containers. Errors
     /// are logged, not returned.
     pub fn cleanup(&self) {
@@ -568,6 +618,52 @@ impl Container {
                 escaped: Mutex::new(Escaped::default()),
             }),
         }
+    }
+
+    /// Writes `limits` to its cgroup: every file of an enabled controller
+    /// ([`Containers::enable_controllers`]) gets its value, an unset limit
+    /// the kernel's "no limit", so changing limits needs no restart. Without
+    /// a cgroup, limits that are set are an error.
+    pub fn apply_limits(&self, limits: &resmon_contract::Limits) -> io::Result<()> {
+        let Some(dir) = &self.inner.cgroup else {
+            if limits.is_empty() {
+                return Ok(());
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "limits need a cgroup, and this resource has none",
+            ));
+        };
+        let needed = limits.controllers();
+        for (controller, file, value) in limits.files() {
+            let path = dir.join(file);
+            if !path.exists() {
+                if needed.contains(&controller) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!(
+                            "{} is missing: the {controller} controller is not enabled for it",
+                            path.display()
+                        ),
+                    ));
+                }
+                continue;
+            }
+            cgroup::write_file(&path, &value)?;
+        }
+        Ok(())
+    }
+
+    /// How many times the kernel's OOM killer killed a process of it
+    /// (`memory.events` `oom_kill`); `None` without a cgroup or the
+    /// memory controller.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let dir = self.inner.cgroup.as_ref()?;
+        let events = std::fs::read_to_string(dir.join("memory.events")).ok()?;
+        events
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
     }
 
     /// The fencing token its processes get (cluster mode): set it when the
@@ -1007,5 +1103,78 @@ mod tests {
         assert!(read().contains(&id));
         drop(listener);
         assert!(!read().contains(&id));
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    /// A directory standing in for a cgroup whose `controllers` are enabled:
+    /// their files exist, as the kernel makes them.
+    fn fake_cgroup(controllers: &[&str]) -> (tempfile::TempDir, Container) {
+        let dir = tempfile::tempdir().unwrap();
+        for (c, file, _) in resmon_contract::Limits::default().files() {
+            if controllers.contains(&c) {
+                std::fs::write(dir.path().join(file), "").unwrap();
+            }
+        }
+        let scope = Scope {
+            cgroup: Some(dir.path().to_path_buf()),
+            marker: ("M".into(), "i/r".into()),
+            fencing: FencingToken::default(),
+        };
+        (dir, Container::from_scope(&scope))
+    }
+
+    #[test]
+    fn limits_are_written_and_lifted_and_a_missing_controller_is_an_error() {
+        let (dir, c) = fake_cgroup(&["memory", "cpu"]);
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        let mut l = resmon_contract::Limits::default();
+        l.set("memory_max", &resmon_contract::LimitValue::Int(1 << 20))
+            .unwrap();
+        l.set("cpu_max", &resmon_contract::LimitValue::Text("150%".into()))
+            .unwrap();
+        c.apply_limits(&l).unwrap();
+        assert_eq!(read("memory.max"), "1048576");
+        assert_eq!(read("memory.high"), "max");
+        assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(read("cpu.weight"), "100");
+        // A reload without them lifts them.
+        c.apply_limits(&resmon_contract::Limits::default()).unwrap();
+        assert_eq!(
+            (read("memory.max"), read("cpu.max")),
+            ("max".into(), "max 100000".into())
+        );
+        // pids is not enabled here: asking for it is an error naming it.
+        l.set("pids_max", &resmon_contract::LimitValue::Int(10))
+            .unwrap();
+        let e = c.apply_limits(&l).unwrap_err().to_string();
+        assert!(
+            e.contains("pids.max is missing: the pids controller is not enabled"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("memory.events"),
+            "low 0\noom 2\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.oom_kills(), Some(2));
+    }
+
+    #[test]
+    fn without_a_cgroup_limits_are_an_error_and_none_are_fine() {
+        let c = Containers::process_groups().unopened("r");
+        assert!(c.apply_limits(&resmon_contract::Limits::default()).is_ok());
+        let mut l = resmon_contract::Limits::default();
+        l.set("pids_max", &resmon_contract::LimitValue::Int(10))
+            .unwrap();
+        assert!(c.apply_limits(&l).is_err());
+        assert_eq!(c.oom_kills(), None);
+        let e = Containers::process_groups()
+            .enable_controllers(&["memory"])
+            .unwrap_err();
+        assert!(e.starts_with("limits need cgroup v2"), "{e}");
     }
 }
