@@ -106,6 +106,9 @@ enum Scenario {
     /// Internal: the unprivileged client of `flood`.
     #[value(hide = true)]
     FloodWorker,
+    /// Idle CPU with `--resources` resources, each with a readiness probe
+    /// and an alert hook listening, against the same without them.
+    Operations,
 }
 
 struct Monitor {
@@ -537,7 +540,44 @@ async fn idle(bin: &Path, args: &Args) -> Result<()> {
         "[defaults]\nlooks_alive_interval = \"1s\"\n{}",
         sleepers(args.resources)
     );
-    let m = Monitor::start(bin, &config)?;
+    let f = idle_figures(bin, &config, args).await?;
+    println!(
+        "idle: {} resources          {f}  (target < 1% and < 30 MB)",
+        args.resources
+    );
+    Ok(())
+}
+
+/// What an idle monitor costs once every resource is online.
+struct IdleFigures {
+    online: usize,
+    /// Percent of one core.
+    cpu: f64,
+    secs: f64,
+    rss_kb: u64,
+    pss_kb: u64,
+    threads: u64,
+}
+
+impl std::fmt::Display for IdleFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "online={} cpu={:.3}% of a core over {:.0} s  rss={:.1} MB  pss={:.1} MB  threads={}",
+            self.online,
+            self.cpu,
+            self.secs,
+            self.rss_kb as f64 / 1024.0,
+            self.pss_kb as f64 / 1024.0,
+            self.threads
+        )
+    }
+}
+
+/// Starts a monitor on `config`, waits until its `--resources` resources
+/// are online and start-up settled, and measures it over `--window`.
+async fn idle_figures(bin: &Path, config: &str, args: &Args) -> Result<IdleFigures> {
+    let m = Monitor::start(bin, config)?;
     let end = Instant::now() + Duration::from_secs(120);
     loop {
         let rs = m.resources().await?;
@@ -558,17 +598,61 @@ async fn idle(bin: &Path, args: &Args) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(args.window)).await;
     let c1 = cpu_ticks(pid).context("reading the monitor's CPU time")?;
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = (c1 - c0) as f64 / hz / secs * 100.0;
-    let rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
-    let pss = proc_field(pid, "smaps_rollup", "Pss:").unwrap_or(0);
     let rs = m.resources().await?;
-    let online = rs.iter().filter(|r| r.state == State::Online).count();
+    Ok(IdleFigures {
+        online: rs.iter().filter(|r| r.state == State::Online).count(),
+        cpu: (c1 - c0) as f64 / hz / secs * 100.0,
+        secs,
+        rss_kb: proc_field(pid, "status", "VmRSS:").unwrap_or(0),
+        pss_kb: proc_field(pid, "smaps_rollup", "Pss:").unwrap_or(0),
+        threads: thread_count(pid),
+    })
+}
+
+/// Idle cost of readiness probes and alert hooks: the same resources with
+/// and without a `readiness` probe each (tcp, every second, to a listener
+/// of this program) and an `[[alert]]` hook hearing them all, one after
+/// the other in the same run.
+async fn operations(bin: &Path, args: &Args) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(conn);
+        }
+    });
+    let base = format!(
+        "[defaults]\nlooks_alive_interval = \"1s\"\n{}",
+        sleepers(args.resources)
+    );
+    let with = format!(
+        "{}\n[[alert]]\nname = \"all\"\ncommand = [\"true\"]\non = [\"failed\", \"restarted\", \"not_ready\", \"maintenance\"]\n",
+        base.replace(
+            "stdout = \"null\"\n",
+            &format!("stdout = \"null\"\nreadiness = {{ type = \"tcp\", address = \"127.0.0.1:{port}\", interval = \"1s\" }}\n"),
+        )
+    );
+    let without = idle_figures(bin, &base, args).await?;
     println!(
-        "idle: {} resources          online={online} cpu={cpu:.3}% of a core over {secs:.0} s  rss={:.1} MB  pss={:.1} MB  threads={}  (target < 1% and < 30 MB)",
+        "operations: {} resources, no readiness, no alert hook      {without}",
+        args.resources
+    );
+    let before = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    let t0 = Instant::now();
+    let with = idle_figures(bin, &with, args).await?;
+    let probes = accepted.load(std::sync::atomic::Ordering::Relaxed) - before;
+    println!(
+        "operations: {} resources, readiness every 1 s + alert hook  {with}  ({:.0} probes/s)",
         args.resources,
-        rss as f64 / 1024.0,
-        pss as f64 / 1024.0,
-        thread_count(pid),
+        probes as f64 / t0.elapsed().as_secs_f64()
+    );
+    println!(
+        "operations: readiness and alerts cost {:+.3}% of a core ({:.1} µs of monitor CPU per probe)",
+        with.cpu - without.cpu,
+        (with.cpu - without.cpu).max(0.0) / 100.0 * 1e6 / args.resources as f64
     );
     Ok(())
 }
@@ -1072,6 +1156,9 @@ async fn async_main(args: Args) -> Result<()> {
     }
     if want(Scenario::Idle) {
         idle(&bin, &args).await?;
+    }
+    if want(Scenario::Operations) {
+        operations(&bin, &args).await?;
     }
     if want(Scenario::Api) {
         api(&bin, &args).await?;

@@ -546,17 +546,23 @@ impl ProcessResource {
             while current(&shared) {
                 let (p, scope, reaper, rt) =
                     (probe.clone(), scope.clone(), reaper.clone(), rt.clone());
-                let answer = tokio::task::spawn_blocking(move || {
-                    let env = probe::ProbeEnv {
-                        user,
-                        scope: &scope,
-                        reaper: &reaper,
-                        rt: &rt,
-                        abort: None,
-                    };
-                    probe::run(&p, &env).map_err(|e| e.to_string())
-                })
-                .await;
+                let answer = if let ProbeKind::Tcp(addr) = &probe.kind {
+                    Ok(probe::tcp_async(addr, probe.timeout)
+                        .await
+                        .map_err(|e| e.to_string()))
+                } else {
+                    tokio::task::spawn_blocking(move || {
+                        let env = probe::ProbeEnv {
+                            user,
+                            scope: &scope,
+                            reaper: &reaper,
+                            rt: &rt,
+                            abort: None,
+                        };
+                        probe::run(&p, &env).map_err(|e| e.to_string())
+                    })
+                    .await
+                };
                 if !current(&shared) {
                     break;
                 }

@@ -123,7 +123,7 @@ pub struct Params {
 }
 
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_STARTUP_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Params {

@@ -83,6 +83,41 @@ pub fn run(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), ProbeError> {
     out
 }
 
+/// A `tcp` probe on the runtime itself, without a thread: what a readiness
+/// probe checked every few seconds of many resources costs least as.
+pub async fn tcp_async(addr: &str, timeout: Duration) -> Result<(), ProbeError> {
+    let started = std::time::Instant::now();
+    let out = async {
+        let addrs: Vec<std::net::SocketAddr> = match addr.parse() {
+            Ok(a) => vec![a],
+            Err(_) => tokio::net::lookup_host(addr)
+                .await
+                .map_err(|source| ProbeError::Resolve {
+                    addr: addr.to_owned(),
+                    source,
+                })?
+                .collect(),
+        };
+        let mut last = ProbeError::Unresolved(addr.to_owned());
+        for a in addrs {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(source)) => last = ProbeError::Connect { addr: a, source },
+                Err(_) => {
+                    last = ProbeError::Connect {
+                        addr: a,
+                        source: std::io::ErrorKind::TimedOut.into(),
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+    .await;
+    resmon_metrics::global().probe("tcp", started.elapsed(), out.is_ok());
+    out
+}
+
 fn run_once(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), ProbeError> {
     match &probe.kind {
         ProbeKind::Tcp(addr) => {
