@@ -211,6 +211,13 @@ impl Client {
         self.typed(Method::POST, &path, body).await
     }
 
+    /// Cluster mode: marks `node` for maintenance, or clears its mark.
+    pub async fn node_maintenance(&self, node: &str, on: bool) -> Result<MoveReply, ApiError> {
+        let path = format!("/v1/nodes/{}/maintenance", encode(node));
+        let body = json(&MaintenanceBody { on })?;
+        self.typed(Method::POST, &path, Some(body)).await
+    }
+
     /// Maintenance on or off for every resource of `group`, or (none) for
     /// every resource.
     pub async fn maintenance(

@@ -180,6 +180,9 @@ pub struct NodeView {
     pub live: bool,
     /// The groups it owns.
     pub groups: Vec<String>,
+    /// Marked for maintenance (`resmon maintenance on --node`).
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub maintenance: bool,
 }
 
 /// `GET /v1/nodes`.

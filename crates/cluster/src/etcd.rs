@@ -183,6 +183,8 @@ pub struct ClusterView {
     pub targets: BTreeMap<String, String>,
     /// Nodes that gave a group up: group -> nodes.
     pub failed: BTreeMap<String, Vec<String>>,
+    /// Nodes marked for maintenance.
+    pub maintenance: std::collections::BTreeSet<String>,
 }
 
 impl ClusterView {
@@ -208,6 +210,9 @@ impl ClusterView {
                         .insert(group, String::from_utf8_lossy(kv.value()).into_owned());
                 }
                 Key::Failed { group, node } => view.failed.entry(group).or_default().push(node),
+                Key::Maintenance(node) => {
+                    view.maintenance.insert(node);
+                }
             }
         }
         view
@@ -242,6 +247,12 @@ pub enum Change {
     /// A node marked a group failed (`present`) or the mark went away.
     Failed {
         group: String,
+        node: String,
+        present: bool,
+        revision: i64,
+    },
+    /// A node was marked for maintenance (`present`) or the mark cleared.
+    Maintenance {
         node: String,
         present: bool,
         revision: i64,
@@ -696,6 +707,22 @@ impl Member {
         let node = node.to_owned();
         self.op(&what, (key, node), |mut c, (key, node)| async move {
             c.put(key, node, None).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Marks `node` for maintenance (`on`) or clears the mark. The key has
+    /// no lease: the mark outlives the node's monitor.
+    pub async fn set_maintenance(&self, node: &str, on: bool) -> Result<(), Error> {
+        check_name(node)?;
+        let key = self.keys.maintenance(node);
+        if !on {
+            return self.delete("maintenance", key).await;
+        }
+        let what = format!("setting maintenance key {key}");
+        self.op(&what, key, |mut c, key| async move {
+            c.put(key, "", None).await
         })
         .await?;
         Ok(())
@@ -1281,6 +1308,11 @@ impl Watch {
                 },
                 Key::Failed { group, node } => Change::Failed {
                     group,
+                    node,
+                    present,
+                    revision,
+                },
+                Key::Maintenance(node) => Change::Maintenance {
                     node,
                     present,
                     revision,

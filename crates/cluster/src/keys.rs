@@ -8,6 +8,7 @@
 //! | `<p>/groups/<group>/owner` | the owning node's name | the owner's |
 //! | `<p>/groups/<group>/target` | the node a move was requested to | none |
 //! | `<p>/groups/<group>/failed/<node>` | empty: `node` gave the group up after its restart threshold | that node's |
+//! | `<p>/maintenance/<node>` | empty: the node's resources are in maintenance | none |
 //!
 //! A key bound to a lease disappears with it: a node key exists exactly
 //! while its node is a live member, and an owner key while its owner may
@@ -60,6 +61,7 @@ pub enum Key {
     Owner(String),
     Target(String),
     Failed { group: String, node: String },
+    Maintenance(String),
 }
 
 /// Builds and parses the keys under one prefix.
@@ -116,6 +118,12 @@ impl Keys {
         format!("{}/groups/{group}/failed/{node}", self.prefix)
     }
 
+    /// `<p>/maintenance/<node>`: the node's mark (no lease: it stays
+    /// across restarts of the node until cleared).
+    pub fn maintenance(&self, node: &str) -> String {
+        format!("{}/maintenance/{node}", self.prefix)
+    }
+
     /// What `key` is, or `None` for a key outside this layout.
     pub fn parse(&self, key: &str) -> Option<Key> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix('/')?;
@@ -125,6 +133,7 @@ impl Keys {
             ["nodes", node] => name(node).map(Key::Node),
             ["groups", group, "owner"] => name(group).map(Key::Owner),
             ["groups", group, "target"] => name(group).map(Key::Target),
+            ["maintenance", node] => name(node).map(Key::Maintenance),
             ["groups", group, "failed", node] => Some(Key::Failed {
                 group: name(group)?,
                 node: name(node)?,
@@ -146,6 +155,7 @@ mod tests {
                 (k.node("n1"), Key::Node("n1".into())),
                 (k.owner("web"), Key::Owner("web".into())),
                 (k.target("web"), Key::Target("web".into())),
+                (k.maintenance("n1"), Key::Maintenance("n1".into())),
                 (
                     k.failed("web", "n1"),
                     Key::Failed {

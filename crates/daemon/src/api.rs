@@ -297,6 +297,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/resources/{name}/maintenance", post(maintenance_one))
         .route("/v1/groups/{group}/maintenance", post(maintenance_group))
         .route("/v1/maintenance", post(maintenance_all))
+        .route("/v1/nodes/{node}/maintenance", post(maintenance_node))
         .route("/v1/resources/{name}/logs", get(logs))
         .route("/v1/resources/{name}/reload", post(reload_resource))
         .route("/v1/resources/{name}/signal/{signal}", post(signal))
@@ -841,6 +842,38 @@ async fn maintenance_group(
         return error(StatusCode::BAD_REQUEST, format!("bad group name: {e}"));
     }
     maintenance_many(&st, Some(group), &body).await
+}
+
+/// Cluster mode: marks a node (any, from any node) in etcd; its monitor
+/// puts every resource it has in maintenance, and takes them out when the
+/// mark is cleared.
+async fn maintenance_node(
+    AxState(st): AxState<ApiState>,
+    Path(node): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(c) = &st.cluster else {
+        return single_node();
+    };
+    if let Err(e) = crate::config::check_name(&node) {
+        return error(StatusCode::BAD_REQUEST, format!("bad node name: {e}"));
+    }
+    let on = match maintenance_body(&body) {
+        Ok(on) => on,
+        Err(answer) => return *answer,
+    };
+    let (reply, rx) = oneshot::channel();
+    if c.requests
+        .send(ClusterRequest::NodeMaintenance { node, on, reply })
+        .is_err()
+    {
+        return stopping();
+    }
+    match rx.await {
+        Ok(Ok(message)) => Json(resmon_client::wire::MoveReply { message }).into_response(),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Err(_) => stopping(),
+    }
 }
 
 async fn maintenance_all(AxState(st): AxState<ApiState>, body: axum::body::Bytes) -> Response {

@@ -95,15 +95,19 @@ enum Cmd {
     Maintenance {
         #[arg(value_parser = ["on", "off"])]
         mode: String,
-        /// The resource (or give --group or --all).
-        #[arg(required_unless_present_any = ["group", "all"], conflicts_with_all = ["group", "all"])]
+        /// The resource (or give --group, --all or --node).
+        #[arg(required_unless_present_any = ["group", "all", "node"], conflicts_with_all = ["group", "all", "node"])]
         name: Option<String>,
         /// Every resource of this group.
-        #[arg(long, conflicts_with = "all")]
+        #[arg(long, conflicts_with_all = ["all", "node"])]
         group: Option<String>,
         /// Every resource.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "node")]
         all: bool,
+        /// Cluster mode: every resource of this node, marked in etcd (asked
+        /// of any node; the mark outlives the node's monitor).
+        #[arg(long)]
+        node: Option<String>,
     },
     /// End a resource now: its whole process tree is killed.
     Terminate {
@@ -547,8 +551,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             name,
             group,
             all: _,
+            node,
         } => {
             let on = mode == "on";
+            if let Some(node) = node {
+                let reply = client(cli.socket).node_maintenance(&node, on).await?;
+                println!("{}", reply.message);
+                return Ok(());
+            }
             if let Some(name) = name {
                 return operate(cli.socket, &name, Operation::Maintenance(on), false).await;
             }
@@ -970,7 +980,11 @@ fn print_nodes(r: &NodesReply) {
         .max()
         .unwrap_or(4)
         .max(4);
-    let _ = writeln!(out, "{:<width$}  {:<5}  GROUPS", "NODE", "LIVE");
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:<5}  {:<11}  GROUPS",
+        "NODE", "LIVE", "MAINTENANCE"
+    );
     for n in &r.nodes {
         let groups = if n.groups.is_empty() {
             "-".to_string()
@@ -978,7 +992,12 @@ fn print_nodes(r: &NodesReply) {
             n.groups.join(",")
         };
         let live = if n.live { "yes" } else { "no" };
-        let _ = writeln!(out, "{:<width$}  {live:<5}  {groups}", n.name);
+        let maintenance = if n.maintenance { "yes" } else { "no" };
+        let _ = writeln!(
+            out,
+            "{:<width$}  {live:<5}  {maintenance:<11}  {groups}",
+            n.name
+        );
     }
     let unowned: Vec<&str> = r
         .owners

@@ -205,7 +205,11 @@ fn cluster_commands_on_a_single_node_say_so() {
     let d = Daemon::start(
         "[[resource]]\nname = \"a\"\ntype = \"process\"\ncommand = [\"sleep\", \"1000\"]\n",
     );
-    for args in [&["nodes"][..], &["move", "a", "n2"][..]] {
+    for args in [
+        &["nodes"][..],
+        &["move", "a", "n2"][..],
+        &["maintenance", "on", "--node", "n2"][..],
+    ] {
         let out = d.cli(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);

@@ -833,6 +833,65 @@ fn nodes_moves_failback_and_failover() {
     let out = c.nodes[0].cli(&["move", "alpha", "bad name"]);
     assert_ne!(out.status.code(), Some(0));
 
+    // Node maintenance, asked of another node: alpha, now on n1, keeps
+    // running while its process is killed; cleared, it is checked at once
+    // and restarted.
+    let out = c.nodes[0].cli(&["maintenance", "on", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alpha_on_n1 = |what: &str| -> serde_json::Value {
+        let out = c.nodes[1].cli(&["status", "alpha", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["resources"][0][what].clone()
+    };
+    wait_for(
+        "alpha in maintenance on n1",
+        Duration::from_secs(10),
+        || alpha_on_n1("maintenance") == true,
+    );
+    let out = c.nodes[2].cli(&["nodes", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n1 = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "n1")
+        .cloned();
+    assert_eq!(
+        n1.map(|n| n["maintenance"].clone()),
+        Some(true.into()),
+        "{v}"
+    );
+    let pid = alpha_on_n1("pids")[0].as_u64().unwrap() as u32;
+    sig(pid, rustix::process::Signal::KILL);
+    wait_for(
+        "the failure seen and not acted on",
+        Duration::from_secs(10),
+        || {
+            alpha_on_n1("reason")
+                .as_str()
+                .is_some_and(|r| r.starts_with("maintenance: is_alive returned false"))
+        },
+    );
+    assert_eq!(alpha_on_n1("state"), "online");
+    assert_eq!(alpha_on_n1("restarts"), 0);
+    let out = c.nodes[2].cli(&["maintenance", "off", "--node", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("alpha restarted on n1", Duration::from_secs(20), || {
+        alpha_on_n1("restarts") == 1 && alpha_on_n1("maintenance").is_null()
+    });
+    let t = boottime_ns();
+    wait_for("alpha beating on n1 again", Duration::from_secs(20), || {
+        c.runs_on("alpha", t).is_some_and(|(n, _)| n == 1)
+    });
+
     // beta fails back: its node dies (the guard fences what it ran), beta
     // moves to n1, and returns to n2 once n2 is back.
     let t0 = boottime_ns();

@@ -113,6 +113,8 @@ pub struct Controller {
     meter: Arc<std::sync::Mutex<Meter>>,
     /// Renewals of the members before the current one.
     renewals_before: (u64, u64),
+    /// Whether etcd marks this node for maintenance, as last seen.
+    maintenance: Option<bool>,
 }
 
 /// How often the controller looks at etcd and its lease.
@@ -169,6 +171,7 @@ impl Controller {
             last_snapshot: None,
             meter,
             renewals_before: (0, 0),
+            maintenance: None,
         })
     }
 
@@ -256,6 +259,7 @@ impl Controller {
                 return;
             }
         };
+        self.follow_maintenance(&snapshot);
         for g in 0..self.groups.len() {
             self.step_group(g, &snapshot).await;
         }
@@ -551,7 +555,50 @@ impl Controller {
             ClusterRequest::Move { group, node, reply } => {
                 let _ = reply.send(self.move_group(&group, &node).await);
             }
+            ClusterRequest::NodeMaintenance { node, on, reply } => {
+                let out = match &self.member {
+                    None => Err("this node is not a member of the cluster now".into()),
+                    Some(m) => m
+                        .set_maintenance(&node, on)
+                        .await
+                        .map(|()| {
+                            format!("node {node}: maintenance {}", if on { "on" } else { "off" })
+                        })
+                        .map_err(|e| format!("writing the maintenance mark to etcd: {e}")),
+                };
+                let _ = reply.send(out);
+            }
         }
+    }
+
+    /// This node's maintenance mark in etcd, carried to every resource
+    /// here when it changes (the first look only when it is on: a node
+    /// without the mark leaves its resources' own maintenance alone).
+    fn follow_maintenance(&mut self, snap: &Snapshot) {
+        let on = snap.maintenance.contains(&self.cfg.settings.node);
+        let before = self.maintenance.replace(on);
+        if before == Some(on) || (before.is_none() && !on) {
+            return;
+        }
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.send(Msg::Maintenance {
+            group: None,
+            on,
+            reply,
+        });
+        self.publish(
+            None,
+            format!(
+                "node {} is marked for maintenance {}: every resource here {}",
+                self.cfg.settings.node,
+                if on { "on" } else { "off" },
+                if on {
+                    "is in maintenance (checks run, no failure acts)"
+                } else {
+                    "leaves maintenance and is checked at once"
+                }
+            ),
+        );
     }
 
     async fn move_group(&mut self, group: &str, node: &str) -> Result<String, String> {
@@ -642,6 +689,7 @@ impl Controller {
                 name: n.clone(),
                 live: snap.is_some_and(|s| s.nodes.contains_key(n)),
                 groups: owned.get(n.as_str()).cloned().unwrap_or_default(),
+                maintenance: snap.is_some_and(|s| s.maintenance.contains(n)),
             })
             .collect();
     }
