@@ -284,6 +284,20 @@ impl Client {
         self.typed(Method::POST, "/v1/reload", None).await
     }
 
+    /// `POST /v1/upgrade`: the monitor runs its binary from disk again in
+    /// place; the answer says it is under way.
+    pub async fn upgrade(&self) -> Result<MoveReply, ApiError> {
+        self.typed(Method::POST, "/v1/upgrade", None).await
+    }
+
+    /// Whether `GET /readyz` answers 200: the monitor's start is done.
+    pub async fn is_ready(&self) -> bool {
+        matches!(
+            self.send(Method::GET, "/readyz", None).await,
+            Ok((s, _)) if s == StatusCode::OK
+        )
+    }
+
     /// The entry-point calls in progress.
     pub async fn calls(&self) -> Result<CallsReply, ApiError> {
         self.typed(Method::GET, "/v1/calls", None).await

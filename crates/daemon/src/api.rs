@@ -80,6 +80,14 @@ pub struct ApiState {
     pub journal: Option<crate::journal::Reader>,
     /// The log directory, where resources' relays write their output.
     pub logs: Option<Arc<rustix::fd::OwnedFd>>,
+    /// Where `POST /v1/upgrade` goes: the event loop.
+    pub upgrade: mpsc::UnboundedSender<UpgradeRequest>,
+}
+
+/// An upgrade asked for: the new binary's `--version`, and the answer.
+pub struct UpgradeRequest {
+    pub version: String,
+    pub reply: oneshot::Sender<Result<String, String>>,
 }
 
 /// The most events `/v1/events?since=` sends of the past.
@@ -308,6 +316,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/groups/{group}/move", post(move_group))
         .route("/v1/reload", post(reload))
+        .route("/v1/upgrade", post(upgrade))
         .route("/v1/events", get(events))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -871,6 +880,35 @@ async fn maintenance_node(
     }
     match rx.await {
         Ok(Ok(message)) => Json(resmon_client::wire::MoveReply { message }).into_response(),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Err(_) => stopping(),
+    }
+}
+
+/// `POST /v1/upgrade`: the binary on disk is tried, then the loop saves
+/// everything and runs it in place (see [`crate::upgrade`]). 202 once it
+/// is under way: the connection ends with the old process.
+async fn upgrade(AxState(st): AxState<ApiState>) -> Response {
+    if st.cluster.is_some() {
+        return error(
+            StatusCode::CONFLICT,
+            "an upgrade in place is not available in cluster mode: the fence guard would fence this node's groups while the new monitor starts; stop the node (its groups move) and start it with the new binary",
+        );
+    }
+    let version = match crate::upgrade::try_new_binary().await {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::CONFLICT, format!("not upgrading: {e}")),
+    };
+    let (reply, answer) = oneshot::channel();
+    if st.upgrade.send(UpgradeRequest { version, reply }).is_err() {
+        return stopping();
+    }
+    match answer.await {
+        Ok(Ok(message)) => (
+            StatusCode::ACCEPTED,
+            Json(resmon_client::wire::MoveReply { message }),
+        )
+            .into_response(),
         Ok(Err(e)) => error(StatusCode::CONFLICT, e),
         Err(_) => stopping(),
     }

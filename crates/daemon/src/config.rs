@@ -1035,6 +1035,24 @@ fn check_dependencies(resources: &[ResourceConfig]) -> Vec<String> {
     }
 }
 
+/// The longest a stop of the monitor can take: groups stop side by side,
+/// the resources of one along its dependencies, each within its
+/// `pending_timeout` (offline) and twice its `terminate_timeout` (the
+/// terminate, then the forced kill). An upper bound: the resources of a
+/// group are counted as if none stopped beside another.
+pub fn stop_budget(resources: &[ResourceConfig]) -> std::time::Duration {
+    let mut by_group: BTreeMap<&str, std::time::Duration> = BTreeMap::new();
+    for r in resources {
+        let p = &r.policy;
+        let one = p
+            .pending_timeout
+            .saturating_add(p.terminate_timeout.saturating_mul(2));
+        let g = by_group.entry(r.group.as_str()).or_default();
+        *g = g.saturating_add(one);
+    }
+    by_group.into_values().max().unwrap_or_default()
+}
+
 /// Groups and the resources in each, in config order.
 pub fn groups(resources: &[ResourceConfig]) -> BTreeMap<String, Vec<String>> {
     let mut g: BTreeMap<String, Vec<String>> = BTreeMap::new();

@@ -418,6 +418,29 @@ impl Driver {
         out
     }
 
+    /// Whether the monitor's start (opens, adoption) is carried out.
+    pub fn is_started(&self) -> bool {
+        self.core.is_started()
+    }
+
+    /// The resources by state, for people: `3 online, 1 failed, 0 pending`
+    /// (systemd's `STATUS=`).
+    pub fn counts(&self) -> String {
+        let (mut online, mut failed, mut pending, mut offline) = (0, 0, 0, 0);
+        for id in 0..self.slots.len() {
+            if self.core.is_retired(id) {
+                continue;
+            }
+            match self.core.state(id) {
+                State::Online => online += 1,
+                State::Failed => failed += 1,
+                State::OnlinePending | State::OfflinePending => pending += 1,
+                State::Offline => offline += 1,
+            }
+        }
+        format!("{online} online, {failed} failed, {pending} pending, {offline} offline")
+    }
+
     /// What is wanted online now, per resource.
     pub fn wanted(&self) -> Vec<bool> {
         (0..self.slots.len())

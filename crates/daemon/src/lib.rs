@@ -24,8 +24,10 @@ mod logs;
 mod opening;
 pub mod private_dir;
 mod running;
+pub mod sd_notify;
 mod socket;
 pub mod state;
+pub mod upgrade;
 mod wire_errors;
 pub mod workers;
 
@@ -413,11 +415,13 @@ async fn run(
         config.access.clone(),
     ))));
     let (reload_tx, reload_rx) = mpsc::unbounded_channel::<api::ReloadRequest>();
+    let (upgrade_tx, upgrade_rx) = mpsc::unbounded_channel::<api::UpgradeRequest>();
     let api = api::router(api::ApiState {
         tx: tx.clone(),
         bus: bus.clone(),
         access: access.clone(),
         reload: reload_tx,
+        upgrade: upgrade_tx,
         cluster: cluster_handle.clone(),
         problems: {
             let (dir, bus) = (state_dir.clone(), bus.clone());
@@ -497,18 +501,54 @@ async fn run(
         None,
         None,
         format!(
-            "monitor started with {} resources; processes kept in {}",
+            "monitor {} started with {} resources; processes kept in {}{}",
+            env!("CARGO_PKG_VERSION"),
             config.resources.len(),
-            containers.backend_description()
+            containers.backend_description(),
+            upgrade::upgraded_from()
+                .map(|v| format!("; upgraded in place from {v}, adopting every resource"))
+                .unwrap_or_default()
         ),
     );
     driver.start(&from, occupied, earlier);
 
     // Reloads run off the loop (see handoff).
     let handoff = handoff::Handoff::new(config, types, bus.clone(), access.clone());
-    let mut d = running::Running::new(driver, rx, bus, state_dir, handoff, reload_rx, signals);
+    let requests = (reload_rx, upgrade_rx);
+    let mut d = running::Running::new(driver, rx, bus, state_dir, handoff, requests, signals);
     while !d.finished() {
         d.turn().await;
+    }
+    if let Some(up) = d.take_upgrade() {
+        // Nothing stops: the state as it runs now, the journal flushed,
+        // the answer given, then the binary on disk in this process.
+        d.save_running().await;
+        let exe = upgrade::exe().map_or_else(String::new, |e| e.display().to_string());
+        let message = format!(
+            "upgrading: running {exe} ({}) in place of this monitor ({}); every resource keeps running and is adopted",
+            up.version,
+            env!("CARGO_PKG_VERSION")
+        );
+        tracing::info!("{message}");
+        d.bus.finish(message.clone());
+        d.bus.detach_journal();
+        if let Some(w) = journal_writer {
+            let _ = workers::spawn(move || w.finish(Duration::from_secs(2))).await;
+        }
+        let _ = up.reply.send(Ok(message));
+        alerts.stop().await;
+        shutdown.begin();
+        let servers = async move {
+            let _ = server.await;
+            if let Some(t) = tcp_server {
+                let _ = t.await;
+            }
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, servers).await;
+        let e = upgrade::exec(&sd_notify::env_for_exec());
+        anyhow::bail!(
+            "upgrade: running the new binary failed: {e}; the resources keep running: start the monitor again and it adopts them"
+        );
     }
     // Everything is down; make sure of it, then release. A resource is
     // closed only once it is down (`close` terminates one that is not).

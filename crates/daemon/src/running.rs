@@ -24,6 +24,8 @@ enum Woke {
     Signal(&'static str),
     Reload(Option<ReloadRequest>),
     Job(Box<Job>),
+    Ping,
+    Upgrade(crate::api::UpgradeRequest),
     Other,
 }
 
@@ -46,7 +48,20 @@ pub struct Running {
     /// Set by the first stop signal: what was wanted before it, which is
     /// what the next start brings back.
     stopping: Option<Vec<bool>>,
+    /// systemd's notify socket, when it gave one.
+    systemd: crate::sd_notify::SdNotify,
+    /// When the next `WATCHDOG=1` (and `STATUS=` update) is due.
+    next_ping: Option<tokio::time::Instant>,
+    /// A reload told to systemd, whose `READY=1` is owed.
+    reloading: bool,
+    upgrades: mpsc::UnboundedReceiver<crate::api::UpgradeRequest>,
+    /// An upgrade accepted: the loop ends, and the monitor runs its binary
+    /// again (see [`crate::upgrade`]).
+    upgrade: Option<crate::api::UpgradeRequest>,
 }
+
+/// How often `STATUS=` is brought up to date at most, without a watchdog.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 impl Running {
     pub fn new(
@@ -55,7 +70,10 @@ impl Running {
         bus: EventBus,
         state_dir: Arc<StateDir>,
         (handoff, jobs): (Handoff, mpsc::UnboundedReceiver<Job>),
-        reloads: mpsc::UnboundedReceiver<ReloadRequest>,
+        (reloads, upgrades): (
+            mpsc::UnboundedReceiver<ReloadRequest>,
+            mpsc::UnboundedReceiver<crate::api::UpgradeRequest>,
+        ),
         signals: crate::Signals,
     ) -> Running {
         let mut r = Running {
@@ -73,7 +91,15 @@ impl Running {
             writing: None,
             seq: 0,
             stopping: None,
+            systemd: crate::sd_notify::SdNotify::from_env(),
+            next_ping: None,
+            reloading: false,
+            upgrades,
+            upgrade: None,
         };
+        if r.systemd.is_on() {
+            r.next_ping = Some(tokio::time::Instant::now());
+        }
         r.schedule.started();
         r.writing = Some(r.save(None));
         r
@@ -82,13 +108,45 @@ impl Running {
     /// Whether the monitor is done: stopping, every resource down, and
     /// nothing handed off still running.
     pub fn finished(&self) -> bool {
-        self.stopping.is_some() && self.driver.all_down() && self.handoff.idle()
+        self.upgrade.is_some()
+            || (self.stopping.is_some() && self.driver.all_down() && self.handoff.idle())
+    }
+
+    /// The upgrade the loop ended for, if it did.
+    pub fn take_upgrade(&mut self) -> Option<crate::api::UpgradeRequest> {
+        self.upgrade.take()
+    }
+
+    /// An upgrade asked for: taken when nothing is under way that the new
+    /// process could not pick up.
+    fn upgrade(&mut self, req: crate::api::UpgradeRequest) {
+        let refused = if self.stopping.is_some() {
+            Some("the monitor is stopping")
+        } else if !self.driver.is_started() {
+            Some("the monitor is still starting (opening and adopting its resources)")
+        } else if !self.handoff.idle() || self.reloading {
+            Some("a reload is being applied; upgrade once it is")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            let _ = req.reply.send(Err(format!("not upgrading now: {why}")));
+            return;
+        }
+        self.systemd.reloading();
+        self.upgrade = Some(req);
+    }
+
+    /// Writes the state as everything runs now, and waits for it.
+    pub async fn save_running(&mut self) {
+        let _ = self.save(None).await;
     }
 
     /// One turn of the event loop.
     pub async fn turn(&mut self) {
         self.schedule_save();
         let save_timer = self.schedule.wake_at(self.stopping.is_some());
+        let ping = self.next_ping;
         let woke = tokio::select! {
             biased;
             _ = self.sigterm.recv() => Woke::Signal("SIGTERM"),
@@ -96,6 +154,7 @@ impl Running {
             _ = self.sighup.recv() => Woke::Reload(None),
             Some(reply) = self.reloads.recv() => Woke::Reload(Some(reply)),
             Some(job) = self.jobs.recv() => Woke::Job(Box::new(job)),
+            Some(req) = self.upgrades.recv() => Woke::Upgrade(req),
             _ = self.driver.turn(&mut self.rx) => Woke::Other,
             _ = async {
                 match self.writing.as_mut() {
@@ -109,13 +168,48 @@ impl Running {
                     None => std::future::pending::<()>().await,
                 }
             } => Woke::Other,
+            _ = async {
+                match ping {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending::<()>().await,
+                }
+            } => Woke::Ping,
         };
         match woke {
             Woke::Signal(signal) => self.stop(signal),
-            Woke::Reload(reply) => self.handoff.request_reload(reply, self.stopping.is_some()),
-            Woke::Job(job) => self.handoff.finished(*job, &mut self.driver),
+            Woke::Reload(reply) => {
+                if self.stopping.is_none() && !self.reloading && self.systemd.is_ready() {
+                    self.systemd.reloading();
+                    self.reloading = true;
+                }
+                self.handoff.request_reload(reply, self.stopping.is_some())
+            }
+            Woke::Job(job) => {
+                self.handoff.finished(*job, &mut self.driver);
+                if self.reloading && self.handoff.idle() {
+                    self.reloading = false;
+                    self.systemd.reloaded();
+                }
+            }
+            Woke::Ping => self.ping(),
+            Woke::Upgrade(req) => self.upgrade(req),
             Woke::Other => {}
         }
+        if !self.systemd.is_ready() && self.driver.is_started() && self.stopping.is_none() {
+            self.systemd.ready(self.driver.counts());
+        }
+    }
+
+    /// The watchdog's ping, from the loop itself, and the status with it.
+    fn ping(&mut self) {
+        if self.systemd.ping_every().is_some() {
+            self.systemd.watchdog();
+        }
+        if self.systemd.is_ready() && self.stopping.is_none() {
+            self.systemd.status(self.driver.counts());
+        }
+        let every = self.systemd.ping_every().unwrap_or(STATUS_EVERY);
+        self.next_ping = Some(tokio::time::Instant::now() + every);
     }
 
     /// Ends a finished write, and starts one when the schedule says so.
@@ -138,6 +232,7 @@ impl Running {
     fn stop(&mut self, signal: &str) {
         let first = self.stopping.is_none();
         if first {
+            self.systemd.stopping();
             // What was wanted before the stop is what the next start brings back.
             self.save(None);
             self.stopping = Some(self.driver.wanted());

@@ -138,6 +138,7 @@ proptest! {
             // answered 503, which is what a stopping monitor says.
             let (tx, _) = tokio::sync::mpsc::unbounded_channel();
             let (reload, _) = tokio::sync::mpsc::unbounded_channel();
+            let (upgrade, _) = tokio::sync::mpsc::unbounded_channel();
             let app = router(ApiState {
                 tx,
                 bus: EventBus::new(),
@@ -148,6 +149,7 @@ proptest! {
                 metrics: Arc::default(),
                 journal: None,
                 logs: None,
+                upgrade,
             });
             let Ok(mut req) = Request::builder().method(m).uri(p.as_str()).body(Body::from(body)) else {
                 return StatusCode::BAD_REQUEST;

@@ -156,6 +156,9 @@ enum Cmd {
     },
     /// Re-read the monitor's config file and apply what changed (as SIGHUP).
     Reload,
+    /// Run the monitor's binary from disk again in place (same pid) after
+    /// installing a new one: every resource keeps running and is adopted.
+    Upgrade,
     /// List entry-point calls in progress, with their elapsed time and deadline.
     Calls {
         /// Print JSON: {"calls":[...]}
@@ -350,6 +353,10 @@ fn fail(code: Exit, message: impl Into<String>) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // While this is the only thread: no resource may inherit systemd's
+    // notify socket and speak for the monitor.
+    resmon_daemon::sd_notify::take_from_env();
+    resmon_daemon::upgrade::remember_start();
     let cli = Cli::parse();
     if let Cmd::Host { library } = &cli.command {
         // No runtime, no logger: the host is a plain process of worker
@@ -511,6 +518,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 if validate { ", each opened" } else { "" },
                 c.monitor.socket.display()
             );
+            let budget = resmon_daemon::config::stop_budget(&c.resources);
+            println!(
+                "a stop takes at most {} (under systemd: TimeoutStopSec={}s or more)",
+                humantime::format_duration(budget),
+                budget.as_secs() + 10
+            );
             Ok(())
         }
         Cmd::Status { name, json } => {
@@ -659,6 +672,25 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             for n in &r.notes {
                 println!("note: {n}");
             }
+            Ok(())
+        }
+        Cmd::Upgrade => {
+            let client = client(cli.socket);
+            let reply = client.upgrade().await?;
+            println!("{}", reply.message);
+            // The old process ends with this answer; the new one is ready
+            // once it has adopted everything.
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            while !client.is_ready().await {
+                if std::time::Instant::now() > end {
+                    return Err(fail(
+                        Exit::Unreachable,
+                        "the upgraded monitor is not ready after 120 s: see its log",
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            println!("upgraded: the monitor is ready again");
             Ok(())
         }
         Cmd::Metrics => {

@@ -326,6 +326,7 @@ pub mod libc_sig {
     pub const TERM: i32 = 15;
     pub const KILL: i32 = 9;
     pub const STOP: i32 = 19;
+    pub const CONT: i32 = 18;
 }
 
 /// Starts `cmd` (the resmon binary, or a wrapper that execs it) as
@@ -355,6 +356,7 @@ pub fn signal(pid: u32, sig: i32) {
         1 => rustix::process::Signal::HUP,
         libc_sig::KILL => rustix::process::Signal::KILL,
         libc_sig::STOP => rustix::process::Signal::STOP,
+        libc_sig::CONT => rustix::process::Signal::CONT,
         _ => rustix::process::Signal::TERM,
     };
     let _ = rustix::process::kill_process(pid, sig);
