@@ -109,6 +109,9 @@ enum Scenario {
     /// Idle CPU with `--resources` resources, each with a readiness probe
     /// and an alert hook listening, against the same without them.
     Operations,
+    /// `notify = true`: from a service's `READY=1` to its online event in
+    /// the event feed.
+    Notify,
 }
 
 struct Monitor {
@@ -607,6 +610,77 @@ async fn idle_figures(bin: &Path, config: &str, args: &Args) -> Result<IdleFigur
         pss_kb: proc_field(pid, "smaps_rollup", "Pss:").unwrap_or(0),
         threads: thread_count(pid),
     })
+}
+
+/// A service that says `READY=1` on its notify socket, having written
+/// `CLOCK_MONOTONIC` (ns) just before into the file its argument names.
+const NOTIFYING: &str = r#"
+import os, socket, sys, time
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+t = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+s.sendto(b"READY=1", addr)
+open(sys.argv[1] + ".tmp", "w").write(str(t))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(100000)
+"#;
+
+/// `READY=1` -> online event, over `--runs` starts of a `notify = true`
+/// service.
+async fn notify(bin: &Path, args: &Args) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stamp = dir.path().join("ready");
+    let config = format!(
+        "[[resource]]\nname = \"svc\"\ntype = \"process\"\nnotify = true\nautostart = false\nstdout = \"null\"\ncommand = [\"python3\", \"-c\", {}, \"{}\"]\n",
+        serde_json::Value::String(NOTIFYING.into()),
+        stamp.display()
+    );
+    let m = Monitor::start(bin, &config)?;
+    let mut rx = event_stream(&m).await?;
+    let monotonic = || {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        t.tv_sec as i128 * 1_000_000_000 + i128::from(t.tv_nsec)
+    };
+    let mut samples = Vec::new();
+    for i in 0..args.warmup + args.runs {
+        let _ = std::fs::remove_file(&stamp);
+        while rx.try_recv().is_ok() {}
+        m.operate("svc", Operation::Online).await?;
+        let seen = loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .context("no online event within 10 s")?
+                .context("event stream ended")?;
+            if e.resource.as_deref() == Some("svc") && e.state == Some(State::Online) {
+                break monotonic();
+            }
+        };
+        let end = Instant::now() + Duration::from_secs(5);
+        let ready: i128 = loop {
+            if let Ok(t) = std::fs::read_to_string(&stamp) {
+                break t.trim().parse()?;
+            }
+            if Instant::now() > end {
+                bail!("the service wrote no time");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        if i >= args.warmup {
+            samples.push(Duration::from_nanos(
+                u64::try_from(seen - ready).unwrap_or(0),
+            ));
+        }
+        let client = m.client();
+        client.operate("svc", Operation::Offline, true).await?;
+    }
+    report(
+        "notify: READY=1 -> online event",
+        samples,
+        "(a python service's sendto to the event a follower of /v1/events reads)",
+    );
+    Ok(())
 }
 
 /// Idle cost of readiness probes and alert hooks: the same resources with
@@ -1159,6 +1233,9 @@ async fn async_main(args: Args) -> Result<()> {
     }
     if want(Scenario::Operations) {
         operations(&bin, &args).await?;
+    }
+    if want(Scenario::Notify) {
+        notify(&bin, &args).await?;
     }
     if want(Scenario::Api) {
         api(&bin, &args).await?;

@@ -25,6 +25,7 @@
 //!   their descendants, so children that double-forked or called `setsid` go
 //!   too.
 
+mod notify;
 mod params;
 mod probe;
 pub mod relay;
@@ -76,6 +77,11 @@ impl ResourceType for ProcessType {
     fn open(&self, ctx: OpenContext) -> Result<Box<dyn Resource>, ResourceError> {
         let params = Params::parse(&ctx.params).map_err(|e| ResourceError::new(e.join("; ")))?;
         let container = Container::from_scope(&ctx.scope);
+        let notify = if params.notify {
+            Some(open_notify(&ctx.scope.marker.1, &container, &ctx.notifier)?)
+        } else {
+            None
+        };
         Ok(Box::new(ProcessResource {
             shared: Arc::new(Shared {
                 name: ctx.name,
@@ -98,6 +104,8 @@ impl ResourceType for ProcessType {
             rt: self.rt.clone(),
             main: Mutex::new(None),
             checks: CheckAbort::default(),
+            notify,
+            watchdog_missed: AtomicBool::new(false),
         }))
     }
 
@@ -150,6 +158,26 @@ fn ended(task: &TaskHandle) -> String {
     )
 }
 
+/// The notify socket of a resource: bound under its marker. A reopen can
+/// find the name still held by the closing socket's reader for a moment.
+fn open_notify(
+    marker: &str,
+    container: &Container,
+    notifier: &resmon_contract::Notifier,
+) -> Result<notify::NotifySocket, ResourceError> {
+    let mut tries = 0;
+    loop {
+        match notify::NotifySocket::open(marker, container.clone(), notifier.clone()) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(ResourceError::new(format!("making its notify socket: {e}"))),
+        }
+    }
+}
+
 /// [`Shared::last_exit`] before a main process ended.
 const NO_EXIT: i64 = i64::MIN;
 
@@ -193,6 +221,10 @@ struct ProcessResource {
     main: Mutex<Option<TaskHandle>>,
     /// Cuts an `is_alive` probe short when a stop comes.
     checks: CheckAbort,
+    /// With `notify = true`: the service's notify socket.
+    notify: Option<notify::NotifySocket>,
+    /// A missed watchdog was reported (once per start).
+    watchdog_missed: AtomicBool,
 }
 
 fn output(s: &Stream) -> Output {
@@ -363,10 +395,17 @@ impl ProcessResource {
     fn service_spec(&self, argv: &[String]) -> Result<SpawnSpec, ResourceError> {
         let p = &self.params;
         let (stdout, stderr) = self.outputs()?;
+        let mut env = p.environment.clone();
+        if let Some(n) = &self.notify {
+            env.push(("NOTIFY_SOCKET".into(), n.address.clone()));
+            if let Some(w) = p.watchdog_interval {
+                env.push(("WATCHDOG_USEC".into(), w.as_micros().to_string()));
+            }
+        }
         let mut spec = SpawnSpec {
             program: argv[0].clone(),
             args: argv[1..].to_vec(),
-            env: p.environment.clone(),
+            env,
             cwd: p.working_directory.clone(),
             user: p.user,
             new_session: true,
@@ -522,6 +561,81 @@ impl ProcessResource {
         });
     }
 
+    fn main_alive(&self) -> bool {
+        lock(&self.main).as_ref().is_some_and(|m| !m.is_signaled())
+    }
+
+    /// With a watchdog (`watchdog_interval`, or the service's own
+    /// `WATCHDOG_USEC=`): whether the last `WATCHDOG=1` (or the start, before
+    /// the first) is recent enough. A miss is reported once, as the
+    /// failure's reason.
+    fn watchdog_ok(&self) -> bool {
+        let Some(n) = &self.notify else {
+            return true;
+        };
+        let missed = n.with(|h| {
+            let every = h.watchdog.or(self.params.watchdog_interval)?;
+            let since = h.pinged.or(h.ready_at)?;
+            (since.elapsed() > every).then_some(every)
+        });
+        let Some(every) = missed else {
+            return true;
+        };
+        if !self.watchdog_missed.swap(true, Ordering::AcqRel) {
+            self.shared.notifier.failed(format!(
+                "it missed its watchdog: no WATCHDOG=1 within {}",
+                humantime::format_duration(every)
+            ));
+        }
+        false
+    }
+
+    /// `notify = true`: `online` completes at the service's `READY=1`;
+    /// each `EXTEND_TIMEOUT_USEC=` is progress; the main process ending or
+    /// `ERRNO=` first fails it.
+    fn wait_notified_ready(
+        &self,
+        n: &notify::NotifySocket,
+        main: &TaskHandle,
+        ctx: &CallContext,
+    ) -> Result<(), ResourceError> {
+        let mut extended = 0;
+        loop {
+            if ctx.should_terminate() {
+                return Err(ResourceError::new("cancelled by terminate"));
+            }
+            if main.is_signaled() {
+                return Err(ResourceError::new(format!(
+                    "main process {} before it said READY=1",
+                    ended(main)
+                )));
+            }
+            let now = n.wait(Duration::from_millis(100), |h| {
+                if let Some(e) = h.errno {
+                    return Some(Err(notify::errno_text(e)));
+                }
+                if h.ready {
+                    h.ready_at.get_or_insert_with(std::time::Instant::now);
+                    return Some(Ok(()));
+                }
+                (h.extended != extended).then_some(Err(String::new()))
+            });
+            match now {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) if !e.is_empty() => {
+                    return Err(ResourceError::new(format!("before READY=1: {e}")))
+                }
+                Some(Err(_)) => {
+                    extended = n.with(|h| h.extended);
+                    if ctx.checkpoint(extended) {
+                        return Err(ResourceError::new("cancelled by terminate"));
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
     /// Checks readiness all along while this start's main process runs:
     /// every answer goes to the monitor, whose thresholds decide. Ends with
     /// the start (an offline, a terminate, the next start).
@@ -634,9 +748,16 @@ impl Resource for ProcessResource {
                 .kill_all()
                 .map_err(|e| ResourceError::new(e.to_string()))?;
         }
+        if let Some(n) = &self.notify {
+            n.reset();
+        }
+        self.watchdog_missed.store(false, Ordering::Release);
         let main = self.spawn_main()?;
         *lock(&self.main) = Some(main.clone());
         self.watch(&main);
+        if let Some(n) = &self.notify {
+            self.wait_notified_ready(n, &main, ctx)?;
+        }
         if let Some(probe) = &self.params.startup {
             self.wait_started(probe, &main, ctx)?;
         }
@@ -663,8 +784,9 @@ impl Resource for ProcessResource {
         self.container
             .signal_all(self.params.stop_signal)
             .map_err(|e| ResourceError::new(format!("sending the stop signal: {e}")))?;
-        // No checkpoints: a service that ignores its stop signal runs into
-        // pending_timeout and is terminated.
+        // No checkpoints of its own: a service that ignores its stop signal
+        // runs into pending_timeout and is terminated; one that speaks the
+        // notify protocol may say EXTEND_TIMEOUT_USEC= as it goes.
         let container = &self.container;
         let main = self.main();
         self.report_escaped();
@@ -676,7 +798,18 @@ impl Resource for ProcessResource {
                 let _ = main.wait().await;
             }
         };
-        match self.wait_unless(gone, || ctx.should_terminate()) {
+        let extended =
+            std::cell::Cell::new(self.notify.as_ref().map_or(0, |n| n.with(|h| h.extended)));
+        let give_up = || {
+            if let Some(n) = &self.notify {
+                let now = n.with(|h| h.extended);
+                if now != extended.replace(now) {
+                    return ctx.checkpoint(now);
+                }
+            }
+            ctx.should_terminate()
+        };
+        match self.wait_unless(gone, give_up) {
             Some(()) => Ok(Completion::Done),
             None => Err(cancelled()),
         }
@@ -714,7 +847,7 @@ impl Resource for ProcessResource {
     }
 
     fn looks_alive(&self) -> bool {
-        lock(&self.main).as_ref().is_some_and(|m| !m.is_signaled())
+        self.main_alive() && self.watchdog_ok()
     }
 
     fn cancel_check(&self) {
@@ -795,8 +928,11 @@ impl Resource for ProcessResource {
     }
 
     fn close(&self) {
-        if self.looks_alive() {
+        if self.main_alive() {
             self.terminate(1);
+        }
+        if let Some(n) = &self.notify {
+            n.close();
         }
         // Its pipes close here: the relay drains what is left and exits,
         // or is killed if something of the service still holds them.
@@ -893,6 +1029,12 @@ impl Resource for ProcessResource {
             .and_then(|m| m.pid())
             .into_iter()
             .collect()
+    }
+
+    /// What a service that speaks the notify protocol says of itself
+    /// (`STATUS=`).
+    fn detail(&self) -> Option<String> {
+        self.notify.as_ref()?.with(|h| h.status.clone())
     }
 
     fn exit_code(&self) -> Option<i32> {

@@ -31,6 +31,8 @@ struct RawParams {
     startup: Option<RawProbe>,
     stdout: Option<String>,
     stderr: Option<String>,
+    notify: Option<bool>,
+    watchdog_interval: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -120,6 +122,12 @@ pub struct Params {
     pub startup: Option<Probe>,
     pub stdout: Stream,
     pub stderr: Stream,
+    /// The service speaks systemd's notify protocol: it gets a
+    /// `NOTIFY_SOCKET`, and `online` completes at its `READY=1`.
+    pub notify: bool,
+    /// With `notify`: a `WATCHDOG=1` is due this often, or `looks_alive`
+    /// fails. The service gets it as `WATCHDOG_USEC`.
+    pub watchdog_interval: Option<Duration>,
 }
 
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -194,7 +202,24 @@ impl Params {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let notify = raw.notify.unwrap_or(false);
+        let watchdog_interval = raw.watchdog_interval.as_deref().and_then(|w| {
+            duration_value("watchdog_interval", Some(w), false)
+                .map_err(|e| errors.push(e.to_string()))
+                .ok()
+        });
+        if watchdog_interval.is_some() && !notify {
+            errors.push(
+                "watchdog_interval: needs notify = true (the pings come through the notify socket)"
+                    .into(),
+            );
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         Ok(Params {
+            notify,
+            watchdog_interval,
             argv,
             environment,
             working_directory: raw.working_directory,
