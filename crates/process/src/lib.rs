@@ -541,6 +541,7 @@ impl ProcessResource {
         let shared = self.shared.clone();
         let generation = shared.generation.load(Ordering::Acquire);
         let task = task.clone();
+        let heard = self.notify.as_ref().map(notify::NotifySocket::heard);
         self.rt.spawn(async move {
             let code = task.wait().await;
             if let Ok(c) = code {
@@ -551,6 +552,13 @@ impl ProcessResource {
             {
                 return;
             }
+            // It handed over to another main process (MAINPID=): the next
+            // look takes that one.
+            let handed_over =
+                heard.is_some_and(|h| lock(&h.0).main_pid.is_some_and(|p| Some(p) != task.pid()));
+            if handed_over {
+                return;
+            }
             let pid = task.pid().unwrap_or(0);
             let how = match (code, task.ended()) {
                 (Ok(_), Some(ended)) => ended.to_string(),
@@ -559,6 +567,45 @@ impl ProcessResource {
             };
             shared.notifier.failed(format!("main process {pid} {how}"));
         });
+    }
+
+    /// `MAINPID=`: the main process is now that one, if it is a process
+    /// of this resource (its cgroup or marker say so); else it is said and
+    /// ignored.
+    fn take_main_pid(&self) {
+        let Some(n) = &self.notify else {
+            return;
+        };
+        let Some(pid) = n.with(|h| h.main_pid.take()) else {
+            return;
+        };
+        if self.main().and_then(|m| m.pid()) == Some(pid) {
+            return;
+        }
+        let log = |level, text: String| self.shared.notifier.log(level, text);
+        if !self.container.holds(pid) {
+            return log(
+                LogLevel::Warn,
+                format!("MAINPID={pid} ignored: not a process of this resource"),
+            );
+        }
+        let adopted = resmon_task::process_start_time(pid)
+            .ok_or_else(|| "it is gone".to_string())
+            .and_then(|st| self.reaper.adopt(pid, st).map_err(|e| e.to_string()));
+        match adopted {
+            Ok(task) => {
+                // The old main process's end is no failure now.
+                self.shared.generation.fetch_add(1, Ordering::AcqRel);
+                *lock(&self.main) = Some(task.clone());
+                self.watch(&task);
+                self.watch_readiness();
+                log(
+                    LogLevel::Info,
+                    format!("the main process is now {pid} (MAINPID=)"),
+                );
+            }
+            Err(e) => log(LogLevel::Warn, format!("MAINPID={pid} ignored: {e}")),
+        }
     }
 
     fn main_alive(&self) -> bool {
@@ -596,7 +643,6 @@ impl ProcessResource {
     fn wait_notified_ready(
         &self,
         n: &notify::NotifySocket,
-        main: &TaskHandle,
         ctx: &CallContext,
     ) -> Result<(), ResourceError> {
         let mut extended = 0;
@@ -604,10 +650,11 @@ impl ProcessResource {
             if ctx.should_terminate() {
                 return Err(ResourceError::new("cancelled by terminate"));
             }
-            if main.is_signaled() {
+            self.take_main_pid();
+            if let Some(main) = self.main().filter(TaskHandle::is_signaled) {
                 return Err(ResourceError::new(format!(
                     "main process {} before it said READY=1",
-                    ended(main)
+                    ended(&main)
                 )));
             }
             let now = n.wait(Duration::from_millis(100), |h| {
@@ -618,10 +665,17 @@ impl ProcessResource {
                     h.ready_at.get_or_insert_with(std::time::Instant::now);
                     return Some(Ok(()));
                 }
+                if h.main_pid.is_some() {
+                    return Some(Err(String::new()));
+                }
                 (h.extended != extended).then_some(Err(String::new()))
             });
+            self.take_main_pid();
             match now {
-                Some(Ok(())) => return Ok(()),
+                Some(Ok(())) => {
+                    self.take_main_pid();
+                    return Ok(());
+                }
                 Some(Err(e)) if !e.is_empty() => {
                     return Err(ResourceError::new(format!("before READY=1: {e}")))
                 }
@@ -756,8 +810,10 @@ impl Resource for ProcessResource {
         *lock(&self.main) = Some(main.clone());
         self.watch(&main);
         if let Some(n) = &self.notify {
-            self.wait_notified_ready(n, &main, ctx)?;
+            self.wait_notified_ready(n, ctx)?;
         }
+        // The main process may have handed over (MAINPID=).
+        let main = self.main().unwrap_or(main);
         if let Some(probe) = &self.params.startup {
             self.wait_started(probe, &main, ctx)?;
         }
@@ -847,6 +903,7 @@ impl Resource for ProcessResource {
     }
 
     fn looks_alive(&self) -> bool {
+        self.take_main_pid();
         self.main_alive() && self.watchdog_ok()
     }
 

@@ -87,6 +87,11 @@ impl NotifySocket {
         *lock(&self.heard.0) = Heard::default();
     }
 
+    /// A handle on what is heard, for a task that outlives a borrow.
+    pub fn heard(&self) -> Arc<(Mutex<Heard>, Condvar)> {
+        self.heard.clone()
+    }
+
     /// Looks at what was heard.
     pub fn with<T>(&self, f: impl FnOnce(&mut Heard) -> T) -> T {
         f(&mut lock(&self.heard.0))

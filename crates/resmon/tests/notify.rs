@@ -174,3 +174,34 @@ fn postgresql_is_online_only_once_it_accepts_connections() {
     assert_eq!(String::from_utf8_lossy(&psql.stdout).trim(), "1");
     d.ok(&["offline", "pg", "--wait"]);
 }
+
+#[test]
+fn mainpid_moves_the_main_process_to_one_of_the_resource() {
+    // The shell starts the daemon, hands over to it and exits.
+    let d = Daemon::start(&shell(
+        "fork",
+        "sleep 1000 & systemd-notify --ready --pid=$!; exec sleep 0.5",
+        "looks_alive_interval = \"100ms\"",
+    ));
+    d.wait_state("fork", "online", LONG);
+    wait_for("the hand-over", LONG, || {
+        d.reasons(Some("fork"))
+            .iter()
+            .any(|r| r.starts_with("the main process is now"))
+    });
+    let main = d.pids("fork");
+    assert_eq!(main.len(), 1);
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", main[0])).unwrap();
+    assert!(cmdline.starts_with("sleep\x001000"), "{cmdline:?}");
+    // The first main process ends: no failure, the new one is watched.
+    wait_for("the shell gone", LONG, || d.marked("fork").len() == 1);
+    let r = d.resource("fork");
+    assert_eq!(
+        (r["state"].as_str(), r["restarts"].as_u64()),
+        (Some("online"), Some(0)),
+        "{r}"
+    );
+    // And its end is the resource's failure.
+    signal(main[0], libc_sig::KILL);
+    wait_for("a restart", LONG, || d.resource("fork")["restarts"] == 1);
+}
