@@ -315,7 +315,7 @@ struct Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match e {
-            ClientError::Unreachable { .. } | ClientError::Impostor { .. } => Exit::Unreachable,
+            ClientError::Unreachable { .. } => Exit::Unreachable,
             ClientError::Protocol { .. } => Exit::Failed,
         };
         fail(code, e.to_string())
