@@ -1,10 +1,15 @@
-//! A client of the resmon local API: HTTP/1.1 over the monitor's Unix socket.
+//! A client of the resmon API: HTTP/1.1 over the monitor's Unix socket, or
+//! over its TCP listener (`[api] tcp`) with a bearer token.
 //!
 //! One connection per request: the API is local and requests are few, so
-//! there is no pool to keep. Each route has a typed method that returns
-//! the [`wire`] type the monitor sends; [`Client::call`] stays for
-//! requests of one's own. Used by the `resmon` CLI and the benchmarks.
+//! there is no pool to keep. Before a request is sent, the server is
+//! checked to be run by root or the caller (see [`peer`]'s notes): on a
+//! socket always, on TCP where it is on loopback. Each route has a typed
+//! method that returns the [`wire`] type the monitor sends;
+//! [`Client::call`] stays for requests of one's own. Used by the `resmon`
+//! CLI and the benchmarks.
 
+mod peer;
 pub mod wire;
 
 pub use hyper::{Method, StatusCode};
@@ -15,24 +20,91 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use std::path::{Path, PathBuf};
-use tokio::net::UnixStream;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
 use wire::{
     ActedReply, CallsReply, ControlReply, ErrorReply, EventRecord, MaintenanceBody, MoveBody,
     MoveReply, NodesReply, OpReply, ReloadReport, StatusReply, TerminateBody,
 };
 
+/// How long a TCP connection may take to open: an address that drops
+/// packets would otherwise hold the command for minutes.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a request did not get an answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the monitor at {path}: {source} (is `resmon serve` running? use --socket to name its socket)")]
-    Unreachable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is served by uid {uid}, which is neither root nor you: it is not a monitor you can trust (another user may have bound the socket first); refusing to talk to it. Ask root which socket the monitor uses, or use --socket")]
-    Impostor { path: PathBuf, uid: u32 },
-    #[error("talking to the monitor at {path}: {message}")]
-    Protocol { path: PathBuf, message: String },
+    /// No place tried answered, or none that answered could be trusted:
+    /// each place, in the order tried, and why.
+    #[error("{}", unreachable_message(tried))]
+    Unreachable { tried: Vec<Attempt> },
+    #[error("talking to the monitor at {at}: {message}")]
+    Protocol { at: String, message: String },
+}
+
+/// A place where the monitor was looked for, and why it was not used.
+#[derive(Debug)]
+pub struct Attempt {
+    /// A socket's path, or a URL.
+    pub at: String,
+    pub why: Unanswered,
+    tcp: bool,
+}
+
+/// Why a place was not used.
+#[derive(Debug)]
+pub enum Unanswered {
+    /// Nothing answered there.
+    Connect(std::io::Error),
+    /// Its server runs as this uid, neither root nor the caller.
+    Untrusted { uid: u32 },
+    /// Who serves it could not be found out.
+    Unchecked(std::io::Error),
+}
+
+fn unreachable_message(tried: &[Attempt]) -> String {
+    match tried {
+        [one] => match &one.why {
+            Unanswered::Connect(e) if one.tcp => format!(
+                "cannot reach the monitor at {}: {e} (is its TCP listener, [api] tcp, on at that address?)",
+                one.at
+            ),
+            Unanswered::Connect(e) => format!(
+                "cannot reach the monitor at {}: {e} (is `resmon serve` running? use --socket to name its socket)",
+                one.at
+            ),
+            Unanswered::Untrusted { uid } => format!(
+                "{} is served by uid {uid}, which is neither root nor you: it is not a monitor you \
+                 can trust (another user may have bound it first); refusing to talk to it. Ask \
+                 root where the monitor listens, or use {}",
+                one.at,
+                if one.tcp { "--url" } else { "--socket" }
+            ),
+            Unanswered::Unchecked(e) => format!(
+                "{}: cannot tell which user serves it ({e}); refusing to talk to it",
+                one.at
+            ),
+        },
+        _ => {
+            let mut text = String::from("cannot reach the monitor; tried, in this order:");
+            for a in tried {
+                let why = match &a.why {
+                    Unanswered::Connect(e) => e.to_string(),
+                    Unanswered::Untrusted { uid } => {
+                        format!("served by uid {uid}, neither root nor you: not trusted")
+                    }
+                    Unanswered::Unchecked(e) => format!("cannot tell which user serves it ({e})"),
+                };
+                text.push_str(&format!("\n  {}: {why}", a.at));
+            }
+            text.push_str(
+                "\n(is `resmon serve` running? name its socket with --socket (or \
+                 RESMON_SOCKET), or its TCP listener with --url)",
+            );
+            text
+        }
+    }
 }
 
 /// Why an API request did not do what was asked.
@@ -64,25 +136,203 @@ pub enum Operation {
     Maintenance(bool),
 }
 
+/// A bearer token for the TCP listener, and where it came from: errors
+/// name the source (`RESMON_TOKEN`, a file), never the secret.
+#[derive(Clone)]
+pub struct Token {
+    secret: String,
+    source: String,
+}
+
+impl Token {
+    /// `source` says where the secret was read, for error messages.
+    pub fn new(secret: impl Into<String>, source: impl Into<String>) -> Token {
+        Token {
+            secret: secret.into(),
+            source: source.into(),
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL `--url` cannot take.
+#[derive(Debug, thiserror::Error)]
+#[error("{url:?}: {reason}")]
+pub struct UrlError {
+    url: String,
+    reason: String,
+}
+
+/// The monitor's TCP listener.
+#[derive(Clone, Debug)]
+struct Listener {
+    /// `http://HOST:PORT`, as errors name it.
+    url: String,
+    /// `HOST:PORT`: what is connected to, and the `Host` header.
+    authority: String,
+    token: Option<Token>,
+}
+
+impl Listener {
+    fn parse(url: &str, token: Option<Token>) -> Result<Listener, UrlError> {
+        let bad = |reason: &str| UrlError {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let rest =
+            match url.split_once("://") {
+                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+                Some((scheme, _)) if scheme.eq_ignore_ascii_case("https") => return Err(bad(
+                    "https is not supported: the monitor's TCP listener speaks plain HTTP; use \
+                     http://HOST:PORT on loopback, or through a tunnel you trust (ssh -L)",
+                )),
+                _ => return Err(bad("not an http://HOST:PORT URL")),
+            };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return Err(bad(
+                "give the listener as http://HOST:PORT, without a path, query or user",
+            ));
+        }
+        // An IPv6 address comes in brackets: [::1]:7474.
+        let port_at = match authority.rfind(':') {
+            Some(i) if !authority[i..].contains(']') => Some(i),
+            _ => None,
+        };
+        let authority = match port_at {
+            Some(i) => {
+                if authority[i + 1..].parse::<u16>().is_err() {
+                    return Err(bad("the port is not a number from 0 to 65535"));
+                }
+                authority.to_owned()
+            }
+            None => format!("{authority}:80"),
+        };
+        Ok(Listener {
+            url: format!("http://{authority}"),
+            authority,
+            token,
+        })
+    }
+}
+
+/// Where requests go.
+#[derive(Clone, Debug)]
+enum Target {
+    /// The first of these sockets that answers and is trusted, tried in
+    /// this order at each request.
+    Sockets(Vec<PathBuf>),
+    Tcp(Listener),
+}
+
+/// A connection whose server was checked.
+enum Connection {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
 pub struct Client {
-    socket: PathBuf,
+    target: Target,
 }
 
 /// A response whose body is still arriving.
 pub type Body = hyper::body::Incoming;
 
 impl Client {
+    /// A client of the monitor on `socket`.
     pub fn new(socket: &Path) -> Self {
+        Self::first_of([socket.to_path_buf()])
+    }
+
+    /// A client of the first of `sockets` that answers and is served by
+    /// root or the caller, tried in this order (a repeat is tried once).
+    pub fn first_of(sockets: impl IntoIterator<Item = PathBuf>) -> Self {
+        let mut list: Vec<PathBuf> = Vec::new();
+        for s in sockets {
+            if !list.contains(&s) {
+                list.push(s);
+            }
+        }
         Client {
-            socket: socket.to_path_buf(),
+            target: Target::Sockets(list),
         }
     }
 
-    fn protocol(&self, e: impl std::fmt::Display) -> ClientError {
-        ClientError::Protocol {
-            path: self.socket.clone(),
-            message: e.to_string(),
+    /// A client of the monitor's TCP listener at `url` (`http://HOST:PORT`),
+    /// sending `token` with every request.
+    pub fn tcp(url: &str, token: Option<Token>) -> Result<Self, UrlError> {
+        Ok(Client {
+            target: Target::Tcp(Listener::parse(url, token)?),
+        })
+    }
+
+    /// Connects to the first place that answers and is trusted; the
+    /// connection, and the place as errors name it.
+    async fn connect(&self) -> Result<(Connection, String), ClientError> {
+        let mut tried = Vec::new();
+        match &self.target {
+            Target::Sockets(sockets) => {
+                for path in sockets {
+                    let at = path.display().to_string();
+                    let why = match UnixStream::connect(path).await {
+                        Err(e) => Unanswered::Connect(e),
+                        Ok(stream) => match stream.peer_cred() {
+                            Err(e) => Unanswered::Unchecked(e),
+                            Ok(cred) if !peer::trusted(cred.uid()) => {
+                                Unanswered::Untrusted { uid: cred.uid() }
+                            }
+                            Ok(_) => return Ok((Connection::Unix(stream), at)),
+                        },
+                    };
+                    tried.push(Attempt {
+                        at,
+                        why,
+                        tcp: false,
+                    });
+                }
+            }
+            Target::Tcp(listener) => {
+                let at = listener.url.clone();
+                let connected = tokio::time::timeout(
+                    TCP_CONNECT_TIMEOUT,
+                    TcpStream::connect(&listener.authority),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {TCP_CONNECT_TIMEOUT:?}"),
+                    ))
+                });
+                let why = match connected {
+                    Err(e) => Unanswered::Connect(e),
+                    Ok(stream) => {
+                        let owner = stream
+                            .local_addr()
+                            .and_then(|me| Ok((me, stream.peer_addr()?)))
+                            .and_then(|(me, server)| peer::loopback_server_uid(me, server));
+                        match owner {
+                            Err(e) => Unanswered::Unchecked(e),
+                            Ok(Some(uid)) if !peer::trusted(uid) => Unanswered::Untrusted { uid },
+                            Ok(_) => return Ok((Connection::Tcp(stream), at)),
+                        }
+                    }
+                };
+                tried.push(Attempt { at, why, tcp: true });
+            }
         }
+        Err(ClientError::Unreachable { tried })
     }
 
     /// Sends a request; returns the status and the body as a stream.
@@ -92,41 +342,46 @@ impl Client {
         path: &str,
         body: Option<String>,
     ) -> Result<(StatusCode, Body), ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    path: self.socket.clone(),
-                    source,
-                })?;
-        // The socket's owner could be anyone who bound the path first: talk
-        // only to a monitor run by root or by the caller.
-        let server = stream.peer_cred().map_err(|e| self.protocol(e))?.uid();
-        let me = rustix::process::geteuid().as_raw();
-        if server != 0 && server != me {
-            return Err(ClientError::Impostor {
-                path: self.socket.clone(),
-                uid: server,
-            });
-        }
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.protocol(e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::builder()
+        let (status, body, _) = self.request(method, path, body).await?;
+        Ok((status, body))
+    }
+
+    /// [`send`](Self::send), also saying where the request went.
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, Body, String), ClientError> {
+        let (connection, at) = self.connect().await?;
+        let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol {
+            at: at.clone(),
+            message: e.to_string(),
+        };
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "resmon")
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        req = match &self.target {
+            Target::Sockets(_) => req.header("host", "resmon"),
+            Target::Tcp(listener) => {
+                req = req.header("host", &listener.authority);
+                match &listener.token {
+                    Some(t) => req.header("authorization", format!("Bearer {}", t.secret)),
+                    None => req,
+                }
+            }
+        };
+        let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| self.protocol(e))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| self.protocol(e))?;
-        Ok((resp.status(), resp.into_body()))
+            .map_err(|e| protocol(&e))?;
+        let mut sender = match connection {
+            Connection::Unix(s) => handshake(s).await,
+            Connection::Tcp(s) => handshake(s).await,
+        }
+        .map_err(|e| protocol(&e))?;
+        let resp = sender.send_request(req).await.map_err(|e| protocol(&e))?;
+        Ok((resp.status(), resp.into_body(), at))
     }
 
     /// Sends a request and reads the whole answer.
@@ -136,14 +391,55 @@ impl Client {
         path: &str,
         body: Option<String>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        let (status, body) = self.send(method, path, body).await?;
+        let (status, body, at) = self.request(method, path, body).await?;
         let bytes = body
             .collect()
             .await
-            .map_err(|e| self.protocol(e))?
+            .map_err(|e| ClientError::Protocol {
+                at,
+                message: e.to_string(),
+            })?
             .to_bytes();
         Ok((status, bytes))
     }
+
+    /// An error answer, with the token that was sent (its source) when the
+    /// listener did not take it or it lacks the right.
+    fn refusal(&self, status: StatusCode, body: &[u8]) -> ApiError {
+        let e = refused(status, body);
+        let Target::Tcp(listener) = &self.target else {
+            return e;
+        };
+        let ApiError::Refused { status, message } = e else {
+            return e;
+        };
+        let sent = match &listener.token {
+            Some(t) => format!("the token from {}", t.source),
+            None => "no token: set RESMON_TOKEN or pass --token-file".to_owned(),
+        };
+        let message = match status {
+            StatusCode::UNAUTHORIZED => format!(
+                "the monitor at {} did not take {sent}: {message}",
+                listener.url
+            ),
+            StatusCode::FORBIDDEN => format!("{message} (sent {sent})"),
+            _ => message,
+        };
+        ApiError::Refused { status, message }
+    }
+}
+
+/// Opens HTTP/1.1 on a checked connection; its driver runs on a task of
+/// its own until the answer is read.
+async fn handshake<S>(io: S) -> hyper::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 impl Client {
@@ -156,7 +452,7 @@ impl Client {
     ) -> Result<Bytes, ApiError> {
         let (status, bytes) = self.call(method, path, body).await?;
         if !status.is_success() {
-            return Err(refused(status, &bytes));
+            return Err(self.refusal(status, &bytes));
         }
         Ok(bytes)
     }
@@ -342,7 +638,7 @@ impl Client {
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            return Err(refused(status, &bytes));
+            return Err(self.refusal(status, &bytes));
         }
         Ok(Events {
             body,
@@ -484,5 +780,81 @@ mod tests {
             refused(StatusCode::BAD_GATEWAY, b"plain"),
             ApiError::Refused { message, .. } if message == "plain"
         ));
+    }
+
+    #[test]
+    fn a_listener_is_an_http_url_with_a_host_and_port() {
+        for (url, authority) in [
+            ("http://127.0.0.1:7474", "127.0.0.1:7474"),
+            ("http://127.0.0.1:7474/", "127.0.0.1:7474"),
+            ("HTTP://localhost:9000", "localhost:9000"),
+            ("http://[::1]:7474", "[::1]:7474"),
+            ("http://monitor.example", "monitor.example:80"),
+            ("http://[::1]", "[::1]:80"),
+        ] {
+            let l = Listener::parse(url, None).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(l.authority, authority, "{url}");
+            assert_eq!(l.url, format!("http://{authority}"), "{url}");
+        }
+        for (url, why) in [
+            ("https://127.0.0.1:7474", "speaks plain HTTP"),
+            ("127.0.0.1:7474", "not an http://HOST:PORT URL"),
+            ("http://127.0.0.1:7474/v1", "without a path"),
+            (
+                "http://user@127.0.0.1:7474",
+                "without a path, query or user",
+            ),
+            ("http://127.0.0.1:x", "not a number"),
+            ("http://127.0.0.1:70000", "not a number"),
+            ("http://", "without a path"),
+        ] {
+            let e = Listener::parse(url, None).expect_err(url).to_string();
+            assert!(e.contains(why), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_token_never_shows_its_secret() {
+        let t = Token::new("s3cret-0123456789", "RESMON_TOKEN");
+        let shown = format!("{t:?}");
+        assert!(
+            shown.contains("RESMON_TOKEN") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        let client = Client::tcp("http://127.0.0.1:1", Some(t)).unwrap();
+        for status in [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN] {
+            let e = client.refusal(status, br#"{"error":"no"}"#).to_string();
+            assert!(e.contains("the token from RESMON_TOKEN"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+        let anonymous = Client::tcp("http://127.0.0.1:1", None).unwrap();
+        let e = anonymous
+            .refusal(StatusCode::UNAUTHORIZED, br#"{"error":"no"}"#)
+            .to_string();
+        assert!(e.contains("no token"), "{e}");
+    }
+
+    #[test]
+    fn an_unreachable_monitor_names_every_place_tried_in_order() {
+        let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let tried = vec![
+            Attempt {
+                at: "/run/user/1000/resmon.sock".into(),
+                why: Unanswered::Connect(gone()),
+                tcp: false,
+            },
+            Attempt {
+                at: "/run/resmon/resmon.sock".into(),
+                why: Unanswered::Untrusted { uid: 65534 },
+                tcp: false,
+            },
+        ];
+        let text = ClientError::Unreachable { tried }.to_string();
+        let first = text.find("/run/user/1000/resmon.sock: ").expect(&text);
+        let second = text
+            .find("/run/resmon/resmon.sock: served by uid 65534")
+            .expect(&text);
+        assert!(first < second, "{text}");
+        assert!(text.starts_with("cannot reach the monitor"), "{text}");
     }
 }

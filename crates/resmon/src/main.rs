@@ -1,14 +1,16 @@
 //! `resmon`: the monitor (`resmon serve`) and its command-line client.
 //!
-//! Every client command is a request to the monitor's local API over its
-//! Unix socket. Exit codes are decided here, in one place:
+//! Every client command is a request to the monitor's API: over its Unix
+//! socket (the one named, or the first that answers of the caller's own
+//! default and the system's), or over its TCP listener with a bearer token
+//! (`--url`). Exit codes are decided here, in one place:
 //! 0 done, 1 the operation failed, 2 usage (including an invalid config),
 //! 3 cannot reach the monitor, 4 access denied.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use resmon_client::wire::{EventRecord, NodesReply, ResourceStatus};
-use resmon_client::{ApiError, Client, ClientError, Operation, StatusCode};
+use resmon_client::{ApiError, Client, ClientError, Operation, StatusCode, Token};
 use resmon_daemon::config::LogFormat;
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,28 +20,68 @@ use std::process::ExitCode;
 #[command(
     name = "resmon",
     version,
-    about = "A resource monitor for high-availability services"
+    about = "A resource monitor for high-availability services",
+    after_help = "Commands that ask the monitor reach it through --url URL (or RESMON_URL) or \
+                  --socket PATH (or RESMON_SOCKET) when one is given, and only there. Else \
+                  they try, in this order, your own default socket ($XDG_RUNTIME_DIR/resmon.sock, \
+                  else /tmp/resmon-UID.sock; /run/resmon/resmon.sock as root), then the system \
+                  socket /run/resmon/resmon.sock, and use the first that answers."
 )]
 struct Cli {
-    /// The monitor's API socket [default: the config's [monitor] socket, else
-    /// /run/resmon/resmon.sock for root, $XDG_RUNTIME_DIR/resmon.sock otherwise]
-    #[arg(long, global = true, env = "RESMON_SOCKET")]
+    /// The form of earlier releases, `resmon --socket PATH COMMAND`: the
+    /// same as the command's own --socket.
+    #[arg(long, hide = true, value_name = "PATH")]
     socket: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Cmd,
 }
 
+/// The system monitor's socket: the default of a monitor run as root.
+const SYSTEM_SOCKET: &str = "/run/resmon/resmon.sock";
+
+/// How a command that asks the monitor reaches it.
+#[derive(clap::Args, Debug)]
+#[command(next_help_heading = "Reaching the monitor")]
+struct Reach {
+    /// The monitor's API socket [env: RESMON_SOCKET]; only that one is tried.
+    ///
+    /// Without it (and without --url) the command tries, in this order, your
+    /// own default socket ($XDG_RUNTIME_DIR/resmon.sock, else
+    /// /tmp/resmon-UID.sock; /run/resmon/resmon.sock as root), then the
+    /// system socket /run/resmon/resmon.sock, and uses the first that
+    /// answers; a socket served by a user who is neither root nor you is
+    /// never used.
+    #[arg(long, value_name = "PATH", conflicts_with = "url")]
+    socket: Option<PathBuf>,
+    /// The monitor's TCP listener ([api] tcp), http://HOST:PORT, instead of
+    /// a socket [env: RESMON_URL].
+    ///
+    /// Plain HTTP only, as the listener speaks. Every request carries the
+    /// bearer token of RESMON_TOKEN, or of --token-file.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// With --url: the file that holds the bearer token [default: the
+    /// RESMON_TOKEN variable].
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the monitor in the foreground; SIGTERM/SIGINT take everything offline.
     Serve {
-        #[arg(long, short)]
+        /// The config file (TOML; docs/configuration.md).
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// Listen on this socket instead of the config's [monitor] socket.
+        #[arg(long, env = "RESMON_SOCKET", value_name = "PATH")]
+        socket: Option<PathBuf>,
     },
     /// Check a config file and exit, starting nothing.
     Check {
-        #[arg(long, short)]
+        /// The config file to check.
+        #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
         /// Also open every resource as `serve` would, without bringing any
         /// online: an OCF agent runs `validate-all`, a plugin's library is
@@ -50,35 +92,53 @@ enum Cmd {
     },
     /// Show resources and their state.
     Status {
+        /// Only this resource [default: every resource].
         name: Option<String>,
         /// Print JSON: {"resources":[...]}
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Cluster mode: the nodes, whether each is live, and the groups each owns.
     Nodes {
         /// Print JSON, as GET /v1/nodes answers.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Cluster mode: move a group to a node (offline on its owner, released,
     /// online on the node).
-    Move { group: String, node: String },
+    Move {
+        /// The group to move.
+        group: String,
+        /// The node to move it to (a live one).
+        node: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
     /// Bring a resource online (its providers first).
     #[command(visible_alias = "start")]
     Online {
+        /// The resource.
         name: String,
         /// Return once it is online (exit 1 if it fails instead).
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Take a resource offline (its dependents first).
     #[command(visible_alias = "stop")]
     Offline {
+        /// The resource.
         name: String,
         /// Return once it is offline.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Take a resource offline with its dependents, then bring it back with
     /// the dependents that were online (a resource that is down is just
@@ -89,10 +149,13 @@ enum Cmd {
         /// Return once it is back online (exit 1 if it fails instead).
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Maintenance mode: health checks still run and are reported, but no
     /// failure acts (no terminate, restart or failover) until it is off.
     Maintenance {
+        /// Turn it on or off.
         #[arg(value_parser = ["on", "off"])]
         mode: String,
         /// The resource (or give --group, --all or --node).
@@ -108,9 +171,12 @@ enum Cmd {
         /// of any node; the mark outlives the node's monitor).
         #[arg(long)]
         node: Option<String>,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// End a resource now: its whole process tree is killed.
     Terminate {
+        /// The resource.
         name: String,
         /// The exit code its tasks report (0 to 255).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(0..=255))]
@@ -118,55 +184,82 @@ enum Cmd {
         /// Return as soon as termination has started.
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Make a running resource take its configuration again, without a restart.
     ///
     /// A process resource runs its reload_command (killed past its
     /// pending_timeout), else sends its reload_signal to its main process;
     /// its pids stay the same. Other types do not support it.
-    ReloadResource { name: String },
+    ReloadResource {
+        /// The resource.
+        name: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
     /// Send a signal to a resource's main process (or to all of its processes).
     Signal {
+        /// The resource.
         name: String,
         /// A name (`SIGHUP`, `HUP`, `hup`) or a number (`1`).
         signal: String,
         /// Send it to every process of the resource.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Send a control code to a resource (resource_control).
     Control {
+        /// The resource.
         name: String,
         /// A number (`4`, `0x4`) or a name: get_state, get_common_properties,
         /// get_characteristics, get_private_properties.
         code: String,
         /// The input, as JSON.
-        #[arg(long)]
+        #[arg(long, value_name = "JSON")]
         input: Option<String>,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Send a control code to a resource type (resource_type_control).
     TypeControl {
+        /// The resource type, e.g. process or ocf:heartbeat:Dummy.
         #[arg(value_name = "TYPE")]
         type_name: String,
         /// A number or a name: get_type_info, get_private_property_names.
         code: String,
         /// The input, as JSON.
-        #[arg(long)]
+        #[arg(long, value_name = "JSON")]
         input: Option<String>,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Re-read the monitor's config file and apply what changed (as SIGHUP).
-    Reload,
+    Reload {
+        #[command(flatten)]
+        reach: Reach,
+    },
     /// Run the monitor's binary from disk again in place (same pid) after
     /// installing a new one: every resource keeps running and is adopted.
-    Upgrade,
+    Upgrade {
+        #[command(flatten)]
+        reach: Reach,
+    },
     /// List entry-point calls in progress, with their elapsed time and deadline.
     Calls {
         /// Print JSON: {"calls":[...]}
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Print every metric series (the Prometheus text of `GET /metrics`).
-    Metrics,
+    Metrics {
+        #[command(flatten)]
+        reach: Reach,
+    },
     /// List the installed OCF resource agents, or show one's parameters.
     Agents {
         #[command(subcommand)]
@@ -194,6 +287,8 @@ enum Cmd {
         /// Print events as JSON lines.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// A plugin host process: started by the monitor, never by hand.
     #[command(hide = true)]
@@ -222,6 +317,8 @@ enum Cmd {
         /// Print JSON lines ({"time", "stream", "text"}).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        reach: Reach,
     },
     /// Print a shell's completion script for resmon, e.g.
     /// `source <(resmon completions bash)`.
@@ -270,6 +367,7 @@ enum Cmd {
 enum AgentsCmd {
     /// The parameters and advised timeouts of one agent, e.g. ocf:heartbeat:Dummy.
     Show {
+        /// The agent's type, ocf:PROVIDER:AGENT.
         #[arg(value_name = "TYPE")]
         type_name: String,
     },
@@ -322,21 +420,23 @@ struct Failure {
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match e {
-            ClientError::Unreachable { .. } | ClientError::Impostor { .. } => Exit::Unreachable,
+            ClientError::Unreachable { .. } => Exit::Unreachable,
             ClientError::Protocol { .. } => Exit::Failed,
         };
         fail(code, e.to_string())
     }
 }
 
-/// An API error's exit code: refused for want of a right (403), a bad
-/// request (400), or anything else that failed.
+/// An API error's exit code: refused for want of a right (403) or of a
+/// token the TCP listener takes (401), a bad request (400), or anything
+/// else that failed.
 impl From<ApiError> for Failure {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::Client(e) => e.into(),
             ApiError::Refused { status, message } => match status {
                 StatusCode::FORBIDDEN => fail(Exit::Denied, format!("access denied: {message}")),
+                StatusCode::UNAUTHORIZED => fail(Exit::Denied, message),
                 StatusCode::BAD_REQUEST => fail(Exit::Usage, message),
                 _ => fail(Exit::Failed, message),
             },
@@ -400,7 +500,7 @@ fn main() -> ExitCode {
         return ExitCode::from(code as u8);
     }
     let format = match &cli.command {
-        Cmd::Serve { config } => resmon_daemon::config::log_format_of(config),
+        Cmd::Serve { config, .. } => resmon_daemon::config::log_format_of(config),
         _ => LogFormat::Text,
     };
     init_logging(format);
@@ -485,11 +585,81 @@ fn stderr_is_the_journal() -> bool {
         && ino.parse::<u64>().is_ok_and(|i| i == st.st_ino)
 }
 
-fn socket_for(cli_socket: Option<PathBuf>) -> PathBuf {
-    cli_socket.unwrap_or_else(resmon_daemon::config::default_socket)
+/// A non-empty environment variable.
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The client a command that asks the monitor uses: `--url` or `--socket`
+/// (`before` is `--socket` given before the command), else RESMON_URL or
+/// RESMON_SOCKET, each alone; else the first that answers of the caller's
+/// own default socket and the system's.
+fn client(before: Option<PathBuf>, reach: Reach) -> Result<Client, Failure> {
+    let usage = |m: &str| Err(fail(Exit::Usage, m));
+    let socket = match (before, reach.socket) {
+        (Some(_), Some(_)) => return usage("--socket is given twice"),
+        (a, b) => a.or(b),
+    };
+    // The URL, and what named it.
+    let (socket, url) = match (socket, reach.url) {
+        (Some(_), Some(_)) => return usage("--socket and --url name two monitors: give one"),
+        (None, None) => match (env_var("RESMON_SOCKET"), env_var("RESMON_URL")) {
+            (Some(_), Some(_)) => return usage(
+                "RESMON_SOCKET and RESMON_URL are both set: unset one, or give --socket or --url",
+            ),
+            (s, u) => (s.map(PathBuf::from), u.map(|u| (u, "RESMON_URL"))),
+        },
+        (s, u) => (s, u.map(|u| (u, "--url"))),
+    };
+    if let Some((url, named_by)) = url {
+        return Client::tcp(&url, token(reach.token_file)?)
+            .map_err(|e| fail(Exit::Usage, format!("{named_by} {e}")));
+    }
+    if reach.token_file.is_some() {
+        return usage(
+            "--token-file goes with --url: on a socket the monitor knows you by your uid",
+        );
+    }
+    Ok(match socket {
+        Some(s) => Client::new(&s),
+        None => Client::first_of([
+            resmon_daemon::config::default_socket(),
+            PathBuf::from(SYSTEM_SOCKET),
+        ]),
+    })
+}
+
+/// The bearer token for the TCP listener: read from `file`, else from
+/// RESMON_TOKEN; none without either.
+fn token(file: Option<PathBuf>) -> Result<Option<Token>, Failure> {
+    let Some(file) = file else {
+        return Ok(env_var("RESMON_TOKEN").map(|t| Token::new(t.trim(), "RESMON_TOKEN")));
+    };
+    let source = format!("--token-file {}", file.display());
+    let text =
+        std::fs::read_to_string(&file).map_err(|e| fail(Exit::Usage, format!("{source}: {e}")))?;
+    match text.trim() {
+        "" => Err(fail(Exit::Usage, format!("{source}: the file is empty"))),
+        secret => Ok(Some(Token::new(secret, source))),
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if cli.socket.is_some() {
+        let local = match &cli.command {
+            Cmd::Check { .. } => Some("check"),
+            Cmd::Agents { .. } => Some("agents"),
+            Cmd::Completions { .. } => Some("completions"),
+            Cmd::Man { .. } => Some("man"),
+            _ => None,
+        };
+        if let Some(name) = local {
+            return Err(fail(
+                Exit::Usage,
+                format!("--socket names the monitor to ask; `resmon {name}` asks none"),
+            ));
+        }
+    }
     match cli.command {
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -500,7 +670,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Host { .. } | Cmd::FenceGuard { .. } | Cmd::LogRelay { .. } => {
             unreachable!("handled before the runtime starts")
         }
-        Cmd::Serve { config } => serve(config, cli.socket).await,
+        Cmd::Serve { config, socket } => serve(config, cli.socket.or(socket)).await,
         Cmd::Check { config, validate } => {
             let checked = if validate {
                 resmon_daemon::validate_config(&config).await
@@ -526,8 +696,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Cmd::Status { name, json } => {
-            let client = client(cli.socket);
+        Cmd::Status { name, json, reach } => {
+            let client = client(cli.socket, reach)?;
             if json {
                 // As the monitor sent it: scripts read it, and a thousand
                 // resources need not be decoded to be printed.
@@ -543,39 +713,50 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print_table(&reply.resources);
             Ok(())
         }
-        Cmd::Nodes { json } => {
-            let reply = client(cli.socket).nodes().await?;
+        Cmd::Nodes { json, reach } => {
+            let reply = client(cli.socket, reach)?.nodes().await?;
             if json {
                 return print_json(&reply, false);
             }
             print_nodes(&reply);
             Ok(())
         }
-        Cmd::Move { group, node } => {
-            let reply = client(cli.socket).move_group(&group, &node).await?;
+        Cmd::Move { group, node, reach } => {
+            let reply = client(cli.socket, reach)?.move_group(&group, &node).await?;
             println!("{}", reply.message);
             Ok(())
         }
-        Cmd::Online { name, wait } => operate(cli.socket, &name, Operation::Online, wait).await,
-        Cmd::Offline { name, wait } => operate(cli.socket, &name, Operation::Offline, wait).await,
-        Cmd::Restart { name, wait } => operate(cli.socket, &name, Operation::Restart, wait).await,
+        Cmd::Online { name, wait, reach } => {
+            let client = client(cli.socket, reach)?;
+            operate(&client, &name, Operation::Online, wait).await
+        }
+        Cmd::Offline { name, wait, reach } => {
+            let client = client(cli.socket, reach)?;
+            operate(&client, &name, Operation::Offline, wait).await
+        }
+        Cmd::Restart { name, wait, reach } => {
+            let client = client(cli.socket, reach)?;
+            operate(&client, &name, Operation::Restart, wait).await
+        }
         Cmd::Maintenance {
             mode,
             name,
             group,
             all: _,
             node,
+            reach,
         } => {
             let on = mode == "on";
+            let client = client(cli.socket, reach)?;
             if let Some(node) = node {
-                let reply = client(cli.socket).node_maintenance(&node, on).await?;
+                let reply = client.node_maintenance(&node, on).await?;
                 println!("{}", reply.message);
                 return Ok(());
             }
             if let Some(name) = name {
-                return operate(cli.socket, &name, Operation::Maintenance(on), false).await;
+                return operate(&client, &name, Operation::Maintenance(on), false).await;
             }
-            let reply = client(cli.socket).maintenance(group.as_deref(), on).await?;
+            let reply = client.maintenance(group.as_deref(), on).await?;
             for r in &reply.resources {
                 println!(
                     "{}: {}{}",
@@ -590,9 +771,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             name,
             exit_code,
             no_wait,
+            reach,
         } => {
             let op = Operation::Terminate { exit_code };
-            operate(cli.socket, &name, op, !no_wait).await
+            operate(&client(cli.socket, reach)?, &name, op, !no_wait).await
         }
         Cmd::Logs {
             name,
@@ -601,6 +783,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             since,
             stream,
             json,
+            reach,
         } => {
             let q = resmon_client::LogsQuery {
                 lines,
@@ -608,20 +791,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 stream,
                 follow,
             };
-            logs(cli.socket, &name, &q, json).await
+            logs(&client(cli.socket, reach)?, &name, &q, json).await
         }
         Cmd::Events {
             follow,
             since,
             resource,
             json,
+            reach,
         } => {
             let q = resmon_client::EventsQuery {
                 follow,
                 since,
                 resource,
             };
-            events(cli.socket, &q, json).await
+            events(&client(cli.socket, reach)?, &q, json).await
         }
         Cmd::Agents {
             show,
@@ -630,34 +814,49 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         } => tokio::task::spawn_blocking(move || agents(show, &ocf_root, json))
             .await
             .map_err(|e| fail(Exit::Failed, e.to_string()))?,
-        Cmd::ReloadResource { name } => {
-            let r = client(cli.socket).reload_resource(&name).await?;
+        Cmd::ReloadResource { name, reach } => {
+            let r = client(cli.socket, reach)?.reload_resource(&name).await?;
             println!("{}: {}", r.resource, r.message);
             Ok(())
         }
-        Cmd::Signal { name, signal, all } => {
-            let r = client(cli.socket).signal(&name, &signal, all).await?;
+        Cmd::Signal {
+            name,
+            signal,
+            all,
+            reach,
+        } => {
+            let r = client(cli.socket, reach)?
+                .signal(&name, &signal, all)
+                .await?;
             println!("{}: {}", r.resource, r.message);
             Ok(())
         }
-        Cmd::Control { name, code, input } => {
+        Cmd::Control {
+            name,
+            code,
+            input,
+            reach,
+        } => {
             let input = json_input(input)?;
-            let reply = client(cli.socket).control(&name, &code, input).await?;
+            let reply = client(cli.socket, reach)?
+                .control(&name, &code, input)
+                .await?;
             print_json(&reply.output, true)
         }
         Cmd::TypeControl {
             type_name,
             code,
             input,
+            reach,
         } => {
             let input = json_input(input)?;
-            let reply = client(cli.socket)
+            let reply = client(cli.socket, reach)?
                 .type_control(&type_name, &code, input)
                 .await?;
             print_json(&reply.output, true)
         }
-        Cmd::Reload => {
-            let r = client(cli.socket).reload().await?;
+        Cmd::Reload { reach } => {
+            let r = client(cli.socket, reach)?.reload().await?;
             let list = |v: &[String]| {
                 if v.is_empty() {
                     "-".to_string()
@@ -674,8 +873,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Cmd::Upgrade => {
-            let client = client(cli.socket);
+        Cmd::Upgrade { reach } => {
+            let client = client(cli.socket, reach)?;
             let reply = client.upgrade().await?;
             println!("{}", reply.message);
             // The old process ends with this answer; the new one is ready
@@ -693,12 +892,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             println!("upgraded: the monitor is ready again");
             Ok(())
         }
-        Cmd::Metrics => {
-            print!("{}", client(cli.socket).metrics().await?);
+        Cmd::Metrics { reach } => {
+            print!("{}", client(cli.socket, reach)?.metrics().await?);
             Ok(())
         }
-        Cmd::Calls { json } => {
-            let reply = client(cli.socket).calls().await?;
+        Cmd::Calls { json, reach } => {
+            let reply = client(cli.socket, reach)?.calls().await?;
             if json {
                 return print_json(&reply, false);
             }
@@ -866,17 +1065,8 @@ async fn serve(config: PathBuf, socket: Option<PathBuf>) -> Result<(), Failure> 
     Ok(())
 }
 
-fn client(socket: Option<PathBuf>) -> Client {
-    Client::new(&socket_for(socket))
-}
-
-async fn operate(
-    socket: Option<PathBuf>,
-    name: &str,
-    op: Operation,
-    wait: bool,
-) -> Result<(), Failure> {
-    let reply = client(socket).operate(name, op, wait).await?;
+async fn operate(client: &Client, name: &str, op: Operation, wait: bool) -> Result<(), Failure> {
+    let reply = client.operate(name, op, wait).await?;
     let r = reply.resource;
     println!(
         "{}: {}{}",
@@ -891,11 +1081,11 @@ async fn operate(
 }
 
 async fn events(
-    socket: Option<PathBuf>,
+    client: &Client,
     q: &resmon_client::EventsQuery,
     json: bool,
 ) -> Result<(), Failure> {
-    let mut feed = client(socket).events(q).await?;
+    let mut feed = client.events(q).await?;
     let stdout = std::io::stdout();
     while let Some(line) = feed.next_line().await? {
         let text = if json {
@@ -916,12 +1106,12 @@ async fn events(
 }
 
 async fn logs(
-    socket: Option<PathBuf>,
+    client: &Client,
     name: &str,
     q: &resmon_client::LogsQuery,
     json: bool,
 ) -> Result<(), Failure> {
-    let mut feed = client(socket).logs(name, q).await?;
+    let mut feed = client.logs(name, q).await?;
     let stdout = std::io::stdout();
     // A line longer than 64 KiB comes in pieces: printed as one.
     let mut open = false;
@@ -1117,6 +1307,54 @@ fn print_table(rs: &[ResourceStatus]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every argument of every command says what it is, in `--help` and
+    /// the manual pages.
+    #[test]
+    fn every_argument_has_a_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                if a.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path}: {}", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(
+            &<Cli as clap::CommandFactory>::command(),
+            "resmon",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    /// --socket, --url and --token-file are offered where a monitor is
+    /// asked (and --socket by serve, where it listens), and nowhere else.
+    #[test]
+    fn only_commands_that_ask_the_monitor_take_socket_and_url() {
+        let local = ["check", "agents", "completions", "man"];
+        let internal = ["host", "log-relay", "fence-guard"];
+        let cmd = <Cli as clap::CommandFactory>::command();
+        let takes = |sub: &clap::Command, long: &str| {
+            sub.get_arguments()
+                .any(|a| a.get_long() == Some(long) && !a.is_hide_set())
+        };
+        for sub in cmd.get_subcommands() {
+            let name = sub.get_name();
+            let asks = !local.contains(&name) && !internal.contains(&name) && name != "serve";
+            assert_eq!(
+                takes(sub, "socket"),
+                asks || name == "serve",
+                "{name} --socket"
+            );
+            assert_eq!(takes(sub, "url"), asks, "{name} --url");
+            assert_eq!(takes(sub, "token-file"), asks, "{name} --token-file");
+        }
+        assert!(!takes(&cmd, "socket"), "resmon --socket is offered");
+    }
 
     /// The exit codes are the table of docs/cli.md, both ways.
     #[test]

@@ -555,15 +555,20 @@ fn a_symlink_raced_onto_the_socket_path_never_gets_chmodded() {
     }
 }
 
-/// Binds a Unix socket at argv[1] as its user and answers any request with
-/// a fake monitor's status; prints how many bytes it was sent once its
-/// stdin closes.
+/// Binds a Unix socket at argv[1], or the loopback port N of `tcp:N`, as
+/// its user and answers any request with a fake monitor's status; prints
+/// how many bytes it was sent once its stdin closes.
 const IMPOSTOR: &str = r#"
 import os, signal, socket, sys, threading
 signal.alarm(120)
-srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-srv.bind(sys.argv[1])
-os.chmod(sys.argv[1], 0o666)
+where = sys.argv[1]
+if where.startswith("tcp:"):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", int(where[4:])))
+else:
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(where)
+    os.chmod(where, 0o666)
 srv.listen(16)
 got, threads = [0], []
 def serve(c):
@@ -596,18 +601,36 @@ print("received", got[0], "bytes on", len(threads), "connections", flush=True)
 #[test]
 fn the_cli_refuses_a_socket_another_user_serves() {
     let test = "the_cli_refuses_a_socket_another_user_serves";
+    let tmp = open_tempdir();
+    let sticky = mkdir(tmp.path(), "tmp", 0o1777, false);
+    let socket = sticky.join("resmon.sock");
+    let socket = socket.to_str().unwrap();
+    the_cli_refuses_an_impostor(test, socket, &["--socket", socket], socket);
+}
+
+/// A loopback port is checked like a socket (its server's socket is found
+/// in /proc/net/tcp), so a user who binds the listener's port while the
+/// monitor is down never gets a token.
+#[test]
+fn the_cli_sends_no_token_to_a_loopback_port_another_user_serves() {
+    let test = "the_cli_sends_no_token_to_a_loopback_port_another_user_serves";
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    the_cli_refuses_an_impostor(test, &format!("tcp:{port}"), &["--url", &url], &url);
+}
+
+/// Starts the impostor as nobody at `listen`, runs `resmon status` with
+/// `reach` (and a token in RESMON_TOKEN), and checks that the CLI refused
+/// it, naming `shown`, before sending it a byte.
+fn the_cli_refuses_an_impostor(test: &str, listen: &str, reach: &[&str], shown: &str) {
     if !attack_possible(test) {
         return;
     }
     let Some(python) = nobody_python(test) else {
         return;
     };
-    let tmp = open_tempdir();
-    let sticky = mkdir(tmp.path(), "tmp", 0o1777, false);
-    let socket = sticky.join("resmon.sock");
     let mut impostor = Proc::new(
-        nobody_cmd(&[&python, "-c", IMPOSTOR])
-            .arg(&socket)
+        nobody_cmd(&[&python, "-c", IMPOSTOR, listen])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -617,16 +640,16 @@ fn the_cli_refuses_a_socket_another_user_serves() {
     lines.wait("the impostor to listen", LONG, |l| l == "ready");
 
     let out = Command::new(BIN)
-        .arg("--socket")
-        .arg(&socket)
         .arg("status")
+        .args(reach)
         .env("RESMON_LOG", "warn")
+        .env("RESMON_TOKEN", "secret-token-0123456789")
         .stdin(Stdio::null())
         .output()
         .expect("run resmon status");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    assert!(err.contains(&socket.display().to_string()), "{err}");
+    assert!(err.contains(shown), "{err}");
     assert!(err.contains("is served by uid 65534"), "{err}");
     assert!(err.contains("refusing to talk to it"), "{err}");
     assert!(
@@ -634,7 +657,7 @@ fn the_cli_refuses_a_socket_another_user_serves() {
         "the fake answer was not shown: {out:?}"
     );
 
-    // The client sent the impostor nothing at all.
+    // The client sent the impostor nothing at all: no request, no token.
     drop(impostor.child().stdin.take());
     let received = lines.wait("the impostor's count", LONG, |l| l.starts_with("received"));
     assert!(received.starts_with("received 0 bytes"), "{received}");
