@@ -501,9 +501,9 @@ async fn run(
         None,
         None,
         format!(
-            "monitor {} started with {} resources; processes kept in {}{}",
-            env!("CARGO_PKG_VERSION"),
+            "monitor started with {} resources (resmon {}); processes kept in {}{}",
             config.resources.len(),
+            env!("CARGO_PKG_VERSION"),
             containers.backend_description(),
             upgrade::upgraded_from()
                 .map(|v| format!("; upgraded in place from {v}, adopting every resource"))

@@ -205,3 +205,29 @@ fn mainpid_moves_the_main_process_to_one_of_the_resource() {
     signal(main[0], libc_sig::KILL);
     wait_for("a restart", LONG, || d.resource("fork")["restarts"] == 1);
 }
+
+#[test]
+fn extend_timeout_is_progress_and_errno_is_the_reason() {
+    // Four extensions half a second apart carry it past a 1.5 s pending_timeout.
+    let d = Daemon::start(&format!(
+        "{}{}",
+        shell(
+            "slow",
+            "for i in 1 2 3 4; do systemd-notify --pid=$$ EXTEND_TIMEOUT_USEC=1000000; sleep 0.5; done; systemd-notify --ready --pid=$$; exec sleep 1000",
+            "pending_timeout = \"1500ms\"",
+        ),
+        shell(
+            "broken",
+            "systemd-notify --pid=$$ ERRNO=2; exec sleep 1000",
+            "restart_action = \"none\"",
+        )
+    ));
+    d.wait_state("slow", "online", LONG);
+    assert_eq!(d.resource("slow")["restarts"], 0);
+    d.wait_state("broken", "failed", LONG);
+    let why = d.resource("broken")["reason"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("before READY=1: the service reported errno 2 (No such file or directory"),
+        "{why}"
+    );
+}
