@@ -310,7 +310,7 @@ async fn run(
     let instance = state_dir.instance().to_string();
     let containers = Arc::new(
         match config.monitor.cgroups {
-            CgroupMode::Auto => Containers::detect(Some(&format!("resmon.{instance}"))),
+            CgroupMode::Auto => Containers::detect_for_monitor(Some(&format!("resmon.{instance}"))),
             CgroupMode::Off => Containers::process_groups(),
         }
         .with_instance(&instance),

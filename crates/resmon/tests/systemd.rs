@@ -178,3 +178,72 @@ fn check_prints_the_longest_stop_for_timeout_stop_sec() {
         "{text}"
     );
 }
+
+/// A cgroup v2 directory of the test's own, removed (with what the
+/// monitor left in it once it stopped) when dropped.
+struct Delegated(std::path::PathBuf);
+
+impl Drop for Delegated {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.0.join("resmon.supervisor"));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn in_a_delegated_cgroup_the_monitor_moves_into_a_leaf_and_keeps_it_across_an_upgrade() {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let dir = info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split(' ').next() == Some("cgroup2")).then(|| left.split(' ').nth(4))?
+    });
+    let (Some(mount), Some(path)) = (dir, own.lines().find_map(|l| l.strip_prefix("0::"))) else {
+        return skip(
+            "in_a_delegated_cgroup_the_monitor_moves_into_a_leaf_and_keeps_it_across_an_upgrade",
+            "no cgroup v2 here",
+        );
+    };
+    let delegated = Delegated(
+        std::path::Path::new(mount)
+            .join(path.trim_start_matches('/'))
+            .join(format!("resmon-test-{}", std::process::id())),
+    );
+    std::fs::create_dir(&delegated.0).unwrap();
+    let mut d = Daemon::start_in(
+        "[[resource]]\nname = \"svc\"\ntype = \"process\"\ncommand = \"sleep 1000\"\n",
+        &delegated.0,
+    );
+    d.wait_state("svc", "online", LONG);
+    let cgroup_of = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+            .unwrap()
+    };
+    let leaf = format!("/resmon-test-{}/resmon.supervisor", std::process::id());
+    let monitor = d.pid();
+    assert!(
+        cgroup_of(monitor).ends_with(&leaf),
+        "{}",
+        cgroup_of(monitor)
+    );
+    // The delegated cgroup holds no process of its own: it may give its
+    // children controllers.
+    let procs = std::fs::read_to_string(delegated.0.join("cgroup.procs")).unwrap();
+    assert!(procs.trim().is_empty(), "{procs}");
+    let svc = d.pids("svc")[0];
+    let root = format!(
+        "/resmon-test-{}/resmon.{}/r.svc",
+        std::process::id(),
+        d.instance()
+    );
+    assert!(cgroup_of(svc).ends_with(&root), "{}", cgroup_of(svc));
+    // Run again in place: the same leaf, the same root, the same service.
+    d.ok(&["upgrade"]);
+    assert_eq!(d.pid(), monitor);
+    assert!(cgroup_of(monitor).ends_with(&leaf));
+    assert_eq!(d.pids("svc"), [svc]);
+    assert!(d.stop().success());
+}

@@ -99,6 +99,42 @@ pub(crate) fn locate(mountinfo: &str, self_cgroup: &str) -> Result<PathBuf, Stri
         .ok_or_else(|| format!("our cgroup {own} is not visible under any cgroup2 mount"))
 }
 
+/// The leaf cgroup the monitor moves itself into when its own cgroup is
+/// delegated to it (see [`settle_in`]).
+pub(crate) const SUPERVISOR: &str = "resmon.supervisor";
+
+/// Where the monitor's root cgroup goes, given the directory of the cgroup
+/// it runs in: that cgroup, or, when the monitor already sits in its
+/// [`SUPERVISOR`] leaf (a monitor that ran its binary again in place), the
+/// cgroup above it.
+pub(crate) fn delegated(own: &Path) -> PathBuf {
+    match (own.file_name(), own.parent()) {
+        (Some(n), Some(parent)) if n == SUPERVISOR => parent.to_path_buf(),
+        _ => own.to_path_buf(),
+    }
+}
+
+/// A cgroup below the hierarchy's root that holds a process may not give
+/// its children controllers ("no internal processes"): under systemd with
+/// `Delegate=yes` the service's cgroup holds the monitor itself. So the
+/// monitor moves into a leaf of its own, `own/resmon.supervisor`, and
+/// `own` may enable for its children the controllers limits need. Nothing
+/// to do in the hierarchy's root (exempt) or when the leaf is already
+/// where it runs. A failure is said and changes nothing else.
+pub(crate) fn settle_in(own: &Path, is_mount_root: bool) -> Result<(), String> {
+    if is_mount_root {
+        return Ok(());
+    }
+    let leaf = own.join(SUPERVISOR);
+    match fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("cannot create {}: {e}", leaf.display())),
+    }
+    write_file(&leaf.join("cgroup.procs"), &std::process::id().to_string())
+        .map_err(|e| format!("moving the monitor into {}: {e}", leaf.display()))
+}
+
 /// Creates (or reuses) the directory `parent/name` as the monitor's root
 /// cgroup and checks that it can kill: `cgroup.kill` must exist in it.
 /// On failure a directory this call created is removed again.

@@ -69,6 +69,20 @@ impl Containers {
     /// and `cgroup.kill` exists. On any failure it falls back to process
     /// groups and records why ([`backend_description`](Self::backend_description)).
     pub fn detect(root_name: Option<&str>) -> Containers {
+        Self::detect_as(root_name, false)
+    }
+
+    /// [`detect`](Self::detect) for the monitor itself: when the cgroup it
+    /// runs in is delegated to it (not the hierarchy's root), it first
+    /// moves into a leaf of its own (`resmon.supervisor`), so that its
+    /// cgroup may give the resources' cgroups controllers; its root goes
+    /// beside that leaf. A monitor that runs its binary again in place
+    /// finds itself in the leaf and uses the same root.
+    pub fn detect_for_monitor(root_name: Option<&str>) -> Containers {
+        Self::detect_as(root_name, true)
+    }
+
+    fn detect_as(root_name: Option<&str>, settle: bool) -> Containers {
         let read = |path: &str| {
             std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))
         };
@@ -77,7 +91,19 @@ impl Containers {
             None => format!("resmon.{}", getpid().as_raw_nonzero()),
         };
         let found = read("/proc/self/mountinfo").and_then(|mountinfo| {
-            let own = cgroup::locate(&mountinfo, &read("/proc/self/cgroup")?)?;
+            let here = cgroup::locate(&mountinfo, &read("/proc/self/cgroup")?)?;
+            let own = cgroup::delegated(&here);
+            let is_mount_root = cgroup::cgroup2_mounts(&mountinfo)
+                .iter()
+                .any(|m| m.point == own);
+            if settle && here == own {
+                if let Err(e) = cgroup::settle_in(&own, is_mount_root) {
+                    tracing::warn!(
+                        "{e}: the monitor stays in {}, whose children cannot be given controllers (limits)",
+                        own.display()
+                    );
+                }
+            }
             cgroup::prepare_root(&own, &name)
         });
         let backend = match found {
