@@ -852,19 +852,16 @@ fn nodes_moves_failback_and_failover() {
         Duration::from_secs(10),
         || alpha_on_n1("maintenance") == true,
     );
-    let out = c.nodes[2].cli(&["nodes", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let n1 = v["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["name"] == "n1")
-        .cloned();
-    assert_eq!(
-        n1.map(|n| n["maintenance"].clone()),
-        Some(true.into()),
-        "{v}"
-    );
+    // Every node shows the mark once its own look at etcd has seen it.
+    wait_for("n2 to show n1's mark", Duration::from_secs(10), || {
+        let out = c.nodes[2].cli(&["nodes", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == "n1" && n["maintenance"] == true)
+    });
     let pid = alpha_on_n1("pids")[0].as_u64().unwrap() as u32;
     sig(pid, rustix::process::Signal::KILL);
     wait_for(
