@@ -265,8 +265,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
         hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
     };
+    // The TCP listener first: once the socket answers, both are there.
+    let tcp = match config.api.tcp {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("[api] tcp: binding {addr}"))?,
+        ),
+    };
     let (listener, bound) = socket::bind(&config.monitor.socket).await?;
-    let result = run(config, types, listener, signals).await;
+    let result = run(config, types, (listener, tcp), signals).await;
     bound.remove();
     result
 }
@@ -281,7 +290,7 @@ pub(crate) struct Signals {
 async fn run(
     config: Config,
     types: Vec<Arc<dyn ResourceType>>,
-    listener: UnixListener,
+    (listener, tcp): (UnixListener, Option<tokio::net::TcpListener>),
     signals: Signals,
 ) -> anyhow::Result<()> {
     let bus = EventBus::new();
@@ -441,21 +450,17 @@ async fn run(
         logs: Some(Arc::new(log_dir)),
     });
     let shutdown = listener::Shutdown::default();
-    let tcp_server = match config.api.tcp {
-        None => None,
-        Some(addr) => {
-            let tcp = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("[api] tcp: binding {addr}"))?;
+    let tcp_server = tcp.map(|tcp| {
+        if let Ok(addr) = tcp.local_addr() {
             tracing::info!("API also on tcp://{addr} (bearer tokens)");
-            Some(tokio::spawn(listener::serve_tcp(
-                tcp,
-                api.clone(),
-                listener::Limits::default(),
-                shutdown.clone(),
-            )))
         }
-    };
+        tokio::spawn(listener::serve_tcp(
+            tcp,
+            api.clone(),
+            listener::Limits::default(),
+            shutdown.clone(),
+        ))
+    });
     let server = tokio::spawn(listener::serve_unix(
         listener,
         api,

@@ -21,7 +21,7 @@ const SYSTEM_SOCKET: &str = "/run/resmon/resmon.sock";
 /// right and a `reader` one with `query`; `svc` waits to be brought online
 /// and `talker` writes a line every 50 ms.
 fn monitor_on(port: u16) -> Daemon {
-    Daemon::start(&format!(
+    let d = Daemon::start(&format!(
         r#"
 [api]
 tcp = "127.0.0.1:{port}"
@@ -47,7 +47,10 @@ name = "talker"
 type = "process"
 command = ["sh", "-c", "while :; do echo tick; sleep 0.05; done"]
 "#
-    ))
+    ));
+    // The TCP listener is bound before the socket answers.
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the TCP listener is there");
+    d
 }
 
 /// `resmon ARGS` with nothing in the environment naming a monitor or a
