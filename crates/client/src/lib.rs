@@ -507,6 +507,13 @@ impl Client {
         self.typed(Method::POST, &path, body).await
     }
 
+    /// Cluster mode: drains `node` (`on`), or resumes it.
+    pub async fn node_drain(&self, node: &str, on: bool) -> Result<MoveReply, ApiError> {
+        let path = format!("/v1/nodes/{}/drain", encode(node));
+        let body = json(&MaintenanceBody { on })?;
+        self.typed(Method::POST, &path, Some(body)).await
+    }
+
     /// Cluster mode: marks `node` for maintenance, or clears its mark.
     pub async fn node_maintenance(&self, node: &str, on: bool) -> Result<MoveReply, ApiError> {
         let path = format!("/v1/nodes/{}/maintenance", encode(node));

@@ -183,6 +183,9 @@ pub struct NodeView {
     /// Marked for maintenance (`resmon maintenance on --node`).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub maintenance: bool,
+    /// Drained (`resmon node drain`): its groups move off it.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub drained: bool,
 }
 
 /// `GET /v1/nodes`.

@@ -185,6 +185,8 @@ pub struct ClusterView {
     pub failed: BTreeMap<String, Vec<String>>,
     /// Nodes marked for maintenance.
     pub maintenance: std::collections::BTreeSet<String>,
+    /// Drained nodes: no group runs there while another node can take it.
+    pub drained: std::collections::BTreeSet<String>,
 }
 
 impl ClusterView {
@@ -212,6 +214,9 @@ impl ClusterView {
                 Key::Failed { group, node } => view.failed.entry(group).or_default().push(node),
                 Key::Maintenance(node) => {
                     view.maintenance.insert(node);
+                }
+                Key::Drain(node) => {
+                    view.drained.insert(node);
                 }
             }
         }
@@ -253,6 +258,12 @@ pub enum Change {
     },
     /// A node was marked for maintenance (`present`) or the mark cleared.
     Maintenance {
+        node: String,
+        present: bool,
+        revision: i64,
+    },
+    /// A node was drained (`present`) or resumed.
+    Drain {
         node: String,
         present: bool,
         revision: i64,
@@ -716,12 +727,23 @@ impl Member {
     /// no lease: the mark outlives the node's monitor.
     pub async fn set_maintenance(&self, node: &str, on: bool) -> Result<(), Error> {
         check_name(node)?;
-        let key = self.keys.maintenance(node);
+        self.set_mark("maintenance", self.keys.maintenance(node), on)
+            .await
+    }
+
+    /// Drains `node` (`on`) or resumes it; like maintenance, a mark
+    /// without a lease.
+    pub async fn set_drain(&self, node: &str, on: bool) -> Result<(), Error> {
+        check_name(node)?;
+        self.set_mark("drain", self.keys.drain(node), on).await
+    }
+
+    async fn set_mark(&self, what: &str, key: String, on: bool) -> Result<(), Error> {
         if !on {
-            return self.delete("maintenance", key).await;
+            return self.delete(what, key).await;
         }
-        let what = format!("setting maintenance key {key}");
-        self.op(&what, key, |mut c, key| async move {
+        let doing = format!("setting {what} key {key}");
+        self.op(&doing, key, |mut c, key| async move {
             c.put(key, "", None).await
         })
         .await?;
@@ -1313,6 +1335,11 @@ impl Watch {
                     revision,
                 },
                 Key::Maintenance(node) => Change::Maintenance {
+                    node,
+                    present,
+                    revision,
+                },
+                Key::Drain(node) => Change::Drain {
                     node,
                     present,
                     revision,

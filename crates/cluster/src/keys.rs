@@ -9,6 +9,7 @@
 //! | `<p>/groups/<group>/target` | the node a move was requested to | none |
 //! | `<p>/groups/<group>/failed/<node>` | empty: `node` gave the group up after its restart threshold | that node's |
 //! | `<p>/maintenance/<node>` | empty: the node's resources are in maintenance | none |
+//! | `<p>/drain/<node>` | empty: the node's groups move off it and no group comes to it | none |
 //!
 //! A key bound to a lease disappears with it: a node key exists exactly
 //! while its node is a live member, and an owner key while its owner may
@@ -62,6 +63,7 @@ pub enum Key {
     Target(String),
     Failed { group: String, node: String },
     Maintenance(String),
+    Drain(String),
 }
 
 /// Builds and parses the keys under one prefix.
@@ -124,6 +126,12 @@ impl Keys {
         format!("{}/maintenance/{node}", self.prefix)
     }
 
+    /// `<p>/drain/<node>`: the node is drained (no lease: it stays across
+    /// restarts of the node until resumed).
+    pub fn drain(&self, node: &str) -> String {
+        format!("{}/drain/{node}", self.prefix)
+    }
+
     /// What `key` is, or `None` for a key outside this layout.
     pub fn parse(&self, key: &str) -> Option<Key> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix('/')?;
@@ -134,6 +142,7 @@ impl Keys {
             ["groups", group, "owner"] => name(group).map(Key::Owner),
             ["groups", group, "target"] => name(group).map(Key::Target),
             ["maintenance", node] => name(node).map(Key::Maintenance),
+            ["drain", node] => name(node).map(Key::Drain),
             ["groups", group, "failed", node] => Some(Key::Failed {
                 group: name(group)?,
                 node: name(node)?,
@@ -156,6 +165,7 @@ mod tests {
                 (k.owner("web"), Key::Owner("web".into())),
                 (k.target("web"), Key::Target("web".into())),
                 (k.maintenance("n1"), Key::Maintenance("n1".into())),
+                (k.drain("n1"), Key::Drain("n1".into())),
                 (
                     k.failed("web", "n1"),
                     Key::Failed {

@@ -306,6 +306,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/groups/{group}/maintenance", post(maintenance_group))
         .route("/v1/maintenance", post(maintenance_all))
         .route("/v1/nodes/{node}/maintenance", post(maintenance_node))
+        .route("/v1/nodes/{node}/drain", post(drain_node))
         .route("/v1/resources/{name}/logs", get(logs))
         .route("/v1/resources/{name}/reload", post(reload_resource))
         .route("/v1/resources/{name}/signal/{signal}", post(signal))
@@ -861,21 +862,44 @@ async fn maintenance_node(
     Path(node): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
+    node_mark(&st, node, &body, |node, on, reply| {
+        ClusterRequest::NodeMaintenance { node, on, reply }
+    })
+    .await
+}
+
+/// Cluster mode: drains a node (from any node): its groups move to other
+/// nodes and none comes to it, until it is resumed (`{"on": false}`).
+async fn drain_node(
+    AxState(st): AxState<ApiState>,
+    Path(node): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    node_mark(&st, node, &body, |node, on, reply| {
+        ClusterRequest::NodeDrain { node, on, reply }
+    })
+    .await
+}
+
+/// A node's mark in etcd, written by the controller.
+async fn node_mark(
+    st: &ApiState,
+    node: String,
+    body: &[u8],
+    request: impl FnOnce(String, bool, oneshot::Sender<Result<String, String>>) -> ClusterRequest,
+) -> Response {
     let Some(c) = &st.cluster else {
         return single_node();
     };
     if let Err(e) = crate::config::check_name(&node) {
         return error(StatusCode::BAD_REQUEST, format!("bad node name: {e}"));
     }
-    let on = match maintenance_body(&body) {
+    let on = match maintenance_body(body) {
         Ok(on) => on,
         Err(answer) => return *answer,
     };
     let (reply, rx) = oneshot::channel();
-    if c.requests
-        .send(ClusterRequest::NodeMaintenance { node, on, reply })
-        .is_err()
-    {
+    if c.requests.send(request(node, on, reply)).is_err() {
         return stopping();
     }
     match rx.await {

@@ -68,6 +68,28 @@ struct Reach {
 }
 
 #[derive(Subcommand)]
+enum NodeAction {
+    /// Move every group off the node, and keep new ones away (the mark is
+    /// in etcd: it outlives the node's monitor).
+    Drain {
+        /// The node.
+        node: String,
+        /// Return once the node runs no group (another node took each).
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        reach: Reach,
+    },
+    /// Let groups run on the node again.
+    Resume {
+        /// The node.
+        node: String,
+        #[command(flatten)]
+        reach: Reach,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Run the monitor in the foreground; SIGTERM/SIGINT take everything offline.
     Serve {
@@ -107,6 +129,12 @@ enum Cmd {
         json: bool,
         #[command(flatten)]
         reach: Reach,
+    },
+    /// Cluster mode: drain a node (its groups move to other nodes, and
+    /// none comes to it) or resume it.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
     },
     /// Cluster mode: move a group to a node (offline on its owner, released,
     /// online on the node).
@@ -721,6 +749,48 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print_nodes(&reply);
             Ok(())
         }
+        Cmd::Node {
+            action: NodeAction::Resume { node, reach },
+        } => {
+            let reply = client(cli.socket, reach)?.node_drain(&node, false).await?;
+            println!("{}", reply.message);
+            Ok(())
+        }
+        Cmd::Node {
+            action: NodeAction::Drain { node, wait, reach },
+        } => {
+            let client = client(cli.socket, reach)?;
+            let reply = client.node_drain(&node, true).await?;
+            println!("{}", reply.message);
+            if !wait {
+                return Ok(());
+            }
+            // Done once no node is said to run a group there.
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(600);
+            loop {
+                let nodes = client.nodes().await?;
+                let left: Vec<String> = nodes
+                    .nodes
+                    .iter()
+                    .filter(|n| n.name == node)
+                    .flat_map(|n| n.groups.clone())
+                    .collect();
+                if left.is_empty() {
+                    println!("node {node} runs no group");
+                    return Ok(());
+                }
+                if std::time::Instant::now() > end {
+                    return Err(fail(
+                        Exit::Failed,
+                        format!(
+                            "node {node} still runs {} after 10 minutes: no other node could take them",
+                            left.join(", ")
+                        ),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
         Cmd::Move { group, node, reach } => {
             let reply = client(cli.socket, reach)?.move_group(&group, &node).await?;
             println!("{}", reply.message);
@@ -1204,21 +1274,23 @@ fn print_nodes(r: &NodesReply) {
         .max(4);
     let _ = writeln!(
         out,
-        "{:<width$}  {:<5}  {:<11}  GROUPS",
-        "NODE", "LIVE", "MAINTENANCE"
+        "{:<width$}  {:<5}  {:<7}  {:<11}  GROUPS",
+        "NODE", "LIVE", "DRAINED", "MAINTENANCE"
     );
+    let yes = |b: bool| if b { "yes" } else { "no" };
     for n in &r.nodes {
         let groups = if n.groups.is_empty() {
             "-".to_string()
         } else {
             n.groups.join(",")
         };
-        let live = if n.live { "yes" } else { "no" };
-        let maintenance = if n.maintenance { "yes" } else { "no" };
         let _ = writeln!(
             out,
-            "{:<width$}  {live:<5}  {maintenance:<11}  {groups}",
-            n.name
+            "{:<width$}  {:<5}  {:<7}  {:<11}  {groups}",
+            n.name,
+            yes(n.live),
+            yes(n.drained),
+            yes(n.maintenance)
         );
     }
     let unowned: Vec<&str> = r
@@ -1342,8 +1414,17 @@ mod tests {
             sub.get_arguments()
                 .any(|a| a.get_long() == Some(long) && !a.is_hide_set())
         };
-        for sub in cmd.get_subcommands() {
-            let name = sub.get_name();
+        // A group of commands (`node drain|resume`) is judged by its own.
+        let leaves = cmd.get_subcommands().flat_map(|sub| {
+            let group = sub.has_subcommands() && !local.contains(&sub.get_name());
+            let own: Vec<&clap::Command> = if group {
+                sub.get_subcommands().collect()
+            } else {
+                vec![sub]
+            };
+            own.into_iter().map(move |leaf| (sub.get_name(), leaf))
+        });
+        for (name, sub) in leaves {
             let asks = !local.contains(&name) && !internal.contains(&name) && name != "serve";
             assert_eq!(
                 takes(sub, "socket"),

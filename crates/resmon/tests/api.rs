@@ -209,6 +209,8 @@ fn cluster_commands_on_a_single_node_say_so() {
         &["nodes"][..],
         &["move", "a", "n2"][..],
         &["maintenance", "on", "--node", "n2"][..],
+        &["node", "drain", "n2"][..],
+        &["node", "resume", "n2"][..],
     ] {
         let out = d.cli(args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

@@ -889,6 +889,50 @@ fn nodes_moves_failback_and_failover() {
         c.runs_on("alpha", t).is_some_and(|(n, _)| n == 1)
     });
 
+    // A drain, asked of another node: every group leaves n1 and none
+    // comes back until it is resumed.
+    let out = c.nodes[0].cli(&["node", "drain", "n1", "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("node n1 runs no group"));
+    let t = boottime_ns();
+    for g in ["alpha", "gamma"] {
+        wait_for(
+            &format!("{g} running off n1"),
+            Duration::from_secs(20),
+            || c.runs_on(g, t).is_some_and(|(n, _)| n != 1),
+        );
+    }
+    let view = |i: usize| -> serde_json::Value {
+        serde_json::from_slice(&c.nodes[i].cli(&["nodes", "--json"]).stdout).unwrap()
+    };
+    let n1_of = |v: &serde_json::Value| {
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "n1")
+            .cloned()
+            .unwrap()
+    };
+    let v = view(0);
+    assert_eq!(n1_of(&v)["drained"], true, "{v}");
+    assert!(n1_of(&v)["groups"].as_array().unwrap().is_empty(), "{v}");
+    let table = String::from_utf8_lossy(&c.nodes[0].cli(&["nodes"]).stdout).to_string();
+    assert!(table.contains("DRAINED"), "{table}");
+    let out = c.nodes[2].cli(&["node", "resume", "n1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("n1 resumed", Duration::from_secs(10), || {
+        n1_of(&view(1))["drained"].is_null()
+    });
+
     // beta fails back: its node dies (the guard fences what it ran), beta
     // moves to n1, and returns to n2 once n2 is back.
     let t0 = boottime_ns();

@@ -53,6 +53,8 @@ enum Leave {
     Failover,
     /// Renewals of the node's lease are failing.
     LeaseEnding,
+    /// The node is drained.
+    Drain,
 }
 
 impl Leave {
@@ -64,6 +66,7 @@ impl Leave {
             Leave::LeaseEnding => {
                 "renewals of the node's lease are failing: stopping before it can expire".into()
             }
+            Leave::Drain => "the node is drained: moving to another node".into(),
         }
     }
 }
@@ -336,6 +339,13 @@ impl Controller {
                     .filter(|t| **t != me && is_live(snap, t))
                 {
                     self.begin_leaving(g, Leave::Move(t.clone()));
+                } else if snap.drained.contains(&me)
+                    && candidates(&self.groups[g].res, snap)
+                        .iter()
+                        .any(|n| *n != me)
+                {
+                    // Another node can take it: it goes there.
+                    self.begin_leaving(g, Leave::Drain);
                 } else if let Some(better) = self.failback_to(g, snap) {
                     self.begin_leaving(g, Leave::Failback(better));
                 }
@@ -555,6 +565,23 @@ impl Controller {
             ClusterRequest::Move { group, node, reply } => {
                 let _ = reply.send(self.move_group(&group, &node).await);
             }
+            ClusterRequest::NodeDrain { node, on, reply } => {
+                let out = match &self.member {
+                    None => Err("this node is not a member of the cluster now".into()),
+                    Some(m) => m
+                        .set_drain(&node, on)
+                        .await
+                        .map(|()| {
+                            if on {
+                                format!("node {node} is drained: its groups move to other nodes, and none comes to it")
+                            } else {
+                                format!("node {node} is resumed: groups may run there again")
+                            }
+                        })
+                        .map_err(|e| format!("writing the drain mark to etcd: {e}")),
+                };
+                let _ = reply.send(out);
+            }
             ClusterRequest::NodeMaintenance { node, on, reply } => {
                 let out = match &self.member {
                     None => Err("this node is not a member of the cluster now".into()),
@@ -690,6 +717,7 @@ impl Controller {
                 live: snap.is_some_and(|s| s.nodes.contains_key(n)),
                 groups: owned.get(n.as_str()).cloned().unwrap_or_default(),
                 maintenance: snap.is_some_and(|s| s.maintenance.contains(n)),
+                drained: snap.is_some_and(|s| s.drained.contains(n)),
             })
             .collect();
     }
@@ -703,10 +731,24 @@ fn is_down(s: &ResourceStatus) -> bool {
     matches!(s.state, State::Offline | State::Failed) && s.call.is_none() && !s.terminating
 }
 
-/// The live nodes in the order they should take the group: a requested
-/// target first, then its preferred nodes, then the others by name; nodes
-/// where it failed recently last.
+/// The live nodes in the order they should take the group (see
+/// [`line_up`]), drained nodes left out while any other can.
 fn candidates(res: &GroupResources, snap: &Snapshot) -> Vec<String> {
+    let line = line_up(res, snap);
+    // A drained node takes a group only when no other node can.
+    let (open, drained): (Vec<String>, Vec<String>) =
+        line.into_iter().partition(|n| !snap.drained.contains(n));
+    if open.is_empty() {
+        drained
+    } else {
+        open
+    }
+}
+
+/// The live nodes in order: a requested target first, then the group's
+/// preferred nodes, then the others by name; nodes where it failed
+/// recently last.
+fn line_up(res: &GroupResources, snap: &Snapshot) -> Vec<String> {
     let mut line: Vec<String> = Vec::new();
     if let Some(t) = snap.targets.get(&res.name).filter(|t| is_live(snap, t)) {
         line.push(t.clone());

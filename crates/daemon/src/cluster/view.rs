@@ -18,6 +18,12 @@ pub enum ClusterRequest {
         node: String,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// Drain a node, or resume it.
+    NodeDrain {
+        node: String,
+        on: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     /// Mark a node for maintenance, or clear its mark.
     NodeMaintenance {
         node: String,
