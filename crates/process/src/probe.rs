@@ -17,7 +17,6 @@ use crate::params::{Probe, ProbeKind, Tls};
 use resmon_contract::Scope;
 use resmon_task::lock;
 use resmon_task::{CheckAbort, Output, Reaper, SpawnSpec};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// Where an `exec` probe runs: as whom, and in which resource's scope.
@@ -71,13 +70,22 @@ pub fn run(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), ProbeError> {
     }
     let started = std::time::Instant::now();
     let out = run_once(probe, env);
-    // A cancelled probe said nothing of the service.
+    let kind = match probe.kind {
+        ProbeKind::Tcp(_) => "tcp",
+        ProbeKind::Http { .. } => "http",
+        ProbeKind::Exec(_) => "exec",
+    };
+    counted(kind, started, out)
+}
+
+/// A probe's answer, timed in the metrics; a cancelled probe said nothing
+/// of the service and is not counted.
+fn counted(
+    kind: &str,
+    started: std::time::Instant,
+    out: Result<(), ProbeError>,
+) -> Result<(), ProbeError> {
     if !matches!(out, Err(ProbeError::Cancelled)) {
-        let kind = match probe.kind {
-            ProbeKind::Tcp(_) => "tcp",
-            ProbeKind::Http { .. } => "http",
-            ProbeKind::Exec(_) => "exec",
-        };
         resmon_metrics::global().probe(kind, started.elapsed(), out.is_ok());
     }
     out
@@ -87,42 +95,14 @@ pub fn run(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), ProbeError> {
 /// probe checked every few seconds of many resources costs least as.
 pub async fn tcp_async(addr: &str, timeout: Duration) -> Result<(), ProbeError> {
     let started = std::time::Instant::now();
-    let out = async {
-        let addrs: Vec<std::net::SocketAddr> = match addr.parse() {
-            Ok(a) => vec![a],
-            Err(_) => tokio::net::lookup_host(addr)
-                .await
-                .map_err(|source| ProbeError::Resolve {
-                    addr: addr.to_owned(),
-                    source,
-                })?
-                .collect(),
-        };
-        let mut last = ProbeError::Unresolved(addr.to_owned());
-        for a in addrs {
-            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a)).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(source)) => last = ProbeError::Connect { addr: a, source },
-                Err(_) => {
-                    last = ProbeError::Connect {
-                        addr: a,
-                        source: std::io::ErrorKind::TimedOut.into(),
-                    }
-                }
-            }
-        }
-        Err(last)
-    }
-    .await;
-    resmon_metrics::global().probe("tcp", started.elapsed(), out.is_ok());
-    out
+    counted("tcp", started, tcp(addr, timeout).await)
 }
 
 fn run_once(probe: &Probe, env: &ProbeEnv<'_>) -> Result<(), ProbeError> {
     match &probe.kind {
         ProbeKind::Tcp(addr) => {
-            let (addr, timeout) = (addr.clone(), probe.timeout);
-            aside(env, move || tcp(&addr, timeout))
+            let (addr, timeout, rt) = (addr.clone(), probe.timeout, env.rt.clone());
+            aside(env, move || rt.block_on(tcp(&addr, timeout)))
         }
         ProbeKind::Http { url, expect, tls } => {
             let (url, expect, tls, timeout) = (url.clone(), *expect, tls.clone(), probe.timeout);
@@ -172,19 +152,30 @@ fn aside(
     })
 }
 
-fn tcp(addr: &str, timeout: Duration) -> Result<(), ProbeError> {
-    let addrs: Vec<_> = addr
-        .to_socket_addrs()
-        .map_err(|source| ProbeError::Resolve {
-            addr: addr.to_owned(),
-            source,
-        })?
-        .collect();
+/// Connects to `addr` (`HOST:PORT`), each address it resolves to in turn,
+/// each within `timeout`.
+async fn tcp(addr: &str, timeout: Duration) -> Result<(), ProbeError> {
+    let addrs: Vec<std::net::SocketAddr> = match addr.parse() {
+        Ok(a) => vec![a],
+        Err(_) => tokio::net::lookup_host(addr)
+            .await
+            .map_err(|source| ProbeError::Resolve {
+                addr: addr.to_owned(),
+                source,
+            })?
+            .collect(),
+    };
     let mut last = ProbeError::Unresolved(addr.to_owned());
     for a in addrs {
-        match TcpStream::connect_timeout(&a, timeout) {
-            Ok(_) => return Ok(()),
-            Err(source) => last = ProbeError::Connect { addr: a, source },
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a)).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(source)) => last = ProbeError::Connect { addr: a, source },
+            Err(_) => {
+                last = ProbeError::Connect {
+                    addr: a,
+                    source: std::io::ErrorKind::TimedOut.into(),
+                }
+            }
         }
     }
     Err(last)
