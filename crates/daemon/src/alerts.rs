@@ -228,16 +228,8 @@ impl Alerts {
         alerts
     }
 
-    /// Alerts dropped so far, by hook: for the status's problems.
-    pub fn dropped(&self) -> Vec<(String, u64)> {
-        self.hooks
-            .iter()
-            .map(|h| (h.cfg.name.clone(), h.dropped.load(Ordering::Relaxed)))
-            .filter(|&(_, n)| n > 0)
-            .collect()
-    }
-
-    /// A handle that reads [`dropped`](Self::dropped) later.
+    /// What the status's problems say of dropped alerts: a line per hook
+    /// that dropped some, read when asked.
     pub fn dropped_reader(&self) -> impl Fn() -> Vec<String> + Send + Sync + 'static {
         let hooks = self.hooks.clone();
         move || {

@@ -6,23 +6,9 @@
 mod common;
 
 use common::*;
-use std::path::PathBuf;
 use std::time::Duration;
 
 const LONG: Duration = Duration::from_secs(20);
-
-/// The cgroup v2 directory this test runs in (the monitor it starts makes
-/// its root below it).
-fn own_cgroup() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split(' ').next() == Some("cgroup2")).then(|| left.split(' ').nth(4))?
-    })?;
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(PathBuf::from(mount).join(path.trim_start_matches('/')))
-}
 
 /// Whether cgroup v2 offers these controllers to what this test starts.
 fn controllers_here(wanted: &[&str]) -> bool {

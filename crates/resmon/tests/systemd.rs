@@ -192,23 +192,13 @@ impl Drop for Delegated {
 
 #[test]
 fn in_a_delegated_cgroup_the_monitor_moves_into_a_leaf_and_keeps_it_across_an_upgrade() {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    let dir = info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split(' ').next() == Some("cgroup2")).then(|| left.split(' ').nth(4))?
-    });
-    let (Some(mount), Some(path)) = (dir, own.lines().find_map(|l| l.strip_prefix("0::"))) else {
+    let Some(own) = own_cgroup() else {
         return skip(
             "in_a_delegated_cgroup_the_monitor_moves_into_a_leaf_and_keeps_it_across_an_upgrade",
             "no cgroup v2 here",
         );
     };
-    let delegated = Delegated(
-        std::path::Path::new(mount)
-            .join(path.trim_start_matches('/'))
-            .join(format!("resmon-test-{}", std::process::id())),
-    );
+    let delegated = Delegated(own.join(format!("resmon-test-{}", std::process::id())));
     std::fs::create_dir(&delegated.0).unwrap();
     let mut d = Daemon::start_in(
         "[[resource]]\nname = \"svc\"\ntype = \"process\"\ncommand = \"sleep 1000\"\n",

@@ -383,6 +383,19 @@ pub fn marked_processes(entry: &str) -> Vec<u32> {
     out
 }
 
+/// The cgroup v2 directory this test runs in (a monitor it starts makes
+/// its root below it); `None` without cgroup v2.
+pub fn own_cgroup() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        (right.split(' ').next() == Some("cgroup2")).then(|| left.split(' ').nth(4))?
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(PathBuf::from(mount).join(path.trim_start_matches('/')))
+}
+
 /// Every cgroup directory named `name` on this machine's cgroup v2 mounts
 /// (found from /proc/self/mountinfo), at most four levels down.
 pub fn cgroups_named(name: &str) -> Vec<PathBuf> {
