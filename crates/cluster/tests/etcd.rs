@@ -112,13 +112,16 @@ async fn the_deadline_advances_with_renewals_and_stays_before_send_plus_ttl() {
     let a = join(&etcd, "a", "deadline").await;
     let s = a.settings().clone();
     let mut state = a.lease_state();
-    let mut last = state.borrow().may_run_until.expect("a deadline after join");
+    let mut last = state
+        .borrow_and_update()
+        .may_run_until
+        .expect("a deadline after join");
     assert!(last >= before_join + s.lease_ttl - s.margin);
     let mut advanced = 0;
     while advanced < 4 {
         within("a renewal", state.changed()).await.unwrap();
         let observed = BootInstant::now();
-        let current = state.borrow().clone();
+        let current = state.borrow_and_update().clone();
         assert_eq!(current.lost, None);
         let until = current.may_run_until.expect("a deadline");
         // Only a renewal sent before now can have proved it.
