@@ -30,6 +30,7 @@
 //! | [`clock`] | [`BootInstant`]: points on `CLOCK_BOOTTIME` | reads the clock |
 //! | [`lease`] | [`LeaseClock`]: renewals sent and acknowledged, the deadline | none |
 //! | [`keys`] | the etcd key layout: build and parse | none |
+//! | [`placement`] | which live nodes may take a group, in which order; failback windows, failover thresholds | none |
 //! | [`guard`] | the fence guard process and the monitor's client of it | processes, sockets |
 //! | `etcd` (feature `etcd`) | `Member`: lease, keep-alive, ownership transactions, watches | etcd |
 //! | `testkit` (feature `testkit`) | `EtcdCluster`: real etcd clusters on loopback for tests | processes |
@@ -56,6 +57,7 @@ pub mod clock;
 pub mod guard;
 pub mod keys;
 pub mod lease;
+pub mod placement;
 pub mod settings;
 
 #[cfg(feature = "etcd")]
