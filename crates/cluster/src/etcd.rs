@@ -187,6 +187,8 @@ pub struct ClusterView {
     pub maintenance: std::collections::BTreeSet<String>,
     /// Drained nodes: no group runs there while another node can take it.
     pub drained: std::collections::BTreeSet<String>,
+    /// When each group recently failed over (Unix milliseconds).
+    pub failovers: BTreeMap<String, Vec<u64>>,
 }
 
 impl ClusterView {
@@ -217,6 +219,9 @@ impl ClusterView {
                 }
                 Key::Drain(node) => {
                     view.drained.insert(node);
+                }
+                Key::Failovers(group) => {
+                    view.failovers.insert(group, failover_times(kv.value()));
                 }
             }
         }
@@ -266,6 +271,12 @@ pub enum Change {
     Drain {
         node: String,
         present: bool,
+        revision: i64,
+    },
+    /// A group's record of recent failovers changed.
+    Failovers {
+        group: String,
+        times: Vec<u64>,
         revision: i64,
     },
     /// Changes were missed (the history was compacted): here is the whole
@@ -788,6 +799,20 @@ impl Member {
         Ok(())
     }
 
+    /// Records when `group` recently failed over (Unix milliseconds, the
+    /// new one included): read by every node for `failover_threshold`.
+    pub async fn record_failovers(&self, group: &str, times: &[u64]) -> Result<(), Error> {
+        check_name(group)?;
+        let key = self.keys.failovers(group);
+        let what = format!("putting failovers key {key}");
+        let value = serde_json::to_string(times).unwrap_or_else(|_| "[]".into());
+        self.op(&what, (key, value), |mut c, (key, value)| async move {
+            c.put(key, value, None).await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Withdraws this node's failed mark on `group`.
     pub async fn clear_failed(&self, group: &str) -> Result<(), Error> {
         check_name(group)?;
@@ -894,6 +919,12 @@ async fn read_view(
         .await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     Ok(ClusterView::from_kvs(keys, revision, resp.kvs()))
+}
+
+/// A failovers key's value; what does not parse counts as none (a bad
+/// value must not keep a group from failing over).
+fn failover_times(value: &[u8]) -> Vec<u64> {
+    serde_json::from_slice(value).unwrap_or_default()
 }
 
 fn owner_of(group: &str, kv: &KeyValue) -> Owner {
@@ -1342,6 +1373,15 @@ impl Watch {
                 Key::Drain(node) => Change::Drain {
                     node,
                     present,
+                    revision,
+                },
+                Key::Failovers(group) => Change::Failovers {
+                    group,
+                    times: if present {
+                        failover_times(kv.value())
+                    } else {
+                        Vec::new()
+                    },
                     revision,
                 },
             };

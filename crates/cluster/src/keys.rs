@@ -8,6 +8,7 @@
 //! | `<p>/groups/<group>/owner` | the owning node's name | the owner's |
 //! | `<p>/groups/<group>/target` | the node a move was requested to | none |
 //! | `<p>/groups/<group>/failed/<node>` | empty: `node` gave the group up after its restart threshold | that node's |
+//! | `<p>/groups/<group>/failovers` | JSON list of the Unix milliseconds of its recent failovers | none |
 //! | `<p>/maintenance/<node>` | empty: the node's resources are in maintenance | none |
 //! | `<p>/drain/<node>` | empty: the node's groups move off it and no group comes to it | none |
 //!
@@ -31,6 +32,10 @@ pub struct NodeRecord {
     pub started_unix_ms: u64,
     /// The monitor's process id on its machine.
     pub pid: u32,
+    /// The node's local time zone: seconds east of UTC when it joined
+    /// (for `failback_window`); absent from records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utc_offset_s: Option<i32>,
 }
 
 impl NodeRecord {
@@ -43,6 +48,7 @@ impl NodeRecord {
             node: node.to_owned(),
             started_unix_ms,
             pid: std::process::id(),
+            utc_offset_s: local_utc_offset(),
         }
     }
 
@@ -55,6 +61,24 @@ impl NodeRecord {
     }
 }
 
+/// This machine's local time zone now, in seconds east of UTC (`TZ`, or
+/// `/etc/localtime`), as the C library has it.
+pub fn local_utc_offset() -> Option<i32> {
+    let now: libc::time_t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| libc::time_t::try_from(d.as_secs()).ok())?;
+    // SAFETY: an all-zero `tm` is a valid value of the plain C struct.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; localtime_r is the
+    // reentrant form and writes only to `tm`.
+    let r = unsafe { libc::localtime_r(&now, &mut tm) };
+    if r.is_null() {
+        return None;
+    }
+    i32::try_from(tm.tm_gmtoff).ok()
+}
+
 /// What a key under the prefix is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Key {
@@ -62,6 +86,7 @@ pub enum Key {
     Owner(String),
     Target(String),
     Failed { group: String, node: String },
+    Failovers(String),
     Maintenance(String),
     Drain(String),
 }
@@ -120,6 +145,12 @@ impl Keys {
         format!("{}/groups/{group}/failed/{node}", self.prefix)
     }
 
+    /// `<p>/groups/<group>/failovers`: when the group recently failed
+    /// over (no lease: the count outlives its owners).
+    pub fn failovers(&self, group: &str) -> String {
+        format!("{}/groups/{group}/failovers", self.prefix)
+    }
+
     /// `<p>/maintenance/<node>`: the node's mark (no lease: it stays
     /// across restarts of the node until cleared).
     pub fn maintenance(&self, node: &str) -> String {
@@ -141,6 +172,7 @@ impl Keys {
             ["nodes", node] => name(node).map(Key::Node),
             ["groups", group, "owner"] => name(group).map(Key::Owner),
             ["groups", group, "target"] => name(group).map(Key::Target),
+            ["groups", group, "failovers"] => name(group).map(Key::Failovers),
             ["maintenance", node] => name(node).map(Key::Maintenance),
             ["drain", node] => name(node).map(Key::Drain),
             ["groups", group, "failed", node] => Some(Key::Failed {
@@ -164,6 +196,7 @@ mod tests {
                 (k.node("n1"), Key::Node("n1".into())),
                 (k.owner("web"), Key::Owner("web".into())),
                 (k.target("web"), Key::Target("web".into())),
+                (k.failovers("web"), Key::Failovers("web".into())),
                 (k.maintenance("n1"), Key::Maintenance("n1".into())),
                 (k.drain("n1"), Key::Drain("n1".into())),
                 (
@@ -217,5 +250,9 @@ mod tests {
         assert!(json.contains("\"started_unix_ms\""), "{json}");
         assert_eq!(NodeRecord::from_json(json.as_bytes()).unwrap(), r);
         assert!(NodeRecord::from_json(b"garbage").is_err());
+        // A record of an older version, without the time zone, still reads.
+        let old = NodeRecord::from_json(br#"{"node":"n1","started_unix_ms":1,"pid":2}"#).unwrap();
+        assert_eq!(old.utc_offset_s, None);
+        assert!(r.utc_offset_s.is_some_and(|o| o.abs() <= 14 * 3600));
     }
 }

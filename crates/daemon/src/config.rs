@@ -438,7 +438,7 @@ impl Config {
         if cluster.is_none() {
             if let Some((name, _)) = groups.iter().find(|(_, g)| *g != &GroupConfig::default()) {
                 problems.push(format!(
-                    "[group.{name}]: preferred_nodes and failback need a [cluster] section"
+                    "[group.{name}]: where a group runs (preferred_nodes, possible_nodes, failback, anti_affinity, failover_threshold) is for cluster mode: it needs a [cluster] section"
                 ));
             }
         }

@@ -963,3 +963,128 @@ fn nodes_moves_failback_and_failover() {
     }
     check_no_overlap(&c.beats).unwrap();
 }
+
+/// The placement rules across real nodes: `possible_nodes` is a hard
+/// limit, strict anti-affinity never shares a node, `failover_threshold`
+/// keeps a failing group from bouncing, and a group no live node may run
+/// stays offline and says why.
+#[test]
+fn placement_rules_hold_across_nodes() {
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().unwrap();
+    let net = Net::new();
+    let _etcd = Etcd::start(&net, root.path());
+    let beats_dir = root.path().join("run0");
+    let heartbeat = |g: &str, i: usize| {
+        format!(
+            "[\"python3\", \"-c\", {HEARTBEAT:?}, \"{}\"]",
+            beats_dir.join(format!("{g}.n{i}")).display()
+        )
+    };
+    let mut c = Cluster::start_with(&net, root.path(), 0, |i| {
+        let mut extra = String::new();
+        for g in ["delta", "epsilon"] {
+            extra.push_str(&format!(
+                "\n[group.{g}]\nanti_affinity = \"db\"\nanti_affinity_strict = true\npossible_nodes = [\"n1\", \"n2\"]\n\n[[resource]]\nname = \"{g}\"\ngroup = \"{g}\"\ntype = \"process\"\ncommand = {}\n",
+                heartbeat(g, i)
+            ));
+        }
+        extra.push_str(&format!(
+            "\n[group.zeta]\npossible_nodes = [\"n0\"]\n\n[[resource]]\nname = \"zeta\"\ngroup = \"zeta\"\ntype = \"process\"\ncommand = {}\n",
+            heartbeat("zeta", i)
+        ));
+        // theta cannot start on n0 or n1: it fails over once, from n0 to
+        // n1, and then stays there, failed, instead of going on to n2.
+        let theta = if i < 2 {
+            "[\"false\"]".to_string()
+        } else {
+            heartbeat("theta", i)
+        };
+        extra.push_str(&format!(
+            "\n[group.theta]\npreferred_nodes = [\"n0\", \"n1\", \"n2\"]\nfailover_threshold = 1\nfailover_period = \"1h\"\n\n[[resource]]\nname = \"theta\"\ngroup = \"theta\"\ntype = \"process\"\ncommand = {theta}\nrestart_action = \"restart_then_failover\"\nrestart_threshold = 1\nrestart_delay = \"0s\"\n"
+        ));
+        extra
+    });
+    let fresh = || boottime_ns() - 100_000_000;
+    for g in ["delta", "epsilon", "zeta"] {
+        wait_for(&format!("{g} running"), Duration::from_secs(30), || {
+            c.runs_on(g, fresh()).is_some()
+        });
+    }
+    let (d, _) = c.runs_on("delta", fresh()).unwrap();
+    let (e, _) = c.runs_on("epsilon", fresh()).unwrap();
+    assert!(d != e && d != 0 && e != 0, "delta on n{d}, epsilon on n{e}");
+    assert_eq!(c.runs_on("zeta", fresh()).map(|r| r.0), Some(0));
+    let events = |c: &Cluster, i: usize| {
+        String::from_utf8_lossy(&c.nodes[i].cli(&["events"]).stdout).to_string()
+    };
+    wait_for("theta to stay on n1", Duration::from_secs(30), || {
+        events(&c, 1).contains("group theta does not fail over: it failed over 1 time(s) in the last 1h (failover_threshold 1)")
+    });
+    let owners = |i: usize| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&c.nodes[i].cli(&["nodes", "--json"]).stdout)
+            .unwrap()["owners"]
+            .clone()
+    };
+    assert_eq!(owners(0)["theta"], "n1");
+
+    // Moves the rules forbid are refused, naming the rule.
+    let refused = |args: &[&str], want: &str| {
+        let out = c.nodes[0].cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    refused(
+        &["move", "zeta", "n1"],
+        "group zeta cannot move to n1: it is not among the group's possible_nodes",
+    );
+    let e_node = format!("n{e}");
+    refused(
+        &["move", "delta", &e_node],
+        "it runs group epsilon of the same anti-affinity class (strict)",
+    );
+
+    // The node of one db group dies: the other node runs the other db
+    // group, and n0 is not possible, so it stays offline and says why.
+    let (victim, stays) = if d == 2 {
+        ("delta", "epsilon")
+    } else {
+        ("epsilon", "delta")
+    };
+    c.nodes[2].kill9();
+    wait_for(
+        &format!("{victim} to stay offline, said on n1"),
+        Duration::from_secs(30),
+        || {
+            events(&c, 1).contains(&format!("group {victim} stays offline: no live node may run it: the live node(s) n0 are not among its possible_nodes [n1, n2]; n1 runs group {stays} of anti-affinity class \"db\" (strict)"))
+        },
+    );
+    // zeta's only possible node dies too.
+    c.nodes[0].kill9();
+    wait_for(
+        "zeta to stay offline, said on n1",
+        Duration::from_secs(30),
+        || {
+            events(&c, 1).contains("group zeta stays offline: no live node may run it: the live node(s) n1 are not among its possible_nodes [n0]")
+        },
+    );
+    for n in &mut c.nodes {
+        n.stop();
+    }
+    // At every instant: zeta only on n0, the db groups never on n0 and
+    // never together, theta never on n2.
+    let runs = |g: &str| intervals(&beats(&c.beats, g));
+    assert!(runs("zeta").iter().all(|r| r.0 == 0), "{:?}", runs("zeta"));
+    assert!(runs("theta").is_empty(), "{:?}", runs("theta"));
+    for a in runs("delta") {
+        assert_ne!(a.0, 0);
+        for b in runs("epsilon") {
+            assert_ne!(b.0, 0);
+            assert!(
+                a.0 != b.0 || a.3 < b.2 || b.3 < a.2,
+                "delta {a:?} and epsilon {b:?} shared a node"
+            );
+        }
+    }
+}

@@ -21,15 +21,9 @@ pub struct ClusterConfig {
     pub watchdog: Option<String>,
 }
 
-/// `[group.NAME]`: where a group prefers to run.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GroupConfig {
-    /// Nodes in order of preference; others are used when none of these is
-    /// live.
-    pub preferred_nodes: Vec<String>,
-    /// Move back to a more preferred node when it is live again.
-    pub failback: bool,
-}
+/// `[group.NAME]`: where a group may and prefers to run, as the pure
+/// placement rules take it.
+pub use resmon_cluster::placement::Rules as GroupConfig;
 
 /// `[cluster]` as written.
 #[derive(serde::Deserialize)]
@@ -127,6 +121,18 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
     (problems.len() == before).then_some(ClusterConfig { settings, watchdog })
 }
 
+/// The keys of a `[group.NAME]` table.
+const GROUP_KEYS: &[&str] = &[
+    "preferred_nodes",
+    "possible_nodes",
+    "failback",
+    "failback_window",
+    "anti_affinity",
+    "anti_affinity_strict",
+    "failover_threshold",
+    "failover_period",
+];
+
 /// `[group.NAME]` tables. Groups named here must have resources (checked
 /// by the caller, which knows them).
 pub fn parse_groups(v: &toml::Value, problems: &mut Vec<String>) -> BTreeMap<String, GroupConfig> {
@@ -147,39 +153,105 @@ pub fn parse_groups(v: &toml::Value, problems: &mut Vec<String>) -> BTreeMap<Str
         };
         let mut g = GroupConfig::default();
         for (k, v) in t {
+            let at = format!("{here} {k}");
             match (k.as_str(), v) {
-                ("preferred_nodes", toml::Value::Array(a)) => {
-                    for (i, n) in a.iter().enumerate() {
-                        match n.as_str().map(|s| (s, check_name(s))) {
-                            Some((s, Ok(()))) if g.preferred_nodes.iter().any(|p| p == s) => {
-                                problems
-                                    .push(format!("{here} preferred_nodes: {s:?} is listed twice"))
-                            }
-                            Some((s, Ok(()))) => g.preferred_nodes.push(s.to_string()),
-                            Some((_, Err(e))) => {
-                                problems.push(format!("{here} preferred_nodes[{i}]: {e}"))
-                            }
-                            None => problems
-                                .push(format!("{here} preferred_nodes[{i}]: must be a node name")),
-                        }
+                ("preferred_nodes", _) => g.preferred_nodes = node_list(&at, v, problems),
+                ("possible_nodes", _) => {
+                    g.possible_nodes = node_list(&at, v, problems);
+                    if matches!(v, toml::Value::Array(a) if a.is_empty()) {
+                        problems.push(format!(
+                            "{at}: an empty list would let the group run nowhere; leave it out to allow every node"
+                        ));
                     }
                 }
-                ("preferred_nodes", _) => problems.push(format!(
-                    "{here} preferred_nodes: must be a list of node names"
+                ("failback" | "anti_affinity_strict", toml::Value::Boolean(b)) => {
+                    if k == "failback" {
+                        g.failback = *b;
+                    } else {
+                        g.anti_affinity_strict = *b;
+                    }
+                }
+                ("failback" | "anti_affinity_strict", _) => {
+                    problems.push(format!("{at}: must be true or false"))
+                }
+                ("failback_window", toml::Value::String(w)) => match w.parse() {
+                    Ok(w) => g.failback_window = Some(w),
+                    Err(e) => problems.push(format!("{at}: {e}")),
+                },
+                ("failback_window", _) => problems.push(format!(
+                    "{at}: must be a daily window \"HH:MM-HH:MM\", e.g. \"01:00-05:00\""
                 )),
-                ("failback", toml::Value::Boolean(b)) => g.failback = *b,
-                ("failback", _) => problems.push(format!("{here} failback: must be true or false")),
+                ("anti_affinity", toml::Value::String(c)) => match check_name(c) {
+                    Ok(()) => g.anti_affinity = Some(c.clone()),
+                    Err(e) => problems.push(format!("{at}: {e}")),
+                },
+                ("anti_affinity", _) => problems.push(format!(
+                    "{at}: must be the name of a class, e.g. anti_affinity = \"database\""
+                )),
+                ("failover_threshold", toml::Value::Integer(n)) => match u32::try_from(*n) {
+                    Ok(n) => g.failover_threshold = Some(n),
+                    Err(_) => problems.push(format!(
+                        "{at}: must be a whole number of failovers, 0 or more"
+                    )),
+                },
+                ("failover_threshold", _) => problems.push(format!(
+                    "{at}: must be a whole number of failovers, 0 or more"
+                )),
+                ("failover_period", v) => {
+                    match duration_value("failover_period", v.as_str(), false) {
+                        Ok(d) => g.failover_period = d,
+                        Err(e) => problems.push(format!("{here} {e}")),
+                    }
+                }
                 (other, _) => problems.push(format!(
                     "{here}: {}",
-                    resmon_contract::table::unknown_key(
-                        other,
-                        &["preferred_nodes", "failback"],
-                        &[]
-                    )
+                    resmon_contract::table::unknown_key(other, GROUP_KEYS, &[])
                 )),
             }
         }
+        for p in &g.preferred_nodes {
+            if !g.possible(p) {
+                problems.push(format!(
+                    "{here} preferred_nodes: {p:?} is not among possible_nodes, so the group can never run there"
+                ));
+            }
+        }
+        if g.anti_affinity_strict && g.anti_affinity.is_none() {
+            problems.push(format!(
+                "{here} anti_affinity_strict: needs anti_affinity, the class the group must not share a node with"
+            ));
+        }
+        if g.failback_window.is_some() && !g.failback {
+            problems.push(format!(
+                "{here} failback_window: has no effect without failback = true"
+            ));
+        }
+        if t.contains_key("failover_period") && g.failover_threshold.is_none() {
+            problems.push(format!(
+                "{here} failover_period: has no effect without failover_threshold"
+            ));
+        }
         out.insert(name.clone(), g);
+    }
+    out
+}
+
+/// A list of distinct node names at `at`.
+fn node_list(at: &str, v: &toml::Value, problems: &mut Vec<String>) -> Vec<String> {
+    let Some(a) = v.as_array() else {
+        problems.push(format!("{at}: must be a list of node names"));
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for (i, n) in a.iter().enumerate() {
+        match n.as_str().map(|s| (s, check_name(s))) {
+            Some((s, Ok(()))) if out.iter().any(|p| p == s) => {
+                problems.push(format!("{at}: {s:?} is listed twice"))
+            }
+            Some((s, Ok(()))) => out.push(s.to_string()),
+            Some((_, Err(e))) => problems.push(format!("{at}[{i}]: {e}")),
+            None => problems.push(format!("{at}[{i}]: must be a node name")),
+        }
     }
     out
 }
@@ -292,5 +364,46 @@ mod tests {
         );
         assert!(text.contains("listed twice"), "{text}");
         assert!(text.contains("unknown key \"x\""), "{text}");
+    }
+
+    #[test]
+    fn placement_keys() {
+        let parse = |text: &str| {
+            let v: toml::Value = toml::from_str::<toml::Table>(text).unwrap()["group"].clone();
+            let mut problems = Vec::new();
+            let g = parse_groups(&v, &mut problems);
+            (g, problems.join("\n"))
+        };
+        let (g, p) = parse(
+            "[group.db]\npossible_nodes = [\"n1\", \"n2\"]\npreferred_nodes = [\"n2\"]\nanti_affinity = \"db\"\nanti_affinity_strict = true\nfailback = true\nfailback_window = \"22:00-02:00\"\nfailover_threshold = 2\nfailover_period = \"30m\"\n",
+        );
+        assert_eq!(p, "");
+        let db = &g["db"];
+        assert_eq!(db.possible_nodes, ["n1", "n2"]);
+        assert_eq!(db.anti_affinity.as_deref(), Some("db"));
+        assert!(db.anti_affinity_strict);
+        assert_eq!(db.failback_window.unwrap().to_string(), "22:00-02:00");
+        assert_eq!(db.failover_threshold, Some(2));
+        assert_eq!(db.failover_period, Duration::from_secs(1800));
+        // Defaults: six hours, no threshold.
+        let (g, _) = parse("[group.web]\nfailback = false\n");
+        assert_eq!(g["web"].failover_period, Duration::from_secs(6 * 3600));
+        assert_eq!(g["web"].failover_threshold, None);
+        let (_, p) = parse(
+            "[group.a]\npossible_nodes = []\n[group.b]\npossible_nodes = [\"n1\"]\npreferred_nodes = [\"n2\"]\n[group.c]\nanti_affinity_strict = true\nfailback_window = \"01:00-05:00\"\nfailover_period = \"1h\"\n[group.d]\nfailback_window = \"1-5\"\nfailover_threshold = -1\nanti_affinity = \"a b\"\nfailover_period = \"soon\"\n",
+        );
+        for want in [
+            "[group.a] possible_nodes: an empty list would let the group run nowhere",
+            "[group.b] preferred_nodes: \"n2\" is not among possible_nodes",
+            "[group.c] anti_affinity_strict: needs anti_affinity",
+            "[group.c] failback_window: has no effect without failback = true",
+            "[group.c] failover_period: has no effect without failover_threshold",
+            "[group.d] failback_window: \"1-5\": must be a daily window \"HH:MM-HH:MM\"",
+            "[group.d] failover_threshold: must be a whole number of failovers, 0 or more",
+            "[group.d] anti_affinity:",
+            "[group.d] failover_period",
+        ] {
+            assert!(p.contains(want), "{want}\n{p}");
+        }
     }
 }

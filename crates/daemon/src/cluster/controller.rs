@@ -18,6 +18,7 @@ use crate::events::EventBus;
 use resmon_cluster::clock::BootInstant;
 use resmon_cluster::etcd::{ClusterView as Snapshot, LeaseState, Member, Ownership};
 use resmon_cluster::guard::GuardClient;
+use resmon_cluster::placement::{self, Line, Situation};
 use resmon_cluster::Settings;
 use resmon_contract::{Scope, State};
 use resmon_core::{Command, Event, ResId};
@@ -84,6 +85,8 @@ struct Group {
     unowned_since: Option<Instant>,
     /// `restart_then_failover` fired here.
     failover: bool,
+    /// Why no live node may run it, as last reported.
+    unplaced: Option<String>,
 }
 
 /// What the guard thread is told.
@@ -164,6 +167,7 @@ impl Controller {
                     phase: Phase::Free,
                     unowned_since: None,
                     failover: false,
+                    unplaced: None,
                 })
                 .collect(),
             tx,
@@ -331,22 +335,19 @@ impl Controller {
                         let _ = m.clear_target(&name).await;
                     }
                 }
+                let line = self.line(g, snap);
                 if self.groups[g].failover {
-                    self.begin_leaving(g, Leave::Failover);
+                    self.fail_over(g, snap).await;
                 } else if let Some(t) = snap
                     .targets
                     .get(&name)
-                    .filter(|t| **t != me && is_live(snap, t))
+                    .filter(|t| **t != me && line.rank(t).is_some())
                 {
                     self.begin_leaving(g, Leave::Move(t.clone()));
-                } else if snap.drained.contains(&me)
-                    && candidates(&self.groups[g].res, snap)
-                        .iter()
-                        .any(|n| *n != me)
-                {
+                } else if snap.drained.contains(&me) && line.nodes.iter().any(|n| *n != me) {
                     // Another node can take it: it goes there.
                     self.begin_leaving(g, Leave::Drain);
-                } else if let Some(better) = self.failback_to(g, snap) {
+                } else if let Some(better) = self.failback_to(g, &line, snap) {
                     self.begin_leaving(g, Leave::Failback(better));
                 }
             }
@@ -382,13 +383,15 @@ impl Controller {
             Phase::Free => {
                 if owner.is_some() {
                     self.groups[g].unowned_since = None;
+                    self.set_unplaced(g, None);
                     return;
                 }
                 let since = *self.groups[g]
                     .unowned_since
                     .get_or_insert_with(Instant::now);
-                let line = candidates(&self.groups[g].res, snap);
-                let Some(rank) = line.iter().position(|n| *n == me) else {
+                let line = self.line(g, snap);
+                self.set_unplaced(g, line.why_empty(&self.groups[g].res.config));
+                let Some(rank) = line.rank(&me) else {
                     return;
                 };
                 // The first in line takes it at once; the others wait their
@@ -512,18 +515,101 @@ impl Controller {
             .all(is_down)
     }
 
-    /// A more preferred live node, when the group fails back.
-    fn failback_to(&self, g: usize, snap: &Snapshot) -> Option<String> {
+    /// A more preferred live node, when the group fails back now (inside
+    /// its `failback_window` on that node's clock).
+    fn failback_to(&self, g: usize, line: &Line, snap: &Snapshot) -> Option<String> {
+        let now = unix_ms() / 1000;
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        placement::failback_to(
+            &self.groups[g].res.config,
+            line,
+            &self.cfg.settings.node,
+            |n| {
+                let offset = snap.nodes.get(n)?.as_ref()?.utc_offset_s?;
+                Some(placement::local_minute(now, offset))
+            },
+        )
+    }
+
+    /// The live nodes that may take group `g`, in order, as this node sees
+    /// the cluster (see [`placement`]).
+    fn line(&self, g: usize, snap: &Snapshot) -> Line {
         let res = &self.groups[g].res;
-        if !res.config.failback {
-            return None;
+        placement::line_up(&res.name, &res.config, &self.situation(g, snap))
+    }
+
+    /// What placement needs of `snap` for group `g`. The groups this node
+    /// holds count as here whatever `snap` says (it may be a step behind
+    /// this node's own transactions).
+    fn situation<'a>(&'a self, g: usize, snap: &'a Snapshot) -> Situation<'a> {
+        let res = &self.groups[g].res;
+        let me = self.cfg.settings.node.as_str();
+        let mut sharing = BTreeMap::new();
+        if let Some(class) = &res.config.anti_affinity {
+            let same = self.groups.iter().filter(|o| {
+                o.res.name != res.name && o.res.config.anti_affinity.as_ref() == Some(class)
+            });
+            for other in same {
+                let name = other.res.name.as_str();
+                if let Some(o) = snap.owners.get(name) {
+                    sharing.insert(o.node.as_str(), name);
+                }
+                if !matches!(other.phase, Phase::Free) {
+                    sharing.insert(me, name);
+                }
+            }
         }
-        let me = &self.cfg.settings.node;
-        let line = candidates(res, snap);
-        let first = line.first()?;
-        let mine = res.config.preferred_nodes.iter().position(|n| n == me);
-        let theirs = res.config.preferred_nodes.iter().position(|n| n == first)?;
-        (first != me && mine.is_none_or(|m| theirs < m)).then(|| first.clone())
+        Situation {
+            live: snap.nodes.keys().map(String::as_str).collect(),
+            drained: snap.drained.iter().map(String::as_str).collect(),
+            target: snap.targets.get(&res.name).map(String::as_str),
+            failed_on: snap
+                .failed
+                .get(&res.name)
+                .map(|v| v.iter().map(String::as_str).collect())
+                .unwrap_or_default(),
+            sharing,
+        }
+    }
+
+    /// Says once, each time it changes, why no node may run group `g`.
+    fn set_unplaced(&mut self, g: usize, why: Option<String>) {
+        if self.groups[g].unplaced == why {
+            return;
+        }
+        let name = self.groups[g].res.name.clone();
+        if let Some(why) = &why {
+            self.publish(Some(&name), format!("group {name} stays offline: {why}"));
+        }
+        self.groups[g].unplaced = why;
+    }
+
+    /// `restart_then_failover` fired for group `g` here: it leaves, unless
+    /// it failed over `failover_threshold` times in `failover_period`
+    /// already; then it stays here, failed.
+    async fn fail_over(&mut self, g: usize, snap: &Snapshot) {
+        let name = self.groups[g].res.name.clone();
+        let rules = &self.groups[g].res.config;
+        let history = snap.failovers.get(&name).map_or(&[][..], Vec::as_slice);
+        let now = unix_ms();
+        if let Err(why) = placement::may_fail_over(rules, history, now) {
+            self.groups[g].failover = false;
+            self.publish(
+                Some(&name),
+                format!("group {name} does not fail over: {why}"),
+            );
+            return;
+        }
+        if rules.failover_threshold.is_some() {
+            let mut times = placement::recent_failovers(rules, history, now);
+            times.push(now);
+            if let Some(m) = &self.member {
+                if let Err(e) = m.record_failovers(&name, &times).await {
+                    tracing::warn!(group = %name, "recording the failover: {e}");
+                }
+            }
+        }
+        self.begin_leaving(g, Leave::Failover);
     }
 
     /// The guard's deadline: the lease's, plus half the margin (the lease
@@ -646,6 +732,19 @@ impl Controller {
         if snap.owners.get(group).is_some_and(|o| o.node == node) {
             return Ok(format!("group {group} already runs on {node}"));
         }
+        if let Some(g) = self.groups.iter().position(|g| g.res.name == group) {
+            let mut s = self.situation(g, &snap);
+            s.target = Some(node);
+            let line = placement::line_up(group, &self.groups[g].res.config, &s);
+            if line.rank(node) != Some(0) {
+                let why = line
+                    .excluded
+                    .iter()
+                    .find(|(n, _)| n == node)
+                    .map_or_else(|| "it cannot take it".to_string(), |(_, e)| e.to_string());
+                return Err(format!("group {group} cannot move to {node}: {why}"));
+            }
+        }
         m.set_target(group, node)
             .await
             .map_err(|e| format!("writing the move to etcd: {e}"))?;
@@ -731,46 +830,11 @@ fn is_down(s: &ResourceStatus) -> bool {
     matches!(s.state, State::Offline | State::Failed) && s.call.is_none() && !s.terminating
 }
 
-/// The live nodes in the order they should take the group (see
-/// [`line_up`]), drained nodes left out while any other can.
-fn candidates(res: &GroupResources, snap: &Snapshot) -> Vec<String> {
-    let line = line_up(res, snap);
-    // A drained node takes a group only when no other node can.
-    let (open, drained): (Vec<String>, Vec<String>) =
-        line.into_iter().partition(|n| !snap.drained.contains(n));
-    if open.is_empty() {
-        drained
-    } else {
-        open
-    }
-}
-
-/// The live nodes in order: a requested target first, then the group's
-/// preferred nodes, then the others by name; nodes where it failed
-/// recently last.
-fn line_up(res: &GroupResources, snap: &Snapshot) -> Vec<String> {
-    let mut line: Vec<String> = Vec::new();
-    if let Some(t) = snap.targets.get(&res.name).filter(|t| is_live(snap, t)) {
-        line.push(t.clone());
-    }
-    for p in &res.config.preferred_nodes {
-        if is_live(snap, p) && !line.contains(p) {
-            line.push(p.clone());
-        }
-    }
-    let mut rest: Vec<String> = snap
-        .nodes
-        .keys()
-        .filter(|n| !line.contains(n))
-        .cloned()
-        .collect();
-    rest.sort();
-    line.extend(rest);
-    let failed = snap.failed.get(&res.name);
-    let (ok, bad): (Vec<String>, Vec<String>) = line
-        .into_iter()
-        .partition(|n| failed.is_none_or(|f| !f.contains(n)));
-    ok.into_iter().chain(bad).collect()
+/// Now, in milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Owns the guard client on a thread of its own (its calls block).
