@@ -1088,3 +1088,181 @@ fn placement_rules_hold_across_nodes() {
         }
     }
 }
+
+/// `groups` groups `s000`… of one `sleep` resource each, for the scale
+/// test and the idle benchmark: no preferences, so placement spreads them.
+fn many_groups(groups: usize) -> String {
+    (0..groups)
+        .map(|g| {
+            format!(
+                "\n[[resource]]\nname = \"s{g:03}\"\ngroup = \"s{g:03}\"\ntype = \"process\"\ncommand = [\"sleep\", \"1000000\"]\n"
+            )
+        })
+        .collect()
+}
+
+/// Which node runs each of the `s…` groups online, as the live nodes'
+/// own status says: group -> node.
+fn online_many(c: &Cluster, live: &[usize]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for &i in live {
+        let o = c.nodes[i].cli(&["status", "--json"]);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&o.stdout) else {
+            continue;
+        };
+        for r in v["resources"].as_array().into_iter().flatten() {
+            let name = r["name"].as_str().unwrap_or_default();
+            if name.starts_with('s') && r["state"] == "online" {
+                out.insert(name.to_string(), i);
+            }
+        }
+    }
+    out
+}
+
+/// Three nodes and 300 groups: placement spreads them over the nodes, and
+/// when a node's monitor is killed every one of its groups comes online on
+/// the others, each on one node only.
+#[test]
+fn three_nodes_three_hundred_groups_spread_and_fail_over() {
+    const GROUPS_N: usize = 300;
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().unwrap();
+    let net = Net::new();
+    let _etcd = Etcd::start(&net, root.path());
+    let mut c = Cluster::start_with(&net, root.path(), 0, |_| many_groups(GROUPS_N));
+    wait_for("all 300 groups online", Duration::from_secs(60), || {
+        online_many(&c, &[0, 1, 2]).len() == GROUPS_N
+    });
+    let placed = online_many(&c, &[0, 1, 2]);
+    let per: Vec<usize> = (0..NODES)
+        .map(|i| placed.values().filter(|n| **n == i).count())
+        .collect();
+    eprintln!("groups per node: {per:?}");
+    // Rendezvous hashing: about 100 each, none empty or crowded.
+    assert!(per.iter().all(|&n| (70..=130).contains(&n)), "{per:?}");
+    let victim = 1;
+    let theirs: Vec<String> = placed
+        .iter()
+        .filter(|(_, n)| **n == victim)
+        .map(|(g, _)| g.clone())
+        .collect();
+    c.nodes[victim].kill9();
+    wait_for(
+        "every group of the killed node online on the others",
+        Duration::from_secs(60),
+        || {
+            let now = online_many(&c, &[0, 2]);
+            now.len() == GROUPS_N
+        },
+    );
+    let after = online_many(&c, &[0, 2]);
+    // Only the victim's groups moved, and they spread over both others.
+    for (g, n) in &placed {
+        if *n != victim {
+            assert_eq!(after.get(g), Some(n), "{g} moved although its node stayed");
+        }
+    }
+    let to: std::collections::BTreeSet<usize> = theirs.iter().map(|g| after[g]).collect();
+    assert_eq!(to.len(), 2, "the killed node's groups all went to one node");
+    for n in &mut c.nodes {
+        n.stop();
+    }
+}
+
+/// The etcd traffic of idle nodes (`scripts/bench-etcd-idle`): three nodes,
+/// 300 groups placed and online, then gRPC messages received per second by
+/// each node's own etcd member over a window, by method, read from etcd's
+/// `/metrics` (`grpc_server_msg_received_total`). Each node talks to its
+/// own member first, so a member's count is its node's traffic.
+#[test]
+#[ignore = "a benchmark: scripts/bench-etcd-idle"]
+fn idle_etcd_requests() {
+    let groups: usize = std::env::var("RESMON_IDLE_GROUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let window = Duration::from_secs(
+        std::env::var("RESMON_IDLE_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    );
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().unwrap();
+    let net = Net::new();
+    let _etcd = Etcd::start(&net, root.path());
+    let mut c = Cluster::start_with(&net, root.path(), 0, |_| many_groups(groups));
+    wait_for("all groups online", Duration::from_secs(120), || {
+        online_many(&c, &[0, 1, 2]).len() == groups
+    });
+    let scrape = |i: usize| -> BTreeMap<String, f64> {
+        let url = format!("http://{}:{}/metrics", net.addr(i), net.client_port(i));
+        let out = net
+            .command(i, "python3")
+            .args([
+                "-c",
+                "import sys,urllib.request;sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut by: BTreeMap<String, f64> = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
+                continue;
+            };
+            let method = rest
+                .split("grpc_method=\"")
+                .nth(1)
+                .and_then(|m| m.split('"').next())
+                .unwrap_or("?");
+            let v: f64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            *by.entry(method.to_string()).or_default() += v;
+        }
+        by
+    };
+    let before: Vec<_> = (0..NODES).map(scrape).collect();
+    let t0 = std::time::Instant::now();
+    // The window itself is what is measured.
+    while t0.elapsed() < window {
+        std::thread::park_timeout(window - t0.elapsed());
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let after: Vec<_> = (0..NODES).map(scrape).collect();
+    println!("idle etcd traffic, {groups} groups on 3 nodes, over {secs:.1} s (messages/s received by each node's etcd member):");
+    let methods: std::collections::BTreeSet<&String> =
+        after.iter().flat_map(|m| m.keys()).collect();
+    println!("{:<24} {:>8} {:>8} {:>8}", "method", "n0", "n1", "n2");
+    let mut total = [0.0; NODES];
+    for m in methods {
+        let rates: Vec<f64> = (0..NODES)
+            .map(|i| {
+                (after[i].get(m).copied().unwrap_or(0.0) - before[i].get(m).copied().unwrap_or(0.0))
+                    / secs
+            })
+            .collect();
+        if rates.iter().all(|r| *r == 0.0) {
+            continue;
+        }
+        for i in 0..NODES {
+            total[i] += rates[i];
+        }
+        println!(
+            "{m:<24} {:>8.2} {:>8.2} {:>8.2}",
+            rates[0], rates[1], rates[2]
+        );
+    }
+    println!(
+        "{:<24} {:>8.2} {:>8.2} {:>8.2}",
+        "all", total[0], total[1], total[2]
+    );
+    for n in &mut c.nodes {
+        n.stop();
+    }
+}
