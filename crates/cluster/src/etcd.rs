@@ -229,6 +229,115 @@ impl ClusterView {
     }
 }
 
+impl ClusterView {
+    /// Brings the view up to date with one change of a [`Watch`] started
+    /// at its revision. An owner change older than what the view holds for
+    /// that group (the holder wrote it itself, from its own transaction's
+    /// answer) is skipped.
+    pub fn apply(&mut self, change: &Change) {
+        fn mark(set: &mut std::collections::BTreeSet<String>, node: &str, present: bool) {
+            if present {
+                set.insert(node.to_owned());
+            } else {
+                set.remove(node);
+            }
+        }
+        let revision = match change {
+            Change::Resync(view) => {
+                *self = view.clone();
+                return;
+            }
+            Change::Node {
+                node,
+                present,
+                record,
+                revision,
+            } => {
+                if *present {
+                    self.nodes.insert(node.clone(), record.clone());
+                } else {
+                    self.nodes.remove(node);
+                }
+                *revision
+            }
+            Change::Owner {
+                group,
+                owner,
+                revision,
+                ..
+            } => {
+                let newer = self
+                    .owners
+                    .get(group)
+                    .is_none_or(|cur| cur.mod_revision <= *revision);
+                if newer {
+                    match owner {
+                        Some(o) => self.owners.insert(group.clone(), o.clone()),
+                        None => self.owners.remove(group),
+                    };
+                }
+                *revision
+            }
+            Change::Target {
+                group,
+                node,
+                revision,
+            } => {
+                match node {
+                    Some(n) => self.targets.insert(group.clone(), n.clone()),
+                    None => self.targets.remove(group),
+                };
+                *revision
+            }
+            Change::Failed {
+                group,
+                node,
+                present,
+                revision,
+            } => {
+                let marks = self.failed.entry(group.clone()).or_default();
+                marks.retain(|n| n != node);
+                if *present {
+                    marks.push(node.clone());
+                }
+                if marks.is_empty() {
+                    self.failed.remove(group);
+                }
+                *revision
+            }
+            Change::Maintenance {
+                node,
+                present,
+                revision,
+            } => {
+                mark(&mut self.maintenance, node, *present);
+                *revision
+            }
+            Change::Drain {
+                node,
+                present,
+                revision,
+            } => {
+                mark(&mut self.drained, node, *present);
+                *revision
+            }
+            Change::Failovers {
+                group,
+                times,
+                revision,
+            } => {
+                if times.is_empty() {
+                    self.failovers.remove(group);
+                } else {
+                    self.failovers.insert(group.clone(), times.clone());
+                }
+                *revision
+            }
+        };
+        self.revision = self.revision.max(revision);
+    }
+}
+
 /// A change to the cluster's keys, from [`Watch::next`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -237,6 +346,8 @@ pub enum Change {
     Node {
         node: String,
         present: bool,
+        /// The node key's value, when it was put.
+        record: Option<NodeRecord>,
         revision: i64,
     },
     /// An owner key was created or changed (`owner`), or deleted
@@ -1346,6 +1457,9 @@ impl Watch {
                 Key::Node(node) => Change::Node {
                     node,
                     present,
+                    record: present
+                        .then(|| NodeRecord::from_json(kv.value()).ok())
+                        .flatten(),
                     revision,
                 },
                 Key::Owner(group) => Change::Owner {

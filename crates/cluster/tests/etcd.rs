@@ -53,6 +53,16 @@ async fn next(w: &mut resmon_cluster::etcd::Watch) -> Change {
     within("a change", w.next()).await.unwrap()
 }
 
+/// The next change, applied to `view` too.
+async fn next_into(
+    w: &mut resmon_cluster::etcd::Watch,
+    view: &mut resmon_cluster::ClusterView,
+) -> Change {
+    let c = next(w).await;
+    view.apply(&c);
+    c
+}
+
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, fut)
         .await
@@ -309,14 +319,21 @@ async fn the_watch_reports_owners_nodes_targets_and_failed_marks() {
     let Some(etcd) = cluster(1) else { return };
     let observer = join(&etcd, "observer", "watch").await;
     let (view, mut watch) = observer.watch().await.unwrap();
+    // A view kept current by the changes alone matches a fresh read.
+    let mut mirror = view.clone();
+    let same = |mirror: &resmon_cluster::ClusterView, read: resmon_cluster::ClusterView| {
+        let mut m = mirror.clone();
+        m.revision = read.revision;
+        assert_eq!(m, read);
+    };
     assert!(view.nodes.contains_key("observer"));
     assert!(view.owners.is_empty());
     let a = join(&etcd, "a", "watch").await;
     assert!(
-        matches!(next(&mut watch).await, Change::Node { node, present: true, .. } if node == "a")
+        matches!(next_into(&mut watch, &mut mirror).await, Change::Node { node, present: true, .. } if node == "a")
     );
     let own = a.acquire("g").await.unwrap().won().unwrap();
-    match next(&mut watch).await {
+    match next_into(&mut watch, &mut mirror).await {
         Change::Owner {
             group,
             owner: Some(o),
@@ -330,19 +347,26 @@ async fn the_watch_reports_owners_nodes_targets_and_failed_marks() {
     }
     a.set_target("g", "observer").await.unwrap();
     assert!(
-        matches!(next(&mut watch).await, Change::Target { node: Some(n), .. } if n == "observer")
+        matches!(next_into(&mut watch, &mut mirror).await, Change::Target { node: Some(n), .. } if n == "observer")
     );
     assert_eq!(a.target("g").await.unwrap().as_deref(), Some("observer"));
     a.clear_target("g").await.unwrap();
     assert!(matches!(
-        next(&mut watch).await,
+        next_into(&mut watch, &mut mirror).await,
         Change::Target { node: None, .. }
     ));
     a.mark_failed("g").await.unwrap();
     assert!(
-        matches!(next(&mut watch).await, Change::Failed { node, present: true, .. } if node == "a")
+        matches!(next_into(&mut watch, &mut mirror).await, Change::Failed { node, present: true, .. } if node == "a")
     );
+    a.record_failovers("g", &[1, 2]).await.unwrap();
+    assert!(matches!(
+        next_into(&mut watch, &mut mirror).await,
+        Change::Failovers { times, .. } if times == [1, 2]
+    ));
     let view = observer.view().await.unwrap();
+    same(&mirror, view.clone());
+    assert_eq!(view.failovers.get("g"), Some(&vec![1, 2]));
     assert_eq!(view.failed.get("g"), Some(&vec!["a".to_owned()]));
     assert_eq!(view.owners.get("g").map(|o| o.token), Some(own.token));
 
@@ -351,7 +375,7 @@ async fn the_watch_reports_owners_nodes_targets_and_failed_marks() {
     a.leave().await.unwrap();
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        seen.push(next(&mut watch).await);
+        seen.push(next_into(&mut watch, &mut mirror).await);
     }
     assert!(seen.iter().any(|c| matches!(c,
         Change::Owner { owner: None, previous: Some(p), .. } if p.node == "a" && p.token == own.token)));
@@ -362,6 +386,31 @@ async fn the_watch_reports_owners_nodes_targets_and_failed_marks() {
         .iter()
         .any(|c| matches!(c, Change::Failed { present: false, .. })));
     assert!(!observer.view().await.unwrap().failed.contains_key("g"));
+    same(&mirror, observer.view().await.unwrap());
+    // An owner change older than what the view holds is skipped.
+    let mut held = mirror.clone();
+    let mine = resmon_cluster::Owner {
+        group: "h".into(),
+        node: "observer".into(),
+        token: 50,
+        mod_revision: 50,
+        lease: 1,
+    };
+    held.owners.insert("h".into(), mine.clone());
+    held.apply(&Change::Owner {
+        group: "h".into(),
+        owner: None,
+        previous: None,
+        revision: 49,
+    });
+    assert_eq!(held.owners.get("h"), Some(&mine));
+    held.apply(&Change::Owner {
+        group: "h".into(),
+        owner: None,
+        previous: None,
+        revision: 51,
+    });
+    assert_eq!(held.owners.get("h"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,4 +459,45 @@ async fn joining_an_unreachable_etcd_fails_naming_it() {
     let bad = Settings::new("a b", vec![]);
     let e = Member::join(bad).await.unwrap_err();
     assert!(matches!(e, Error::Settings(_)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_behind_a_compaction_sends_the_whole_state_again() {
+    let Some(etcd) = cluster(1) else { return };
+    let observer = join(&etcd, "observer", "compact").await;
+    // The watch opens its stream on the first next(): from the revision
+    // read, which the compaction below removes from etcd's history.
+    let (view, mut watch) = observer.watch().await.unwrap();
+    let mut mirror = view.clone();
+    let a = join(&etcd, "a", "compact").await;
+    let own = a.acquire("g").await.unwrap().won().unwrap();
+    a.set_target("g", "observer").await.unwrap();
+    let now = observer.view().await.unwrap();
+    let mut client = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .unwrap();
+    client
+        .compact(
+            now.revision,
+            Some(etcd_client::CompactionOptions::new().with_physical()),
+        )
+        .await
+        .unwrap();
+    let change = next_into(&mut watch, &mut mirror).await;
+    let Change::Resync(all) = &change else {
+        panic!("expected the whole state again, got {change:?}")
+    };
+    assert!(all.revision >= now.revision);
+    assert_eq!(all.owners.get("g").map(|o| o.token), Some(own.token));
+    assert_eq!(all.targets.get("g").map(String::as_str), Some("observer"));
+    assert!(all.nodes.contains_key("a"));
+    // And the watch goes on from there.
+    a.clear_target("g").await.unwrap();
+    assert!(matches!(
+        next_into(&mut watch, &mut mirror).await,
+        Change::Target { node: None, .. }
+    ));
+    let mut fresh = observer.view().await.unwrap();
+    fresh.revision = mirror.revision;
+    assert_eq!(mirror, fresh);
 }

@@ -16,7 +16,9 @@ use crate::cluster::view::{ClusterHandle, ClusterRequest, Meter, NodeView, Permi
 use crate::driver::{Msg, ResourceStatus};
 use crate::events::EventBus;
 use resmon_cluster::clock::BootInstant;
-use resmon_cluster::etcd::{ClusterView as Snapshot, LeaseState, Member, Ownership};
+use resmon_cluster::etcd::{
+    Change, ClusterView as Snapshot, LeaseState, Member, Owner, Ownership, Watch,
+};
 use resmon_cluster::guard::GuardClient;
 use resmon_cluster::placement::{self, Line, Situation};
 use resmon_cluster::Settings;
@@ -108,7 +110,12 @@ pub struct Controller {
     guard: std::sync::mpsc::Sender<GuardOrder>,
     /// The last order given to the guard, to send only changes.
     armed: Option<(BootInstant, usize)>,
+    /// The cluster's keys as the watch last brought them (with this
+    /// node's own transactions applied at once).
     last_snapshot: Option<Snapshot>,
+    /// The changes the watch task forwards; `None` until a watch runs.
+    changes: Option<mpsc::UnboundedReceiver<Change>>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
     permits: Arc<Permits>,
     /// Every group's resources, for the fencer.
     all: Arc<Vec<GroupResources>>,
@@ -123,8 +130,19 @@ pub struct Controller {
     maintenance: Option<bool>,
 }
 
-/// How often the controller looks at etcd and its lease.
+/// How often the controller looks at its lease, its groups' resources and
+/// the waits in line. Only local state: etcd is followed by a watch, and
+/// asked only when something changed.
 const TICK: Duration = Duration::from_millis(100);
+
+/// What woke the controller.
+enum Wake {
+    Tick,
+    Request(ClusterRequest),
+    Failover(String),
+    Change(Change),
+    WatchEnded,
+}
 
 impl Controller {
     pub fn new(
@@ -176,6 +194,8 @@ impl Controller {
             guard: guard_tx,
             armed: None,
             last_snapshot: None,
+            changes: None,
+            watcher: None,
             meter,
             renewals_before: (0, 0),
             maintenance: None,
@@ -194,7 +214,7 @@ impl Controller {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let wake = tokio::select! {
                 // A stop is seen before another step starts.
                 biased;
                 Some(done) = stop.recv() => {
@@ -202,14 +222,25 @@ impl Controller {
                     let _ = done.send(());
                     return;
                 }
-                _ = tick.tick() => {}
-                Some(r) = requests.recv() => self.request(r).await,
-                Some(g) = failovers.recv() => {
+                change = next_change(&mut self.changes) => match change {
+                    Some(c) => Wake::Change(c),
+                    None => Wake::WatchEnded,
+                },
+                _ = tick.tick() => Wake::Tick,
+                Some(r) = requests.recv() => Wake::Request(r),
+                Some(g) = failovers.recv() => Wake::Failover(g),
+            };
+            match wake {
+                Wake::Tick => {}
+                Wake::Request(r) => self.request(r).await,
+                Wake::Failover(g) => {
                     if let Some(group) = self.groups.iter_mut().find(|x| x.res.name == g) {
                         // Only a group running here can fail over from here.
                         group.failover = matches!(group.phase, Phase::Owned(_));
                     }
                 }
+                Wake::Change(c) => self.take_changes(c),
+                Wake::WatchEnded => self.stop_watch(),
             }
             self.step().await;
         }
@@ -238,6 +269,7 @@ impl Controller {
             self.fence_all("lease_lost", &format!("the node's lease is gone: {why}"));
             self.renewals_before = lock(&self.meter).renewals;
             self.member = None;
+            self.stop_watch();
             self.feed_guard();
             return;
         }
@@ -258,17 +290,18 @@ impl Controller {
             }
         }
         self.feed_guard();
-        let Some(member) = &self.member else { return };
-        let snapshot = match member.view().await {
-            Ok(s) => s,
-            Err(e) => {
-                self.set_problem(Some(format!("reading etcd: {e}")), Some(deadline));
+        if self.changes.is_none() {
+            if let Err(e) = self.start_watch().await {
+                self.set_problem(Some(format!("watching etcd: {e}")), Some(deadline));
                 return;
             }
+        }
+        let Some(mut snapshot) = self.last_snapshot.take() else {
+            return;
         };
         self.follow_maintenance(&snapshot);
         for g in 0..self.groups.len() {
-            self.step_group(g, &snapshot).await;
+            self.step_group(g, &mut snapshot).await;
         }
         self.feed_guard();
         self.known.extend(snapshot.nodes.keys().cloned());
@@ -309,7 +342,40 @@ impl Controller {
         }
     }
 
-    async fn step_group(&mut self, g: usize, snap: &Snapshot) {
+    /// Reads the whole cluster once and starts following it: a task
+    /// forwards every change of one watch stream from the revision read.
+    async fn start_watch(&mut self) -> Result<(), resmon_cluster::Error> {
+        let Some(m) = &self.member else { return Ok(()) };
+        let (view, watch) = m.watch().await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.last_snapshot = Some(view);
+        self.changes = Some(rx);
+        self.watcher = Some(tokio::spawn(forward_changes(watch, tx)));
+        Ok(())
+    }
+
+    /// Stops following etcd; the next step reads it afresh.
+    fn stop_watch(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        self.changes = None;
+    }
+
+    /// Applies `first` and every change already waiting after it.
+    fn take_changes(&mut self, first: Change) {
+        let Some(snap) = self.last_snapshot.as_mut() else {
+            return;
+        };
+        snap.apply(&first);
+        if let Some(rx) = self.changes.as_mut() {
+            while let Ok(c) = rx.try_recv() {
+                snap.apply(&c);
+            }
+        }
+    }
+
+    async fn step_group(&mut self, g: usize, snap: &mut Snapshot) {
         let me = self.cfg.settings.node.clone();
         let name = self.groups[g].res.name.clone();
         let owner = snap.owners.get(&name);
@@ -332,7 +398,9 @@ impl Controller {
             Phase::Owned(_) => {
                 if snap.targets.get(&name) == Some(&me) {
                     if let Some(m) = &self.member {
-                        let _ = m.clear_target(&name).await;
+                        if m.clear_target(&name).await.is_ok() {
+                            snap.targets.remove(&name);
+                        }
                     }
                 }
                 let line = self.line(g, snap);
@@ -364,6 +432,9 @@ impl Controller {
                 }
                 match m.release(&own).await {
                     Ok(_) => {
+                        if snap.owners.get(&name).is_some_and(|o| o.token == own.token) {
+                            snap.owners.remove(&name);
+                        }
                         self.set_tokens(g, None);
                         resmon_metrics::global().ownership_change(false);
                         self.groups[g].phase = Phase::Free;
@@ -399,18 +470,29 @@ impl Controller {
                 if since.elapsed() < self.cfg.settings.lease_ttl * rank as u32 {
                     return;
                 }
-                self.acquire(g).await;
+                if let Some(owner) = self.acquire(g).await {
+                    snap.owners.insert(name, owner);
+                }
             }
         }
     }
 
-    async fn acquire(&mut self, g: usize) {
-        let Some(m) = &self.member else { return };
+    /// Takes group `g` if it is free; what its owner key now says when it
+    /// did.
+    async fn acquire(&mut self, g: usize) -> Option<Owner> {
+        let Some(m) = &self.member else { return None };
         let name = self.groups[g].res.name.clone();
         match m.acquire(&name).await.map(|c| c.won()) {
             Ok(Some(own)) => {
                 let _ = m.clear_failed(&name).await;
                 let token = own.token;
+                let owner = Owner {
+                    group: name.clone(),
+                    node: self.cfg.settings.node.clone(),
+                    token,
+                    mod_revision: own.mod_revision,
+                    lease: m.lease_id(),
+                };
                 let until = m.lease_state().borrow().may_run_until;
                 self.groups[g].phase = Phase::Owned(own);
                 if until.is_some() {
@@ -434,9 +516,13 @@ impl Controller {
                             .send(Msg::Event(Event::Command(r.id, Command::Online)));
                     }
                 }
+                Some(owner)
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(group = %name, "taking it: {e}"),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(group = %name, "taking it: {e}");
+                None
+            }
         }
     }
 
@@ -754,6 +840,7 @@ impl Controller {
     }
 
     async fn shutdown(&mut self) {
+        self.stop_watch();
         if let Some(m) = self.member.take() {
             for g in &self.groups {
                 if let Phase::Owned(own) | Phase::Leaving(own, _) = &g.phase {
@@ -828,6 +915,38 @@ fn is_live(snap: &Snapshot, node: &str) -> bool {
 
 fn is_down(s: &ResourceStatus) -> bool {
     matches!(s.state, State::Offline | State::Failed) && s.call.is_none() && !s.terminating
+}
+
+/// The next change the watch task forwarded; `None` once it ended. Never
+/// ready while no watch runs.
+async fn next_change(changes: &mut Option<mpsc::UnboundedReceiver<Change>>) -> Option<Change> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Follows one etcd watch and forwards its changes until the controller
+/// stops listening. While etcd cannot be reached it tries again (the
+/// watch resumes from the last revision it delivered, or sends the whole
+/// state again when that was compacted).
+async fn forward_changes(mut watch: Watch, tx: mpsc::UnboundedSender<Change>) {
+    loop {
+        match watch.next().await {
+            Ok(change) => {
+                if tx.send(change).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::debug!("watching etcd: {e}; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+    }
 }
 
 /// Now, in milliseconds since the Unix epoch.
