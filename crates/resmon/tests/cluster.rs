@@ -550,6 +550,59 @@ enum Fault {
     KillEtcd,
     Restart,
     Move,
+    Drain,
+}
+
+/// The groups with placement rules the randomized runs add: `db1` and
+/// `db2` of one strict anti-affinity class, and `pinned`, which may run
+/// only on n0 and n1. With one node out at a time, each can always run.
+const RULED: [&str; 3] = ["db1", "db2", "pinned"];
+
+fn ruled_groups(beats: &Path, i: usize) -> String {
+    RULED
+        .iter()
+        .map(|g| {
+            let rule = if *g == "pinned" {
+                "possible_nodes = [\"n0\", \"n1\"]".to_string()
+            } else {
+                "anti_affinity = \"db\"\nanti_affinity_strict = true".to_string()
+            };
+            format!(
+                "\n[group.{g}]\n{rule}\n\n[[resource]]\nname = \"{g}\"\ngroup = \"{g}\"\ntype = \"process\"\ncommand = [\"python3\", \"-c\", {HEARTBEAT:?}, \"{}\"]\n",
+                beats.join(format!("{g}.n{i}")).display()
+            )
+        })
+        .collect()
+}
+
+/// The placement checker: `pinned` ran only on its possible nodes, and
+/// `db1` and `db2` never ran on one node at the same instant. Also no
+/// overlap of any of them between nodes.
+fn check_placement(dir: &Path) -> Result<(), String> {
+    for g in RULED {
+        let runs = intervals(&beats(dir, g));
+        for w in runs.windows(2) {
+            if w[1].2 <= w[0].3 {
+                return Err(format!("group {g} ran twice: {w:?}"));
+            }
+        }
+    }
+    if let Some(r) = intervals(&beats(dir, "pinned")).iter().find(|r| r.0 == 2) {
+        return Err(format!(
+            "group pinned ran on n2, not among its possible nodes: {r:?}"
+        ));
+    }
+    for a in intervals(&beats(dir, "db1")) {
+        for b in intervals(&beats(dir, "db2")) {
+            if a.0 == b.0 && a.2 <= b.3 && b.2 <= a.3 {
+                return Err(format!(
+                    "db1 {a:?} and db2 {b:?} shared n{} (strict anti-affinity)",
+                    a.0
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[test]
@@ -569,9 +622,20 @@ fn randomized_faults_never_run_a_group_twice() {
     let net = Net::new();
     let mut etcd = Etcd::start(&net, root.path());
     let mut faults_done: BTreeMap<String, usize> = BTreeMap::new();
+    let ruled_running = |c: &Cluster| {
+        for g in RULED {
+            wait_for(
+                &format!("group {g} running"),
+                Duration::from_secs(30),
+                || c.runs_on(g, boottime_ns() - 100_000_000).is_some(),
+            );
+        }
+    };
     for run in 0..runs {
-        let mut c = Cluster::start(&net, root.path(), run);
+        let dir = root.path().join(format!("run{run}"));
+        let mut c = Cluster::start_with(&net, root.path(), run, |i| ruled_groups(&dir, i));
         c.wait_all_running(0, Duration::from_secs(20));
+        ruled_running(&c);
         for _ in 0..2 {
             let mut pick = [
                 Fault::Partition,
@@ -580,7 +644,8 @@ fn randomized_faults_never_run_a_group_twice() {
                 Fault::KillEtcd,
                 Fault::Restart,
                 Fault::Move,
-            ][rng.usize(0..6)];
+                Fault::Drain,
+            ][rng.usize(0..7)];
             if matches!(pick, Fault::Partition) && !net.can_partition() {
                 pick = Fault::Freeze;
             }
@@ -649,13 +714,43 @@ fn randomized_faults_never_run_a_group_twice() {
                         String::from_utf8_lossy(&out.stderr)
                     );
                 }
+                Fault::Drain => {
+                    // Drained from any node: everything leaves the victim,
+                    // then it is resumed.
+                    let from = &c.nodes[rng.usize(0..NODES)];
+                    let out = from.cli(&["node", "drain", &format!("n{victim}"), "--wait"]);
+                    assert!(
+                        out.status.success(),
+                        "drain failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    c.wait_all_running(boottime_ns(), Duration::from_secs(30));
+                    let t = boottime_ns();
+                    for g in GROUPS.iter().chain(RULED.iter()) {
+                        wait_for(
+                            &format!("{g} running off the drained node"),
+                            Duration::from_secs(30),
+                            || c.runs_on(g, t).is_some_and(|(n, _)| n != victim),
+                        );
+                    }
+                    let out = from.cli(&["node", "resume", &format!("n{victim}")]);
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
             }
             c.wait_all_running(boottime_ns(), Duration::from_secs(30));
+            ruled_running(&c);
             // Healed: every node is a member again before the next fault.
             c.wait_all_members(Duration::from_secs(30));
         }
         for n in &mut c.nodes {
             n.stop();
+        }
+        if let Err(e) = check_placement(&c.beats) {
+            panic!("run {run} (seed {seed}): {e}\n{}", c.logs());
         }
         match check_no_overlap(&c.beats) {
             Ok(owners) => eprintln!("run {run}: {owners} ownerships, no overlap"),
