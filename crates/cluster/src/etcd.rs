@@ -638,7 +638,110 @@ impl Member {
             });
         }
         let node_revision = resp.header().map_or(0, |h| h.revision());
+        tracing::info!(
+            "joined the cluster at {endpoints} as node {:?} with lease {lease:x} (TTL {ttl}s)",
+            settings.node
+        );
+        Ok(Member::start(
+            settings,
+            clients,
+            lease,
+            grant.ttl(),
+            clock,
+            node_revision,
+        ))
+    }
 
+    /// Takes up the membership of an earlier monitor of this node (one
+    /// restarted for an upgrade, or after a crash) whose lease `lease`
+    /// still lives: renews it at once, checks that this node's key is
+    /// bound to it, and puts this process's record there. Every owner key
+    /// of that lease is this member's again ([`owned`](Self::owned)); the
+    /// fencing tokens stay. Fails with [`Error::LeaseLost`] when the lease
+    /// is gone or does not hold this node's key: then join afresh.
+    pub async fn resume(settings: Settings, lease: i64) -> Result<Member, Error> {
+        settings.validate()?;
+        let endpoints = settings.endpoints.join(",");
+        let attempt = attempt_timeout(&settings);
+        let clients = Clients::connect(&settings.endpoints, attempt).await?;
+        let keys = settings.keys();
+        let mut clock = LeaseClock::new(settings.margin);
+        let mut sent = clock.sent(BootInstant::now());
+        let renewing = format!("renewing lease {lease:x} of this node's earlier monitor");
+        let renewed = clients
+            .run(&renewing, attempt, |mut c| {
+                sent = clock.sent(BootInstant::now());
+                async move { c.lease_keep_alive(lease).await.map(|_| ()) }
+            })
+            .await;
+        match renewed {
+            Ok(()) => {}
+            Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => {
+                return Err(Error::LeaseLost(format!(
+                    "lease {lease:x} of this node's earlier monitor expired or was revoked"
+                )))
+            }
+            Err(e) => return Err(e),
+        }
+        let granted = clients
+            .run("reading the lease's TTL", attempt, |mut c| async move {
+                c.lease_time_to_live(lease, None).await
+            })
+            .await?
+            .granted_ttl();
+        if clock.acked(sent, granted) == Ack::Lost {
+            return Err(Error::LeaseLost(format!(
+                "lease {lease:x}: its renewal came back too late"
+            )));
+        }
+        // The node key must still be this lease's: put the new record
+        // only if it is.
+        let key = keys.node(&settings.node);
+        let record = NodeRecord::now(&settings.node);
+        let txn = Txn::new()
+            .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                record.to_json(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let resp = clients
+            .run(&format!("updating node key {key}"), attempt, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if !resp.succeeded() {
+            return Err(Error::LeaseLost(format!(
+                "lease {lease:x} no longer holds node key {key}"
+            )));
+        }
+        let node_revision = resp.header().map_or(0, |h| h.revision());
+        tracing::info!(
+            "resumed node {:?} in the cluster at {endpoints} with lease {lease:x}",
+            settings.node
+        );
+        Ok(Member::start(
+            settings,
+            clients,
+            lease,
+            granted,
+            clock,
+            node_revision,
+        ))
+    }
+
+    /// Starts the renewals of a lease that holds the node key (written at
+    /// `node_revision`) and makes the member.
+    fn start(
+        settings: Settings,
+        clients: Clients,
+        lease: i64,
+        ttl: i64,
+        clock: LeaseClock,
+        node_revision: i64,
+    ) -> Member {
+        let keys = settings.keys();
         let (tx, state) = watch::channel(LeaseState::of(&clock));
         let control = Arc::new(Control::default());
         let keeper = tokio::spawn(
@@ -646,30 +749,42 @@ impl Member {
                 clients: clients.clone(),
                 endpoint: clients.current().0,
                 lease,
-                node_key: key,
+                node_key: keys.node(&settings.node),
                 watch_from: node_revision + 1,
                 interval: settings.renew_interval(),
-                ttl: grant.ttl(),
+                ttl,
                 clock,
                 tx,
                 control: Arc::clone(&control),
             }
             .run(),
         );
-        tracing::info!(
-            "joined the cluster at {endpoints} as node {:?} with lease {lease:x} (TTL {ttl}s)",
-            settings.node
-        );
-        Ok(Member {
+        Member {
+            endpoints: settings.endpoints.join(","),
             clients,
             settings,
             keys,
-            endpoints,
             lease,
             state,
             control,
             keeper,
-        })
+        }
+    }
+
+    /// The groups whose owner key this member's lease holds, with their
+    /// tokens: after [`resume`](Self::resume), the groups it still owns.
+    pub async fn owned(&self) -> Result<Vec<Ownership>, Error> {
+        let view = self.view().await?;
+        Ok(view
+            .owners
+            .into_values()
+            .filter(|o| o.lease == self.lease && o.node == self.settings.node)
+            .map(|o| Ownership {
+                group: o.group,
+                token: o.token,
+                mod_revision: o.mod_revision,
+            })
+            .collect())
     }
 
     pub fn node(&self) -> &str {

@@ -501,3 +501,68 @@ async fn a_watch_behind_a_compaction_sends_the_whole_state_again() {
     fresh.revision = mirror.revision;
     assert_eq!(mirror, fresh);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_monitor_resumes_its_lease_and_keeps_its_groups_and_tokens() {
+    let Some(etcd) = cluster(1) else { return };
+    let a = join(&etcd, "a", "resume").await;
+    let own = a.acquire("g").await.unwrap().won().unwrap();
+    let lease = a.lease_id();
+    let ttl = a.settings().lease_ttl;
+    // The monitor dies: its renewals stop, the lease lives on in etcd.
+    drop(a);
+    let died = Instant::now();
+    let a = Member::resume(settings(&etcd, "a", "resume"), lease)
+        .await
+        .unwrap();
+    assert_eq!(a.lease_id(), lease);
+    assert!(a.lease_state().borrow().may_run_until.is_some());
+    let owned = a.owned().await.unwrap();
+    assert_eq!(owned, vec![own.clone()]);
+    // Taking it again is a no-op that keeps the token.
+    let again = a.acquire("g").await.unwrap().won().unwrap();
+    assert_eq!(again.token, own.token);
+    // Renewed: the owner key outlives the lease the old monitor left.
+    let mut state = a.lease_state();
+    while died.elapsed() < ttl * 2 {
+        within("a renewal", state.changed()).await.unwrap();
+        assert_eq!(state.borrow_and_update().lost, None);
+    }
+    let owner = a.owner("g").await.unwrap().expect("still owned");
+    assert_eq!((owner.node.as_str(), owner.token), ("a", own.token));
+    // The node key holds this process's record now.
+    let nodes = a.nodes().await.unwrap();
+    assert_eq!(
+        nodes[0].record.as_ref().map(|r| r.pid),
+        Some(std::process::id())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_a_lease_that_is_gone_or_not_this_nodes_fails_naming_it() {
+    let Some(etcd) = cluster(1) else { return };
+    let b = join(&etcd, "b", "noresume").await;
+    // Another node's lease: it does not hold a's node key.
+    let e = Member::resume(settings(&etcd, "a", "noresume"), b.lease_id())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::LeaseLost(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("no longer holds node key /test/noresume/nodes/a"),
+        "{e}"
+    );
+    // A lease that was revoked.
+    let lease = b.lease_id();
+    b.leave().await.unwrap();
+    let e = Member::resume(settings(&etcd, "b", "noresume"), lease)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::LeaseLost(_)), "{e}");
+    assert!(e.to_string().contains("expired or was revoked"), "{e}");
+    // A lease id etcd never granted.
+    let e = Member::resume(settings(&etcd, "b", "noresume"), 0x1234_5678)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::LeaseLost(_)), "{e}");
+}
