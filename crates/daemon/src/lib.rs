@@ -381,6 +381,21 @@ async fn run(
         .iter()
         .map(|r| Slot::new(r, &types, &containers))
         .collect();
+    // A monitor restarted within the fence guard's grace takes up its
+    // predecessor's lease, and keeps the groups it owned: their resources
+    // are adopted as on a single node.
+    #[cfg(feature = "etcd")]
+    let mut resumed = match &config.cluster {
+        Some(c) => resume_cluster(c, &state_dir).await,
+        None => None,
+    };
+    #[cfg(feature = "etcd")]
+    let kept: std::collections::BTreeSet<String> = resumed
+        .as_ref()
+        .map(|r| r.owned.iter().map(|o| o.group.clone()).collect())
+        .unwrap_or_default();
+    #[cfg(not(feature = "etcd"))]
+    let kept = std::collections::BTreeSet::<String>::new();
     let mut earlier = std::collections::HashMap::new();
     let mut from = Vec::new();
     for (id, r) in config.resources.iter().enumerate() {
@@ -396,7 +411,7 @@ async fn run(
                 can_reattach: b.saved.is_some(),
             }),
             r.autostart,
-            config.cluster.is_some(),
+            config.cluster.is_some() && !kept.contains(&r.group),
         ));
         if let Some(b) = before {
             earlier.insert(id, b.clone());
@@ -486,14 +501,17 @@ async fn run(
             )
         }
         #[cfg(feature = "etcd")]
-        (Some(c), Some(handle)) => Some(start_cluster(
-            c,
+        (Some(_), Some(handle)) => Some(start_cluster(
             &config,
             &mut driver,
             handle,
             cluster_requests,
             &tx,
             &bus,
+            cluster::controller::LeaseMemory {
+                state: state_dir.clone(),
+                resumed: resumed.take(),
+            },
         )?),
         _ => {
             drop(cluster_requests);
@@ -671,14 +689,18 @@ type ClusterStop = mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>;
 /// Returns where to ask it to stop.
 #[cfg(feature = "etcd")]
 fn start_cluster(
-    c: &cluster::config::ClusterConfig,
     config: &Config,
     driver: &mut Driver,
     handle: &cluster::view::ClusterHandle,
     requests: mpsc::UnboundedReceiver<cluster::view::ClusterRequest>,
     tx: &mpsc::UnboundedSender<Msg>,
     bus: &EventBus,
+    memory: cluster::controller::LeaseMemory,
 ) -> anyhow::Result<ClusterStop> {
+    let c = config
+        .cluster
+        .as_ref()
+        .context("cluster mode without a [cluster] section")?;
     use cluster::controller::{Controller, GroupResource, GroupResources};
     let reaper = Reaper::get().context("becoming the reaper of resource processes")?;
     let exe = std::env::current_exe().context("finding the resmon binary for the fence guard")?;
@@ -714,10 +736,63 @@ fn start_cluster(
     driver.send_failovers_to(failover_tx);
     driver.gate_online(handle.permits.clone());
     let (stop_tx, stop) = mpsc::unbounded_channel();
-    let controller = Controller::new(c.clone(), groups, tx.clone(), bus.clone(), handle, guard)
-        .map_err(anyhow::Error::msg)?;
+    let controller = Controller::new(
+        c.clone(),
+        groups,
+        tx.clone(),
+        bus.clone(),
+        handle,
+        guard,
+        memory,
+    )
+    .map_err(anyhow::Error::msg)?;
     tokio::spawn(controller.run(requests, failovers, stop));
     Ok(stop_tx)
+}
+
+/// Takes up the lease the state directory records, when it is this
+/// node's and etcd confirms it still holds the node's key; `None` (the
+/// record forgotten) otherwise: the node then joins anew.
+#[cfg(feature = "etcd")]
+async fn resume_cluster(
+    c: &cluster::config::ClusterConfig,
+    state: &StateDir,
+) -> Option<cluster::controller::Resumed> {
+    let r = state.load_lease()?;
+    let s = &c.settings;
+    let forget = |why: String| {
+        tracing::info!(
+            "not resuming the recorded lease {:x}: {why}; joining anew",
+            r.lease
+        );
+        let _ = state.save_lease(None);
+        None
+    };
+    if r.node != s.node || r.key_prefix != s.key_prefix {
+        return forget(format!(
+            "it was node {:?} under {}, this is node {:?} under {}",
+            r.node, r.key_prefix, s.node, s.key_prefix
+        ));
+    }
+    let limit = s.lease_ttl;
+    let member =
+        match tokio::time::timeout(limit, resmon_cluster::Member::resume(s.clone(), r.lease)).await
+        {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return forget(e.to_string()),
+            Err(_) => return forget(format!("etcd did not answer within {limit:?}")),
+        };
+    // Without the list, the groups are taken again by the controller (same
+    // tokens), their resources started afresh.
+    let owned = match tokio::time::timeout(limit, member.owned()).await {
+        Ok(Ok(owned)) => owned,
+        Ok(Err(e)) => {
+            tracing::warn!("listing the groups the lease owns: {e}");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    };
+    Some(cluster::controller::Resumed { member, owned })
 }
 
 /// A stop signal: the first takes everything offline, a later one

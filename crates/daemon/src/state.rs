@@ -10,6 +10,10 @@
 //!   atomically (temporary file, fsync, rename) off the event loop, one
 //!   write at a time, the next starting as soon as the last one ended while
 //!   something changed; once more on a clean stop.
+//! * `cluster-lease.json` (cluster mode): the etcd lease this node's
+//!   monitor holds, so that a monitor restarted within the fence guard's
+//!   grace takes it up again and keeps its groups. A hint like the rest:
+//!   etcd must confirm the lease still holds this node's key.
 //! * `lock`: held (`flock`) while a monitor runs, so two monitors never share
 //!   a state directory.
 //!
@@ -54,6 +58,16 @@ pub struct SavedResource {
 }
 
 pub const VERSION: u32 = 1;
+
+/// The etcd lease of this node's monitor, as `cluster-lease.json` has it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseRecord {
+    pub node: String,
+    pub key_prefix: String,
+    pub lease: i64,
+}
+
+const LEASE_FILE: &str = "cluster-lease.json";
 
 /// What decides whether a resource is the same one as before.
 pub fn fingerprint(type_name: &str, params: &serde_json::Value) -> String {
@@ -198,6 +212,30 @@ impl StateDir {
                 *problem = Some(why.clone());
                 tracing::error!("{why}");
                 first.then_some(Some(why))
+            }
+        }
+    }
+
+    /// The lease an earlier monitor recorded, if any (a file that does not
+    /// parse is no record).
+    pub fn load_lease(&self) -> Option<LeaseRecord> {
+        let text = private_dir::read_file(&self.fd, LEASE_FILE).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Records this monitor's lease, or (`None`) that it holds none.
+    pub fn save_lease(&self, record: Option<&LeaseRecord>) -> io::Result<()> {
+        match record {
+            Some(r) => {
+                let text = serde_json::to_vec(r).map_err(io::Error::other)?;
+                private_dir::write_atomically(&self.fd, LEASE_FILE, &text)
+            }
+            None => {
+                match rustix::fs::unlinkat(&self.fd, LEASE_FILE, rustix::fs::AtFlags::empty()) {
+                    Ok(()) => Ok(()),
+                    Err(rustix::io::Errno::NOENT) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
             }
         }
     }

@@ -282,7 +282,8 @@ impl Node {
         self.dir.join("resmon.sock")
     }
 
-    fn write_config(&self, net: &Net, prefix: &str, beats: &Path, extra: &str) {
+    /// `cluster_keys` go into `[cluster]`; `extra` at the end.
+    fn write_config(&self, net: &Net, prefix: &str, beats: &Path, cluster_keys: &str, extra: &str) {
         let endpoints: Vec<String> = (0..NODES)
             .map(|j| {
                 // Its own member first.
@@ -291,7 +292,7 @@ impl Node {
             })
             .collect();
         let mut text = format!(
-            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[cluster]\nnode = \"n{}\"\netcd = [{}]\nlease_ttl = \"2s\"\nkey_prefix = \"{prefix}\"\n\n[defaults]\nterminate_timeout = \"1s\"\npending_timeout = \"2s\"\n",
+            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[cluster]\nnode = \"n{}\"\netcd = [{}]\nlease_ttl = \"2s\"\nkey_prefix = \"{prefix}\"\n{cluster_keys}\n\n[defaults]\nterminate_timeout = \"1s\"\npending_timeout = \"2s\"\n",
             self.socket().display(),
             self.dir.join("state").display(),
             self.i,
@@ -466,8 +467,21 @@ impl Cluster {
         Cluster::start_with(net, root, run, |_| String::new())
     }
 
-    /// With `extra(i)` appended to node `i`'s config.
+    /// With `extra(i)` appended to node `i`'s config. The nodes take
+    /// groups as soon as they join (`startup_wait = "0s"`): each test
+    /// says where its groups go with preferences.
     fn start_with(net: &Net, root: &Path, run: usize, extra: impl Fn(usize) -> String) -> Cluster {
+        Cluster::start_tuned(net, root, run, "startup_wait = \"0s\"", extra)
+    }
+
+    /// With `cluster_keys` in every node's `[cluster]`.
+    fn start_tuned(
+        net: &Net,
+        root: &Path,
+        run: usize,
+        cluster_keys: &str,
+        extra: impl Fn(usize) -> String,
+    ) -> Cluster {
         let beats = root.join(format!("run{run}"));
         std::fs::create_dir_all(&beats).unwrap();
         let prefix = format!("/test{}/run{run}", std::process::id());
@@ -481,7 +495,7 @@ impl Cluster {
                 child: None,
                 stopped: false,
             };
-            n.write_config(net, &prefix, &beats, &extra(i));
+            n.write_config(net, &prefix, &beats, cluster_keys, &extra(i));
             nodes.push(n);
         }
         // One after another, each a member before the next starts: where a
@@ -1225,7 +1239,11 @@ fn three_nodes_three_hundred_groups_spread_and_fail_over() {
     let root = tempfile::tempdir().unwrap();
     let net = Net::new();
     let _etcd = Etcd::start(&net, root.path());
-    let mut c = Cluster::start_with(&net, root.path(), 0, |_| many_groups(GROUPS_N));
+    // Placement by the full view: no node takes a group before the three
+    // had the time to join.
+    let mut c = Cluster::start_tuned(&net, root.path(), 0, "startup_wait = \"10s\"", |_| {
+        many_groups(GROUPS_N)
+    });
     wait_for("all 300 groups online", Duration::from_secs(60), || {
         online_many(&c, &[0, 1, 2]).len() == GROUPS_N
     });
@@ -1287,7 +1305,9 @@ fn idle_etcd_requests() {
     let root = tempfile::tempdir().unwrap();
     let net = Net::new();
     let _etcd = Etcd::start(&net, root.path());
-    let mut c = Cluster::start_with(&net, root.path(), 0, |_| many_groups(groups));
+    let mut c = Cluster::start_tuned(&net, root.path(), 0, "startup_wait = \"10s\"", |_| {
+        many_groups(groups)
+    });
     wait_for("all groups online", Duration::from_secs(120), || {
         online_many(&c, &[0, 1, 2]).len() == groups
     });

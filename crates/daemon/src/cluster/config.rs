@@ -19,6 +19,9 @@ pub struct ClusterConfig {
     /// The kernel watchdog device the fence guard keeps alive while the
     /// node may run groups; `None` (the default): not used.
     pub watchdog: Option<String>,
+    /// How long a node that just joined waits for the others before it
+    /// takes free groups, so that nodes started together share them.
+    pub startup_wait: std::time::Duration,
 }
 
 /// `[group.NAME]`: where a group may and prefers to run, as the pure
@@ -35,6 +38,7 @@ struct RawCluster {
     fence_margin: Option<String>,
     key_prefix: Option<String>,
     watchdog: Option<RawWatchdog>,
+    startup_wait: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -78,6 +82,7 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
         .map(|urls| urls.into_iter().map(|RawUrl::Url(u)| u).collect::<Vec<_>>());
     let lease_ttl = duration("lease_ttl", raw.lease_ttl, problems);
     let margin = duration("fence_margin", raw.fence_margin, problems);
+    let startup_wait = duration("startup_wait", raw.startup_wait, problems);
     let key_prefix = raw.key_prefix;
     let watchdog = match raw.watchdog {
         None | Some(RawWatchdog::On(false)) => None,
@@ -118,7 +123,12 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
     if let Err(e) = settings.validate() {
         problems.extend(e.problems.iter().map(|p| format!("[cluster] {p}")));
     }
-    (problems.len() == before).then_some(ClusterConfig { settings, watchdog })
+    let startup_wait = startup_wait.unwrap_or(settings.lease_ttl);
+    (problems.len() == before).then_some(ClusterConfig {
+        settings,
+        watchdog,
+        startup_wait,
+    })
 }
 
 /// The keys of a `[group.NAME]` table.
@@ -278,8 +288,9 @@ mod tests {
         assert_eq!(c.settings.key_prefix, "/resmon");
         assert_eq!(c.settings.margin, Duration::from_millis(750));
         assert_eq!(c.watchdog, None);
+        assert_eq!(c.startup_wait, Duration::from_secs(3), "lease_ttl");
         let c = cluster(
-            "[cluster]\nnode = \"a\"\netcd = [\"http://10.0.0.1:2379\", \"http://e:2379\"]\nlease_ttl = \"2s\"\nkey_prefix = \"/x/y\"\nfence_margin = \"300ms\"\nwatchdog = true\n",
+            "[cluster]\nnode = \"a\"\netcd = [\"http://10.0.0.1:2379\", \"http://e:2379\"]\nlease_ttl = \"2s\"\nkey_prefix = \"/x/y\"\nfence_margin = \"300ms\"\nwatchdog = true\nstartup_wait = \"0s\"\n",
         )
         .unwrap();
         assert_eq!(c.settings.endpoints.len(), 2);
@@ -287,6 +298,7 @@ mod tests {
         assert_eq!(c.settings.key_prefix, "/x/y");
         assert_eq!(c.settings.margin, Duration::from_millis(300));
         assert_eq!(c.watchdog.as_deref(), Some("/dev/watchdog"));
+        assert_eq!(c.startup_wait, Duration::ZERO);
     }
 
     #[test]

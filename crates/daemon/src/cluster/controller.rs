@@ -128,6 +128,25 @@ pub struct Controller {
     renewals_before: (u64, u64),
     /// Whether etcd marks this node for maintenance, as last seen.
     maintenance: Option<bool>,
+    /// Where the lease is recorded for a restarted monitor.
+    state: Arc<crate::state::StateDir>,
+    /// Until when free groups are left for the other nodes to join
+    /// (`startup_wait` after this monitor first joined).
+    settle_until: Option<Instant>,
+}
+
+/// Where the node's lease is recorded for the next monitor, and what this
+/// one took up of the last one's.
+pub struct LeaseMemory {
+    pub state: Arc<crate::state::StateDir>,
+    pub resumed: Option<Resumed>,
+}
+
+/// What a restarted monitor took up of its predecessor: the member on the
+/// same lease, and the groups it still owns.
+pub struct Resumed {
+    pub member: Member,
+    pub owned: Vec<Ownership>,
 }
 
 /// How often the controller looks at its lease, its groups' resources and
@@ -152,7 +171,9 @@ impl Controller {
         bus: EventBus,
         handle: &ClusterHandle,
         guard: GuardClient,
+        memory: LeaseMemory,
     ) -> Result<Controller, String> {
+        let LeaseMemory { state, resumed } = memory;
         let (view, meter, permits) = (
             handle.view.clone(),
             handle.meter.clone(),
@@ -170,7 +191,9 @@ impl Controller {
             .flat_map(|g| g.config.preferred_nodes.iter().cloned())
             .chain([cfg.settings.node.clone()])
             .collect();
-        Ok(Controller {
+        let mut c = Controller {
+            settle_until: None,
+            state,
             known,
             permits,
             all,
@@ -199,7 +222,68 @@ impl Controller {
             meter,
             renewals_before: (0, 0),
             maintenance: None,
-        })
+        };
+        if let Some(r) = resumed {
+            c.resume(r);
+        }
+        Ok(c)
+    }
+
+    /// Takes up the predecessor's lease and the groups it owned: they run
+    /// here as before (their resources adopted, their tokens the same).
+    fn resume(&mut self, r: Resumed) {
+        let until = r.member.lease_state().borrow().may_run_until;
+        self.joined(r.member, "resumed its lease");
+        self.permits.set_until(until);
+        for own in r.owned {
+            let Some(g) = self.groups.iter().position(|g| g.res.name == own.group) else {
+                continue;
+            };
+            let (name, token) = (own.group.clone(), own.token);
+            self.permits.grant(&name);
+            self.groups[g].phase = Phase::Owned(own);
+            self.set_tokens(g, Some(token));
+            resmon_metrics::global().ownership_change(true);
+            self.publish(
+                Some(&name),
+                format!("kept group {name} (fencing token {token}): its resources are adopted"),
+            );
+        }
+        // The guard holds the deadline before anything else happens.
+        self.feed_guard();
+    }
+
+    /// A member now: the fencer follows its lease, and the lease is
+    /// recorded for a monitor started after this one.
+    fn joined(&mut self, m: Member, how: &str) {
+        self.publish(
+            None,
+            format!(
+                "node {} {how} (lease {:x}, {}s)",
+                self.cfg.settings.node,
+                m.lease_id(),
+                self.cfg.settings.lease_ttl.as_secs()
+            ),
+        );
+        let record = crate::state::LeaseRecord {
+            node: self.cfg.settings.node.clone(),
+            key_prefix: self.cfg.settings.key_prefix.clone(),
+            lease: m.lease_id(),
+        };
+        if let Err(e) = self.state.save_lease(Some(&record)) {
+            tracing::warn!("recording the node's lease: {e}; a restarted monitor will join anew");
+        }
+        tokio::spawn(fencer(
+            m.lease_state(),
+            self.permits.clone(),
+            self.all.clone(),
+            self.tx.clone(),
+            self.bus.clone(),
+        ));
+        self.member = Some(m);
+        self.settle_until
+            .get_or_insert_with(|| Instant::now() + self.cfg.startup_wait);
+        self.set_problem(None, None);
     }
 
     /// Runs until `stop` brings a reply channel: then gives up every group
@@ -315,25 +399,7 @@ impl Controller {
         }
         self.next_join = Instant::now() + self.cfg.settings.lease_ttl / 2;
         match Member::join(self.settings.clone()).await {
-            Ok(m) => {
-                self.publish(
-                    None,
-                    format!(
-                        "node {} joined the cluster (lease {}s)",
-                        self.cfg.settings.node,
-                        self.cfg.settings.lease_ttl.as_secs()
-                    ),
-                );
-                tokio::spawn(fencer(
-                    m.lease_state(),
-                    self.permits.clone(),
-                    self.all.clone(),
-                    self.tx.clone(),
-                    self.bus.clone(),
-                ));
-                self.member = Some(m);
-                self.set_problem(None, None);
-            }
+            Ok(m) => self.joined(m, "joined the cluster"),
             Err(e) => {
                 let why = format!("joining the cluster: {e}");
                 tracing::warn!("{why}");
@@ -452,9 +518,25 @@ impl Controller {
                 }
             }
             Phase::Free => {
-                if owner.is_some() {
+                if let Some(o) = owner {
                     self.groups[g].unowned_since = None;
                     self.set_unplaced(g, None);
+                    // Still this lease's (a resumed monitor): take it
+                    // back, same token.
+                    let mine = self
+                        .member
+                        .as_ref()
+                        .is_some_and(|m| o.node == me && o.lease == m.lease_id());
+                    if mine {
+                        if let Some(owner) = self.acquire(g).await {
+                            snap.owners.insert(name, owner);
+                        }
+                    }
+                    return;
+                }
+                // Just started: the other nodes may be joining too, and
+                // the wait in line starts once they had the time.
+                if self.settle_until.is_some_and(|t| Instant::now() < t) {
                     return;
                 }
                 let since = *self.groups[g]
@@ -851,6 +933,9 @@ impl Controller {
             }
             if let Err(e) = m.leave().await {
                 tracing::warn!("leaving the cluster: {e}");
+            }
+            if let Err(e) = self.state.save_lease(None) {
+                tracing::warn!("forgetting the node's lease: {e}");
             }
         }
         for g in 0..self.groups.len() {
