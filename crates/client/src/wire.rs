@@ -204,6 +204,9 @@ pub struct NodesReply {
     pub nodes: Vec<NodeView>,
     /// Each configured group and its owner (`None`: nobody runs it).
     pub owners: BTreeMap<String, Option<String>>,
+    /// Groups no live node may run now, and why (their placement rules).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub unplaced: BTreeMap<String, String>,
 }
 
 /// `POST /v1/groups/{group}/move`.

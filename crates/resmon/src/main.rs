@@ -1302,6 +1302,9 @@ fn print_nodes(r: &NodesReply) {
     if !unowned.is_empty() {
         let _ = writeln!(out, "not running anywhere: {}", unowned.join(", "));
     }
+    for (group, why) in &r.unplaced {
+        let _ = writeln!(out, "  {group}: {why}");
+    }
 }
 
 fn print_table(rs: &[ResourceStatus]) {

@@ -1090,7 +1090,8 @@ fn placement_rules_hold_across_nodes() {
             beats_dir.join(format!("{g}.n{i}")).display()
         )
     };
-    let mut c = Cluster::start_with(&net, root.path(), 0, |i| {
+    // Placed once all three are live: theta's failover must find n1.
+    let mut c = Cluster::start_tuned(&net, root.path(), 0, "startup_wait = \"3s\"", |i| {
         let mut extra = String::new();
         for g in ["delta", "epsilon"] {
             extra.push_str(&format!(
@@ -1168,6 +1169,19 @@ fn placement_rules_hold_across_nodes() {
         || {
             events(&c, 1).contains(&format!("group {victim} stays offline: no live node may run it: the live node(s) n0 are not among its possible_nodes [n1, n2]; n1 runs group {stays} of anti-affinity class \"db\" (strict)"))
         },
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&c.nodes[1].cli(&["nodes", "--json"]).stdout).unwrap();
+    assert!(
+        v["unplaced"][victim]
+            .as_str()
+            .is_some_and(|w| w.contains("(strict)")),
+        "{v}"
+    );
+    let table = String::from_utf8_lossy(&c.nodes[1].cli(&["nodes"]).stdout).to_string();
+    assert!(
+        table.contains(&format!("  {victim}: no live node may run it")),
+        "{table}"
     );
     // zeta's only possible node dies too.
     c.nodes[0].kill9();

@@ -971,6 +971,11 @@ impl Controller {
                 (g.res.name.clone(), owner)
             })
             .collect();
+        v.unplaced = self
+            .groups
+            .iter()
+            .filter_map(|g| Some((g.res.name.clone(), g.unplaced.clone()?)))
+            .collect();
         let mut owned: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         if let Some(s) = snap {
             for (group, o) in &s.owners {
