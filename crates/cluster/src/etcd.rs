@@ -431,27 +431,9 @@ impl Clients {
         })
     }
 
-    /// [`describe`], and over TLS what a connection that etcd closed at
-    /// once most likely means. An etcd that wants a client certificate
-    /// and gets none (or one it does not trust) completes the TLS 1.3
-    /// handshake and then closes the connection: its alert is lost on the
-    /// way, and the request only learns "connection closed".
+    /// [`describe`], knowing whether this node has a client certificate.
     fn describe(&self, e: &etcd_client::Error) -> String {
-        let text = describe(e);
-        let closed = text.contains("connection closed") || text.contains("operation was canceled");
-        match self.0.client_cert {
-            Some(false) if closed => format!(
-                "TLS handshake failed: {text} (etcd closed the connection right after the TLS \
-                 handshake: it most likely requires a client certificate, and this node has \
-                 none: set tls.cert and tls.key)"
-            ),
-            Some(true) if closed => format!(
-                "{text} (if this happens at once on every attempt: etcd most likely refused \
-                 this node's client certificate, tls.cert: is it signed by a CA that etcd's \
-                 --trusted-ca-file holds?)"
-            ),
-            _ => text,
-        }
+        explain(&causes(e), self.0.client_cert)
     }
 
     /// The error for a request to endpoint `i` that etcd refused.
@@ -497,6 +479,11 @@ fn auth_failure(e: &etcd_client::Error) -> Option<String> {
 /// connection failure says why and not just "transport error"; a TLS
 /// failure is named as one, with what it most likely means.
 pub fn describe(e: &etcd_client::Error) -> String {
+    explain(&causes(e), None)
+}
+
+/// The error's text and its causes', each once.
+fn causes(e: &etcd_client::Error) -> String {
     // A status's own text repeats its source's `Debug`: take its message,
     // and the causes one by one.
     let (first, mut source) = match e {
@@ -511,28 +498,52 @@ pub fn describe(e: &etcd_client::Error) -> String {
         }
         source = s.source();
     }
-    let chain = parts.join(": ");
-    let why = if chain.contains("invalid peer certificate") {
-        Some("etcd's certificate did not verify against tls.ca")
-    } else if chain.contains("CertificateRequired")
-        || chain.contains("BadCertificate")
-        || chain.contains("certificate required")
-        || chain.contains("bad certificate")
-    {
-        Some("etcd refused this node's client certificate (tls.cert, tls.key), or it has none")
-    } else if chain.contains("received fatal alert")
-        || chain.contains("HandshakeFailure")
-        || chain.contains("corrupt message")
-        || chain.contains("InvalidContentType")
-    {
-        Some("is etcd serving https:// here?")
+    parts.join(": ")
+}
+
+/// `chain` (from [`causes`]) with what it means, when it is a TLS
+/// failure; `client_cert` says whether the node has a client certificate
+/// (`None`: unknown, or no TLS).
+///
+/// An etcd that wants a client certificate and gets none (or one it does
+/// not trust) finishes the TLS 1.3 handshake and then sends an alert and
+/// closes the connection: depending on timing the request sees the alert,
+/// "connection closed", or a broken pipe.
+fn explain(chain: &str, client_cert: Option<bool>) -> String {
+    let has = |needles: &[&str]| needles.iter().any(|n| chain.contains(n));
+    let cert_alert = has(&[
+        "CertificateRequired",
+        "BadCertificate",
+        "certificate required",
+        "bad certificate",
+    ]);
+    let closed = has(&[
+        "connection closed",
+        "operation was canceled",
+        "broken pipe",
+        "connection reset",
+    ]);
+    let why = if has(&["invalid peer certificate"]) {
+        "etcd's certificate did not verify against tls.ca"
+    } else if cert_alert && client_cert == Some(false) {
+        "etcd requires a client certificate, and this node has none: set tls.cert and tls.key"
+    } else if cert_alert {
+        "etcd refused this node's client certificate (tls.cert): is it signed by a CA in \
+         etcd's --trusted-ca-file?"
+    } else if closed && client_cert == Some(false) {
+        "etcd closed the connection during or right after the TLS handshake: if it does so \
+         every time, it requires a client certificate, and this node has none: set tls.cert \
+         and tls.key"
+    } else if has(&[
+        "received fatal alert",
+        "corrupt message",
+        "InvalidContentType",
+    ]) {
+        "is etcd serving https:// here?"
     } else {
-        None
+        return chain.to_owned();
     };
-    match why {
-        Some(why) => format!("TLS handshake failed: {chain} ({why})"),
-        None => chain,
-    }
+    format!("TLS handshake failed: {chain} ({why})")
 }
 
 /// Whether a request failed for want of a connection or a leader, so that
@@ -1528,5 +1539,59 @@ impl Watch {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain;
+
+    /// Errors as tonic and rustls gave them against a real etcd.
+    #[test]
+    fn tls_failures_say_why() {
+        let unknown_ca = "invalid peer certificate: UnknownIssuer: transport error";
+        let alert = "transport error: connection error: received fatal alert: BadCertificate";
+        let closed = "operation was canceled: transport error: connection closed";
+        let pipe = "transport error: connection error: stream closed because of a broken pipe";
+        let plain = "transport error: received corrupt message of type InvalidContentType";
+        let table: &[(&str, Option<bool>, Option<&str>)] = &[
+            (
+                unknown_ca,
+                Some(true),
+                Some("did not verify against tls.ca"),
+            ),
+            (unknown_ca, None, Some("did not verify against tls.ca")),
+            (
+                alert,
+                Some(false),
+                Some("requires a client certificate, and this node has none"),
+            ),
+            (
+                alert,
+                Some(true),
+                Some("refused this node's client certificate"),
+            ),
+            (
+                closed,
+                Some(false),
+                Some("it requires a client certificate"),
+            ),
+            (pipe, Some(false), Some("it requires a client certificate")),
+            (plain, Some(true), Some("is etcd serving https:// here?")),
+            // Without TLS, or with a certificate, a closed connection is
+            // only that.
+            (closed, None, None),
+            (pipe, Some(true), None),
+        ];
+        for (chain, cert, why) in table {
+            let text = explain(chain, *cert);
+            match why {
+                Some(why) => {
+                    assert!(text.starts_with("TLS handshake failed: "), "{text}");
+                    assert!(text.contains(chain) && text.contains(why), "{text}");
+                }
+                None => assert_eq!(&text, chain),
+            }
+        }
     }
 }
