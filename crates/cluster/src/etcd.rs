@@ -37,8 +37,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions, WatchResponse, WatchStream,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    KeyValue, PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchResponse,
+    WatchStream,
 };
 use tokio::sync::{watch, Notify};
 
@@ -54,12 +55,15 @@ pub enum Error {
     Settings(#[from] SettingsError),
     #[error("invalid group or node name: {0}")]
     Name(#[from] NameError),
-    #[error("cannot connect to etcd at {endpoints}: {source}")]
-    Connect {
-        endpoints: String,
-        source: etcd_client::Error,
+    #[error("etcd at {endpoint}: authentication failed for user {}: {detail}",
+        user.as_deref().map_or_else(|| "(none)".to_owned(), |u| format!("{u:?}")))]
+    Auth {
+        endpoint: String,
+        /// The `user` of the settings.
+        user: Option<String>,
+        detail: String,
     },
-    #[error("etcd at {endpoints}: {what}: {source}")]
+    #[error("etcd at {endpoints}: {what}: {}", describe(source))]
     Etcd {
         endpoints: String,
         what: String,
@@ -400,49 +404,105 @@ fn attempt_timeout(settings: &Settings) -> Duration {
     settings.lease_ttl / 2
 }
 
+/// The options every connection to etcd uses, built from `settings`:
+/// a connect timeout of half the TTL, "require leader", and the TLS files
+/// and etcd user of the settings (read here, so a renewed certificate is
+/// used from the next connection on). Fails, naming the key and the file,
+/// when one of them cannot be used.
+pub fn connect_options(settings: &Settings) -> Result<ConnectOptions, Error> {
+    let credentials = settings.credentials()?;
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(attempt_timeout(settings))
+        // A member cut off from the others answers "no leader" instead
+        // of serving stale reads or holding watches that never fire.
+        .with_require_leader(true);
+    if credentials.ca.is_some() || credentials.identity.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = credentials.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if let Some((cert, key)) = credentials.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(tls);
+    }
+    if let Some((user, password)) = credentials.user {
+        // etcd's tokens expire when unused (5 min by default): get a new
+        // one instead of failing.
+        options = options
+            .with_user(user, password)
+            .with_auto_token_refresh(true);
+    }
+    Ok(options)
+}
+
 /// One client per endpoint, used one at a time: the current one until a
 /// request on it fails for want of a connection (or a leader), or times
 /// out; then the next. etcd-client can balance over several endpoints
 /// itself, but it keeps sending a share of the requests to a member that is
 /// down; a node must reach the members left at once.
+///
+/// A client connects on its endpoint's first use, and again after a failed
+/// attempt: with an etcd user, connecting authenticates, which a member
+/// that is down cannot answer.
 #[derive(Clone)]
 struct Clients(Arc<ClientsInner>);
 
 struct ClientsInner {
     endpoints: Vec<String>,
-    clients: Vec<Client>,
+    options: ConnectOptions,
+    /// The etcd user, to name in errors.
+    user: Option<String>,
+    /// With TLS: whether the node has a client certificate.
+    client_cert: Option<bool>,
+    clients: Vec<tokio::sync::OnceCell<Client>>,
     current: AtomicUsize,
 }
 
 impl Clients {
     /// Clients for every endpoint; they connect on their first request.
-    async fn connect(endpoints: &[String], attempt: Duration) -> Result<Clients, Error> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(attempt)
-            // A member cut off from the others answers "no leader" instead
-            // of serving stale reads or holding watches that never fire.
-            .with_require_leader(true);
-        let mut clients = Vec::new();
-        for e in endpoints {
-            let client = Client::connect([e.as_str()], Some(options.clone()))
-                .await
-                .map_err(|source| Error::Connect {
-                    endpoints: e.clone(),
-                    source,
-                })?;
-            clients.push(client);
-        }
+    fn new(settings: &Settings) -> Result<Clients, Error> {
+        let options = connect_options(settings)?;
         Ok(Clients(Arc::new(ClientsInner {
-            endpoints: endpoints.to_vec(),
-            clients,
+            endpoints: settings.endpoints.clone(),
+            options,
+            user: settings.user.clone(),
+            client_cert: settings
+                .tls
+                .as_ref()
+                .map(|t| t.cert.is_some() && t.key.is_some()),
+            clients: settings
+                .endpoints
+                .iter()
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
             current: AtomicUsize::new(0),
         })))
     }
 
-    /// The index and client of the endpoint in use.
-    fn current(&self) -> (usize, Client) {
-        let i = self.0.current.load(Ordering::Relaxed) % self.0.clients.len();
-        (i, self.0.clients[i].clone())
+    /// The index of the endpoint in use.
+    fn current(&self) -> usize {
+        self.0.current.load(Ordering::Relaxed) % self.0.clients.len()
+    }
+
+    /// The client of endpoint `i`, connected now if it was not.
+    async fn client(&self, i: usize) -> Result<Client, etcd_client::Error> {
+        self.0.clients[i]
+            .get_or_try_init(|| {
+                Client::connect([self.0.endpoints[i].as_str()], Some(self.0.options.clone()))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Runs `f` on the client of endpoint `i`, connecting it first if
+    /// need be.
+    async fn with<T, F, Fut>(&self, i: usize, f: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        f(self.client(i).await?).await
     }
 
     fn endpoint(&self, i: usize) -> &str {
@@ -470,20 +530,14 @@ impl Clients {
     {
         let mut tried = Vec::new();
         for _ in 0..self.0.clients.len() {
-            let (i, client) = self.current();
-            match tokio::time::timeout(attempt, f(client)).await {
+            let i = self.current();
+            match tokio::time::timeout(attempt, self.with(i, &mut f)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) if is_unavailable(&e) => {
-                    tried.push(format!("{}: {e}", self.endpoint(i)));
+                    tried.push(format!("{}: {}", self.endpoint(i), self.describe(&e)));
                     self.advance(i);
                 }
-                Ok(Err(source)) => {
-                    return Err(Error::Etcd {
-                        endpoints: self.endpoint(i).to_owned(),
-                        what: what.to_owned(),
-                        source,
-                    })
-                }
+                Ok(Err(source)) => return Err(self.failed(i, what, source)),
                 Err(_) => {
                     tried.push(format!(
                         "{}: no answer within {attempt:?}",
@@ -498,6 +552,120 @@ impl Clients {
             tried,
         })
     }
+
+    /// [`describe`], knowing whether this node has a client certificate.
+    fn describe(&self, e: &etcd_client::Error) -> String {
+        explain(&causes(e), self.0.client_cert)
+    }
+
+    /// The error for a request to endpoint `i` that etcd refused.
+    fn failed(&self, i: usize, what: &str, source: etcd_client::Error) -> Error {
+        let endpoint = self.endpoint(i).to_owned();
+        match auth_failure(&source) {
+            Some(detail) => Error::Auth {
+                endpoint,
+                user: self.0.user.clone(),
+                detail,
+            },
+            None => Error::Etcd {
+                endpoints: endpoint,
+                what: what.to_owned(),
+                source,
+            },
+        }
+    }
+}
+
+/// What is wrong with the node's etcd user, if that is why etcd refused a
+/// request.
+fn auth_failure(e: &etcd_client::Error) -> Option<String> {
+    let etcd_client::Error::GRpcStatus(s) = e else {
+        return None;
+    };
+    let m = s.message();
+    if m.contains("authentication failed") {
+        Some("wrong user name or password (password_file)".into())
+    } else if m.contains("user name is empty") || m.contains("user name not found") {
+        Some("etcd requires a user: set user and password_file".into())
+    } else if m.contains("authentication is not enabled") {
+        Some("etcd has authentication off: drop user and password_file".into())
+    } else if i32::from(s.code()) == 7 {
+        // PermissionDenied
+        Some(format!("the user may not do this: {m}"))
+    } else {
+        None
+    }
+}
+
+/// An etcd client error with its causes (`a: b: c`), so that a TLS or
+/// connection failure says why and not just "transport error"; a TLS
+/// failure is named as one, with what it most likely means.
+pub fn describe(e: &etcd_client::Error) -> String {
+    explain(&causes(e), None)
+}
+
+/// The error's text and its causes', each once.
+fn causes(e: &etcd_client::Error) -> String {
+    // A status's own text repeats its source's `Debug`: take its message,
+    // and the causes one by one.
+    let (first, mut source) = match e {
+        etcd_client::Error::GRpcStatus(s) => (s.message().to_owned(), std::error::Error::source(s)),
+        other => (other.to_string(), std::error::Error::source(other)),
+    };
+    let mut parts = vec![first];
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+/// `chain` (from [`causes`]) with what it means, when it is a TLS
+/// failure; `client_cert` says whether the node has a client certificate
+/// (`None`: unknown, or no TLS).
+///
+/// An etcd that wants a client certificate and gets none (or one it does
+/// not trust) finishes the TLS 1.3 handshake and then sends an alert and
+/// closes the connection: depending on timing the request sees the alert,
+/// "connection closed", or a broken pipe.
+fn explain(chain: &str, client_cert: Option<bool>) -> String {
+    let has = |needles: &[&str]| needles.iter().any(|n| chain.contains(n));
+    let cert_alert = has(&[
+        "CertificateRequired",
+        "BadCertificate",
+        "certificate required",
+        "bad certificate",
+    ]);
+    let closed = has(&[
+        "connection closed",
+        "operation was canceled",
+        "broken pipe",
+        "connection reset",
+    ]);
+    let why = if has(&["invalid peer certificate"]) {
+        "etcd's certificate did not verify against tls.ca"
+    } else if cert_alert && client_cert == Some(false) {
+        "etcd requires a client certificate, and this node has none: set tls.cert and tls.key"
+    } else if cert_alert {
+        "etcd refused this node's client certificate (tls.cert): is it signed by a CA in \
+         etcd's --trusted-ca-file?"
+    } else if closed && client_cert == Some(false) {
+        "etcd closed the connection during or right after the TLS handshake: if it does so \
+         every time, it requires a client certificate, and this node has none: set tls.cert \
+         and tls.key"
+    } else if has(&[
+        "received fatal alert",
+        "corrupt message",
+        "InvalidContentType",
+    ]) {
+        "is etcd serving https:// here?"
+    } else {
+        return chain.to_owned();
+    };
+    format!("TLS handshake failed: {chain} ({why})")
 }
 
 /// Whether a request failed for want of a connection or a leader, so that
@@ -567,7 +735,7 @@ impl Member {
         settings.validate()?;
         let endpoints = settings.endpoints.join(",");
         let attempt = attempt_timeout(&settings);
-        let clients = Clients::connect(&settings.endpoints, attempt).await?;
+        let clients = Clients::new(&settings)?;
         let keys = settings.keys();
         let mut clock = LeaseClock::new(settings.margin);
         let ttl = settings.lease_ttl_secs();
@@ -663,7 +831,7 @@ impl Member {
         settings.validate()?;
         let endpoints = settings.endpoints.join(",");
         let attempt = attempt_timeout(&settings);
-        let clients = Clients::connect(&settings.endpoints, attempt).await?;
+        let clients = Clients::new(&settings)?;
         let keys = settings.keys();
         let mut clock = LeaseClock::new(settings.margin);
         let mut sent = clock.sent(BootInstant::now());
@@ -747,7 +915,7 @@ impl Member {
         let keeper = tokio::spawn(
             Keeper {
                 clients: clients.clone(),
-                endpoint: clients.current().0,
+                endpoint: clients.current(),
                 lease,
                 node_key: keys.node(&settings.node),
                 watch_from: node_revision + 1,
@@ -1298,9 +1466,15 @@ impl Keeper {
         }
         let first = self.clock.sent(BootInstant::now());
         let wait = self.interval.min(self.until_deadline());
-        let (endpoint, mut client) = self.clients.current();
-        self.endpoint = endpoint;
-        let opened = tokio::time::timeout(wait, client.lease_keep_alive(self.lease)).await;
+        self.endpoint = self.clients.current();
+        let lease = self.lease;
+        let opened = tokio::time::timeout(
+            wait,
+            self.clients.with(self.endpoint, |mut c| async move {
+                c.lease_keep_alive(lease).await
+            }),
+        )
+        .await;
         let (mut keeper, mut answers) = match opened {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) if is_lease_not_found(&e) => {
@@ -1310,7 +1484,7 @@ impl Keeper {
                 ));
                 return StreamEnd::Done;
             }
-            Ok(Err(e)) => return StreamEnd::Reconnect(e.to_string()),
+            Ok(Err(e)) => return StreamEnd::Reconnect(self.clients.describe(&e)),
             Err(_) => return StreamEnd::Reconnect(format!("no answer within {wait:?}")),
         };
         self.control.renewals.fetch_add(1, Ordering::Relaxed);
@@ -1386,10 +1560,13 @@ impl Keeper {
     /// A watch on the node key from `watch_from`, or `None` for now.
     async fn watch_node(&mut self) -> Option<WatchStream> {
         let options = WatchOptions::new().with_start_revision(self.watch_from);
-        let (_, mut client) = self.clients.current();
+        let key = self.node_key.clone();
         match tokio::time::timeout(
             self.interval,
-            client.watch(self.node_key.clone(), Some(options)),
+            self.clients
+                .with(self.clients.current(), |mut c| async move {
+                    c.watch(key, Some(options)).await
+                }),
         )
         .await
         {
@@ -1430,9 +1607,15 @@ impl Keeper {
         if resp.canceled() {
             *node_watch = None;
             // Compacted past our revision: look at the key itself.
-            let (_, mut client) = self.clients.current();
-            let got =
-                tokio::time::timeout(self.interval, client.get(self.node_key.clone(), None)).await;
+            let key = self.node_key.clone();
+            let got = tokio::time::timeout(
+                self.interval,
+                self.clients
+                    .with(self.clients.current(), |mut c| async move {
+                        c.get(key, None).await
+                    }),
+            )
+            .await;
             if let Ok(Ok(got)) = got {
                 match got.kvs().first() {
                     Some(kv) if kv.lease() == self.lease => {
@@ -1510,7 +1693,7 @@ impl Watch {
                 let stream = self
                     .clients
                     .run(&what, self.attempt, |mut c| {
-                        endpoint = self.clients.current().0;
+                        endpoint = self.clients.current();
                         let (root, options) = (root.clone(), options.clone());
                         async move { c.watch(root, Some(options)).await }
                     })
@@ -1625,5 +1808,59 @@ impl Watch {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain;
+
+    /// Errors as tonic and rustls gave them against a real etcd.
+    #[test]
+    fn tls_failures_say_why() {
+        let unknown_ca = "invalid peer certificate: UnknownIssuer: transport error";
+        let alert = "transport error: connection error: received fatal alert: BadCertificate";
+        let closed = "operation was canceled: transport error: connection closed";
+        let pipe = "transport error: connection error: stream closed because of a broken pipe";
+        let plain = "transport error: received corrupt message of type InvalidContentType";
+        let table: &[(&str, Option<bool>, Option<&str>)] = &[
+            (
+                unknown_ca,
+                Some(true),
+                Some("did not verify against tls.ca"),
+            ),
+            (unknown_ca, None, Some("did not verify against tls.ca")),
+            (
+                alert,
+                Some(false),
+                Some("requires a client certificate, and this node has none"),
+            ),
+            (
+                alert,
+                Some(true),
+                Some("refused this node's client certificate"),
+            ),
+            (
+                closed,
+                Some(false),
+                Some("it requires a client certificate"),
+            ),
+            (pipe, Some(false), Some("it requires a client certificate")),
+            (plain, Some(true), Some("is etcd serving https:// here?")),
+            // Without TLS, or with a certificate, a closed connection is
+            // only that.
+            (closed, None, None),
+            (pipe, Some(true), None),
+        ];
+        for (chain, cert, why) in table {
+            let text = explain(chain, *cert);
+            match why {
+                Some(why) => {
+                    assert!(text.starts_with("TLS handshake failed: "), "{text}");
+                    assert!(text.contains(chain) && text.contains(why), "{text}");
+                }
+                None => assert_eq!(&text, chain),
+            }
+        }
     }
 }

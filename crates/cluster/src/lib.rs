@@ -26,7 +26,7 @@
 //!
 //! | module | owns | I/O |
 //! |---|---|---|
-//! | [`settings`] | [`Settings`]: the `[cluster]` values and their validation | none |
+//! | [`settings`] | [`Settings`]: the `[cluster]` values and their validation; [`Credentials`]: the TLS and password files they name | reads those files |
 //! | [`clock`] | [`BootInstant`]: points on `CLOCK_BOOTTIME` | reads the clock |
 //! | [`lease`] | [`LeaseClock`]: renewals sent and acknowledged, the deadline | none |
 //! | [`keys`] | the etcd key layout: build and parse | none |
@@ -68,7 +68,7 @@ pub mod testkit;
 pub use clock::BootInstant;
 pub use keys::{Key, Keys, NodeRecord};
 pub use lease::{LeaseClock, RenewalId};
-pub use settings::{Settings, SettingsError};
+pub use settings::{Credentials, Settings, SettingsError, Tls};
 
 #[cfg(feature = "etcd")]
 pub use etcd::{Change, Claim, ClusterView, Error, LeaseState, Member, NodeInfo, Owner, Ownership};

@@ -6,6 +6,11 @@
 //! members can be stopped, killed, frozen (SIGSTOP) and restarted; every
 //! member is killed and its data removed on drop.
 //!
+//! [`EtcdCluster::start_tls`] serves clients over https only, with client
+//! certificates required (`--client-cert-auth`), on certificates that
+//! [`TlsFiles::generate`] makes; members still talk to each other over
+//! plain http, and `/health` is read on a plain metrics port.
+//!
 //! The processes are spawned with `std::process::Command` and waited for
 //! here: do not use this in a process whose [`resmon_task::Reaper`] reaps
 //! every child (the reaper would take their exit statuses).
@@ -37,19 +42,114 @@ pub fn etcd_available() -> bool {
 /// health.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Certificates and keys (PEM files) for an etcd with TLS, made on the
+/// spot: a CA, a server certificate for `127.0.0.1` and `localhost`
+/// signed by it, a client certificate signed by it, and a second,
+/// unrelated CA (to trust the wrong one).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A CA that signed none of the above.
+    pub other_ca: PathBuf,
+}
+
+impl TlsFiles {
+    /// Writes the files into `dir` (keys readable by their owner only).
+    pub fn generate(dir: &Path) -> io::Result<TlsFiles> {
+        let err = |e: rcgen::Error| io::Error::other(format!("making certificates: {e}"));
+        let ca_key = rcgen::KeyPair::generate().map_err(err)?;
+        let params = ca_params("resmon test CA").map_err(err)?;
+        let ca = params.self_signed(&ca_key).map_err(err)?;
+        let issuer = rcgen::Issuer::new(params, ca_key);
+        let leaf = |name: &str, sans: Vec<String>, usage| {
+            let key = rcgen::KeyPair::generate()?;
+            let mut params = rcgen::CertificateParams::new(sans)?;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, &issuer)?;
+            Ok::<_, rcgen::Error>((cert.pem(), key.serialize_pem()))
+        };
+        let (server_cert, server_key) = leaf(
+            "etcd",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+        .map_err(err)?;
+        let (client_cert, client_key) =
+            leaf("resmon", vec![], rcgen::ExtendedKeyUsagePurpose::ClientAuth).map_err(err)?;
+        let other_key = rcgen::KeyPair::generate().map_err(err)?;
+        let other_ca = ca_params("another CA")
+            .and_then(|p| p.self_signed(&other_key))
+            .map_err(err)?;
+        let write = |name: &str, text: &str, mode: u32| -> io::Result<PathBuf> {
+            use std::os::unix::fs::OpenOptionsExt;
+            let path = dir.join(name);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)?
+                .write_all(text.as_bytes())?;
+            Ok(path)
+        };
+        Ok(TlsFiles {
+            ca: write("ca.pem", &ca.pem(), 0o644)?,
+            server_cert: write("server.pem", &server_cert, 0o644)?,
+            server_key: write("server-key.pem", &server_key, 0o600)?,
+            client_cert: write("client.pem", &client_cert, 0o644)?,
+            client_key: write("client-key.pem", &client_key, 0o600)?,
+            other_ca: write("other-ca.pem", &other_ca.pem(), 0o644)?,
+        })
+    }
+}
+
+/// The parameters of a CA certificate named `name`.
+fn ca_params(name: &str) -> Result<rcgen::CertificateParams, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(params)
+}
+
 #[derive(Debug)]
 struct Node {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Where `/health` is served over plain http when clients need TLS.
+    metrics_port: u16,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    tls: Option<TlsFiles>,
 }
 
 impl Node {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The port that answers `/health` over plain http.
+    fn health_port(&self) -> u16 {
+        if self.tls.is_some() {
+            self.metrics_port
+        } else {
+            self.client_port
+        }
     }
 
     fn peer_url(&self) -> String {
@@ -69,6 +169,17 @@ impl EtcdCluster {
     /// Starts `members` members (1 or 3, usually) and waits until the
     /// cluster is healthy.
     pub fn start(members: usize) -> io::Result<EtcdCluster> {
+        Self::start_with(members, None)
+    }
+
+    /// Like [`start`](Self::start), with clients served over https only, on
+    /// `tls`'s server certificate, and only clients with a certificate
+    /// `tls.ca` signed let in. [`leader`](Self::leader) does not work here.
+    pub fn start_tls(members: usize, tls: &TlsFiles) -> io::Result<EtcdCluster> {
+        Self::start_with(members, Some(tls))
+    }
+
+    fn start_with(members: usize, tls: Option<&TlsFiles>) -> io::Result<EtcdCluster> {
         assert!(members > 0, "a cluster needs a member");
         // Data under /dev/shm when there is one: etcd fsyncs every write.
         let base = Path::new("/dev/shm");
@@ -79,15 +190,17 @@ impl EtcdCluster {
         } else {
             tempfile::Builder::new().prefix("resmon-etcd-").tempdir()?
         };
-        let ports = free_ports(2 * members)?;
+        let ports = free_ports(3 * members)?;
         let nodes: Vec<Node> = (0..members)
             .map(|i| Node {
                 name: format!("etcd{i}"),
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
+                client_port: ports[3 * i],
+                peer_port: ports[3 * i + 1],
+                metrics_port: ports[3 * i + 2],
                 data_dir: dir.path().join(format!("etcd{i}.data")),
                 log: dir.path().join(format!("etcd{i}.log")),
                 child: None,
+                tls: tls.cloned(),
             })
             .collect();
         let initial_cluster = nodes
@@ -142,7 +255,20 @@ impl EtcdCluster {
         } else {
             "new"
         };
-        let child = Command::new(etcd_binary())
+        let mut command = Command::new(etcd_binary());
+        if let Some(tls) = &n.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth")
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{}", n.metrics_port));
+        }
+        let child = command
             .args(["--name", &n.name])
             .arg("--data-dir")
             .arg(&n.data_dir)
@@ -173,7 +299,7 @@ impl EtcdCluster {
     /// Whether member `i` answers `/health` with `true` (it has a leader
     /// and can serve).
     pub fn is_healthy(&self, i: usize) -> bool {
-        health(self.nodes[i].client_port).unwrap_or(false)
+        health(self.nodes[i].health_port()).unwrap_or(false)
     }
 
     /// Waits until every running member is healthy.
@@ -286,6 +412,31 @@ impl EtcdCluster {
         self.kill(i);
         self.spawn(i)?;
         self.wait_healthy(START_TIMEOUT)
+    }
+
+    /// Turns authentication on, through etcd's API as a client with
+    /// `files`' client certificate: adds the user `root` with `password`
+    /// and the root role. Clients need a user from then on.
+    #[cfg(feature = "etcd")]
+    pub async fn enable_auth(
+        &self,
+        files: &TlsFiles,
+        password: &str,
+    ) -> Result<(), etcd_client::Error> {
+        use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+        let read = |p: &Path| std::fs::read(p).map_err(etcd_client::Error::IoError);
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read(&files.ca)?))
+            .identity(Identity::from_pem(
+                read(&files.client_cert)?,
+                read(&files.client_key)?,
+            ));
+        let options = ConnectOptions::new().with_tls(tls);
+        let mut c = Client::connect(self.endpoints(), Some(options)).await?;
+        c.user_add("root", password, None).await?;
+        c.user_grant_role("root", "root").await?;
+        c.auth_enable().await?;
+        Ok(())
     }
 
     /// Whether member `i` runs.

@@ -3,7 +3,7 @@
 //! config (every problem reported, each naming its place).
 
 use crate::config::check_name;
-use resmon_cluster::Settings;
+use resmon_cluster::{Settings, Tls};
 use resmon_contract::duration_value;
 use std::collections::BTreeMap;
 
@@ -39,6 +39,18 @@ struct RawCluster {
     key_prefix: Option<String>,
     watchdog: Option<RawWatchdog>,
     startup_wait: Option<String>,
+    tls: Option<RawTls>,
+    user: Option<String>,
+    password_file: Option<String>,
+}
+
+/// `tls = { ca = PATH, cert = PATH, key = PATH }` as written.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -120,6 +132,13 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
     if let Some(margin) = margin {
         settings = settings.with_margin(margin);
     }
+    settings.tls = raw.tls.map(|t| Tls {
+        ca: t.ca.map(Into::into),
+        cert: t.cert.map(Into::into),
+        key: t.key.map(Into::into),
+    });
+    settings.user = raw.user;
+    settings.password_file = raw.password_file.map(Into::into);
     if let Err(e) = settings.validate() {
         problems.extend(e.problems.iter().map(|p| format!("[cluster] {p}")));
     }
@@ -277,6 +296,11 @@ mod tests {
         parse_cluster(&v, &mut problems).ok_or(problems)
     }
 
+    /// Every problem `cluster` finds in `text`, one a line.
+    fn problems(text: &str) -> String {
+        cluster(text).unwrap_err().join("\n")
+    }
+
     #[test]
     fn defaults_and_values() {
         let c = cluster("[cluster]\nnode = \"n1\"\netcd = [\"http://127.0.0.1:2379\"]\n").unwrap();
@@ -317,11 +341,9 @@ mod tests {
         }
         // A missing node is said once, not also as a bad name.
         assert!(!text.contains("[cluster] node:"), "{text}");
-        let p = cluster(
+        let p = problems(
             "[cluster]\nnode = \"bad name\"\netcd = [\"127.0.0.1:2379\", 7]\nlease_ttl = \"2500ms\"\n",
-        )
-        .unwrap_err()
-        .join("\n");
+        );
         assert!(
             p.contains("[cluster] node: name \"bad name\" may only hold"),
             "{p}"
@@ -332,30 +354,80 @@ mod tests {
         );
         assert!(p.contains("[cluster] etcd > 1: must be a URL"), "{p}");
         assert!(p.contains("whole number of seconds"), "{p}");
-        let p = cluster("[cluster]\nnode = \"n\"\netcd = [\"https://e:2379\"]\n")
-            .unwrap_err()
-            .join("\n");
-        assert!(p.contains("TLS"), "{p}");
-        let p = cluster("[cluster]\nnode = \"n\"\netcd = []\n")
-            .unwrap_err()
-            .join("\n");
+        let p = problems("[cluster]\nnode = \"n\"\netcd = [\"https://e:2379\"]\n");
+        assert!(p.contains("[cluster] tls.ca is missing"), "{p}");
+        let p = problems("[cluster]\nnode = \"n\"\netcd = []\n");
         assert!(p.contains("at least one endpoint"), "{p}");
         for margin in ["0s", "1500ms", "2s"] {
-            let p = cluster(&format!(
+            let p = problems(&format!(
                 "[cluster]\nnode = \"n\"\netcd = [\"http://e\"]\nfence_margin = \"{margin}\"\n"
-            ))
-            .unwrap_err()
-            .join("\n");
+            ));
             assert!(
                 p.contains("[cluster] fence_margin:") && p.contains("less than half of lease_ttl"),
                 "{margin}: {p}"
             );
         }
         // A path after the host: etcd's client cannot use it.
-        let p = cluster("[cluster]\nnode = \"n\"\netcd = [\"http://host:2379/v3\"]\n")
-            .unwrap_err()
-            .join("\n");
+        let p = problems("[cluster]\nnode = \"n\"\netcd = [\"http://host:2379/v3\"]\n");
         assert!(p.contains("without path"), "{p}");
+    }
+
+    #[test]
+    fn tls_and_user() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str, mode: u32| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p.display().to_string()
+        };
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let ca = file("ca.pem", cert, 0o644);
+        let crt = file("n1.pem", cert, 0o644);
+        let key = file(
+            "n1-key.pem",
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
+            0o600,
+        );
+        let pw = file("pw", "secret\n", 0o600);
+        let c = cluster(&format!(
+            "[cluster]\nnode = \"n1\"\netcd = [\"https://10.0.0.1:2379\"]\ntls = {{ ca = \"{ca}\", cert = \"{crt}\", key = \"{key}\" }}\nuser = \"resmon\"\npassword_file = \"{pw}\"\n"
+        ))
+        .unwrap();
+        let tls = c.settings.tls.clone().unwrap();
+        assert_eq!(tls.ca.unwrap().display().to_string(), ca);
+        assert_eq!(tls.key.unwrap().display().to_string(), key);
+        assert_eq!(c.settings.user.as_deref(), Some("resmon"));
+        assert_eq!(c.settings.credentials().unwrap().user.unwrap().1, "secret");
+        let open = file("open", "secret\n", 0o644);
+        let p = problems(&format!(
+            "[cluster]\nnode = \"n1\"\netcd = [\"https://e:2379\"]\ntls = {{ ca = \"{ca}\", crt = \"x\" }}\nuser = \"u\"\npassword_file = \"{open}\"\n"
+        ));
+        assert!(
+            p.contains("[cluster] tls > crt: unknown key \"crt\""),
+            "{p}"
+        );
+        // The file problems are said too, with the others.
+        assert!(
+            p.contains(&format!("[cluster] password_file \"{open}\": is open")),
+            "{p}"
+        );
+        let p = problems(&format!(
+            "[cluster]\nnode = \"n1\"\netcd = [\"https://e:2379\"]\ntls = {{ ca = \"{ca}\", cert = \"{crt}\" }}\nuser = \"u\"\npassword_file = \"{open}\"\n"
+        ));
+        assert!(p.contains("[cluster] tls.key is missing"), "{p}");
+        let p = problems(&format!(
+            "[cluster]\nnode = \"n1\"\netcd = [\"https://e:2379\"]\ntls = {{ ca = \"{ca}\" }}\nuser = \"u\"\npassword_file = \"{open}\"\n"
+        ));
+        assert!(
+            p.contains(&format!(
+                "[cluster] password_file \"{open}\": is open to group or others"
+            )),
+            "{p}"
+        );
+        let p = problems("[cluster]\nnode = \"n1\"\netcd = [\"http://e:2379\"]\ntls = 3\n");
+        assert!(p.contains("tls"), "{p}");
     }
 
     #[test]
