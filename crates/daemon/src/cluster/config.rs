@@ -6,6 +6,7 @@ use crate::config::check_name;
 use resmon_cluster::Settings;
 use resmon_contract::duration_value;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// `[cluster]`: how this node takes part, as `resmon-cluster` checks it
 /// (one set of rules for `resmon check`, `serve` and the etcd client), and
@@ -19,6 +20,15 @@ pub struct ClusterConfig {
     /// The kernel watchdog device the fence guard keeps alive while the
     /// node may run groups; `None` (the default): not used.
     pub watchdog: Option<String>,
+    /// How long the fence guard waits, after this monitor died, for a
+    /// monitor to come back before it kills the node's resources and
+    /// revokes its lease. Less than `lease_ttl - fence_margin`.
+    pub reattach_grace: Duration,
+}
+
+impl ClusterConfig {
+    /// The default `reattach_grace`.
+    pub const DEFAULT_REATTACH_GRACE: Duration = Duration::from_millis(500);
 }
 
 /// `[group.NAME]`: where a group prefers to run.
@@ -41,6 +51,7 @@ struct RawCluster {
     fence_margin: Option<String>,
     key_prefix: Option<String>,
     watchdog: Option<RawWatchdog>,
+    reattach_grace: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -84,6 +95,7 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
         .map(|urls| urls.into_iter().map(|RawUrl::Url(u)| u).collect::<Vec<_>>());
     let lease_ttl = duration("lease_ttl", raw.lease_ttl, problems);
     let margin = duration("fence_margin", raw.fence_margin, problems);
+    let grace = duration("reattach_grace", raw.reattach_grace, problems);
     let key_prefix = raw.key_prefix;
     let watchdog = match raw.watchdog {
         None | Some(RawWatchdog::On(false)) => None,
@@ -124,7 +136,19 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
     if let Err(e) = settings.validate() {
         problems.extend(e.problems.iter().map(|p| format!("[cluster] {p}")));
     }
-    (problems.len() == before).then_some(ClusterConfig { settings, watchdog })
+    let reattach_grace = grace.unwrap_or(ClusterConfig::DEFAULT_REATTACH_GRACE);
+    // The guard must be done (kill, then revoke) before the deadline.
+    let run_for = settings.lease_ttl.saturating_sub(settings.margin);
+    if reattach_grace >= run_for {
+        problems.push(format!(
+            "[cluster] reattach_grace: {reattach_grace:?} must be less than lease_ttl - fence_margin ({run_for:?}), or the lease ends before the grace does"
+        ));
+    }
+    (problems.len() == before).then_some(ClusterConfig {
+        settings,
+        watchdog,
+        reattach_grace,
+    })
 }
 
 /// `[group.NAME]` tables. Groups named here must have resources (checked
@@ -206,10 +230,12 @@ mod tests {
         assert_eq!(c.settings.key_prefix, "/resmon");
         assert_eq!(c.settings.margin, Duration::from_millis(750));
         assert_eq!(c.watchdog, None);
+        assert_eq!(c.reattach_grace, Duration::from_millis(500));
         let c = cluster(
-            "[cluster]\nnode = \"a\"\netcd = [\"http://10.0.0.1:2379\", \"http://e:2379\"]\nlease_ttl = \"2s\"\nkey_prefix = \"/x/y\"\nfence_margin = \"300ms\"\nwatchdog = true\n",
+            "[cluster]\nnode = \"a\"\netcd = [\"http://10.0.0.1:2379\", \"http://e:2379\"]\nlease_ttl = \"2s\"\nkey_prefix = \"/x/y\"\nfence_margin = \"300ms\"\nwatchdog = true\nreattach_grace = \"100ms\"\n",
         )
         .unwrap();
+        assert_eq!(c.reattach_grace, Duration::from_millis(100));
         assert_eq!(c.settings.endpoints.len(), 2);
         assert_eq!(c.settings.lease_ttl, Duration::from_secs(2));
         assert_eq!(c.settings.key_prefix, "/x/y");
@@ -267,6 +293,23 @@ mod tests {
                 "{margin}: {p}"
             );
         }
+        // The grace must end well before the lease could.
+        for grace in ["1500ms", "5s"] {
+            let p = cluster(&format!(
+                "[cluster]\nnode = \"n\"\netcd = [\"http://e\"]\nlease_ttl = \"2s\"\nreattach_grace = \"{grace}\"\n"
+            ))
+            .unwrap_err()
+            .join("\n");
+            assert!(
+                p.contains("[cluster] reattach_grace:") && p.contains("lease_ttl - fence_margin"),
+                "{grace}: {p}"
+            );
+        }
+        let p =
+            cluster("[cluster]\nnode = \"n\"\netcd = [\"http://e\"]\nreattach_grace = \"soon\"\n")
+                .unwrap_err()
+                .join("\n");
+        assert!(p.contains("reattach_grace"), "{p}");
         // A path after the host: etcd's client cannot use it.
         let p = cluster("[cluster]\nnode = \"n\"\netcd = [\"http://host:2379/v3\"]\n")
             .unwrap_err()
