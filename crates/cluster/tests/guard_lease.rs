@@ -444,11 +444,10 @@ async fn a_guard_that_cannot_reach_etcd_leaves_the_lease_to_expire() {
     setup.etcd.kill(0);
     drop(member);
     eventually("the processes to die", || !Resource::any_alive(&pids)).await;
-    eventually("the guard to give up on the lease", || {
-        setup.log().contains("left lease")
-    })
-    .await;
+    // The report comes last, after the log line.
+    eventually("the guard's report", || setup.report().is_some()).await;
     let log = setup.log();
+    assert!(log.contains("left lease"), "{log}");
     assert!(log.contains("revoking it failed"), "{log}");
     let report = setup.report().expect("the report");
     assert!(report.complete(), "{report:?}");

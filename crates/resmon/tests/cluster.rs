@@ -803,7 +803,14 @@ fn kill_owner(c: &mut Cluster, net: &Net, group: &str, fault: Fault) -> (usize, 
     );
     let took = first_beat_elsewhere(&c.beats, group, owner, t0);
     match fault {
-        Fault::KillMonitor => c.nodes[owner].launch(net),
+        Fault::KillMonitor => {
+            // The dead monitor's guard reports to the next one.
+            let report = c.nodes[owner].dir.join("state/fence-guard-report.json");
+            wait_for("the guard's report", Duration::from_secs(10), || {
+                report.exists()
+            });
+            c.nodes[owner].launch(net)
+        }
         Fault::Freeze => {
             sig(c.nodes[owner].pid().unwrap(), rustix::process::Signal::CONT);
             c.nodes[owner].stopped = false;
