@@ -749,12 +749,7 @@ impl Member {
             .await?;
         let lease = grant.id();
         clock.acked(grant_sent, grant.ttl());
-        let revoking = format!("revoking lease {lease:x}");
-        let revoke = || {
-            clients.run(&revoking, attempt, move |mut c| async move {
-                c.lease_revoke(lease).await
-            })
-        };
+        let revoke = || revoke(&clients, attempt, lease);
 
         let key = keys.node(&settings.node);
         let record = NodeRecord::now(&settings.node);
@@ -1237,19 +1232,10 @@ impl Member {
     pub async fn leave(self) -> Result<(), Error> {
         self.control.stop.notify_one();
         self.keeper.abort();
-        let lease = self.lease;
-        let what = format!("revoking lease {lease:x}");
-        match self
-            .op(&what, lease, |mut c, lease| async move {
-                c.lease_revoke(lease).await
-            })
+        // Gone already (expired or revoked) is what leaving wants.
+        revoke(&self.clients, attempt_timeout(&self.settings), self.lease)
             .await
-        {
-            Ok(_) => Ok(()),
-            // Gone already: expired or revoked, which is what leaving wants.
-            Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .map(drop)
     }
 
     fn check_lease(&self) -> Result<(), Error> {
@@ -1295,6 +1281,38 @@ impl Member {
             what: what.to_owned(),
             detail: detail.to_owned(),
         }
+    }
+}
+
+/// Revokes lease `lease` (hexadecimal in messages, as etcdctl shows it)
+/// with a client built from `settings`, for a process that is not a
+/// [`Member`]: the fence guard, once it has killed everything the lease
+/// let its node run. etcd deletes every key bound to the lease at once (the
+/// node key, the owner keys), so the next nodes in line take the groups
+/// without waiting for the TTL. Returns whether etcd still knew the lease
+/// (`false`: it had expired or was revoked already, which is no error).
+///
+/// Each endpoint is tried once, for at most half the TTL; bound the whole
+/// call with a timeout of your own when time counts.
+pub async fn revoke_lease(settings: &Settings, lease: i64) -> Result<bool, Error> {
+    settings.validate()?;
+    let attempt = attempt_timeout(settings);
+    let clients = Clients::new(settings)?;
+    revoke(&clients, attempt, lease).await
+}
+
+/// Revokes `lease`; whether etcd still knew it.
+async fn revoke(clients: &Clients, attempt: Duration, lease: i64) -> Result<bool, Error> {
+    let what = format!("revoking lease {lease:x}");
+    let revoked = clients
+        .run(&what, attempt, move |mut c| async move {
+            c.lease_revoke(lease).await
+        })
+        .await;
+    match revoked {
+        Ok(_) => Ok(true),
+        Err(Error::Etcd { source, .. }) if is_lease_not_found(&source) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

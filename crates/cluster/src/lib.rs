@@ -20,7 +20,10 @@
 //!   While etcd is unreachable the owner keeps running until the deadline,
 //!   then fences; nobody takes a group without its own transaction.
 //! * **The fence guard.** A separate small process holds the deadline and
-//!   kills the owned groups' resources if the monitor dies or freezes.
+//!   kills the owned groups' resources if the monitor dies or freezes; when
+//!   the monitor dies, it kills them at once (after a short grace), and once
+//!   they are seen gone it revokes the node's lease, so that the groups fail
+//!   over without waiting for the lease to expire.
 //!
 //! Modules, and what each owns:
 //!
@@ -43,13 +46,15 @@
 //! ```text
 //! settings.validate()?;                                 // at config load
 //! let mut guard = GuardClient::spawn(&reaper, guard::command(&exe, None))?;
+//! guard.attach(&settings, reattach_grace, Some(&report_file))?;
 //! let member = Member::join(settings).await?;           // lease + node key
 //! let mut lease = member.lease_state();                 // watch::Receiver<LeaseState>
 //! match member.acquire("web").await? {
 //!     Claim::Won(own) => { /* arm the guard first, then online with own.token */ }
 //!     Claim::Held(owner) => { /* someone else runs it */ }
 //! }
-//! // on every lease change: guard.arm(until, &scopes_of_owned_groups)?;
+//! // on every lease change:
+//! //   guard.arm_lease(member.lease_id(), until, &scopes_of_owned_groups)?;
 //! // fence yourself before `until`; on `lost`, terminate at once.
 //! ```
 

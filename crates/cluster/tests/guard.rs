@@ -6,6 +6,8 @@
 //! "test" then calls `resmon_cluster::guard::run` on its stdin, as
 //! `resmon fence-guard` does.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,16 +43,7 @@ fn reaper() -> Arc<Reaper> {
 }
 
 fn spawn_guard(watchdog: Option<&Path>) -> GuardClient {
-    let exe = std::env::current_exe().unwrap();
-    let mut spec = SpawnSpec::new(
-        exe.display().to_string(),
-        [
-            "guard_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ],
-    );
+    let mut spec = common::rerun("guard_process");
     spec.env.push((
         CHILD_ENV.into(),
         watchdog
@@ -189,15 +182,7 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let _ = self.container.kill_all();
-        let start = Instant::now();
-        while !self.container.is_empty() && start.elapsed() < DEADLINE {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if let Err(e) = self.container.remove() {
-            eprintln!("cleanup: {e}");
-        }
-        self.containers.cleanup();
+        common::tear_down(&self.containers, &self.container, DEADLINE);
     }
 }
 

@@ -501,18 +501,21 @@ async fn run(
             )
         }
         #[cfg(feature = "etcd")]
-        (Some(_), Some(handle)) => Some(start_cluster(
-            &config,
-            &mut driver,
-            handle,
-            cluster_requests,
-            &tx,
-            &bus,
-            cluster::controller::LeaseMemory {
-                state: state_dir.clone(),
-                resumed: resumed.take(),
-            },
-        )?),
+        (Some(_), Some(handle)) => {
+            report_previous_fence(&state_dir, &bus);
+            Some(start_cluster(
+                &config,
+                &mut driver,
+                handle,
+                cluster_requests,
+                &tx,
+                &bus,
+                cluster::controller::LeaseMemory {
+                    state: state_dir.clone(),
+                    resumed: resumed.take(),
+                },
+            )?)
+        }
         _ => {
             drop(cluster_requests);
             None
@@ -705,8 +708,15 @@ fn start_cluster(
     let reaper = Reaper::get().context("becoming the reaper of resource processes")?;
     let exe = std::env::current_exe().context("finding the resmon binary for the fence guard")?;
     let spec = resmon_cluster::guard::command(&exe, c.watchdog.as_deref().map(Path::new));
-    let guard = resmon_cluster::guard::GuardClient::spawn(&reaper, spec)
+    let mut guard = resmon_cluster::guard::GuardClient::spawn(&reaper, spec)
         .context("starting the fence guard")?;
+    guard
+        .attach(
+            &c.settings,
+            c.reattach_grace,
+            Some(&config.monitor.state_dir.join(FENCE_REPORT)),
+        )
+        .context("telling the fence guard how to reach etcd")?;
     tracing::info!(
         "cluster node {}: fence guard started (pid {})",
         c.settings.node,
@@ -793,6 +803,49 @@ async fn resume_cluster(
         Err(_) => Vec::new(),
     };
     Some(cluster::controller::Resumed { member, owned })
+}
+
+/// Where in the state directory the fence guard leaves the report of a
+/// fence it made after its monitor died.
+#[cfg(feature = "etcd")]
+const FENCE_REPORT: &str = "fence-guard-report.json";
+
+/// Tells what the previous monitor's fence guard did after that monitor
+/// died (killed its resources, revoked its lease or not), as a "cluster"
+/// event, and removes the report.
+#[cfg(feature = "etcd")]
+fn report_previous_fence(state_dir: &StateDir, bus: &EventBus) {
+    use resmon_cluster::guard::{FenceReport, LeaseAction};
+    let Ok(text) = private_dir::read_file(state_dir.fd(), FENCE_REPORT) else {
+        return;
+    };
+    let message = match serde_json::from_slice::<FenceReport>(&text) {
+        Ok(r) => format!(
+            "the previous monitor died; its fence guard killed {} scope(s){}{}",
+            r.scopes,
+            if r.complete() {
+                String::new()
+            } else {
+                format!(", {} still held processes", r.left.len())
+            },
+            match &r.lease {
+                Some(LeaseAction::Revoked { lease, .. }) => {
+                    format!(" and revoked lease {lease:x}")
+                }
+                Some(LeaseAction::Kept { why, .. }) => {
+                    format!(" and left the lease to expire ({why})")
+                }
+                None => String::new(),
+            }
+        ),
+        Err(e) => format!("the previous fence guard's report is unreadable: {e}"),
+    };
+    tracing::warn!("{message}");
+    bus.publish("cluster", None, None, None, message);
+    if let Err(e) = rustix::fs::unlinkat(state_dir.fd(), FENCE_REPORT, rustix::fs::AtFlags::empty())
+    {
+        tracing::warn!("removing {FENCE_REPORT} from the state directory: {e}");
+    }
 }
 
 /// A stop signal: the first takes everything offline, a later one

@@ -11,8 +11,10 @@ use resmon_task::{Output, Reaper, SpawnSpec, TaskHandle};
 
 use super::protocol::{
     encode, split_lines, take_line, FenceReport, GuardStatus, Reply, Request, WireScope,
+    WireSettings,
 };
 use crate::clock::BootInstant;
+use crate::settings::Settings;
 
 /// The name of the hidden subcommand that runs the guard.
 pub const SUBCOMMAND: &str = "fence-guard";
@@ -114,12 +116,56 @@ impl GuardClient {
         self.task.as_ref()
     }
 
+    /// Tells the guard how to reach etcd (`settings`), how long to wait
+    /// for a monitor that went away (`reattach_grace`), and where to leave
+    /// the report of a fence it makes alone (`report`). Without it the
+    /// guard never touches the node's lease. Send it once, before arming.
+    pub fn attach(
+        &mut self,
+        settings: &Settings,
+        reattach_grace: Duration,
+        report: Option<&Path>,
+    ) -> Result<(), GuardError> {
+        let req = Request::Attach {
+            etcd: WireSettings::from(settings),
+            reattach_grace_ms: u64::try_from(reattach_grace.as_millis()).unwrap_or(u64::MAX),
+            report: report.map(Path::to_path_buf),
+        };
+        match self.request(&req, "attach")? {
+            Reply::Attached => Ok(()),
+            other => Err(unexpected("attach", &other)),
+        }
+    }
+
     /// Gives the guard a new deadline and the complete set of scopes to
     /// kill when it passes (replacing the previous ones).
     pub fn arm(&mut self, until: BootInstant, scopes: &[Scope]) -> Result<(), GuardError> {
+        self.arm_request(until, scopes, None)
+    }
+
+    /// As [`arm`](Self::arm), naming the node's etcd `lease` the deadline
+    /// comes from: once the monitor is gone and the guard has killed every
+    /// scope and seen them empty, it revokes that lease (after an
+    /// [`attach`](Self::attach)).
+    pub fn arm_lease(
+        &mut self,
+        lease: i64,
+        until: BootInstant,
+        scopes: &[Scope],
+    ) -> Result<(), GuardError> {
+        self.arm_request(until, scopes, Some(lease))
+    }
+
+    fn arm_request(
+        &mut self,
+        until: BootInstant,
+        scopes: &[Scope],
+        lease: Option<i64>,
+    ) -> Result<(), GuardError> {
         let req = Request::Arm {
             until_boottime_ns: until.as_nanos(),
             scopes: scopes.iter().map(WireScope::from).collect(),
+            lease,
         };
         match self.request(&req, "arm")? {
             Reply::Armed {
@@ -300,6 +346,8 @@ mod tests {
             scopes: 1,
             left: Vec::new(),
             errors: Vec::new(),
+            early: false,
+            lease: None,
         });
         // Both lines in one write: one read gets them together.
         let mut both = encode(&armed);

@@ -16,10 +16,31 @@
 //! stops the monitor, so it runs in a session of its own, outside every
 //! resource's cgroup, ignores the stop signals while armed, locks its
 //! memory, and does nothing but wait on a `timerfd` on `CLOCK_BOOTTIME`
-//! (which counts suspend, like the lease does) and a socket. When the
-//! monitor's socket closes while armed, the guard keeps the last deadline
-//! the monitor proved and kills when it passes: the monitor may be gone,
-//! but its lease lives on in etcd until then, so the resources may too.
+//! (which counts suspend, like the lease does) and a socket.
+//!
+//! When the monitor dies (SIGKILL, a crash), its socket closes. Waiting
+//! for the deadline would keep the node's groups from every other node
+//! for a whole lease, so the guard ends the lease itself, in this order:
+//!
+//! 1. it waits `reattach_grace` (the monitor's `Attach` says how long) for
+//!    a monitor to come back (re-attaching a restarted monitor is for
+//!    later; the wait is where it would end);
+//! 2. it checks the monitor's process is gone (the guard's parent
+//!    changed), kills every scope and waits until each is seen empty
+//!    (`populated 0` in `cgroup.events`, or no marked process left);
+//! 3. only then it revokes the node's lease in etcd (it was told the lease
+//!    in each `Arm`, and how to reach etcd in the `Attach`): etcd deletes
+//!    the owner keys at once and the next nodes in line take the groups.
+//!
+//! If the kill is not confirmed, the monitor's process still runs, or etcd
+//! does not answer within a bound well under the deadline, the guard
+//! leaves the lease alone: it expires in etcd as it would have without
+//! the guard, and the deadline fence stands as before. A monitor that is
+//! frozen (SIGSTOP) keeps its socket open and its process: the guard
+//! fences at the deadline as before and leaves the lease alone, because a
+//! monitor that wakes up may still renew it and start resources before it
+//! reads the guard's report; only the lease's expiry, which the monitor
+//! sees for itself, ends its groups safely then.
 //!
 //! As a last resort, the guard can hold a watchdog device (`/dev/watchdog`
 //! with `softdog`), off by default: if the guard itself stops, or cannot
@@ -31,8 +52,8 @@
 //!   `resmon fence-guard [--watchdog PATH]` subcommand, with its socket
 //!   from [`take_socket`];
 //! * [`GuardClient`] is the monitor's side: [`GuardClient::spawn`] starts
-//!   the guard and connects, [`GuardClient::arm`] and
-//!   [`GuardClient::disarm`] feed it;
+//!   the guard and connects, [`GuardClient::attach`] tells it how to reach
+//!   etcd, [`GuardClient::arm_lease`] and [`GuardClient::disarm`] feed it;
 //! * [`protocol`] is the wire format (JSON lines).
 
 mod client;
@@ -40,7 +61,7 @@ pub mod protocol;
 mod server;
 
 pub use client::{command, GuardClient, GuardError, SUBCOMMAND};
-pub use protocol::{FenceReport, GuardStatus};
+pub use protocol::{FenceReport, GuardStatus, LeaseAction};
 pub use server::{
     run, take_socket, GuardOptions, EXIT_CLEAN, EXIT_FENCED, EXIT_FENCE_INCOMPLETE, EXIT_SETUP,
 };

@@ -16,8 +16,11 @@ use rustix::time::{
     Timespec,
 };
 
-use super::protocol::{encode, split_lines, FenceReport, GuardStatus, Reply, Request, MAX_LINE};
+use super::protocol::{
+    encode, split_lines, FenceReport, GuardStatus, LeaseAction, Reply, Request, MAX_LINE,
+};
 use crate::clock::BootInstant;
+use crate::settings::Settings;
 
 /// The guard exited after its monitor closed the socket while disarmed.
 pub const EXIT_CLEAN: i32 = 0;
@@ -108,8 +111,14 @@ pub fn take_socket(fd: RawFd) -> io::Result<OwnedFd> {
 ///   marker scan), a [`Reply::Fenced`] goes to the monitor if it still
 ///   listens, and the guard stays, disarmed.
 /// * On end of file (the monitor exited or was killed) while armed, it
-///   does **not** kill at once: it keeps the deadline the monitor last
-///   proved, kills when that passes, and exits. Disarmed, it exits at once.
+///   does **not** kill at once: it waits the `reattach_grace` of the
+///   monitor's `Attach`. If by then the monitor's process is gone (the
+///   guard's parent changed), it kills every scope, and only once each is
+///   seen empty does it revoke the node's lease in etcd, so the next node
+///   in line takes the groups without waiting for the lease to expire
+///   (see [`Guard::fence`]). Otherwise (no `Attach`, or the monitor's
+///   process still runs) it keeps the deadline the monitor last proved and
+///   kills when that passes. Then it exits. Disarmed, it exits at once.
 /// * While armed it ignores SIGTERM, SIGINT and SIGHUP: a stop of the
 ///   monitor's service must not stop the guard before the resources.
 ///   The monitor ends it with `Disarm` and closing the socket.
@@ -132,7 +141,24 @@ fn log(msg: &str) {
 struct Armed {
     until: BootInstant,
     scopes: Vec<Scope>,
+    /// The node's lease behind the deadline.
+    lease: Option<i64>,
 }
+
+/// What the monitor's `Attach` said.
+struct Attachment {
+    etcd: Settings,
+    reattach_grace: Duration,
+    report: Option<PathBuf>,
+}
+
+/// The longest the guard waits for etcd to revoke the lease.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The shortest: enough for one round trip to a healthy etcd.
+const REVOKE_TIMEOUT_MIN: Duration = Duration::from_millis(200);
+/// How often the guard looks again whether a monitor whose socket closed
+/// has also exited.
+const EXIT_RECHECK: Duration = Duration::from_millis(50);
 
 struct Guard<'a> {
     options: &'a GuardOptions,
@@ -146,6 +172,17 @@ struct Guard<'a> {
     /// The outcome of a fence made after the monitor went away, for the
     /// exit code.
     fenced: Option<bool>,
+    attachment: Option<Attachment>,
+    /// The monitor's process: this process's parent when it started.
+    monitor: Option<rustix::process::Pid>,
+    /// When the monitor's socket closed while the guard was armed: the
+    /// `reattach_grace` runs from here. A monitor that re-attaches (not
+    /// done yet: a restarted monitor starts a guard of its own) would end
+    /// the wait by clearing it.
+    detached_at: Option<BootInstant>,
+    /// Whether the guard said that the monitor's process outlived its
+    /// socket.
+    said_monitor_runs: bool,
 }
 
 impl<'a> Guard<'a> {
@@ -170,7 +207,44 @@ impl<'a> Guard<'a> {
             watchdog: Watchdog::new(options.watchdog.clone()),
             memory_locked,
             fenced: None,
+            attachment: None,
+            monitor: rustix::process::getppid(),
+            detached_at: None,
+            said_monitor_runs: false,
         })
+    }
+
+    /// Whether the monitor's process is gone: the guard was handed to
+    /// another parent (a subreaper or init), which the kernel does when the
+    /// parent exits, whatever killed it.
+    fn monitor_exited(&self) -> bool {
+        self.monitor
+            .is_some_and(|m| rustix::process::getppid() != Some(m))
+    }
+
+    /// When the grace after the monitor's socket closed ends, if it runs.
+    fn grace_end(&self) -> Option<BootInstant> {
+        let grace = self.attachment.as_ref()?.reattach_grace;
+        let armed = self.armed.as_ref()?;
+        armed.lease?;
+        self.detached_at.map(|at| at + grace)
+    }
+
+    /// Whether to fence before the deadline: the monitor is gone, no monitor
+    /// came back within the grace, and a lease that only the guard can end
+    /// early keeps the groups from the other nodes meanwhile.
+    fn early_fence_due(&mut self) -> bool {
+        if self.sock.is_some() || !self.grace_end().is_some_and(|end| end.has_passed()) {
+            return false;
+        }
+        if self.monitor_exited() {
+            return true;
+        }
+        if !self.said_monitor_runs {
+            self.said_monitor_runs = true;
+            log("the monitor's socket closed but its process still runs: keeping the deadline until it exits");
+        }
+        false
     }
 
     fn run(&mut self) -> i32 {
@@ -178,7 +252,10 @@ impl<'a> Guard<'a> {
             if let Some(armed) = &self.armed {
                 if BootInstant::now() >= armed.until {
                     let armed = self.armed.take().expect("checked above");
-                    self.fence(armed);
+                    self.fence(armed, false);
+                } else if self.early_fence_due() {
+                    let armed = self.armed.take().expect("checked above");
+                    self.fence(armed, true);
                 }
             }
             if self.sock.is_none() && self.armed.is_none() {
@@ -199,7 +276,10 @@ impl<'a> Guard<'a> {
             if future {
                 self.watchdog.pet(self.options.watchdog_interval);
             }
-            let timeout = if future && self.watchdog.is_open() {
+            let timeout = if self.said_monitor_runs && self.armed.is_some() {
+                // Until the monitor's process is seen gone.
+                Some(EXIT_RECHECK)
+            } else if future && self.watchdog.is_open() {
                 Some(self.options.watchdog_interval)
             } else if self.armed.is_some() {
                 // A safety net should the timer not fire.
@@ -222,9 +302,14 @@ impl<'a> Guard<'a> {
     }
 
     fn set_timer(&self) -> rustix::io::Result<()> {
-        let it_value = match &self.armed {
+        let wake = match (&self.armed, self.grace_end()) {
+            (Some(a), Some(end)) => Some(a.until.min(end)),
+            (Some(a), None) => Some(a.until),
+            (None, _) => None,
+        };
+        let it_value = match wake {
             // Zero would disarm the timer: an armed deadline is at least 1 ns.
-            Some(a) => timespec(a.until.as_nanos().max(1)),
+            Some(at) => timespec(at.as_nanos().max(1)),
             None => timespec(0),
         };
         let spec = Itimerspec {
@@ -306,26 +391,48 @@ impl<'a> Guard<'a> {
     fn monitor_gone(&mut self) {
         self.sock = None;
         self.out.clear();
-        if let Some(a) = &self.armed {
-            log(&format!(
-                "the monitor closed the socket while armed: killing {} scope(s) in {:?} unless it comes back",
-                a.scopes.len(),
-                a.until.remaining()
-            ));
-        }
+        let Some(a) = &self.armed else { return };
+        self.detached_at = Some(BootInstant::now());
+        let when = match self.grace_end() {
+            Some(end) => end.remaining().min(a.until.remaining()),
+            None => a.until.remaining(),
+        };
+        log(&format!(
+            "the monitor closed the socket while armed: killing {} scope(s) in {when:?} unless it comes back",
+            a.scopes.len(),
+        ));
     }
 
     fn handle(&mut self, line: &[u8]) {
         match serde_json::from_slice::<Request>(line) {
+            Ok(Request::Attach {
+                etcd,
+                reattach_grace_ms,
+                report,
+            }) => match Settings::try_from(etcd) {
+                Ok(etcd) => {
+                    self.attachment = Some(Attachment {
+                        etcd,
+                        reattach_grace: Duration::from_millis(reattach_grace_ms),
+                        report,
+                    });
+                    self.send(&Reply::Attached);
+                }
+                Err(e) => self.send(&Reply::Error {
+                    message: format!("attach: {e}"),
+                }),
+            },
             Ok(Request::Arm {
                 until_boottime_ns,
                 scopes,
+                lease,
             }) => {
                 let scopes: Vec<Scope> = scopes.into_iter().map(Scope::from).collect();
                 let n = scopes.len();
                 self.armed = Some(Armed {
                     until: BootInstant::from_nanos(until_boottime_ns),
                     scopes,
+                    lease,
                 });
                 for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
                     set_signal(sig, libc::SIG_IGN);
@@ -369,12 +476,50 @@ impl<'a> Guard<'a> {
         self.watchdog.close_clean();
     }
 
-    fn fence(&mut self, armed: Armed) {
-        let report = kill_scopes(&armed, self.options.settle);
+    /// Kills every scope of `armed` and waits for them to empty; `early`
+    /// when the monitor died and the grace passed before the deadline.
+    ///
+    /// When no monitor listens any more, the node's lease is then the
+    /// guard's to settle ([`lease_action`](Self::lease_action)): revoked
+    /// only once every scope was *seen empty* and the monitor's process is
+    /// gone, so that nothing this node ran can outlive its owner keys.
+    /// The kill comes first and the revocation after it, so the deadline's
+    /// duty is done before the guard talks to etcd; that talk is bounded
+    /// by half the time left to the deadline (at most 1 s), and when it
+    /// fails or times out the lease is left to expire in etcd as it would
+    /// have without the guard.
+    fn fence(&mut self, armed: Armed, early: bool) {
+        let mut report = kill_scopes(&armed, self.options.settle);
+        report.early = early;
+        if self.sock.is_none() {
+            report.lease = Some(self.lease_action(&armed, &report));
+        }
         let complete = report.complete() && report.errors.is_empty();
+        let lease = match &report.lease {
+            None => String::new(),
+            Some(LeaseAction::Revoked { lease, found, .. }) => format!(
+                "; revoked lease {lease:x}{}",
+                if *found {
+                    ""
+                } else {
+                    " (etcd no longer knew it)"
+                }
+            ),
+            Some(LeaseAction::Kept { lease, why }) => format!(
+                "; left lease {} to expire: {why}",
+                lease.map_or("(unknown)".into(), |l| format!("{l:x}"))
+            ),
+        };
         log(&format!(
-            "deadline {} passed at {}: killed {} scope(s){}{}",
-            armed.until,
+            "{} at {}: killed {} scope(s){}{}{lease}",
+            if early {
+                format!(
+                    "the monitor is gone and did not come back before deadline {}",
+                    armed.until
+                )
+            } else {
+                format!("deadline {} passed", armed.until)
+            },
             BootInstant::from_nanos(report.at_boottime_ns),
             report.scopes,
             if report.left.is_empty() {
@@ -389,8 +534,13 @@ impl<'a> Guard<'a> {
             },
         ));
         if self.sock.is_none() {
-            // Alone: the exit code is the only report left.
+            // Alone: the exit code and the report file are what is left.
             self.fenced = Some(complete);
+            if let Some(path) = self.attachment.as_ref().and_then(|a| a.report.as_ref()) {
+                if let Err(e) = write_report(path, &report) {
+                    log(&format!("writing the fence report {}: {e}", path.display()));
+                }
+            }
         }
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             set_signal(sig, libc::SIG_DFL);
@@ -403,6 +553,37 @@ impl<'a> Guard<'a> {
         }
         self.send(&Reply::Fenced(report));
         self.flush();
+    }
+
+    /// What to do with the node's lease after a fence made with no monitor
+    /// left: revoke it when that is safe, else leave it to expire.
+    fn lease_action(&self, armed: &Armed, report: &FenceReport) -> LeaseAction {
+        let kept = |why: &str| LeaseAction::Kept {
+            lease: armed.lease,
+            why: why.to_owned(),
+        };
+        let (Some(lease), Some(attachment)) = (armed.lease, &self.attachment) else {
+            return kept("the monitor did not tell the guard its lease and etcd");
+        };
+        if !self.monitor_exited() {
+            return kept("the monitor's process still runs");
+        }
+        if !report.complete() || !report.errors.is_empty() {
+            return kept("not every scope was seen empty");
+        }
+        let timeout = if armed.until.has_passed() {
+            REVOKE_TIMEOUT
+        } else {
+            (armed.until.remaining() / 2).clamp(REVOKE_TIMEOUT_MIN, REVOKE_TIMEOUT)
+        };
+        match revoke(&attachment.etcd, lease, timeout) {
+            Ok(found) => LeaseAction::Revoked {
+                lease,
+                found,
+                at_boottime_ns: BootInstant::now().as_nanos(),
+            },
+            Err(e) => kept(&format!("revoking it failed: {e}")),
+        }
     }
 
     fn send(&mut self, reply: &Reply) {
@@ -435,6 +616,43 @@ impl<'a> Guard<'a> {
             }
         }
     }
+}
+
+/// Revokes `lease` in etcd within `timeout`, on a runtime made for it
+/// (the guard has none otherwise); whether etcd still knew the lease.
+#[cfg(feature = "etcd")]
+fn revoke(settings: &Settings, lease: i64, timeout: Duration) -> Result<bool, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a runtime for the etcd client: {e}"))?;
+    runtime.block_on(async {
+        match tokio::time::timeout(timeout, crate::etcd::revoke_lease(settings, lease)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("etcd did not answer within {timeout:?}")),
+        }
+    })
+}
+
+#[cfg(not(feature = "etcd"))]
+fn revoke(_: &Settings, _: i64, _: Duration) -> Result<bool, String> {
+    Err("this build has no etcd client (cargo feature `etcd`)".into())
+}
+
+/// Writes `report` as JSON to `path`, whole: to a temporary file first,
+/// renamed into place.
+fn write_report(path: &std::path::Path, report: &FenceReport) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    file.write_all(&encode(report))?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Kills every scope, then waits up to `settle` for them to empty,
@@ -477,6 +695,8 @@ fn kill_scopes(armed: &Armed, settle: Duration) -> FenceReport {
         scopes: containers.len(),
         left: left.into_iter().map(|i| containers[i].0.clone()).collect(),
         errors,
+        early: false,
+        lease: None,
     }
 }
 

@@ -6,6 +6,7 @@ use crate::config::check_name;
 use resmon_cluster::{Settings, Tls};
 use resmon_contract::duration_value;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// `[cluster]`: how this node takes part, as `resmon-cluster` checks it
 /// (one set of rules for `resmon check`, `serve` and the etcd client), and
@@ -22,6 +23,15 @@ pub struct ClusterConfig {
     /// How long a node that just joined waits for the others before it
     /// takes free groups, so that nodes started together share them.
     pub startup_wait: std::time::Duration,
+    /// How long the fence guard waits, after this monitor died, for a
+    /// monitor to come back before it kills the node's resources and
+    /// revokes its lease. Less than `lease_ttl - fence_margin`.
+    pub reattach_grace: Duration,
+}
+
+impl ClusterConfig {
+    /// The default `reattach_grace`.
+    pub const DEFAULT_REATTACH_GRACE: Duration = Duration::from_millis(500);
 }
 
 /// `[group.NAME]`: where a group may and prefers to run, as the pure
@@ -39,6 +49,7 @@ struct RawCluster {
     key_prefix: Option<String>,
     watchdog: Option<RawWatchdog>,
     startup_wait: Option<String>,
+    reattach_grace: Option<String>,
     tls: Option<RawTls>,
     user: Option<String>,
     password_file: Option<String>,
@@ -95,6 +106,7 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
     let lease_ttl = duration("lease_ttl", raw.lease_ttl, problems);
     let margin = duration("fence_margin", raw.fence_margin, problems);
     let startup_wait = duration("startup_wait", raw.startup_wait, problems);
+    let grace = duration("reattach_grace", raw.reattach_grace, problems);
     let key_prefix = raw.key_prefix;
     let watchdog = match raw.watchdog {
         None | Some(RawWatchdog::On(false)) => None,
@@ -143,10 +155,19 @@ pub fn parse_cluster(v: &toml::Value, problems: &mut Vec<String>) -> Option<Clus
         problems.extend(e.problems.iter().map(|p| format!("[cluster] {p}")));
     }
     let startup_wait = startup_wait.unwrap_or(settings.lease_ttl);
+    let reattach_grace = grace.unwrap_or(ClusterConfig::DEFAULT_REATTACH_GRACE);
+    // The guard must be done (kill, then revoke) before the deadline.
+    let run_for = settings.lease_ttl.saturating_sub(settings.margin);
+    if reattach_grace >= run_for {
+        problems.push(format!(
+            "[cluster] reattach_grace: {reattach_grace:?} must be less than lease_ttl - fence_margin ({run_for:?}), or the lease ends before the grace does"
+        ));
+    }
     (problems.len() == before).then_some(ClusterConfig {
         settings,
         watchdog,
         startup_wait,
+        reattach_grace,
     })
 }
 
@@ -313,10 +334,12 @@ mod tests {
         assert_eq!(c.settings.margin, Duration::from_millis(750));
         assert_eq!(c.watchdog, None);
         assert_eq!(c.startup_wait, Duration::from_secs(3), "lease_ttl");
+        assert_eq!(c.reattach_grace, Duration::from_millis(500));
         let c = cluster(
-            "[cluster]\nnode = \"a\"\netcd = [\"http://10.0.0.1:2379\", \"http://e:2379\"]\nlease_ttl = \"2s\"\nkey_prefix = \"/x/y\"\nfence_margin = \"300ms\"\nwatchdog = true\nstartup_wait = \"0s\"\n",
+            "[cluster]\nnode = \"a\"\netcd = [\"http://10.0.0.1:2379\", \"http://e:2379\"]\nlease_ttl = \"2s\"\nkey_prefix = \"/x/y\"\nfence_margin = \"300ms\"\nwatchdog = true\nstartup_wait = \"0s\"\nreattach_grace = \"100ms\"\n",
         )
         .unwrap();
+        assert_eq!(c.reattach_grace, Duration::from_millis(100));
         assert_eq!(c.settings.endpoints.len(), 2);
         assert_eq!(c.settings.lease_ttl, Duration::from_secs(2));
         assert_eq!(c.settings.key_prefix, "/x/y");
@@ -367,6 +390,23 @@ mod tests {
                 "{margin}: {p}"
             );
         }
+        // The grace must end well before the lease could.
+        for grace in ["1500ms", "5s"] {
+            let p = cluster(&format!(
+                "[cluster]\nnode = \"n\"\netcd = [\"http://e\"]\nlease_ttl = \"2s\"\nreattach_grace = \"{grace}\"\n"
+            ))
+            .unwrap_err()
+            .join("\n");
+            assert!(
+                p.contains("[cluster] reattach_grace:") && p.contains("lease_ttl - fence_margin"),
+                "{grace}: {p}"
+            );
+        }
+        let p =
+            cluster("[cluster]\nnode = \"n\"\netcd = [\"http://e\"]\nreattach_grace = \"soon\"\n")
+                .unwrap_err()
+                .join("\n");
+        assert!(p.contains("reattach_grace"), "{p}");
         // A path after the host: etcd's client cannot use it.
         let p = problems("[cluster]\nnode = \"n\"\netcd = [\"http://host:2379/v3\"]\n");
         assert!(p.contains("without path"), "{p}");

@@ -93,7 +93,10 @@ struct Group {
 
 /// What the guard thread is told.
 enum GuardOrder {
-    Arm(BootInstant, Vec<Scope>),
+    /// The deadline, the scopes to kill when it passes, and the node's
+    /// lease that the guard revokes once it killed them after this
+    /// monitor died.
+    Arm(BootInstant, Vec<Scope>, Option<i64>),
     Disarm,
     Stop(oneshot::Sender<()>),
 }
@@ -109,7 +112,7 @@ pub struct Controller {
     view: SharedView,
     guard: std::sync::mpsc::Sender<GuardOrder>,
     /// The last order given to the guard, to send only changes.
-    armed: Option<(BootInstant, usize)>,
+    armed: Option<(BootInstant, usize, Option<i64>)>,
     /// The cluster's keys as the watch last brought them (with this
     /// node's own transactions applied at once).
     last_snapshot: Option<Snapshot>,
@@ -794,13 +797,14 @@ impl Controller {
             .as_ref()
             .and_then(|m| m.lease_state().borrow().may_run_until)
             .map(|d| d + self.cfg.settings.margin / 2);
+        let lease = self.member.as_ref().map(Member::lease_id);
         let order = match until {
             Some(until) if !scopes.is_empty() => {
-                if self.armed == Some((until, scopes.len())) {
+                if self.armed == Some((until, scopes.len(), lease)) {
                     return;
                 }
-                self.armed = Some((until, scopes.len()));
-                GuardOrder::Arm(until, scopes)
+                self.armed = Some((until, scopes.len(), lease));
+                GuardOrder::Arm(until, scopes, lease)
             }
             _ => {
                 if self.armed.is_none() {
@@ -1050,7 +1054,8 @@ fn unix_ms() -> u64 {
 fn feed_guard(mut guard: GuardClient, orders: std::sync::mpsc::Receiver<GuardOrder>) {
     while let Ok(order) = orders.recv() {
         let r = match order {
-            GuardOrder::Arm(until, scopes) => guard.arm(until, &scopes),
+            GuardOrder::Arm(until, scopes, Some(lease)) => guard.arm_lease(lease, until, &scopes),
+            GuardOrder::Arm(until, scopes, None) => guard.arm(until, &scopes),
             GuardOrder::Disarm => guard.disarm(),
             GuardOrder::Stop(done) => {
                 if let Err(e) = guard.shutdown() {
