@@ -46,7 +46,7 @@
 //! ```text
 //! settings.validate()?;                                 // at config load
 //! let mut guard = GuardClient::spawn(&reaper, guard::command(&exe, None))?;
-//! guard.attach(&settings, reattach_grace, Some(&report_file))?;
+//! guard.attach(&settings, reattach_grace, Some(&report_file), Some(&listen_path))?;
 //! let member = Member::join(settings).await?;           // lease + node key
 //! let mut lease = member.lease_state();                 // watch::Receiver<LeaseState>
 //! match member.acquire("web").await? {

@@ -83,6 +83,7 @@ fn monitor_process() {
             &settings,
             Duration::from_millis(order.grace_ms),
             Some(&order.report),
+            None,
         )
         .expect("attach");
     client

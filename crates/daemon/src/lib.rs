@@ -384,6 +384,13 @@ async fn run(
     // A monitor restarted within the fence guard's grace takes up its
     // predecessor's lease, and keeps the groups it owned: their resources
     // are adopted as on a single node.
+    // First the fence guard the last monitor left waiting, if one still
+    // does: from then on it waits for this monitor, not its grace.
+    #[cfg(feature = "etcd")]
+    let mut guard_left = config
+        .cluster
+        .as_ref()
+        .and_then(|_| reattach_guard(&config));
     #[cfg(feature = "etcd")]
     let mut resumed = match &config.cluster {
         Some(c) => resume_cluster(c, &state_dir).await,
@@ -513,6 +520,7 @@ async fn run(
                 cluster::controller::LeaseMemory {
                     state: state_dir.clone(),
                     resumed: resumed.take(),
+                    guard_left: guard_left.take(),
                 },
             )?)
         }
@@ -698,30 +706,46 @@ fn start_cluster(
     requests: mpsc::UnboundedReceiver<cluster::view::ClusterRequest>,
     tx: &mpsc::UnboundedSender<Msg>,
     bus: &EventBus,
-    memory: cluster::controller::LeaseMemory,
+    mut memory: cluster::controller::LeaseMemory,
 ) -> anyhow::Result<ClusterStop> {
+    let guard_left = memory.guard_left.take();
     let c = config
         .cluster
         .as_ref()
         .context("cluster mode without a [cluster] section")?;
     use cluster::controller::{Controller, GroupResource, GroupResources};
-    let reaper = Reaper::get().context("becoming the reaper of resource processes")?;
-    let exe = std::env::current_exe().context("finding the resmon binary for the fence guard")?;
-    let spec = resmon_cluster::guard::command(&exe, c.watchdog.as_deref().map(Path::new));
-    let mut guard = resmon_cluster::guard::GuardClient::spawn(&reaper, spec)
-        .context("starting the fence guard")?;
-    guard
-        .attach(
-            &c.settings,
-            c.reattach_grace,
-            Some(&config.monitor.state_dir.join(FENCE_REPORT)),
-        )
-        .context("telling the fence guard how to reach etcd")?;
-    tracing::info!(
-        "cluster node {}: fence guard started (pid {})",
-        c.settings.node,
-        guard.task().and_then(|t| t.pid()).unwrap_or(0)
-    );
+    let held = guard_left.is_some();
+    let mut guard = match guard_left {
+        Some(g) => g,
+        None => {
+            let reaper = Reaper::get().context("becoming the reaper of resource processes")?;
+            let exe =
+                std::env::current_exe().context("finding the resmon binary for the fence guard")?;
+            let spec = resmon_cluster::guard::command(&exe, c.watchdog.as_deref().map(Path::new));
+            let g = resmon_cluster::guard::GuardClient::spawn(&reaper, spec)
+                .context("starting the fence guard")?;
+            tracing::info!(
+                "cluster node {}: fence guard started (pid {})",
+                c.settings.node,
+                g.task().and_then(|t| t.pid()).unwrap_or(0)
+            );
+            g
+        }
+    };
+    let report = config.monitor.state_dir.join(FENCE_REPORT);
+    let listen = config.monitor.state_dir.join(GUARD_SOCKET);
+    let attached = guard.attach(&c.settings, c.reattach_grace, Some(&report), Some(&listen));
+    if let Err(e) = attached {
+        // Without the socket a restarted monitor cannot take the node's
+        // groups up again; they fail over instead.
+        tracing::warn!(
+            "the fence guard cannot listen at {} for a restarted monitor: {e}",
+            listen.display()
+        );
+        guard
+            .attach(&c.settings, c.reattach_grace, Some(&report), None)
+            .context("telling the fence guard how to reach etcd")?;
+    }
     let groups = config::groups(&config.resources)
         .into_iter()
         .map(|(name, members)| GroupResources {
@@ -752,7 +776,7 @@ fn start_cluster(
         tx.clone(),
         bus.clone(),
         handle,
-        guard,
+        (guard, held),
         memory,
     )
     .map_err(anyhow::Error::msg)?;
@@ -803,6 +827,28 @@ async fn resume_cluster(
         Err(_) => Vec::new(),
     };
     Some(cluster::controller::Resumed { member, owned })
+}
+
+/// Where in the state directory the fence guard listens for a monitor
+/// that comes back.
+#[cfg(feature = "etcd")]
+const GUARD_SOCKET: &str = "fence-guard.sock";
+
+/// The fence guard an earlier monitor of this node started, when it still
+/// waits (armed) for a monitor to come back.
+#[cfg(feature = "etcd")]
+fn reattach_guard(config: &Config) -> Option<resmon_cluster::guard::GuardClient> {
+    let path = config.monitor.state_dir.join(GUARD_SOCKET);
+    match resmon_cluster::guard::GuardClient::reattach(&path) {
+        Ok(g) => {
+            tracing::info!("re-attached to the fence guard the last monitor left waiting");
+            Some(g)
+        }
+        Err(e) => {
+            tracing::debug!("no fence guard to re-attach to at {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 /// Where in the state directory the fence guard leaves the report of a

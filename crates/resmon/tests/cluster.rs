@@ -333,8 +333,14 @@ impl Node {
                 format!("\"http://{}:{}\"", net.addr(j), net.client_port(j))
             })
             .collect();
+        // 2 s unless the test sets its own.
+        let ttl = if cluster_keys.contains("lease_ttl") {
+            ""
+        } else {
+            "lease_ttl = \"2s\"\n"
+        };
         let mut text = format!(
-            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[cluster]\nnode = \"n{}\"\netcd = [{}]\nlease_ttl = \"2s\"\nkey_prefix = \"{prefix}\"\n{cluster_keys}\n\n[defaults]\nterminate_timeout = \"1s\"\npending_timeout = \"2s\"\n",
+            "[monitor]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[cluster]\nnode = \"n{}\"\netcd = [{}]\n{ttl}key_prefix = \"{prefix}\"\n{cluster_keys}\n\n[defaults]\nterminate_timeout = \"1s\"\npending_timeout = \"2s\"\n",
             self.socket().display(),
             self.dir.join("state").display(),
             self.i,
@@ -1637,4 +1643,129 @@ fn idle_etcd_requests() {
     for n in &mut c.nodes {
         n.stop();
     }
+}
+
+/// Upgrades without failover: the owner's monitor is SIGKILLed and started
+/// again, 20 times, under load (21 resources on it). Each time the new
+/// monitor re-attaches to the fence guard the last one left waiting and
+/// resumes its lease: no group changes owner, no process is restarted,
+/// every fencing token stays.
+#[test]
+fn a_restarted_owner_keeps_its_groups_processes_and_tokens() {
+    const LOAD: usize = 20;
+    let _one = one_at_a_time();
+    let root = tempfile::tempdir().unwrap();
+    let net = Net::new();
+    let _etcd = Etcd::start(&net, root.path());
+    let mut c = Cluster::start_tuned(
+        &net,
+        root.path(),
+        0,
+        "lease_ttl = \"4s\"\nreattach_grace = \"1500ms\"\nstartup_wait = \"0s\"",
+        |_| {
+            let mut extra = String::from("\n[group.load]\npreferred_nodes = [\"n0\"]\n");
+            for k in 0..LOAD {
+                extra.push_str(&format!(
+                    "\n[[resource]]\nname = \"load{k:02}\"\ngroup = \"load\"\ntype = \"process\"\ncommand = [\"sleep\", \"1000000\"]\n"
+                ));
+            }
+            extra
+        },
+    );
+    // Each resource on n0 (alpha and the load), online, and its pids.
+    let on_n0 = |c: &Cluster| -> BTreeMap<String, (String, serde_json::Value, u64)> {
+        let out = c.nodes[0].cli(&["status", "--json"]);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return BTreeMap::new();
+        };
+        v["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["name"] == "alpha" || r["group"] == "load")
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or_default().to_string(),
+                    (
+                        r["state"].as_str().unwrap_or_default().to_string(),
+                        r["pids"].clone(),
+                        r["restarts"].as_u64().unwrap_or(0),
+                    ),
+                )
+            })
+            .collect()
+    };
+    let all_online = |m: &BTreeMap<String, (String, serde_json::Value, u64)>| {
+        m.len() == LOAD + 1
+            && m.values()
+                .all(|(s, p, _)| s == "online" && p.as_array().is_some_and(|a| !a.is_empty()))
+    };
+    wait_for(
+        "alpha and the load online on n0",
+        Duration::from_secs(30),
+        || all_online(&on_n0(&c)),
+    );
+    let before = on_n0(&c);
+    let (_, token) = c.runs_on("alpha", boottime_ns() - 100_000_000).unwrap();
+    for round in 0..20 {
+        c.nodes[0].kill9();
+        c.nodes[0].launch(&net);
+        c.nodes[0].wait_member(Duration::from_secs(20));
+        wait_for(
+            &format!("round {round}: everything adopted on n0"),
+            Duration::from_secs(20),
+            || all_online(&on_n0(&c)),
+        );
+        let now = on_n0(&c);
+        assert_eq!(now, before, "round {round}: a process changed or restarted");
+        let owners: serde_json::Value =
+            serde_json::from_slice(&c.nodes[1].cli(&["nodes", "--json"]).stdout).unwrap();
+        assert_eq!(owners["owners"]["alpha"], "n0", "round {round}: {owners}");
+        assert_eq!(owners["owners"]["load"], "n0", "round {round}: {owners}");
+    }
+    // Past every grace and every old deadline, all of it still runs.
+    let last = boottime_ns();
+    wait_for(
+        "alpha beating on n0 5 s after the last restart",
+        Duration::from_secs(20),
+        || {
+            c.runs_on("alpha", last + 5_000_000_000)
+                .is_some_and(|(n, t)| n == 0 && t == token)
+        },
+    );
+    assert_eq!(on_n0(&c), before, "a process changed or restarted");
+    let events = String::from_utf8_lossy(&c.nodes[0].cli(&["events"]).stdout).to_string();
+    assert!(events.contains("kept group load"), "{events}");
+    // One guard all along, re-attached by each new monitor, fencing nothing.
+    let log = std::fs::read_to_string(c.nodes[0].dir.join("daemon.log")).unwrap();
+    assert_eq!(log.matches("fence guard started").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("re-attached to the fence guard").count(),
+        20,
+        "{log}"
+    );
+    assert!(
+        !log.contains("scope(s); revoked") && !log.contains("passed at"),
+        "{log}"
+    );
+    for i in [1, 2] {
+        let ev = String::from_utf8_lossy(&c.nodes[i].cli(&["events"]).stdout).to_string();
+        assert!(
+            !ev.contains("took group alpha") && !ev.contains("took group load"),
+            "n{i}: {ev}"
+        );
+    }
+    // (Stopping the nodes moves the groups: count up to here.)
+    let end = boottime_ns();
+    for n in &mut c.nodes {
+        n.stop();
+    }
+    // alpha beat on n0 only, with one token, all along.
+    let before_stop: Vec<Beat> = beats(&c.beats, "alpha")
+        .into_iter()
+        .filter(|b| b.at < end)
+        .collect();
+    let runs = intervals(&before_stop);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!((runs[0].0, runs[0].1), (0, token));
 }

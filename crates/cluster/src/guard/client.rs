@@ -94,6 +94,19 @@ impl GuardClient {
         Ok(client)
     }
 
+    /// Connects to a guard that an earlier monitor of this node started
+    /// and that still waits, armed, for a monitor to come back (the path
+    /// it was told to `listen` at). The guard then stops waiting: what it
+    /// holds (deadline, scopes, lease) is this monitor's to re-arm or
+    /// disarm. Fails when no guard listens there (it exited, or fenced
+    /// already).
+    pub fn reattach(path: &Path) -> Result<GuardClient, GuardError> {
+        let stream = UnixStream::connect(path)?;
+        let mut client = GuardClient::from_stream(stream)?;
+        client.ping()?;
+        Ok(client)
+    }
+
     /// A client on a socket already connected to a guard.
     pub fn from_stream(stream: UnixStream) -> io::Result<GuardClient> {
         Ok(GuardClient {
@@ -117,19 +130,24 @@ impl GuardClient {
     }
 
     /// Tells the guard how to reach etcd (`settings`), how long to wait
-    /// for a monitor that went away (`reattach_grace`), and where to leave
-    /// the report of a fence it makes alone (`report`). Without it the
-    /// guard never touches the node's lease. Send it once, before arming.
+    /// for a monitor that went away (`reattach_grace`), where to leave
+    /// the report of a fence it makes alone (`report`), and where to
+    /// listen for a monitor that comes back (`listen`: see
+    /// [`reattach`](Self::reattach)). Without it the guard never touches
+    /// the node's lease. Send it before arming; a monitor that re-attached
+    /// sends it again.
     pub fn attach(
         &mut self,
         settings: &Settings,
         reattach_grace: Duration,
         report: Option<&Path>,
+        listen: Option<&Path>,
     ) -> Result<(), GuardError> {
         let req = Request::Attach {
-            etcd: WireSettings::from(settings),
+            etcd: Box::new(WireSettings::from(settings)),
             reattach_grace_ms: u64::try_from(reattach_grace.as_millis()).unwrap_or(u64::MAX),
             report: report.map(Path::to_path_buf),
+            listen: listen.map(Path::to_path_buf),
         };
         match self.request(&req, "attach")? {
             Reply::Attached => Ok(()),

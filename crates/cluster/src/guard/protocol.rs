@@ -135,7 +135,7 @@ pub enum Request {
     /// leave the report of a fence made while no monitor listens. Without
     /// it the guard never touches the lease.
     Attach {
-        etcd: WireSettings,
+        etcd: Box<WireSettings>,
         /// How long after the monitor's socket closed (while armed) the
         /// guard waits for a monitor to come back before it kills.
         reattach_grace_ms: u64,
@@ -143,6 +143,13 @@ pub enum Request {
         /// monitor went away (written whole, then renamed into place).
         #[serde(default)]
         report: Option<PathBuf>,
+        /// Where the guard listens for a monitor that comes back (a
+        /// restarted one, or one that re-executed itself for an upgrade)
+        /// while it waits out `reattach_grace` or the deadline: a socket
+        /// path in the monitor's private state directory. Only a peer of
+        /// the guard's own user is let in.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        listen: Option<PathBuf>,
     },
     /// Replaces the deadline and the set of scopes to kill when it passes.
     Arm {
@@ -335,9 +342,10 @@ mod tests {
             .with_key_prefix("/x");
         let wire = WireSettings::from(&s);
         let attach = Request::Attach {
-            etcd: wire.clone(),
+            etcd: Box::new(wire.clone()),
             reattach_grace_ms: 500,
             report: None,
+            listen: None,
         };
         let back: Request = serde_json::from_slice(&encode(&attach)).unwrap();
         assert_eq!(back, attach);

@@ -152,6 +152,65 @@ struct Attachment {
     report: Option<PathBuf>,
 }
 
+/// Where a monitor that comes back connects.
+struct Listener {
+    fd: OwnedFd,
+    path: PathBuf,
+    /// The socket file's device and inode, so that the guard removes it
+    /// on exit only while it is still its own.
+    file: (u64, u64),
+}
+
+impl Listener {
+    /// Binds a listening socket at `path` (replacing a stale one).
+    fn bind(path: &std::path::Path) -> io::Result<Listener> {
+        use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        rustix::net::bind(&fd, &SocketAddrUnix::new(path)?)?;
+        rustix::net::listen(&fd, 4)?;
+        let st = rustix::fs::lstat(path)?;
+        Ok(Listener {
+            fd,
+            path: path.to_path_buf(),
+            file: file_id(&st),
+        })
+    }
+
+    /// Removes the socket file if it is still this listener's (a guard
+    /// started after this one may have bound the path anew).
+    fn remove(&self) {
+        if let Ok(st) = rustix::fs::lstat(&self.path) {
+            if file_id(&st) == self.file {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+    }
+}
+
+/// A file's device and inode (their types differ between targets).
+#[allow(clippy::unnecessary_cast)]
+fn file_id(st: &rustix::fs::Stat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
+/// How the guard tells that its monitor's process is gone.
+enum MonitorProcess {
+    /// The monitor that started the guard: gone when the guard's parent
+    /// changes (the kernel hands it to a subreaper or init).
+    Parent(rustix::process::Pid),
+    /// A monitor that re-attached: gone when its pidfd turns readable.
+    Other(OwnedFd),
+}
+
 /// The longest the guard waits for etcd to revoke the lease.
 const REVOKE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The shortest: enough for one round trip to a healthy etcd.
@@ -173,13 +232,14 @@ struct Guard<'a> {
     /// exit code.
     fenced: Option<bool>,
     attachment: Option<Attachment>,
-    /// The monitor's process: this process's parent when it started.
-    monitor: Option<rustix::process::Pid>,
+    /// The monitor's process, as far as the guard can tell.
+    monitor: Option<MonitorProcess>,
     /// When the monitor's socket closed while the guard was armed: the
-    /// `reattach_grace` runs from here. A monitor that re-attaches (not
-    /// done yet: a restarted monitor starts a guard of its own) would end
-    /// the wait by clearing it.
+    /// `reattach_grace` runs from here. A monitor that re-attaches (through
+    /// `listener`) ends the wait.
     detached_at: Option<BootInstant>,
+    /// Where a monitor that comes back connects, once an `Attach` named it.
+    listener: Option<Listener>,
     /// Whether the guard said that the monitor's process outlived its
     /// socket.
     said_monitor_runs: bool,
@@ -208,8 +268,9 @@ impl<'a> Guard<'a> {
             memory_locked,
             fenced: None,
             attachment: None,
-            monitor: rustix::process::getppid(),
+            monitor: rustix::process::getppid().map(MonitorProcess::Parent),
             detached_at: None,
+            listener: None,
             said_monitor_runs: false,
         })
     }
@@ -218,8 +279,81 @@ impl<'a> Guard<'a> {
     /// another parent (a subreaper or init), which the kernel does when the
     /// parent exits, whatever killed it.
     fn monitor_exited(&self) -> bool {
-        self.monitor
-            .is_some_and(|m| rustix::process::getppid() != Some(m))
+        match &self.monitor {
+            None => false,
+            Some(MonitorProcess::Parent(m)) => rustix::process::getppid() != Some(*m),
+            Some(MonitorProcess::Other(pidfd)) => {
+                let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+                let zero = timespec(0);
+                matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+            }
+        }
+    }
+
+    /// A monitor connects to the listener: let it in if it runs as the
+    /// guard's own user, as the monitor now.
+    fn accept_monitor(&mut self) {
+        let Some(l) = &self.listener else { return };
+        let conn = match rustix::net::accept_with(&l.fd, rustix::net::SocketFlags::CLOEXEC) {
+            Ok(c) => c,
+            Err(Errno::AGAIN | Errno::INTR) => return,
+            Err(e) => {
+                log(&format!("accepting a monitor: {e}"));
+                return;
+            }
+        };
+        let cred = match rustix::net::sockopt::socket_peercred(&conn) {
+            Ok(c) => c,
+            Err(e) => {
+                log(&format!("a connection without credentials ({e}): refused"));
+                return;
+            }
+        };
+        if cred.uid != rustix::process::geteuid() {
+            log(&format!(
+                "a connection from uid {} (pid {}), not the monitor's: refused",
+                cred.uid.as_raw(),
+                cred.pid.as_raw_nonzero()
+            ));
+            return;
+        }
+        if let Err(e) = rustix::io::ioctl_fionbio(&conn, true) {
+            log(&format!("making the monitor's socket non-blocking: {e}"));
+            return;
+        }
+        // The monitor's process, to tell later whether it is gone; when it
+        // is the guard's parent still (it re-executed itself), as before.
+        self.monitor = if rustix::process::getppid() == Some(cred.pid) {
+            Some(MonitorProcess::Parent(cred.pid))
+        } else {
+            match rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()) {
+                Ok(fd) => Some(MonitorProcess::Other(fd)),
+                Err(e) => {
+                    log(&format!(
+                        "watching the monitor pid {}: {e}: refused",
+                        cred.pid.as_raw_nonzero()
+                    ));
+                    return;
+                }
+            }
+        };
+        log(&format!(
+            "monitor pid {} re-attached{}",
+            cred.pid.as_raw_nonzero(),
+            match &self.armed {
+                Some(a) => format!(
+                    ": holding {} scope(s) until {} for it",
+                    a.scopes.len(),
+                    a.until
+                ),
+                None => String::new(),
+            }
+        ));
+        self.sock = Some(conn);
+        self.inbuf.clear();
+        self.out.clear();
+        self.detached_at = None;
+        self.said_monitor_runs = false;
     }
 
     /// When the grace after the monitor's socket closed ends, if it runs.
@@ -259,6 +393,9 @@ impl<'a> Guard<'a> {
                 }
             }
             if self.sock.is_none() && self.armed.is_none() {
+                if let Some(l) = self.listener.take() {
+                    l.remove();
+                }
                 return match self.fenced {
                     None => {
                         self.watchdog.close_clean();
@@ -296,7 +433,11 @@ impl<'a> Guard<'a> {
                 }
             };
             if sock_ready {
-                self.service_socket();
+                if self.sock.is_some() {
+                    self.service_socket();
+                } else {
+                    self.accept_monitor();
+                }
             }
         }
     }
@@ -319,8 +460,9 @@ impl<'a> Guard<'a> {
         timerfd_settime(&self.timer, TimerfdTimerFlags::ABSTIME, &spec).map(drop)
     }
 
-    /// Waits for the socket, the timer, or `timeout`; returns which of the
-    /// first two are ready.
+    /// Waits for the socket (or, while no monitor is attached, the
+    /// listener), the timer, or `timeout`; returns which of the first two
+    /// are ready.
     fn wait(&mut self, timeout: Option<Duration>) -> rustix::io::Result<(bool, bool)> {
         let ts = timeout.map(|d| timespec(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
         let mut sock_flags = PollFlags::IN;
@@ -331,6 +473,8 @@ impl<'a> Guard<'a> {
             let mut fds = vec![PollFd::new(&self.timer, PollFlags::IN)];
             if let Some(sock) = &self.sock {
                 fds.push(PollFd::new(sock, sock_flags));
+            } else if let Some(l) = self.listener.as_ref().filter(|_| self.armed.is_some()) {
+                fds.push(PollFd::new(&l.fd, PollFlags::IN));
             }
             match poll(&mut fds, ts.as_ref()) {
                 Ok(_) => {}
@@ -409,13 +553,35 @@ impl<'a> Guard<'a> {
                 etcd,
                 reattach_grace_ms,
                 report,
-            }) => match Settings::try_from(etcd) {
+                listen,
+            }) => match Settings::try_from(*etcd) {
                 Ok(etcd) => {
                     self.attachment = Some(Attachment {
                         etcd,
                         reattach_grace: Duration::from_millis(reattach_grace_ms),
                         report,
                     });
+                    let same = self
+                        .listener
+                        .as_ref()
+                        .is_some_and(|l| Some(&l.path) == listen.as_ref());
+                    if let (Some(path), false) = (listen, same) {
+                        if let Some(old) = self.listener.take() {
+                            old.remove();
+                        }
+                        match Listener::bind(&path) {
+                            Ok(l) => self.listener = Some(l),
+                            Err(e) => {
+                                self.send(&Reply::Error {
+                                    message: format!(
+                                        "attach: listening at {}: {e}",
+                                        path.display()
+                                    ),
+                                });
+                                return;
+                            }
+                        }
+                    }
                     self.send(&Reply::Attached);
                 }
                 Err(e) => self.send(&Reply::Error {

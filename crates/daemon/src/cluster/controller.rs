@@ -143,6 +143,8 @@ pub struct Controller {
 pub struct LeaseMemory {
     pub state: Arc<crate::state::StateDir>,
     pub resumed: Option<Resumed>,
+    /// The fence guard the last monitor left waiting, re-attached.
+    pub guard_left: Option<GuardClient>,
 }
 
 /// What a restarted monitor took up of its predecessor: the member on the
@@ -173,10 +175,10 @@ impl Controller {
         tx: mpsc::UnboundedSender<Msg>,
         bus: EventBus,
         handle: &ClusterHandle,
-        guard: GuardClient,
+        (guard, held): (GuardClient, bool),
         memory: LeaseMemory,
     ) -> Result<Controller, String> {
-        let LeaseMemory { state, resumed } = memory;
+        let LeaseMemory { state, resumed, .. } = memory;
         let (view, meter, permits) = (
             handle.view.clone(),
             handle.meter.clone(),
@@ -218,7 +220,9 @@ impl Controller {
             bus,
             view,
             guard: guard_tx,
-            armed: None,
+            // A guard the last monitor left holds its deadline and scopes:
+            // the first order (an arm, or a disarm) replaces them.
+            armed: held.then_some((BootInstant::from_nanos(0), usize::MAX, None)),
             last_snapshot: None,
             changes: None,
             watcher: None,
