@@ -424,3 +424,74 @@ fn take_socket_refuses_what_is_not_a_socket() {
     drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     assert!(guard::take_socket(-1).is_err());
 }
+
+/// A guard whose monitor went away waits for one to come back at its
+/// socket. A process of another user that connects there (the socket
+/// opened to everyone for the attack; in resmon it is in the monitor's
+/// private state directory) is refused and changes nothing; a monitor of
+/// the guard's own user takes over what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_monitor_of_the_guards_user_can_reattach() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: skipping (the attack runs as nobody)");
+        return;
+    }
+    let Some(fx) = Fixture::new(Backend::ProcessGroups, "reattach").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("guard.sock");
+    let mut client = spawn_guard(None);
+    let task = guard_task(&client);
+    let settings = resmon_cluster::Settings::new("n1", vec!["http://127.0.0.1:9".into()]);
+    client
+        .attach(&settings, Duration::from_millis(100), None, Some(&path))
+        .unwrap();
+    let until = BootInstant::now() + Duration::from_secs(60);
+    client.arm(until, &[fx.container.scope()]).unwrap();
+    // The monitor dies.
+    drop(client);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // The attack, as nobody: connect and ask for a disarm.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let answer = dir.path().join("answer");
+    let attack = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'{\"op\":\"disarm\"}\\n')\ns.settimeout(10)\ntry:\n    r=s.recv(100)\nexcept Exception as e:\n    r=repr(e).encode()\nopen(sys.argv[2],'w').write('reply:%r' % r)\n";
+    let spec = SpawnSpec::new(
+        "/usr/bin/setpriv",
+        [
+            "--reuid=nobody".to_string(),
+            "--regid=nogroup".into(),
+            "--clear-groups".into(),
+            // Debian's, which nobody can run (not a root-only install).
+            "/usr/bin/python3".into(),
+            "-c".into(),
+            attack.into(),
+            path.display().to_string(),
+            answer.display().to_string(),
+        ],
+    );
+    let attacker = reaper().spawn(&spec).expect("setpriv");
+    assert_eq!(within("the attack", attacker.wait()).await.unwrap(), 0);
+    let said = std::fs::read_to_string(&answer).unwrap();
+    // Closed on it, unanswered (end of file, or a reset as its request
+    // was left unread).
+    assert!(
+        said == "reply:b''" || said.contains("ConnectionResetError"),
+        "the guard answered another user: {said}"
+    );
+    // Still armed for the monitor that comes back, and the resources run.
+    assert!(fx.alive());
+    let mut back = GuardClient::reattach(&path).expect("re-attaching as root");
+    let status = back.ping().unwrap();
+    assert_eq!(status.armed_until_boottime_ns, Some(until.as_nanos()));
+    back.disarm().unwrap();
+    back.shutdown().unwrap();
+    assert_eq!(
+        within("the guard to exit", task.wait()).await.unwrap(),
+        guard::EXIT_CLEAN
+    );
+    assert!(fx.alive());
+    // It removed its socket on the way out.
+    assert!(!path.exists());
+}

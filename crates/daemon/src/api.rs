@@ -913,12 +913,6 @@ async fn node_mark(
 /// everything and runs it in place (see [`crate::upgrade`]). 202 once it
 /// is under way: the connection ends with the old process.
 async fn upgrade(AxState(st): AxState<ApiState>) -> Response {
-    if st.cluster.is_some() {
-        return error(
-            StatusCode::CONFLICT,
-            "an upgrade in place is not available in cluster mode: the fence guard would fence this node's groups while the new monitor starts; stop the node (its groups move) and start it with the new binary",
-        );
-    }
     let version = match crate::upgrade::try_new_binary().await {
         Ok(v) => v,
         Err(e) => return error(StatusCode::CONFLICT, format!("not upgrading: {e}")),

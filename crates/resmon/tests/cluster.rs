@@ -1646,7 +1646,8 @@ fn idle_etcd_requests() {
 }
 
 /// Upgrades without failover: the owner's monitor is SIGKILLed and started
-/// again, 20 times, under load (21 resources on it). Each time the new
+/// again (or upgraded in place, every fifth time), 20 times, under load
+/// (21 resources on it). Each time the new
 /// monitor re-attaches to the fence guard the last one left waiting and
 /// resumes its lease: no group changes owner, no process is restarted,
 /// every fencing token stays.
@@ -1706,10 +1707,43 @@ fn a_restarted_owner_keeps_its_groups_processes_and_tokens() {
         || all_online(&on_n0(&c)),
     );
     let before = on_n0(&c);
+    // A monitor killed before it saved where its processes are could not
+    // find them again: wait for the state file to hold every one.
+    let state = c.nodes[0].dir.join("state").join("state.json");
+    let saved = || {
+        wait_for(
+            "n0's state to name every process",
+            Duration::from_secs(20),
+            || {
+                let Ok(text) = std::fs::read(&state) else {
+                    return false;
+                };
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else {
+                    return false;
+                };
+                before.iter().all(|(name, (_, pids, _))| {
+                    let s = v["resources"][name.as_str()]["saved"].to_string();
+                    pids.as_array()
+                        .is_some_and(|p| p.iter().all(|pid| s.contains(&pid.to_string())))
+                })
+            },
+        )
+    };
     let (_, token) = c.runs_on("alpha", boottime_ns() - 100_000_000).unwrap();
     for round in 0..20 {
-        c.nodes[0].kill9();
-        c.nodes[0].launch(&net);
+        if round % 5 == 4 {
+            // An upgrade in place: the same process runs the binary again.
+            let out = c.nodes[0].cli(&["upgrade"]);
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        } else {
+            saved();
+            c.nodes[0].kill9();
+            c.nodes[0].launch(&net);
+        }
         c.nodes[0].wait_member(Duration::from_secs(20));
         wait_for(
             &format!("round {round}: everything adopted on n0"),
