@@ -435,7 +435,8 @@ impl Config {
                 problems.push(format!("[group.{name}]: no resource is in this group"));
             }
         }
-        if cluster.is_none() {
+        // (A [cluster] that is there but wrong was reported above.)
+        if cluster.is_none() && doc.get("cluster").is_none() {
             if let Some((name, _)) = groups.iter().find(|(_, g)| *g != &GroupConfig::default()) {
                 problems.push(format!(
                     "[group.{name}]: where a group runs (preferred_nodes, possible_nodes, failback, anti_affinity, failover_threshold) is for cluster mode: it needs a [cluster] section"
@@ -1295,6 +1296,19 @@ depends_on = ["a"]
 "#,
         );
         assert!(text.contains("dependency cycle"), "{text}");
+    }
+
+    #[test]
+    fn group_rules_need_a_cluster_section_and_a_broken_one_is_reported_once() {
+        let groups = "[group.g]\npossible_nodes = [\"n1\"]\n[[resource]]\nname = \"a\"\ntype = \"lenient\"\ngroup = \"g\"\n";
+        let p = problems(groups);
+        assert!(p.contains("[group.g]: where a group runs"), "{p}");
+        assert!(p.contains("it needs a [cluster] section"), "{p}");
+        // A [cluster] that is there but wrong is named for what is wrong,
+        // not reported as missing.
+        let p = problems(&format!("[cluster]\nnode = \"n1\"\n{groups}"));
+        assert!(p.contains("[cluster]"), "{p}");
+        assert!(!p.contains("it needs a [cluster] section"), "{p}");
     }
 
     #[test]

@@ -617,6 +617,8 @@ enum Fault {
     Restart,
     Move,
     Drain,
+    /// The owner's monitor killed and started again within the grace.
+    Reattach,
 }
 
 /// The groups with placement rules the randomized runs add: `db1` and
@@ -699,7 +701,14 @@ fn randomized_faults_never_run_a_group_twice() {
     };
     for run in 0..runs {
         let dir = root.path().join(format!("run{run}"));
-        let mut c = Cluster::start_with(&net, root.path(), run, |i| ruled_groups(&dir, i));
+        // A grace a restarted monitor meets even on a loaded machine.
+        let mut c = Cluster::start_tuned(
+            &net,
+            root.path(),
+            run,
+            "startup_wait = \"0s\"\nreattach_grace = \"1s\"",
+            |i| ruled_groups(&dir, i),
+        );
         c.wait_all_running(0, Duration::from_secs(20));
         ruled_running(&c);
         for _ in 0..2 {
@@ -711,7 +720,8 @@ fn randomized_faults_never_run_a_group_twice() {
                 Fault::Restart,
                 Fault::Move,
                 Fault::Drain,
-            ][rng.usize(0..7)];
+                Fault::Reattach,
+            ][rng.usize(0..8)];
             if matches!(pick, Fault::Partition) && !net.can_partition() {
                 pick = Fault::Freeze;
             }
@@ -779,6 +789,40 @@ fn randomized_faults_never_run_a_group_twice() {
                         "move failed: {}",
                         String::from_utf8_lossy(&out.stderr)
                     );
+                    if group == "alpha" {
+                        // It gets there (beta may fail back at once).
+                        let t = boottime_ns();
+                        wait_for(&format!("alpha on n{to}"), Duration::from_secs(30), || {
+                            c.runs_on(group, t).is_some_and(|(n, _)| n == to)
+                        });
+                    }
+                }
+                Fault::Reattach => {
+                    // Nothing moves: the new monitor re-attaches to the
+                    // guard and keeps its groups, tokens and all. alpha has
+                    // no failback, so nothing else moves it meanwhile.
+                    let t = boottime_ns();
+                    let before = wait_some(&c, "alpha", t);
+                    let at = before.0;
+                    let log = c.nodes[at].dir.join("daemon.log");
+                    let seen = |s: &str| s.matches("re-attached to the fence guard").count();
+                    let attached = seen(&std::fs::read_to_string(&log).unwrap_or_default());
+                    c.nodes[at].kill9();
+                    c.nodes[at].launch(&net);
+                    c.nodes[at].wait_member(Duration::from_secs(20));
+                    let t = boottime_ns();
+                    let after = wait_some(&c, "alpha", t);
+                    assert_eq!(
+                        after,
+                        before,
+                        "run {run} (seed {seed}): alpha moved although n{at}'s monitor came back within the grace\n{}",
+                        c.logs()
+                    );
+                    assert!(
+                        seen(&std::fs::read_to_string(&log).unwrap_or_default()) > attached,
+                        "run {run} (seed {seed}): n{at} did not re-attach\n{}",
+                        c.logs()
+                    );
                 }
                 Fault::Drain => {
                     // Drained from any node: everything leaves the victim,
@@ -824,6 +868,21 @@ fn randomized_faults_never_run_a_group_twice() {
         }
     }
     eprintln!("cluster test: faults {faults_done:?}");
+}
+
+/// Waits until `group` beats on some node after `since`; where and with
+/// which token.
+fn wait_some(c: &Cluster, group: &str, since: u64) -> (usize, i64) {
+    let mut on = None;
+    wait_for(
+        &format!("group {group} running"),
+        Duration::from_secs(30),
+        || {
+            on = c.runs_on(group, since);
+            on.is_some()
+        },
+    );
+    on.unwrap_or_default()
 }
 
 /// Waits until `group` beats on a node other than `victim` (after `since`).
