@@ -897,40 +897,111 @@ fn wait_for_elsewhere(c: &Cluster, group: &str, victim: usize, since: u64) {
     );
 }
 
-/// A killed monitor's groups come back elsewhere well before its lease
-/// could have expired: its fence guard kills them, sees them gone, and
-/// revokes the lease (with the default `reattach_grace`). The node, started
-/// again, tells what its guard did.
-#[test]
-fn a_killed_owner_fails_over_before_its_lease_runs_out() {
+/// Runs `body` on three nodes with their groups running, then stops them
+/// and checks no group ran twice.
+fn on_a_cluster(body: impl FnOnce(&mut Cluster, &Net)) {
     let _one = one_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let net = Net::new();
     let _etcd = Etcd::start(&net, root.path());
     let mut c = Cluster::start(&net, root.path(), 0);
     c.wait_all_running(0, Duration::from_secs(20));
-    for _ in 0..3 {
-        let (owner, took) = kill_owner(&mut c, &net, "alpha", Fault::KillMonitor);
-        // lease_ttl is 2 s: before, the group waited for it to expire.
-        assert!(
-            took < Duration::from_millis(1500),
-            "alpha came back after {took:?}\n{}",
-            c.logs()
-        );
-        let events = String::from_utf8_lossy(&c.nodes[owner].cli(&["events"]).stdout).to_string();
-        assert!(
-            events.contains("its fence guard killed 2 scope(s)")
-                || events.contains("its fence guard killed 1 scope(s)"),
-            "{events}"
-        );
-        assert!(events.contains("and revoked lease"), "{events}");
-    }
+    body(&mut c, &net);
     for n in &mut c.nodes {
         n.stop();
     }
     if let Err(e) = check_no_overlap(&c.beats) {
         panic!("{e}\n{}", c.logs());
     }
+}
+
+/// A killed monitor's groups come back elsewhere well before its lease
+/// could have expired: its fence guard kills them, sees them gone, and
+/// revokes the lease (with the default `reattach_grace`). The node, started
+/// again, tells what its guard did.
+#[test]
+fn a_killed_owner_fails_over_before_its_lease_runs_out() {
+    on_a_cluster(|c, net| {
+        for _ in 0..3 {
+            let (owner, took) = kill_owner(c, net, "alpha", Fault::KillMonitor);
+            // lease_ttl is 2 s: before, the group waited for it to expire.
+            assert!(
+                took < Duration::from_millis(1500),
+                "alpha came back after {took:?}\n{}",
+                c.logs()
+            );
+            let events =
+                String::from_utf8_lossy(&c.nodes[owner].cli(&["events"]).stdout).to_string();
+            assert!(
+                events.contains("its fence guard killed 2 scope(s)")
+                    || events.contains("its fence guard killed 1 scope(s)"),
+                "{events}"
+            );
+            assert!(events.contains("and revoked lease"), "{events}");
+        }
+    });
+}
+
+/// The fence guard's pid of the monitor `monitor`: its child running
+/// `resmon fence-guard`.
+fn guard_pid(monitor: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The parent is the fourth field, after the parenthesised name.
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (ppid == monitor && cmdline.split(|b| *b == 0).any(|a| a == b"fence-guard")).then_some(pid)
+    })
+}
+
+/// A group taken by a node starts only once the node's fence guard holds
+/// its scopes: with the guard frozen, the group is taken but nothing of
+/// it runs (a monitor dying then would leave processes the guard would
+/// not kill before revoking the lease); thawed, it starts.
+#[test]
+fn a_taken_group_starts_only_once_the_fence_guard_holds_it() {
+    on_a_cluster(|c, _| {
+        let (owner, _) = c.runs_on("alpha", boottime_ns() - 100_000_000).unwrap();
+        let to = (owner + 1) % NODES;
+        let guard = guard_pid(c.nodes[to].pid().unwrap()).expect("the node's fence guard");
+        sig(guard, rustix::process::Signal::STOP);
+        let t0 = boottime_ns();
+        let out = c.nodes[owner].cli(&["move", "alpha", &format!("n{to}")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for(
+            "n{to} to wait for its guard",
+            Duration::from_secs(30),
+            || {
+                let events = c.nodes[to].cli(&["events"]);
+                String::from_utf8_lossy(&events.stdout).contains("the fence guard has not answered")
+            },
+        );
+        let owners = c.nodes[to].cli(&["nodes", "--json"]);
+        let owners: serde_json::Value = serde_json::from_slice(&owners.stdout).unwrap();
+        assert_eq!(owners["owners"]["alpha"], format!("n{to}"), "{owners}");
+        assert!(
+            !beats(&c.beats, "alpha")
+                .iter()
+                .any(|b| b.at > t0 && b.node == to),
+            "alpha started on n{to} before its guard answered\n{}",
+            c.logs()
+        );
+        sig(guard, rustix::process::Signal::CONT);
+        wait_for(&format!("alpha on n{to}"), Duration::from_secs(30), || {
+            c.runs_on("alpha", t0).is_some_and(|(n, _)| n == to)
+        });
+    });
 }
 
 /// Makes `fault` (a monitor killed, frozen, or its node cut off) hit the

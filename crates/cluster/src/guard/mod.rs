@@ -23,8 +23,9 @@
 //! for a whole lease, so the guard ends the lease itself, in this order:
 //!
 //! 1. it waits `reattach_grace` (the monitor's `Attach` says how long) for
-//!    a monitor to come back (re-attaching a restarted monitor is for
-//!    later; the wait is where it would end);
+//!    a monitor to come back: a monitor started again in time connects to
+//!    the guard's listening socket (`Attach.listen`), takes over the
+//!    guard, its deadline and its lease, and nothing is killed;
 //! 2. it checks the monitor's process is gone (the guard's parent
 //!    changed), kills every scope and waits until each is seen empty
 //!    (`populated 0` in `cgroup.events`, or no marked process left);

@@ -95,10 +95,21 @@ struct Group {
 enum GuardOrder {
     /// The deadline, the scopes to kill when it passes, and the node's
     /// lease that the guard revokes once it killed them after this
-    /// monitor died.
-    Arm(BootInstant, Vec<Scope>, Option<i64>),
+    /// monitor died; and the arm's number, published once the guard has
+    /// answered it.
+    Arm(BootInstant, Vec<Scope>, Option<i64>, u64),
     Disarm,
     Stop(oneshot::Sender<()>),
+}
+
+/// What the guard was last told.
+#[derive(PartialEq)]
+enum Sent {
+    /// A guard the last monitor left holds its deadline and scopes: the
+    /// first order (an arm, or a disarm) replaces them.
+    Unknown,
+    Nothing,
+    Arm(BootInstant, Vec<Scope>, Option<i64>),
 }
 
 pub struct Controller {
@@ -112,7 +123,14 @@ pub struct Controller {
     view: SharedView,
     guard: std::sync::mpsc::Sender<GuardOrder>,
     /// The last order given to the guard, to send only changes.
-    armed: Option<(BootInstant, usize, Option<i64>)>,
+    armed: Sent,
+    /// How many arms were sent, and the number of the last one the guard
+    /// answered (the feeding thread publishes it).
+    arms_sent: u64,
+    arms_answered: tokio::sync::watch::Receiver<u64>,
+    /// Groups taken, brought online once the guard has answered an arm
+    /// with their scopes (the arm's number).
+    starting: Vec<(usize, u64)>,
     /// The cluster's keys as the watch last brought them (with this
     /// node's own transactions applied at once).
     last_snapshot: Option<Snapshot>,
@@ -186,9 +204,10 @@ impl Controller {
         );
         let settings = cfg.settings.clone();
         let (guard_tx, guard_rx) = std::sync::mpsc::channel();
+        let (answered, arms_answered) = tokio::sync::watch::channel(0);
         std::thread::Builder::new()
             .name("fence-guard-feed".into())
-            .spawn(move || feed_guard(guard, guard_rx))
+            .spawn(move || feed_guard(guard, guard_rx, answered))
             .map_err(|e| format!("starting the thread that feeds the fence guard: {e}"))?;
         let all = Arc::new(groups.clone());
         let known = groups
@@ -222,7 +241,10 @@ impl Controller {
             guard: guard_tx,
             // A guard the last monitor left holds its deadline and scopes:
             // the first order (an arm, or a disarm) replaces them.
-            armed: held.then_some((BootInstant::from_nanos(0), usize::MAX, None)),
+            armed: if held { Sent::Unknown } else { Sent::Nothing },
+            starting: Vec::new(),
+            arms_sent: 0,
+            arms_answered,
             last_snapshot: None,
             changes: None,
             watcher: None,
@@ -394,7 +416,7 @@ impl Controller {
         for g in 0..self.groups.len() {
             self.step_group(g, &mut snapshot).await;
         }
-        self.feed_guard();
+        self.arm_then_start().await;
         self.known.extend(snapshot.nodes.keys().cloned());
         self.last_snapshot = Some(snapshot);
         self.update_view(Some(deadline));
@@ -592,19 +614,13 @@ impl Controller {
                 self.groups[g].failover = false;
                 self.set_tokens(g, Some(token));
                 resmon_metrics::global().ownership_change(true);
-                // The guard holds the deadline before anything starts.
-                self.feed_guard();
                 self.publish(
                     Some(&name),
                     format!("took group {name} (fencing token {token}); bringing it online"),
                 );
-                for r in &self.groups[g].res.resources {
-                    if r.autostart {
-                        let _ = self
-                            .tx
-                            .send(Msg::Event(Event::Command(r.id, Command::Online)));
-                    }
-                }
+                // Started at the end of the step, once the guard holds
+                // the deadline and its scopes.
+                self.starting.push((g, u64::MAX));
                 Some(owner)
             }
             Ok(None) => None,
@@ -802,24 +818,83 @@ impl Controller {
             .and_then(|m| m.lease_state().borrow().may_run_until)
             .map(|d| d + self.cfg.settings.margin / 2);
         let lease = self.member.as_ref().map(Member::lease_id);
-        let order = match until {
-            Some(until) if !scopes.is_empty() => {
-                if self.armed == Some((until, scopes.len(), lease)) {
-                    return;
-                }
-                self.armed = Some((until, scopes.len(), lease));
-                GuardOrder::Arm(until, scopes, lease)
-            }
-            _ => {
-                if self.armed.is_none() {
-                    return;
-                }
-                self.armed = None;
-                GuardOrder::Disarm
-            }
+        let want = match until {
+            Some(until) if !scopes.is_empty() => Sent::Arm(until, scopes, lease),
+            _ => Sent::Nothing,
         };
-        lock(&self.meter).guard_armed = matches!(order, GuardOrder::Arm(..));
+        // Compared whole: a group taken as another leaves keeps the count
+        // of scopes but not the scopes.
+        if self.armed == want {
+            return;
+        }
+        let order = match &want {
+            Sent::Arm(until, scopes, lease) => {
+                self.arms_sent += 1;
+                GuardOrder::Arm(*until, scopes.clone(), *lease, self.arms_sent)
+            }
+            _ => GuardOrder::Disarm,
+        };
+        lock(&self.meter).guard_armed = matches!(want, Sent::Arm(..));
+        self.armed = want;
         let _ = self.guard.send(order);
+    }
+
+    /// Arms the guard with the groups taken in this step, and brings them
+    /// online once it has answered: a monitor that dies before then leaves
+    /// nothing running that the guard would not kill before it revokes
+    /// the lease. A guard that does not answer (frozen) keeps them
+    /// waiting, the safe side; one that answers with an error (gone) does
+    /// not, as its deadline fence is gone with it and the lease bounds
+    /// the groups as before.
+    async fn arm_then_start(&mut self) {
+        self.feed_guard();
+        if self.starting.is_empty() {
+            return;
+        }
+        // Taken now: the last arm sent holds their scopes. Those are
+        // waited for here (the guard answers within a millisecond); older
+        // ones are looked at on each step.
+        let mut fresh = false;
+        for (_, n) in &mut self.starting {
+            if *n == u64::MAX {
+                *n = self.arms_sent;
+                fresh = true;
+            }
+        }
+        if fresh {
+            let need = self.arms_sent;
+            let bound = self.cfg.settings.margin;
+            let mut answered = self.arms_answered.clone();
+            if tokio::time::timeout(bound, answered.wait_for(|a| *a >= need))
+                .await
+                .is_err()
+            {
+                self.publish(
+                    None,
+                    format!(
+                        "the fence guard has not answered within {bound:?}: the groups taken wait for it before they start"
+                    ),
+                );
+            }
+        }
+        let done = *self.arms_answered.borrow();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.starting)
+            .into_iter()
+            .partition(|(_, n)| *n <= done);
+        self.starting = waiting;
+        for (g, _) in ready {
+            // Still this node's (nothing fenced it meanwhile).
+            if !matches!(self.groups[g].phase, Phase::Owned(_)) {
+                continue;
+            }
+            for r in &self.groups[g].res.resources {
+                if r.autostart {
+                    let _ = self
+                        .tx
+                        .send(Msg::Event(Event::Command(r.id, Command::Online)));
+                }
+            }
+        }
     }
 
     async fn request(&mut self, r: ClusterRequest) {
@@ -1055,11 +1130,21 @@ fn unix_ms() -> u64 {
 }
 
 /// Owns the guard client on a thread of its own (its calls block).
-fn feed_guard(mut guard: GuardClient, orders: std::sync::mpsc::Receiver<GuardOrder>) {
+fn feed_guard(
+    mut guard: GuardClient,
+    orders: std::sync::mpsc::Receiver<GuardOrder>,
+    answered: tokio::sync::watch::Sender<u64>,
+) {
     while let Ok(order) = orders.recv() {
         let r = match order {
-            GuardOrder::Arm(until, scopes, Some(lease)) => guard.arm_lease(lease, until, &scopes),
-            GuardOrder::Arm(until, scopes, None) => guard.arm(until, &scopes),
+            GuardOrder::Arm(until, scopes, lease, n) => {
+                let r = match lease {
+                    Some(lease) => guard.arm_lease(lease, until, &scopes),
+                    None => guard.arm(until, &scopes),
+                };
+                answered.send_replace(n);
+                r
+            }
             GuardOrder::Disarm => guard.disarm(),
             GuardOrder::Stop(done) => {
                 if let Err(e) = guard.shutdown() {
