@@ -457,6 +457,10 @@ struct ClientsInner {
     client_cert: Option<bool>,
     clients: Vec<tokio::sync::OnceCell<Client>>,
     current: AtomicUsize,
+    /// The endpoint in use, published when a failure moves it, so that a
+    /// watch open on the endpoint the renewals just gave up follows them
+    /// at once instead of waiting to notice its silence.
+    moved: tokio::sync::watch::Sender<usize>,
 }
 
 impl Clients {
@@ -477,6 +481,7 @@ impl Clients {
                 .map(|_| tokio::sync::OnceCell::new())
                 .collect(),
             current: AtomicUsize::new(0),
+            moved: tokio::sync::watch::Sender::new(0),
         })))
     }
 
@@ -512,10 +517,19 @@ impl Clients {
     /// Moves on from endpoint `failed` (unless someone did already).
     fn advance(&self, failed: usize) {
         let next = (failed + 1) % self.0.clients.len();
-        let _ = self
+        if self
             .0
             .current
-            .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
+            .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.0.moved.send_replace(next);
+        }
+    }
+
+    /// Told the endpoint in use each time a failure moves it.
+    fn moves(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.0.moved.subscribe()
     }
 
     /// Runs `f` on the current endpoint, and on the next ones while it
@@ -1213,6 +1227,7 @@ impl Member {
     pub async fn watch(&self) -> Result<(ClusterView, Watch), Error> {
         let view = self.view().await?;
         let watch = Watch {
+            moves: self.clients.moves(),
             clients: self.clients.clone(),
             endpoint: 0,
             keys: self.keys.clone(),
@@ -1523,10 +1538,17 @@ impl Keeper {
                     if self.finished() {
                         return StreamEnd::Done;
                     }
+                    // A renewal sent on the last tick and still not
+                    // answered (a live member answers within
+                    // milliseconds). Half the interval, not all of it: the
+                    // tick that would see a whole interval can come a hair
+                    // early and leave the member one more interval, which
+                    // the deadline may not have.
                     if let Some(oldest) = self.clock.oldest_pending() {
-                        if BootInstant::now() - oldest >= self.interval {
+                        let waited = BootInstant::now() - oldest;
+                        if waited >= self.interval / 2 {
                             return StreamEnd::Reconnect(format!(
-                                "a renewal went unanswered for {:?}", self.interval
+                                "a renewal went unanswered for {waited:?}"
                             ));
                         }
                     }
@@ -1680,6 +1702,8 @@ pub struct Watch {
     next_revision: i64,
     stream: Option<WatchStream>,
     queue: VecDeque<Change>,
+    /// Where the node's other requests (the renewals) moved.
+    moves: tokio::sync::watch::Receiver<usize>,
 }
 
 impl std::fmt::Debug for Watch {
@@ -1718,18 +1742,38 @@ impl Watch {
                     .await?;
                 self.endpoint = endpoint;
                 self.stream = Some(stream);
+                self.moves.borrow_and_update();
             }
             let stream = self.stream.as_mut().expect("opened above");
             // Silence for a whole TTL: ask for progress, and give up on the
-            // stream if even that gets no answer (a dead connection).
-            let msg = match tokio::time::timeout(self.wait, stream.message()).await {
+            // stream if even that gets no answer (a dead connection). The
+            // renewals leaving this endpoint (they go every fraction of
+            // the TTL) end the stream at once: the member is likely gone.
+            let first = tokio::select! {
+                m = tokio::time::timeout(self.wait, stream.message()) => Some(m),
+                Ok(()) = self.moves.changed() => None,
+            };
+            let Some(first) = first else {
+                if *self.moves.borrow() != self.endpoint {
+                    tracing::warn!(
+                        "etcd at {}: the node's requests moved to {}; the watch of {} follows from revision {}",
+                        self.clients.endpoint(self.endpoint),
+                        self.clients.endpoint(self.clients.current()),
+                        self.keys.root(),
+                        self.next_revision
+                    );
+                    self.stream = None;
+                }
+                continue;
+            };
+            let msg = match first {
                 Ok(m) => m,
                 Err(_) => {
                     let _ = stream.request_progress().await;
                     match tokio::time::timeout(self.wait, stream.message()).await {
                         Ok(m) => m,
                         Err(_) => {
-                            self.drop_stream();
+                            self.drop_stream("no answer to a progress request");
                             continue;
                         }
                     }
@@ -1737,13 +1781,20 @@ impl Watch {
             };
             match msg {
                 Ok(Some(resp)) => self.take(resp).await?,
-                Ok(None) | Err(_) => self.drop_stream(),
+                Ok(None) => self.drop_stream("the stream ended"),
+                Err(e) => self.drop_stream(&e.to_string()),
             }
         }
     }
 
     /// Gives up the stream, and its endpoint for the next one.
-    fn drop_stream(&mut self) {
+    fn drop_stream(&mut self, why: &str) {
+        tracing::warn!(
+            "etcd at {}: the watch of {} broke off: {why}; resuming from revision {}",
+            self.clients.endpoint(self.endpoint),
+            self.keys.root(),
+            self.next_revision
+        );
         self.stream = None;
         self.clients.advance(self.endpoint);
     }
@@ -1758,7 +1809,7 @@ impl Watch {
         }
         if resp.canceled() {
             // Canceled without compaction: e.g. the member lost its leader.
-            self.drop_stream();
+            self.drop_stream(&format!("canceled: {}", resp.cancel_reason()));
             return Ok(());
         }
         for ev in resp.events() {

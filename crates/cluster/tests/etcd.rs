@@ -314,6 +314,49 @@ async fn a_frozen_member_is_left_for_the_others_without_losing_the_lease() {
     etcd.thaw(follower);
 }
 
+/// The watch follows the renewals off a member that stops answering: it
+/// brings a change made meanwhile before its own silence check (a whole
+/// TTL without a message) could even have begun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_a_frozen_member_follows_the_renewals_to_another() {
+    let Some(etcd) = cluster(3) else { return };
+    let ttl = Duration::from_secs(4);
+    let (endpoints, follower) = follower_first(&etcd);
+    let settings = |node: &str, endpoints: &[String]| {
+        Settings::new(node, endpoints.to_vec())
+            .with_lease_ttl(ttl)
+            .with_key_prefix("/test/follow")
+    };
+    let a = Member::join(settings("a", &endpoints)).await.unwrap();
+    let (_, mut watch) = a.watch().await.unwrap();
+    let others: Vec<String> = endpoints[1..].to_vec();
+    let b = Member::join(settings("b", &others)).await.unwrap();
+    assert!(matches!(next(&mut watch).await, Change::Node { node, .. } if node == "b"));
+    etcd.freeze(follower);
+    let frozen = Instant::now();
+    let own = b.acquire("g").await.unwrap().won().unwrap();
+    let change = within("the owner change", async {
+        loop {
+            match watch.next().await {
+                Ok(c @ Change::Owner { .. }) => return c,
+                Ok(_) | Err(_) => continue,
+            }
+        }
+    })
+    .await;
+    let took = frozen.elapsed();
+    etcd.thaw(follower);
+    assert!(
+        matches!(&change, Change::Owner { owner: Some(o), .. } if o.token == own.token),
+        "{change:?}"
+    );
+    assert!(
+        took < ttl,
+        "the watch stayed on the frozen member for {took:?} (the renewals left it within the TTL, or the lease would be lost)"
+    );
+    assert_eq!(a.lease_state().borrow().lost, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_reports_owners_nodes_targets_and_failed_marks() {
     let Some(etcd) = cluster(1) else { return };

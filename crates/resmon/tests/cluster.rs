@@ -961,6 +961,15 @@ fn guard_pid(monitor: u32) -> Option<u32> {
     })
 }
 
+/// Sends SIGCONT to a stopped process when dropped.
+struct Thaw(u32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        sig(self.0, rustix::process::Signal::CONT);
+    }
+}
+
 /// A group taken by a node starts only once the node's fence guard holds
 /// its scopes: with the guard frozen, the group is taken but nothing of
 /// it runs (a monitor dying then would leave processes the guard would
@@ -972,6 +981,9 @@ fn a_taken_group_starts_only_once_the_fence_guard_holds_it() {
         let to = (owner + 1) % NODES;
         let guard = guard_pid(c.nodes[to].pid().unwrap()).expect("the node's fence guard");
         sig(guard, rustix::process::Signal::STOP);
+        // Thawed also when an assertion fails, so that it fences what its
+        // monitor leaves.
+        let frozen = Thaw(guard);
         let t0 = boottime_ns();
         let out = c.nodes[owner].cli(&["move", "alpha", &format!("n{to}")]);
         assert!(
@@ -997,7 +1009,7 @@ fn a_taken_group_starts_only_once_the_fence_guard_holds_it() {
             "alpha started on n{to} before its guard answered\n{}",
             c.logs()
         );
-        sig(guard, rustix::process::Signal::CONT);
+        drop(frozen);
         wait_for(&format!("alpha on n{to}"), Duration::from_secs(30), || {
             c.runs_on("alpha", t0).is_some_and(|(n, _)| n == to)
         });
