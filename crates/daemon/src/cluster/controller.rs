@@ -124,6 +124,8 @@ pub struct Controller {
     guard: std::sync::mpsc::Sender<GuardOrder>,
     /// The last order given to the guard, to send only changes.
     armed: Sent,
+    /// The lease this node lost, until it is revoked or seen expired.
+    lost_lease: Option<i64>,
     /// How many arms were sent, and the number of the last one the guard
     /// answered (the feeding thread publishes it).
     arms_sent: u64,
@@ -244,6 +246,7 @@ impl Controller {
             armed: if held { Sent::Unknown } else { Sent::Nothing },
             starting: Vec::new(),
             arms_sent: 0,
+            lost_lease: None,
             arms_answered,
             last_snapshot: None,
             changes: None,
@@ -381,7 +384,7 @@ impl Controller {
         if let Some(why) = lease.lost.clone() {
             self.fence_all("lease_lost", &format!("the node's lease is gone: {why}"));
             self.renewals_before = lock(&self.meter).renewals;
-            self.member = None;
+            self.lost_lease = self.member.take().map(|m| m.lease_id());
             self.stop_watch();
             self.feed_guard();
             return;
@@ -427,6 +430,9 @@ impl Controller {
             return;
         }
         self.next_join = Instant::now() + self.cfg.settings.lease_ttl / 2;
+        if let Some(lease) = self.lost_lease {
+            self.end_lost_lease(lease).await;
+        }
         match Member::join(self.settings.clone()).await {
             Ok(m) => self.joined(m, "joined the cluster"),
             Err(e) => {
@@ -434,6 +440,56 @@ impl Controller {
                 tracing::warn!("{why}");
                 self.set_problem(Some(why), None);
             }
+        }
+    }
+
+    /// The lease this node gave up as lost may live on in etcd (a new etcd
+    /// leader gives every lease a whole TTL again): its node key keeps
+    /// this node from joining, and its owner keys keep its groups from
+    /// every node, until it expires. Once every resource here is seen
+    /// gone (they were fenced when the lease was lost), it is revoked, so
+    /// the groups are free at once; while any process is left, it is
+    /// killed again and the lease left to expire.
+    async fn end_lost_lease(&mut self, lease: i64) {
+        let left: Vec<&str> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.res.resources.iter())
+            .filter(|r| !r.container.is_empty())
+            .map(|r| {
+                let _ = r.container.kill_all();
+                r.name.as_str()
+            })
+            .collect();
+        if !left.is_empty() {
+            tracing::info!(
+                "lease {lease:x}, which this node lost, is left to expire: processes of {} are still there",
+                left.join(", ")
+            );
+            return;
+        }
+        let bound = self.cfg.settings.lease_ttl / 2;
+        match tokio::time::timeout(
+            bound,
+            resmon_cluster::etcd::revoke_lease(&self.settings, lease),
+        )
+        .await
+        {
+            Ok(Ok(true)) => {
+                self.lost_lease = None;
+                self.publish(
+                    None,
+                    format!(
+                        "revoked lease {lease:x}, which this node had lost, once its resources were seen gone: its groups are free at once"
+                    ),
+                );
+            }
+            // Expired already.
+            Ok(Ok(false)) => self.lost_lease = None,
+            Ok(Err(e)) => tracing::info!("revoking lease {lease:x}, which this node lost: {e}"),
+            Err(_) => tracing::info!(
+                "revoking lease {lease:x}, which this node lost: no answer within {bound:?}"
+            ),
         }
     }
 
