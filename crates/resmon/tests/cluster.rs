@@ -423,10 +423,23 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(c) = &self.child {
+        // Stopped as an operator would, so that it removes its cgroups;
+        // killed if that takes too long.
+        if let Some(mut c) = self.child.take() {
             sig(c.id(), rustix::process::Signal::CONT);
+            sig(c.id(), rustix::process::Signal::TERM);
+            let end = Instant::now() + Duration::from_secs(20);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
         }
-        self.kill9();
+        // What a monitor killed during the test left: its fence guard
+        // kills the processes; the empty cgroups are removed here.
+        if let Ok(instance) = std::fs::read_to_string(self.dir.join("state/instance")) {
+            common::remove_cgroup_trees(&format!("resmon.{}", instance.trim()));
+        }
     }
 }
 

@@ -431,6 +431,34 @@ pub fn cgroups_named(name: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Removes the cgroup trees named `name` (a monitor's `resmon.INSTANCE`)
+/// that a killed monitor left: waits (bounded) for their processes to be
+/// gone, killing what is left, then removes the directories bottom-up.
+pub fn remove_cgroup_trees(name: &str) {
+    fn remove(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    remove(&e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(dir);
+    }
+    for root in cgroups_named(name) {
+        let populated = || {
+            std::fs::read_to_string(root.join("cgroup.events"))
+                .is_ok_and(|s| s.lines().any(|l| l == "populated 1"))
+        };
+        let end = Instant::now() + Duration::from_secs(10);
+        while populated() && Instant::now() < end {
+            let _ = std::fs::write(root.join("cgroup.kill"), "1");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        remove(&root);
+    }
+}
+
 pub fn uid_of(pid: u32) -> Option<u32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("Uid:"))?;
