@@ -461,6 +461,10 @@ struct ClientsInner {
     /// watch open on the endpoint the renewals just gave up follows them
     /// at once instead of waiting to notice its silence.
     moved: tokio::sync::watch::Sender<usize>,
+    /// When a renewal was last acknowledged (`CLOCK_BOOTTIME`, ns), and on
+    /// which endpoint: a watch on that endpoint needs no progress request
+    /// to know its connection answers.
+    renewed: std::sync::Mutex<Option<(BootInstant, usize)>>,
 }
 
 impl Clients {
@@ -482,6 +486,7 @@ impl Clients {
                 .collect(),
             current: AtomicUsize::new(0),
             moved: tokio::sync::watch::Sender::new(0),
+            renewed: std::sync::Mutex::new(None),
         })))
     }
 
@@ -525,6 +530,23 @@ impl Clients {
         {
             self.0.moved.send_replace(next);
         }
+    }
+
+    /// A renewal was acknowledged on endpoint `i`.
+    fn renewed(&self, i: usize) {
+        if let Ok(mut r) = self.0.renewed.lock() {
+            *r = Some((BootInstant::now(), i));
+        }
+    }
+
+    /// Whether a renewal was acknowledged on endpoint `i` within `within`.
+    fn renewed_on(&self, i: usize, within: Duration) -> bool {
+        self.0
+            .renewed
+            .lock()
+            .ok()
+            .and_then(|r| *r)
+            .is_some_and(|(at, on)| on == i && BootInstant::now() - at < within)
     }
 
     /// Told the endpoint in use each time a failure moves it.
@@ -707,6 +729,31 @@ struct Control {
     /// Keep-alive streams that ended with renewals unanswered, or could
     /// not be opened: each a renewal that failed.
     renewal_failures: AtomicU64,
+    /// Live [`Watch`]es of the member. While one runs it tells the keeper
+    /// when the node key goes, and the keeper keeps no watch of its own:
+    /// one watch stream per node.
+    followers: AtomicUsize,
+    /// Why the node key is gone, as a [`Watch`] saw it.
+    node_gone: std::sync::Mutex<Option<String>>,
+    node_gone_told: Notify,
+}
+
+impl Control {
+    fn followed(&self) -> bool {
+        self.followers.load(Ordering::Relaxed) > 0
+    }
+
+    /// A watch saw the node key go: the lease is lost.
+    fn node_gone(&self, why: String) {
+        if let Ok(mut gone) = self.node_gone.lock() {
+            gone.get_or_insert(why);
+        }
+        self.node_gone_told.notify_one();
+    }
+
+    fn take_node_gone(&self) -> Option<String> {
+        self.node_gone.lock().ok()?.take()
+    }
 }
 
 /// This node as a member of the cluster. Dropping it stops the renewals
@@ -1226,7 +1273,11 @@ impl Member {
     /// The cluster's state now, and a [`Watch`] of every change after it.
     pub async fn watch(&self) -> Result<(ClusterView, Watch), Error> {
         let view = self.view().await?;
+        self.control.followers.fetch_add(1, Ordering::Relaxed);
         let watch = Watch {
+            member: Arc::clone(&self.control),
+            node: self.settings.node.clone(),
+            lease: self.lease,
             moves: self.clients.moves(),
             clients: self.clients.clone(),
             endpoint: 0,
@@ -1526,7 +1577,12 @@ impl Keeper {
             return StreamEnd::Done;
         }
         self.publish();
-        let mut node_watch = self.watch_node().await;
+        // Of its own only while no Watch of the member runs.
+        let mut node_watch = if self.control.followed() {
+            None
+        } else {
+            self.watch_node().await
+        };
         let mut pending: VecDeque<RenewalId> = VecDeque::new();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1555,7 +1611,9 @@ impl Keeper {
                     if self.paused() {
                         continue;
                     }
-                    if node_watch.is_none() {
+                    if self.control.followed() {
+                        node_watch = None;
+                    } else if node_watch.is_none() {
                         node_watch = self.watch_node().await;
                     }
                     let id = self.clock.sent(BootInstant::now());
@@ -1568,6 +1626,7 @@ impl Keeper {
                     Ok(Some(resp)) => {
                         let Some(id) = pending.pop_front() else { continue };
                         self.control.renewals.fetch_add(1, Ordering::Relaxed);
+                        self.clients.renewed(self.endpoint);
                         let ack = self.clock.acked(id, resp.ttl());
                         self.publish();
                         if ack == Ack::Lost {
@@ -1582,6 +1641,12 @@ impl Keeper {
                     Ok(None) => return StreamEnd::Reconnect("the stream ended".into()),
                     Err(e) => return StreamEnd::Reconnect(e.to_string()),
                 },
+                () = self.control.node_gone_told.notified() => {
+                    if let Some(why) = self.control.take_node_gone() {
+                        self.lose(why);
+                        return StreamEnd::Done;
+                    }
+                }
                 msg = next_message(&mut node_watch) => {
                     if let Some(end) = self.node_event(msg, &mut node_watch).await {
                         return end;
@@ -1704,6 +1769,16 @@ pub struct Watch {
     queue: VecDeque<Change>,
     /// Where the node's other requests (the renewals) moved.
     moves: tokio::sync::watch::Receiver<usize>,
+    /// The member's keeper, told when this node's key goes.
+    member: Arc<Control>,
+    node: String,
+    lease: i64,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.member.followers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Watch {
@@ -1768,6 +1843,10 @@ impl Watch {
             };
             let msg = match first {
                 Ok(m) => m,
+                // Renewals acknowledged on this endpoint meanwhile: the
+                // connection the stream shares with them answers, and a
+                // stream the member ended would have said so.
+                Err(_) if self.clients.renewed_on(self.endpoint, self.wait) => continue,
                 Err(_) => {
                     let _ = stream.request_progress().await;
                     match tokio::time::timeout(self.wait, stream.message()).await {
@@ -1804,6 +1883,12 @@ impl Watch {
             self.stream = None;
             let view = read_view(&self.clients, &self.keys, self.attempt).await?;
             self.next_revision = view.revision + 1;
+            if !view.nodes.contains_key(&self.node) {
+                self.member.node_gone(format!(
+                    "node key {} is gone (seen by the cluster watch): the lease was revoked or expired",
+                    self.keys.node(&self.node)
+                ));
+            }
             self.queue.push_back(Change::Resync(view));
             return Ok(());
         }
@@ -1821,14 +1906,25 @@ impl Watch {
                 continue;
             };
             let change = match key {
-                Key::Node(node) => Change::Node {
-                    node,
-                    present,
-                    record: present
-                        .then(|| NodeRecord::from_json(kv.value()).ok())
-                        .flatten(),
-                    revision,
-                },
+                Key::Node(node) => {
+                    if !present
+                        && node == self.node
+                        && ev.prev_kv().is_none_or(|p| p.lease() == self.lease)
+                    {
+                        self.member.node_gone(format!(
+                            "node key {} was deleted (seen by the cluster watch): the lease was revoked or expired",
+                            self.keys.node(&self.node)
+                        ));
+                    }
+                    Change::Node {
+                        node,
+                        present,
+                        record: present
+                            .then(|| NodeRecord::from_json(kv.value()).ok())
+                            .flatten(),
+                        revision,
+                    }
+                }
                 Key::Owner(group) => Change::Owner {
                     owner: present.then(|| owner_of(&group, kv)),
                     previous: ev.prev_kv().map(|p| owner_of(&group, p)),

@@ -226,6 +226,12 @@ impl EtcdCluster {
     }
 
     /// The client URL of member `i`.
+    /// The value of the unlabelled metric `name` (a counter or gauge, e.g.
+    /// `etcd_debugging_mvcc_watcher_total`) in member `i`'s `/metrics`.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        metric(self.nodes[i].health_port(), name)
+    }
+
     pub fn endpoint(&self, i: usize) -> String {
         self.nodes[i].client_url()
     }
@@ -506,6 +512,15 @@ fn http(port: u16, request: &str) -> Option<String> {
     let mut answer = String::new();
     s.read_to_string(&mut answer).ok()?;
     Some(answer)
+}
+
+/// The value of the unlabelled metric `name` in a member's `/metrics`.
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let body = http(port, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    body.lines().find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
 }
 
 /// `GET /health` on a member: `Some(true)` when it says `"health":"true"`.

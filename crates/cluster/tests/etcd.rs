@@ -314,6 +314,55 @@ async fn a_frozen_member_is_left_for_the_others_without_losing_the_lease() {
     etcd.thaw(follower);
 }
 
+/// A member with a [`Watch`] running keeps one watch stream in all: the
+/// keeper drops its own watch of the node key, and the Watch tells it
+/// when the key goes (here with renewals paused, so that only a watch can
+/// tell, and the reason says which one did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_watch_running_the_node_keeps_one_watch_and_still_sees_a_revoke() {
+    let Some(etcd) = cluster(1) else { return };
+    let watchers = || etcd.metric(0, "etcd_debugging_mvcc_watcher_total");
+    let a = join(&etcd, "a", "one-watch").await;
+    eventually("the keeper's own watch", || async {
+        (watchers() == Some(1.0)).then_some(())
+    })
+    .await;
+    let (_, mut watch) = a.watch().await.unwrap();
+    let (seen, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let follow = tokio::spawn(async move {
+        loop {
+            if let Ok(c) = watch.next().await {
+                let _ = seen.send(c);
+            }
+        }
+    });
+    // The Watch's stream is open once it brings a change.
+    a.acquire("g").await.unwrap().won().unwrap();
+    within("the owner change", async {
+        while !matches!(changes.recv().await, Some(Change::Owner { .. }) | None) {}
+    })
+    .await;
+    eventually("the Watch's stream alone", || async {
+        (watchers() == Some(1.0)).then_some(())
+    })
+    .await;
+    a.pause_renewals(true);
+    let mut raw = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .unwrap();
+    raw.lease_revoke(a.lease_id()).await.unwrap();
+    let mut state = a.lease_state();
+    let lost = within("the loss", state.wait_for(|s| s.lost.is_some()))
+        .await
+        .unwrap()
+        .lost
+        .clone()
+        .unwrap();
+    assert!(lost.contains("seen by the cluster watch"), "{lost}");
+    follow.abort();
+    let _ = follow.await;
+}
+
 /// The watch follows the renewals off a member that stops answering: it
 /// brings a change made meanwhile before its own silence check (a whole
 /// TTL without a message) could even have begun.

@@ -1729,6 +1729,8 @@ fn idle_etcd_requests() {
     wait_for("all groups online", Duration::from_secs(120), || {
         online_many(&c, &[0, 1, 2]).len() == groups
     });
+    // Open watch streams on a member (a gauge, not a rate).
+    const STREAMS: &str = "etcd_debugging_mvcc_watch_stream_total";
     let scrape = |i: usize| -> BTreeMap<String, f64> {
         let url = format!("http://{}:{}/metrics", net.addr(i), net.client_port(i));
         let out = net
@@ -1743,6 +1745,9 @@ fn idle_etcd_requests() {
         let text = String::from_utf8_lossy(&out.stdout);
         let mut by: BTreeMap<String, f64> = BTreeMap::new();
         for line in text.lines() {
+            if let Some(v) = line.strip_prefix(&format!("{STREAMS} ")) {
+                by.insert(STREAMS.into(), v.trim().parse().unwrap_or(f64::NAN));
+            }
             let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
                 continue;
             };
@@ -1769,8 +1774,11 @@ fn idle_etcd_requests() {
     let secs = t0.elapsed().as_secs_f64();
     let after: Vec<_> = (0..NODES).map(scrape).collect();
     println!("idle etcd traffic, {groups} groups on 3 nodes, over {secs:.1} s (messages/s received by each node's etcd member):");
-    let methods: std::collections::BTreeSet<&String> =
-        after.iter().flat_map(|m| m.keys()).collect();
+    let methods: std::collections::BTreeSet<&String> = after
+        .iter()
+        .flat_map(|m| m.keys())
+        .filter(|k| *k != STREAMS)
+        .collect();
     println!("{:<24} {:>8} {:>8} {:>8}", "method", "n0", "n1", "n2");
     let mut total = [0.0; NODES];
     for m in methods {
@@ -1794,6 +1802,15 @@ fn idle_etcd_requests() {
     println!(
         "{:<24} {:>8.2} {:>8.2} {:>8.2}",
         "all", total[0], total[1], total[2]
+    );
+    // Each node talks to its own member: its streams are the node's.
+    let streams: Vec<f64> = after
+        .iter()
+        .map(|m| m.get(STREAMS).copied().unwrap_or(f64::NAN))
+        .collect();
+    println!(
+        "{:<24} {:>8} {:>8} {:>8}",
+        "open watch streams", streams[0], streams[1], streams[2]
     );
     for n in &mut c.nodes {
         n.stop();
