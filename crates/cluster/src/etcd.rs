@@ -1820,7 +1820,8 @@ impl Watch {
                 self.moves.borrow_and_update();
             }
             let stream = self.stream.as_mut().expect("opened above");
-            // Silence for a whole TTL: ask for progress, and give up on the
+            // Silence for a whole TTL, with no renewal answered on this
+            // endpoint meanwhile: ask for progress, and give up on the
             // stream if even that gets no answer (a dead connection). The
             // renewals leaving this endpoint (they go every fraction of
             // the TTL) end the stream at once: the member is likely gone.

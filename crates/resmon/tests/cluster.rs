@@ -389,25 +389,34 @@ impl Node {
         }
     }
 
+    /// SIGTERM (thawed first), then waits up to `limit` for the monitor
+    /// to exit, and kills it if it did not. Whether it stopped on the
+    /// SIGTERM.
+    fn terminate(&mut self, limit: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        sig(c.id(), rustix::process::Signal::CONT);
+        sig(c.id(), rustix::process::Signal::TERM);
+        let end = Instant::now() + limit;
+        while c.try_wait().ok().flatten().is_none() {
+            if Instant::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        true
+    }
+
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            if self.stopped {
-                sig(c.id(), rustix::process::Signal::CONT);
-            }
-            sig(c.id(), rustix::process::Signal::TERM);
-            let end = Instant::now() + Duration::from_secs(30);
-            while c.try_wait().ok().flatten().is_none() {
-                if Instant::now() > end {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    panic!(
-                        "node n{} did not stop on SIGTERM:\n{}",
-                        self.i,
-                        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        if !self.terminate(Duration::from_secs(30)) {
+            panic!(
+                "node n{} did not stop on SIGTERM:\n{}",
+                self.i,
+                std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+            );
         }
     }
 
@@ -425,20 +434,13 @@ impl Drop for Node {
     fn drop(&mut self) {
         // Stopped as an operator would, so that it removes its cgroups;
         // killed if that takes too long.
-        if let Some(mut c) = self.child.take() {
-            sig(c.id(), rustix::process::Signal::CONT);
-            sig(c.id(), rustix::process::Signal::TERM);
-            let end = Instant::now() + Duration::from_secs(20);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.terminate(Duration::from_secs(20));
         // What a monitor killed during the test left: its fence guard
         // kills the processes; the empty cgroups are removed here.
         if let Ok(instance) = std::fs::read_to_string(self.dir.join("state/instance")) {
-            common::remove_cgroup_trees(&format!("resmon.{}", instance.trim()));
+            for root in common::cgroups_named(&format!("resmon.{}", instance.trim())) {
+                common::remove_cgroup_tree(&root);
+            }
         }
     }
 }
@@ -958,20 +960,14 @@ fn a_killed_owner_fails_over_before_its_lease_runs_out() {
 /// The fence guard's pid of the monitor `monitor`: its child running
 /// `resmon fence-guard`.
 fn guard_pid(monitor: u32) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The parent is the fourth field, after the parenthesised name.
-        let ppid: u32 = stat
-            .rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        (ppid == monitor && cmdline.split(|b| *b == 0).any(|a| a == b"fence-guard")).then_some(pid)
-    })
+    resmon_test_support::all()
+        .into_iter()
+        .filter(|p| p.ppid == monitor)
+        .find(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"fence-guard"))
+        })
+        .map(|p| p.pid)
 }
 
 /// Sends SIGCONT to a stopped process when dropped.
@@ -1881,16 +1877,13 @@ fn a_restarted_owner_keeps_its_groups_processes_and_tokens() {
     let before = on_n0(&c);
     // A monitor killed before it saved where its processes are could not
     // find them again: wait for the state file to hold every one.
-    let state = c.nodes[0].dir.join("state").join("state.json");
+    let n0 = c.nodes[0].dir.clone();
     let saved = || {
         wait_for(
             "n0's state to name every process",
             Duration::from_secs(20),
             || {
-                let Ok(text) = std::fs::read(&state) else {
-                    return false;
-                };
-                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text) else {
+                let Some(v) = common::saved_state(&n0) else {
                     return false;
                 };
                 before.iter().all(|(name, (_, pids, _))| {

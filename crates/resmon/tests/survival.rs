@@ -240,12 +240,8 @@ fn processes_of_a_lost_instance_are_reported_at_start() {
         std::fs::read_to_string(root[0].join("cgroup.events"))
             .is_ok_and(|e| e.contains("populated 0"))
     });
-    for sub in std::fs::read_dir(&root[0]).unwrap().flatten() {
-        if sub.path().is_dir() {
-            std::fs::remove_dir(sub.path()).unwrap();
-        }
-    }
-    std::fs::remove_dir(&root[0]).unwrap();
+    common::remove_cgroup_tree(&root[0]);
+    assert!(!root[0].exists(), "{} is left", root[0].display());
 }
 
 #[test]

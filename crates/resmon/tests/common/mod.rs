@@ -126,15 +126,11 @@ impl Daemon {
     /// Waits until the state file records every resource as it runs now
     /// (pids included), so a SIGKILL loses nothing.
     pub fn wait_saved(&self) {
-        let file = self.dir.path().join("state/state.json");
         wait_for(
             "the state file to catch up",
             Duration::from_secs(20),
             || {
-                let Ok(text) = std::fs::read_to_string(&file) else {
-                    return false;
-                };
-                let Ok(saved) = serde_json::from_str::<Value>(&text) else {
+                let Some(saved) = saved_state(self.dir.path()) else {
                     return false;
                 };
                 self.status().iter().all(|r| {
@@ -431,10 +427,10 @@ pub fn cgroups_named(name: &str) -> Vec<PathBuf> {
     out
 }
 
-/// Removes the cgroup trees named `name` (a monitor's `resmon.INSTANCE`)
-/// that a killed monitor left: waits (bounded) for their processes to be
+/// Removes the cgroup tree at `root` (a monitor's `resmon.INSTANCE`)
+/// that a killed monitor left: waits (bounded) for its processes to be
 /// gone, killing what is left, then removes the directories bottom-up.
-pub fn remove_cgroup_trees(name: &str) {
+pub fn remove_cgroup_tree(root: &Path) {
     fn remove(dir: &Path) {
         if let Ok(entries) = std::fs::read_dir(dir) {
             for e in entries.flatten() {
@@ -445,18 +441,23 @@ pub fn remove_cgroup_trees(name: &str) {
         }
         let _ = std::fs::remove_dir(dir);
     }
-    for root in cgroups_named(name) {
-        let populated = || {
-            std::fs::read_to_string(root.join("cgroup.events"))
-                .is_ok_and(|s| s.lines().any(|l| l == "populated 1"))
-        };
-        let end = Instant::now() + Duration::from_secs(10);
-        while populated() && Instant::now() < end {
-            let _ = std::fs::write(root.join("cgroup.kill"), "1");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        remove(&root);
+    let populated = || {
+        std::fs::read_to_string(root.join("cgroup.events"))
+            .is_ok_and(|s| s.lines().any(|l| l == "populated 1"))
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while populated() && Instant::now() < end {
+        let _ = std::fs::write(root.join("cgroup.kill"), "1");
+        std::thread::sleep(Duration::from_millis(10));
     }
+    remove(root);
+}
+
+/// The state file of a monitor whose files are under `dir`
+/// (`dir/state/state.json`), when it can be read and parsed.
+pub fn saved_state(dir: &Path) -> Option<Value> {
+    let text = std::fs::read(dir.join("state/state.json")).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 pub fn uid_of(pid: u32) -> Option<u32> {
